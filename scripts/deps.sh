@@ -1,0 +1,29 @@
+# Sourced by run.sh and test.sh: installs Debian packages that are missing.
+export DEBIAN_FRONTEND=noninteractive
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+apt_updated=0
+apt_install() {
+  if [ "$apt_updated" -eq 0 ]; then
+    as_root apt-get update -qq
+    apt_updated=1
+  fi
+  echo "chaincore: installing $*" >&2
+  as_root apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+# What building chaincore needs: a C++ compiler for RocksDB and libclang for
+# its bindings.
+install_build_deps() {
+  local missing=()
+  command -v clang >/dev/null 2>&1 || missing+=(clang)
+  dpkg -s libclang-dev >/dev/null 2>&1 || missing+=(libclang-dev)
+  command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+  command -v g++ >/dev/null 2>&1 || missing+=(g++)
+  if [ "${#missing[@]}" -gt 0 ]; then
+    apt_install "${missing[@]}"
+  fi
+}

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Runs ChainCore's whole test suite on a fresh Debian machine: installs what is
+# missing (a C toolchain and libclang for RocksDB's bindings, a PostgreSQL
+# server when none answers), then runs the tests, clippy and rustfmt.
+# `.ci/run` calls exactly this script.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# One target directory shared by every build, so RocksDB's C++ builds once.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/chaincore-target}"
+export CHAINCORE_TEST_DATABASE_URL="${CHAINCORE_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+source scripts/deps.sh
+install_build_deps
+command -v pg_isready >/dev/null 2>&1 || apt_install postgresql-client
+
+# A PostgreSQL server for the mirror tests: use the one at the URL, or install
+# and start a local one when nothing answers there.
+pg_host=$(sed -E 's#^[a-z]+://([^@/]*@)?([^:/]+).*#\2#' <<<"$CHAINCORE_TEST_DATABASE_URL")
+pg_port=$(sed -nE 's#^[a-z]+://([^@/]*@)?[^:/]+:([0-9]+).*#\2#p' <<<"$CHAINCORE_TEST_DATABASE_URL")
+pg_port=${pg_port:-5432}
+if ! pg_isready -q -h "$pg_host" -p "$pg_port"; then
+  if ! ls /etc/postgresql/*/main >/dev/null 2>&1; then
+    apt_install postgresql
+  fi
+  version=$(ls /etc/postgresql | sort -n | tail -1)
+  conf="/etc/postgresql/$version/main"
+  # Trust local TCP connections for the test user, as the URL expects.
+  if ! as_root grep -q "chaincore-tests" "$conf/pg_hba.conf"; then
+    as_root sed -i '1i host all all 127.0.0.1/32 trust # chaincore-tests' "$conf/pg_hba.conf"
+  fi
+  as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+  for _ in $(seq 1 30); do
+    pg_isready -q -h "$pg_host" -p "$pg_port" && break
+    sleep 1
+  done
+  pg_isready -h "$pg_host" -p "$pg_port" || {
+    echo "test.sh: no PostgreSQL answers at $CHAINCORE_TEST_DATABASE_URL" >&2
+    exit 1
+  }
+fi
+
+# The toolchain's lint and format components.
+if ! cargo clippy --version >/dev/null 2>&1 || ! cargo fmt --version >/dev/null 2>&1; then
+  rustup component add clippy rustfmt
+fi
+
+echo "test.sh: target dir $CARGO_TARGET_DIR"
+cargo test --locked
+cargo clippy --all-targets --locked -- -D warnings
+cargo fmt --all -- --check
+echo "test.sh: all checks passed"

@@ -1,0 +1,10 @@
+//! ChainCore: a proof-of-work, UTXO-model blockchain node.
+//!
+//! Layers, bottom up: `encoding` (explicit canonical bytes), `consensus`
+//! (pure types and rules). See `DESIGN.md` in the shared folder for the map.
+
+pub mod cli;
+pub mod consensus;
+pub mod encoding;
+pub mod mining;
+pub mod testkit;

@@ -1,0 +1,5 @@
+//! ChainCore's integration tests: one binary (each test binary links RocksDB
+//! again), one module per area.
+
+mod cli;
+mod vectors;
