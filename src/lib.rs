@@ -7,4 +7,5 @@ pub mod cli;
 pub mod consensus;
 pub mod encoding;
 pub mod mining;
+pub mod store;
 pub mod testkit;
