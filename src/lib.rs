@@ -3,9 +3,11 @@
 //! Layers, bottom up: `encoding` (explicit canonical bytes), `consensus`
 //! (pure types and rules). See `DESIGN.md` in the shared folder for the map.
 
+pub mod chain;
 pub mod cli;
 pub mod consensus;
 pub mod encoding;
 pub mod mining;
+pub mod node;
 pub mod store;
 pub mod testkit;

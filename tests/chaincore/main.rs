@@ -2,4 +2,6 @@
 //! again), one module per area.
 
 mod cli;
+mod common;
+mod crash;
 mod vectors;

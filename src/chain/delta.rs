@@ -1,0 +1,184 @@
+//! What connecting a block changes, computed once from the block and the
+//! outputs it spends (its undo data). Connecting applies the delta;
+//! disconnecting reverts exactly the same delta, so the two cannot drift.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::consensus::address::PubKeyHash;
+use crate::consensus::block::Block;
+use crate::consensus::hash::Txid;
+use crate::consensus::transaction::OutPoint;
+use crate::consensus::validation::Utxo;
+use crate::store::schema::AddressStats;
+
+/// Per-address change made by one block.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StatsDelta {
+    pub funded_txo_count: u64,
+    pub funded_txo_sum: u64,
+    pub spent_txo_count: u64,
+    pub spent_txo_sum: u64,
+    pub tx_count: u64,
+}
+
+/// The stored stats would leave their valid range: the store is corrupt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("address stats out of range for {owner:?}")]
+pub struct StatsOutOfRange {
+    pub owner: PubKeyHash,
+}
+
+impl StatsDelta {
+    pub fn apply(
+        &self,
+        stats: &mut AddressStats,
+        owner: PubKeyHash,
+    ) -> Result<(), StatsOutOfRange> {
+        let err = StatsOutOfRange { owner };
+        stats.funded_txo_count = stats
+            .funded_txo_count
+            .checked_add(self.funded_txo_count)
+            .ok_or(err)?;
+        stats.funded_txo_sum = stats
+            .funded_txo_sum
+            .checked_add(self.funded_txo_sum)
+            .ok_or(err)?;
+        stats.spent_txo_count = stats
+            .spent_txo_count
+            .checked_add(self.spent_txo_count)
+            .ok_or(err)?;
+        stats.spent_txo_sum = stats
+            .spent_txo_sum
+            .checked_add(self.spent_txo_sum)
+            .ok_or(err)?;
+        stats.tx_count = stats.tx_count.checked_add(self.tx_count).ok_or(err)?;
+        Ok(())
+    }
+
+    pub fn revert(
+        &self,
+        stats: &mut AddressStats,
+        owner: PubKeyHash,
+    ) -> Result<(), StatsOutOfRange> {
+        let err = StatsOutOfRange { owner };
+        stats.funded_txo_count = stats
+            .funded_txo_count
+            .checked_sub(self.funded_txo_count)
+            .ok_or(err)?;
+        stats.funded_txo_sum = stats
+            .funded_txo_sum
+            .checked_sub(self.funded_txo_sum)
+            .ok_or(err)?;
+        stats.spent_txo_count = stats
+            .spent_txo_count
+            .checked_sub(self.spent_txo_count)
+            .ok_or(err)?;
+        stats.spent_txo_sum = stats
+            .spent_txo_sum
+            .checked_sub(self.spent_txo_sum)
+            .ok_or(err)?;
+        stats.tx_count = stats.tx_count.checked_sub(self.tx_count).ok_or(err)?;
+        if stats.spent_txo_sum > stats.funded_txo_sum
+            || stats.spent_txo_count > stats.funded_txo_count
+        {
+            return Err(err);
+        }
+        Ok(())
+    }
+}
+
+/// One address history row: the address took part in the transaction at
+/// `position` of the block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HistoryRow {
+    pub owner: PubKeyHash,
+    pub position: u32,
+    pub txid: Txid,
+}
+
+/// Everything a block changes in the UTXO set and the address index.
+#[derive(Clone, Debug, Default)]
+pub struct BlockDelta {
+    /// Outputs the block creates and does not itself spend.
+    pub created: Vec<(OutPoint, Utxo)>,
+    /// Outputs of earlier blocks that the block spends.
+    pub spent: Vec<(OutPoint, Utxo)>,
+    pub stats: HashMap<PubKeyHash, StatsDelta>,
+    pub history: Vec<HistoryRow>,
+    pub txids: Vec<Txid>,
+}
+
+impl BlockDelta {
+    /// Computes the delta of `block` at `height`, given the outputs it spends
+    /// in block order (from validation when connecting, from undo data when
+    /// disconnecting).
+    pub fn compute(block: &Block, height: u32, spent_in_order: &[(OutPoint, Utxo)]) -> BlockDelta {
+        let txids = block.txids();
+        let own_txids: HashSet<Txid> = txids.iter().copied().collect();
+        let mut delta = BlockDelta {
+            txids: txids.clone(),
+            ..BlockDelta::default()
+        };
+        let mut spent_iter = spent_in_order.iter();
+        let mut spent_here: HashSet<OutPoint> = HashSet::new();
+        for (position, tx) in block.transactions.iter().enumerate() {
+            let mut touched: Vec<PubKeyHash> = Vec::new();
+            if position > 0 {
+                for _ in &tx.inputs {
+                    let (outpoint, utxo) = *spent_iter
+                        .next()
+                        .expect("undo data holds one entry per spending input");
+                    let s = delta.stats.entry(utxo.output.owner).or_default();
+                    s.spent_txo_count += 1;
+                    s.spent_txo_sum += utxo.output.amount.units();
+                    touched.push(utxo.output.owner);
+                    if own_txids.contains(&outpoint.txid) {
+                        spent_here.insert(outpoint);
+                    } else {
+                        delta.spent.push((outpoint, utxo));
+                    }
+                }
+            }
+            for (vout, output) in tx.outputs.iter().enumerate() {
+                let s = delta.stats.entry(output.owner).or_default();
+                s.funded_txo_count += 1;
+                s.funded_txo_sum += output.amount.units();
+                touched.push(output.owner);
+                delta.created.push((
+                    OutPoint::new(txids[position], vout as u32),
+                    Utxo {
+                        output: *output,
+                        height,
+                        is_coinbase: position == 0,
+                    },
+                ));
+            }
+            touched.sort_unstable();
+            touched.dedup();
+            for owner in touched {
+                delta.stats.entry(owner).or_default().tx_count += 1;
+                delta.history.push(HistoryRow {
+                    owner,
+                    position: position as u32,
+                    txid: txids[position],
+                });
+            }
+        }
+        delta.created.retain(|(o, _)| !spent_here.contains(o));
+        delta
+    }
+
+    pub fn created_sum(&self) -> u64 {
+        self.created
+            .iter()
+            .map(|(_, u)| u.output.amount.units())
+            .sum()
+    }
+
+    pub fn spent_sum(&self) -> u64 {
+        self.spent
+            .iter()
+            .map(|(_, u)| u.output.amount.units())
+            .sum()
+    }
+}

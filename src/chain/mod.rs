@@ -1,0 +1,817 @@
+//! The chain: validation plus chain selection, and the only writer of state.
+//!
+//! Every block with a known parent is stored and indexed, whatever branch it
+//! is on. Whenever a branch has more cumulative work than the active chain,
+//! the chain disconnects back to the fork point and connects the new branch,
+//! one RocksDB batch per block, so a crash at any instant leaves the store at
+//! a block boundary. A block that fails validation while being connected is
+//! marked invalid (with its descendants) and the chain returns to the best
+//! valid branch. Blocks with an unknown parent wait in the orphan pool.
+
+pub mod block_file;
+pub mod check;
+pub mod delta;
+pub mod orphans;
+
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use primitive_types::U256;
+use tokio::sync::broadcast;
+
+use crate::consensus::block::Block;
+use crate::consensus::hash::BlockHash;
+use crate::consensus::limits::MEDIAN_TIME_SPAN;
+use crate::consensus::params::{ChainParams, Network};
+use crate::consensus::pow::{median_time_past, next_work_required, work_from_compact};
+use crate::consensus::validation::{
+    check_block, check_block_contextual, check_header_contextual, BlockContext, BlockError,
+    SignatureChecks,
+};
+use crate::encoding::Encode;
+use crate::store::digest::UtxoDigest;
+use crate::store::schema::{status, BlockIndexEntry, ChainTipRecord, TxLocation};
+use crate::store::{Store, StoreError, StoreOptions};
+use delta::{BlockDelta, StatsOutOfRange};
+use orphans::{OrphanPool, Source};
+
+/// Capacity of the event channel. A subscriber that falls further behind
+/// gets `Lagged` and must resynchronise from the store.
+pub const EVENT_CHANNEL_CAPACITY: usize = 4096;
+
+/// Something the chain did, for the mempool, relay, mirror and API.
+#[derive(Debug, Clone)]
+pub enum ChainEvent {
+    BlockConnected {
+        block: Arc<Block>,
+        hash: BlockHash,
+        height: u32,
+    },
+    BlockDisconnected {
+        block: Arc<Block>,
+        hash: BlockHash,
+        height: u32,
+    },
+}
+
+/// A failure of the node, not of a block.
+#[derive(Debug, thiserror::Error)]
+pub enum ChainError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("store is inconsistent: {0}")]
+    Inconsistent(String),
+}
+
+impl From<StatsOutOfRange> for ChainError {
+    fn from(e: StatsOutOfRange) -> Self {
+        ChainError::Inconsistent(e.to_string())
+    }
+}
+
+/// What became of a block handed to `process_block`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlockOutcome {
+    /// Stored (and connected, if its branch has the most work).
+    Accepted { hash: BlockHash, height: u32 },
+    /// Already stored.
+    Duplicate,
+    /// Parent unknown: held in the orphan pool.
+    Orphan,
+    /// Broke a rule.
+    Invalid(BlockError),
+    /// Descends from a block that broke a rule.
+    InvalidAncestor,
+}
+
+/// The active tip and the UTXO-set summary at it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct ChainTip {
+    pub hash: BlockHash,
+    pub height: u32,
+    #[serde(serialize_with = "serialize_u256_hex")]
+    pub chain_work: U256,
+    pub time: u32,
+    pub utxo_count: u64,
+    pub utxo_total: u64,
+    /// Fingerprint of the UTXO-set digest (see `store::digest`).
+    pub utxo_digest: crate::consensus::hash::Hash256,
+}
+
+fn serialize_u256_hex<S: serde::Serializer>(v: &U256, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{v:064x}"))
+}
+
+pub fn unix_now() -> u32 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs().min(u64::from(u32::MAX)) as u32)
+}
+
+/// Options of the chain beyond the store's.
+#[derive(Debug, Clone)]
+pub struct ChainOptions {
+    pub store: StoreOptions,
+    /// Wait for the write-ahead log on disk after every block (durable across
+    /// power loss). Without it a process crash still loses nothing.
+    pub sync_writes: bool,
+}
+
+impl Default for ChainOptions {
+    fn default() -> Self {
+        ChainOptions {
+            store: StoreOptions::default(),
+            sync_writes: true,
+        }
+    }
+}
+
+pub struct Chain {
+    params: &'static ChainParams,
+    store: Store,
+    sync_writes: bool,
+    index: HashMap<BlockHash, BlockIndexEntry>,
+    /// Active chain: `active[h]` is the hash at height h.
+    active: Vec<BlockHash>,
+    tip: ChainTipRecord,
+    digest: UtxoDigest,
+    /// Stored blocks, all of whose ancestors are stored and none invalid,
+    /// with at least the tip's work: the branches worth trying.
+    candidates: BTreeSet<(U256, Reverse<BlockHash>)>,
+    /// Children of every indexed block, to walk descendants.
+    children: HashMap<BlockHash, Vec<BlockHash>>,
+    orphans: OrphanPool,
+    events: broadcast::Sender<ChainEvent>,
+}
+
+impl Chain {
+    /// Opens the chain in `data_dir` for `network`, creating it with the
+    /// genesis block if new. Starts from what is on disk, replaying nothing;
+    /// finishes any reorganisation a crash interrupted.
+    pub fn open(
+        data_dir: &Path,
+        network: Network,
+        options: ChainOptions,
+    ) -> Result<Chain, ChainError> {
+        let params = network.params();
+        let store = Store::open(data_dir, network, &options.store)?;
+        let (events, _) = broadcast::channel(EVENT_CHANNEL_CAPACITY);
+        let mut chain = Chain {
+            params,
+            store,
+            sync_writes: options.sync_writes,
+            index: HashMap::new(),
+            active: Vec::new(),
+            tip: ChainTipRecord {
+                hash: BlockHash::ZERO,
+                height: 0,
+                utxo_count: 0,
+                utxo_total: 0,
+                digest: [0u8; 33],
+            },
+            digest: UtxoDigest::default(),
+            candidates: BTreeSet::new(),
+            children: HashMap::new(),
+            orphans: OrphanPool::default(),
+            events,
+        };
+        match chain.store.tip()? {
+            None => chain.init_genesis()?,
+            Some(tip) => chain.load(tip)?,
+        }
+        let failures = chain.activate_best_chain()?;
+        for (hash, error) in failures {
+            tracing::warn!(%hash, %error, "stored block found invalid at start");
+        }
+        Ok(chain)
+    }
+
+    fn init_genesis(&mut self) -> Result<(), ChainError> {
+        let genesis = self.params.genesis_block();
+        let hash = genesis.hash();
+        let entry = BlockIndexEntry {
+            header: genesis.header,
+            height: 0,
+            chain_work: work_from_compact(genesis.header.bits),
+            status: status::HEADER_VALID | status::HAVE_DATA | status::VALID,
+            tx_count: genesis.transactions.len() as u32,
+            size: genesis.encoded_len() as u32,
+        };
+        let delta = BlockDelta::compute(&genesis, 0, &[]);
+        let mut digest = UtxoDigest::default();
+        digest.apply(
+            delta
+                .created
+                .iter()
+                .map(|(o, u)| (o, u))
+                .collect::<Vec<_>>(),
+            Vec::new(),
+        );
+        let tip = ChainTipRecord {
+            hash,
+            height: 0,
+            utxo_count: delta.created.len() as u64,
+            utxo_total: delta.created_sum(),
+            digest: digest.to_bytes(),
+        };
+        let mut batch = self.store.batch();
+        batch.put_block(&hash, &genesis);
+        batch.put_block_index(&hash, &entry);
+        self.write_delta(&mut batch, &delta, hash, 0, true)?;
+        batch.put_undo(&hash, &[]);
+        batch.put_active(0, &hash);
+        batch.put_tip(&tip);
+        self.store.write(batch, true)?;
+        self.add_to_index(hash, entry);
+        self.active = vec![hash];
+        self.tip = tip;
+        self.digest = digest;
+        Ok(())
+    }
+
+    fn load(&mut self, tip: ChainTipRecord) -> Result<(), ChainError> {
+        for (hash, entry) in self.store.all_block_index()? {
+            self.add_to_index(hash, entry);
+        }
+        self.digest = UtxoDigest::from_bytes(&tip.digest)
+            .ok_or_else(|| ChainError::Inconsistent("stored UTXO digest is not a point".into()))?;
+        // Rebuild the active chain by walking back from the tip in memory.
+        let mut active = Vec::with_capacity(tip.height as usize + 1);
+        let mut cursor = tip.hash;
+        loop {
+            let entry = self.index.get(&cursor).ok_or_else(|| {
+                ChainError::Inconsistent(format!("active block {cursor} missing from the index"))
+            })?;
+            active.push(cursor);
+            if entry.height == 0 {
+                break;
+            }
+            cursor = entry.header.prev_hash;
+        }
+        active.reverse();
+        if active.len() != tip.height as usize + 1 || active[0] != self.params.genesis_hash() {
+            return Err(ChainError::Inconsistent(
+                "active chain does not reach genesis".into(),
+            ));
+        }
+        self.active = active;
+        self.tip = tip;
+        self.rebuild_candidates();
+        Ok(())
+    }
+
+    /// Finds every stored block whose ancestry is fully stored and valid and
+    /// that has at least the tip's work.
+    fn rebuild_candidates(&mut self) {
+        let mut by_height: Vec<(&BlockHash, &BlockIndexEntry)> = self.index.iter().collect();
+        by_height.sort_by_key(|(_, e)| e.height);
+        let mut linked: std::collections::HashSet<BlockHash> =
+            self.active.iter().copied().collect();
+        let tip_work = self.tip_entry().chain_work;
+        for (hash, entry) in by_height {
+            if entry.height == 0 || linked.contains(hash) {
+                continue;
+            }
+            if entry.has(status::HAVE_DATA)
+                && !entry.is_failed()
+                && linked.contains(&entry.header.prev_hash)
+            {
+                linked.insert(*hash);
+                if entry.chain_work > tip_work {
+                    self.candidates.insert((entry.chain_work, Reverse(*hash)));
+                }
+            }
+        }
+    }
+
+    pub fn params(&self) -> &'static ChainParams {
+        self.params
+    }
+
+    /// A read handle on the store, for components that only read.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<ChainEvent> {
+        self.events.subscribe()
+    }
+
+    fn tip_entry(&self) -> &BlockIndexEntry {
+        &self.index[&self.tip.hash]
+    }
+
+    pub fn tip(&self) -> ChainTip {
+        let entry = self.tip_entry();
+        ChainTip {
+            hash: self.tip.hash,
+            height: self.tip.height,
+            chain_work: entry.chain_work,
+            time: entry.header.time,
+            utxo_count: self.tip.utxo_count,
+            utxo_total: self.tip.utxo_total,
+            utxo_digest: self.digest.fingerprint(),
+        }
+    }
+
+    pub fn height(&self) -> u32 {
+        self.tip.height
+    }
+
+    pub fn hash_at(&self, height: u32) -> Option<BlockHash> {
+        self.active.get(height as usize).copied()
+    }
+
+    pub fn index_entry(&self, hash: &BlockHash) -> Option<&BlockIndexEntry> {
+        self.index.get(hash)
+    }
+
+    pub fn is_active(&self, hash: &BlockHash) -> bool {
+        self.index
+            .get(hash)
+            .is_some_and(|e| self.hash_at(e.height) == Some(*hash))
+    }
+
+    pub fn orphan_count(&self) -> usize {
+        self.orphans.len()
+    }
+
+    pub fn orphan_hashes(&self) -> Vec<BlockHash> {
+        self.orphans.hashes()
+    }
+
+    /// The ancestor of `hash` at `height` (which must not exceed its height).
+    fn ancestor(&self, hash: &BlockHash, height: u32) -> Option<BlockHash> {
+        let mut cursor = *hash;
+        loop {
+            let entry = self.index.get(&cursor)?;
+            if entry.height == height {
+                return Some(cursor);
+            }
+            if entry.height < height || self.hash_at(entry.height) == Some(cursor) {
+                // On the active chain the answer is a lookup.
+                return if entry.height >= height {
+                    self.hash_at(height)
+                } else {
+                    None
+                };
+            }
+            cursor = entry.header.prev_hash;
+        }
+    }
+
+    /// The context a child of `parent` is validated in.
+    pub fn context_after(&self, parent: &BlockHash) -> Option<BlockContext> {
+        let parent_entry = self.index.get(parent)?;
+        let height = parent_entry.height + 1;
+        let mut times = Vec::with_capacity(MEDIAN_TIME_SPAN);
+        let mut cursor = Some(*parent);
+        while let Some(hash) = cursor {
+            if times.len() == MEDIAN_TIME_SPAN {
+                break;
+            }
+            let entry = &self.index[&hash];
+            times.push(entry.header.time);
+            cursor = (entry.height > 0).then_some(entry.header.prev_hash);
+        }
+        let expected_bits =
+            next_work_required(self.params, height, parent_entry.header.bits, |h| {
+                self.ancestor(parent, h)
+                    .map_or(0, |a| self.index[&a].header.time)
+            });
+        Some(BlockContext {
+            height,
+            expected_bits,
+            median_time_past: median_time_past(&times),
+            now: unix_now(),
+        })
+    }
+
+    /// Validates and stores a block, switching to its branch if it has the
+    /// most work, then connects any orphans it was waiting for.
+    pub fn process_block(
+        &mut self,
+        block: Arc<Block>,
+        source: Source,
+    ) -> Result<BlockOutcome, ChainError> {
+        let outcome = self.accept_block(block.clone(), source)?;
+        if let BlockOutcome::Accepted { hash, .. } = outcome {
+            let mut queue = vec![hash];
+            while let Some(parent) = queue.pop() {
+                for (child, child_source) in self.orphans.take_children(&parent) {
+                    if let BlockOutcome::Accepted { hash, .. } =
+                        self.accept_block(child, child_source)?
+                    {
+                        queue.push(hash);
+                    }
+                }
+            }
+        }
+        Ok(outcome)
+    }
+
+    fn accept_block(
+        &mut self,
+        block: Arc<Block>,
+        source: Source,
+    ) -> Result<BlockOutcome, ChainError> {
+        let hash = block.hash();
+        if let Some(entry) = self.index.get(&hash) {
+            if entry.is_failed() {
+                return Ok(BlockOutcome::InvalidAncestor);
+            }
+            if entry.has(status::HAVE_DATA) {
+                return Ok(BlockOutcome::Duplicate);
+            }
+        }
+        if self.orphans.contains(&hash) {
+            return Ok(BlockOutcome::Orphan);
+        }
+        // Body errors do not mark the hash invalid: a different body (the
+        // honest one) may share the header.
+        if let Err(error) = check_block(&block, self.params) {
+            return Ok(BlockOutcome::Invalid(error));
+        }
+        let Some(parent) = self.index.get(&block.header.prev_hash).copied() else {
+            self.orphans.insert(block, source, Instant::now());
+            return Ok(BlockOutcome::Orphan);
+        };
+        let height = parent.height + 1;
+        let mut entry = BlockIndexEntry {
+            header: block.header,
+            height,
+            chain_work: parent.chain_work + work_from_compact(block.header.bits),
+            status: status::HEADER_VALID,
+            tx_count: block.transactions.len() as u32,
+            size: block.encoded_len() as u32,
+        };
+        if parent.is_failed() {
+            entry.status = status::FAILED_PARENT;
+            self.store_entry(hash, entry)?;
+            return Ok(BlockOutcome::InvalidAncestor);
+        }
+        let ctx = self
+            .context_after(&block.header.prev_hash)
+            .expect("parent is in the index");
+        if let Err(error) = check_header_contextual(&block.header, &ctx, self.params) {
+            entry.status = status::FAILED;
+            self.store_entry(hash, entry)?;
+            return Ok(BlockOutcome::Invalid(error));
+        }
+        entry.status |= status::HAVE_DATA;
+        let mut batch = self.store.batch();
+        batch.put_block(&hash, &block);
+        batch.put_block_index(&hash, &entry);
+        self.store.write(batch, self.sync_writes)?;
+        self.add_to_index(hash, entry);
+        self.link_descendants(hash);
+        let failures = self.activate_best_chain()?;
+        if let Some((_, error)) = failures.into_iter().find(|(h, _)| *h == hash) {
+            return Ok(BlockOutcome::Invalid(error));
+        }
+        if self.index[&hash].is_failed() {
+            return Ok(BlockOutcome::InvalidAncestor);
+        }
+        Ok(BlockOutcome::Accepted { hash, height })
+    }
+
+    /// Marks a block (and its descendants) invalid by the operator's decision,
+    /// as Bitcoin Core's `invalidateblock`: if it is on the active chain, the
+    /// chain disconnects down to its parent and moves to the best other
+    /// valid branch.
+    pub fn invalidate_block(&mut self, hash: &BlockHash) -> Result<(), ChainError> {
+        let Some(entry) = self.index.get(hash).copied() else {
+            return Err(ChainError::Inconsistent(format!("unknown block {hash}")));
+        };
+        if entry.height == 0 {
+            return Err(ChainError::Inconsistent(
+                "genesis cannot be invalidated".into(),
+            ));
+        }
+        if self.is_active(hash) {
+            while self.tip.height >= entry.height {
+                let (h, work) = self.disconnect_tip()?;
+                self.candidates.insert((work, Reverse(h)));
+            }
+        }
+        self.mark_failed(*hash)?;
+        // Blocks below the new tip on other branches may now be the best.
+        self.candidates.clear();
+        self.rebuild_candidates();
+        self.activate_best_chain()?;
+        Ok(())
+    }
+
+    fn add_to_index(&mut self, hash: BlockHash, entry: BlockIndexEntry) {
+        if self.index.insert(hash, entry).is_none() && entry.height > 0 {
+            self.children
+                .entry(entry.header.prev_hash)
+                .or_default()
+                .push(hash);
+        }
+    }
+
+    fn store_entry(&mut self, hash: BlockHash, entry: BlockIndexEntry) -> Result<(), ChainError> {
+        let mut batch = self.store.batch();
+        batch.put_block_index(&hash, &entry);
+        self.store.write(batch, self.sync_writes)?;
+        self.add_to_index(hash, entry);
+        Ok(())
+    }
+
+    /// Whether `hash` and all its ancestors are stored and none is invalid.
+    fn is_linked(&self, hash: &BlockHash) -> bool {
+        let mut cursor = *hash;
+        loop {
+            if self.is_active(&cursor) {
+                return true;
+            }
+            match self.index.get(&cursor) {
+                Some(e) if e.has(status::HAVE_DATA) && !e.is_failed() => {
+                    cursor = e.header.prev_hash;
+                }
+                _ => return false,
+            }
+        }
+    }
+
+    /// Makes `hash` and its stored descendants candidates if they are linked
+    /// and have more work than the tip.
+    fn link_descendants(&mut self, hash: BlockHash) {
+        if !self.is_linked(&hash) {
+            return;
+        }
+        let tip_work = self.tip_entry().chain_work;
+        let mut queue = vec![hash];
+        while let Some(h) = queue.pop() {
+            let entry = self.index[&h];
+            if !entry.has(status::HAVE_DATA) || entry.is_failed() {
+                continue;
+            }
+            if entry.chain_work > tip_work && !self.is_active(&h) {
+                self.candidates.insert((entry.chain_work, Reverse(h)));
+            }
+            queue.extend(self.children.get(&h).into_iter().flatten().copied());
+        }
+    }
+
+    /// Marks `hash` invalid and every descendant as having an invalid parent.
+    fn mark_failed(&mut self, hash: BlockHash) -> Result<(), ChainError> {
+        let mut batch = self.store.batch();
+        let mut queue = vec![(hash, status::FAILED)];
+        while let Some((h, flag)) = queue.pop() {
+            let Some(entry) = self.index.get_mut(&h) else {
+                continue;
+            };
+            entry.status |= flag;
+            batch.put_block_index(&h, entry);
+            self.candidates.remove(&(entry.chain_work, Reverse(h)));
+            queue.extend(
+                self.children
+                    .get(&h)
+                    .into_iter()
+                    .flatten()
+                    .map(|c| (*c, status::FAILED_PARENT)),
+            );
+        }
+        self.store.write(batch, self.sync_writes)?;
+        Ok(())
+    }
+
+    /// Switches to the most-work valid branch among the candidates, one block
+    /// at a time. Returns the blocks found invalid on the way.
+    fn activate_best_chain(&mut self) -> Result<Vec<(BlockHash, BlockError)>, ChainError> {
+        let mut failures = Vec::new();
+        loop {
+            let tip_work = self.tip_entry().chain_work;
+            self.candidates.retain(|(work, _)| *work > tip_work);
+            let Some(&(_, Reverse(best))) = self.candidates.iter().next_back() else {
+                break;
+            };
+            let mut path = Vec::new();
+            let mut cursor = best;
+            while !self.is_active(&cursor) {
+                path.push(cursor);
+                cursor = self.index[&cursor].header.prev_hash;
+            }
+            path.reverse();
+            let fork_height = self.index[&cursor].height;
+            while self.tip.height > fork_height {
+                let (hash, work) = self.disconnect_tip()?;
+                self.candidates.insert((work, Reverse(hash)));
+            }
+            for hash in path {
+                if let Err(error) = self.connect_tip(hash)? {
+                    tracing::warn!(%hash, %error, "block failed validation while connecting");
+                    self.mark_failed(hash)?;
+                    failures.push((hash, error));
+                    break;
+                }
+            }
+        }
+        Ok(failures)
+    }
+
+    fn write_delta(
+        &self,
+        batch: &mut crate::store::StoreBatch<'_>,
+        delta: &BlockDelta,
+        hash: BlockHash,
+        height: u32,
+        connect: bool,
+    ) -> Result<(), ChainError> {
+        if connect {
+            for (outpoint, utxo) in &delta.spent {
+                batch.delete_utxo(outpoint, utxo);
+            }
+            for (outpoint, utxo) in &delta.created {
+                batch.put_utxo(outpoint, utxo);
+            }
+            for row in &delta.history {
+                batch.put_history(&row.owner, height, row.position, &row.txid);
+            }
+            for (position, txid) in delta.txids.iter().enumerate() {
+                batch.put_tx_location(
+                    txid,
+                    &TxLocation {
+                        block: hash,
+                        height,
+                        position: position as u32,
+                    },
+                );
+            }
+        } else {
+            for (outpoint, utxo) in &delta.created {
+                batch.delete_utxo(outpoint, utxo);
+            }
+            for (outpoint, utxo) in &delta.spent {
+                batch.put_utxo(outpoint, utxo);
+            }
+            for row in &delta.history {
+                batch.delete_history(&row.owner, height, row.position);
+            }
+            for txid in &delta.txids {
+                batch.delete_tx_location(txid);
+            }
+        }
+        for (owner, change) in &delta.stats {
+            let mut stats = self.store.address_stats(owner)?;
+            if connect {
+                change.apply(&mut stats, *owner)?;
+            } else {
+                change.revert(&mut stats, *owner)?;
+            }
+            batch.put_address_stats(owner, &stats);
+        }
+        Ok(())
+    }
+
+    /// Fully validates the stored block `hash` (a child of the tip) against
+    /// the UTXO set and connects it in one batch. The outer error is the
+    /// node's; the inner one is the block's.
+    fn connect_tip(&mut self, hash: BlockHash) -> Result<Result<(), BlockError>, ChainError> {
+        let block = Arc::new(
+            self.store
+                .block(&hash)?
+                .ok_or_else(|| ChainError::Inconsistent(format!("block {hash} has no data")))?,
+        );
+        let entry = self.index[&hash];
+        if entry.header.prev_hash != self.tip.hash {
+            return Err(ChainError::Inconsistent(format!(
+                "block {hash} does not extend the tip"
+            )));
+        }
+        let ctx = self
+            .context_after(&self.tip.hash)
+            .expect("the tip is in the index");
+        let view = self.prefetch_inputs(&block)?;
+        let spends =
+            match check_block_contextual(&block, &ctx, self.params, &view, SignatureChecks::On) {
+                Ok(spends) => spends,
+                Err(BlockError::UtxoView(e)) => {
+                    return Err(ChainError::Inconsistent(e.to_string()))
+                }
+                Err(error) => return Ok(Err(error)),
+            };
+        let height = entry.height;
+        let delta = BlockDelta::compute(&block, height, &spends.spent);
+        let mut digest = self.digest;
+        digest.apply(
+            delta
+                .created
+                .iter()
+                .map(|(o, u)| (o, u))
+                .collect::<Vec<_>>(),
+            delta.spent.iter().map(|(o, u)| (o, u)).collect::<Vec<_>>(),
+        );
+        let tip = ChainTipRecord {
+            hash,
+            height,
+            utxo_count: self.tip.utxo_count + delta.created.len() as u64 - delta.spent.len() as u64,
+            utxo_total: self.tip.utxo_total + delta.created_sum() - delta.spent_sum(),
+            digest: digest.to_bytes(),
+        };
+        let mut connected = entry;
+        connected.status |= status::VALID;
+        let mut batch = self.store.batch();
+        self.write_delta(&mut batch, &delta, hash, height, true)?;
+        batch.put_undo(&hash, &spends.spent);
+        batch.put_active(height, &hash);
+        batch.put_block_index(&hash, &connected);
+        batch.put_tip(&tip);
+        self.store.write(batch, self.sync_writes)?;
+        self.index.insert(hash, connected);
+        self.active.push(hash);
+        self.tip = tip;
+        self.digest = digest;
+        tracing::debug!(%hash, height, txs = block.transactions.len(), "connected block");
+        let _ = self.events.send(ChainEvent::BlockConnected {
+            block,
+            hash,
+            height,
+        });
+        Ok(Ok(()))
+    }
+
+    /// The UTXOs a block's inputs refer to, read in one multi-get.
+    fn prefetch_inputs(
+        &self,
+        block: &Block,
+    ) -> Result<
+        HashMap<crate::consensus::transaction::OutPoint, crate::consensus::validation::Utxo>,
+        ChainError,
+    > {
+        let outpoints: Vec<_> = block
+            .transactions
+            .iter()
+            .skip(1)
+            .flat_map(|tx| tx.inputs.iter().map(|i| i.prevout()))
+            .collect();
+        let found = self.store.utxos(&outpoints)?;
+        Ok(outpoints
+            .into_iter()
+            .zip(found)
+            .filter_map(|(o, u)| u.map(|u| (o, u)))
+            .collect())
+    }
+
+    /// Disconnects the tip in one batch, restoring what it spent from its
+    /// undo data. Returns its hash and chain work.
+    fn disconnect_tip(&mut self) -> Result<(BlockHash, U256), ChainError> {
+        let hash = self.tip.hash;
+        let entry = self.index[&hash];
+        if entry.height == 0 {
+            return Err(ChainError::Inconsistent("cannot disconnect genesis".into()));
+        }
+        let block = Arc::new(
+            self.store
+                .block(&hash)?
+                .ok_or_else(|| ChainError::Inconsistent(format!("tip {hash} has no data")))?,
+        );
+        let undo = self
+            .store
+            .undo(&hash)?
+            .ok_or_else(|| ChainError::Inconsistent(format!("tip {hash} has no undo data")))?;
+        let height = entry.height;
+        let delta = BlockDelta::compute(&block, height, &undo);
+        let mut digest = self.digest;
+        digest.apply(
+            delta.spent.iter().map(|(o, u)| (o, u)).collect::<Vec<_>>(),
+            delta
+                .created
+                .iter()
+                .map(|(o, u)| (o, u))
+                .collect::<Vec<_>>(),
+        );
+        let parent = entry.header.prev_hash;
+        let tip = ChainTipRecord {
+            hash: parent,
+            height: height - 1,
+            utxo_count: self.tip.utxo_count + delta.spent.len() as u64 - delta.created.len() as u64,
+            utxo_total: self.tip.utxo_total + delta.spent_sum() - delta.created_sum(),
+            digest: digest.to_bytes(),
+        };
+        let mut batch = self.store.batch();
+        self.write_delta(&mut batch, &delta, hash, height, false)?;
+        batch.delete_undo(&hash);
+        batch.delete_active(height);
+        batch.put_tip(&tip);
+        self.store.write(batch, self.sync_writes)?;
+        self.active.pop();
+        self.tip = tip;
+        self.digest = digest;
+        tracing::info!(%hash, height, "disconnected block");
+        let _ = self.events.send(ChainEvent::BlockDisconnected {
+            block,
+            hash,
+            height,
+        });
+        Ok((hash, entry.chain_work))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,132 @@
+//! The node: opens the chain and runs its tasks until asked to stop.
+
+pub mod producer;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::chain::block_file::read_blocks;
+use crate::chain::{BlockOutcome, Chain, ChainEvent, ChainOptions};
+use crate::consensus::address::PubKeyHash;
+use crate::consensus::params::Network;
+
+/// Everything `chaincore node` was asked to do.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub network: Network,
+    pub data_dir: PathBuf,
+    pub mine_to: Option<PubKeyHash>,
+    pub mine_blocks: Option<u64>,
+    pub mine_interval: Duration,
+    pub import: Option<PathBuf>,
+    pub sync_writes: bool,
+}
+
+/// Runs the node until Ctrl-C or SIGTERM.
+pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    let options = ChainOptions {
+        sync_writes: config.sync_writes,
+        ..ChainOptions::default()
+    };
+    let (dir, network) = (config.data_dir.clone(), config.network);
+    let started = std::time::Instant::now();
+    let chain = tokio::task::spawn_blocking(move || Chain::open(&dir, network, options))
+        .await?
+        .with_context(|| format!("opening chain state in {}", config.data_dir.display()))?;
+    let tip = chain.tip();
+    tracing::info!(
+        network = %config.network,
+        height = tip.height,
+        tip = %tip.hash,
+        utxos = tip.utxo_count,
+        digest = %tip.utxo_digest,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "chain state loaded"
+    );
+    let mut events = chain.subscribe();
+    let chain = Arc::new(Mutex::new(chain));
+    let stop = Arc::new(AtomicBool::new(false));
+
+    tokio::spawn(async move {
+        loop {
+            match events.recv().await {
+                Ok(ChainEvent::BlockConnected {
+                    hash,
+                    height,
+                    block,
+                }) => {
+                    tracing::info!(height, %hash, txs = block.transactions.len(), "block connected")
+                }
+                Ok(ChainEvent::BlockDisconnected { hash, height, .. }) => {
+                    tracing::info!(height, %hash, "block disconnected")
+                }
+                Err(RecvError::Lagged(n)) => tracing::warn!(missed = n, "event log fell behind"),
+                Err(RecvError::Closed) => break,
+            }
+        }
+    });
+
+    let mut tasks = Vec::new();
+    if let Some(path) = config.import.clone() {
+        let chain = chain.clone();
+        tasks.push(tokio::task::spawn_blocking(move || import(&chain, &path)));
+    }
+    if let Some(payout) = config.mine_to {
+        let (chain, stop) = (chain.clone(), stop.clone());
+        let (count, interval) = (config.mine_blocks, config.mine_interval);
+        tasks.push(tokio::task::spawn_blocking(move || {
+            let mined = producer::produce_blocks(&chain, payout, count, interval, &stop)?;
+            tracing::info!(mined, "block producer finished");
+            Ok(())
+        }));
+    }
+
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await??;
+    }
+    Ok(())
+}
+
+fn import(chain: &Mutex<Chain>, path: &std::path::Path) -> anyhow::Result<()> {
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let blocks = read_blocks(std::io::BufReader::new(file))?;
+    let total = blocks.len();
+    for block in blocks {
+        let outcome = chain
+            .lock()
+            .expect("chain lock")
+            .process_block(Arc::new(block), None)?;
+        match outcome {
+            BlockOutcome::Accepted { .. } | BlockOutcome::Duplicate | BlockOutcome::Orphan => {}
+            other => tracing::warn!(?other, "imported block rejected"),
+        }
+    }
+    let tip = chain.lock().expect("chain lock").tip();
+    tracing::info!(blocks = total, height = tip.height, tip = %tip.hash, "import done");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
