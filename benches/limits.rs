@@ -69,6 +69,40 @@ fn bench_header_hashing() {
     );
 }
 
+fn bench_utxo_digest() {
+    use chaincore::consensus::address::PubKeyHash;
+    use chaincore::consensus::validation::Utxo;
+    use chaincore::store::digest::UtxoDigest;
+    let items: Vec<(OutPoint, Utxo)> = (0..2_000u32)
+        .map(|i| {
+            (
+                OutPoint::new(chaincore::consensus::hash::sha256d(&i.to_le_bytes()), i),
+                Utxo {
+                    output: TxOut {
+                        amount: Amount::from_units(u64::from(i)),
+                        owner: PubKeyHash([7; 20]),
+                    },
+                    height: i,
+                    is_coinbase: false,
+                },
+            )
+        })
+        .collect();
+    let mut digest = UtxoDigest::default();
+    let start = Instant::now();
+    let mut updates = 0u64;
+    while start.elapsed() < Duration::from_secs(2) {
+        for (outpoint, utxo) in &items {
+            digest.insert(outpoint, utxo);
+            updates += 1;
+        }
+    }
+    println!(
+        "UTXO digest updates (1 core):    {:>12.0} updates/s",
+        rate(updates, start.elapsed())
+    );
+}
+
 /// A chain and a block on its tip with `BLOCK_TXS` signed one-in-one-out
 /// spends, all valid.
 fn block_with_spends() -> (TestChain, Block) {
@@ -153,5 +187,6 @@ fn main() {
     // `cargo bench` passes `--bench`; nothing else to parse.
     bench_signatures();
     bench_header_hashing();
+    bench_utxo_digest();
     bench_block_validation();
 }

@@ -175,3 +175,76 @@ impl TestChain {
         found
     }
 }
+
+/// Base units each generated payment sends, and each generated fee.
+const BUSY_PAYMENT: u64 = 1_000;
+const BUSY_FEE: u64 = 100;
+
+/// A regtest chain of `maturity + 2` setup blocks followed by `busy_blocks`
+/// blocks of `txs_per_block` signed one-input, two-output transactions each:
+/// lane i spends lane i's change from the previous block, pays a small
+/// amount to a fresh address (`payee`) and keeps the change. Signing runs in
+/// parallel on rayon's pool.
+pub fn busy_chain(busy_blocks: usize, txs_per_block: usize) -> TestChain {
+    use rayon::prelude::*;
+    let owner = key(1);
+    let mut chain = TestChain::new(Network::Regtest);
+    for _ in 0..=chain.params.coinbase_maturity {
+        chain.mine_empty(owner.pubkey_hash());
+    }
+    let coinbase = chain.blocks[1].transactions[0].clone();
+    let lane_value = (coinbase.outputs[0].amount.units() - BUSY_FEE) / txs_per_block as u64;
+    let fan_out = signed_spend(
+        &[(
+            OutPoint::new(coinbase.txid(), 0),
+            coinbase.outputs[0],
+            &owner,
+        )],
+        vec![
+            TxOut {
+                amount: Amount::from_units(lane_value),
+                owner: owner.pubkey_hash(),
+            };
+            txs_per_block
+        ],
+    );
+    let mut lanes: Vec<(OutPoint, TxOut)> = (0..txs_per_block)
+        .map(|i| (OutPoint::new(fan_out.txid(), i as u32), fan_out.outputs[i]))
+        .collect();
+    let block = chain.build_block(owner.pubkey_hash(), vec![fan_out]);
+    chain.apply(block);
+    for b in 0..busy_blocks {
+        let txs: Vec<Transaction> = lanes
+            .par_iter()
+            .enumerate()
+            .map(|(i, (outpoint, spent))| {
+                let change = spent.amount.units() - BUSY_PAYMENT - BUSY_FEE;
+                signed_spend(
+                    &[(*outpoint, *spent, &owner)],
+                    vec![
+                        TxOut {
+                            amount: Amount::from_units(BUSY_PAYMENT),
+                            owner: payee((b * txs_per_block + i) as u64),
+                        },
+                        TxOut {
+                            amount: Amount::from_units(change),
+                            owner: owner.pubkey_hash(),
+                        },
+                    ],
+                )
+            })
+            .collect();
+        lanes = txs
+            .iter()
+            .map(|tx| (OutPoint::new(tx.txid(), 1), tx.outputs[1]))
+            .collect();
+        let block = chain.build_block(owner.pubkey_hash(), txs);
+        chain.apply(block);
+    }
+    chain
+}
+
+/// A deterministic address hash nobody holds the key of, number `n`.
+pub fn payee(n: u64) -> PubKeyHash {
+    PubKeyHash(crate::consensus::hash::hash160(&n.to_le_bytes()))
+}

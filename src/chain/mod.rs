@@ -118,6 +118,9 @@ pub struct ChainOptions {
     /// Wait for the write-ahead log on disk after every block (durable across
     /// power loss). Without it a process crash still loses nothing.
     pub sync_writes: bool,
+    /// `Off` only in benchmarks that measure everything but signatures; the
+    /// node always verifies.
+    pub signature_checks: SignatureChecks,
 }
 
 impl Default for ChainOptions {
@@ -125,6 +128,7 @@ impl Default for ChainOptions {
         ChainOptions {
             store: StoreOptions::default(),
             sync_writes: true,
+            signature_checks: SignatureChecks::On,
         }
     }
 }
@@ -133,6 +137,7 @@ pub struct Chain {
     params: &'static ChainParams,
     store: Store,
     sync_writes: bool,
+    signature_checks: SignatureChecks,
     index: HashMap<BlockHash, BlockIndexEntry>,
     /// Active chain: `active[h]` is the hash at height h.
     active: Vec<BlockHash>,
@@ -163,6 +168,7 @@ impl Chain {
             params,
             store,
             sync_writes: options.sync_writes,
+            signature_checks: options.signature_checks,
             index: HashMap::new(),
             active: Vec::new(),
             tip: ChainTipRecord {
@@ -689,7 +695,7 @@ impl Chain {
             .expect("the tip is in the index");
         let view = self.prefetch_inputs(&block)?;
         let spends =
-            match check_block_contextual(&block, &ctx, self.params, &view, SignatureChecks::On) {
+            match check_block_contextual(&block, &ctx, self.params, &view, self.signature_checks) {
                 Ok(spends) => spends,
                 Err(BlockError::UtxoView(e)) => {
                     return Err(ChainError::Inconsistent(e.to_string()))

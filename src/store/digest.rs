@@ -1,13 +1,19 @@
 //! An order-independent digest of the UTXO set: a multiset hash on secp256k1
-//! (ECMH). Each UTXO maps to a curve point by hash-to-curve (RFC 9380,
-//! secp256k1_XMD:SHA-256_SSWU_RO_), and the digest is the sum of the points
-//! of all UTXOs. Adding and removing are point addition and subtraction, so a
+//! (ECMH). Each UTXO maps to a curve point by try-and-increment (as in the
+//! ECMH proposal for Bitcoin's UTXO set): for counter = 0, 1, ... take
+//! `h = SHA-256(tag || element || counter)`; if `h` is the x coordinate of a
+//! curve point, the point is the one whose y parity is the low bit of
+//! `SHA-256(tag || h)`. About half of all x values are on the curve, so two
+//! square roots are needed on average (RFC 9380's constant-time map costs
+//! about four times as much, and UTXOs are public data). The digest is the
+//! sum of the points of all UTXOs. Adding and removing are point addition and subtraction, so a
 //! block updates it in time proportional to its size, and two nodes with the
 //! same UTXO set hold the same digest however they reached it.
 
 use k256::elliptic_curve::group::GroupEncoding;
-use k256::elliptic_curve::hash2curve::{ExpandMsgXmd, GroupDigest};
-use k256::{ProjectivePoint, Secp256k1};
+use k256::elliptic_curve::point::DecompressPoint;
+use k256::elliptic_curve::subtle::Choice;
+use k256::{AffinePoint, ProjectivePoint};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
@@ -15,8 +21,8 @@ use crate::consensus::hash::Hash256;
 use crate::consensus::transaction::OutPoint;
 use crate::consensus::validation::Utxo;
 
-/// Domain separation tag of the hash-to-curve map.
-const DST: &[u8] = b"ChainCore-UTXO-ECMH-V1_secp256k1_XMD:SHA-256_SSWU_RO_";
+/// Domain separation tag of the map to the curve.
+const TAG: &[u8] = b"ChainCore/utxo-ecmh/v1";
 
 /// Length of a stored digest: a compressed point, or 33 zero bytes for the
 /// empty set (the point at infinity).
@@ -36,8 +42,20 @@ pub fn utxo_element(outpoint: &OutPoint, utxo: &Utxo) -> [u8; 69] {
 }
 
 fn point_of(outpoint: &OutPoint, utxo: &Utxo) -> ProjectivePoint {
-    Secp256k1::hash_from_bytes::<ExpandMsgXmd<Sha256>>(&[&utxo_element(outpoint, utxo)], &[DST])
-        .expect("hash-to-curve with a fixed, short DST cannot fail")
+    let element = utxo_element(outpoint, utxo);
+    for counter in 0u32.. {
+        let x = Sha256::new()
+            .chain_update(TAG)
+            .chain_update(element)
+            .chain_update(counter.to_le_bytes())
+            .finalize();
+        let parity = Sha256::new().chain_update(TAG).chain_update(x).finalize()[31] & 1;
+        let point: Option<AffinePoint> = AffinePoint::decompress(&x, Choice::from(parity)).into();
+        if let Some(point) = point {
+            return point.into();
+        }
+    }
+    unreachable!("a point is found long before the counter wraps")
 }
 
 /// The running multiset hash.

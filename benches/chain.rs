@@ -1,0 +1,328 @@
+//! Chain-state figures: connect throughput (signatures on and off), balance
+//! lookups from the address index, reorganisation time, and restart time
+//! with a long chain on disk.
+//!
+//! Run: `cargo bench --profile dev --bench chain` (add `-- quick` for smaller
+//! sizes while developing).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chaincore::chain::{Chain, ChainOptions};
+use chaincore::consensus::amount::Amount;
+use chaincore::consensus::block::Block;
+use chaincore::consensus::params::Network;
+use chaincore::consensus::transaction::{OutPoint, Transaction, TxOut};
+use chaincore::consensus::validation::SignatureChecks;
+use chaincore::mining::{assemble_block, solve_block, BlockTemplateHeader};
+use chaincore::testkit::{busy_chain, key, payee, signed_spend, TestChain};
+use rayon::prelude::*;
+
+struct Sizes {
+    connect_blocks: usize,
+    txs_per_block: usize,
+    lookup_utxos: usize,
+    lookup_addresses: usize,
+    restart_blocks: usize,
+}
+
+fn open(dir: &tempfile::TempDir, signature_checks: SignatureChecks) -> Chain {
+    Chain::open(
+        dir.path(),
+        Network::Regtest,
+        ChainOptions {
+            // Catch-up mode: the WAL is written but not synced per block.
+            sync_writes: false,
+            signature_checks,
+            ..ChainOptions::default()
+        },
+    )
+    .expect("open chain")
+}
+
+fn feed(chain: &mut Chain, blocks: &[Block]) {
+    for block in blocks {
+        chain
+            .process_block(Arc::new(block.clone()), None)
+            .expect("process block");
+    }
+}
+
+fn bench_connect(sizes: &Sizes) {
+    let start = Instant::now();
+    let test = busy_chain(sizes.connect_blocks, sizes.txs_per_block);
+    println!(
+        "generated {} blocks x {} tx in {:.1} s",
+        sizes.connect_blocks,
+        sizes.txs_per_block,
+        start.elapsed().as_secs_f64()
+    );
+    let busy = &test.blocks[test.blocks.len() - sizes.connect_blocks..];
+    let setup = &test.blocks[1..test.blocks.len() - sizes.connect_blocks];
+    let tx_count: usize = busy.iter().map(|b| b.transactions.len()).sum();
+    for checks in [SignatureChecks::On, SignatureChecks::Off] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut chain = open(&dir, checks);
+        feed(&mut chain, setup);
+        let start = Instant::now();
+        feed(&mut chain, busy);
+        let elapsed = start.elapsed().as_secs_f64();
+        assert_eq!(chain.tip().hash, test.tip().hash());
+        println!(
+            "connect, signatures {:<3}: {:>8.1} blocks/s {:>9.0} tx/s ({} blocks, {} tx, {:.1} s)",
+            if checks == SignatureChecks::On {
+                "on"
+            } else {
+                "off"
+            },
+            busy.len() as f64 / elapsed,
+            tx_count as f64 / elapsed,
+            busy.len(),
+            tx_count,
+            elapsed
+        );
+    }
+}
+
+/// A chain whose UTXO set holds `utxos` outputs spread evenly over
+/// `addresses` addresses.
+fn fan_out_chain(utxos: usize, addresses: usize) -> TestChain {
+    const OUTPUTS_PER_TX: usize = 2_000;
+    const OUTPUT_VALUE: u64 = 1_000;
+    let owner = key(1);
+    let mut chain = TestChain::new(Network::Regtest);
+    for _ in 0..=chain.params.coinbase_maturity {
+        chain.mine_empty(owner.pubkey_hash());
+    }
+    let funders = utxos.div_ceil(OUTPUTS_PER_TX);
+    let coinbase = chain.blocks[1].transactions[0].clone();
+    let funder_value = (OUTPUTS_PER_TX as u64 + 1) * OUTPUT_VALUE;
+    let mut change = coinbase.outputs[0].amount.units() - funder_value * funders as u64;
+    change -= 1_000;
+    let mut outputs = vec![
+        TxOut {
+            amount: Amount::from_units(funder_value),
+            owner: owner.pubkey_hash()
+        };
+        funders
+    ];
+    outputs.push(TxOut {
+        amount: Amount::from_units(change),
+        owner: owner.pubkey_hash(),
+    });
+    let funding = signed_spend(
+        &[(
+            OutPoint::new(coinbase.txid(), 0),
+            coinbase.outputs[0],
+            &owner,
+        )],
+        outputs,
+    );
+    let block = chain.build_block(owner.pubkey_hash(), vec![funding.clone()]);
+    chain.apply(block);
+    let txs: Vec<Transaction> = (0..funders)
+        .into_par_iter()
+        .map(|f| {
+            let outputs = (0..OUTPUTS_PER_TX)
+                .map(|i| TxOut {
+                    amount: Amount::from_units(OUTPUT_VALUE),
+                    owner: payee(((f * OUTPUTS_PER_TX + i) % addresses) as u64),
+                })
+                .collect();
+            signed_spend(
+                &[(
+                    OutPoint::new(funding.txid(), f as u32),
+                    funding.outputs[f],
+                    &owner,
+                )],
+                outputs,
+            )
+        })
+        .collect();
+    // About 17 fan-out transactions (56 KB each) fit in a block.
+    for chunk in txs.chunks(16) {
+        let block = chain.build_block(owner.pubkey_hash(), chunk.to_vec());
+        chain.apply(block);
+    }
+    chain
+}
+
+fn bench_balance_lookups(sizes: &Sizes) {
+    let test = fan_out_chain(sizes.lookup_utxos, sizes.lookup_addresses);
+    let dir = tempfile::tempdir().unwrap();
+    let mut chain = open(&dir, SignatureChecks::On);
+    let start = Instant::now();
+    feed(&mut chain, &test.blocks[1..]);
+    println!(
+        "address index: {} UTXOs over {} addresses connected in {:.1} s",
+        chain.tip().utxo_count,
+        sizes.lookup_addresses,
+        start.elapsed().as_secs_f64()
+    );
+    let store = chain.store().clone();
+    let lookups_per_thread = 200_000u64;
+    for threads in [1usize, 2] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let start = Instant::now();
+        let total: u64 = pool.install(|| {
+            (0..threads as u64)
+                .into_par_iter()
+                .map(|t| {
+                    let mut sum = 0u64;
+                    for i in 0..lookups_per_thread {
+                        let n = (i * 7_919 + t * 13) % sizes.lookup_addresses as u64;
+                        sum += store.address_stats(&payee(n)).unwrap().balance();
+                    }
+                    sum
+                })
+                .sum()
+        });
+        let elapsed = start.elapsed().as_secs_f64();
+        assert!(total > 0);
+        println!(
+            "balance lookups ({threads} thread{}): {:>10.0} lookups/s",
+            if threads == 1 { "" } else { "s" },
+            (lookups_per_thread * threads as u64) as f64 / elapsed
+        );
+    }
+}
+
+fn bench_reorg(txs_per_block: usize) {
+    for depth in [10usize, 100] {
+        // Two branches from the same busy prefix: a of `depth` blocks, then b
+        // of `depth + 1`, all blocks carrying transactions.
+        let base = busy_chain(5, txs_per_block);
+        let a = extend(&base, depth, 1);
+        let b = extend(&base, depth + 1, 2);
+        let dir = tempfile::tempdir().unwrap();
+        let mut chain = open(&dir, SignatureChecks::On);
+        feed(&mut chain, &base.blocks[1..]);
+        feed(&mut chain, &a);
+        feed(&mut chain, &b[..depth]);
+        let start = Instant::now();
+        feed(&mut chain, &b[depth..]);
+        let elapsed = start.elapsed();
+        assert_eq!(chain.tip().hash, b[depth].hash());
+        println!(
+            "reorg depth {depth:>3}: {:>8.1} ms (disconnect {depth}, connect {}, {} tx per block)",
+            elapsed.as_secs_f64() * 1000.0,
+            depth + 1,
+            txs_per_block + 1
+        );
+    }
+}
+
+/// `n` blocks on `base`, each moving every lane's coins once more; `salt`
+/// makes the branches differ.
+fn extend(base: &TestChain, n: usize, salt: u64) -> Vec<Block> {
+    let owner = key(1);
+    let mut chain = base.clone();
+    let mut blocks = Vec::new();
+    for round in 0..n {
+        let lanes: Vec<(OutPoint, TxOut)> = chain
+            .tip()
+            .transactions
+            .iter()
+            .skip(1)
+            .map(|tx| (OutPoint::new(tx.txid(), 1), tx.outputs[1]))
+            .collect();
+        let txs: Vec<Transaction> = lanes
+            .par_iter()
+            .enumerate()
+            .map(|(i, (outpoint, spent))| {
+                signed_spend(
+                    &[(*outpoint, *spent, &owner)],
+                    vec![
+                        TxOut {
+                            amount: Amount::from_units(500),
+                            owner: payee(salt << 40 | (round as u64) << 20 | i as u64),
+                        },
+                        TxOut {
+                            amount: Amount::from_units(spent.amount.units() - 600),
+                            owner: owner.pubkey_hash(),
+                        },
+                    ],
+                )
+            })
+            .collect();
+        let block = chain.build_block(owner.pubkey_hash(), txs);
+        chain.apply(block.clone());
+        blocks.push(block);
+    }
+    blocks
+}
+
+fn bench_restart(sizes: &Sizes) {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut chain = open(&dir, SignatureChecks::On);
+        let start = Instant::now();
+        let params = chain.params();
+        for _ in 0..sizes.restart_blocks {
+            let tip = chain.tip();
+            let ctx = chain.context_after(&tip.hash).unwrap();
+            let mut block = assemble_block(
+                params,
+                BlockTemplateHeader {
+                    prev_hash: tip.hash,
+                    height: ctx.height,
+                    time: ctx.median_time_past + 1,
+                    bits: ctx.expected_bits,
+                },
+                key(1).pubkey_hash(),
+                0,
+                Amount::ZERO,
+                Vec::new(),
+            );
+            solve_block(&mut block);
+            chain.process_block(Arc::new(block), None).unwrap();
+        }
+        println!(
+            "restart: wrote {} blocks in {:.1} s",
+            sizes.restart_blocks,
+            start.elapsed().as_secs_f64()
+        );
+    }
+    for attempt in 1..=3 {
+        let start = Instant::now();
+        let chain = open(&dir, SignatureChecks::On);
+        let tip = chain.tip();
+        let elapsed = start.elapsed();
+        assert_eq!(tip.height as usize, sizes.restart_blocks);
+        println!(
+            "restart {attempt}: tip at height {} served {:.0} ms after open began",
+            tip.height,
+            elapsed.as_secs_f64() * 1000.0
+        );
+        drop(chain);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "quick");
+    let sizes = if quick {
+        Sizes {
+            connect_blocks: 100,
+            txs_per_block: 100,
+            lookup_utxos: 100_000,
+            lookup_addresses: 10_000,
+            restart_blocks: 5_000,
+        }
+    } else {
+        Sizes {
+            connect_blocks: 2_000,
+            txs_per_block: 100,
+            lookup_utxos: 1_000_000,
+            lookup_addresses: 100_000,
+            restart_blocks: 100_000,
+        }
+    };
+    bench_connect(&sizes);
+    bench_reorg(sizes.txs_per_block);
+    bench_balance_lookups(&sizes);
+    bench_restart(&sizes);
+}
