@@ -9,5 +9,7 @@ pub mod consensus;
 pub mod encoding;
 pub mod mining;
 pub mod node;
+pub mod p2p;
 pub mod store;
 pub mod testkit;
+pub mod wire;

@@ -87,6 +87,25 @@ pub enum BlockOutcome {
     InvalidAncestor,
 }
 
+/// Why headers were refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderRejection {
+    Invalid(BlockError),
+    InvalidAncestor,
+}
+
+/// What became of a batch of headers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeadersOutcome {
+    /// Headers newly indexed.
+    pub new: usize,
+    /// The last header of the batch that is now indexed (new or known).
+    pub last: Option<BlockHash>,
+    /// The first header's parent is unknown.
+    pub unconnected: bool,
+    pub invalid: Option<HeaderRejection>,
+}
+
 /// The active tip and the UTXO-set summary at it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct ChainTip {
@@ -146,6 +165,8 @@ pub struct Chain {
     /// Stored blocks, all of whose ancestors are stored and none invalid,
     /// with at least the tip's work: the branches worth trying.
     candidates: BTreeSet<(U256, Reverse<BlockHash>)>,
+    /// The most-work valid header known (with or without its block).
+    best_header: BlockHash,
     /// Children of every indexed block, to walk descendants.
     children: HashMap<BlockHash, Vec<BlockHash>>,
     orphans: OrphanPool,
@@ -180,6 +201,7 @@ impl Chain {
             },
             digest: UtxoDigest::default(),
             candidates: BTreeSet::new(),
+            best_header: BlockHash::ZERO,
             children: HashMap::new(),
             orphans: OrphanPool::default(),
             events,
@@ -518,6 +540,182 @@ impl Chain {
                 .or_default()
                 .push(hash);
         }
+        let best = self.index.get(&self.best_header).map(|e| e.chain_work);
+        if !entry.is_failed() && best.is_none_or(|w| entry.chain_work > w) {
+            self.best_header = hash;
+        }
+    }
+
+    /// Recomputes the best header after blocks were marked invalid.
+    fn recompute_best_header(&mut self) {
+        self.best_header = self
+            .index
+            .iter()
+            .filter(|(_, e)| !e.is_failed())
+            .max_by_key(|(h, e)| (e.chain_work, Reverse(**h)))
+            .map(|(h, _)| *h)
+            .expect("genesis is never invalid");
+    }
+
+    /// The most-work valid header known, and its height.
+    pub fn best_header(&self) -> (BlockHash, u32) {
+        (self.best_header, self.index[&self.best_header].height)
+    }
+
+    /// Validates and indexes headers (headers-first sync). Each header must
+    /// extend a known one. Stops at the first invalid or unconnected header.
+    pub fn process_headers(
+        &mut self,
+        headers: &[crate::consensus::block::BlockHeader],
+    ) -> Result<HeadersOutcome, ChainError> {
+        let mut outcome = HeadersOutcome::default();
+        let store = self.store.clone();
+        let mut batch = store.batch();
+        for header in headers {
+            let hash = header.hash();
+            if let Some(entry) = self.index.get(&hash) {
+                if entry.is_failed() {
+                    outcome.invalid = Some(HeaderRejection::InvalidAncestor);
+                    break;
+                }
+                outcome.last = Some(hash);
+                continue;
+            }
+            if let Err(error) = crate::consensus::validation::check_header(header, self.params) {
+                outcome.invalid = Some(HeaderRejection::Invalid(error));
+                break;
+            }
+            let Some(parent) = self.index.get(&header.prev_hash).copied() else {
+                outcome.unconnected = true;
+                break;
+            };
+            if parent.is_failed() {
+                outcome.invalid = Some(HeaderRejection::InvalidAncestor);
+                break;
+            }
+            let ctx = self
+                .context_after(&header.prev_hash)
+                .expect("parent is indexed");
+            let mut entry = BlockIndexEntry {
+                header: *header,
+                height: parent.height + 1,
+                chain_work: parent.chain_work + work_from_compact(header.bits),
+                status: status::HEADER_VALID,
+                tx_count: 0,
+                size: 0,
+            };
+            if let Err(error) = check_header_contextual(header, &ctx, self.params) {
+                entry.status = status::FAILED;
+                batch.put_block_index(&hash, &entry);
+                self.add_to_index(hash, entry);
+                outcome.invalid = Some(HeaderRejection::Invalid(error));
+                break;
+            }
+            batch.put_block_index(&hash, &entry);
+            self.add_to_index(hash, entry);
+            outcome.new += 1;
+            outcome.last = Some(hash);
+        }
+        store.write(batch, self.sync_writes)?;
+        Ok(outcome)
+    }
+
+    /// A block locator for the best header chain starting at the best
+    /// header's parent, so that a peer at the same tip still answers with one
+    /// header and so tells us what it has (as Bitcoin Core does): the last ten
+    /// hashes, then exponentially sparser ones, ending with genesis.
+    pub fn locator(&self) -> Vec<BlockHash> {
+        let (best, best_height) = self.best_header();
+        let height = best_height.saturating_sub(1);
+        let mut locator = Vec::new();
+        let mut step = 1u32;
+        let mut h = height;
+        loop {
+            locator.push(
+                self.ancestor(&best, h)
+                    .expect("ancestors of an indexed block exist"),
+            );
+            if h == 0 || locator.len() >= crate::wire::constants::MAX_LOCATOR_HASHES - 1 {
+                break;
+            }
+            if locator.len() >= 10 {
+                step = step.saturating_mul(2);
+            }
+            h = h.saturating_sub(step);
+        }
+        if *locator.last().expect("not empty") != self.active[0] {
+            locator.push(self.active[0]);
+        }
+        locator
+    }
+
+    /// Headers of the active chain after the first locator hash that is on
+    /// it (genesis if none), up to and including `stop`, at most `max`.
+    pub fn headers_after(
+        &self,
+        locator: &[BlockHash],
+        stop: &BlockHash,
+        max: usize,
+    ) -> Vec<crate::consensus::block::BlockHeader> {
+        let start = locator
+            .iter()
+            .find_map(|h| self.is_active(h).then(|| self.index[h].height))
+            .unwrap_or(0);
+        let mut headers = Vec::new();
+        for height in start + 1..=self.tip.height {
+            let hash = self.active[height as usize];
+            headers.push(self.index[&hash].header);
+            if headers.len() >= max || hash == *stop {
+                break;
+            }
+        }
+        headers
+    }
+
+    /// Whether the block's data is stored.
+    pub fn has_block(&self, hash: &BlockHash) -> bool {
+        self.index
+            .get(hash)
+            .is_some_and(|e| e.has(status::HAVE_DATA))
+    }
+
+    /// Whether `ancestor` is `descendant` or one of its ancestors.
+    pub fn is_ancestor(&self, ancestor: &BlockHash, descendant: &BlockHash) -> bool {
+        match (self.index.get(ancestor), self.index.get(descendant)) {
+            (Some(a), Some(d)) if a.height <= d.height => {
+                self.ancestor(descendant, a.height) == Some(*ancestor)
+            }
+            _ => false,
+        }
+    }
+
+    /// Blocks of the best header chain that we lack, lowest first, no more
+    /// than `window` heights above the fork point with the active chain, at
+    /// most `max`, leaving out those `skip` says.
+    pub fn blocks_to_download(
+        &self,
+        window: u32,
+        max: usize,
+        skip: &dyn Fn(&BlockHash) -> bool,
+    ) -> Vec<(BlockHash, u32)> {
+        let (best, best_height) = self.best_header();
+        if self.index[&best].chain_work <= self.tip_entry().chain_work {
+            return Vec::new();
+        }
+        let mut path = Vec::new();
+        let mut cursor = best;
+        while !self.is_active(&cursor) {
+            let entry = &self.index[&cursor];
+            path.push((cursor, entry.height));
+            cursor = entry.header.prev_hash;
+        }
+        let fork = self.index[&cursor].height;
+        let limit = fork.saturating_add(window).min(best_height);
+        path.reverse();
+        path.into_iter()
+            .filter(|(h, height)| *height <= limit && !self.has_block(h) && !skip(h))
+            .take(max)
+            .collect()
     }
 
     fn store_entry(&mut self, hash: BlockHash, entry: BlockIndexEntry) -> Result<(), ChainError> {
@@ -584,6 +782,7 @@ impl Chain {
             );
         }
         self.store.write(batch, self.sync_writes)?;
+        self.recompute_best_header();
         Ok(())
     }
 
@@ -816,6 +1015,16 @@ impl Chain {
             height,
         });
         Ok((hash, entry.chain_work))
+    }
+}
+
+impl Drop for Chain {
+    /// A clean shutdown flushes the memtables so the next start replays no
+    /// write-ahead log (a crash replays it, losing nothing).
+    fn drop(&mut self) {
+        if let Err(e) = self.store.flush() {
+            tracing::warn!(error = %e, "flushing the store at shutdown failed");
+        }
     }
 }
 

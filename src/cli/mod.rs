@@ -62,10 +62,38 @@ pub struct NodeArgs {
     /// to the chain at start.
     #[arg(long)]
     pub import: Option<PathBuf>,
+    /// Port of the peer-to-peer listener (default: the network's port; 0
+    /// picks a free one, logged at start).
+    #[arg(long)]
+    pub p2p_port: Option<u16>,
+    /// Address of the peer-to-peer listener.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub p2p_bind: std::net::IpAddr,
+    /// A peer to connect to and keep connected to (repeatable).
+    #[arg(long = "peer", value_name = "HOST:PORT")]
+    pub peers: Vec<String>,
+    /// Connect only to the `--peer` addresses, never to addresses learned
+    /// from other peers (as Bitcoin Core's -connect).
+    #[arg(long)]
+    pub connect_only: bool,
     /// Do not wait for the disk after each block (faster catch-up; a power
     /// loss may lose the last blocks, a process crash loses nothing).
     #[arg(long)]
     pub no_sync_writes: bool,
+}
+
+/// Resolves `HOST:PORT` peer arguments (names resolve once, at start).
+fn resolve_peers(peers: &[String]) -> Result<Vec<std::net::SocketAddr>> {
+    use std::net::ToSocketAddrs;
+    peers
+        .iter()
+        .map(|p| {
+            p.to_socket_addrs()
+                .with_context(|| format!("peer {p:?} is not HOST:PORT"))?
+                .next()
+                .with_context(|| format!("peer {p:?} resolves to no address"))
+        })
+        .collect()
 }
 
 fn default_data_dir(network: Network) -> Result<PathBuf> {
@@ -112,6 +140,13 @@ pub fn run(cli: Cli) -> Result<()> {
                 mine_interval: Duration::from_millis(args.mine_interval_ms),
                 import: args.import,
                 sync_writes: !args.no_sync_writes,
+                p2p_bind: std::net::SocketAddr::new(
+                    args.p2p_bind,
+                    args.p2p_port
+                        .unwrap_or(args.network.params().default_p2p_port),
+                ),
+                peers: resolve_peers(&args.peers)?,
+                connect_only: args.connect_only,
             };
             tokio::runtime::Runtime::new()?.block_on(crate::node::run(config))
         }

@@ -25,6 +25,12 @@ pub struct NodeConfig {
     pub mine_interval: Duration,
     pub import: Option<PathBuf>,
     pub sync_writes: bool,
+    /// Where the P2P listener binds.
+    pub p2p_bind: std::net::SocketAddr,
+    /// Peers to keep connected to (`--peer`).
+    pub peers: Vec<std::net::SocketAddr>,
+    /// Dial only `peers`.
+    pub connect_only: bool,
 }
 
 /// Runs the node until Ctrl-C or SIGTERM.
@@ -54,6 +60,19 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let chain = Arc::new(Mutex::new(chain));
     let stop = Arc::new(AtomicBool::new(false));
 
+    let (p2p, p2p_thread) = crate::p2p::start(
+        crate::p2p::NetworkConfig {
+            network: config.network,
+            bind: config.p2p_bind,
+            peers: config.peers.clone(),
+            connect_only: config.connect_only,
+            data_dir: config.data_dir.clone(),
+        },
+        chain.clone(),
+    )
+    .await?;
+
+    let relay = p2p.clone();
     tokio::spawn(async move {
         loop {
             match events.recv().await {
@@ -62,12 +81,16 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
                     height,
                     block,
                 }) => {
-                    tracing::info!(height, %hash, txs = block.transactions.len(), "block connected")
+                    tracing::info!(height, %hash, txs = block.transactions.len(), "block connected");
+                    relay.chain_changed().await;
                 }
                 Ok(ChainEvent::BlockDisconnected { hash, height, .. }) => {
                     tracing::info!(height, %hash, "block disconnected")
                 }
-                Err(RecvError::Lagged(n)) => tracing::warn!(missed = n, "event log fell behind"),
+                Err(RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "event log fell behind");
+                    relay.chain_changed().await;
+                }
                 Err(RecvError::Closed) => break,
             }
         }
@@ -91,9 +114,13 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     shutdown_signal().await;
     tracing::info!("shutting down");
     stop.store(true, Ordering::Relaxed);
+    p2p.shutdown().await;
     for task in tasks {
         task.await??;
     }
+    tokio::task::spawn_blocking(move || p2p_thread.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the p2p thread panicked"))?;
     Ok(())
 }
 

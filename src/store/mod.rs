@@ -452,6 +452,14 @@ impl Store {
 }
 
 impl Store {
+    /// Writes every memtable to disk, so the next open replays no log.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        for name in ALL_CFS {
+            self.db.flush_cf(self.cf(name))?;
+        }
+        Ok(())
+    }
+
     /// Every key and value of one column family, in key order: for tests and
     /// tools that compare two stores byte for byte.
     pub fn dump_cf(&self, name: &str) -> Result<Vec<RawEntry>, StoreError> {

@@ -28,10 +28,19 @@ pub struct NodeProcess {
 impl NodeProcess {
     pub fn start(data_dir: &Path, extra: &[&str]) -> NodeProcess {
         let mut child = chaincore()
-            .args(["node", "--network", "regtest", "--data-dir"])
+            .args([
+                "node",
+                "--network",
+                "regtest",
+                "--p2p-bind",
+                "127.0.0.1",
+                "--p2p-port",
+                "0",
+                "--data-dir",
+            ])
             .arg(data_dir)
             .args(extra)
-            .env("CHAINCORE_LOG", "info")
+            .env("CHAINCORE_LOG", "info,chaincore::p2p::protocol=debug")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -68,13 +77,17 @@ impl NodeProcess {
         }
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
+            match self
+                .lines
+                .recv_timeout(left.min(Duration::from_millis(500)))
+            {
                 Ok(line) => {
                     self.log.push(line.clone());
                     if line.contains(needle) {
                         return line;
                     }
                 }
+                Err(_) if Instant::now() < deadline => self.fail_if_exited(),
                 Err(_) => panic!(
                     "no log line with {needle:?} within {timeout:?}; log:\n{}",
                     self.log.join("\n")
@@ -151,4 +164,94 @@ pub fn prefix(n: usize) -> TestChain {
         chain.mine_empty(key(1).pubkey_hash());
     }
     chain
+}
+
+impl NodeProcess {
+    /// Starts a node and waits until its P2P listener is bound; returns it
+    /// with the listening address.
+    pub fn start_p2p(data_dir: &Path, extra: &[&str]) -> (NodeProcess, std::net::SocketAddr) {
+        let mut node = NodeProcess::start(data_dir, extra);
+        let line = node.wait_for("p2p listening", Duration::from_secs(30));
+        let addr = log_field(&line, "addr")
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        (node, addr)
+    }
+
+    /// Waits until the node logs a connected block at `height` or above and
+    /// returns the hash it logged for the highest such block so far.
+    pub fn wait_for_height(&mut self, height: u32, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.drain();
+            if let Some(hash) = self
+                .log
+                .iter()
+                .rev()
+                .filter(|l| l.contains("block connected"))
+                .find(|l| {
+                    log_field(l, "height").and_then(|h| h.parse::<u32>().ok()) >= Some(height)
+                })
+                .and_then(|l| log_field(l, "hash"))
+            {
+                return hash.to_string();
+            }
+            self.fail_if_exited();
+            if Instant::now() > deadline {
+                panic!(
+                    "height {height} not reached within {timeout:?}; last lines:\n{}",
+                    self.log
+                        .iter()
+                        .rev()
+                        .take(30)
+                        .rev()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Panics with the log if the node has exited.
+    pub fn fail_if_exited(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            std::thread::sleep(Duration::from_millis(100));
+            self.drain();
+            panic!("node exited early with {status}:\n{}", self.log.join("\n"));
+        }
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn stop(mut self) -> Vec<String> {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let status = self.child.wait().expect("reap node");
+        self.drain();
+        assert!(
+            status.success(),
+            "node exited with {status}:\n{}",
+            self.log.join("\n")
+        );
+        self.log
+    }
+}
+
+/// The tip record of a stopped node's data dir.
+pub fn stored_tip(data_dir: &Path) -> chaincore::store::schema::ChainTipRecord {
+    let (store, _) = chaincore::store::Store::open_existing(
+        data_dir,
+        &chaincore::store::StoreOptions::default(),
+    )
+    .expect("open stopped node's store");
+    store.tip().expect("read tip").expect("tip exists")
+}
+
+/// Writes `blocks` (after genesis) to a block file in `dir`.
+pub fn block_file(dir: &Path, name: &str, blocks: &[Block]) -> std::path::PathBuf {
+    let path = dir.join(name);
+    chaincore::chain::block_file::write_blocks(std::fs::File::create(&path).unwrap(), blocks)
+        .unwrap();
+    path
 }

@@ -1,0 +1,944 @@
+//! The peer-to-peer protocol as a state machine without I/O: it consumes
+//! events (a peer connected, a message arrived, a peer left, time passed)
+//! and returns actions (send, disconnect, connect). The socket tasks in
+//! `connection` only move frames; every rule about who may send what and
+//! when lives here.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::chain::{unix_now, BlockOutcome, Chain, HeaderRejection};
+use crate::consensus::hash::{BlockHash, Hash256};
+use crate::consensus::params::Network;
+use crate::wire::constants::*;
+use crate::wire::message::{AddrEntry, GetHeaders, InvItem, InvKind, Message, Version};
+
+use super::addrbook::AddrBook;
+
+pub type PeerId = u64;
+
+/// Blocks requested from one peer at a time.
+pub const MAX_BLOCKS_IN_FLIGHT_PER_PEER: usize = 16;
+/// How far past the active tip blocks are fetched: bounds memory and disk
+/// spent on blocks that cannot be connected yet.
+pub const BLOCK_DOWNLOAD_WINDOW: u32 = 1024;
+/// A requested block that has not arrived by then is asked of another peer.
+pub const BLOCK_STALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// A peer that stalls this many requests is disconnected.
+pub const MAX_STALLS: u32 = 3;
+/// A `getheaders` unanswered for this long is sent again (to any peer).
+pub const HEADERS_RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Outbound connections the node keeps.
+pub const TARGET_OUTBOUND: usize = 8;
+/// Inbound connections the node accepts.
+pub const MAX_INBOUND: usize = 117;
+/// How long a misbehaving address is refused.
+pub const DISCOURAGE_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+/// Inventory hashes remembered per peer, so nothing is announced back to
+/// where it came from; the oldest are forgotten first.
+pub const MAX_KNOWN_INVENTORY: usize = 50_000;
+/// How often sync progress is logged while catching up.
+pub const PROGRESS_LOG_INTERVAL: Duration = Duration::from_secs(5);
+/// First wait before redialing a `--peer` that failed or left; doubles
+/// with every failure up to 64 times this.
+pub const MANUAL_RETRY_BASE: Duration = Duration::from_millis(500);
+/// Longest user agent we send.
+pub const USER_AGENT: &str = concat!("/chaincore:", env!("CARGO_PKG_VERSION"), "/");
+
+/// Something the I/O layer must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Send(PeerId, Message),
+    Disconnect(PeerId, &'static str),
+    Connect(SocketAddr),
+}
+
+/// A set that forgets its oldest members past a bound.
+#[derive(Debug, Default)]
+struct BoundedSet {
+    set: HashSet<Hash256>,
+    order: VecDeque<Hash256>,
+}
+
+impl BoundedSet {
+    fn insert(&mut self, hash: Hash256) {
+        if self.set.insert(hash) {
+            self.order.push_back(hash);
+            if self.order.len() > MAX_KNOWN_INVENTORY {
+                if let Some(old) = self.order.pop_front() {
+                    self.set.remove(&old);
+                }
+            }
+        }
+    }
+
+    fn contains(&self, hash: &Hash256) -> bool {
+        self.set.contains(hash)
+    }
+}
+
+#[derive(Debug)]
+struct Peer {
+    addr: SocketAddr,
+    inbound: bool,
+    /// The address we dialed, for outbound peers (reconnection, addr book).
+    dialed: Option<SocketAddr>,
+    connected_at: Instant,
+    version: Option<Version>,
+    got_verack: bool,
+    sent_version: bool,
+    send_headers: bool,
+    known: BoundedSet,
+    /// Best block the peer is known to have.
+    best_known: Option<BlockHash>,
+    in_flight: HashMap<BlockHash, Instant>,
+    stalls: u32,
+    ping: Option<(u64, Instant)>,
+    last_ping_sent: Instant,
+    answered_getaddr: bool,
+}
+
+impl Peer {
+    fn ready(&self) -> bool {
+        self.version.is_some() && self.got_verack
+    }
+}
+
+/// Sync progress, for logs and the status endpoint.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct SyncProgress {
+    pub header_height: u32,
+    pub block_height: u32,
+    /// Blocks connected per second over the last interval.
+    pub blocks_per_sec: f64,
+    pub percent: f64,
+    pub peers: usize,
+    pub blocks_in_flight: usize,
+}
+
+/// Counters of what peers did wrong and what we ignored.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ProtocolCounters {
+    pub misbehaviour: HashMap<String, u64>,
+    pub unknown_commands: u64,
+}
+
+pub struct Protocol {
+    chain: Arc<Mutex<Chain>>,
+    network: Network,
+    listen_port: u16,
+    peers: HashMap<PeerId, Peer>,
+    /// Nonces of the `version` messages we sent: receiving one back means we
+    /// connected to ourselves.
+    our_nonces: HashSet<u64>,
+    /// Which peer each requested block was asked of.
+    in_flight: HashMap<BlockHash, PeerId>,
+    /// When we last sent `getheaders`, and to whom.
+    headers_request: Option<(PeerId, Instant)>,
+    addrbook: AddrBook,
+    /// Peers given with `--peer`: always reconnected, with backoff; the
+    /// value is when the next attempt is due.
+    manual: HashMap<SocketAddr, Instant>,
+    manual_failures: HashMap<SocketAddr, u32>,
+    /// Whether to dial addresses from the address book (`--connect-only`
+    /// turns it off).
+    discover: bool,
+    /// Addresses being dialed right now.
+    dialing: HashSet<SocketAddr>,
+    discouraged: HashMap<IpAddr, Instant>,
+    announced_tip: BlockHash,
+    counters: ProtocolCounters,
+    progress: SyncProgress,
+    last_progress: (Instant, u32),
+    last_addrbook_save: Instant,
+}
+
+fn is_local(ip: &IpAddr) -> bool {
+    ip.is_loopback()
+}
+
+impl Protocol {
+    pub fn new(
+        chain: Arc<Mutex<Chain>>,
+        network: Network,
+        listen_port: u16,
+        addrbook: AddrBook,
+        manual: Vec<SocketAddr>,
+        discover: bool,
+        now: Instant,
+    ) -> Protocol {
+        let (announced_tip, height) = {
+            let chain = chain.lock().expect("chain lock");
+            (chain.tip().hash, chain.height())
+        };
+        Protocol {
+            chain,
+            network,
+            listen_port,
+            peers: HashMap::new(),
+            our_nonces: HashSet::new(),
+            in_flight: HashMap::new(),
+            headers_request: None,
+            addrbook,
+            manual: manual.into_iter().map(|a| (a, now)).collect(),
+            manual_failures: HashMap::new(),
+            discover,
+            dialing: HashSet::new(),
+            discouraged: HashMap::new(),
+            announced_tip,
+            counters: ProtocolCounters::default(),
+            progress: SyncProgress::default(),
+            last_progress: (now, height),
+            last_addrbook_save: now,
+        }
+    }
+
+    pub fn progress(&self) -> SyncProgress {
+        self.progress
+    }
+
+    pub fn counters(&self) -> &ProtocolCounters {
+        &self.counters
+    }
+
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// Peers and what we know of them, for the API.
+    pub fn peer_summaries(&self) -> Vec<PeerSummary> {
+        let mut out: Vec<PeerSummary> = self
+            .peers
+            .iter()
+            .map(|(id, p)| PeerSummary {
+                id: *id,
+                addr: p.addr,
+                inbound: p.inbound,
+                ready: p.ready(),
+                user_agent: p.version.as_ref().map(|v| v.user_agent.clone()),
+                start_height: p.version.as_ref().map(|v| v.start_height),
+                blocks_in_flight: p.in_flight.len(),
+            })
+            .collect();
+        out.sort_by_key(|p| p.id);
+        out
+    }
+
+    pub fn save_addrbook(&self) {
+        if let Err(e) = self.addrbook.save() {
+            tracing::warn!(error = %e, "could not save the address book");
+        }
+    }
+
+    fn misbehaving(&mut self, id: PeerId, reason: &'static str, actions: &mut Vec<Action>) {
+        *self
+            .counters
+            .misbehaviour
+            .entry(reason.to_string())
+            .or_default() += 1;
+        if let Some(peer) = self.peers.get(&id) {
+            let ip = peer.addr.ip();
+            tracing::info!(peer = id, addr = %peer.addr, reason, "peer misbehaved: disconnecting");
+            // As Bitcoin Core: local peers are disconnected but never
+            // discouraged, or every local peer would be refused.
+            if !is_local(&ip) {
+                self.discouraged
+                    .insert(ip, Instant::now() + DISCOURAGE_DURATION);
+            }
+        }
+        actions.push(Action::Disconnect(id, reason));
+    }
+
+    /// A socket task reported a framing error or a malformed message.
+    pub fn on_violation(&mut self, id: PeerId, reason: &'static str) -> Vec<Action> {
+        let mut actions = Vec::new();
+        self.misbehaving(id, reason, &mut actions);
+        actions
+    }
+
+    pub fn on_unknown_command(&mut self, id: PeerId, command: &str) {
+        self.counters.unknown_commands += 1;
+        tracing::debug!(peer = id, command, "ignoring unknown command");
+    }
+
+    pub fn is_discouraged(&self, ip: &IpAddr, now: Instant) -> bool {
+        self.discouraged.get(ip).is_some_and(|until| *until > now)
+    }
+
+    fn version_message(&mut self) -> Message {
+        let nonce = rand::random::<u64>();
+        self.our_nonces.insert(nonce);
+        let start_height = self.chain.lock().expect("chain lock").height();
+        Message::Version(Version {
+            protocol_version: PROTOCOL_VERSION,
+            services: SERVICE_NETWORK,
+            timestamp: u64::from(unix_now()),
+            start_height,
+            nonce,
+            listen_port: self.listen_port,
+            user_agent: USER_AGENT.to_string(),
+        })
+    }
+
+    /// A connection was established (`dialed` is the address we dialed).
+    pub fn on_connected(
+        &mut self,
+        id: PeerId,
+        addr: SocketAddr,
+        dialed: Option<SocketAddr>,
+        now: Instant,
+    ) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let inbound = dialed.is_none();
+        if let Some(d) = dialed {
+            self.dialing.remove(&d);
+        }
+        if inbound {
+            let inbound_count = self.peers.values().filter(|p| p.inbound).count();
+            if self.is_discouraged(&addr.ip(), now) {
+                actions.push(Action::Disconnect(id, "discouraged"));
+                return actions;
+            }
+            if inbound_count >= MAX_INBOUND {
+                actions.push(Action::Disconnect(id, "too_many_inbound"));
+                return actions;
+            }
+        }
+        self.peers.insert(
+            id,
+            Peer {
+                addr,
+                inbound,
+                dialed,
+                connected_at: now,
+                version: None,
+                got_verack: false,
+                sent_version: false,
+                send_headers: false,
+                known: BoundedSet::default(),
+                best_known: None,
+                in_flight: HashMap::new(),
+                stalls: 0,
+                ping: None,
+                last_ping_sent: now,
+                answered_getaddr: false,
+            },
+        );
+        if !inbound {
+            let version = self.version_message();
+            self.peers.get_mut(&id).expect("just inserted").sent_version = true;
+            actions.push(Action::Send(id, version));
+        }
+        actions
+    }
+
+    /// A dial attempt failed.
+    pub fn on_connect_failed(&mut self, addr: SocketAddr, now: Instant) {
+        self.dialing.remove(&addr);
+        self.addrbook.mark_failed(addr, now);
+        self.back_off_manual(addr, now);
+    }
+
+    pub fn on_disconnected(&mut self, id: PeerId, now: Instant) -> Vec<Action> {
+        let Some(peer) = self.peers.remove(&id) else {
+            return Vec::new();
+        };
+        tracing::info!(peer = id, addr = %peer.addr, "peer disconnected");
+        for hash in peer.in_flight.keys() {
+            self.in_flight.remove(hash);
+        }
+        if self.headers_request.is_some_and(|(p, _)| p == id) {
+            self.headers_request = None;
+        }
+        if let Some(dialed) = peer.dialed {
+            // Reconnect after a backoff, not at once.
+            self.addrbook.mark_failed(dialed, now);
+            self.back_off_manual(dialed, now);
+        }
+        let mut actions = Vec::new();
+        self.request_blocks(now, &mut actions);
+        actions
+    }
+
+    pub fn on_message(&mut self, id: PeerId, message: Message, now: Instant) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let Some(peer) = self.peers.get(&id) else {
+            return actions;
+        };
+        let ready = peer.ready();
+        match message {
+            Message::Version(version) => self.on_version(id, version, now, &mut actions),
+            Message::Verack => {
+                let peer = self.peers.get_mut(&id).expect("checked");
+                if peer.got_verack || !peer.sent_version {
+                    self.misbehaving(id, "unexpected_verack", &mut actions);
+                } else {
+                    peer.got_verack = true;
+                    if peer.ready() {
+                        self.on_handshake(id, now, &mut actions);
+                    }
+                }
+            }
+            _ if !ready => self.misbehaving(id, "message_before_handshake", &mut actions),
+            Message::Ping(nonce) => actions.push(Action::Send(id, Message::Pong(nonce))),
+            Message::Pong(nonce) => {
+                let peer = self.peers.get_mut(&id).expect("checked");
+                if peer.ping.is_some_and(|(n, _)| n == nonce) {
+                    peer.ping = None;
+                }
+            }
+            Message::GetAddr => {
+                let peer = self.peers.get_mut(&id).expect("checked");
+                if !peer.answered_getaddr {
+                    peer.answered_getaddr = true;
+                    let entries = self
+                        .addrbook
+                        .sample(MAX_ADDR_ENTRIES)
+                        .into_iter()
+                        .map(|(addr, time)| AddrEntry {
+                            time,
+                            services: SERVICE_NETWORK,
+                            addr,
+                        })
+                        .collect();
+                    actions.push(Action::Send(id, Message::Addr(entries)));
+                }
+            }
+            Message::Addr(entries) => {
+                for entry in entries {
+                    self.addrbook.add_new(entry.addr, entry.time);
+                }
+            }
+            Message::Inv(items) => self.on_inv(id, items, &mut actions),
+            Message::GetData(items) => self.on_getdata(id, items, &mut actions),
+            Message::NotFound(items) => {
+                let peer = self.peers.get_mut(&id).expect("checked");
+                for item in items {
+                    if peer.in_flight.remove(&item.hash).is_some() {
+                        self.in_flight.remove(&item.hash);
+                    }
+                }
+                self.request_blocks(now, &mut actions);
+            }
+            Message::GetHeaders(request) => {
+                let headers = self.chain.lock().expect("chain lock").headers_after(
+                    &request.locator,
+                    &request.stop,
+                    MAX_HEADERS,
+                );
+                if let Some(last) = headers.last() {
+                    self.peers
+                        .get_mut(&id)
+                        .expect("checked")
+                        .known
+                        .insert(last.hash());
+                }
+                actions.push(Action::Send(id, Message::Headers(headers)));
+            }
+            Message::Headers(headers) => self.on_headers(id, headers, now, &mut actions),
+            Message::Block(block) => self.on_block(id, *block, now, &mut actions),
+            Message::SendHeaders => {
+                self.peers.get_mut(&id).expect("checked").send_headers = true;
+            }
+            // Transactions and the mempool arrive with the mempool.
+            Message::Tx(_) | Message::Mempool => {}
+        }
+        self.announce_tip(&mut actions);
+        actions
+    }
+
+    fn on_version(
+        &mut self,
+        id: PeerId,
+        version: Version,
+        now: Instant,
+        actions: &mut Vec<Action>,
+    ) {
+        let peer = self.peers.get(&id).expect("checked by caller");
+        if peer.version.is_some() {
+            self.misbehaving(id, "duplicate_version", actions);
+            return;
+        }
+        if self.our_nonces.contains(&version.nonce) {
+            tracing::info!(peer = id, "connected to ourselves: disconnecting");
+            if let Some(dialed) = peer.dialed {
+                // Never dial this address again.
+                self.addrbook
+                    .mark_failed(dialed, now + Duration::from_secs(3600));
+            }
+            actions.push(Action::Disconnect(id, "self_connection"));
+            return;
+        }
+        if version.protocol_version < MIN_PROTOCOL_VERSION {
+            actions.push(Action::Disconnect(id, "obsolete_version"));
+            return;
+        }
+        let inbound = peer.inbound;
+        let addr = peer.addr;
+        if inbound && version.listen_port != 0 {
+            self.addrbook
+                .add_new(SocketAddr::new(addr.ip(), version.listen_port), unix_now());
+        }
+        let peer = self.peers.get_mut(&id).expect("checked");
+        peer.version = Some(version);
+        if inbound && !peer.sent_version {
+            let our = self.version_message();
+            self.peers.get_mut(&id).expect("checked").sent_version = true;
+            actions.push(Action::Send(id, our));
+        }
+        actions.push(Action::Send(id, Message::Verack));
+        if self.peers[&id].ready() {
+            self.on_handshake(id, now, actions);
+        }
+    }
+
+    fn on_handshake(&mut self, id: PeerId, now: Instant, actions: &mut Vec<Action>) {
+        let peer = &self.peers[&id];
+        tracing::info!(
+            peer = id,
+            addr = %peer.addr,
+            inbound = peer.inbound,
+            agent = peer.version.as_ref().map_or("", |v| v.user_agent.as_str()),
+            height = peer.version.as_ref().map_or(0, |v| v.start_height),
+            "peer connected"
+        );
+        if let Some(dialed) = peer.dialed {
+            self.manual_failures.remove(&dialed);
+            self.addrbook.mark_good(dialed, unix_now());
+            // Saved at once: a node killed right after must find it again.
+            self.save_addrbook();
+            actions.push(Action::Send(id, Message::GetAddr));
+        }
+        actions.push(Action::Send(id, Message::SendHeaders));
+        self.send_getheaders(id, now, actions);
+    }
+
+    fn send_getheaders(&mut self, id: PeerId, now: Instant, actions: &mut Vec<Action>) {
+        let locator = self.chain.lock().expect("chain lock").locator();
+        self.headers_request = Some((id, now));
+        actions.push(Action::Send(
+            id,
+            Message::GetHeaders(GetHeaders {
+                locator,
+                stop: Hash256::ZERO,
+            }),
+        ));
+    }
+
+    fn on_inv(&mut self, id: PeerId, items: Vec<InvItem>, actions: &mut Vec<Action>) {
+        let mut ask_headers = false;
+        {
+            let chain = self.chain.lock().expect("chain lock");
+            let peer = self.peers.get_mut(&id).expect("checked");
+            for item in &items {
+                peer.known.insert(item.hash);
+                if item.kind == InvKind::Block && chain.index_entry(&item.hash).is_none() {
+                    ask_headers = true;
+                }
+            }
+        }
+        if ask_headers {
+            let now = Instant::now();
+            self.send_getheaders(id, now, actions);
+        }
+    }
+
+    fn on_getdata(&mut self, id: PeerId, items: Vec<InvItem>, actions: &mut Vec<Action>) {
+        let mut missing = Vec::new();
+        for item in items {
+            match item.kind {
+                InvKind::Block => {
+                    let block = {
+                        let chain = self.chain.lock().expect("chain lock");
+                        chain.store().block(&item.hash)
+                    };
+                    match block {
+                        Ok(Some(block)) => {
+                            self.peers
+                                .get_mut(&id)
+                                .expect("checked")
+                                .known
+                                .insert(item.hash);
+                            actions.push(Action::Send(id, Message::Block(Box::new(block))));
+                        }
+                        Ok(None) => missing.push(item),
+                        Err(e) => {
+                            tracing::error!(error = %e, "reading a block to serve");
+                            missing.push(item);
+                        }
+                    }
+                }
+                InvKind::Tx => missing.push(item),
+            }
+        }
+        if !missing.is_empty() {
+            actions.push(Action::Send(id, Message::NotFound(missing)));
+        }
+    }
+
+    fn on_headers(
+        &mut self,
+        id: PeerId,
+        headers: Vec<crate::consensus::block::BlockHeader>,
+        now: Instant,
+        actions: &mut Vec<Action>,
+    ) {
+        if self.headers_request.is_some_and(|(p, _)| p == id) {
+            self.headers_request = None;
+        }
+        if headers.is_empty() {
+            return;
+        }
+        let full = headers.len() == MAX_HEADERS;
+        let outcome = match self
+            .chain
+            .lock()
+            .expect("chain lock")
+            .process_headers(&headers)
+        {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                tracing::error!(error = %e, "storing headers failed");
+                return;
+            }
+        };
+        if let Some(rejection) = outcome.invalid {
+            let reason = match rejection {
+                HeaderRejection::Invalid(_) => "invalid_header",
+                HeaderRejection::InvalidAncestor => "header_on_invalid_chain",
+            };
+            self.misbehaving(id, reason, actions);
+            return;
+        }
+        let peer = self.peers.get_mut(&id).expect("checked");
+        if let Some(last) = outcome.last {
+            peer.known.insert(last);
+            peer.best_known = Some(last);
+        }
+        if outcome.unconnected {
+            // An announcement whose parent we lack: ask for the gap.
+            self.send_getheaders(id, now, actions);
+        } else if full {
+            self.send_getheaders(id, now, actions);
+        }
+        self.request_blocks(now, actions);
+    }
+
+    fn on_block(
+        &mut self,
+        id: PeerId,
+        block: crate::consensus::block::Block,
+        now: Instant,
+        actions: &mut Vec<Action>,
+    ) {
+        let hash = block.hash();
+        tracing::debug!(peer = id, %hash, "block received");
+        let peer = self.peers.get_mut(&id).expect("checked");
+        peer.known.insert(hash);
+        peer.in_flight.remove(&hash);
+        if self.in_flight.get(&hash) == Some(&id) {
+            self.in_flight.remove(&hash);
+        }
+        let outcome = self
+            .chain
+            .lock()
+            .expect("chain lock")
+            .process_block(Arc::new(block), Some(id));
+        match outcome {
+            Ok(BlockOutcome::Invalid(error)) => {
+                tracing::info!(peer = id, %hash, %error, "invalid block");
+                self.misbehaving(id, "invalid_block", actions);
+            }
+            Ok(BlockOutcome::InvalidAncestor) => {
+                self.misbehaving(id, "block_on_invalid_chain", actions)
+            }
+            Ok(BlockOutcome::Orphan) => self.send_getheaders(id, now, actions),
+            Ok(BlockOutcome::Accepted { .. } | BlockOutcome::Duplicate) => {
+                let peer = self.peers.get_mut(&id).expect("checked");
+                let better = {
+                    let chain = self.chain.lock().expect("chain lock");
+                    peer.best_known.is_none_or(|b| chain.is_ancestor(&b, &hash))
+                };
+                if better {
+                    peer.best_known = Some(hash);
+                }
+            }
+            Err(e) => tracing::error!(error = %e, %hash, "storing a block failed"),
+        }
+        self.request_blocks(now, actions);
+    }
+
+    /// Asks peers for the blocks of the best header chain we lack.
+    fn request_blocks(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        let ids: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.ready())
+            .map(|(id, _)| *id)
+            .collect();
+        if ids.is_empty() {
+            return;
+        }
+        let chain = self.chain.lock().expect("chain lock");
+        let capacity: usize = ids
+            .iter()
+            .map(|id| MAX_BLOCKS_IN_FLIGHT_PER_PEER - self.peers[id].in_flight.len())
+            .sum();
+        if capacity == 0 {
+            return;
+        }
+        let wanted = chain.blocks_to_download(BLOCK_DOWNLOAD_WINDOW, capacity, &|h| {
+            self.in_flight.contains_key(h)
+        });
+        let mut requests: HashMap<PeerId, Vec<InvItem>> = HashMap::new();
+        for (hash, _) in wanted {
+            // The least busy peer that has the block, one that stalled less
+            // among equals.
+            let chosen = ids
+                .iter()
+                .filter(|id| {
+                    let peer = &self.peers[id];
+                    peer.in_flight.len() < MAX_BLOCKS_IN_FLIGHT_PER_PEER
+                        && peer
+                            .best_known
+                            .is_some_and(|b| chain.is_ancestor(&hash, &b))
+                })
+                .min_by_key(|id| (self.peers[id].in_flight.len(), self.peers[id].stalls, **id))
+                .copied();
+            let Some(peer_id) = chosen else {
+                continue;
+            };
+            self.peers
+                .get_mut(&peer_id)
+                .expect("ready peer")
+                .in_flight
+                .insert(hash, now);
+            self.in_flight.insert(hash, peer_id);
+            requests.entry(peer_id).or_default().push(InvItem {
+                kind: InvKind::Block,
+                hash,
+            });
+        }
+        drop(chain);
+        for (peer_id, items) in requests {
+            actions.push(Action::Send(peer_id, Message::GetData(items)));
+        }
+    }
+
+    /// Announces a new tip to every peer that does not have it.
+    fn announce_tip(&mut self, actions: &mut Vec<Action>) {
+        let (tip, header) = {
+            let chain = self.chain.lock().expect("chain lock");
+            let tip = chain.tip().hash;
+            (tip, chain.index_entry(&tip).expect("tip indexed").header)
+        };
+        if tip == self.announced_tip {
+            return;
+        }
+        self.announced_tip = tip;
+        for (id, peer) in self.peers.iter_mut().filter(|(_, p)| p.ready()) {
+            if peer.known.contains(&tip) {
+                continue;
+            }
+            peer.known.insert(tip);
+            let message = if peer.send_headers {
+                Message::Headers(vec![header])
+            } else {
+                Message::Inv(vec![InvItem {
+                    kind: InvKind::Block,
+                    hash: tip,
+                }])
+            };
+            actions.push(Action::Send(*id, message));
+        }
+    }
+
+    /// Called when the chain changed outside the protocol (own miner, import).
+    pub fn on_chain_changed(&mut self) -> Vec<Action> {
+        let mut actions = Vec::new();
+        self.announce_tip(&mut actions);
+        actions
+    }
+
+    /// Timers: handshake and ping timeouts, stalled downloads, headers
+    /// re-requests, outbound connections, progress, address book saves.
+    pub fn on_tick(&mut self, now: Instant) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let mut stalled_peers = Vec::new();
+        for (id, peer) in &mut self.peers {
+            if !peer.ready() && now.duration_since(peer.connected_at) > HANDSHAKE_TIMEOUT {
+                actions.push(Action::Disconnect(*id, "handshake_timeout"));
+                continue;
+            }
+            if let Some((_, sent)) = peer.ping {
+                if now.duration_since(sent) > PING_TIMEOUT {
+                    actions.push(Action::Disconnect(*id, "ping_timeout"));
+                    continue;
+                }
+            } else if peer.ready() && now.duration_since(peer.last_ping_sent) > PING_INTERVAL {
+                let nonce = rand::random();
+                peer.ping = Some((nonce, now));
+                peer.last_ping_sent = now;
+                actions.push(Action::Send(*id, Message::Ping(nonce)));
+            }
+            let stalled: Vec<BlockHash> = peer
+                .in_flight
+                .iter()
+                .filter(|(_, asked)| now.duration_since(**asked) > BLOCK_STALL_TIMEOUT)
+                .map(|(h, _)| *h)
+                .collect();
+            if !stalled.is_empty() {
+                peer.stalls += stalled.len() as u32;
+                for hash in &stalled {
+                    peer.in_flight.remove(hash);
+                    self.in_flight.remove(hash);
+                }
+                tracing::info!(
+                    peer = id,
+                    blocks = stalled.len(),
+                    "block download stalled: asking other peers"
+                );
+                if peer.stalls >= MAX_STALLS {
+                    stalled_peers.push(*id);
+                }
+            }
+        }
+        for id in stalled_peers {
+            actions.push(Action::Disconnect(id, "stalling"));
+        }
+        if self
+            .headers_request
+            .is_some_and(|(_, sent)| now.duration_since(sent) > HEADERS_RESPONSE_TIMEOUT)
+        {
+            self.headers_request = None;
+        }
+        if self.headers_request.is_none() {
+            let our_best = self.chain.lock().expect("chain lock").best_header().1;
+            let ahead = self
+                .peers
+                .iter()
+                .filter(|(_, p)| {
+                    p.ready()
+                        && p.version
+                            .as_ref()
+                            .is_some_and(|v| v.start_height > our_best)
+                })
+                .map(|(id, _)| *id)
+                .next();
+            if let Some(id) = ahead {
+                self.send_getheaders(id, now, &mut actions);
+            }
+        }
+        self.request_blocks(now, &mut actions);
+        self.connect_outbound(now, &mut actions);
+        self.update_progress(now);
+        if now.duration_since(self.last_addrbook_save) > Duration::from_secs(60) {
+            self.last_addrbook_save = now;
+            self.save_addrbook();
+        }
+        self.discouraged.retain(|_, until| *until > now);
+        actions
+    }
+
+    fn connect_outbound(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        let connected: HashSet<SocketAddr> = self.peers.values().filter_map(|p| p.dialed).collect();
+        for (addr, next) in &mut self.manual {
+            if !connected.contains(addr) && !self.dialing.contains(addr) && *next <= now {
+                self.dialing.insert(*addr);
+                actions.push(Action::Connect(*addr));
+            }
+        }
+        if !self.discover {
+            return;
+        }
+        let outbound = self.peers.values().filter(|p| !p.inbound).count() + self.dialing.len();
+        if outbound >= TARGET_OUTBOUND {
+            return;
+        }
+        let peer_addrs: HashSet<SocketAddr> = self.peers.values().map(|p| p.addr).collect();
+        let listen = self.listen_port;
+        let candidates = self.addrbook.candidates(now, |a| {
+            connected.contains(a)
+                || peer_addrs.contains(a)
+                || self.dialing.contains(a)
+                || self.manual.contains_key(a)
+                || self.is_discouraged(&a.ip(), now)
+                || (a.ip().is_loopback() && a.port() == listen)
+        });
+        for addr in candidates.into_iter().take(TARGET_OUTBOUND - outbound) {
+            self.dialing.insert(addr);
+            actions.push(Action::Connect(addr));
+        }
+    }
+
+    /// Pushes back the next attempt to a manual peer after a failure.
+    fn back_off_manual(&mut self, addr: SocketAddr, now: Instant) {
+        if let Some(next) = self.manual.get_mut(&addr) {
+            let failures = self.manual_failures.entry(addr).or_insert(0);
+            *failures = (*failures + 1).min(6);
+            *next = now + MANUAL_RETRY_BASE * (1 << *failures);
+        }
+    }
+
+    fn update_progress(&mut self, now: Instant) {
+        let (header_height, block_height) = {
+            let chain = self.chain.lock().expect("chain lock");
+            (chain.best_header().1, chain.height())
+        };
+        let (since, height_then) = self.last_progress;
+        let elapsed = now.duration_since(since);
+        if elapsed < PROGRESS_LOG_INTERVAL {
+            self.progress.header_height = header_height;
+            self.progress.block_height = block_height;
+            return;
+        }
+        let rate = f64::from(block_height.saturating_sub(height_then)) / elapsed.as_secs_f64();
+        let best_peer = self
+            .peers
+            .values()
+            .filter_map(|p| p.version.as_ref().map(|v| v.start_height))
+            .max()
+            .unwrap_or(0);
+        let target = header_height.max(best_peer).max(1);
+        self.progress = SyncProgress {
+            header_height,
+            block_height,
+            blocks_per_sec: rate,
+            percent: (f64::from(block_height) * 100.0 / f64::from(target)).min(100.0),
+            peers: self.peers.values().filter(|p| p.ready()).count(),
+            blocks_in_flight: self.in_flight.len(),
+        };
+        self.last_progress = (now, block_height);
+        if block_height < header_height {
+            tracing::info!(
+                headers = header_height,
+                blocks = block_height,
+                percent = format!("{:.1}", self.progress.percent),
+                blocks_per_sec = format!("{rate:.1}"),
+                in_flight = self.in_flight.len(),
+                "syncing"
+            );
+        }
+    }
+
+    pub fn network(&self) -> Network {
+        self.network
+    }
+}
+
+/// A peer as the API shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PeerSummary {
+    pub id: PeerId,
+    pub addr: SocketAddr,
+    pub inbound: bool,
+    pub ready: bool,
+    pub user_agent: Option<String>,
+    pub start_height: Option<u32>,
+    pub blocks_in_flight: usize,
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,252 @@
+//! The protocol's rules, driven without sockets.
+
+use super::*;
+use crate::chain::ChainOptions;
+use crate::testkit::{key, TestChain};
+
+struct Harness {
+    protocol: Protocol,
+    _dir: tempfile::TempDir,
+    now: Instant,
+}
+
+fn harness(blocks: &[crate::consensus::block::Block]) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let mut chain = Chain::open(
+        dir.path(),
+        Network::Regtest,
+        ChainOptions {
+            sync_writes: false,
+            ..ChainOptions::default()
+        },
+    )
+    .unwrap();
+    for block in blocks {
+        chain.process_block(Arc::new(block.clone()), None).unwrap();
+    }
+    let now = Instant::now();
+    let protocol = Protocol::new(
+        Arc::new(Mutex::new(chain)),
+        Network::Regtest,
+        27333,
+        AddrBook::default(),
+        Vec::new(),
+        false,
+        now,
+    );
+    Harness {
+        protocol,
+        _dir: dir,
+        now,
+    }
+}
+
+fn their_version(nonce: u64, height: u32) -> Message {
+    Message::Version(Version {
+        protocol_version: PROTOCOL_VERSION,
+        services: SERVICE_NETWORK,
+        timestamp: 0,
+        start_height: height,
+        nonce,
+        listen_port: 0,
+        user_agent: "/test/".into(),
+    })
+}
+
+fn sent(actions: &[Action], id: PeerId) -> Vec<&'static str> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send(to, m) if *to == id => Some(m.command()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn disconnected(actions: &[Action], id: PeerId) -> Option<&'static str> {
+    actions.iter().find_map(|a| match a {
+        Action::Disconnect(to, reason) if *to == id => Some(*reason),
+        _ => None,
+    })
+}
+
+/// An inbound peer that completed the handshake.
+fn ready_inbound(h: &mut Harness, id: PeerId) {
+    let addr = "127.0.0.1:40000".parse().unwrap();
+    assert!(h.protocol.on_connected(id, addr, None, h.now).is_empty());
+    let actions = h.protocol.on_message(id, their_version(id, 0), h.now);
+    assert_eq!(sent(&actions, id), vec!["version", "verack"]);
+    let actions = h.protocol.on_message(id, Message::Verack, h.now);
+    assert_eq!(sent(&actions, id), vec!["sendheaders", "getheaders"]);
+}
+
+#[test]
+fn inbound_handshake_answers_version_then_starts_header_sync() {
+    let mut h = harness(&[]);
+    ready_inbound(&mut h, 1);
+    assert!(h.protocol.peer_summaries()[0].ready);
+}
+
+#[test]
+fn messages_before_the_handshake_are_a_violation() {
+    let mut h = harness(&[]);
+    h.protocol
+        .on_connected(1, "127.0.0.1:40000".parse().unwrap(), None, h.now);
+    let actions = h.protocol.on_message(1, Message::Ping(1), h.now);
+    assert_eq!(disconnected(&actions, 1), Some("message_before_handshake"));
+    assert_eq!(
+        h.protocol.counters().misbehaviour["message_before_handshake"],
+        1
+    );
+    // Loopback peers are disconnected but not discouraged.
+    assert!(!h
+        .protocol
+        .is_discouraged(&"127.0.0.1".parse().unwrap(), h.now));
+}
+
+#[test]
+fn remote_misbehaviour_discourages_the_address() {
+    let mut h = harness(&[]);
+    h.protocol
+        .on_connected(1, "192.0.2.7:40000".parse().unwrap(), None, h.now);
+    h.protocol.on_violation(1, "bad_checksum");
+    assert!(h
+        .protocol
+        .is_discouraged(&"192.0.2.7".parse().unwrap(), Instant::now()));
+    // A new inbound connection from there is refused at once.
+    let actions =
+        h.protocol
+            .on_connected(2, "192.0.2.7:40001".parse().unwrap(), None, Instant::now());
+    assert_eq!(disconnected(&actions, 2), Some("discouraged"));
+}
+
+#[test]
+fn duplicate_version_and_self_connection_are_refused() {
+    let mut h = harness(&[]);
+    ready_inbound(&mut h, 1);
+    let actions = h.protocol.on_message(1, their_version(5, 0), h.now);
+    assert_eq!(disconnected(&actions, 1), Some("duplicate_version"));
+
+    // Dial out, then receive our own nonce on an inbound connection.
+    let ours = h.protocol.on_connected(
+        2,
+        "127.0.0.1:27333".parse().unwrap(),
+        Some("127.0.0.1:27333".parse().unwrap()),
+        h.now,
+    );
+    let Action::Send(_, Message::Version(v)) = &ours[0] else {
+        panic!("{ours:?}")
+    };
+    h.protocol
+        .on_connected(3, "127.0.0.1:50000".parse().unwrap(), None, h.now);
+    let actions = h.protocol.on_message(3, their_version(v.nonce, 0), h.now);
+    assert_eq!(disconnected(&actions, 3), Some("self_connection"));
+}
+
+#[test]
+fn handshake_timeout_drops_silent_peers() {
+    let mut h = harness(&[]);
+    h.protocol
+        .on_connected(1, "127.0.0.1:40000".parse().unwrap(), None, h.now);
+    let actions = h
+        .protocol
+        .on_tick(h.now + HANDSHAKE_TIMEOUT + Duration::from_secs(1));
+    assert_eq!(disconnected(&actions, 1), Some("handshake_timeout"));
+}
+
+#[test]
+fn getheaders_is_answered_from_the_locator_and_blocks_are_served() {
+    let mut chain = TestChain::new(Network::Regtest);
+    for _ in 0..5 {
+        chain.mine_empty(key(1).pubkey_hash());
+    }
+    let mut h = harness(&chain.blocks[1..]);
+    ready_inbound(&mut h, 1);
+    let request = Message::GetHeaders(GetHeaders {
+        locator: vec![chain.blocks[2].hash()],
+        stop: Hash256::ZERO,
+    });
+    let actions = h.protocol.on_message(1, request, h.now);
+    let Some(Action::Send(_, Message::Headers(headers))) = actions.first() else {
+        panic!("{actions:?}")
+    };
+    assert_eq!(
+        headers.iter().map(|h| h.hash()).collect::<Vec<_>>(),
+        chain.blocks[3..]
+            .iter()
+            .map(|b| b.hash())
+            .collect::<Vec<_>>()
+    );
+
+    let wanted = vec![
+        InvItem {
+            kind: InvKind::Block,
+            hash: chain.blocks[4].hash(),
+        },
+        InvItem {
+            kind: InvKind::Block,
+            hash: Hash256([9; 32]),
+        },
+    ];
+    let actions = h.protocol.on_message(1, Message::GetData(wanted), h.now);
+    assert_eq!(sent(&actions, 1), vec!["block", "notfound"]);
+}
+
+#[test]
+fn headers_from_a_peer_lead_to_block_requests_and_invalid_headers_to_disconnect() {
+    let mut chain = TestChain::new(Network::Regtest);
+    for _ in 0..3 {
+        chain.mine_empty(key(1).pubkey_hash());
+    }
+    let mut h = harness(&[]);
+    ready_inbound(&mut h, 1);
+    let headers: Vec<_> = chain.blocks[1..].iter().map(|b| b.header).collect();
+    let actions = h
+        .protocol
+        .on_message(1, Message::Headers(headers.clone()), h.now);
+    let requested: Vec<Hash256> = actions
+        .iter()
+        .flat_map(|a| match a {
+            Action::Send(1, Message::GetData(items)) => items.iter().map(|i| i.hash).collect(),
+            _ => Vec::new(),
+        })
+        .collect();
+    assert_eq!(
+        requested,
+        chain.blocks[1..]
+            .iter()
+            .map(|b| b.hash())
+            .collect::<Vec<_>>()
+    );
+
+    // A header with a bad proof of work is a violation.
+    let mut bad = headers[2];
+    bad.nonce = bad.nonce.wrapping_add(1);
+    while crate::consensus::validation::check_header(&bad, Network::Regtest.params()).is_ok() {
+        bad.nonce = bad.nonce.wrapping_add(1);
+    }
+    let actions = h.protocol.on_message(1, Message::Headers(vec![bad]), h.now);
+    assert_eq!(disconnected(&actions, 1), Some("invalid_header"));
+}
+
+#[test]
+fn stalled_block_requests_go_to_another_peer() {
+    let mut chain = TestChain::new(Network::Regtest);
+    chain.mine_empty(key(1).pubkey_hash());
+    let mut h = harness(&[]);
+    ready_inbound(&mut h, 1);
+    let headers: Vec<_> = chain.blocks[1..].iter().map(|b| b.header).collect();
+    let actions = h
+        .protocol
+        .on_message(1, Message::Headers(headers.clone()), h.now);
+    assert!(sent(&actions, 1).contains(&"getdata"));
+    // A second peer that also has the block.
+    let addr = "127.0.0.1:40001".parse().unwrap();
+    h.protocol.on_connected(2, addr, None, h.now);
+    h.protocol.on_message(2, their_version(2, 1), h.now);
+    h.protocol.on_message(2, Message::Verack, h.now);
+    h.protocol.on_message(2, Message::Headers(headers), h.now);
+    let later = h.now + BLOCK_STALL_TIMEOUT + Duration::from_secs(1);
+    let actions = h.protocol.on_tick(later);
+    assert!(sent(&actions, 2).contains(&"getdata"), "{actions:?}");
+}
