@@ -181,7 +181,8 @@ fn run_protocol(
 ) {
     let mut outboxes: std::collections::HashMap<PeerId, mpsc::Sender<Message>> =
         std::collections::HashMap::new();
-    let mut last_tick = Instant::now();
+    // Tick at once: dial the configured peers without waiting a period.
+    let mut last_tick = Instant::now() - TICK;
     loop {
         let event = runtime.block_on(async { tokio::time::timeout(TICK, events.recv()).await });
         let now = Instant::now();

@@ -5,4 +5,5 @@ mod cli;
 mod common;
 mod crash;
 mod p2p;
+mod spec;
 mod vectors;

@@ -248,3 +248,4 @@ pub fn busy_chain(busy_blocks: usize, txs_per_block: usize) -> TestChain {
 pub fn payee(n: u64) -> PubKeyHash {
     PubKeyHash(crate::consensus::hash::hash160(&n.to_le_bytes()))
 }
+pub mod process;
