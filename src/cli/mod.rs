@@ -76,6 +76,16 @@ pub struct NodeArgs {
     /// from other peers (as Bitcoin Core's -connect).
     #[arg(long)]
     pub connect_only: bool,
+    /// Port of the REST API (default: the network's; 0 picks a free one,
+    /// logged at start).
+    #[arg(long)]
+    pub api_port: Option<u16>,
+    /// Address of the REST API. Loopback unless you mean to expose it.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub api_bind: std::net::IpAddr,
+    /// Byte limit of the mempool, in megabytes.
+    #[arg(long, default_value_t = 64)]
+    pub mempool_max_mb: usize,
     /// Do not wait for the disk after each block (faster catch-up; a power
     /// loss may lose the last blocks, a process crash loses nothing).
     #[arg(long)]
@@ -140,6 +150,12 @@ pub fn run(cli: Cli) -> Result<()> {
                 mine_interval: Duration::from_millis(args.mine_interval_ms),
                 import: args.import,
                 sync_writes: !args.no_sync_writes,
+                mempool_max_bytes: args.mempool_max_mb << 20,
+                api_bind: std::net::SocketAddr::new(
+                    args.api_bind,
+                    args.api_port
+                        .unwrap_or(args.network.params().default_api_port),
+                ),
                 p2p_bind: std::net::SocketAddr::new(
                     args.p2p_bind,
                     args.p2p_port

@@ -14,6 +14,12 @@ use crate::chain::block_file::read_blocks;
 use crate::chain::{BlockOutcome, Chain, ChainEvent, ChainOptions};
 use crate::consensus::address::PubKeyHash;
 use crate::consensus::params::Network;
+use crate::mempool::{persist as mempool_file, Mempool};
+
+/// How often the mempool is caught up with the chain and expired.
+const MEMPOOL_UPKEEP_INTERVAL: Duration = Duration::from_secs(10);
+/// Save the mempool every this many upkeep rounds (5 minutes).
+const MEMPOOL_SAVE_EVERY: u64 = 30;
 
 /// Everything `chaincore node` was asked to do.
 #[derive(Debug, Clone)]
@@ -25,6 +31,10 @@ pub struct NodeConfig {
     pub mine_interval: Duration,
     pub import: Option<PathBuf>,
     pub sync_writes: bool,
+    /// Byte limit of the mempool.
+    pub mempool_max_bytes: usize,
+    /// Where the REST API listens.
+    pub api_bind: std::net::SocketAddr,
     /// Where the P2P listener binds.
     pub p2p_bind: std::net::SocketAddr,
     /// Peers to keep connected to (`--peer`).
@@ -57,6 +67,12 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         "chain state loaded"
     );
     let mut events = chain.subscribe();
+    let mut pool = Mempool::new(&chain, config.mempool_max_bytes);
+    let (loaded, saved) = mempool_file::load(&mut pool, &chain, &config.data_dir);
+    if saved > 0 {
+        tracing::info!(loaded, saved, "mempool reloaded");
+    }
+    let mempool = Arc::new(Mutex::new(pool));
     let chain = Arc::new(Mutex::new(chain));
     let stop = Arc::new(AtomicBool::new(false));
 
@@ -69,8 +85,21 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             data_dir: config.data_dir.clone(),
         },
         chain.clone(),
+        mempool.clone(),
     )
     .await?;
+
+    let (api_addr, api_task) = crate::api::serve(
+        config.api_bind,
+        crate::api::ApiState {
+            chain: chain.clone(),
+            mempool: mempool.clone(),
+            network: p2p.clone(),
+            started: std::time::Instant::now(),
+        },
+    )
+    .await?;
+    tracing::debug!(%api_addr, "REST API ready");
 
     let relay = p2p.clone();
     tokio::spawn(async move {
@@ -102,17 +131,46 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         tasks.push(tokio::task::spawn_blocking(move || import(&chain, &path)));
     }
     if let Some(payout) = config.mine_to {
-        let (chain, stop) = (chain.clone(), stop.clone());
+        let (chain, mempool, stop) = (chain.clone(), mempool.clone(), stop.clone());
         let (count, interval) = (config.mine_blocks, config.mine_interval);
         tasks.push(tokio::task::spawn_blocking(move || {
-            let mined = producer::produce_blocks(&chain, payout, count, interval, &stop)?;
+            let mined = producer::produce_blocks(&chain, &mempool, payout, count, interval, &stop)?;
             tracing::info!(mined, "block producer finished");
             Ok(())
         }));
     }
 
+    let upkeep = {
+        let (chain, mempool, dir) = (chain.clone(), mempool.clone(), config.data_dir.clone());
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(MEMPOOL_UPKEEP_INTERVAL);
+            let mut rounds = 0u64;
+            loop {
+                ticker.tick().await;
+                rounds += 1;
+                let (chain, mempool, dir) = (chain.clone(), mempool.clone(), dir.clone());
+                let _ = tokio::task::spawn_blocking(move || {
+                    let chain = chain.lock().expect("chain lock");
+                    let mut pool = mempool.lock().expect("mempool lock");
+                    let expired = pool.expire(&chain, crate::chain::unix_now());
+                    if expired > 0 {
+                        tracing::info!(expired, "expired mempool transactions");
+                    }
+                    if rounds.is_multiple_of(MEMPOOL_SAVE_EVERY) {
+                        if let Err(e) = mempool_file::save(&pool, &dir) {
+                            tracing::warn!(error = %e, "saving the mempool failed");
+                        }
+                    }
+                })
+                .await;
+            }
+        })
+    };
+
     shutdown_signal().await;
     tracing::info!("shutting down");
+    upkeep.abort();
+    api_task.abort();
     stop.store(true, Ordering::Relaxed);
     p2p.shutdown().await;
     for task in tasks {
@@ -121,6 +179,16 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     tokio::task::spawn_blocking(move || p2p_thread.join())
         .await?
         .map_err(|_| anyhow::anyhow!("the p2p thread panicked"))?;
+    let saved = {
+        let chain = chain.lock().expect("chain lock");
+        let mut pool = mempool.lock().expect("mempool lock");
+        pool.catch_up(&chain);
+        mempool_file::save(&pool, &config.data_dir)
+    };
+    match saved {
+        Ok(count) => tracing::info!(transactions = count, "mempool saved"),
+        Err(e) => tracing::warn!(error = %e, "saving the mempool failed"),
+    }
     Ok(())
 }
 

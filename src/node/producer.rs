@@ -1,6 +1,7 @@
 //! The node's own block producer (`--mine-to`): builds a block on the tip,
 //! searches nonces on one thread, and hands the solved block to the chain
-//! like any other block. The multi-core miner comes with the mining API.
+//! like any other block, with the mempool's best transactions. The
+//! multi-core miner comes with the mining API.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -8,8 +9,8 @@ use std::time::Duration;
 
 use crate::chain::{unix_now, BlockOutcome, Chain};
 use crate::consensus::address::PubKeyHash;
-use crate::consensus::amount::Amount;
 use crate::consensus::pow::target_from_compact;
+use crate::mempool::Mempool;
 use crate::mining::{assemble_block, grind_nonce, BlockTemplateHeader};
 
 /// Nonces tried between checks for a new tip or a stop request.
@@ -19,6 +20,7 @@ const NONCES_PER_ROUND: u32 = 1 << 18;
 /// between blocks, until `stop` is set. Returns the number of blocks mined.
 pub fn produce_blocks(
     chain: &Mutex<Chain>,
+    mempool: &Mutex<Mempool>,
     payout: PubKeyHash,
     count: Option<u64>,
     interval: Duration,
@@ -27,10 +29,14 @@ pub fn produce_blocks(
     let mut mined = 0u64;
     let mut extra_nonce = rand::random::<u64>();
     while count.is_none_or(|c| mined < c) && !stop.load(Ordering::Relaxed) {
-        let (params, template) = {
+        let (params, template, txs, fees) = {
             let chain = chain.lock().expect("chain lock");
             let tip = chain.tip();
             let ctx = chain.context_after(&tip.hash).expect("tip is indexed");
+            let (txs, fees) = mempool
+                .lock()
+                .expect("mempool lock")
+                .select_for_block(&chain, Mempool::block_space());
             (
                 chain.params(),
                 BlockTemplateHeader {
@@ -39,17 +45,12 @@ pub fn produce_blocks(
                     time: unix_now().max(ctx.median_time_past + 1),
                     bits: ctx.expected_bits,
                 },
+                txs,
+                fees,
             )
         };
         extra_nonce = extra_nonce.wrapping_add(1);
-        let mut block = assemble_block(
-            params,
-            template,
-            payout,
-            extra_nonce,
-            Amount::ZERO,
-            Vec::new(),
-        );
+        let mut block = assemble_block(params, template, payout, extra_nonce, fees, txs);
         let target = target_from_compact(template.bits)?;
         let mut start = 0u32;
         let solved = loop {

@@ -46,7 +46,8 @@ pub enum Event {
     UnknownCommand(PeerId, String),
     Disconnected(PeerId),
     ConnectFailed(SocketAddr),
-    /// The chain changed by other means (own miner, import).
+    /// The chain or the mempool changed by other means (own miner, import,
+    /// REST): announce what is new.
     ChainChanged,
     Shutdown,
 }
@@ -100,6 +101,7 @@ static NEXT_PEER_ID: AtomicU64 = AtomicU64::new(1);
 pub async fn start(
     config: NetworkConfig,
     chain: Arc<Mutex<Chain>>,
+    mempool: Arc<Mutex<crate::mempool::Mempool>>,
 ) -> anyhow::Result<(NetworkHandle, std::thread::JoinHandle<()>)> {
     let listener = TcpListener::bind(config.bind)
         .await
@@ -139,6 +141,7 @@ pub async fn start(
 
     let protocol = Protocol::new(
         chain,
+        mempool,
         config.network,
         local_addr.port(),
         AddrBook::load(&config.data_dir),

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use crate::chain::{unix_now, BlockOutcome, Chain, HeaderRejection};
 use crate::consensus::hash::{BlockHash, Hash256};
 use crate::consensus::params::Network;
+use crate::mempool::{Mempool, MempoolError};
 use crate::wire::constants::*;
 use crate::wire::message::{AddrEntry, GetHeaders, InvItem, InvKind, Message, Version};
 
@@ -41,6 +42,17 @@ pub const DISCOURAGE_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
 pub const MAX_KNOWN_INVENTORY: usize = 50_000;
 /// How often sync progress is logged while catching up.
 pub const PROGRESS_LOG_INTERVAL: Duration = Duration::from_secs(5);
+/// Transactions requested from one peer at a time.
+pub const MAX_TX_IN_FLIGHT_PER_PEER: usize = 100;
+/// Transaction announcements from one peer waiting to be requested; more
+/// are ignored, so an announcing peer cannot grow our memory.
+pub const MAX_PEER_TX_ANNOUNCEMENTS: usize = 5_000;
+/// A requested transaction not delivered by then is asked of another peer
+/// that announced it.
+pub const TX_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// Rejected txids remembered, so they are not requested again.
+pub const MAX_RECENT_REJECTS: usize = 50_000;
+
 /// First wait before redialing a `--peer` that failed or left; doubles
 /// with every failure up to 64 times this.
 pub const MANUAL_RETRY_BASE: Duration = Duration::from_millis(500);
@@ -64,9 +76,13 @@ struct BoundedSet {
 
 impl BoundedSet {
     fn insert(&mut self, hash: Hash256) {
+        self.insert_bounded(hash, MAX_KNOWN_INVENTORY);
+    }
+
+    fn insert_bounded(&mut self, hash: Hash256, bound: usize) {
         if self.set.insert(hash) {
             self.order.push_back(hash);
-            if self.order.len() > MAX_KNOWN_INVENTORY {
+            if self.order.len() > bound {
                 if let Some(old) = self.order.pop_front() {
                     self.set.remove(&old);
                 }
@@ -98,6 +114,19 @@ struct Peer {
     ping: Option<(u64, Instant)>,
     last_ping_sent: Instant,
     answered_getaddr: bool,
+    /// Transactions asked of this peer and not delivered yet.
+    tx_in_flight: HashSet<Hash256>,
+    /// Transactions this peer announced that we still want.
+    tx_announced: usize,
+    /// Whether we asked this peer for its mempool (once caught up with it).
+    mempool_requested: bool,
+}
+
+/// A transaction we want: who announced it and whom we asked.
+#[derive(Debug, Default)]
+struct TxRequest {
+    announcers: Vec<PeerId>,
+    asked: Option<(PeerId, Instant)>,
 }
 
 impl Peer {
@@ -127,6 +156,9 @@ pub struct ProtocolCounters {
 
 pub struct Protocol {
     chain: Arc<Mutex<Chain>>,
+    mempool: Arc<Mutex<Mempool>>,
+    tx_requests: HashMap<Hash256, TxRequest>,
+    recent_rejects: BoundedSet,
     network: Network,
     listen_port: u16,
     peers: HashMap<PeerId, Peer>,
@@ -160,8 +192,10 @@ fn is_local(ip: &IpAddr) -> bool {
 }
 
 impl Protocol {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         chain: Arc<Mutex<Chain>>,
+        mempool: Arc<Mutex<Mempool>>,
         network: Network,
         listen_port: u16,
         addrbook: AddrBook,
@@ -175,6 +209,9 @@ impl Protocol {
         };
         Protocol {
             chain,
+            mempool,
+            tx_requests: HashMap::new(),
+            recent_rejects: BoundedSet::default(),
             network,
             listen_port,
             peers: HashMap::new(),
@@ -324,6 +361,9 @@ impl Protocol {
                 ping: None,
                 last_ping_sent: now,
                 answered_getaddr: false,
+                tx_in_flight: HashSet::new(),
+                tx_announced: 0,
+                mempool_requested: false,
             },
         );
         if !inbound {
@@ -349,6 +389,13 @@ impl Protocol {
         for hash in peer.in_flight.keys() {
             self.in_flight.remove(hash);
         }
+        self.tx_requests.retain(|_, request| {
+            request.announcers.retain(|p| *p != id);
+            if request.asked.is_some_and(|(p, _)| p == id) {
+                request.asked = None;
+            }
+            !request.announcers.is_empty()
+        });
         if self.headers_request.is_some_and(|(p, _)| p == id) {
             self.headers_request = None;
         }
@@ -359,6 +406,7 @@ impl Protocol {
         }
         let mut actions = Vec::new();
         self.request_blocks(now, &mut actions);
+        self.request_txs(now, &mut actions);
         actions
     }
 
@@ -419,8 +467,16 @@ impl Protocol {
                     if peer.in_flight.remove(&item.hash).is_some() {
                         self.in_flight.remove(&item.hash);
                     }
+                    if peer.tx_in_flight.remove(&item.hash) {
+                        if let Some(request) = self.tx_requests.get_mut(&item.hash) {
+                            request.announcers.retain(|p| *p != id);
+                            request.asked = None;
+                        }
+                    }
                 }
+                self.tx_requests.retain(|_, r| !r.announcers.is_empty());
                 self.request_blocks(now, &mut actions);
+                self.request_txs(now, &mut actions);
             }
             Message::GetHeaders(request) => {
                 let headers = self.chain.lock().expect("chain lock").headers_after(
@@ -442,11 +498,150 @@ impl Protocol {
             Message::SendHeaders => {
                 self.peers.get_mut(&id).expect("checked").send_headers = true;
             }
-            // Transactions and the mempool arrive with the mempool.
-            Message::Tx(_) | Message::Mempool => {}
+            Message::Tx(tx) => self.on_tx(id, *tx, now, &mut actions),
+            Message::Mempool => {
+                let txids = {
+                    let chain = self.chain.lock().expect("chain lock");
+                    let mut pool = self.mempool.lock().expect("mempool lock");
+                    pool.catch_up(&chain);
+                    pool.txids()
+                };
+                let peer = self.peers.get_mut(&id).expect("checked");
+                let items: Vec<InvItem> = txids
+                    .into_iter()
+                    .filter(|t| !peer.known.contains(t))
+                    .map(|hash| InvItem {
+                        kind: InvKind::Tx,
+                        hash,
+                    })
+                    .collect();
+                for item in &items {
+                    peer.known.insert(item.hash);
+                }
+                for chunk in items.chunks(MAX_INV_ENTRIES) {
+                    actions.push(Action::Send(id, Message::Inv(chunk.to_vec())));
+                }
+            }
         }
         self.announce_tip(&mut actions);
+        self.announce_txs(&mut actions);
+        self.request_mempools(&mut actions);
         actions
+    }
+
+    /// Asks each peer once for its mempool, as soon as our chain has caught
+    /// up with it: earlier, its transactions would spend blocks we lack.
+    fn request_mempools(&mut self, actions: &mut Vec<Action>) {
+        let (synced, height) = {
+            let chain = self.chain.lock().expect("chain lock");
+            (chain.best_header().0 == chain.tip().hash, chain.height())
+        };
+        if !synced {
+            return;
+        }
+        for (id, peer) in self.peers.iter_mut() {
+            let caught_up = peer
+                .version
+                .as_ref()
+                .is_some_and(|v| v.start_height <= height);
+            if peer.ready() && !peer.mempool_requested && caught_up {
+                peer.mempool_requested = true;
+                actions.push(Action::Send(*id, Message::Mempool));
+            }
+        }
+    }
+
+    fn on_tx(
+        &mut self,
+        id: PeerId,
+        tx: crate::consensus::transaction::Transaction,
+        now: Instant,
+        actions: &mut Vec<Action>,
+    ) {
+        let txid = tx.txid();
+        let peer = self.peers.get_mut(&id).expect("checked");
+        peer.known.insert(txid);
+        peer.tx_in_flight.remove(&txid);
+        if let Some(request) = self.tx_requests.remove(&txid) {
+            for announcer in request.announcers {
+                if let Some(p) = self.peers.get_mut(&announcer) {
+                    p.tx_announced = p.tx_announced.saturating_sub(1);
+                }
+            }
+        }
+        let result = {
+            let chain = self.chain.lock().expect("chain lock");
+            let mut pool = self.mempool.lock().expect("mempool lock");
+            pool.accept(&chain, tx)
+        };
+        match result {
+            Ok(_) => tracing::debug!(peer = id, %txid, "transaction accepted"),
+            // The parent may still be on its way; ask again when announced.
+            Err(MempoolError::MissingInput(_))
+            | Err(MempoolError::AlreadyInPool(_))
+            | Err(MempoolError::AlreadyConfirmed(_))
+            | Err(MempoolError::Store(_)) => {}
+            Err(error) => {
+                tracing::debug!(peer = id, %txid, %error, "transaction rejected");
+                self.recent_rejects.insert_bounded(txid, MAX_RECENT_REJECTS);
+            }
+        }
+        self.request_txs(now, actions);
+    }
+
+    /// Asks announcers for the transactions we want, within per-peer caps.
+    fn request_txs(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        let mut batches: HashMap<PeerId, Vec<InvItem>> = HashMap::new();
+        for (txid, request) in &mut self.tx_requests {
+            if request.asked.is_some() {
+                continue;
+            }
+            let chosen = request.announcers.iter().copied().find(|p| {
+                self.peers.get(p).is_some_and(|peer| {
+                    peer.ready() && peer.tx_in_flight.len() < MAX_TX_IN_FLIGHT_PER_PEER
+                })
+            });
+            if let Some(peer_id) = chosen {
+                let peer = self.peers.get_mut(&peer_id).expect("checked above");
+                peer.tx_in_flight.insert(*txid);
+                request.asked = Some((peer_id, now));
+                batches.entry(peer_id).or_default().push(InvItem {
+                    kind: InvKind::Tx,
+                    hash: *txid,
+                });
+            }
+        }
+        for (peer_id, items) in batches {
+            actions.push(Action::Send(peer_id, Message::GetData(items)));
+        }
+    }
+
+    /// Announces transactions that entered the pool to peers that lack them.
+    fn announce_txs(&mut self, actions: &mut Vec<Action>) {
+        let fresh = self
+            .mempool
+            .lock()
+            .expect("mempool lock")
+            .take_announcements();
+        if fresh.is_empty() {
+            return;
+        }
+        for (id, peer) in self.peers.iter_mut().filter(|(_, p)| p.ready()) {
+            let items: Vec<InvItem> = fresh
+                .iter()
+                .filter(|t| !peer.known.contains(t))
+                .map(|hash| InvItem {
+                    kind: InvKind::Tx,
+                    hash: *hash,
+                })
+                .collect();
+            for item in &items {
+                peer.known.insert(item.hash);
+            }
+            for chunk in items.chunks(MAX_INV_ENTRIES) {
+                actions.push(Action::Send(*id, Message::Inv(chunk.to_vec())));
+            }
+        }
     }
 
     fn on_version(
@@ -528,21 +723,40 @@ impl Protocol {
     }
 
     fn on_inv(&mut self, id: PeerId, items: Vec<InvItem>, actions: &mut Vec<Action>) {
+        let now = Instant::now();
         let mut ask_headers = false;
         {
             let chain = self.chain.lock().expect("chain lock");
+            let pool = self.mempool.lock().expect("mempool lock");
             let peer = self.peers.get_mut(&id).expect("checked");
             for item in &items {
                 peer.known.insert(item.hash);
-                if item.kind == InvKind::Block && chain.index_entry(&item.hash).is_none() {
-                    ask_headers = true;
+                match item.kind {
+                    InvKind::Block => {
+                        if chain.index_entry(&item.hash).is_none() {
+                            ask_headers = true;
+                        }
+                    }
+                    InvKind::Tx => {
+                        if pool.contains(&item.hash)
+                            || self.recent_rejects.contains(&item.hash)
+                            || peer.tx_announced >= MAX_PEER_TX_ANNOUNCEMENTS
+                        {
+                            continue;
+                        }
+                        let request = self.tx_requests.entry(item.hash).or_default();
+                        if !request.announcers.contains(&id) {
+                            request.announcers.push(id);
+                            peer.tx_announced += 1;
+                        }
+                    }
                 }
             }
         }
         if ask_headers {
-            let now = Instant::now();
             self.send_getheaders(id, now, actions);
         }
+        self.request_txs(now, actions);
     }
 
     fn on_getdata(&mut self, id: PeerId, items: Vec<InvItem>, actions: &mut Vec<Action>) {
@@ -570,7 +784,25 @@ impl Protocol {
                         }
                     }
                 }
-                InvKind::Tx => missing.push(item),
+                InvKind::Tx => {
+                    let tx = self
+                        .mempool
+                        .lock()
+                        .expect("mempool lock")
+                        .get(&item.hash)
+                        .map(|e| e.tx.clone());
+                    match tx {
+                        Some(tx) => {
+                            self.peers
+                                .get_mut(&id)
+                                .expect("checked")
+                                .known
+                                .insert(item.hash);
+                            actions.push(Action::Send(id, Message::Tx(Box::new((*tx).clone()))));
+                        }
+                        None => missing.push(item),
+                    }
+                }
             }
         }
         if !missing.is_empty() {
@@ -759,6 +991,7 @@ impl Protocol {
     pub fn on_chain_changed(&mut self) -> Vec<Action> {
         let mut actions = Vec::new();
         self.announce_tip(&mut actions);
+        self.announce_txs(&mut actions);
         actions
     }
 
@@ -831,7 +1064,26 @@ impl Protocol {
                 self.send_getheaders(id, now, &mut actions);
             }
         }
+        for (txid, request) in self.tx_requests.iter_mut() {
+            if let Some((slow, asked)) = request.asked {
+                if now.duration_since(asked) > TX_REQUEST_TIMEOUT {
+                    if let Some(peer) = self.peers.get_mut(&slow) {
+                        peer.tx_in_flight.remove(txid);
+                    }
+                    request.announcers.retain(|p| *p != slow);
+                    request.asked = None;
+                }
+            }
+        }
+        self.tx_requests.retain(|_, r| !r.announcers.is_empty());
+        {
+            let chain = self.chain.lock().expect("chain lock");
+            self.mempool.lock().expect("mempool lock").catch_up(&chain);
+        }
         self.request_blocks(now, &mut actions);
+        self.request_txs(now, &mut actions);
+        self.announce_txs(&mut actions);
+        self.request_mempools(&mut actions);
         self.connect_outbound(now, &mut actions);
         self.update_progress(now);
         if now.duration_since(self.last_addrbook_save) > Duration::from_secs(60) {

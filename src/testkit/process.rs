@@ -17,17 +17,16 @@ pub struct Node {
 
 impl Node {
     pub fn start(binary: &Path, data_dir: &Path, extra: &[&str]) -> Node {
+        let mut args = vec!["node", "--network", "regtest", "--p2p-bind", "127.0.0.1"];
+        // Ephemeral ports unless the caller picks its own.
+        for flag in ["--p2p-port", "--api-port"] {
+            if !extra.contains(&flag) {
+                args.extend([flag, "0"]);
+            }
+        }
         let mut child = Command::new(binary)
-            .args([
-                "node",
-                "--network",
-                "regtest",
-                "--p2p-bind",
-                "127.0.0.1",
-                "--p2p-port",
-                "0",
-                "--data-dir",
-            ])
+            .args(args)
+            .arg("--data-dir")
             .arg(data_dir)
             .args(extra)
             .env("CHAINCORE_LOG", "info,chaincore::p2p::protocol=debug")
@@ -92,7 +91,7 @@ impl Node {
         self.child.kill().expect("kill node");
         self.child.wait().expect("reap node");
         self.drain();
-        self.log
+        std::mem::take(&mut self.log)
     }
 }
 
@@ -154,6 +153,14 @@ impl Node {
         }
     }
 
+    /// The REST API's address (waits for the node to log it).
+    pub fn api_addr(&mut self) -> std::net::SocketAddr {
+        let line = self.wait_for("api listening", Duration::from_secs(30));
+        log_field(&line, "addr")
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
+    }
+
     /// Panics with the log if the node has exited.
     pub fn fail_if_exited(&mut self) {
         if let Ok(Some(status)) = self.child.try_wait() {
@@ -174,6 +181,63 @@ impl Node {
             "node exited with {status}:\n{}",
             self.log.join("\n")
         );
-        self.log
+        std::mem::take(&mut self.log)
     }
+}
+
+impl Drop for Node {
+    /// A node left running by a failing test is killed, never leaked.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 exchange for tests: returns the status code and body.
+pub fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to the REST API");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("set timeout");
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read response");
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {response:?}"));
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    (status, body)
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].trim_start_matches("\r\n");
+    }
+    out
 }

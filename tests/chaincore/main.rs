@@ -4,6 +4,7 @@
 mod cli;
 mod common;
 mod crash;
+mod mempool;
 mod p2p;
 mod spec;
 mod vectors;

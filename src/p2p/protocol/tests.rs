@@ -25,8 +25,13 @@ fn harness(blocks: &[crate::consensus::block::Block]) -> Harness {
         chain.process_block(Arc::new(block.clone()), None).unwrap();
     }
     let now = Instant::now();
+    let mempool = Arc::new(Mutex::new(crate::mempool::Mempool::new(
+        &chain,
+        crate::mempool::DEFAULT_MAX_MEMPOOL_BYTES,
+    )));
     let protocol = Protocol::new(
         Arc::new(Mutex::new(chain)),
+        mempool,
         Network::Regtest,
         27333,
         AddrBook::default(),
@@ -77,7 +82,10 @@ fn ready_inbound(h: &mut Harness, id: PeerId) {
     let actions = h.protocol.on_message(id, their_version(id, 0), h.now);
     assert_eq!(sent(&actions, id), vec!["version", "verack"]);
     let actions = h.protocol.on_message(id, Message::Verack, h.now);
-    assert_eq!(sent(&actions, id), vec!["sendheaders", "getheaders"]);
+    assert_eq!(
+        sent(&actions, id),
+        vec!["sendheaders", "getheaders", "mempool"]
+    );
 }
 
 #[test]

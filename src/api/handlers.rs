@@ -1,0 +1,154 @@
+//! Handlers. Shapes follow esplora where it has a counterpart.
+
+use axum::extract::{Path, State};
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::{ApiError, ApiState};
+use crate::consensus::hash::Txid;
+use crate::consensus::transaction::Transaction;
+use crate::encoding::{Decode, Encode};
+
+pub async fn not_found() -> ApiError {
+    ApiError::not_found("no such endpoint")
+}
+
+fn parse_txid(s: &str) -> Result<Txid, ApiError> {
+    s.parse()
+        .map_err(|e: crate::consensus::hash::ParseHashError| {
+            ApiError::bad_request("invalid-txid", e.to_string())
+        })
+}
+
+pub async fn status(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    let network = state.network.status();
+    let uptime = state.started.elapsed().as_secs();
+    state
+        .with_state(move |chain, pool| {
+            let tip = chain.tip();
+            let (best_header, header_height) = chain.best_header();
+            Ok(Json(json!({
+                "network": chain.params().network,
+                "version": env!("CARGO_PKG_VERSION"),
+                "uptime_secs": uptime,
+                "tip": {
+                    "height": tip.height,
+                    "hash": tip.hash,
+                    "time": tip.time,
+                    "chain_work": format!("{:064x}", tip.chain_work),
+                },
+                "best_header": { "height": header_height, "hash": best_header },
+                "sync": network.sync,
+                "peers": network.peers.iter().filter(|p| p.ready).count(),
+                "mempool": { "count": pool.len(), "bytes": pool.bytes() },
+                "chainstate": {
+                    "utxo_count": tip.utxo_count,
+                    "total_amount": tip.utxo_total,
+                    "utxo_digest": tip.utxo_digest,
+                },
+                "orphan_blocks": chain.orphan_count(),
+            })))
+        })
+        .await
+}
+
+pub async fn tip_height(State(state): State<ApiState>) -> Result<String, ApiError> {
+    state
+        .with_state(|chain, _| Ok(chain.height().to_string()))
+        .await
+}
+
+pub async fn tip_hash(State(state): State<ApiState>) -> Result<String, ApiError> {
+    state
+        .with_state(|chain, _| Ok(chain.tip().hash.to_string()))
+        .await
+}
+
+pub async fn mempool_summary(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    state
+        .with_state(|_, pool| {
+            let total_fee: u64 = pool.entries().map(|e| e.fee.units()).sum();
+            // esplora's histogram: [fee rate, bytes] buckets, highest rate first.
+            let mut rates: Vec<(u64, usize)> =
+                pool.entries().map(|e| (e.fee_rate(), e.size)).collect();
+            rates.sort_by_key(|r| std::cmp::Reverse(r.0));
+            let mut histogram: Vec<(u64, usize)> = Vec::new();
+            for (rate, size) in rates {
+                match histogram.last_mut() {
+                    Some((r, s)) if *r == rate => *s += size,
+                    _ => histogram.push((rate, size)),
+                }
+            }
+            Ok(Json(json!({
+                "count": pool.len(),
+                "bytes": pool.bytes(),
+                "total_fee": total_fee,
+                "fee_histogram": histogram,
+            })))
+        })
+        .await
+}
+
+pub async fn mempool_txids(State(state): State<ApiState>) -> Result<Json<Vec<Txid>>, ApiError> {
+    state.with_state(|_, pool| Ok(Json(pool.txids()))).await
+}
+
+/// `POST /tx` with the transaction's hex as the body: answers the txid, or
+/// the mempool's rejection with 400.
+pub async fn submit_tx(State(state): State<ApiState>, body: String) -> Result<String, ApiError> {
+    let bytes = hex::decode(body.trim())
+        .map_err(|e| ApiError::bad_request("invalid-hex", format!("body is not hex: {e}")))?;
+    let tx = Transaction::from_bytes(&bytes).map_err(|e| {
+        ApiError::bad_request(
+            "invalid-transaction",
+            format!("transaction does not decode: {e}"),
+        )
+    })?;
+    let txid = state
+        .with_state(move |chain, pool| {
+            pool.accept(chain, tx)
+                .map_err(|e| ApiError::bad_request(e.code(), e.to_string()))
+        })
+        .await?;
+    state.network.chain_changed().await;
+    Ok(txid.to_string())
+}
+
+pub async fn get_tx(
+    State(state): State<ApiState>,
+    Path(txid): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let txid = parse_txid(&txid)?;
+    state
+        .with_state(move |chain, pool| {
+            if let Some(entry) = pool.get(&txid) {
+                return Ok(Json(json!({
+                    "txid": txid,
+                    "size": entry.size,
+                    "fee": entry.fee.units(),
+                    "status": { "confirmed": false },
+                    "hex": hex::encode(entry.tx.to_bytes()),
+                })));
+            }
+            let location = chain
+                .store()
+                .tx_location(&txid)?
+                .ok_or_else(|| ApiError::not_found(format!("transaction {txid} not found")))?;
+            let block = chain.store().block(&location.block)?.ok_or_else(|| {
+                ApiError::internal(format!("block {} of {txid} missing", location.block))
+            })?;
+            let tx = &block.transactions[location.position as usize];
+            Ok(Json(json!({
+                "txid": txid,
+                "size": tx.encoded_len(),
+                "status": {
+                    "confirmed": true,
+                    "block_height": location.height,
+                    "block_hash": location.block,
+                    "block_time": block.header.time,
+                },
+                "hex": hex::encode(tx.to_bytes()),
+            })))
+        })
+        .await
+}

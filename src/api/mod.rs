@@ -1,0 +1,84 @@
+//! The REST API: an adapter over the node's own state for wallets, miners
+//! and explorers (peers never use it). Reads take the chain's lock (then the
+//! mempool's) on a blocking thread, never on the async workers; writes go
+//! through the mempool and the chain like every other source.
+
+mod error;
+mod handlers;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::chain::Chain;
+use crate::mempool::Mempool;
+use crate::p2p::NetworkHandle;
+pub use error::ApiError;
+
+/// Largest request body: a maximum-size standard transaction in hex, with
+/// room to spare.
+pub const MAX_BODY_BYTES: usize = 2 * crate::mempool::MAX_STANDARD_TX_SIZE + 1024;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct ApiState {
+    pub chain: Arc<Mutex<Chain>>,
+    pub mempool: Arc<Mutex<Mempool>>,
+    pub network: NetworkHandle,
+    pub started: Instant,
+}
+
+impl ApiState {
+    /// Runs `f` with the chain and the mempool locked (in that order), on a
+    /// blocking thread, the pool caught up with the chain.
+    pub async fn with_state<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Chain, &mut Mempool) -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let (chain, mempool) = (self.chain.clone(), self.mempool.clone());
+        tokio::task::spawn_blocking(move || {
+            let chain = chain.lock().expect("chain lock");
+            let mut pool = mempool.lock().expect("mempool lock");
+            pool.catch_up(&chain);
+            f(&chain, &mut pool)
+        })
+        .await?
+    }
+}
+
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/status", get(handlers::status))
+        .route("/blocks/tip/height", get(handlers::tip_height))
+        .route("/blocks/tip/hash", get(handlers::tip_hash))
+        .route("/mempool", get(handlers::mempool_summary))
+        .route("/mempool/txids", get(handlers::mempool_txids))
+        .route("/tx", post(handlers::submit_tx))
+        .route("/tx/{txid}", get(handlers::get_tx))
+        .fallback(handlers::not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// Binds the API listener and serves until the task is dropped.
+pub async fn serve(
+    bind: SocketAddr,
+    state: ApiState,
+) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(bind)
+        .await
+        .map_err(|e| anyhow::anyhow!("binding the REST API on {bind}: {e}"))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(addr = %addr, "api listening");
+    let app = router(state);
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "REST API stopped");
+        }
+    });
+    Ok((addr, task))
+}

@@ -1,0 +1,574 @@
+//! The mempool: valid transactions waiting for a block.
+//!
+//! A transaction is accepted only if it is valid against the UTXO set at the
+//! tip plus the pool itself (chains of unconfirmed transactions are allowed),
+//! spends nothing another pool transaction spends (first seen wins), pays at
+//! least the minimum fee rate, and fits the pool's byte limit, which evicts
+//! the lowest fee rates (with their descendants) to make room.
+//!
+//! Consistency with the tip: the pool holds its own receiver of chain events
+//! and applies every pending one (`catch_up`) before any operation, always
+//! under the chain's lock (lock order: chain, then mempool). Since the chain
+//! sends its events before releasing its lock, whoever holds both sees a
+//! pool consistent with the current tip.
+
+pub mod persist;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+
+use tokio::sync::broadcast::{self, error::TryRecvError};
+
+use crate::chain::{unix_now, Chain, ChainEvent};
+use crate::consensus::address::PubKeyHash;
+use crate::consensus::amount::Amount;
+use crate::consensus::block::Block;
+use crate::consensus::hash::Txid;
+use crate::consensus::limits::MAX_BLOCK_SIZE;
+use crate::consensus::transaction::{OutPoint, Transaction, TxOut};
+use crate::consensus::validation::{
+    check_transaction, check_tx_spends, is_final, verify_tx_signatures, TxError, Utxo,
+};
+use crate::encoding::Encode;
+
+/// Minimum fee rate, in base units per 1000 bytes: 1 unit per byte, so a
+/// typical 1-in-2-out transaction (about 200 bytes) pays at least 200 units.
+pub const MIN_RELAY_FEE_RATE: u64 = 1_000;
+/// Default byte limit of the pool.
+pub const DEFAULT_MAX_MEMPOOL_BYTES: usize = 64 << 20;
+/// A transaction unconfirmed this long leaves the pool.
+pub const MEMPOOL_EXPIRY_SECS: u32 = 14 * 24 * 60 * 60;
+/// Largest transaction the pool accepts: a tenth of a block, so one
+/// transaction cannot crowd out a block's worth of others.
+pub const MAX_STANDARD_TX_SIZE: usize = 100_000;
+/// Most unconfirmed ancestors (and descendants) a pool transaction may have:
+/// bounds the work of eviction and of building templates.
+pub const MAX_ANCESTORS: usize = 25;
+
+/// Why a transaction was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MempoolError {
+    #[error("transaction {0} is already in the mempool")]
+    AlreadyInPool(Txid),
+    #[error("transaction {0} is already confirmed")]
+    AlreadyConfirmed(Txid),
+    #[error("coinbase transactions are only valid in blocks")]
+    Coinbase,
+    #[error("transaction is {size} bytes, above the relay limit of {limit}")]
+    TooLarge { size: usize, limit: usize },
+    #[error("invalid transaction: {0}")]
+    Invalid(TxError),
+    #[error("input {outpoint} is already spent by mempool transaction {by}")]
+    Conflict { outpoint: OutPoint, by: Txid },
+    #[error("input {0} is unknown or already spent")]
+    MissingInput(OutPoint),
+    #[error("fee rate {rate} units/kB is below the minimum of {min}")]
+    FeeTooLow { rate: u64, min: u64 },
+    #[error("transaction has more than {0} unconfirmed ancestors")]
+    TooManyAncestors(usize),
+    #[error("the mempool is full and the fee rate {rate} units/kB is too low to enter")]
+    Full { rate: u64 },
+    #[error("transaction is not final at the next height")]
+    NotFinal,
+    #[error("store: {0}")]
+    Store(String),
+}
+
+impl MempoolError {
+    /// A stable code for the REST API.
+    pub fn code(&self) -> &'static str {
+        match self {
+            MempoolError::AlreadyInPool(_) => "already-in-mempool",
+            MempoolError::AlreadyConfirmed(_) => "already-confirmed",
+            MempoolError::Coinbase => "coinbase",
+            MempoolError::TooLarge { .. } => "tx-too-large",
+            MempoolError::Invalid(_) => "invalid",
+            MempoolError::Conflict { .. } => "mempool-conflict",
+            MempoolError::MissingInput(_) => "missing-inputs",
+            MempoolError::FeeTooLow { .. } => "fee-too-low",
+            MempoolError::TooManyAncestors(_) => "too-long-mempool-chain",
+            MempoolError::Full { .. } => "mempool-full",
+            MempoolError::NotFinal => "non-final",
+            MempoolError::Store(_) => "internal",
+        }
+    }
+}
+
+/// A pool transaction and what the pool knows about it.
+#[derive(Debug, Clone)]
+pub struct MempoolEntry {
+    pub tx: Arc<Transaction>,
+    pub txid: Txid,
+    pub fee: Amount,
+    pub size: usize,
+    /// Unix seconds when it entered the pool.
+    pub time: u32,
+    /// The outputs its inputs spend, in input order.
+    pub spent: Vec<TxOut>,
+    parents: HashSet<Txid>,
+    children: HashSet<Txid>,
+}
+
+impl MempoolEntry {
+    /// Fee per 1000 bytes.
+    pub fn fee_rate(&self) -> u64 {
+        fee_rate(self.fee, self.size)
+    }
+}
+
+fn fee_rate(fee: Amount, size: usize) -> u64 {
+    fee.units().saturating_mul(1000) / size.max(1) as u64
+}
+
+/// Pending (unconfirmed) totals of one address, in esplora's terms.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PendingStats {
+    pub funded_txo_count: u64,
+    pub funded_txo_sum: u64,
+    pub spent_txo_count: u64,
+    pub spent_txo_sum: u64,
+    pub tx_count: u64,
+}
+
+pub struct Mempool {
+    entries: HashMap<Txid, MempoolEntry>,
+    /// Which pool transaction spends each outpoint.
+    spends: HashMap<OutPoint, Txid>,
+    /// Entries by fee rate, lowest first, for eviction.
+    by_rate: BTreeSet<(u64, Txid)>,
+    bytes: usize,
+    max_bytes: usize,
+    events: broadcast::Receiver<ChainEvent>,
+    /// Transactions of disconnected blocks, re-added once the chain settles.
+    pending_readd: Vec<(u32, Vec<Transaction>)>,
+    /// Transactions that entered the pool and are not yet announced.
+    announce: Vec<Txid>,
+}
+
+impl Mempool {
+    pub fn new(chain: &Chain, max_bytes: usize) -> Mempool {
+        Mempool {
+            entries: HashMap::new(),
+            spends: HashMap::new(),
+            by_rate: BTreeSet::new(),
+            bytes: 0,
+            max_bytes,
+            events: chain.subscribe(),
+            pending_readd: Vec::new(),
+            announce: Vec::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn get(&self, txid: &Txid) -> Option<&MempoolEntry> {
+        self.entries.get(txid)
+    }
+
+    pub fn contains(&self, txid: &Txid) -> bool {
+        self.entries.contains_key(txid)
+    }
+
+    pub fn txids(&self) -> Vec<Txid> {
+        let mut ids: Vec<Txid> = self.entries.keys().copied().collect();
+        ids.sort();
+        ids
+    }
+
+    pub fn entries(&self) -> impl Iterator<Item = &MempoolEntry> {
+        self.entries.values()
+    }
+
+    /// Which pool transaction spends `outpoint`, if any.
+    pub fn spender_of(&self, outpoint: &OutPoint) -> Option<Txid> {
+        self.spends.get(outpoint).copied()
+    }
+
+    /// Txids that entered the pool since the last call, for relay.
+    pub fn take_announcements(&mut self) -> Vec<Txid> {
+        let mut ids = std::mem::take(&mut self.announce);
+        ids.retain(|id| self.entries.contains_key(id));
+        ids
+    }
+
+    /// Applies every chain event not yet applied, then re-adds the
+    /// transactions of disconnected blocks, lowest block first.
+    pub fn catch_up(&mut self, chain: &Chain) {
+        loop {
+            match self.events.try_recv() {
+                Ok(ChainEvent::BlockConnected { block, .. }) => self.remove_for_block(&block),
+                Ok(ChainEvent::BlockDisconnected { block, height, .. }) => {
+                    self.pending_readd
+                        .push((height, block.transactions[1..].to_vec()));
+                }
+                Err(TryRecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "mempool missed chain events: revalidating");
+                    self.revalidate(chain);
+                }
+                Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+            }
+        }
+        if !self.pending_readd.is_empty() {
+            let mut blocks = std::mem::take(&mut self.pending_readd);
+            blocks.sort_by_key(|(height, _)| *height);
+            let mut returned = 0;
+            for (_, txs) in blocks {
+                for tx in txs {
+                    if self.accept_inner(chain, tx, unix_now()).is_ok() {
+                        returned += 1;
+                    }
+                }
+            }
+            tracing::info!(
+                returned,
+                "disconnected transactions returned to the mempool"
+            );
+        }
+    }
+
+    /// Validates and adds a transaction. Returns its txid.
+    pub fn accept(&mut self, chain: &Chain, tx: Transaction) -> Result<Txid, MempoolError> {
+        self.catch_up(chain);
+        let txid = self.accept_inner(chain, tx, unix_now())?;
+        self.announce.push(txid);
+        Ok(txid)
+    }
+
+    fn accept_inner(
+        &mut self,
+        chain: &Chain,
+        tx: Transaction,
+        time: u32,
+    ) -> Result<Txid, MempoolError> {
+        let txid = tx.txid();
+        if self.entries.contains_key(&txid) {
+            return Err(MempoolError::AlreadyInPool(txid));
+        }
+        if tx.is_coinbase() {
+            return Err(MempoolError::Coinbase);
+        }
+        check_transaction(&tx).map_err(MempoolError::Invalid)?;
+        let size = tx.encoded_len();
+        if size > MAX_STANDARD_TX_SIZE {
+            return Err(MempoolError::TooLarge {
+                size,
+                limit: MAX_STANDARD_TX_SIZE,
+            });
+        }
+        let store = chain.store();
+        if store
+            .tx_location(&txid)
+            .map_err(|e| MempoolError::Store(e.to_string()))?
+            .is_some()
+        {
+            return Err(MempoolError::AlreadyConfirmed(txid));
+        }
+        let tip = chain.tip();
+        let next_height = tip.height + 1;
+        let mtp = chain
+            .context_after(&tip.hash)
+            .map_or(0, |ctx| ctx.median_time_past);
+        if !is_final(&tx, next_height, mtp) {
+            return Err(MempoolError::NotFinal);
+        }
+        let mut spent = Vec::with_capacity(tx.inputs.len());
+        let mut parents = HashSet::new();
+        for input in &tx.inputs {
+            let outpoint = input.prevout();
+            if let Some(by) = self.spends.get(&outpoint) {
+                return Err(MempoolError::Conflict { outpoint, by: *by });
+            }
+            let utxo = match self.entries.get(&outpoint.txid) {
+                Some(parent) => {
+                    parents.insert(parent.txid);
+                    parent
+                        .tx
+                        .outputs
+                        .get(outpoint.vout as usize)
+                        .map(|output| Utxo {
+                            output: *output,
+                            height: next_height,
+                            is_coinbase: false,
+                        })
+                }
+                None => store
+                    .utxo(&outpoint)
+                    .map_err(|e| MempoolError::Store(e.to_string()))?,
+            };
+            spent.push(utxo.ok_or(MempoolError::MissingInput(outpoint))?);
+        }
+        if self.ancestors(&parents).len() >= MAX_ANCESTORS {
+            return Err(MempoolError::TooManyAncestors(MAX_ANCESTORS));
+        }
+        let fee = check_tx_spends(&tx, &spent, next_height, chain.params())
+            .map_err(MempoolError::Invalid)?;
+        let rate = fee_rate(fee, size);
+        if rate < MIN_RELAY_FEE_RATE {
+            return Err(MempoolError::FeeTooLow {
+                rate,
+                min: MIN_RELAY_FEE_RATE,
+            });
+        }
+        verify_tx_signatures(&tx, &spent).map_err(MempoolError::Invalid)?;
+
+        for input in &tx.inputs {
+            self.spends.insert(input.prevout(), txid);
+        }
+        for parent in &parents {
+            if let Some(p) = self.entries.get_mut(parent) {
+                p.children.insert(txid);
+            }
+        }
+        self.by_rate.insert((rate, txid));
+        self.bytes += size;
+        self.entries.insert(
+            txid,
+            MempoolEntry {
+                tx: Arc::new(tx),
+                txid,
+                fee,
+                size,
+                time,
+                spent: spent.iter().map(|u| u.output).collect(),
+                parents,
+                children: HashSet::new(),
+            },
+        );
+        self.trim();
+        if !self.entries.contains_key(&txid) {
+            return Err(MempoolError::Full { rate });
+        }
+        Ok(txid)
+    }
+
+    /// All unconfirmed ancestors of a set of parents.
+    fn ancestors(&self, parents: &HashSet<Txid>) -> HashSet<Txid> {
+        let mut found = HashSet::new();
+        let mut queue: Vec<Txid> = parents.iter().copied().collect();
+        while let Some(id) = queue.pop() {
+            if found.insert(id) {
+                if let Some(e) = self.entries.get(&id) {
+                    queue.extend(e.parents.iter().copied());
+                }
+            }
+        }
+        found
+    }
+
+    /// `txid` and all its descendants.
+    fn with_descendants(&self, txid: &Txid) -> Vec<Txid> {
+        let mut found = Vec::new();
+        let mut seen = HashSet::new();
+        let mut queue = vec![*txid];
+        while let Some(id) = queue.pop() {
+            if seen.insert(id) {
+                if let Some(e) = self.entries.get(&id) {
+                    found.push(id);
+                    queue.extend(e.children.iter().copied());
+                }
+            }
+        }
+        found
+    }
+
+    /// Removes one entry (not its descendants).
+    fn remove_entry(&mut self, txid: &Txid) -> Option<MempoolEntry> {
+        let entry = self.entries.remove(txid)?;
+        self.by_rate.remove(&(entry.fee_rate(), *txid));
+        self.bytes -= entry.size;
+        for input in &entry.tx.inputs {
+            if self.spends.get(&input.prevout()) == Some(txid) {
+                self.spends.remove(&input.prevout());
+            }
+        }
+        for parent in &entry.parents {
+            if let Some(p) = self.entries.get_mut(parent) {
+                p.children.remove(txid);
+            }
+        }
+        for child in &entry.children {
+            if let Some(c) = self.entries.get_mut(child) {
+                c.parents.remove(txid);
+            }
+        }
+        Some(entry)
+    }
+
+    /// Removes `txid` and every descendant; returns how many left.
+    pub fn remove_with_descendants(&mut self, txid: &Txid) -> usize {
+        let ids = self.with_descendants(txid);
+        for id in &ids {
+            self.remove_entry(id);
+        }
+        ids.len()
+    }
+
+    /// Evicts the lowest fee rates, with their descendants, until the pool
+    /// fits its byte limit.
+    fn trim(&mut self) {
+        while self.bytes > self.max_bytes {
+            let Some(&(_, lowest)) = self.by_rate.iter().next() else {
+                break;
+            };
+            self.remove_with_descendants(&lowest);
+        }
+    }
+
+    /// A block connected: its transactions leave the pool, and so does every
+    /// pool transaction that spends something the block spent (with its
+    /// descendants).
+    fn remove_for_block(&mut self, block: &Block) {
+        for tx in &block.transactions[1..] {
+            let txid = tx.txid();
+            // Confirmed: its children stay, their parent is now in the chain.
+            self.remove_entry(&txid);
+            for input in &tx.inputs {
+                if let Some(conflict) = self.spends.get(&input.prevout()).copied() {
+                    let removed = self.remove_with_descendants(&conflict);
+                    tracing::info!(%conflict, removed, "removed mempool transactions conflicting with a block");
+                }
+            }
+        }
+    }
+
+    /// Re-checks every entry against the chain (after missed events).
+    fn revalidate(&mut self, chain: &Chain) {
+        let mut all: Vec<MempoolEntry> = self.entries.drain().map(|(_, e)| e).collect();
+        all.sort_by_key(|e| e.time);
+        self.spends.clear();
+        self.by_rate.clear();
+        self.bytes = 0;
+        for entry in all {
+            let _ = self.accept_inner(chain, (*entry.tx).clone(), entry.time);
+        }
+    }
+
+    /// Drops entries older than `MEMPOOL_EXPIRY_SECS`.
+    pub fn expire(&mut self, chain: &Chain, now: u32) -> usize {
+        self.catch_up(chain);
+        let old: Vec<Txid> = self
+            .entries
+            .values()
+            .filter(|e| now.saturating_sub(e.time) > MEMPOOL_EXPIRY_SECS)
+            .map(|e| e.txid)
+            .collect();
+        old.iter().map(|id| self.remove_with_descendants(id)).sum()
+    }
+
+    /// Transactions for a block template, by ancestor-package fee rate
+    /// (a transaction together with its unchosen ancestors, ancestors
+    /// first), within `max_bytes`; with their total fee. A max-heap holds
+    /// each transaction's package rate; choosing a package makes its
+    /// descendants' entries stale, and they are recomputed when popped.
+    pub fn select_for_block(
+        &mut self,
+        chain: &Chain,
+        max_bytes: usize,
+    ) -> (Vec<Transaction>, Amount) {
+        use std::collections::BinaryHeap;
+        self.catch_up(chain);
+        let mut in_block: HashSet<Txid> = HashSet::new();
+        let mut version: HashMap<Txid, u32> = HashMap::new();
+        let package_of = |txid: &Txid, in_block: &HashSet<Txid>| {
+            let entry = &self.entries[txid];
+            let mut package: Vec<Txid> = self
+                .ancestors(&entry.parents)
+                .into_iter()
+                .filter(|a| !in_block.contains(a))
+                .collect();
+            package.push(*txid);
+            let size: usize = package.iter().map(|id| self.entries[id].size).sum();
+            let fee: u64 = package.iter().map(|id| self.entries[id].fee.units()).sum();
+            (
+                fee.saturating_mul(1000) / size.max(1) as u64,
+                package,
+                size,
+                fee,
+            )
+        };
+        let mut heap: BinaryHeap<(u64, std::cmp::Reverse<Txid>, u32)> = self
+            .entries
+            .keys()
+            .map(|id| (package_of(id, &in_block).0, std::cmp::Reverse(*id), 0))
+            .collect();
+        let mut chosen: Vec<Txid> = Vec::new();
+        let mut bytes = 0usize;
+        let mut fees = 0u64;
+        while let Some((_, std::cmp::Reverse(txid), v)) = heap.pop() {
+            if in_block.contains(&txid) || version.get(&txid).copied().unwrap_or(0) != v {
+                continue;
+            }
+            let (_, mut package, size, fee) = package_of(&txid, &in_block);
+            if bytes + size > max_bytes {
+                continue;
+            }
+            package.sort_by_key(|id| self.ancestors(&self.entries[id].parents).len());
+            for id in &package {
+                in_block.insert(*id);
+                chosen.push(*id);
+            }
+            bytes += size;
+            fees += fee;
+            for id in &package {
+                for descendant in self.with_descendants(id) {
+                    if in_block.contains(&descendant) {
+                        continue;
+                    }
+                    let next = version.get(&descendant).copied().unwrap_or(0) + 1;
+                    version.insert(descendant, next);
+                    heap.push((
+                        package_of(&descendant, &in_block).0,
+                        std::cmp::Reverse(descendant),
+                        next,
+                    ));
+                }
+            }
+        }
+        let txs = chosen
+            .iter()
+            .map(|id| (*self.entries[id].tx).clone())
+            .collect();
+        (txs, Amount::from_units(fees))
+    }
+
+    /// Pending totals of `owner`: what pool transactions pay to and spend from it.
+    pub fn address_stats(&self, owner: &PubKeyHash) -> PendingStats {
+        let mut stats = PendingStats::default();
+        for entry in self.entries.values() {
+            let mut touched = false;
+            for output in &entry.tx.outputs {
+                if output.owner == *owner {
+                    stats.funded_txo_count += 1;
+                    stats.funded_txo_sum += output.amount.units();
+                    touched = true;
+                }
+            }
+            for spent in &entry.spent {
+                if spent.owner == *owner {
+                    stats.spent_txo_count += 1;
+                    stats.spent_txo_sum += spent.amount.units();
+                    touched = true;
+                }
+            }
+            stats.tx_count += u64::from(touched);
+        }
+        stats
+    }
+
+    /// Space left for transactions in a block beside the header and coinbase.
+    pub fn block_space() -> usize {
+        MAX_BLOCK_SIZE - 1_000
+    }
+}

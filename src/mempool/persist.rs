@@ -1,0 +1,86 @@
+//! Saving the pool across restarts: `mempool.dat` in the data dir holds a
+//! version byte, a compact-size count, then for each transaction the time it
+//! entered the pool (u32 LE) and the transaction. Written to a temp file and
+//! renamed, so a crash never leaves half a file; on start every transaction
+//! is validated again.
+
+use std::path::Path;
+
+use super::Mempool;
+use crate::chain::Chain;
+use crate::consensus::transaction::Transaction;
+use crate::encoding::{
+    read_count, read_u32, read_u8, write_compact_size, Decode, DecodeError, Encode,
+};
+
+pub const MEMPOOL_FILE: &str = "mempool.dat";
+const FILE_VERSION: u8 = 1;
+/// Smallest encoded entry: time (4) and the smallest transaction.
+const MIN_ENTRY_LEN: usize = 4 + crate::consensus::limits::MIN_TX_LEN;
+
+/// Writes the pool, oldest first.
+pub fn save(pool: &Mempool, data_dir: &Path) -> std::io::Result<usize> {
+    let mut entries: Vec<_> = pool.entries().collect();
+    entries.sort_by_key(|e| (e.time, e.txid));
+    let mut out = vec![FILE_VERSION];
+    write_compact_size(&mut out, entries.len() as u64);
+    for entry in &entries {
+        out.extend_from_slice(&entry.time.to_le_bytes());
+        entry.tx.encode_to(&mut out);
+    }
+    let path = data_dir.join(MEMPOOL_FILE);
+    let tmp = path.with_extension("dat.tmp");
+    std::fs::write(&tmp, out)?;
+    std::fs::rename(tmp, path)?;
+    Ok(entries.len())
+}
+
+/// Reads a saved pool.
+pub fn read(bytes: &[u8]) -> Result<Vec<(u32, Transaction)>, DecodeError> {
+    let mut cursor = bytes;
+    if read_u8(&mut cursor, "mempool file version")? != FILE_VERSION {
+        return Err(DecodeError::Invalid {
+            what: "mempool file",
+            reason: "unknown version",
+        });
+    }
+    let count = read_count(&mut cursor, "mempool entries", usize::MAX, MIN_ENTRY_LEN)?;
+    let mut entries = Vec::with_capacity(count);
+    for _ in 0..count {
+        let time = read_u32(&mut cursor, "mempool entry time")?;
+        entries.push((time, Transaction::decode_from(&mut cursor)?));
+    }
+    if !cursor.is_empty() {
+        return Err(DecodeError::TrailingBytes {
+            what: "mempool file",
+            trailing: cursor.len(),
+        });
+    }
+    Ok(entries)
+}
+
+/// Loads `mempool.dat` from `data_dir` into the pool, re-validating every
+/// transaction. A missing file is an empty pool; an unreadable one is
+/// reported and ignored (the pool is a cache of what peers also hold).
+pub fn load(pool: &mut Mempool, chain: &Chain, data_dir: &Path) -> (usize, usize) {
+    let path = data_dir.join(MEMPOOL_FILE);
+    let Ok(bytes) = std::fs::read(&path) else {
+        return (0, 0);
+    };
+    let entries = match read(&bytes) {
+        Ok(entries) => entries,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "ignoring unreadable mempool file");
+            return (0, 0);
+        }
+    };
+    let total = entries.len();
+    let mut accepted = 0;
+    pool.catch_up(chain);
+    for (time, tx) in entries {
+        if pool.accept_inner(chain, tx, time).is_ok() {
+            accepted += 1;
+        }
+    }
+    (accepted, total)
+}
