@@ -15,7 +15,7 @@ use chaincore::consensus::params::Network;
 use chaincore::consensus::transaction::{OutPoint, Transaction, TxOut};
 use chaincore::consensus::validation::SignatureChecks;
 use chaincore::mining::{assemble_block, solve_block, BlockTemplateHeader};
-use chaincore::testkit::{busy_chain, key, payee, signed_spend, TestChain};
+use chaincore::testkit::{busy_chain, fan_out_chain, key, payee, signed_spend, TestChain};
 use rayon::prelude::*;
 
 struct Sizes {
@@ -84,71 +84,10 @@ fn bench_connect(sizes: &Sizes) {
     }
 }
 
-/// A chain whose UTXO set holds `utxos` outputs spread evenly over
-/// `addresses` addresses.
-fn fan_out_chain(utxos: usize, addresses: usize) -> TestChain {
-    const OUTPUTS_PER_TX: usize = 2_000;
-    const OUTPUT_VALUE: u64 = 1_000;
-    let owner = key(1);
-    let mut chain = TestChain::new(Network::Regtest);
-    for _ in 0..=chain.params.coinbase_maturity {
-        chain.mine_empty(owner.pubkey_hash());
-    }
-    let funders = utxos.div_ceil(OUTPUTS_PER_TX);
-    let coinbase = chain.blocks[1].transactions[0].clone();
-    let funder_value = (OUTPUTS_PER_TX as u64 + 1) * OUTPUT_VALUE;
-    let mut change = coinbase.outputs[0].amount.units() - funder_value * funders as u64;
-    change -= 1_000;
-    let mut outputs = vec![
-        TxOut {
-            amount: Amount::from_units(funder_value),
-            owner: owner.pubkey_hash()
-        };
-        funders
-    ];
-    outputs.push(TxOut {
-        amount: Amount::from_units(change),
-        owner: owner.pubkey_hash(),
-    });
-    let funding = signed_spend(
-        &[(
-            OutPoint::new(coinbase.txid(), 0),
-            coinbase.outputs[0],
-            &owner,
-        )],
-        outputs,
-    );
-    let block = chain.build_block(owner.pubkey_hash(), vec![funding.clone()]);
-    chain.apply(block);
-    let txs: Vec<Transaction> = (0..funders)
-        .into_par_iter()
-        .map(|f| {
-            let outputs = (0..OUTPUTS_PER_TX)
-                .map(|i| TxOut {
-                    amount: Amount::from_units(OUTPUT_VALUE),
-                    owner: payee(((f * OUTPUTS_PER_TX + i) % addresses) as u64),
-                })
-                .collect();
-            signed_spend(
-                &[(
-                    OutPoint::new(funding.txid(), f as u32),
-                    funding.outputs[f],
-                    &owner,
-                )],
-                outputs,
-            )
-        })
-        .collect();
-    // About 17 fan-out transactions (56 KB each) fit in a block.
-    for chunk in txs.chunks(16) {
-        let block = chain.build_block(owner.pubkey_hash(), chunk.to_vec());
-        chain.apply(block);
-    }
-    chain
-}
-
 fn bench_balance_lookups(sizes: &Sizes) {
-    let test = fan_out_chain(sizes.lookup_utxos, sizes.lookup_addresses);
+    let test = fan_out_chain(sizes.lookup_utxos, |i| {
+        payee((i % sizes.lookup_addresses) as u64)
+    });
     let dir = tempfile::tempdir().unwrap();
     let mut chain = open(&dir, SignatureChecks::On);
     let start = Instant::now();

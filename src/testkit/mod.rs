@@ -248,4 +248,70 @@ pub fn busy_chain(busy_blocks: usize, txs_per_block: usize) -> TestChain {
 pub fn payee(n: u64) -> PubKeyHash {
     PubKeyHash(crate::consensus::hash::hash160(&n.to_le_bytes()))
 }
+
+/// A regtest chain whose UTXO set holds `utxos` outputs of 1 000 units,
+/// output `i` owned by `owner_of(i)`: key(1)'s first mature coinbase funds
+/// transactions of 2 000 outputs each, 16 to a block.
+pub fn fan_out_chain(utxos: usize, owner_of: impl Fn(usize) -> PubKeyHash + Sync) -> TestChain {
+    use rayon::prelude::*;
+    const OUTPUTS_PER_TX: usize = 2_000;
+    const OUTPUT_VALUE: u64 = 1_000;
+    let owner = key(1);
+    let mut chain = TestChain::new(Network::Regtest);
+    for _ in 0..=chain.params.coinbase_maturity {
+        chain.mine_empty(owner.pubkey_hash());
+    }
+    let funders = utxos.div_ceil(OUTPUTS_PER_TX);
+    let coinbase = chain.blocks[1].transactions[0].clone();
+    let funder_value = (OUTPUTS_PER_TX as u64 + 1) * OUTPUT_VALUE;
+    let mut change = coinbase.outputs[0].amount.units() - funder_value * funders as u64;
+    change -= 1_000;
+    let mut outputs = vec![
+        TxOut {
+            amount: Amount::from_units(funder_value),
+            owner: owner.pubkey_hash()
+        };
+        funders
+    ];
+    outputs.push(TxOut {
+        amount: Amount::from_units(change),
+        owner: owner.pubkey_hash(),
+    });
+    let funding = signed_spend(
+        &[(
+            OutPoint::new(coinbase.txid(), 0),
+            coinbase.outputs[0],
+            &owner,
+        )],
+        outputs,
+    );
+    let block = chain.build_block(owner.pubkey_hash(), vec![funding.clone()]);
+    chain.apply(block);
+    let txs: Vec<Transaction> = (0..funders)
+        .into_par_iter()
+        .map(|f| {
+            let outputs = (0..OUTPUTS_PER_TX.min(utxos - f * OUTPUTS_PER_TX))
+                .map(|i| TxOut {
+                    amount: Amount::from_units(OUTPUT_VALUE),
+                    owner: owner_of(f * OUTPUTS_PER_TX + i),
+                })
+                .collect();
+            signed_spend(
+                &[(
+                    OutPoint::new(funding.txid(), f as u32),
+                    funding.outputs[f],
+                    &owner,
+                )],
+                outputs,
+            )
+        })
+        .collect();
+    // About 17 fan-out transactions (56 KB each) fit in a block.
+    for chunk in txs.chunks(16) {
+        let block = chain.build_block(owner.pubkey_hash(), chunk.to_vec());
+        chain.apply(block);
+    }
+    chain
+}
+
 pub mod process;

@@ -1,0 +1,195 @@
+//! Mempool figures: acceptance throughput (full validation, signatures
+//! included) and transaction propagation to every mempool of a 10-node
+//! network of real nodes on 127.0.0.1.
+//!
+//! Run: `cargo bench --profile dev --bench mempool` (`-- quick` for small sizes).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use chaincore::chain::{Chain, ChainOptions};
+use chaincore::consensus::amount::Amount;
+use chaincore::consensus::params::Network;
+use chaincore::consensus::transaction::{OutPoint, Transaction, TxOut};
+use chaincore::encoding::Encode;
+use chaincore::mempool::{Mempool, DEFAULT_MAX_MEMPOOL_BYTES};
+use chaincore::testkit::process::{http, log_field, Node};
+use chaincore::testkit::{fan_out_chain, key, signed_spend, TestChain};
+use rayon::prelude::*;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_chaincore");
+const LONG: Duration = Duration::from_secs(300);
+
+/// One signed 1-in-1-out spend of each fanned-out coin of key(1).
+fn spends(chain: &TestChain, count: usize) -> Vec<Transaction> {
+    let coins: Vec<(OutPoint, TxOut)> = chain
+        .utxos
+        .iter()
+        .filter(|(_, u)| {
+            !u.is_coinbase
+                && u.output.owner == key(1).pubkey_hash()
+                && u.output.amount.units() == 1_000
+        })
+        .map(|(o, u)| (*o, u.output))
+        .take(count)
+        .collect();
+    coins
+        .par_iter()
+        .map(|(outpoint, output)| {
+            signed_spend(
+                &[(*outpoint, *output, &key(1))],
+                vec![TxOut {
+                    amount: Amount::from_units(700),
+                    owner: key(2).pubkey_hash(),
+                }],
+            )
+        })
+        .collect()
+}
+
+fn bench_acceptance(count: usize) {
+    let test = fan_out_chain(count, |_| key(1).pubkey_hash());
+    let txs = spends(&test, count);
+    let dir = tempfile::tempdir().unwrap();
+    let mut chain = Chain::open(
+        dir.path(),
+        Network::Regtest,
+        ChainOptions {
+            sync_writes: false,
+            ..ChainOptions::default()
+        },
+    )
+    .unwrap();
+    for block in &test.blocks[1..] {
+        chain.process_block(Arc::new(block.clone()), None).unwrap();
+    }
+    let mut pool = Mempool::new(&chain, DEFAULT_MAX_MEMPOOL_BYTES);
+    let start = Instant::now();
+    for tx in txs {
+        pool.accept(&chain, tx).expect("valid transaction");
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "mempool acceptance (1 thread, signatures checked): {:>8.0} tx/s ({} tx in {:.2} s, pool {} bytes)",
+        pool.len() as f64 / secs,
+        pool.len(),
+        secs,
+        pool.bytes()
+    );
+}
+
+fn seconds_of_day(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH).unwrap().as_secs_f64() % 86_400.0
+}
+
+fn log_time(line: &str) -> Option<f64> {
+    let time = line.split('T').nth(1)?.split('Z').next()?;
+    let mut parts = time.split(':');
+    let h: f64 = parts.next()?.parse().ok()?;
+    let m: f64 = parts.next()?.parse().ok()?;
+    let s: f64 = parts.next()?.parse().ok()?;
+    Some(h * 3600.0 + m * 60.0 + s)
+}
+
+fn bench_propagation(nodes: usize, txs_to_send: usize) {
+    let test = fan_out_chain(txs_to_send, |_| key(1).pubkey_hash());
+    let txs = spends(&test, txs_to_send);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("chain.dat");
+    chaincore::chain::block_file::write_blocks(
+        std::fs::File::create(&file).unwrap(),
+        &test.blocks[1..],
+    )
+    .unwrap();
+    let binary = Path::new(BINARY);
+    let mut running: Vec<Node> = Vec::new();
+    let mut p2p: Vec<SocketAddr> = Vec::new();
+    for i in 0..nodes {
+        let mut args = vec!["--connect-only".to_string()];
+        if i == 0 {
+            args.extend(["--import".to_string(), file.to_str().unwrap().to_string()]);
+        }
+        for back in [1usize, 3] {
+            if i >= back {
+                args.extend(["--peer".to_string(), p2p[i - back].to_string()]);
+            }
+        }
+        if i == nodes - 1 {
+            args.extend(["--peer".to_string(), p2p[0].to_string()]);
+        }
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (node, addr) = Node::start_p2p(binary, &dir.path().join(format!("n{i}")), &refs);
+        running.push(node);
+        p2p.push(addr);
+    }
+    for node in &mut running {
+        node.wait_for_height(test.height(), LONG);
+    }
+    let origin = running[0].api_addr();
+    let mut sent_at: HashMap<String, f64> = HashMap::new();
+    for tx in &txs {
+        // Measured from the moment the submission starts.
+        let t0 = seconds_of_day(SystemTime::now());
+        let (status, body) = http(origin, "POST", "/tx", &hex::encode(tx.to_bytes()));
+        assert_eq!(status, 200, "{body}");
+        sent_at.insert(tx.txid().to_string(), t0);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let deadline = Instant::now() + LONG;
+    for node in &running[1..] {
+        let api = {
+            let mut n = node.log.clone();
+            n.retain(|l| l.contains("api listening"));
+            n.first()
+                .and_then(|l| log_field(l, "addr"))
+                .and_then(|a| a.parse::<SocketAddr>().ok())
+        };
+        if let Some(api) = api {
+            loop {
+                let (_, body) = http(api, "GET", "/mempool", "");
+                if body.contains(&format!("\"count\":{}", txs.len())) || Instant::now() > deadline {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+    let mut delays = Vec::new();
+    for node in running.into_iter().skip(1) {
+        for line in node.stop() {
+            if line.contains("transaction accepted") {
+                if let (Some(txid), Some(t)) = (log_field(&line, "txid"), log_time(&line)) {
+                    if let Some(t0) = sent_at.get(txid) {
+                        delays.push((t - t0) * 1000.0);
+                    }
+                }
+            }
+        }
+    }
+    delays.sort_by(f64::total_cmp);
+    let pct = |p: f64| delays[((p / 100.0) * (delays.len() - 1) as f64).round() as usize];
+    println!(
+        "transaction propagation to {} other nodes ({} tx, {} arrivals of {}): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        nodes - 1,
+        txs.len(),
+        delays.len(),
+        txs.len() * (nodes - 1),
+        pct(50.0),
+        pct(99.0),
+        delays.last().copied().unwrap_or(0.0)
+    );
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "quick");
+    if quick {
+        bench_acceptance(2_000);
+        bench_propagation(10, 20);
+    } else {
+        bench_acceptance(20_000);
+        bench_propagation(10, 200);
+    }
+}
