@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs ChainCore's whole test suite on a fresh Debian machine: installs what is
-# missing (a C toolchain and libclang for RocksDB's bindings, a PostgreSQL
-# server when none answers), then runs the tests, clippy and rustfmt.
+# missing (a C toolchain and libclang for RocksDB's bindings, tshark for the
+# dissector tests, a PostgreSQL server when none answers), then runs the
+# tests, clippy and rustfmt.
 # `.ci/run` calls exactly this script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +13,11 @@ export CHAINCORE_TEST_DATABASE_URL="${CHAINCORE_TEST_DATABASE_URL:-postgres://po
 source scripts/deps.sh
 install_build_deps
 command -v pg_isready >/dev/null 2>&1 || apt_install postgresql-client
+if ! command -v tshark >/dev/null 2>&1; then
+  # tshark asks whether non-root users may capture: answer no, quietly.
+  echo "wireshark-common wireshark-common/install-setuid boolean false" | as_root debconf-set-selections
+  apt_install tshark
+fi
 
 # A PostgreSQL server for the mirror tests: use the one at the URL, or install
 # and start a local one when nothing answers there.

@@ -4,6 +4,7 @@
 mod cli;
 mod common;
 mod crash;
+mod dissector;
 mod mempool;
 mod p2p;
 mod spec;
