@@ -7,4 +7,4 @@ pub mod frame;
 pub mod message;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

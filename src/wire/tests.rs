@@ -14,7 +14,7 @@ use crate::consensus::params::Network;
 
 const MAGIC: [u8; 4] = [0xc4, 0xc0, 0xde, 0x7e];
 
-fn sample_messages() -> Vec<Message> {
+pub(crate) fn sample_messages() -> Vec<Message> {
     let genesis = Network::Regtest.params().genesis_block();
     vec![
         Message::Version(Version {

@@ -41,8 +41,26 @@ fn sigkill_at_random_moments_never_corrupts_state_or_loses_connected_blocks() {
         let (_, file) = write_branch(round);
         let mut node = NodeProcess::start(&data_dir, &["--import", file.to_str().unwrap()]);
         node.wait_for("chain state loaded", Duration::from_secs(30));
-        let delay = Duration::from_millis(rng.gen_range(0..300));
-        std::thread::sleep(delay);
+        // Kill after a random number of block disconnects and connects:
+        // somewhere inside this round's reorganisation, whatever the speed.
+        let reorg_steps = 2 * (50 + round);
+        let target = rng.gen_range(1..reorg_steps);
+        let mut seen = 0;
+        while seen < target {
+            match node.lines.recv_timeout(Duration::from_secs(60)) {
+                Ok(line) => {
+                    if line.contains("block connected") || line.contains("block disconnected") {
+                        seen += 1;
+                    }
+                    let done = line.contains("import done");
+                    node.log.push(line);
+                    if done {
+                        break;
+                    }
+                }
+                Err(_) => panic!("round {round}: the node stopped logging"),
+            }
+        }
         let log = node.kill();
         if !log.iter().any(|l| l.contains("import done")) {
             kills_mid_import += 1;
@@ -60,7 +78,7 @@ fn sigkill_at_random_moments_never_corrupts_state_or_loses_connected_blocks() {
             .unwrap();
         assert!(
             check.status.success(),
-            "round {round} (killed after {delay:?}): check failed:\n{}\n{}",
+            "round {round} (killed after {seen} block events): check failed:\n{}\n{}",
             String::from_utf8_lossy(&check.stdout),
             String::from_utf8_lossy(&check.stderr)
         );

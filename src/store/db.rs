@@ -1,0 +1,580 @@
+//! The RocksDB-backed store (feature `node`).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType,
+    IteratorMode, Options, ReadOptions, SliceTransform, WriteBatch, WriteOptions, DB,
+};
+
+use super::schema::*;
+use crate::consensus::address::PubKeyHash;
+use crate::consensus::amount::Amount;
+use crate::consensus::block::Block;
+use crate::consensus::hash::{BlockHash, Hash256, Txid};
+use crate::consensus::params::Network;
+use crate::consensus::transaction::OutPoint;
+use crate::consensus::validation::{Utxo, UtxoView, UtxoViewError};
+use crate::encoding::{Decode, DecodeError, Encode};
+
+/// Block cache shared by all column families. Point lookups of UTXOs and
+/// address stats dominate; 256 MiB holds the hot part of a large UTXO set.
+pub const DEFAULT_BLOCK_CACHE_BYTES: usize = 256 << 20;
+/// Bloom filter density for point-lookup families: 10 bits per key gives
+/// about 1% false positives, so a missing UTXO rarely costs a disk read.
+const BLOOM_BITS_PER_KEY: f64 = 10.0;
+/// Address families are scanned by owner: the 20-byte owner hash is the
+/// prefix, with prefix bloom filters so a scan of an unknown address is free.
+const ADDRESS_PREFIX_LEN: usize = 20;
+/// Memtable size of the busiest families (UTXOs, address rows): large enough
+/// that a catch-up of many blocks writes few small level-0 files.
+const BUSY_WRITE_BUFFER_BYTES: usize = 64 << 20;
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("RocksDB: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    #[error("corrupt {what} in the store: {error}")]
+    Corrupt {
+        what: &'static str,
+        error: DecodeError,
+    },
+    #[error("data dir holds network {found}, not {expected}")]
+    WrongNetwork { expected: Network, found: String },
+    #[error("no column family named {0:?}")]
+    UnknownColumnFamily(String),
+    #[error("no ChainCore data dir at {0}")]
+    Missing(String),
+    #[error("data dir has store format {found}, this build reads format {expected}")]
+    WrongFormat { expected: u32, found: u32 },
+}
+
+impl From<StoreError> for UtxoViewError {
+    fn from(e: StoreError) -> Self {
+        UtxoViewError(e.to_string())
+    }
+}
+
+fn corrupt(what: &'static str) -> impl FnOnce(DecodeError) -> StoreError {
+    move |error| StoreError::Corrupt { what, error }
+}
+
+/// A raw key and value.
+pub type RawEntry = (Vec<u8>, Vec<u8>);
+
+/// Tuning knobs, with defaults chosen for this workload.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub block_cache_bytes: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            block_cache_bytes: DEFAULT_BLOCK_CACHE_BYTES,
+        }
+    }
+}
+
+/// A handle to the store; cheap to clone, safe to share between threads.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<DB>,
+}
+
+fn cf_options(name: &str, cache: &Cache) -> Options {
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(cache);
+    table.set_cache_index_and_filter_blocks(true);
+    table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+    let mut opts = Options::default();
+    opts.set_compression_type(DBCompressionType::Lz4);
+    opts.set_level_compaction_dynamic_level_bytes(true);
+    match name {
+        CF_ADDRESS_UTXO | CF_ADDRESS_HISTORY => {
+            table.set_bloom_filter(BLOOM_BITS_PER_KEY, false);
+            table.set_whole_key_filtering(false);
+            opts.set_prefix_extractor(SliceTransform::create_fixed_prefix(ADDRESS_PREFIX_LEN));
+            opts.set_memtable_prefix_bloom_ratio(0.1);
+            opts.set_write_buffer_size(BUSY_WRITE_BUFFER_BYTES);
+        }
+        CF_UTXO | CF_ADDRESS_STATS | CF_TX_INDEX | CF_BLOCK_INDEX => {
+            table.set_bloom_filter(BLOOM_BITS_PER_KEY, false);
+            if name == CF_UTXO {
+                opts.set_write_buffer_size(BUSY_WRITE_BUFFER_BYTES);
+            }
+        }
+        _ => {}
+    }
+    opts.set_block_based_table_factory(&table);
+    opts
+}
+
+impl Store {
+    /// Opens (creating if needed) the store at `path` for `network`. A store
+    /// created for another network or in another format is refused.
+    pub fn open(
+        path: &Path,
+        network: Network,
+        options: &StoreOptions,
+    ) -> Result<Store, StoreError> {
+        let store = Store::open_db(path, options, true)?;
+        store.check_identity(network)?;
+        Ok(store)
+    }
+
+    /// Opens an existing store, whatever its network, and says which it is.
+    pub fn open_existing(
+        path: &Path,
+        options: &StoreOptions,
+    ) -> Result<(Store, Network), StoreError> {
+        if !path.join("CURRENT").exists() {
+            return Err(StoreError::Missing(path.display().to_string()));
+        }
+        let store = Store::open_db(path, options, false)?;
+        let meta = store.cf(CF_META);
+        let name = store.db.get_cf(meta, meta::NETWORK)?.unwrap_or_default();
+        let name = String::from_utf8_lossy(&name).into_owned();
+        let network: Network = name.parse().map_err(|_| {
+            StoreError::Missing(format!("{} (no network recorded)", path.display()))
+        })?;
+        store.check_identity(network)?;
+        Ok((store, network))
+    }
+
+    fn open_db(path: &Path, options: &StoreOptions, create: bool) -> Result<Store, StoreError> {
+        let cache = Cache::new_lru_cache(options.block_cache_bytes);
+        let mut db_opts = Options::default();
+        db_opts.create_if_missing(create);
+        db_opts.create_missing_column_families(true);
+        db_opts.increase_parallelism(
+            std::thread::available_parallelism().map_or(2, |n| n.get() as i32),
+        );
+        db_opts.set_max_background_jobs(4);
+        db_opts.set_bytes_per_sync(1 << 20);
+        db_opts.set_keep_log_file_num(5);
+        let descriptors = ALL_CFS
+            .iter()
+            .map(|name| ColumnFamilyDescriptor::new(*name, cf_options(name, &cache)));
+        let db = DB::open_cf_descriptors(&db_opts, path, descriptors)?;
+        Ok(Store { db: Arc::new(db) })
+    }
+
+    fn check_identity(&self, network: Network) -> Result<(), StoreError> {
+        let meta = self.cf(CF_META);
+        match self.db.get_cf(meta, meta::NETWORK)? {
+            None => {
+                let mut batch = WriteBatch::default();
+                batch.put_cf(meta, meta::NETWORK, network.name());
+                batch.put_cf(meta, meta::FORMAT_VERSION, FORMAT_VERSION.to_be_bytes());
+                let mut opts = WriteOptions::default();
+                opts.set_sync(true);
+                self.db.write_opt(batch, &opts)?;
+            }
+            Some(found) if found != network.name().as_bytes() => {
+                return Err(StoreError::WrongNetwork {
+                    expected: network,
+                    found: String::from_utf8_lossy(&found).into_owned(),
+                });
+            }
+            Some(_) => {
+                let found = self
+                    .db
+                    .get_cf(meta, meta::FORMAT_VERSION)?
+                    .and_then(|v| v.try_into().ok().map(u32::from_be_bytes))
+                    .unwrap_or(0);
+                if found != FORMAT_VERSION {
+                    return Err(StoreError::WrongFormat {
+                        expected: FORMAT_VERSION,
+                        found,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn cf(&self, name: &str) -> &ColumnFamily {
+        self.db
+            .cf_handle(name)
+            .expect("every column family is created at open")
+    }
+
+    fn get(&self, cf: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.db.get_cf(self.cf(cf), key)?)
+    }
+
+    /// Applies a batch atomically. `sync` waits for the write-ahead log to
+    /// reach the disk (durability across power loss, not only process kill).
+    pub fn write(&self, batch: StoreBatch, sync: bool) -> Result<(), StoreError> {
+        let mut opts = WriteOptions::default();
+        opts.set_sync(sync);
+        self.db.write_opt(batch.batch, &opts)?;
+        Ok(())
+    }
+
+    /// A new, empty batch over this store's column families.
+    pub fn batch(&self) -> StoreBatch<'_> {
+        StoreBatch {
+            store: self,
+            batch: WriteBatch::default(),
+        }
+    }
+
+    pub fn tip(&self) -> Result<Option<ChainTipRecord>, StoreError> {
+        self.get(CF_META, meta::TIP)?
+            .map(|v| ChainTipRecord::decode(&v).map_err(corrupt("tip record")))
+            .transpose()
+    }
+
+    pub fn block_index_entry(
+        &self,
+        hash: &BlockHash,
+    ) -> Result<Option<BlockIndexEntry>, StoreError> {
+        self.get(CF_BLOCK_INDEX, &hash.0)?
+            .map(|v| BlockIndexEntry::decode(&v).map_err(corrupt("block index entry")))
+            .transpose()
+    }
+
+    /// Every block index entry, for loading the index into memory at start.
+    pub fn all_block_index(&self) -> Result<Vec<(BlockHash, BlockIndexEntry)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_BLOCK_INDEX), IteratorMode::Start)
+        {
+            let (key, value) = item?;
+            let hash = Hash256::from_bytes(&key).map_err(corrupt("block index key"))?;
+            let entry = BlockIndexEntry::decode(&value).map_err(corrupt("block index entry"))?;
+            out.push((hash, entry));
+        }
+        Ok(out)
+    }
+
+    pub fn hash_at_height(&self, height: u32) -> Result<Option<BlockHash>, StoreError> {
+        self.get(CF_ACTIVE_CHAIN, &height_key(height))?
+            .map(|v| Hash256::from_bytes(&v).map_err(corrupt("active chain entry")))
+            .transpose()
+    }
+
+    pub fn block(&self, hash: &BlockHash) -> Result<Option<Block>, StoreError> {
+        self.get(CF_BLOCK_DATA, &hash.0)?
+            .map(|v| Block::from_bytes(&v).map_err(corrupt("block")))
+            .transpose()
+    }
+
+    /// The raw stored bytes of a block (its consensus encoding).
+    pub fn block_bytes(&self, hash: &BlockHash) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get(CF_BLOCK_DATA, &hash.0)
+    }
+
+    pub fn undo(&self, hash: &BlockHash) -> Result<Option<Vec<(OutPoint, Utxo)>>, StoreError> {
+        self.get(CF_UNDO, &hash.0)?
+            .map(|v| decode_undo(&v).map_err(corrupt("undo data")))
+            .transpose()
+    }
+
+    pub fn utxo(&self, outpoint: &OutPoint) -> Result<Option<Utxo>, StoreError> {
+        self.get(CF_UTXO, &outpoint_key(outpoint))?
+            .map(|v| decode_utxo(&v).map_err(corrupt("utxo")))
+            .transpose()
+    }
+
+    /// Looks up many UTXOs in one RocksDB call.
+    pub fn utxos(&self, outpoints: &[OutPoint]) -> Result<Vec<Option<Utxo>>, StoreError> {
+        let cf = self.cf(CF_UTXO);
+        let keys: Vec<[u8; 36]> = outpoints.iter().map(outpoint_key).collect();
+        self.db
+            .multi_get_cf(keys.iter().map(|k| (cf, k)))
+            .into_iter()
+            .map(|r| {
+                r.map_err(StoreError::from)?
+                    .map(|v| decode_utxo(&v).map_err(corrupt("utxo")))
+                    .transpose()
+            })
+            .collect()
+    }
+
+    pub fn address_stats(&self, owner: &PubKeyHash) -> Result<AddressStats, StoreError> {
+        Ok(self
+            .get(CF_ADDRESS_STATS, &owner.0)?
+            .map(|v| AddressStats::decode(&v).map_err(corrupt("address stats")))
+            .transpose()?
+            .unwrap_or_default())
+    }
+
+    fn owner_range(&self, owner: &PubKeyHash, after: Option<Vec<u8>>) -> ReadOptions {
+        let mut opts = ReadOptions::default();
+        let mut upper = owner.0.to_vec();
+        // The owner prefix plus one, as an exclusive bound (all 0xff wraps).
+        let bound = upper.iter().rposition(|b| *b != 0xff).map(|i| {
+            upper[i] += 1;
+            upper.truncate(i + 1);
+            upper
+        });
+        opts.set_iterate_lower_bound(after.unwrap_or_else(|| owner.0.to_vec()));
+        if let Some(bound) = bound {
+            opts.set_iterate_upper_bound(bound);
+        }
+        opts
+    }
+
+    /// UTXOs of `owner` in outpoint order, starting after `after`, at most
+    /// `limit`: (outpoint, amount, height).
+    pub fn address_utxos(
+        &self,
+        owner: &PubKeyHash,
+        after: Option<&OutPoint>,
+        limit: usize,
+    ) -> Result<Vec<(OutPoint, Amount, u32)>, StoreError> {
+        let start = after.map(|o| {
+            let mut key = address_utxo_key(owner, o).to_vec();
+            key.push(0); // strictly after
+            key
+        });
+        let opts = self.owner_range(owner, start);
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf_opt(self.cf(CF_ADDRESS_UTXO), opts, IteratorMode::Start)
+            .take(limit)
+        {
+            let (key, value) = item?;
+            let (_, outpoint) =
+                parse_address_utxo_key(&key).map_err(corrupt("address utxo key"))?;
+            let (amount, height) = decode_address_utxo(&value).map_err(corrupt("address utxo"))?;
+            out.push((outpoint, amount, height));
+        }
+        Ok(out)
+    }
+
+    /// Confirmed history of `owner`, newest first, strictly before the
+    /// (height, position) cursor if given, at most `limit`.
+    pub fn address_history(
+        &self,
+        owner: &PubKeyHash,
+        before: Option<(u32, u32)>,
+        limit: usize,
+    ) -> Result<Vec<(u32, u32, Txid)>, StoreError> {
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_lower_bound(owner.0.to_vec());
+        let upper = match before {
+            Some((height, position)) => address_history_key(owner, height, position).to_vec(),
+            None => {
+                let mut k = owner.0.to_vec();
+                k.extend_from_slice(&[0xff; 9]);
+                k
+            }
+        };
+        opts.set_iterate_upper_bound(upper);
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf_opt(self.cf(CF_ADDRESS_HISTORY), opts, IteratorMode::End)
+            .take(limit)
+        {
+            let (key, value) = item?;
+            let (_, height, position) =
+                parse_address_history_key(&key).map_err(corrupt("address history key"))?;
+            let txid = decode_txid_value(&value).map_err(corrupt("address history row"))?;
+            out.push((height, position, txid));
+        }
+        Ok(out)
+    }
+
+    pub fn tx_location(&self, txid: &Txid) -> Result<Option<TxLocation>, StoreError> {
+        self.get(CF_TX_INDEX, &txid.0)?
+            .map(|v| TxLocation::decode(&v).map_err(corrupt("tx location")))
+            .transpose()
+    }
+
+    /// Calls `f` for every UTXO in outpoint order.
+    pub fn for_each_utxo(&self, mut f: impl FnMut(OutPoint, Utxo)) -> Result<(), StoreError> {
+        for item in self.db.iterator_cf(self.cf(CF_UTXO), IteratorMode::Start) {
+            let (key, value) = item?;
+            f(
+                outpoint_from_key(&key).map_err(corrupt("utxo key"))?,
+                decode_utxo(&value).map_err(corrupt("utxo"))?,
+            );
+        }
+        Ok(())
+    }
+
+    /// Calls `f` for every address with stats.
+    pub fn for_each_address_stats(
+        &self,
+        mut f: impl FnMut(PubKeyHash, AddressStats),
+    ) -> Result<(), StoreError> {
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_ADDRESS_STATS), IteratorMode::Start)
+        {
+            let (key, value) = item?;
+            let owner: [u8; 20] = key.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+                what: "address stats key",
+                error: DecodeError::Invalid {
+                    what: "address stats key",
+                    reason: "not 20 bytes",
+                },
+            })?;
+            f(
+                PubKeyHash(owner),
+                AddressStats::decode(&value).map_err(corrupt("address stats"))?,
+            );
+        }
+        Ok(())
+    }
+
+    /// Calls `f` for every address UTXO row: (owner, outpoint, amount, height).
+    pub fn for_each_address_utxo(
+        &self,
+        mut f: impl FnMut(PubKeyHash, OutPoint, Amount, u32),
+    ) -> Result<(), StoreError> {
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_ADDRESS_UTXO), IteratorMode::Start)
+        {
+            let (key, value) = item?;
+            let (owner, outpoint) =
+                parse_address_utxo_key(&key).map_err(corrupt("address utxo key"))?;
+            let (amount, height) = decode_address_utxo(&value).map_err(corrupt("address utxo"))?;
+            f(owner, outpoint, amount, height);
+        }
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Writes every memtable to disk, so the next open replays no log.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        for name in ALL_CFS {
+            self.db.flush_cf(self.cf(name))?;
+        }
+        Ok(())
+    }
+
+    /// Every key and value of one column family, in key order: for tests and
+    /// tools that compare two stores byte for byte.
+    pub fn dump_cf(&self, name: &str) -> Result<Vec<RawEntry>, StoreError> {
+        let cf = self
+            .db
+            .cf_handle(name)
+            .ok_or(StoreError::UnknownColumnFamily(name.to_string()))?;
+        self.db
+            .iterator_cf(cf, IteratorMode::Start)
+            .map(|item| {
+                let (k, v) = item?;
+                Ok((k.to_vec(), v.to_vec()))
+            })
+            .collect()
+    }
+
+    /// Deletes one raw key, bypassing every invariant: only for tests that
+    /// plant damage for `check` to find.
+    #[doc(hidden)]
+    pub fn damage_for_test(&self, cf: &str, key: &[u8]) -> Result<(), StoreError> {
+        Ok(self.db.delete_cf(self.cf(cf), key)?)
+    }
+}
+
+impl UtxoView for Store {
+    fn utxo(&self, outpoint: &OutPoint) -> Result<Option<Utxo>, UtxoViewError> {
+        Ok(Store::utxo(self, outpoint)?)
+    }
+}
+
+/// Typed writes collected into one atomic RocksDB batch.
+pub struct StoreBatch<'a> {
+    store: &'a Store,
+    batch: WriteBatch,
+}
+
+impl StoreBatch<'_> {
+    fn put(&mut self, cf: &str, key: &[u8], value: &[u8]) {
+        self.batch.put_cf(self.store.cf(cf), key, value);
+    }
+
+    fn delete(&mut self, cf: &str, key: &[u8]) {
+        self.batch.delete_cf(self.store.cf(cf), key);
+    }
+
+    pub fn put_block_index(&mut self, hash: &BlockHash, entry: &BlockIndexEntry) {
+        self.put(CF_BLOCK_INDEX, &hash.0, &entry.encode());
+    }
+
+    pub fn put_block(&mut self, hash: &BlockHash, block: &Block) {
+        self.put(CF_BLOCK_DATA, &hash.0, &block.to_bytes());
+    }
+
+    pub fn put_active(&mut self, height: u32, hash: &BlockHash) {
+        self.put(CF_ACTIVE_CHAIN, &height_key(height), &hash.0);
+    }
+
+    pub fn delete_active(&mut self, height: u32) {
+        self.delete(CF_ACTIVE_CHAIN, &height_key(height));
+    }
+
+    pub fn put_undo(&mut self, hash: &BlockHash, spent: &[(OutPoint, Utxo)]) {
+        self.put(CF_UNDO, &hash.0, &encode_undo(spent));
+    }
+
+    pub fn delete_undo(&mut self, hash: &BlockHash) {
+        self.delete(CF_UNDO, &hash.0);
+    }
+
+    /// Adds a UTXO and its address row.
+    pub fn put_utxo(&mut self, outpoint: &OutPoint, utxo: &Utxo) {
+        self.put(CF_UTXO, &outpoint_key(outpoint), &encode_utxo(utxo));
+        self.put(
+            CF_ADDRESS_UTXO,
+            &address_utxo_key(&utxo.output.owner, outpoint),
+            &encode_address_utxo(utxo.output.amount, utxo.height),
+        );
+    }
+
+    /// Removes a UTXO and its address row.
+    pub fn delete_utxo(&mut self, outpoint: &OutPoint, utxo: &Utxo) {
+        self.delete(CF_UTXO, &outpoint_key(outpoint));
+        self.delete(
+            CF_ADDRESS_UTXO,
+            &address_utxo_key(&utxo.output.owner, outpoint),
+        );
+    }
+
+    pub fn put_address_stats(&mut self, owner: &PubKeyHash, stats: &AddressStats) {
+        if stats.is_empty() {
+            self.delete(CF_ADDRESS_STATS, &owner.0);
+        } else {
+            self.put(CF_ADDRESS_STATS, &owner.0, &stats.encode());
+        }
+    }
+
+    pub fn put_history(&mut self, owner: &PubKeyHash, height: u32, position: u32, txid: &Txid) {
+        self.put(
+            CF_ADDRESS_HISTORY,
+            &address_history_key(owner, height, position),
+            &encode_txid_value(txid),
+        );
+    }
+
+    pub fn delete_history(&mut self, owner: &PubKeyHash, height: u32, position: u32) {
+        self.delete(
+            CF_ADDRESS_HISTORY,
+            &address_history_key(owner, height, position),
+        );
+    }
+
+    pub fn put_tx_location(&mut self, txid: &Txid, location: &TxLocation) {
+        self.put(CF_TX_INDEX, &txid.0, &location.encode());
+    }
+
+    pub fn delete_tx_location(&mut self, txid: &Txid) {
+        self.delete(CF_TX_INDEX, &txid.0);
+    }
+
+    pub fn put_tip(&mut self, tip: &ChainTipRecord) {
+        self.put(CF_META, meta::TIP, &tip.encode());
+    }
+}
