@@ -19,6 +19,8 @@ pub mod fuzzing;
 pub mod mempool;
 pub mod mining;
 #[cfg(feature = "node")]
+pub mod mirror;
+#[cfg(feature = "node")]
 pub mod node;
 #[cfg(feature = "node")]
 pub mod p2p;

@@ -23,6 +23,10 @@ fn parse_txid(s: &str) -> Result<Txid, ApiError> {
 pub async fn status(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
     let network = state.network.status();
     let uptime = state.started.elapsed().as_secs();
+    let mirror = state
+        .mirror
+        .as_ref()
+        .map(|m| m.lock().expect("mirror status lock").clone());
     state
         .with_state(move |chain, pool| {
             let tip = chain.tip();
@@ -47,6 +51,7 @@ pub async fn status(State(state): State<ApiState>) -> Result<Json<Value>, ApiErr
                     "utxo_digest": tip.utxo_digest,
                 },
                 "orphan_blocks": chain.orphan_count(),
+                "mirror": mirror,
             })))
         })
         .await

@@ -30,6 +30,8 @@ pub struct ApiState {
     pub mempool: Arc<Mutex<Mempool>>,
     pub network: NetworkHandle,
     pub started: Instant,
+    /// The PostgreSQL mirror's progress, when the node runs one.
+    pub mirror: Option<Arc<Mutex<crate::mirror::MirrorStatus>>>,
 }
 
 impl ApiState {

@@ -40,6 +40,22 @@ pub enum Command {
         #[arg(long)]
         data_dir: PathBuf,
     },
+    /// The PostgreSQL mirror.
+    #[command(subcommand)]
+    Mirror(MirrorCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MirrorCommand {
+    /// Compare every address balance and the UTXO set in PostgreSQL with the
+    /// node's store (stopped) at the mirrored height; non-zero exit on any
+    /// difference.
+    Verify {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long, env = "CHAINCORE_POSTGRES_URL")]
+        postgres_url: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -83,6 +99,10 @@ pub struct NodeArgs {
     /// Address of the REST API. Loopback unless you mean to expose it.
     #[arg(long, default_value = "127.0.0.1")]
     pub api_bind: std::net::IpAddr,
+    /// Mirror blocks, transactions and balances into this PostgreSQL
+    /// database (e.g. postgres://user@127.0.0.1/chaincore).
+    #[arg(long, env = "CHAINCORE_POSTGRES_URL")]
+    pub postgres_url: Option<String>,
     /// Byte limit of the mempool, in megabytes.
     #[arg(long, default_value_t = 64)]
     pub mempool_max_mb: usize,
@@ -151,6 +171,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 import: args.import,
                 sync_writes: !args.no_sync_writes,
                 mempool_max_bytes: args.mempool_max_mb << 20,
+                postgres_url: args.postgres_url,
                 api_bind: std::net::SocketAddr::new(
                     args.api_bind,
                     args.api_port
@@ -165,6 +186,25 @@ pub fn run(cli: Cli) -> Result<()> {
                 connect_only: args.connect_only,
             };
             tokio::runtime::Runtime::new()?.block_on(crate::node::run(config))
+        }
+        Command::Mirror(MirrorCommand::Verify {
+            data_dir,
+            postgres_url,
+        }) => {
+            let (store, network) =
+                crate::store::Store::open_existing(&data_dir, &Default::default())?;
+            let report = tokio::runtime::Runtime::new()?.block_on(async {
+                let client = crate::mirror::connect(&postgres_url, network).await?;
+                crate::mirror::verify::verify(&client, &store, network).await
+            })?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            if !report.is_consistent() {
+                anyhow::bail!(
+                    "{} differences between PostgreSQL and the node",
+                    report.difference_count
+                );
+            }
+            Ok(())
         }
         Command::Check { data_dir } => {
             let (store, network) =

@@ -33,6 +33,8 @@ pub struct NodeConfig {
     pub sync_writes: bool,
     /// Byte limit of the mempool.
     pub mempool_max_bytes: usize,
+    /// PostgreSQL to mirror into, if any.
+    pub postgres_url: Option<String>,
     /// Where the REST API listens.
     pub api_bind: std::net::SocketAddr,
     /// Where the P2P listener binds.
@@ -89,6 +91,20 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     )
     .await?;
 
+    let mirror_wake = Arc::new(tokio::sync::Notify::new());
+    let mirror_status = config.postgres_url.clone().map(|url| {
+        let status = Arc::new(Mutex::new(crate::mirror::MirrorStatus::default()));
+        let store = chain.lock().expect("chain lock").store().clone();
+        tokio::spawn(crate::mirror::run(
+            url,
+            config.network,
+            store,
+            mirror_wake.clone(),
+            status.clone(),
+        ));
+        status
+    });
+
     let (api_addr, api_task) = crate::api::serve(
         config.api_bind,
         crate::api::ApiState {
@@ -96,12 +112,14 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             mempool: mempool.clone(),
             network: p2p.clone(),
             started: std::time::Instant::now(),
+            mirror: mirror_status.clone(),
         },
     )
     .await?;
     tracing::debug!(%api_addr, "REST API ready");
 
     let relay = p2p.clone();
+    let wake = mirror_wake.clone();
     tokio::spawn(async move {
         loop {
             match events.recv().await {
@@ -112,6 +130,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
                 }) => {
                     tracing::info!(height, %hash, txs = block.transactions.len(), "block connected");
                     relay.chain_changed().await;
+                    wake.notify_one();
                 }
                 Ok(ChainEvent::BlockDisconnected { hash, height, .. }) => {
                     tracing::info!(height, %hash, "block disconnected")

@@ -6,6 +6,7 @@ mod common;
 mod crash;
 mod dissector;
 mod mempool;
+mod mirror;
 mod p2p;
 mod spec;
 mod vectors;

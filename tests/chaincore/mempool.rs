@@ -117,7 +117,15 @@ fn transactions_reach_every_mempool_and_leave_with_the_block() {
         let r = s.spawn(|| submit(apis[4], &right));
         (l.join().unwrap(), r.join().unwrap())
     });
-    assert_eq!((l.0, r.0), (200, 200), "{l:?} {r:?}");
+    // Each end accepts its own unless the other's arrived first, in which
+    // case it refuses it as a conflict; at least one is accepted.
+    for (status, body) in [&l, &r] {
+        assert!(
+            *status == 200 || body.contains("mempool-conflict"),
+            "{status} {body}"
+        );
+    }
+    assert!(l.0 == 200 || r.0 == 200, "{l:?} {r:?}");
     std::thread::sleep(Duration::from_secs(3));
     let pools = wait_pools(&apis, "one of the two", |p| {
         p.contains(&left.txid()) ^ p.contains(&right.txid())
