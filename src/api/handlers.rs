@@ -157,3 +157,94 @@ pub async fn get_tx(
         })
         .await
 }
+
+fn parse_address(
+    s: &str,
+    network: crate::consensus::params::Network,
+) -> Result<crate::consensus::address::Address, ApiError> {
+    crate::consensus::address::Address::parse(s, network).map_err(|e| {
+        let code = match e {
+            crate::consensus::address::AddressError::WrongNetwork { .. } => "wrong-network",
+            crate::consensus::address::AddressError::BadChecksum { .. } => "bad-checksum",
+            _ => "invalid-address",
+        };
+        ApiError::bad_request(code, e.to_string())
+    })
+}
+
+/// `GET /address/{address}`: esplora's shape (`chain_stats`,
+/// `mempool_stats`) plus `balance`, the confirmed balance in base units.
+pub async fn address(
+    State(state): State<ApiState>,
+    Path(address): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    state
+        .with_state(move |chain, pool| {
+            let address = parse_address(&address, chain.params().network)?;
+            let stats = chain.store().address_stats(&address.hash)?;
+            let pending = pool.address_stats(&address.hash);
+            Ok(Json(json!({
+                "address": address.to_string(),
+                "chain_stats": {
+                    "funded_txo_count": stats.funded_txo_count,
+                    "funded_txo_sum": stats.funded_txo_sum,
+                    "spent_txo_count": stats.spent_txo_count,
+                    "spent_txo_sum": stats.spent_txo_sum,
+                    "tx_count": stats.tx_count,
+                },
+                "mempool_stats": pending,
+                "balance": stats.balance(),
+            })))
+        })
+        .await
+}
+
+/// `GET /metrics` in Prometheus' text format.
+pub async fn metrics(
+    State(state): State<ApiState>,
+) -> Result<([(axum::http::header::HeaderName, &'static str); 1], String), ApiError> {
+    let network = state.network.status();
+    let mirror = state
+        .mirror
+        .as_ref()
+        .map(|m| m.lock().expect("mirror status lock").clone());
+    let body = state
+        .with_state(move |chain, pool| {
+            use std::fmt::Write;
+            let tip = chain.tip();
+            let mut out = String::new();
+            let mut gauge = |name: &str, help: &str, value: f64| {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+            };
+            gauge("chaincore_block_height", "Height of the active chain's tip.", f64::from(tip.height));
+            gauge("chaincore_header_height", "Height of the best known header.", f64::from(chain.best_header().1));
+            gauge("chaincore_sync_percent", "Block sync progress.", network.sync.percent);
+            gauge("chaincore_peers", "Peers that completed the handshake.", network.peers.iter().filter(|p| p.ready).count() as f64);
+            gauge("chaincore_mempool_transactions", "Transactions in the mempool.", pool.len() as f64);
+            gauge("chaincore_mempool_bytes", "Bytes of the mempool's transactions.", pool.bytes() as f64);
+            gauge("chaincore_orphan_blocks", "Blocks waiting for their parent.", chain.orphan_count() as f64);
+            gauge("chaincore_utxo_count", "Unspent outputs.", tip.utxo_count as f64);
+            gauge("chaincore_utxo_total_units", "Sum of all unspent outputs, base units.", tip.utxo_total as f64);
+            if let Some(m) = &mirror {
+                gauge("chaincore_mirror_height", "Height of the PostgreSQL mirror's watermark (-1: none).", m.height.map_or(-1.0, f64::from));
+                gauge("chaincore_mirror_lag_blocks", "Blocks the mirror is behind the tip.", f64::from(m.lag));
+                gauge("chaincore_mirror_connected", "Whether the mirror is connected to PostgreSQL.", f64::from(u8::from(m.connected)));
+            }
+            let _ = writeln!(out, "# HELP chaincore_misbehaviour_total Peers disconnected for a protocol violation, by reason.\n# TYPE chaincore_misbehaviour_total counter");
+            let mut reasons: Vec<_> = network.counters.misbehaviour.iter().collect();
+            reasons.sort();
+            for (reason, count) in reasons {
+                let _ = writeln!(out, "chaincore_misbehaviour_total{{reason=\"{reason}\"}} {count}");
+            }
+            let _ = writeln!(out, "# HELP chaincore_unknown_commands_total Frames with an unknown command (ignored).\n# TYPE chaincore_unknown_commands_total counter\nchaincore_unknown_commands_total {}", network.counters.unknown_commands);
+            Ok(out)
+        })
+        .await?;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        body,
+    ))
+}

@@ -61,6 +61,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/mempool/txids", get(handlers::mempool_txids))
         .route("/tx", post(handlers::submit_tx))
         .route("/tx/{txid}", get(handlers::get_tx))
+        .route("/address/{address}", get(handlers::address))
+        .route("/metrics", get(handlers::metrics))
         .fallback(handlers::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)

@@ -363,6 +363,37 @@ fn node_killed_during_catch_up_resumes_without_duplicates_or_gaps() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     });
+    // Balances in PostgreSQL equal the node's REST answers.
+    let api = node.api_addr();
+    rt.block_on(async {
+        let client = db.client().await;
+        for seed in [1u8, 3, 5] {
+            let address = Address::new(Network::Regtest, key(seed).pubkey_hash()).to_string();
+            let (status, body) =
+                chaincore::testkit::process::http(api, "GET", &format!("/address/{address}"), "");
+            assert_eq!(status, 200, "{body}");
+            let rest: serde_json::Value = serde_json::from_str(&body).unwrap();
+            let pg: i64 = client
+                .query_one(
+                    "SELECT balance FROM address_balances WHERE address = $1",
+                    &[&address],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(rest["balance"].as_i64(), Some(pg), "{address}");
+            assert!(pg > 0);
+        }
+    });
+    let (_, metrics) = chaincore::testkit::process::http(api, "GET", "/metrics", "");
+    assert!(
+        metrics.contains(&format!("chaincore_mirror_height {}", chain.height())),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("chaincore_mirror_lag_blocks 0"),
+        "{metrics}"
+    );
     node.stop();
     assert!(
         mid.is_none_or(|(h, _)| h < chain.height()),
@@ -400,4 +431,37 @@ fn node_killed_during_catch_up_resumes_without_duplicates_or_gaps() {
             "every height once"
         );
     });
+}
+
+#[test]
+fn node_keeps_running_when_postgres_is_unreachable() {
+    // Nothing listens on port 1 of loopback: every connection is refused.
+    let dir = tempfile::tempdir().unwrap();
+    let miner = Address::new(Network::Regtest, key(1).pubkey_hash()).to_string();
+    let mut node = NodeProcess::start(
+        &dir.path().join("n"),
+        &[
+            "--postgres-url",
+            "postgres://postgres@127.0.0.1:1/none",
+            "--mine-to",
+            &miner,
+            "--mine-blocks",
+            "5",
+        ],
+    );
+    node.wait_for_height(5, Duration::from_secs(60));
+    let api = node.api_addr();
+    node.wait_for("mirror failed", Duration::from_secs(30));
+    let (status, body) = chaincore::testkit::process::http(api, "GET", "/status", "");
+    assert_eq!(status, 200);
+    let value: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(value["tip"]["height"], 5);
+    assert_eq!(value["mirror"]["connected"], false);
+    assert!(
+        value["mirror"]["last_error"]
+            .as_str()
+            .is_some_and(|e| !e.is_empty()),
+        "{value}"
+    );
+    node.stop();
 }
