@@ -60,3 +60,21 @@ impl From<tokio::task::JoinError> for ApiError {
         ApiError::internal(e)
     }
 }
+
+impl ApiError {
+    /// An axum extractor's rejection (bad JSON, body too large, ...) as our
+    /// JSON error, keeping its status.
+    pub fn from_rejection(rejection: impl IntoResponse + std::fmt::Display) -> ApiError {
+        let message = rejection.to_string();
+        let status = rejection.into_response().status();
+        ApiError {
+            status,
+            code: if status == StatusCode::PAYLOAD_TOO_LARGE {
+                "body-too-large"
+            } else {
+                "invalid-body"
+            },
+            message,
+        }
+    }
+}

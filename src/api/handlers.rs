@@ -100,7 +100,11 @@ pub async fn mempool_txids(State(state): State<ApiState>) -> Result<Json<Vec<Txi
 
 /// `POST /tx` with the transaction's hex as the body: answers the txid, or
 /// the mempool's rejection with 400.
-pub async fn submit_tx(State(state): State<ApiState>, body: String) -> Result<String, ApiError> {
+pub async fn submit_tx(
+    State(state): State<ApiState>,
+    body: Result<String, axum::extract::rejection::StringRejection>,
+) -> Result<String, ApiError> {
+    let body = body.map_err(ApiError::from_rejection)?;
     let bytes = hex::decode(body.trim())
         .map_err(|e| ApiError::bad_request("invalid-hex", format!("body is not hex: {e}")))?;
     let tx = Transaction::from_bytes(&bytes).map_err(|e| {

@@ -4,6 +4,7 @@
 //! through the mempool and the chain like every other source.
 
 mod error;
+mod explorer;
 mod handlers;
 
 use std::net::SocketAddr;
@@ -62,6 +63,20 @@ pub fn router(state: ApiState) -> Router {
         .route("/tx", post(handlers::submit_tx))
         .route("/tx/{txid}", get(handlers::get_tx))
         .route("/address/{address}", get(handlers::address))
+        .route("/address/{address}/utxo", get(explorer::address_utxo))
+        .route("/address/{address}/txs", get(explorer::address_txs))
+        .route("/addresses/balances", post(explorer::address_balances))
+        .route("/blocks/tip", get(explorer::tip_block))
+        .route("/blocks", get(explorer::blocks))
+        .route("/block/{hash}", get(explorer::block))
+        .route("/block/{hash}/header", get(explorer::block_header))
+        .route("/block/{hash}/txs", get(explorer::block_txs))
+        .route("/block-height/{height}", get(explorer::block_at_height))
+        .route("/tx/{txid}/status", get(explorer::tx_status_handler))
+        .route("/tx/{txid}/hex", get(explorer::tx_hex))
+        .route("/tx/{txid}/merkle-proof", get(explorer::tx_merkle_proof))
+        .route("/chainstate", get(explorer::chainstate))
+        .route("/peers", get(explorer::peers))
         .route("/metrics", get(handlers::metrics))
         .fallback(handlers::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -197,14 +197,30 @@ impl Drop for Node {
 
 /// A minimal HTTP/1.1 exchange for tests: returns the status code and body.
 pub fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    let (status, _, body) = http_with_headers(addr, method, path, body);
+    (status, body)
+}
+
+/// As `http`, also returning the response headers (lower-cased names).
+pub fn http_with_headers(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, Vec<(String, String)>, String) {
     use std::io::{Read, Write};
+    let content_type = if body.trim_start().starts_with(['{', '[']) {
+        "application/json"
+    } else {
+        "text/plain"
+    };
     let mut stream = std::net::TcpStream::connect(addr).expect("connect to the REST API");
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .expect("set timeout");
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .expect("send request");
@@ -224,7 +240,13 @@ pub fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: &str) ->
     } else {
         body.to_string()
     };
-    (status, body)
+    let headers = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (status, headers, body)
 }
 
 fn dechunk(mut body: &str) -> String {

@@ -1,6 +1,7 @@
 //! ChainCore's integration tests: one binary (each test binary links RocksDB
 //! again), one module per area.
 
+mod api;
 mod cli;
 mod common;
 mod crash;

@@ -1,0 +1,335 @@
+//! Every REST endpoint against a real node: success and error cases,
+//! pagination over several pages, an address with more than 1 000 UTXOs.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use chaincore::consensus::amount::Amount;
+use chaincore::consensus::hash::Hash256;
+use chaincore::consensus::merkle::root_from_branch;
+use chaincore::consensus::params::Network;
+use chaincore::consensus::transaction::{OutPoint, Transaction, TxOut};
+use chaincore::encoding::Decode;
+use chaincore::testkit::process::{http, http_with_headers};
+use chaincore::testkit::{fan_out_chain, key, signed_spend};
+use serde_json::{json, Value};
+
+use crate::common::{block_file, NodeProcess};
+
+fn get(api: SocketAddr, path: &str) -> (u16, Value) {
+    let (status, body) = http(api, "GET", path, "");
+    let value = serde_json::from_str(&body).unwrap_or(Value::String(body));
+    (status, value)
+}
+
+fn error_code(api: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    let (status, body) = http(api, method, path, body);
+    let value: Value =
+        serde_json::from_str(&body).unwrap_or_else(|_| panic!("error body is not JSON: {body}"));
+    assert!(value["error"].is_string(), "{value}");
+    (status, value["code"].as_str().unwrap().to_string())
+}
+
+#[test]
+fn rest_endpoints_answer_and_refuse_as_documented() {
+    let rich = key(4);
+    let mut chain = fan_out_chain(1_200, |_| rich.pubkey_hash());
+    // A block of 30 spends of the fanned-out coins: 31 transactions.
+    let coins: Vec<(OutPoint, TxOut)> = chain
+        .utxos
+        .iter()
+        .filter(|(_, u)| u.output.owner == rich.pubkey_hash() && u.output.amount.units() == 1_000)
+        .map(|(o, u)| (*o, u.output))
+        .take(30)
+        .collect();
+    let spends: Vec<Transaction> = coins
+        .iter()
+        .map(|(o, out)| {
+            signed_spend(
+                &[(*o, *out, &rich)],
+                vec![TxOut {
+                    amount: Amount::from_units(800),
+                    owner: key(5).pubkey_hash(),
+                }],
+            )
+        })
+        .collect();
+    let busy = chain.build_block(key(9).pubkey_hash(), spends.clone());
+    chain.apply(busy.clone());
+    for _ in 0..7 {
+        chain.mine_empty(key(9).pubkey_hash());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = block_file(dir.path(), "chain.dat", &chain.blocks[1..]);
+    let mut node = NodeProcess::start(
+        &dir.path().join("n"),
+        &["--connect-only", "--import", file.to_str().unwrap()],
+    );
+    node.wait_for("import done", Duration::from_secs(120));
+    let api = node.api_addr();
+    let tip = chain.tip().hash().to_string();
+    let height = chain.height();
+
+    // Tip and blocks.
+    assert_eq!(get(api, "/blocks/tip/height").1, json!(height));
+    assert_eq!(http(api, "GET", "/blocks/tip/hash", "").1, tip);
+    assert_eq!(get(api, "/blocks/tip").1["id"], json!(tip));
+    let (status, page) = get(api, "/blocks?start_height=5&limit=3");
+    assert_eq!(status, 200);
+    let heights: Vec<u64> = page
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["height"].as_u64().unwrap())
+        .collect();
+    assert_eq!(heights, vec![5, 4, 3]);
+    assert_eq!(
+        error_code(api, "GET", "/blocks?limit=0", ""),
+        (400, "invalid-limit".into())
+    );
+    assert_eq!(
+        error_code(api, "GET", "/blocks?limit=1000", ""),
+        (400, "invalid-limit".into())
+    );
+    let busy_hash = busy.hash().to_string();
+    let (status, headers, body) = http_with_headers(api, "GET", &format!("/block/{busy_hash}"), "");
+    assert_eq!(status, 200);
+    let block: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(block["tx_count"], 31);
+    assert!(
+        headers
+            .iter()
+            .any(|(k, v)| k == "cache-control" && v.contains("immutable")),
+        "deep block is cacheable: {headers:?}"
+    );
+    let (_, headers, _) = http_with_headers(api, "GET", &format!("/block/{tip}"), "");
+    assert!(
+        headers
+            .iter()
+            .any(|(k, v)| k == "cache-control" && v == "no-cache"),
+        "{headers:?}"
+    );
+    assert_eq!(
+        error_code(api, "GET", &format!("/block/{}", "ab".repeat(32)), ""),
+        (404, "not-found".into())
+    );
+    assert_eq!(
+        error_code(api, "GET", "/block/xyz", ""),
+        (400, "invalid-hash".into())
+    );
+    assert_eq!(
+        http(api, "GET", &format!("/block-height/{}", height - 7), "").1,
+        busy_hash
+    );
+    assert_eq!(
+        error_code(api, "GET", "/block-height/99999", ""),
+        (404, "not-found".into())
+    );
+    assert_eq!(
+        error_code(api, "GET", "/block-height/minus", ""),
+        (400, "invalid-height".into())
+    );
+    assert_eq!(
+        http(api, "GET", &format!("/block/{busy_hash}/header"), "").1,
+        hex::encode(busy.header.to_array())
+    );
+
+    // A block's transactions, 25 per page.
+    let (_, first) = get(api, &format!("/block/{busy_hash}/txs"));
+    assert_eq!(first["txs"].as_array().unwrap().len(), 25);
+    let next = first["next_cursor"].as_str().unwrap().to_string();
+    let (_, second) = get(api, &format!("/block/{busy_hash}/txs?cursor={next}"));
+    assert_eq!(second["txs"].as_array().unwrap().len(), 6);
+    assert!(second["next_cursor"].is_null());
+    assert_eq!(
+        error_code(api, "GET", &format!("/block/{busy_hash}/txs?cursor=x"), ""),
+        (400, "invalid-cursor".into())
+    );
+
+    // Transactions.
+    let spend = &spends[3];
+    let txid = spend.txid().to_string();
+    let (_, tx) = get(api, &format!("/tx/{txid}"));
+    assert_eq!(tx["status"]["confirmed"], true);
+    assert_eq!(
+        get(api, &format!("/tx/{txid}/status")).1["block_hash"],
+        json!(busy_hash)
+    );
+    let raw = hex::decode(http(api, "GET", &format!("/tx/{txid}/hex"), "").1).unwrap();
+    assert_eq!(Transaction::from_bytes(&raw).unwrap(), *spend);
+    let (_, proof) = get(api, &format!("/tx/{txid}/merkle-proof"));
+    let branch: Vec<Hash256> = proof["merkle"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h.as_str().unwrap().parse().unwrap())
+        .collect();
+    let pos = proof["pos"].as_u64().unwrap() as usize;
+    assert_eq!(
+        root_from_branch(spend.txid(), pos, &branch),
+        busy.header.merkle_root
+    );
+    let unknown = "cd".repeat(32);
+    for path in [
+        format!("/tx/{unknown}"),
+        format!("/tx/{unknown}/status"),
+        format!("/tx/{unknown}/hex"),
+        format!("/tx/{unknown}/merkle-proof"),
+    ] {
+        assert_eq!(
+            error_code(api, "GET", &path, ""),
+            (404, "not-found".into()),
+            "{path}"
+        );
+    }
+    assert_eq!(
+        error_code(api, "GET", "/tx/nothex/status", ""),
+        (400, "invalid-txid".into())
+    );
+
+    // Addresses: more than 1 000 UTXOs over two pages.
+    let address = rich.address(Network::Regtest).to_string();
+    let (_, summary) = get(api, &format!("/address/{address}"));
+    let utxo_count = summary["chain_stats"]["funded_txo_count"].as_u64().unwrap()
+        - summary["chain_stats"]["spent_txo_count"].as_u64().unwrap();
+    assert!(utxo_count > 1_000, "{summary}");
+    let (_, page1) = get(api, &format!("/address/{address}/utxo?limit=1000"));
+    let cursor = page1["next_cursor"].as_str().unwrap().to_string();
+    let (_, page2) = get(
+        api,
+        &format!("/address/{address}/utxo?limit=1000&cursor={cursor}"),
+    );
+    assert!(page2["next_cursor"].is_null());
+    let all: HashSet<String> = page1["utxos"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(page2["utxos"].as_array().unwrap())
+        .map(|u| format!("{}:{}", u["txid"].as_str().unwrap(), u["vout"]))
+        .collect();
+    assert_eq!(
+        all.len() as u64,
+        utxo_count,
+        "every UTXO once across the pages"
+    );
+    let sum: u64 = page1["utxos"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(page2["utxos"].as_array().unwrap())
+        .map(|u| u["value"].as_u64().unwrap())
+        .sum();
+    assert_eq!(json!(sum), summary["balance"]);
+    assert_eq!(
+        error_code(
+            api,
+            "GET",
+            &format!("/address/{address}/utxo?limit=1001"),
+            ""
+        ),
+        (400, "invalid-limit".into())
+    );
+    assert_eq!(
+        error_code(
+            api,
+            "GET",
+            &format!("/address/{address}/utxo?cursor=nope"),
+            ""
+        ),
+        (400, "invalid-cursor".into())
+    );
+    let mut history = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let (_, page) = get(
+            api,
+            &format!("/address/{address}/txs?limit=10&cursor={cursor}"),
+        );
+        history.extend(
+            page["txs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["txid"].as_str().unwrap().to_string()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = next.to_string(),
+            None => break,
+        }
+    }
+    assert_eq!(json!(history.len()), summary["chain_stats"]["tx_count"]);
+    assert_eq!(history.iter().collect::<HashSet<_>>().len(), history.len());
+    let mut corrupted = address.clone().into_bytes();
+    let last = corrupted.len() - 1;
+    corrupted[last] = if corrupted[last] == b'a' { b'b' } else { b'a' };
+    let corrupted = String::from_utf8(corrupted).unwrap();
+    assert_eq!(
+        error_code(api, "GET", &format!("/address/{corrupted}"), ""),
+        (400, "bad-checksum".into())
+    );
+    let mainnet = rich.address(Network::Main).to_string();
+    assert_eq!(
+        error_code(api, "GET", &format!("/address/{mainnet}"), ""),
+        (400, "wrong-network".into())
+    );
+    let other = key(5).address(Network::Regtest).to_string();
+    let (status, body) = http(
+        api,
+        "POST",
+        "/addresses/balances",
+        &json!({"addresses": [address, other]}).to_string(),
+    );
+    assert_eq!(status, 200, "{body}");
+    let balances: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(balances[0]["balance"], summary["balance"]);
+    assert_eq!(balances[1]["balance"], json!(30 * 800));
+    assert_eq!(
+        error_code(api, "POST", "/addresses/balances", "{\"addresses\": 5}").0,
+        422
+    );
+    assert_eq!(
+        error_code(
+            api,
+            "POST",
+            "/addresses/balances",
+            &json!({"addresses": [mainnet]}).to_string()
+        ),
+        (400, "wrong-network".into())
+    );
+    let many: Vec<String> = vec![other.clone(); 1_001];
+    assert_eq!(
+        error_code(
+            api,
+            "POST",
+            "/addresses/balances",
+            &json!({"addresses": many}).to_string()
+        ),
+        (400, "too-many-addresses".into())
+    );
+
+    // Chain state, peers, mempool, submission errors, unknown paths.
+    let (_, state) = get(api, "/chainstate");
+    assert_eq!(state["height"], json!(height));
+    assert_eq!(state["tip"], json!(tip));
+    assert!(state["utxo_digest"].as_str().unwrap().len() == 64);
+    assert_eq!(get(api, "/peers").1, json!([]));
+    assert_eq!(get(api, "/mempool").1["count"], 0);
+    assert_eq!(
+        error_code(api, "POST", "/tx", "zz"),
+        (400, "invalid-hex".into())
+    );
+    assert_eq!(
+        error_code(api, "POST", "/tx", "00"),
+        (400, "invalid-transaction".into())
+    );
+    assert_eq!(
+        error_code(api, "POST", "/tx", &"00".repeat(300_000)),
+        (413, "body-too-large".into())
+    );
+    assert_eq!(
+        error_code(api, "GET", "/no/such/thing", ""),
+        (404, "not-found".into())
+    );
+    node.stop();
+}
