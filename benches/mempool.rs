@@ -10,13 +10,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use chaincore::chain::{Chain, ChainOptions};
 use chaincore::consensus::amount::Amount;
-use chaincore::consensus::params::Network;
 use chaincore::consensus::transaction::{OutPoint, Transaction, TxOut};
 use chaincore::encoding::Encode;
 use chaincore::mempool::{Mempool, DEFAULT_MAX_MEMPOOL_BYTES};
-use chaincore::testkit::process::{http, log_field, Node};
+use chaincore::testkit::process::{http, log_field, log_time, Node};
 use chaincore::testkit::{fan_out_chain, key, signed_spend, TestChain};
 use rayon::prelude::*;
 
@@ -54,15 +52,7 @@ fn bench_acceptance(count: usize) {
     let test = fan_out_chain(count, |_| key(1).pubkey_hash());
     let txs = spends(&test, count);
     let dir = tempfile::tempdir().unwrap();
-    let mut chain = Chain::open(
-        dir.path(),
-        Network::Regtest,
-        ChainOptions {
-            sync_writes: false,
-            ..ChainOptions::default()
-        },
-    )
-    .unwrap();
+    let mut chain = chaincore::testkit::regtest_chain(dir.path());
     for block in &test.blocks[1..] {
         chain.process_block(Arc::new(block.clone()), None).unwrap();
     }
@@ -83,15 +73,6 @@ fn bench_acceptance(count: usize) {
 
 fn seconds_of_day(t: SystemTime) -> f64 {
     t.duration_since(UNIX_EPOCH).unwrap().as_secs_f64() % 86_400.0
-}
-
-fn log_time(line: &str) -> Option<f64> {
-    let time = line.split('T').nth(1)?.split('Z').next()?;
-    let mut parts = time.split(':');
-    let h: f64 = parts.next()?.parse().ok()?;
-    let m: f64 = parts.next()?.parse().ok()?;
-    let s: f64 = parts.next()?.parse().ok()?;
-    Some(h * 3600.0 + m * 60.0 + s)
 }
 
 fn bench_propagation(nodes: usize, txs_to_send: usize) {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use chaincore::consensus::params::Network;
 use chaincore::encoding::Encode;
-use chaincore::testkit::process::{log_field, Node};
+use chaincore::testkit::process::{log_field, log_time, Node};
 use chaincore::testkit::{busy_chain, key};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_chaincore");
@@ -63,17 +63,6 @@ fn bench_sync(blocks: usize, txs: usize) {
         tx_count as f64 / secs,
         bytes as f64 / 1e6 / secs
     );
-}
-
-/// Parses the RFC 3339 timestamp that starts a log line into seconds
-/// within the day (all nodes share this machine's clock).
-fn log_time(line: &str) -> Option<f64> {
-    let time = line.split('T').nth(1)?.split('Z').next()?;
-    let mut parts = time.split(':');
-    let h: f64 = parts.next()?.parse().ok()?;
-    let m: f64 = parts.next()?.parse().ok()?;
-    let s: f64 = parts.next()?.parse().ok()?;
-    Some(h * 3600.0 + m * 60.0 + s)
 }
 
 fn connected_at(log: &[String]) -> std::collections::HashMap<String, f64> {

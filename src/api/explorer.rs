@@ -273,7 +273,8 @@ pub async fn tx_merkle_proof(
         .await
 }
 
-fn address_of(chain: &Chain, s: &str) -> Result<Address, ApiError> {
+/// Parses an address of the node's network; a 400 says what is wrong.
+pub(super) fn address_of(chain: &Chain, s: &str) -> Result<Address, ApiError> {
     Address::parse(s, chain.params().network).map_err(|e| {
         let code = match e {
             crate::consensus::address::AddressError::WrongNetwork { .. } => "wrong-network",

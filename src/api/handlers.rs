@@ -162,20 +162,6 @@ pub async fn get_tx(
         .await
 }
 
-fn parse_address(
-    s: &str,
-    network: crate::consensus::params::Network,
-) -> Result<crate::consensus::address::Address, ApiError> {
-    crate::consensus::address::Address::parse(s, network).map_err(|e| {
-        let code = match e {
-            crate::consensus::address::AddressError::WrongNetwork { .. } => "wrong-network",
-            crate::consensus::address::AddressError::BadChecksum { .. } => "bad-checksum",
-            _ => "invalid-address",
-        };
-        ApiError::bad_request(code, e.to_string())
-    })
-}
-
 /// `GET /address/{address}`: esplora's shape (`chain_stats`,
 /// `mempool_stats`) plus `balance`, the confirmed balance in base units.
 pub async fn address(
@@ -184,7 +170,7 @@ pub async fn address(
 ) -> Result<Json<Value>, ApiError> {
     state
         .with_state(move |chain, pool| {
-            let address = parse_address(&address, chain.params().network)?;
+            let address = super::explorer::address_of(chain, &address)?;
             let stats = chain.store().address_stats(&address.hash)?;
             let pending = pool.address_stats(&address.hash);
             Ok(Json(json!({

@@ -168,6 +168,19 @@ impl BlockDelta {
         delta
     }
 
+    /// Moves the UTXO-set digest across this block: forward when
+    /// connecting (add what it creates, remove what it spends), backward
+    /// when disconnecting.
+    pub fn update_digest(&self, digest: &mut crate::store::digest::UtxoDigest, connect: bool) {
+        let created: Vec<_> = self.created.iter().map(|(o, u)| (o, u)).collect();
+        let spent: Vec<_> = self.spent.iter().map(|(o, u)| (o, u)).collect();
+        if connect {
+            digest.apply(created, spent);
+        } else {
+            digest.apply(spent, created);
+        }
+    }
+
     pub fn created_sum(&self) -> u64 {
         self.created
             .iter()

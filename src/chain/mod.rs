@@ -230,14 +230,7 @@ impl Chain {
         };
         let delta = BlockDelta::compute(&genesis, 0, &[]);
         let mut digest = UtxoDigest::default();
-        digest.apply(
-            delta
-                .created
-                .iter()
-                .map(|(o, u)| (o, u))
-                .collect::<Vec<_>>(),
-            Vec::new(),
-        );
+        delta.update_digest(&mut digest, true);
         let tip = ChainTipRecord {
             hash,
             height: 0,
@@ -904,14 +897,7 @@ impl Chain {
         let height = entry.height;
         let delta = BlockDelta::compute(&block, height, &spends.spent);
         let mut digest = self.digest;
-        digest.apply(
-            delta
-                .created
-                .iter()
-                .map(|(o, u)| (o, u))
-                .collect::<Vec<_>>(),
-            delta.spent.iter().map(|(o, u)| (o, u)).collect::<Vec<_>>(),
-        );
+        delta.update_digest(&mut digest, true);
         let tip = ChainTipRecord {
             hash,
             height,
@@ -983,14 +969,7 @@ impl Chain {
         let height = entry.height;
         let delta = BlockDelta::compute(&block, height, &undo);
         let mut digest = self.digest;
-        digest.apply(
-            delta.spent.iter().map(|(o, u)| (o, u)).collect::<Vec<_>>(),
-            delta
-                .created
-                .iter()
-                .map(|(o, u)| (o, u))
-                .collect::<Vec<_>>(),
-        );
+        delta.update_digest(&mut digest, false);
         let parent = entry.header.prev_hash;
         let tip = ChainTipRecord {
             hash: parent,

@@ -23,15 +23,7 @@ const STATE_CFS: [&str; 6] = [
 ];
 
 fn open(dir: &tempfile::TempDir) -> Chain {
-    Chain::open(
-        dir.path(),
-        Network::Regtest,
-        ChainOptions {
-            sync_writes: false,
-            ..ChainOptions::default()
-        },
-    )
-    .unwrap()
+    crate::testkit::regtest_chain(dir.path())
 }
 
 fn state(chain: &Chain) -> Vec<Vec<(Vec<u8>, Vec<u8>)>> {

@@ -3,7 +3,6 @@
 use std::sync::Arc;
 
 use super::*;
-use crate::chain::ChainOptions;
 use crate::consensus::hash::sha256d;
 use crate::consensus::keys::PrivateKey;
 use crate::consensus::params::Network;
@@ -20,15 +19,7 @@ struct Fixture {
 /// mature for the next block.
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let mut chain = Chain::open(
-        dir.path(),
-        Network::Regtest,
-        ChainOptions {
-            sync_writes: false,
-            ..ChainOptions::default()
-        },
-    )
-    .unwrap();
+    let mut chain = crate::testkit::regtest_chain(dir.path());
     let mut test = TestChain::new(Network::Regtest);
     for _ in 0..14 {
         let block = test.mine_empty(key(1).pubkey_hash()).clone();

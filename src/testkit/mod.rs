@@ -315,3 +315,17 @@ pub fn fan_out_chain(utxos: usize, owner_of: impl Fn(usize) -> PubKeyHash + Sync
 }
 
 pub mod process;
+
+/// A regtest chain in `dir`, without fsync per block (tests and benchmarks).
+#[cfg(feature = "node")]
+pub fn regtest_chain(dir: &std::path::Path) -> crate::chain::Chain {
+    crate::chain::Chain::open(
+        dir,
+        Network::Regtest,
+        crate::chain::ChainOptions {
+            sync_writes: false,
+            ..crate::chain::ChainOptions::default()
+        },
+    )
+    .expect("open a regtest chain")
+}

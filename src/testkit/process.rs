@@ -263,3 +263,14 @@ fn dechunk(mut body: &str) -> String {
     }
     out
 }
+
+/// The time of day, in seconds, of the RFC 3339 timestamp a log line starts
+/// with (all nodes of a test share the machine's clock).
+pub fn log_time(line: &str) -> Option<f64> {
+    let time = line.split('T').nth(1)?.split('Z').next()?;
+    let mut parts = time.split(':');
+    let h: f64 = parts.next()?.parse().ok()?;
+    let m: f64 = parts.next()?.parse().ok()?;
+    let s: f64 = parts.next()?.parse().ok()?;
+    Some(h * 3600.0 + m * 60.0 + s)
+}

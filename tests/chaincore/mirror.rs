@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chaincore::chain::{Chain, ChainOptions};
+use chaincore::chain::Chain;
 use chaincore::consensus::address::Address;
 use chaincore::consensus::block::Block;
 use chaincore::consensus::params::Network;
@@ -75,15 +75,7 @@ impl Drop for TestDb {
 }
 
 fn open_chain(dir: &tempfile::TempDir) -> Chain {
-    Chain::open(
-        dir.path(),
-        Network::Regtest,
-        ChainOptions {
-            sync_writes: false,
-            ..ChainOptions::default()
-        },
-    )
-    .unwrap()
+    chaincore::testkit::regtest_chain(dir.path())
 }
 
 fn feed(chain: &mut Chain, blocks: &[Block]) {

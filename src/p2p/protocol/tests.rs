@@ -1,7 +1,6 @@
 //! The protocol's rules, driven without sockets.
 
 use super::*;
-use crate::chain::ChainOptions;
 use crate::testkit::{key, TestChain};
 
 struct Harness {
@@ -12,15 +11,7 @@ struct Harness {
 
 fn harness(blocks: &[crate::consensus::block::Block]) -> Harness {
     let dir = tempfile::tempdir().unwrap();
-    let mut chain = Chain::open(
-        dir.path(),
-        Network::Regtest,
-        ChainOptions {
-            sync_writes: false,
-            ..ChainOptions::default()
-        },
-    )
-    .unwrap();
+    let mut chain = crate::testkit::regtest_chain(dir.path());
     for block in blocks {
         chain.process_block(Arc::new(block.clone()), None).unwrap();
     }
