@@ -7,8 +7,9 @@
 //! When the watermark's block is no longer on the active chain, the mirror
 //! finds the fork point, deletes every row above it and un-spends what those
 //! rows spent, in the same transaction that adds the new branch and records
-//! a reorg event. `address_balances` is recomputed from the mirrored outputs
-//! for every address a load touched, so it always equals the node's own
+//! a reorg event. `address_balances` moves by each address's change in the
+//! loaded blocks (after a reorganisation, the touched addresses are
+//! recomputed from the mirrored rows), so it always equals the node's own
 //! balances at the watermark. If PostgreSQL is unreachable, slow or
 //! restarts, the node carries on and the mirror retries with backoff.
 
@@ -92,6 +93,17 @@ pub struct BlockRows {
     outputs: Vec<OutputRow>,
     inputs: Vec<InputRow>,
     pub touched: BTreeSet<String>,
+    /// Per address: balance change, UTXO count change, transactions that
+    /// touch it, highest height.
+    deltas: std::collections::BTreeMap<String, BalanceDelta>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct BalanceDelta {
+    balance: i64,
+    utxo_count: i64,
+    txids: std::collections::HashSet<Vec<u8>>,
+    last_height: i64,
 }
 
 impl BlockRows {
@@ -144,6 +156,11 @@ pub fn read_rows(
                     let address = Address::new(network, utxo.output.owner).to_string();
                     input_sum += utxo.output.amount.units();
                     rows.touched.insert(address.clone());
+                    let d = rows.deltas.entry(address.clone()).or_default();
+                    d.balance -= utxo.output.amount.units() as i64;
+                    d.utxo_count -= 1;
+                    d.txids.insert(txid.0.to_vec());
+                    d.last_height = d.last_height.max(h);
                     rows.inputs.push((
                         txid.0.to_vec(),
                         vin as i32,
@@ -159,6 +176,11 @@ pub fn read_rows(
             for (vout, output) in tx.outputs.iter().enumerate() {
                 let address = Address::new(network, output.owner).to_string();
                 rows.touched.insert(address.clone());
+                let d = rows.deltas.entry(address.clone()).or_default();
+                d.balance += output.amount.units() as i64;
+                d.utxo_count += 1;
+                d.txids.insert(txid.0.to_vec());
+                d.last_height = d.last_height.max(h);
                 rows.outputs.push((
                     txid.0.to_vec(),
                     vout as i32,
@@ -374,26 +396,49 @@ pub async fn apply(
         &[&first, &last],
     )
     .await?;
-    let touched: Vec<String> = touched.into_iter().collect();
-    tx.execute(
-        "DELETE FROM address_balances WHERE address = ANY($1)",
-        &[&touched],
-    )
-    .await?;
-    tx.execute(
-        "INSERT INTO address_balances (address, balance, utxo_count, tx_count, last_height)
-         SELECT a.address, COALESCE(u.balance, 0), COALESCE(u.utxo_count, 0), a.tx_count, a.last_height
-         FROM (SELECT address, COUNT(DISTINCT txid) AS tx_count, MAX(block_height) AS last_height
-               FROM (SELECT address, txid, block_height FROM outputs WHERE address = ANY($1)
-                     UNION ALL
-                     SELECT address, txid, block_height FROM inputs WHERE address = ANY($1)) rows
-               GROUP BY address) a
-         LEFT JOIN (SELECT address, SUM(amount)::BIGINT AS balance, COUNT(*) AS utxo_count
-                    FROM outputs WHERE address = ANY($1) AND spent_by_txid IS NULL
-                    GROUP BY address) u USING (address)",
-        &[&touched],
-    )
-    .await?;
+    if fork.is_some() {
+        // After a reorganisation, recompute every touched address from the
+        // mirrored rows: rare, and exact whatever was removed.
+        let touched: Vec<String> = touched.into_iter().collect();
+        tx.execute(
+            "DELETE FROM address_balances WHERE address = ANY($1)",
+            &[&touched],
+        )
+        .await?;
+        tx.execute(
+            "INSERT INTO address_balances (address, balance, utxo_count, tx_count, last_height)
+             SELECT a.address, COALESCE(u.balance, 0), COALESCE(u.utxo_count, 0), a.tx_count, a.last_height
+             FROM (SELECT address, COUNT(DISTINCT txid) AS tx_count, MAX(block_height) AS last_height
+                   FROM (SELECT address, txid, block_height FROM outputs WHERE address = ANY($1)
+                         UNION ALL
+                         SELECT address, txid, block_height FROM inputs WHERE address = ANY($1)) rows
+                   GROUP BY address) a
+             LEFT JOIN (SELECT address, SUM(amount)::BIGINT AS balance, COUNT(*) AS utxo_count
+                        FROM outputs WHERE address = ANY($1) AND spent_by_txid IS NULL
+                        GROUP BY address) u USING (address)",
+            &[&touched],
+        )
+        .await?;
+    } else {
+        // Extending the chain: add each address's change, computed from
+        // these blocks alone (no rescan of an address's history).
+        let addresses: Vec<&str> = rows.deltas.keys().map(String::as_str).collect();
+        let balances: Vec<i64> = rows.deltas.values().map(|d| d.balance).collect();
+        let utxos: Vec<i64> = rows.deltas.values().map(|d| d.utxo_count).collect();
+        let txs: Vec<i64> = rows.deltas.values().map(|d| d.txids.len() as i64).collect();
+        let heights: Vec<i64> = rows.deltas.values().map(|d| d.last_height).collect();
+        tx.execute(
+            "INSERT INTO address_balances (address, balance, utxo_count, tx_count, last_height)
+             SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::int8[], $5::int8[])
+             ON CONFLICT (address) DO UPDATE SET
+                 balance = address_balances.balance + EXCLUDED.balance,
+                 utxo_count = address_balances.utxo_count + EXCLUDED.utxo_count,
+                 tx_count = address_balances.tx_count + EXCLUDED.tx_count,
+                 last_height = GREATEST(address_balances.last_height, EXCLUDED.last_height)",
+            &[&addresses, &balances, &utxos, &txs, &heights],
+        )
+        .await?;
+    }
     tx.execute(
         "INSERT INTO mirror_state (id, network, height, block_hash) VALUES (TRUE, $1, $2, $3)
          ON CONFLICT (id) DO UPDATE SET height = EXCLUDED.height, block_hash = EXCLUDED.block_hash, updated_at = now()",
