@@ -6,6 +6,7 @@
 mod error;
 mod explorer;
 mod handlers;
+mod mining;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -19,6 +20,7 @@ use crate::chain::Chain;
 use crate::mempool::Mempool;
 use crate::p2p::NetworkHandle;
 pub use error::ApiError;
+pub use mining::Templates;
 
 /// Largest request body: a maximum-size standard transaction in hex, with
 /// room to spare.
@@ -33,6 +35,8 @@ pub struct ApiState {
     pub started: Instant,
     /// The PostgreSQL mirror's progress, when the node runs one.
     pub mirror: Option<Arc<Mutex<crate::mirror::MirrorStatus>>>,
+    /// Block templates handed out, for header-only submissions.
+    pub templates: Arc<Mutex<mining::Templates>>,
 }
 
 impl ApiState {
@@ -77,6 +81,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/tx/{txid}/merkle-proof", get(explorer::tx_merkle_proof))
         .route("/chainstate", get(explorer::chainstate))
         .route("/peers", get(explorer::peers))
+        .route("/mining/template", get(mining::template))
+        .route("/mining/submit", post(mining::submit))
         .route("/metrics", get(handlers::metrics))
         .fallback(handlers::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

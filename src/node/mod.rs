@@ -113,6 +113,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             network: p2p.clone(),
             started: std::time::Instant::now(),
             mirror: mirror_status.clone(),
+            templates: Default::default(),
         },
     )
     .await?;

@@ -333,3 +333,116 @@ fn rest_endpoints_answer_and_refuse_as_documented() {
     );
     node.stop();
 }
+
+#[test]
+fn miners_get_templates_and_submit_blocks_or_headers() {
+    use chaincore::consensus::block::Block;
+    use chaincore::encoding::Encode;
+    use chaincore::mining::solve_block;
+
+    let chain = crate::common::prefix(14);
+    let dir = tempfile::tempdir().unwrap();
+    let file = block_file(dir.path(), "chain.dat", &chain.blocks[1..]);
+    let mut node = NodeProcess::start(
+        &dir.path().join("n"),
+        &["--connect-only", "--import", file.to_str().unwrap()],
+    );
+    node.wait_for("import done", Duration::from_secs(60));
+    let api = node.api_addr();
+    let (outpoint, utxo) = chain.spendable(key(1).pubkey_hash())[0];
+    let tx = signed_spend(
+        &[(outpoint, utxo.output, &key(1))],
+        vec![TxOut {
+            amount: Amount::from_units(utxo.output.amount.units() - 50_000),
+            owner: key(2).pubkey_hash(),
+        }],
+    );
+    assert_eq!(http(api, "POST", "/tx", &hex::encode(tx.to_bytes())).0, 200);
+
+    let miner = key(6).address(Network::Regtest).to_string();
+    let (status, template) = get(api, &format!("/mining/template?address={miner}"));
+    assert_eq!(status, 200, "{template}");
+    assert_eq!(template["height"], json!(chain.height() + 1));
+    assert_eq!(template["fees"], 50_000);
+    assert_eq!(template["tx_count"], 2);
+    let mut block =
+        Block::from_bytes(&hex::decode(template["block_hex"].as_str().unwrap()).unwrap()).unwrap();
+    solve_block(&mut block);
+    let (status, body) = http(
+        api,
+        "POST",
+        "/mining/submit",
+        &hex::encode(block.to_bytes()),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("accepted"));
+    assert_eq!(get(api, "/blocks/tip/height").1, json!(chain.height() + 1));
+    assert_eq!(
+        get(api, &format!("/tx/{}/status", tx.txid())).1["confirmed"],
+        true
+    );
+    assert_eq!(
+        get(api, &format!("/address/{miner}")).1["balance"],
+        template["coinbase_value"]
+    );
+    // The same block again is a duplicate, not an error.
+    assert!(http(
+        api,
+        "POST",
+        "/mining/submit",
+        &hex::encode(block.to_bytes())
+    )
+    .1
+    .contains("duplicate"));
+
+    // Header-only submission of a template the node handed out.
+    let (_, template) = get(api, &format!("/mining/template?address={miner}"));
+    let mut block =
+        Block::from_bytes(&hex::decode(template["block_hex"].as_str().unwrap()).unwrap()).unwrap();
+    solve_block(&mut block);
+    let (status, body) = http(
+        api,
+        "POST",
+        "/mining/submit",
+        &hex::encode(block.header.to_array()),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(get(api, "/blocks/tip/height").1, json!(chain.height() + 2));
+
+    // Errors.
+    assert_eq!(
+        error_code(api, "GET", "/mining/template", ""),
+        (400, "missing-address".into())
+    );
+    assert_eq!(
+        error_code(api, "GET", "/mining/template?address=nope", ""),
+        (400, "invalid-address".into())
+    );
+    assert_eq!(
+        error_code(api, "POST", "/mining/submit", "xyz"),
+        (400, "invalid-hex".into())
+    );
+    assert_eq!(
+        error_code(api, "POST", "/mining/submit", &"11".repeat(80)),
+        (400, "unknown-template".into())
+    );
+    assert_eq!(
+        error_code(api, "POST", "/mining/submit", "0011"),
+        (400, "invalid-block".into())
+    );
+    let (_, template) = get(api, &format!("/mining/template?address={miner}"));
+    let mut stray =
+        Block::from_bytes(&hex::decode(template["block_hex"].as_str().unwrap()).unwrap()).unwrap();
+    stray.header.prev_hash = Hash256([7; 32]);
+    solve_block(&mut stray);
+    assert_eq!(
+        error_code(
+            api,
+            "POST",
+            "/mining/submit",
+            &hex::encode(stray.to_bytes())
+        ),
+        (400, "orphan".into())
+    );
+    node.stop();
+}

@@ -1,0 +1,167 @@
+//! Block templates and submission for external miners.
+//!
+//! `GET /mining/template?address=A` returns an unsolved block paying the
+//! subsidy and the fees of the mempool's best transactions to `A`, with a
+//! fresh extra nonce, as hex and as fields. `POST /mining/submit` takes
+//! either the solved block in hex, or only its 80-byte header in hex when it
+//! belongs to a template the node handed out recently (found by merkle root).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use axum::extract::{Query, State};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{ApiError, ApiState};
+use crate::chain::{unix_now, BlockOutcome};
+use crate::consensus::block::{Block, BlockHeader, HEADER_LEN};
+use crate::consensus::hash::Hash256;
+use crate::consensus::pow::target_from_compact;
+use crate::encoding::{Decode, Encode};
+use crate::mempool::Mempool;
+use crate::mining::{assemble_block, BlockTemplateHeader};
+
+/// Templates remembered for header-only submissions.
+pub const MAX_TEMPLATES: usize = 32;
+
+/// Recently handed-out templates, newest last.
+#[derive(Default)]
+pub struct Templates(VecDeque<Block>);
+
+impl Templates {
+    fn remember(&mut self, block: Block) {
+        if self.0.len() == MAX_TEMPLATES {
+            self.0.pop_front();
+        }
+        self.0.push_back(block);
+    }
+
+    fn by_merkle_root(&self, root: &Hash256) -> Option<Block> {
+        self.0
+            .iter()
+            .rev()
+            .find(|b| b.header.merkle_root == *root)
+            .cloned()
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct TemplateQuery {
+    pub address: Option<String>,
+}
+
+pub async fn template(
+    State(state): State<ApiState>,
+    Query(q): Query<TemplateQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let address = q
+        .address
+        .ok_or_else(|| ApiError::bad_request("missing-address", "pass ?address= to be paid"))?;
+    let templates = state.templates.clone();
+    state
+        .with_state(move |chain, pool| {
+            let payout = super::explorer::address_of(chain, &address)?;
+            let tip = chain.tip();
+            let ctx = chain.context_after(&tip.hash).expect("the tip is indexed");
+            let (txs, fees) = pool.select_for_block(chain, Mempool::block_space());
+            let header = BlockTemplateHeader {
+                prev_hash: tip.hash,
+                height: ctx.height,
+                time: unix_now().max(ctx.median_time_past + 1),
+                bits: ctx.expected_bits,
+            };
+            let block = assemble_block(
+                chain.params(),
+                header,
+                payout.hash,
+                rand::random(),
+                fees,
+                txs,
+            );
+            let target = target_from_compact(header.bits).map_err(ApiError::internal)?;
+            let value = json!({
+                "height": header.height,
+                "prev_hash": header.prev_hash,
+                "bits": format!("{:08x}", header.bits),
+                "target": format!("{target:064x}"),
+                "time": header.time,
+                "min_time": ctx.median_time_past + 1,
+                "max_time": ctx.now + chain.params().max_future_block_time_secs,
+                "coinbase_value": block.transactions[0].outputs[0].amount.units(),
+                "fees": fees.units(),
+                "tx_count": block.transactions.len(),
+                "header_hex": hex::encode(block.header.to_array()),
+                "block_hex": hex::encode(block.to_bytes()),
+            });
+            templates.lock().expect("templates lock").remember(block);
+            Ok(Json(value))
+        })
+        .await
+}
+
+/// `POST /mining/submit` with a block (or a template's solved header) in hex.
+pub async fn submit(
+    State(state): State<ApiState>,
+    body: Result<String, axum::extract::rejection::StringRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let body = body.map_err(ApiError::from_rejection)?;
+    let bytes = hex::decode(body.trim())
+        .map_err(|e| ApiError::bad_request("invalid-hex", format!("body is not hex: {e}")))?;
+    let block = if bytes.len() == HEADER_LEN {
+        let header = BlockHeader::from_bytes(&bytes).expect("80 bytes decode as a header");
+        let template = state
+            .templates
+            .lock()
+            .expect("templates lock")
+            .by_merkle_root(&header.merkle_root)
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "unknown-template",
+                    "no recent template has this merkle root: submit the whole block",
+                )
+            })?;
+        Block {
+            header,
+            transactions: template.transactions,
+        }
+    } else {
+        Block::from_bytes(&bytes).map_err(|e| {
+            ApiError::bad_request("invalid-block", format!("block does not decode: {e}"))
+        })?
+    };
+    let hash = block.hash();
+    let chain = state.chain.clone();
+    let outcome = tokio::task::spawn_blocking(move || {
+        chain
+            .lock()
+            .expect("chain lock")
+            .process_block(Arc::new(block), None)
+    })
+    .await?
+    .map_err(ApiError::internal)?;
+    let answer = match outcome {
+        BlockOutcome::Accepted { height, .. } => {
+            json!({ "hash": hash, "height": height, "result": "accepted" })
+        }
+        BlockOutcome::Duplicate => json!({ "hash": hash, "result": "duplicate" }),
+        BlockOutcome::Orphan => {
+            return Err(ApiError::bad_request(
+                "orphan",
+                format!("block {hash} does not extend a known block"),
+            ))
+        }
+        BlockOutcome::Invalid(error) => {
+            return Err(ApiError::bad_request("invalid-block", error.to_string()))
+        }
+        BlockOutcome::InvalidAncestor => {
+            return Err(ApiError::bad_request(
+                "invalid-ancestor",
+                format!("block {hash} extends an invalid block"),
+            ))
+        }
+    };
+    state.network.chain_changed().await;
+    Ok(Json(answer))
+}
