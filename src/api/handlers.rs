@@ -238,3 +238,36 @@ pub async fn metrics(
         body,
     ))
 }
+
+/// Confirmation targets answered by `/fee-estimates`, in blocks.
+pub const FEE_TARGETS: [usize; 7] = [1, 2, 3, 6, 12, 25, 144];
+
+/// `GET /fee-estimates`: for each target, the fee rate (base units per
+/// byte) that places a transaction within that many blocks' worth of the
+/// mempool's best-paying bytes; the relay minimum when the pool is smaller.
+pub async fn fee_estimates(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    state
+        .with_state(|_, pool| {
+            let mut rates: Vec<(u64, usize)> =
+                pool.entries().map(|e| (e.fee_rate(), e.size)).collect();
+            rates.sort_by_key(|r| std::cmp::Reverse(r.0));
+            let minimum = crate::mempool::MIN_RELAY_FEE_RATE as f64 / 1000.0;
+            let mut out = serde_json::Map::new();
+            for target in FEE_TARGETS {
+                let room = target * crate::mempool::Mempool::block_space();
+                let mut used = 0usize;
+                let mut rate = minimum;
+                for (r, size) in &rates {
+                    used += size;
+                    if used > room {
+                        // Beat the last transaction that still fits.
+                        rate = (*r as f64 / 1000.0).max(minimum) + 0.001;
+                        break;
+                    }
+                }
+                out.insert(target.to_string(), json!(rate));
+            }
+            Ok(Json(Value::Object(out)))
+        })
+        .await
+}

@@ -3,6 +3,7 @@
 //! mempool's) on a blocking thread, never on the async workers; writes go
 //! through the mempool and the chain like every other source.
 
+mod admin;
 mod error;
 mod explorer;
 mod handlers;
@@ -35,6 +36,8 @@ pub struct ApiState {
     pub started: Instant,
     /// The PostgreSQL mirror's progress, when the node runs one.
     pub mirror: Option<Arc<Mutex<crate::mirror::MirrorStatus>>>,
+    /// Token that allows admin endpoints from other hosts than loopback.
+    pub admin_token: Option<String>,
     /// Block templates handed out, for header-only submissions.
     pub templates: Arc<Mutex<mining::Templates>>,
 }
@@ -80,7 +83,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/tx/{txid}/hex", get(explorer::tx_hex))
         .route("/tx/{txid}/merkle-proof", get(explorer::tx_merkle_proof))
         .route("/chainstate", get(explorer::chainstate))
-        .route("/peers", get(explorer::peers))
+        .route("/peers", get(explorer::peers).post(admin::add_peer))
+        .route("/peers/{addr}", axum::routing::delete(admin::remove_peer))
+        .route("/fee-estimates", get(handlers::fee_estimates))
         .route("/mining/template", get(mining::template))
         .route("/mining/submit", post(mining::submit))
         .route("/metrics", get(handlers::metrics))
@@ -101,6 +106,7 @@ pub async fn serve(
     tracing::info!(addr = %addr, "api listening");
     let app = router(state);
     let task = tokio::spawn(async move {
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "REST API stopped");
         }

@@ -103,6 +103,10 @@ pub struct NodeArgs {
     /// database (e.g. postgres://user@127.0.0.1/chaincore).
     #[arg(long, env = "CHAINCORE_POSTGRES_URL")]
     pub postgres_url: Option<String>,
+    /// Token that allows the admin endpoints (POST/DELETE /peers) from other
+    /// hosts than loopback, as `Authorization: Bearer TOKEN`.
+    #[arg(long, env = "CHAINCORE_API_ADMIN_TOKEN")]
+    pub api_admin_token: Option<String>,
     /// Byte limit of the mempool, in megabytes.
     #[arg(long, default_value_t = 64)]
     pub mempool_max_mb: usize,
@@ -172,6 +176,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 sync_writes: !args.no_sync_writes,
                 mempool_max_bytes: args.mempool_max_mb << 20,
                 postgres_url: args.postgres_url,
+                api_admin_token: args.api_admin_token,
                 api_bind: std::net::SocketAddr::new(
                     args.api_bind,
                     args.api_port

@@ -35,6 +35,8 @@ pub struct NodeConfig {
     pub mempool_max_bytes: usize,
     /// PostgreSQL to mirror into, if any.
     pub postgres_url: Option<String>,
+    /// Token for admin endpoints from other hosts than loopback.
+    pub api_admin_token: Option<String>,
     /// Where the REST API listens.
     pub api_bind: std::net::SocketAddr,
     /// Where the P2P listener binds.
@@ -114,6 +116,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             started: std::time::Instant::now(),
             mirror: mirror_status.clone(),
             templates: Default::default(),
+            admin_token: config.api_admin_token.clone(),
         },
     )
     .await?;

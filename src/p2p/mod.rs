@@ -49,6 +49,9 @@ pub enum Event {
     /// The chain or the mempool changed by other means (own miner, import,
     /// REST): announce what is new.
     ChainChanged,
+    /// The operator added or removed a peer (REST).
+    AddPeer(SocketAddr),
+    RemovePeer(SocketAddr),
     Shutdown,
 }
 
@@ -87,6 +90,14 @@ impl NetworkHandle {
 
     pub async fn chain_changed(&self) {
         let _ = self.events.send(Event::ChainChanged).await;
+    }
+
+    pub async fn add_peer(&self, addr: SocketAddr) {
+        let _ = self.events.send(Event::AddPeer(addr)).await;
+    }
+
+    pub async fn remove_peer(&self, addr: SocketAddr) {
+        let _ = self.events.send(Event::RemovePeer(addr)).await;
     }
 
     pub async fn shutdown(&self) {
@@ -214,6 +225,8 @@ fn run_protocol(
                 Vec::new()
             }
             Ok(Some(Event::ChainChanged)) => protocol.on_chain_changed(),
+            Ok(Some(Event::AddPeer(addr))) => protocol.add_peer(addr, now),
+            Ok(Some(Event::RemovePeer(addr))) => protocol.remove_peer(addr),
             Ok(Some(Event::Shutdown)) | Ok(None) => break,
             Err(_) => Vec::new(),
         };

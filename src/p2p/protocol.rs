@@ -987,6 +987,26 @@ impl Protocol {
         }
     }
 
+    /// The operator asked to connect to `addr` (and keep connected).
+    pub fn add_peer(&mut self, addr: SocketAddr, now: Instant) -> Vec<Action> {
+        self.manual.insert(addr, now);
+        self.manual_failures.remove(&addr);
+        let mut actions = Vec::new();
+        self.connect_outbound(now, &mut actions);
+        actions
+    }
+
+    /// The operator asked to drop `addr`: no longer a manual peer, and any
+    /// connection to it is closed.
+    pub fn remove_peer(&mut self, addr: SocketAddr) -> Vec<Action> {
+        self.manual.remove(&addr);
+        self.peers
+            .iter()
+            .filter(|(_, p)| p.addr == addr || p.dialed == Some(addr))
+            .map(|(id, _)| Action::Disconnect(*id, "removed_by_operator"))
+            .collect()
+    }
+
     /// Called when the chain changed outside the protocol (own miner, import).
     pub fn on_chain_changed(&mut self) -> Vec<Action> {
         let mut actions = Vec::new();

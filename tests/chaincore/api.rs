@@ -446,3 +446,62 @@ fn miners_get_templates_and_submit_blocks_or_headers() {
     );
     node.stop();
 }
+
+#[test]
+fn operator_adds_and_removes_peers_and_reads_fee_estimates() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, a_p2p) = NodeProcess::start_p2p(&dir.path().join("a"), &["--connect-only"]);
+    let (mut b, _) = NodeProcess::start_p2p(&dir.path().join("b"), &["--connect-only"]);
+    let api = b.api_addr();
+    assert_eq!(get(api, "/peers").1, json!([]));
+    let (status, body) = http(
+        api,
+        "POST",
+        "/peers",
+        &json!({ "addr": a_p2p.to_string() }).to_string(),
+    );
+    assert_eq!(status, 200, "{body}");
+    b.wait_for("peer connected", Duration::from_secs(30));
+    // /peers shows the status the network refreshes every tick.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let peers = loop {
+        let (_, peers) = get(api, "/peers");
+        if peers != json!([]) {
+            break peers;
+        }
+        assert!(std::time::Instant::now() < deadline, "peer not listed");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(peers[0]["addr"], json!(a_p2p.to_string()));
+    let (status, body) = http(api, "DELETE", &format!("/peers/{a_p2p}"), "");
+    assert_eq!(status, 200, "{body}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while get(api, "/peers").1 != json!([]) {
+        assert!(std::time::Instant::now() < deadline, "peer not removed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        error_code(
+            api,
+            "POST",
+            "/peers",
+            &json!({ "addr": "nowhere" }).to_string()
+        ),
+        (400, "invalid-peer".into())
+    );
+    assert_eq!(
+        error_code(api, "DELETE", "/peers/nowhere", ""),
+        (400, "invalid-peer".into())
+    );
+    let (status, estimates) = get(api, "/fee-estimates");
+    assert_eq!(status, 200);
+    for target in ["1", "2", "3", "6", "12", "25", "144"] {
+        assert_eq!(
+            estimates[target],
+            json!(1.0),
+            "an empty pool asks only the relay minimum"
+        );
+    }
+    b.stop();
+    a.stop();
+}
