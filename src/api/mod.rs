@@ -7,6 +7,7 @@ mod admin;
 mod error;
 mod explorer;
 mod handlers;
+mod legacy;
 mod mining;
 
 use std::net::SocketAddr;
@@ -89,6 +90,16 @@ pub fn router(state: ApiState) -> Router {
         .route("/mining/template", get(mining::template))
         .route("/mining/submit", post(mining::submit))
         .route("/metrics", get(handlers::metrics))
+        // The original ChainCore API's paths.
+        .route("/balance/{address}", get(legacy::balance))
+        .route("/utxos/{address}", get(legacy::utxos))
+        .route("/transactions/{address}", get(legacy::transactions))
+        .route("/transaction_pool", get(legacy::transaction_pool))
+        .route("/blocks/range", get(legacy::blocks_range))
+        .route("/chain/info", get(legacy::chain_info))
+        .route("/stats", get(legacy::stats))
+        .route("/orphaned_blocks", get(legacy::orphaned_blocks))
+        .route("/network_config", get(legacy::network_config))
         .fallback(handlers::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)

@@ -505,3 +505,67 @@ fn operator_adds_and_removes_peers_and_reads_fee_estimates() {
     b.stop();
     a.stop();
 }
+
+#[test]
+fn the_original_apis_paths_still_answer() {
+    let chain = crate::common::prefix(12);
+    let dir = tempfile::tempdir().unwrap();
+    let file = block_file(dir.path(), "chain.dat", &chain.blocks[1..]);
+    let mut node = NodeProcess::start(
+        &dir.path().join("n"),
+        &["--connect-only", "--import", file.to_str().unwrap()],
+    );
+    node.wait_for("import done", Duration::from_secs(60));
+    let api = node.api_addr();
+    let address = key(1).address(Network::Regtest).to_string();
+    let (status, balance) = get(api, &format!("/balance/{address}"));
+    assert_eq!(status, 200);
+    assert_eq!(balance["balance"], json!(12 * 50 * 100_000_000u64));
+    assert_eq!(balance["balance_cc"], "600.00000000");
+    assert_eq!(
+        get(api, &format!("/utxos/{address}")).1["utxos"]
+            .as_array()
+            .unwrap()
+            .len(),
+        12
+    );
+    assert_eq!(
+        get(api, &format!("/transactions/{address}")).1["transactions"]
+            .as_array()
+            .unwrap()
+            .len(),
+        12
+    );
+    assert_eq!(get(api, "/transaction_pool").1["count"], 0);
+    let (_, range) = get(api, "/blocks/range?start=2&end=4");
+    let heights: Vec<u64> = range["blocks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["height"].as_u64().unwrap())
+        .collect();
+    assert_eq!(heights, vec![2, 3, 4]);
+    assert_eq!(
+        error_code(api, "GET", "/blocks/range?start=5&end=1", ""),
+        (400, "invalid-range".into())
+    );
+    assert_eq!(
+        error_code(api, "GET", "/blocks/range?start=0&end=500", ""),
+        (400, "invalid-range".into())
+    );
+    assert_eq!(get(api, "/chain/info").1["height"], 12);
+    assert_eq!(
+        get(api, "/stats").1["total_supply"],
+        json!(13 * 50 * 100_000_000u64)
+    );
+    assert_eq!(get(api, "/orphaned_blocks").1["count"], 0);
+    assert_eq!(
+        get(api, "/network_config").1["genesis_hash"],
+        json!(Network::Regtest.params().genesis_hash().to_string())
+    );
+    assert_eq!(
+        error_code(api, "GET", "/balance/bad", ""),
+        (400, "invalid-address".into())
+    );
+    node.stop();
+}

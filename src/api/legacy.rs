@@ -1,0 +1,193 @@
+//! The original ChainCore API's paths, kept so existing scripts keep
+//! working. Each answers from the same state as the new endpoints, with
+//! amounts as integer base units (the original's floats are gone) plus a
+//! decimal CC string for display.
+
+use axum::extract::{Path, Query, State};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::explorer::{address_of, MAX_ADDRESS_PAGE};
+use super::{ApiError, ApiState};
+use crate::consensus::amount::Amount;
+use crate::consensus::limits::MAX_BLOCK_SIZE;
+
+/// Most blocks one `/blocks/range` answers.
+pub const MAX_RANGE_BLOCKS: u32 = 100;
+
+pub async fn balance(
+    State(state): State<ApiState>,
+    Path(address): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    state
+        .with_state(move |chain, pool| {
+            let a = address_of(chain, &address)?;
+            let stats = chain.store().address_stats(&a.hash)?;
+            let pending = pool.address_stats(&a.hash);
+            Ok(Json(json!({
+                "address": a.to_string(),
+                "balance": stats.balance(),
+                "balance_cc": Amount::from_units(stats.balance()).to_string(),
+                "unconfirmed": pending.funded_txo_sum as i64 - pending.spent_txo_sum as i64,
+            })))
+        })
+        .await
+}
+
+pub async fn utxos(
+    State(state): State<ApiState>,
+    Path(address): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    state
+        .with_state(move |chain, _| {
+            let a = address_of(chain, &address)?;
+            let utxos: Vec<Value> = chain
+                .store()
+                .address_utxos(&a.hash, None, MAX_ADDRESS_PAGE)?
+                .into_iter()
+                .map(|(o, amount, height)| json!({ "txid": o.txid, "vout": o.vout, "amount": amount.units(), "height": height }))
+                .collect();
+            Ok(Json(json!({ "address": a.to_string(), "utxos": utxos, "more": "see /address/{address}/utxo for pages" })))
+        })
+        .await
+}
+
+pub async fn transactions(
+    State(state): State<ApiState>,
+    Path(address): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    state
+        .with_state(move |chain, _| {
+            let a = address_of(chain, &address)?;
+            let txs: Vec<Value> = chain
+                .store()
+                .address_history(&a.hash, None, MAX_ADDRESS_PAGE)?
+                .into_iter()
+                .map(|(height, position, txid)| json!({ "txid": txid, "height": height, "position": position }))
+                .collect();
+            Ok(Json(json!({ "address": a.to_string(), "transactions": txs })))
+        })
+        .await
+}
+
+pub async fn transaction_pool(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    state
+        .with_state(|_, pool| {
+            let mut txs: Vec<Value> = pool
+                .entries()
+                .map(|e| json!({ "txid": e.txid, "fee": e.fee.units(), "size": e.size, "time": e.time }))
+                .collect();
+            txs.sort_by(|a, b| a["txid"].as_str().cmp(&b["txid"].as_str()));
+            Ok(Json(json!({ "count": pool.len(), "transactions": txs })))
+        })
+        .await
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RangeQuery {
+    pub start: u32,
+    pub end: u32,
+}
+
+pub async fn blocks_range(
+    State(state): State<ApiState>,
+    Query(q): Query<RangeQuery>,
+) -> Result<Json<Value>, ApiError> {
+    if q.end < q.start || q.end - q.start >= MAX_RANGE_BLOCKS {
+        return Err(ApiError::bad_request(
+            "invalid-range",
+            format!("need start <= end and at most {MAX_RANGE_BLOCKS} blocks"),
+        ));
+    }
+    state
+        .with_state(move |chain, _| {
+            let mut blocks = Vec::new();
+            for height in q.start..=q.end.min(chain.height()) {
+                let hash = chain
+                    .hash_at(height)
+                    .expect("height within the active chain");
+                let entry = chain.index_entry(&hash).expect("active blocks are indexed");
+                blocks.push(json!({
+                    "height": height,
+                    "hash": hash,
+                    "previous_hash": entry.header.prev_hash,
+                    "timestamp": entry.header.time,
+                    "tx_count": entry.tx_count,
+                    "size": entry.size,
+                }));
+            }
+            Ok(Json(json!({ "blocks": blocks })))
+        })
+        .await
+}
+
+pub async fn chain_info(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    state
+        .with_state(|chain, _| {
+            let tip = chain.tip();
+            Ok(Json(json!({
+                "network": chain.params().network,
+                "height": tip.height,
+                "tip": tip.hash,
+                "chain_work": format!("{:064x}", tip.chain_work),
+                "difficulty_bits": format!("{:08x}", chain.index_entry(&tip.hash).map_or(0, |e| e.header.bits)),
+            })))
+        })
+        .await
+}
+
+pub async fn stats(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    let peers = state
+        .network
+        .status()
+        .peers
+        .iter()
+        .filter(|p| p.ready)
+        .count();
+    state
+        .with_state(move |chain, pool| {
+            let tip = chain.tip();
+            Ok(Json(json!({
+                "height": tip.height,
+                "peers": peers,
+                "mempool_size": pool.len(),
+                "utxo_count": tip.utxo_count,
+                "total_supply": tip.utxo_total,
+                "total_supply_cc": Amount::from_units(tip.utxo_total).to_string(),
+                "orphan_blocks": chain.orphan_count(),
+            })))
+        })
+        .await
+}
+
+pub async fn orphaned_blocks(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    state
+        .with_state(|chain, _| {
+            let mut hashes = chain.orphan_hashes();
+            hashes.sort();
+            Ok(Json(json!({ "count": hashes.len(), "orphans": hashes })))
+        })
+        .await
+}
+
+pub async fn network_config(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    state
+        .with_state(|chain, _| {
+            let p = chain.params();
+            Ok(Json(json!({
+                "network": p.network,
+                "magic": hex::encode(p.magic),
+                "p2p_port": p.default_p2p_port,
+                "api_port": p.default_api_port,
+                "genesis_hash": p.genesis_hash(),
+                "target_spacing_secs": p.target_spacing_secs,
+                "retarget_interval": p.retarget_interval,
+                "coinbase_maturity": p.coinbase_maturity,
+                "initial_subsidy": p.initial_subsidy.units(),
+                "halving_interval": p.halving_interval,
+                "max_block_size": MAX_BLOCK_SIZE,
+            })))
+        })
+        .await
+}
