@@ -61,6 +61,20 @@ impl ApiState {
     }
 }
 
+/// The OpenAPI 3 document of every route (kept in step with the router by
+/// a test).
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+async fn openapi() -> (
+    [(axum::http::header::HeaderName, &'static str); 1],
+    &'static str,
+) {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        OPENAPI,
+    )
+}
+
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/status", get(handlers::status))
@@ -90,6 +104,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/mining/template", get(mining::template))
         .route("/mining/submit", post(mining::submit))
         .route("/metrics", get(handlers::metrics))
+        .route("/openapi.json", get(openapi))
         // The original ChainCore API's paths.
         .route("/balance/{address}", get(legacy::balance))
         .route("/utxos/{address}", get(legacy::utxos))
@@ -123,4 +138,26 @@ pub async fn serve(
         }
     });
     Ok((addr, task))
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every route of the router is documented, and nothing else is.
+    #[test]
+    fn openapi_lists_exactly_the_routes() {
+        let doc: serde_json::Value = serde_json::from_str(super::OPENAPI).unwrap();
+        let mut documented: Vec<String> =
+            doc["paths"].as_object().unwrap().keys().cloned().collect();
+        documented.sort();
+        let source = include_str!("mod.rs");
+        let mut routed: Vec<String> = source
+            .split(".route(\"")
+            .skip(1)
+            .filter_map(|rest| rest.split('"').next())
+            .map(str::to_string)
+            .collect();
+        routed.sort();
+        routed.dedup();
+        assert_eq!(documented, routed);
+    }
 }

@@ -569,3 +569,56 @@ fn the_original_apis_paths_still_answer() {
     );
     node.stop();
 }
+
+#[test]
+fn every_documented_path_answers_from_a_handler() {
+    let chain = crate::common::prefix(12);
+    let dir = tempfile::tempdir().unwrap();
+    let file = block_file(dir.path(), "chain.dat", &chain.blocks[1..]);
+    let mut node = NodeProcess::start(
+        &dir.path().join("n"),
+        &["--connect-only", "--import", file.to_str().unwrap()],
+    );
+    node.wait_for("import done", Duration::from_secs(60));
+    let api = node.api_addr();
+    let (status, doc) = get(api, "/openapi.json");
+    assert_eq!(status, 200);
+    let address = key(1).address(Network::Regtest).to_string();
+    let tip = chain.tip().hash().to_string();
+    let txid = chain.tip().transactions[0].txid().to_string();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        let Some(op) = item.get("get") else { continue };
+        let mut url = path
+            .replace("{address}", &address)
+            .replace("{hash}", &tip)
+            .replace("{txid}", &txid)
+            .replace("{height}", "1");
+        let query: Vec<String> = op["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["in"] == "query" && p["required"] == true)
+            .map(|p| match p["name"].as_str().unwrap() {
+                "address" => format!("address={address}"),
+                name => format!("{name}=1"),
+            })
+            .collect();
+        if !query.is_empty() {
+            url = format!("{url}?{}", query.join("&"));
+        }
+        let (status, body) = http(api, "GET", &url, "");
+        assert!(
+            !body.contains("no such endpoint"),
+            "{url} fell through to the fallback"
+        );
+        assert_eq!(status, 200, "{url}: {body}");
+        let text = op["responses"]["200"]["content"]
+            .get("text/plain")
+            .is_some();
+        if !text {
+            serde_json::from_str::<Value>(&body)
+                .unwrap_or_else(|e| panic!("{url}: not JSON ({e}): {body}"));
+        }
+    }
+    node.stop();
+}
