@@ -11,11 +11,26 @@ use chaincore::consensus::merkle::root_from_branch;
 use chaincore::consensus::params::Network;
 use chaincore::consensus::transaction::{OutPoint, Transaction, TxOut};
 use chaincore::encoding::Decode;
-use chaincore::testkit::process::{http, http_with_headers};
+use chaincore::testkit::process::{http, http_with_headers, Node};
 use chaincore::testkit::{fan_out_chain, key, signed_spend};
 use serde_json::{json, Value};
 
 use crate::common::{block_file, NodeProcess};
+
+/// A node that imported `blocks` (those after genesis), and its API address.
+fn node_with(
+    blocks: &[chaincore::consensus::block::Block],
+) -> (tempfile::TempDir, Node, SocketAddr) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = block_file(dir.path(), "chain.dat", blocks);
+    let mut node = NodeProcess::start(
+        &dir.path().join("n"),
+        &["--connect-only", "--import", file.to_str().unwrap()],
+    );
+    node.wait_for("import done", Duration::from_secs(120));
+    let api = node.api_addr();
+    (dir, node, api)
+}
 
 fn get(api: SocketAddr, path: &str) -> (u16, Value) {
     let (status, body) = http(api, "GET", path, "");
@@ -60,14 +75,7 @@ fn rest_endpoints_answer_and_refuse_as_documented() {
     for _ in 0..7 {
         chain.mine_empty(key(9).pubkey_hash());
     }
-    let dir = tempfile::tempdir().unwrap();
-    let file = block_file(dir.path(), "chain.dat", &chain.blocks[1..]);
-    let mut node = NodeProcess::start(
-        &dir.path().join("n"),
-        &["--connect-only", "--import", file.to_str().unwrap()],
-    );
-    node.wait_for("import done", Duration::from_secs(120));
-    let api = node.api_addr();
+    let (_dir, node, api) = node_with(&chain.blocks[1..]);
     let tip = chain.tip().hash().to_string();
     let height = chain.height();
 
@@ -341,14 +349,7 @@ fn miners_get_templates_and_submit_blocks_or_headers() {
     use chaincore::mining::solve_block;
 
     let chain = crate::common::prefix(14);
-    let dir = tempfile::tempdir().unwrap();
-    let file = block_file(dir.path(), "chain.dat", &chain.blocks[1..]);
-    let mut node = NodeProcess::start(
-        &dir.path().join("n"),
-        &["--connect-only", "--import", file.to_str().unwrap()],
-    );
-    node.wait_for("import done", Duration::from_secs(60));
-    let api = node.api_addr();
+    let (_dir, node, api) = node_with(&chain.blocks[1..]);
     let (outpoint, utxo) = chain.spendable(key(1).pubkey_hash())[0];
     let tx = signed_spend(
         &[(outpoint, utxo.output, &key(1))],
@@ -509,14 +510,7 @@ fn operator_adds_and_removes_peers_and_reads_fee_estimates() {
 #[test]
 fn the_original_apis_paths_still_answer() {
     let chain = crate::common::prefix(12);
-    let dir = tempfile::tempdir().unwrap();
-    let file = block_file(dir.path(), "chain.dat", &chain.blocks[1..]);
-    let mut node = NodeProcess::start(
-        &dir.path().join("n"),
-        &["--connect-only", "--import", file.to_str().unwrap()],
-    );
-    node.wait_for("import done", Duration::from_secs(60));
-    let api = node.api_addr();
+    let (_dir, node, api) = node_with(&chain.blocks[1..]);
     let address = key(1).address(Network::Regtest).to_string();
     let (status, balance) = get(api, &format!("/balance/{address}"));
     assert_eq!(status, 200);
@@ -573,14 +567,7 @@ fn the_original_apis_paths_still_answer() {
 #[test]
 fn every_documented_path_answers_from_a_handler() {
     let chain = crate::common::prefix(12);
-    let dir = tempfile::tempdir().unwrap();
-    let file = block_file(dir.path(), "chain.dat", &chain.blocks[1..]);
-    let mut node = NodeProcess::start(
-        &dir.path().join("n"),
-        &["--connect-only", "--import", file.to_str().unwrap()],
-    );
-    node.wait_for("import done", Duration::from_secs(60));
-    let api = node.api_addr();
+    let (_dir, node, api) = node_with(&chain.blocks[1..]);
     let (status, doc) = get(api, "/openapi.json");
     assert_eq!(status, 200);
     let address = key(1).address(Network::Regtest).to_string();
