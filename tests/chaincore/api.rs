@@ -32,6 +32,15 @@ fn node_with(
     (dir, node, api)
 }
 
+/// Asserts that the request is refused with `status` and the JSON error `code`.
+fn refuses(api: SocketAddr, method: &str, path: &str, body: &str, status: u16, code: &str) {
+    assert_eq!(
+        error_code(api, method, path, body),
+        (status, code.to_string()),
+        "{method} {path}"
+    );
+}
+
 fn get(api: SocketAddr, path: &str) -> (u16, Value) {
     let (status, body) = http(api, "GET", path, "");
     let value = serde_json::from_str(&body).unwrap_or(Value::String(body));
@@ -92,14 +101,8 @@ fn rest_endpoints_answer_and_refuse_as_documented() {
         .map(|b| b["height"].as_u64().unwrap())
         .collect();
     assert_eq!(heights, vec![5, 4, 3]);
-    assert_eq!(
-        error_code(api, "GET", "/blocks?limit=0", ""),
-        (400, "invalid-limit".into())
-    );
-    assert_eq!(
-        error_code(api, "GET", "/blocks?limit=1000", ""),
-        (400, "invalid-limit".into())
-    );
+    refuses(api, "GET", "/blocks?limit=0", "", 400, "invalid-limit");
+    refuses(api, "GET", "/blocks?limit=1000", "", 400, "invalid-limit");
     let busy_hash = busy.hash().to_string();
     let (status, headers, body) = http_with_headers(api, "GET", &format!("/block/{busy_hash}"), "");
     assert_eq!(status, 200);
@@ -118,26 +121,21 @@ fn rest_endpoints_answer_and_refuse_as_documented() {
             .any(|(k, v)| k == "cache-control" && v == "no-cache"),
         "{headers:?}"
     );
-    assert_eq!(
-        error_code(api, "GET", &format!("/block/{}", "ab".repeat(32)), ""),
-        (404, "not-found".into())
+    refuses(
+        api,
+        "GET",
+        &format!("/block/{}", "ab".repeat(32)),
+        "",
+        404,
+        "not-found",
     );
-    assert_eq!(
-        error_code(api, "GET", "/block/xyz", ""),
-        (400, "invalid-hash".into())
-    );
+    refuses(api, "GET", "/block/xyz", "", 400, "invalid-hash");
     assert_eq!(
         http(api, "GET", &format!("/block-height/{}", height - 7), "").1,
         busy_hash
     );
-    assert_eq!(
-        error_code(api, "GET", "/block-height/99999", ""),
-        (404, "not-found".into())
-    );
-    assert_eq!(
-        error_code(api, "GET", "/block-height/minus", ""),
-        (400, "invalid-height".into())
-    );
+    refuses(api, "GET", "/block-height/99999", "", 404, "not-found");
+    refuses(api, "GET", "/block-height/minus", "", 400, "invalid-height");
     assert_eq!(
         http(api, "GET", &format!("/block/{busy_hash}/header"), "").1,
         hex::encode(busy.header.to_array())
@@ -150,9 +148,13 @@ fn rest_endpoints_answer_and_refuse_as_documented() {
     let (_, second) = get(api, &format!("/block/{busy_hash}/txs?cursor={next}"));
     assert_eq!(second["txs"].as_array().unwrap().len(), 6);
     assert!(second["next_cursor"].is_null());
-    assert_eq!(
-        error_code(api, "GET", &format!("/block/{busy_hash}/txs?cursor=x"), ""),
-        (400, "invalid-cursor".into())
+    refuses(
+        api,
+        "GET",
+        &format!("/block/{busy_hash}/txs?cursor=x"),
+        "",
+        400,
+        "invalid-cursor",
     );
 
     // Transactions.
@@ -191,10 +193,7 @@ fn rest_endpoints_answer_and_refuse_as_documented() {
             "{path}"
         );
     }
-    assert_eq!(
-        error_code(api, "GET", "/tx/nothex/status", ""),
-        (400, "invalid-txid".into())
-    );
+    refuses(api, "GET", "/tx/nothex/status", "", 400, "invalid-txid");
 
     // Addresses: more than 1 000 UTXOs over two pages.
     let address = rich.address(Network::Regtest).to_string();
@@ -272,14 +271,22 @@ fn rest_endpoints_answer_and_refuse_as_documented() {
     let last = corrupted.len() - 1;
     corrupted[last] = if corrupted[last] == b'a' { b'b' } else { b'a' };
     let corrupted = String::from_utf8(corrupted).unwrap();
-    assert_eq!(
-        error_code(api, "GET", &format!("/address/{corrupted}"), ""),
-        (400, "bad-checksum".into())
+    refuses(
+        api,
+        "GET",
+        &format!("/address/{corrupted}"),
+        "",
+        400,
+        "bad-checksum",
     );
     let mainnet = rich.address(Network::Main).to_string();
-    assert_eq!(
-        error_code(api, "GET", &format!("/address/{mainnet}"), ""),
-        (400, "wrong-network".into())
+    refuses(
+        api,
+        "GET",
+        &format!("/address/{mainnet}"),
+        "",
+        400,
+        "wrong-network",
     );
     let other = key(5).address(Network::Regtest).to_string();
     let (status, body) = http(
@@ -323,22 +330,17 @@ fn rest_endpoints_answer_and_refuse_as_documented() {
     assert!(state["utxo_digest"].as_str().unwrap().len() == 64);
     assert_eq!(get(api, "/peers").1, json!([]));
     assert_eq!(get(api, "/mempool").1["count"], 0);
-    assert_eq!(
-        error_code(api, "POST", "/tx", "zz"),
-        (400, "invalid-hex".into())
+    refuses(api, "POST", "/tx", "zz", 400, "invalid-hex");
+    refuses(api, "POST", "/tx", "00", 400, "invalid-transaction");
+    refuses(
+        api,
+        "POST",
+        "/tx",
+        &"00".repeat(300_000),
+        413,
+        "body-too-large",
     );
-    assert_eq!(
-        error_code(api, "POST", "/tx", "00"),
-        (400, "invalid-transaction".into())
-    );
-    assert_eq!(
-        error_code(api, "POST", "/tx", &"00".repeat(300_000)),
-        (413, "body-too-large".into())
-    );
-    assert_eq!(
-        error_code(api, "GET", "/no/such/thing", ""),
-        (404, "not-found".into())
-    );
+    refuses(api, "GET", "/no/such/thing", "", 404, "not-found");
     node.stop();
 }
 
@@ -411,26 +413,25 @@ fn miners_get_templates_and_submit_blocks_or_headers() {
     assert_eq!(get(api, "/blocks/tip/height").1, json!(chain.height() + 2));
 
     // Errors.
-    assert_eq!(
-        error_code(api, "GET", "/mining/template", ""),
-        (400, "missing-address".into())
+    refuses(api, "GET", "/mining/template", "", 400, "missing-address");
+    refuses(
+        api,
+        "GET",
+        "/mining/template?address=nope",
+        "",
+        400,
+        "invalid-address",
     );
-    assert_eq!(
-        error_code(api, "GET", "/mining/template?address=nope", ""),
-        (400, "invalid-address".into())
+    refuses(api, "POST", "/mining/submit", "xyz", 400, "invalid-hex");
+    refuses(
+        api,
+        "POST",
+        "/mining/submit",
+        &"11".repeat(80),
+        400,
+        "unknown-template",
     );
-    assert_eq!(
-        error_code(api, "POST", "/mining/submit", "xyz"),
-        (400, "invalid-hex".into())
-    );
-    assert_eq!(
-        error_code(api, "POST", "/mining/submit", &"11".repeat(80)),
-        (400, "unknown-template".into())
-    );
-    assert_eq!(
-        error_code(api, "POST", "/mining/submit", "0011"),
-        (400, "invalid-block".into())
-    );
+    refuses(api, "POST", "/mining/submit", "0011", 400, "invalid-block");
     let (_, template) = get(api, &format!("/mining/template?address={miner}"));
     let mut stray =
         Block::from_bytes(&hex::decode(template["block_hex"].as_str().unwrap()).unwrap()).unwrap();
@@ -490,10 +491,7 @@ fn operator_adds_and_removes_peers_and_reads_fee_estimates() {
         ),
         (400, "invalid-peer".into())
     );
-    assert_eq!(
-        error_code(api, "DELETE", "/peers/nowhere", ""),
-        (400, "invalid-peer".into())
-    );
+    refuses(api, "DELETE", "/peers/nowhere", "", 400, "invalid-peer");
     let (status, estimates) = get(api, "/fee-estimates");
     assert_eq!(status, 200);
     for target in ["1", "2", "3", "6", "12", "25", "144"] {
@@ -539,13 +537,21 @@ fn the_original_apis_paths_still_answer() {
         .map(|b| b["height"].as_u64().unwrap())
         .collect();
     assert_eq!(heights, vec![2, 3, 4]);
-    assert_eq!(
-        error_code(api, "GET", "/blocks/range?start=5&end=1", ""),
-        (400, "invalid-range".into())
+    refuses(
+        api,
+        "GET",
+        "/blocks/range?start=5&end=1",
+        "",
+        400,
+        "invalid-range",
     );
-    assert_eq!(
-        error_code(api, "GET", "/blocks/range?start=0&end=500", ""),
-        (400, "invalid-range".into())
+    refuses(
+        api,
+        "GET",
+        "/blocks/range?start=0&end=500",
+        "",
+        400,
+        "invalid-range",
     );
     assert_eq!(get(api, "/chain/info").1["height"], 12);
     assert_eq!(
@@ -557,10 +563,7 @@ fn the_original_apis_paths_still_answer() {
         get(api, "/network_config").1["genesis_hash"],
         json!(Network::Regtest.params().genesis_hash().to_string())
     );
-    assert_eq!(
-        error_code(api, "GET", "/balance/bad", ""),
-        (400, "invalid-address".into())
-    );
+    refuses(api, "GET", "/balance/bad", "", 400, "invalid-address");
     node.stop();
 }
 

@@ -10,7 +10,7 @@ use chaincore::consensus::address::Address;
 use chaincore::consensus::block::Block;
 use chaincore::consensus::params::Network;
 use chaincore::mirror::{self, LoadMode, MirrorStatus};
-use chaincore::testkit::key;
+use chaincore::testkit::{key, TestChain};
 use tokio_postgres::{Client, NoTls};
 
 use crate::common::{block_file, chain_with_spends, chaincore, prefix, stored_tip, NodeProcess};
@@ -74,8 +74,21 @@ impl Drop for TestDb {
     }
 }
 
-fn open_chain(dir: &tempfile::TempDir) -> Chain {
-    chaincore::testkit::regtest_chain(dir.path())
+/// A regtest chain in a temp dir holding `prefix_len` blocks mined to
+/// key(1), then `len` blocks of `txs` spends each from key(1) to key(3);
+/// with the builder of the prefix and the spending blocks.
+fn spent_chain(
+    prefix_len: usize,
+    len: usize,
+    txs: usize,
+) -> (tempfile::TempDir, Chain, TestChain, Vec<Block>) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut chain = chaincore::testkit::regtest_chain(dir.path());
+    let base = prefix(prefix_len);
+    let (_, blocks) = chain_with_spends(&base, len, txs, &key(3), &key(5));
+    feed(&mut chain, &base.blocks[1..]);
+    feed(&mut chain, &blocks);
+    (dir, chain, base, blocks)
 }
 
 fn feed(chain: &mut Chain, blocks: &[Block]) {
@@ -129,12 +142,7 @@ async fn assert_consistent(client: &Client, chain: &Chain) {
 fn balances_match_after_blocks_and_after_reorgs_of_depth_3_and_20() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let db = TestDb::new(&rt);
-    let dir = tempfile::tempdir().unwrap();
-    let mut chain = open_chain(&dir);
-    let base = prefix(20);
-    let (_, a) = chain_with_spends(&base, 25, 4, &key(3), &key(5));
-    feed(&mut chain, &base.blocks[1..]);
-    feed(&mut chain, &a);
+    let (_dir, mut chain, base, a) = spent_chain(20, 25, 4);
     rt.block_on(async {
         let mut client = mirror::connect(&db.url, Network::Regtest).await.unwrap();
         catch_up(&mut client, &chain, 10).await;
@@ -181,12 +189,7 @@ fn balances_match_after_blocks_and_after_reorgs_of_depth_3_and_20() {
 fn terminated_connections_mid_catch_up_still_converge() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let db = TestDb::new(&rt);
-    let dir = tempfile::tempdir().unwrap();
-    let mut chain = open_chain(&dir);
-    let base = prefix(12);
-    let (_, blocks) = chain_with_spends(&base, 600, 2, &key(3), &key(5));
-    feed(&mut chain, &base.blocks[1..]);
-    feed(&mut chain, &blocks);
+    let (_dir, chain, base, blocks) = spent_chain(12, 600, 2);
     let store = chain.store().clone();
     let status = Arc::new(Mutex::new(MirrorStatus::default()));
     rt.block_on(async {
@@ -260,12 +263,7 @@ async fn schema_of(client: &Client) -> Vec<(String, String, String)> {
 fn migrations_applied_twice_change_nothing_and_verify_finds_planted_damage() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let db = TestDb::new(&rt);
-    let dir = tempfile::tempdir().unwrap();
-    let mut chain = open_chain(&dir);
-    let base = prefix(12);
-    let (_, blocks) = chain_with_spends(&base, 5, 2, &key(3), &key(5));
-    feed(&mut chain, &base.blocks[1..]);
-    feed(&mut chain, &blocks);
+    let (dir, chain, _, _) = spent_chain(12, 5, 2);
     rt.block_on(async {
         let mut client = db.client().await;
         assert_eq!(mirror::migrate::migrate(&mut client).await.unwrap(), 1);
