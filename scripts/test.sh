@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs ChainCore's whole test suite on a fresh Debian machine: installs what is
 # missing (a C toolchain and libclang for RocksDB's bindings, tshark for the
-# dissector tests, a PostgreSQL server when none answers), then runs the
+# dissector tests, schemathesis for the REST contract test, a PostgreSQL
+# server when none answers), then runs the
 # tests, clippy and rustfmt.
 # `.ci/run` calls exactly this script.
 set -euo pipefail
@@ -44,6 +45,17 @@ if ! pg_isready -q -h "$pg_host" -p "$pg_port"; then
     exit 1
   }
 fi
+
+# Schemathesis (from PyPI, pinned) for the REST contract test, in a venv of
+# its own so the system Python stays untouched.
+venv="${CHAINCORE_VENV:-/var/tmp/chaincore-venv}"
+schemathesis_version=4.32.5
+if ! "$venv/bin/st" --version 2>/dev/null | grep -q "$schemathesis_version"; then
+  command -v python3 >/dev/null 2>&1 || apt_install python3
+  python3 -m venv "$venv" 2>/dev/null || { apt_install python3-venv; python3 -m venv "$venv"; }
+  "$venv/bin/pip" install -q "schemathesis==$schemathesis_version"
+fi
+export CHAINCORE_SCHEMATHESIS="$venv/bin/st"
 
 # The toolchain's lint and format components.
 if ! cargo clippy --version >/dev/null 2>&1 || ! cargo fmt --version >/dev/null 2>&1; then

@@ -17,6 +17,7 @@ pub mod encoding;
 pub mod fuzzing;
 #[cfg(feature = "node")]
 pub mod mempool;
+pub mod miner;
 pub mod mining;
 #[cfg(feature = "node")]
 pub mod mirror;

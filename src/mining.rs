@@ -82,3 +82,41 @@ pub fn solve_block(block: &mut Block) {
         block.header.time += 1;
     }
 }
+
+/// Gives `block` a new header to search once its nonce space is exhausted:
+/// bumps the coinbase's extra nonce and recomputes the merkle root.
+pub fn roll_extra_nonce(block: &mut Block) {
+    use crate::consensus::transaction::TxIn;
+    let coinbase = block
+        .transactions
+        .first_mut()
+        .expect("a template has a coinbase");
+    match coinbase.inputs.as_mut_slice() {
+        [TxIn::Coinbase { extra_nonce, .. }] => *extra_nonce = extra_nonce.wrapping_add(1),
+        _ => panic!("the first transaction of a template is a coinbase"),
+    }
+    block.header.merkle_root = merkle_root(&block.txids()).0;
+    block.header.nonce = 0;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consensus::params::Network;
+    use crate::testkit::{payee, TestChain};
+
+    #[test]
+    fn rolling_the_extra_nonce_changes_the_coinbase_and_commits_to_it() {
+        let chain = TestChain::new(Network::Regtest);
+        let mut block = chain.build_block(payee(1), vec![]);
+        let (before_root, before_txid) = (block.header.merkle_root, block.transactions[0].txid());
+        roll_extra_nonce(&mut block);
+        assert_ne!(block.transactions[0].txid(), before_txid);
+        assert_ne!(block.header.merkle_root, before_root);
+        assert_eq!(block.header.merkle_root, merkle_root(&block.txids()).0);
+        assert_eq!(
+            block.transactions[0].coinbase_height(),
+            Some(chain.height() + 1)
+        );
+    }
+}

@@ -1,7 +1,9 @@
 //! Blocks, transactions and addresses for explorers and wallets, in
 //! esplora's shapes, with cursor pagination for long lists.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
+
+use super::extract::{Path, Query};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -326,15 +328,25 @@ pub async fn address_utxo(
                 .store()
                 .address_utxos(&address.hash, after.as_ref(), limit + 1)?;
             let more = utxos.len() > limit;
+            let utxos = &utxos[..utxos.len().min(limit)];
+            // The address index has no coinbase flag: one multi-get of the
+            // page's UTXOs tells which are immature block rewards.
+            let outpoints: Vec<OutPoint> = utxos.iter().map(|(o, _, _)| *o).collect();
+            let records = chain.store().utxos(&outpoints)?;
+            let next_height = chain.tip().height + 1;
+            let maturity = chain.params().coinbase_maturity;
             let page: Vec<Value> = utxos
                 .iter()
-                .take(limit)
-                .map(|(outpoint, amount, height)| {
+                .zip(records)
+                .map(|((outpoint, amount, height), record)| {
+                    let coinbase = record.is_some_and(|u| u.is_coinbase);
                     json!({
                         "txid": outpoint.txid,
                         "vout": outpoint.vout,
                         "value": amount.units(),
                         "status": { "confirmed": true, "block_height": height },
+                        "coinbase": coinbase,
+                        "mature": !coinbase || next_height - height >= maturity,
                         "spent_in_mempool": pool.spender_of(outpoint).is_some(),
                     })
                 })

@@ -1,12 +1,18 @@
 //! Handlers. Shapes follow esplora where it has a counterpart.
 
-use axum::extract::{Path, State};
+use std::collections::HashMap;
+
+use axum::extract::State;
+
+use super::extract::Path;
 use axum::Json;
 use serde_json::{json, Value};
 
 use super::{ApiError, ApiState};
+use crate::consensus::address::Address;
 use crate::consensus::hash::Txid;
-use crate::consensus::transaction::Transaction;
+use crate::consensus::params::Network;
+use crate::consensus::transaction::{OutPoint, Transaction, TxIn, TxOut};
 use crate::encoding::{Decode, Encode};
 
 pub async fn not_found() -> ApiError {
@@ -23,6 +29,7 @@ fn parse_txid(s: &str) -> Result<Txid, ApiError> {
 pub async fn status(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
     let network = state.network.status();
     let uptime = state.started.elapsed().as_secs();
+    let hashrate = state.hashrate.load(std::sync::atomic::Ordering::Relaxed);
     let mirror = state
         .mirror
         .as_ref()
@@ -51,6 +58,7 @@ pub async fn status(State(state): State<ApiState>) -> Result<Json<Value>, ApiErr
                     "utxo_digest": tip.utxo_digest,
                 },
                 "orphan_blocks": chain.orphan_count(),
+                "mining": { "hashrate": hashrate },
                 "mirror": mirror,
             })))
         })
@@ -130,14 +138,12 @@ pub async fn get_tx(
     let txid = parse_txid(&txid)?;
     state
         .with_state(move |chain, pool| {
+            let network = chain.params().network;
             if let Some(entry) = pool.get(&txid) {
-                return Ok(Json(json!({
-                    "txid": txid,
-                    "size": entry.size,
-                    "fee": entry.fee.units(),
-                    "status": { "confirmed": false },
-                    "hex": hex::encode(entry.tx.to_bytes()),
-                })));
+                let mut value = tx_json(network, &entry.tx, &entry.spent);
+                value["fee"] = json!(entry.fee.units());
+                value["status"] = json!({ "confirmed": false });
+                return Ok(Json(value));
             }
             let location = chain
                 .store()
@@ -147,19 +153,81 @@ pub async fn get_tx(
                 ApiError::internal(format!("block {} of {txid} missing", location.block))
             })?;
             let tx = &block.transactions[location.position as usize];
-            Ok(Json(json!({
-                "txid": txid,
-                "size": tx.encoded_len(),
-                "status": {
-                    "confirmed": true,
-                    "block_height": location.height,
-                    "block_hash": location.block,
-                    "block_time": block.header.time,
-                },
-                "hex": hex::encode(tx.to_bytes()),
-            })))
+            // The outputs it spent are in its block's undo data.
+            let undo: HashMap<OutPoint, TxOut> = chain
+                .store()
+                .undo(&location.block)?
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(outpoint, utxo)| (outpoint, utxo.output))
+                .collect();
+            let spent = tx
+                .inputs
+                .iter()
+                .filter(|input| !matches!(input, TxIn::Coinbase { .. }))
+                .map(|input| {
+                    undo.get(&input.prevout()).copied().ok_or_else(|| {
+                        ApiError::internal(format!("undo data of {txid}'s block is missing"))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut value = tx_json(network, tx, &spent);
+            value["status"] = json!({
+                "confirmed": true,
+                "block_height": location.height,
+                "block_hash": location.block,
+                "block_time": block.header.time,
+            });
+            Ok(Json(value))
         })
         .await
+}
+
+/// A transaction in esplora's shape: `vin` with each input's previous
+/// output (`spent`, in input order; empty for a coinbase), `vout`, and the
+/// fee (0 for a coinbase). The caller adds `status`.
+pub fn tx_json(network: Network, tx: &Transaction, spent: &[TxOut]) -> Value {
+    let address = |out: &TxOut| Address::new(network, out.owner).to_string();
+    let vin: Vec<Value> = match tx.inputs.as_slice() {
+        [TxIn::Coinbase {
+            height,
+            extra_nonce,
+        }] => vec![json!({
+            "is_coinbase": true,
+            "height": height,
+            "extra_nonce": extra_nonce,
+        })],
+        inputs => inputs
+            .iter()
+            .zip(spent)
+            .map(|(input, prev)| {
+                let prevout = input.prevout();
+                json!({
+                    "is_coinbase": false,
+                    "txid": prevout.txid,
+                    "vout": prevout.vout,
+                    "prevout": { "address": address(prev), "value": prev.amount.units() },
+                })
+            })
+            .collect(),
+    };
+    let vout: Vec<Value> = tx
+        .outputs
+        .iter()
+        .map(|out| json!({ "address": address(out), "value": out.amount.units() }))
+        .collect();
+    let inputs: u64 = spent.iter().map(|o| o.amount.units()).sum();
+    let outputs: u64 = tx.outputs.iter().map(|o| o.amount.units()).sum();
+    json!({
+        "txid": tx.txid(),
+        "version": tx.version,
+        "locktime": tx.lock_time,
+        "size": tx.encoded_len(),
+        "vin": vin,
+        "vout": vout,
+        "fee": if tx.is_coinbase() { 0 } else { inputs.saturating_sub(outputs) },
+        "hex": hex::encode(tx.to_bytes()),
+    })
 }
 
 /// `GET /address/{address}`: esplora's shape (`chain_stats`,
@@ -194,6 +262,8 @@ pub async fn metrics(
     State(state): State<ApiState>,
 ) -> Result<([(axum::http::header::HeaderName, &'static str); 1], String), ApiError> {
     let network = state.network.status();
+    let hashrate = state.hashrate.load(std::sync::atomic::Ordering::Relaxed);
+    let latency = state.latency.clone();
     let mirror = state
         .mirror
         .as_ref()
@@ -215,6 +285,7 @@ pub async fn metrics(
             gauge("chaincore_orphan_blocks", "Blocks waiting for their parent.", chain.orphan_count() as f64);
             gauge("chaincore_utxo_count", "Unspent outputs.", tip.utxo_count as f64);
             gauge("chaincore_utxo_total_units", "Sum of all unspent outputs, base units.", tip.utxo_total as f64);
+            gauge("chaincore_mining_hashrate", "Hashes per second of the node's own miner (0: not mining).", hashrate as f64);
             if let Some(m) = &mirror {
                 gauge("chaincore_mirror_height", "Height of the PostgreSQL mirror's watermark (-1: none).", m.height.map_or(-1.0, f64::from));
                 gauge("chaincore_mirror_lag_blocks", "Blocks the mirror is behind the tip.", f64::from(m.lag));
@@ -227,6 +298,8 @@ pub async fn metrics(
                 let _ = writeln!(out, "chaincore_misbehaviour_total{{reason=\"{reason}\"}} {count}");
             }
             let _ = writeln!(out, "# HELP chaincore_unknown_commands_total Frames with an unknown command (ignored).\n# TYPE chaincore_unknown_commands_total counter\nchaincore_unknown_commands_total {}", network.counters.unknown_commands);
+            write_traffic(&mut out, &crate::p2p::traffic::TRAFFIC.snapshot());
+            write_latency(&mut out, &latency.snapshot());
             Ok(out)
         })
         .await?;
@@ -237,6 +310,59 @@ pub async fn metrics(
         )],
         body,
     ))
+}
+
+/// P2P messages and bytes by command and direction.
+fn write_traffic(
+    out: &mut String,
+    table: &std::collections::BTreeMap<&'static str, crate::p2p::traffic::CommandTraffic>,
+) {
+    use std::fmt::Write;
+    for (name, help, bytes) in [
+        (
+            "chaincore_p2p_messages_total",
+            "P2P messages by command and direction.",
+            false,
+        ),
+        (
+            "chaincore_p2p_bytes_total",
+            "P2P frame bytes (header and payload) by command and direction.",
+            true,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (command, traffic) in table {
+            for (direction, counts) in [("in", traffic.received), ("out", traffic.sent)] {
+                let value = if bytes { counts.bytes } else { counts.messages };
+                let _ = writeln!(
+                    out,
+                    "{name}{{command=\"{command}\",direction=\"{direction}\"}} {value}"
+                );
+            }
+        }
+    }
+}
+
+/// REST latency histograms by route.
+fn write_latency(
+    out: &mut String,
+    table: &std::collections::BTreeMap<(String, String), super::latency::RouteLatency>,
+) {
+    use std::fmt::Write;
+    let name = "chaincore_api_request_duration_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} REST request latency by route.\n# TYPE {name} histogram"
+    );
+    for ((method, route), h) in table {
+        let labels = format!("method=\"{method}\",route=\"{route}\"");
+        for (count, bound) in h.buckets.iter().zip(super::latency::LATENCY_BUCKETS) {
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {count}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", h.count);
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", h.sum_secs);
+        let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.count);
+    }
 }
 
 /// Confirmation targets answered by `/fee-estimates`, in blocks.

@@ -3,7 +3,9 @@
 //! amounts as integer base units (the original's floats are gone) plus a
 //! decimal CC string for display.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
+
+use super::extract::{Path, Query};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};

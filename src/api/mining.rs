@@ -9,19 +9,20 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use axum::extract::{Query, State};
+use axum::extract::State;
+
+use super::extract::Query;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{ApiError, ApiState};
-use crate::chain::{unix_now, BlockOutcome};
+use crate::chain::BlockOutcome;
 use crate::consensus::block::{Block, BlockHeader, HEADER_LEN};
 use crate::consensus::hash::Hash256;
 use crate::consensus::pow::target_from_compact;
 use crate::encoding::{Decode, Encode};
-use crate::mempool::Mempool;
-use crate::mining::{assemble_block, BlockTemplateHeader};
+use crate::node::producer::node_template;
 
 /// Templates remembered for header-only submissions.
 pub const MAX_TEMPLATES: usize = 32;
@@ -63,26 +64,14 @@ pub async fn template(
     state
         .with_state(move |chain, pool| {
             let payout = super::explorer::address_of(chain, &address)?;
-            let tip = chain.tip();
-            let ctx = chain.context_after(&tip.hash).expect("the tip is indexed");
-            let (txs, fees) = pool.select_for_block(chain, Mempool::block_space());
-            let header = BlockTemplateHeader {
-                prev_hash: tip.hash,
-                height: ctx.height,
-                time: unix_now().max(ctx.median_time_past + 1),
-                bits: ctx.expected_bits,
-            };
-            let block = assemble_block(
-                chain.params(),
-                header,
-                payout.hash,
-                rand::random(),
-                fees,
-                txs,
-            );
+            let ctx = chain
+                .context_after(&chain.tip().hash)
+                .expect("the tip is indexed");
+            let (block, fees) = node_template(chain, pool, payout.hash, rand::random());
+            let header = block.header;
             let target = target_from_compact(header.bits).map_err(ApiError::internal)?;
             let value = json!({
-                "height": header.height,
+                "height": ctx.height,
                 "prev_hash": header.prev_hash,
                 "bits": format!("{:08x}", header.bits),
                 "target": format!("{target:064x}"),

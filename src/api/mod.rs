@@ -6,7 +6,9 @@
 mod admin;
 mod error;
 mod explorer;
+mod extract;
 mod handlers;
+mod latency;
 mod legacy;
 mod mining;
 
@@ -22,6 +24,7 @@ use crate::chain::Chain;
 use crate::mempool::Mempool;
 use crate::p2p::NetworkHandle;
 pub use error::ApiError;
+pub use latency::Latency;
 pub use mining::Templates;
 
 /// Largest request body: a maximum-size standard transaction in hex, with
@@ -41,6 +44,11 @@ pub struct ApiState {
     pub admin_token: Option<String>,
     /// Block templates handed out, for header-only submissions.
     pub templates: Arc<Mutex<mining::Templates>>,
+    /// Hash rate of the node's own miner (hashes per second; 0 when it does
+    /// not mine).
+    pub hashrate: Arc<std::sync::atomic::AtomicU64>,
+    /// Request latency by route.
+    pub latency: Arc<Latency>,
 }
 
 impl ApiState {
@@ -76,6 +84,7 @@ async fn openapi() -> (
 }
 
 pub fn router(state: ApiState) -> Router {
+    let latency = state.latency.clone();
     Router::new()
         .route("/status", get(handlers::status))
         .route("/blocks/tip/height", get(handlers::tip_height))
@@ -116,6 +125,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/orphaned_blocks", get(legacy::orphaned_blocks))
         .route("/network_config", get(legacy::network_config))
         .fallback(handlers::not_found)
+        .route_layer(axum::middleware::from_fn_with_state(
+            latency,
+            latency::track,
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }

@@ -74,6 +74,9 @@ pub struct NodeArgs {
     /// Pause between mined blocks, in milliseconds.
     #[arg(long, default_value_t = 0, requires = "mine_to")]
     pub mine_interval_ms: u64,
+    /// Threads of the node's miner.
+    #[arg(long, default_value_t = 1, requires = "mine_to")]
+    pub mine_threads: usize,
     /// Feed the blocks of a block file (u32 LE length + block, repeated)
     /// to the chain at start.
     #[arg(long)]
@@ -172,6 +175,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 mine_to,
                 mine_blocks: args.mine_blocks,
                 mine_interval: Duration::from_millis(args.mine_interval_ms),
+                mine_threads: args.mine_threads,
                 import: args.import,
                 sync_writes: !args.no_sync_writes,
                 mempool_max_bytes: args.mempool_max_mb << 20,

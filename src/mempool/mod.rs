@@ -145,6 +145,9 @@ pub struct Mempool {
     pending_readd: Vec<(u32, Vec<Transaction>)>,
     /// Transactions that entered the pool and are not yet announced.
     announce: Vec<Txid>,
+    /// Bumped by every addition and removal: miners compare it to tell
+    /// whether their template is behind the pool.
+    changes: u64,
 }
 
 impl Mempool {
@@ -158,7 +161,13 @@ impl Mempool {
             events: chain.subscribe(),
             pending_readd: Vec::new(),
             announce: Vec::new(),
+            changes: 0,
         }
+    }
+
+    /// A counter that moves whenever the pool's contents change.
+    pub fn changes(&self) -> u64 {
+        self.changes
     }
 
     pub fn len(&self) -> usize {
@@ -333,6 +342,7 @@ impl Mempool {
         }
         self.by_rate.insert((rate, txid));
         self.bytes += size;
+        self.changes += 1;
         self.entries.insert(
             txid,
             MempoolEntry {
@@ -386,6 +396,7 @@ impl Mempool {
     /// Removes one entry (not its descendants).
     fn remove_entry(&mut self, txid: &Txid) -> Option<MempoolEntry> {
         let entry = self.entries.remove(txid)?;
+        self.changes += 1;
         self.by_rate.remove(&(entry.fee_rate(), *txid));
         self.bytes -= entry.size;
         for input in &entry.tx.inputs {

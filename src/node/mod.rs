@@ -3,7 +3,7 @@
 pub mod producer;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,6 +29,8 @@ pub struct NodeConfig {
     pub mine_to: Option<PubKeyHash>,
     pub mine_blocks: Option<u64>,
     pub mine_interval: Duration,
+    /// Threads of the node's miner.
+    pub mine_threads: usize,
     pub import: Option<PathBuf>,
     pub sync_writes: bool,
     /// Byte limit of the mempool.
@@ -79,6 +81,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let mempool = Arc::new(Mutex::new(pool));
     let chain = Arc::new(Mutex::new(chain));
     let stop = Arc::new(AtomicBool::new(false));
+    let hashrate = Arc::new(AtomicU64::new(0));
 
     let (p2p, p2p_thread) = crate::p2p::start(
         crate::p2p::NetworkConfig {
@@ -116,6 +119,8 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             started: std::time::Instant::now(),
             mirror: mirror_status.clone(),
             templates: Default::default(),
+            hashrate: hashrate.clone(),
+            latency: Default::default(),
             admin_token: config.api_admin_token.clone(),
         },
     )
@@ -156,8 +161,12 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     if let Some(payout) = config.mine_to {
         let (chain, mempool, stop) = (chain.clone(), mempool.clone(), stop.clone());
         let (count, interval) = (config.mine_blocks, config.mine_interval);
+        let (threads, hashrate) = (config.mine_threads, hashrate.clone());
         tasks.push(tokio::task::spawn_blocking(move || {
-            let mined = producer::produce_blocks(&chain, &mempool, payout, count, interval, &stop)?;
+            let mined = producer::produce_blocks(
+                &chain, &mempool, payout, count, interval, threads, &hashrate, &stop,
+            )?;
+            hashrate.store(0, Ordering::Relaxed);
             tracing::info!(mined, "block producer finished");
             Ok(())
         }));

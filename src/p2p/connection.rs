@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, FramedWrite};
 
 use super::protocol::PeerId;
+use super::traffic::{TRAFFIC, UNKNOWN_COMMAND};
 use super::Event;
 use crate::wire::constants::{MAX_PAYLOAD, PEER_MESSAGES_PER_SEC, PEER_MESSAGE_BURST};
 use crate::wire::frame::{FrameCodec, FrameError, RawFrame};
@@ -92,6 +93,7 @@ pub async fn run(
                 }
                 match Message::decode(&frame.command, &frame.payload) {
                     Ok(message) => {
+                        TRAFFIC.received(message.command(), frame.payload.len());
                         match &message {
                             Message::Version(_) => saw_version = true,
                             Message::Verack => saw_verack = true,
@@ -105,6 +107,7 @@ pub async fn run(
                         }
                     }
                     Err(MessageError::UnknownCommand(command)) => {
+                        TRAFFIC.received(UNKNOWN_COMMAND, frame.payload.len());
                         let _ = events.send(Event::UnknownCommand(id, command)).await;
                     }
                     Err(error) => {
@@ -120,6 +123,7 @@ pub async fn run(
                     command: message.command().to_string(),
                     payload: Bytes::from(message.encode_payload()),
                 };
+                TRAFFIC.sent(message.command(), frame.payload.len());
                 if output.send(frame).await.is_err() {
                     break;
                 }

@@ -6,6 +6,7 @@
 pub mod addrbook;
 pub mod connection;
 pub mod protocol;
+pub mod traffic;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

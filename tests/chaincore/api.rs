@@ -162,6 +162,33 @@ fn rest_endpoints_answer_and_refuse_as_documented() {
     let txid = spend.txid().to_string();
     let (_, tx) = get(api, &format!("/tx/{txid}"));
     assert_eq!(tx["status"]["confirmed"], true);
+    // Inputs carry the outputs they spent (from the undo data), and the fee
+    // is what they hold beyond the outputs.
+    let vin = tx["vin"].as_array().unwrap();
+    assert_eq!(vin.len(), spend.inputs.len());
+    let mut spent_total = 0;
+    for (input, entry) in spend.inputs.iter().zip(vin) {
+        assert_eq!(entry["txid"], json!(input.prevout().txid));
+        assert_eq!(entry["vout"], input.prevout().vout);
+        let (_, parent) = get(api, &format!("/tx/{}", input.prevout().txid));
+        let out = &parent["vout"][input.prevout().vout as usize];
+        assert_eq!(entry["prevout"], *out);
+        spent_total += out["value"].as_u64().unwrap();
+    }
+    let vout = tx["vout"].as_array().unwrap();
+    for (output, entry) in spend.outputs.iter().zip(vout) {
+        assert_eq!(entry["value"], output.amount.units());
+        assert_eq!(
+            entry["address"],
+            json!(
+                chaincore::consensus::address::Address::new(Network::Regtest, output.owner)
+                    .to_string()
+            )
+        );
+    }
+    let paid: u64 = spend.outputs.iter().map(|o| o.amount.units()).sum();
+    assert_eq!(tx["fee"], spent_total - paid);
+    assert!(spent_total > paid);
     assert_eq!(
         get(api, &format!("/tx/{txid}/status")).1["block_hash"],
         json!(busy_hash)
@@ -228,6 +255,12 @@ fn rest_endpoints_answer_and_refuse_as_documented() {
         .map(|u| u["value"].as_u64().unwrap())
         .sum();
     assert_eq!(json!(sum), summary["balance"]);
+    // Payments, not block rewards: all spendable.
+    assert!(page1["utxos"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|u| u["coinbase"] == false && u["mature"] == true));
     assert_eq!(
         error_code(
             api,

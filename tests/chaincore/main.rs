@@ -9,5 +9,6 @@ mod dissector;
 mod mempool;
 mod mirror;
 mod p2p;
+mod schema;
 mod spec;
 mod vectors;

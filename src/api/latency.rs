@@ -1,0 +1,83 @@
+//! Request latency by route, as a Prometheus histogram for `/metrics`.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+
+/// Upper bounds of the histogram's buckets, in seconds.
+pub const LATENCY_BUCKETS: [f64; 12] = [
+    0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
+];
+
+/// One route's histogram.
+#[derive(Debug, Default, Clone)]
+pub struct RouteLatency {
+    /// Requests at or under each bound of [`LATENCY_BUCKETS`].
+    pub buckets: [u64; LATENCY_BUCKETS.len()],
+    pub count: u64,
+    pub sum_secs: f64,
+}
+
+/// Histograms by (method, route pattern). Routes are the router's patterns
+/// (`/tx/{txid}`), never raw paths, so the table stays small.
+#[derive(Debug, Default)]
+pub struct Latency(Mutex<BTreeMap<(String, String), RouteLatency>>);
+
+impl Latency {
+    pub fn record(&self, method: &str, route: &str, secs: f64) {
+        let mut table = self.0.lock().expect("latency lock");
+        let entry = table
+            .entry((method.to_string(), route.to_string()))
+            .or_default();
+        entry.count += 1;
+        entry.sum_secs += secs;
+        for (bucket, bound) in entry.buckets.iter_mut().zip(LATENCY_BUCKETS) {
+            if secs <= bound {
+                *bucket += 1;
+            }
+        }
+    }
+
+    pub fn snapshot(&self) -> BTreeMap<(String, String), RouteLatency> {
+        self.0.lock().expect("latency lock").clone()
+    }
+}
+
+/// Middleware: times every request that matched a route.
+pub async fn track(State(latency): State<Arc<Latency>>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string());
+    let method = request.method().to_string();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    if let Some(route) = route {
+        latency.record(&method, &route, started.elapsed().as_secs_f64());
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_cumulative() {
+        let latency = Latency::default();
+        latency.record("GET", "/status", 0.000_1);
+        latency.record("GET", "/status", 0.003);
+        latency.record("GET", "/status", 9.0);
+        let table = latency.snapshot();
+        let status = &table[&("GET".to_string(), "/status".to_string())];
+        assert_eq!(status.count, 3);
+        assert_eq!(status.buckets[0], 1);
+        assert_eq!(status.buckets[4], 2); // <= 5 ms
+        assert_eq!(status.buckets[LATENCY_BUCKETS.len() - 1], 2);
+        assert!((status.sum_secs - 9.0031).abs() < 1e-9);
+    }
+}
