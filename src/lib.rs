@@ -12,6 +12,8 @@ pub mod api;
 pub mod chain;
 #[cfg(feature = "node")]
 pub mod cli;
+#[cfg(feature = "node")]
+pub mod client;
 pub mod consensus;
 pub mod encoding;
 pub mod fuzzing;
@@ -27,4 +29,6 @@ pub mod node;
 pub mod p2p;
 pub mod store;
 pub mod testkit;
+#[cfg(feature = "node")]
+pub mod wallet;
 pub mod wire;

@@ -1,0 +1,347 @@
+//! Spend planning: which coins pay for a payment, what fee it carries and
+//! what change comes back, then the signed transaction. Pure functions of
+//! the coins the node reported.
+
+use crate::consensus::address::PubKeyHash;
+use crate::consensus::amount::Amount;
+use crate::consensus::keys::PrivateKey;
+use crate::consensus::transaction::{OutPoint, Transaction, TxIn, TxOut, TX_VERSION};
+use crate::encoding::Encode;
+use crate::mempool::{MAX_STANDARD_TX_SIZE, MIN_RELAY_FEE_RATE};
+
+/// The lowest fee rate the network relays, in units per byte.
+pub const MIN_FEE_RATE_PER_BYTE: u64 = MIN_RELAY_FEE_RATE.div_ceil(1000);
+
+/// One output the wallet owns, as the node reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Coin {
+    pub outpoint: OutPoint,
+    pub value: Amount,
+    /// Already spent by a transaction in the node's mempool.
+    pub spent_in_mempool: bool,
+    /// A block reward that cannot be spent yet.
+    pub immature: bool,
+}
+
+/// How the fee is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeePolicy {
+    /// Exactly this fee (plus change too small to be worth keeping).
+    Fixed(Amount),
+    /// This many units per byte of the signed transaction.
+    Rate(u64),
+}
+
+/// A payment ready to be signed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpendPlan {
+    pub inputs: Vec<Coin>,
+    pub amount: Amount,
+    pub fee: Amount,
+    /// Change back to the wallet; none when it would be dust.
+    pub change: Option<Amount>,
+    /// Size of the signed transaction in bytes.
+    pub size: usize,
+}
+
+/// Why a payment cannot be made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpendError {
+    #[error("the amount must be more than zero")]
+    ZeroAmount,
+    #[error(
+        "a fee rate of {0} units/byte is below the network's minimum of {MIN_FEE_RATE_PER_BYTE}"
+    )]
+    FeeRateTooLow(u64),
+    #[error(
+        "insufficient funds: sending {amount} CC with a fee of {fee} CC needs {needed} CC, \
+         but only {spendable} CC is spendable ({pending} CC more is spent by transactions in \
+         the mempool, {immature} CC is in immature block rewards)"
+    )]
+    InsufficientFunds {
+        amount: Amount,
+        fee: Amount,
+        needed: Amount,
+        spendable: Amount,
+        pending: Amount,
+        immature: Amount,
+    },
+    #[error("the payment would need more than {0} inputs, over the standard transaction size")]
+    TooManyInputs(usize),
+    #[error("amounts overflow the money range")]
+    Overflow,
+}
+
+/// Bytes of a signed transaction with `inputs` spends and `outputs` outputs.
+/// Inputs and outputs have fixed sizes, so this is exact.
+pub fn signed_size(inputs: usize, outputs: usize) -> usize {
+    Transaction {
+        version: TX_VERSION,
+        inputs: vec![
+            TxIn::Spend {
+                prevout: OutPoint::NULL,
+                pubkey: [0; 33],
+                signature: [0; 64],
+            };
+            inputs
+        ],
+        outputs: vec![
+            TxOut {
+                amount: Amount::ZERO,
+                owner: PubKeyHash([0; 20]),
+            };
+            outputs
+        ],
+        lock_time: 0,
+    }
+    .encoded_len()
+}
+
+/// Picks coins for `amount` under `policy`: spendable coins only (confirmed,
+/// mature, not spent in the mempool), largest first, so the transaction
+/// stays small. Change worth less than the fee to spend it later goes to
+/// the fee instead.
+pub fn plan_spend(
+    coins: &[Coin],
+    amount: Amount,
+    policy: FeePolicy,
+) -> Result<SpendPlan, SpendError> {
+    if amount == Amount::ZERO {
+        return Err(SpendError::ZeroAmount);
+    }
+    let rate = match policy {
+        FeePolicy::Rate(rate) if rate < MIN_FEE_RATE_PER_BYTE => {
+            return Err(SpendError::FeeRateTooLow(rate))
+        }
+        FeePolicy::Rate(rate) => rate,
+        FeePolicy::Fixed(_) => MIN_FEE_RATE_PER_BYTE,
+    };
+    let fee_for = |inputs: usize, outputs: usize| match policy {
+        FeePolicy::Fixed(fee) => fee.units(),
+        FeePolicy::Rate(rate) => rate.saturating_mul(signed_size(inputs, outputs) as u64),
+    };
+    // Change below what spending it would cost is not worth an output.
+    let input_size = signed_size(2, 1) - signed_size(1, 1);
+    let dust = rate.saturating_mul(input_size as u64);
+
+    let mut spendable: Vec<Coin> = coins
+        .iter()
+        .filter(|c| !c.spent_in_mempool && !c.immature)
+        .copied()
+        .collect();
+    spendable.sort_by(|a, b| b.value.cmp(&a.value).then(a.outpoint.cmp(&b.outpoint)));
+    let max_inputs = (1..=spendable.len().max(1))
+        .take_while(|n| signed_size(*n, 2) <= MAX_STANDARD_TX_SIZE)
+        .last()
+        .unwrap_or(0);
+
+    let mut total = 0u64;
+    for (i, coin) in spendable.iter().enumerate() {
+        let count = i + 1;
+        if count > max_inputs {
+            return Err(SpendError::TooManyInputs(max_inputs));
+        }
+        total = total
+            .checked_add(coin.value.units())
+            .ok_or(SpendError::Overflow)?;
+        let with_change = amount
+            .units()
+            .checked_add(fee_for(count, 2))
+            .ok_or(SpendError::Overflow)?;
+        if total >= with_change && total - with_change > dust {
+            return Ok(SpendPlan {
+                inputs: spendable[..count].to_vec(),
+                amount,
+                fee: Amount::from_units(fee_for(count, 2)),
+                change: Some(Amount::from_units(total - with_change)),
+                size: signed_size(count, 2),
+            });
+        }
+        let without_change = amount
+            .units()
+            .checked_add(fee_for(count, 1))
+            .ok_or(SpendError::Overflow)?;
+        if total >= without_change {
+            return Ok(SpendPlan {
+                inputs: spendable[..count].to_vec(),
+                amount,
+                fee: Amount::from_units(total - amount.units()),
+                change: None,
+                size: signed_size(count, 1),
+            });
+        }
+    }
+    let sum = |pick: fn(&Coin) -> bool| {
+        Amount::from_units(
+            coins
+                .iter()
+                .filter(|c| pick(c))
+                .map(|c| c.value.units())
+                .sum(),
+        )
+    };
+    let fee = Amount::from_units(fee_for(spendable.len().max(1), 2));
+    Err(SpendError::InsufficientFunds {
+        amount,
+        fee,
+        needed: amount.checked_add(fee).ok_or(SpendError::Overflow)?,
+        spendable: Amount::from_units(total),
+        pending: sum(|c| c.spent_in_mempool),
+        immature: sum(|c| c.immature && !c.spent_in_mempool),
+    })
+}
+
+/// The signed transaction of `plan`: the payment first, then the change.
+pub fn build_transaction(plan: &SpendPlan, key: &PrivateKey, to: PubKeyHash) -> Transaction {
+    let owner = key.pubkey_hash();
+    let mut outputs = vec![TxOut {
+        amount: plan.amount,
+        owner: to,
+    }];
+    if let Some(change) = plan.change {
+        outputs.push(TxOut {
+            amount: change,
+            owner,
+        });
+    }
+    let mut tx = Transaction {
+        version: TX_VERSION,
+        inputs: plan
+            .inputs
+            .iter()
+            .map(|c| TxIn::Spend {
+                prevout: c.outpoint,
+                pubkey: [0; 33],
+                signature: [0; 64],
+            })
+            .collect(),
+        outputs,
+        lock_time: 0,
+    };
+    for (index, coin) in plan.inputs.iter().enumerate() {
+        tx.sign_input(
+            index,
+            &TxOut {
+                amount: coin.value,
+                owner,
+            },
+            key,
+        );
+    }
+    tx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consensus::hash::Hash256;
+
+    fn coin(n: u8, units: u64) -> Coin {
+        Coin {
+            outpoint: OutPoint::new(Hash256([n; 32]), 0),
+            value: Amount::from_units(units),
+            spent_in_mempool: false,
+            immature: false,
+        }
+    }
+
+    #[test]
+    fn sizes_are_exact() {
+        let key = crate::testkit::key(7);
+        let plan = plan_spend(
+            &[coin(1, 50_000), coin(2, 70_000)],
+            Amount::from_units(100_000),
+            FeePolicy::Rate(3),
+        )
+        .unwrap();
+        let tx = build_transaction(&plan, &key, PubKeyHash([9; 20]));
+        assert_eq!(tx.encoded_len(), plan.size);
+        assert_eq!(plan.fee.units(), 3 * plan.size as u64);
+        let outputs: u64 = tx.outputs.iter().map(|o| o.amount.units()).sum();
+        assert_eq!(outputs + plan.fee.units(), 120_000);
+    }
+
+    #[test]
+    fn largest_coins_first_with_change() {
+        let coins = [coin(1, 10_000), coin(2, 900_000), coin(3, 300_000)];
+        let plan = plan_spend(&coins, Amount::from_units(500_000), FeePolicy::Rate(1)).unwrap();
+        assert_eq!(plan.inputs, vec![coins[1]]);
+        assert_eq!(
+            plan.change.unwrap().units(),
+            900_000 - 500_000 - plan.fee.units()
+        );
+    }
+
+    #[test]
+    fn mempool_spent_and_immature_coins_are_never_used() {
+        let mut pending = coin(1, 1_000_000);
+        pending.spent_in_mempool = true;
+        let mut young = coin(2, 2_000_000);
+        young.immature = true;
+        let coins = [pending, young, coin(3, 40_000), coin(4, 30_000)];
+        let plan = plan_spend(&coins, Amount::from_units(60_000), FeePolicy::Rate(1)).unwrap();
+        assert_eq!(plan.inputs, vec![coins[2], coins[3]]);
+        let error = plan_spend(&coins, Amount::from_units(90_000), FeePolicy::Rate(1)).unwrap_err();
+        match &error {
+            SpendError::InsufficientFunds {
+                spendable,
+                pending,
+                immature,
+                ..
+            } => {
+                assert_eq!(spendable.units(), 70_000);
+                assert_eq!(pending.units(), 1_000_000);
+                assert_eq!(immature.units(), 2_000_000);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(error.to_string().contains("insufficient funds"));
+    }
+
+    #[test]
+    fn dust_change_goes_to_the_fee_and_fixed_fees_are_kept() {
+        let size = signed_size(1, 1) as u64;
+        // Exactly enough for a 1-output transaction plus 10 units.
+        let plan = plan_spend(
+            &[coin(1, 100_000 + size + 10)],
+            Amount::from_units(100_000),
+            FeePolicy::Rate(1),
+        )
+        .unwrap();
+        assert_eq!(plan.change, None);
+        assert_eq!(plan.fee.units(), size + 10);
+        let fixed = plan_spend(
+            &[coin(1, 1_000_000)],
+            Amount::from_units(100_000),
+            FeePolicy::Fixed(Amount::from_units(5_000)),
+        )
+        .unwrap();
+        assert_eq!(fixed.fee.units(), 5_000);
+        assert_eq!(fixed.change.unwrap().units(), 895_000);
+    }
+
+    #[test]
+    fn refusals() {
+        let coins = [coin(1, 1_000)];
+        assert_eq!(
+            plan_spend(&coins, Amount::ZERO, FeePolicy::Rate(1)),
+            Err(SpendError::ZeroAmount)
+        );
+        assert_eq!(
+            plan_spend(&coins, Amount::from_units(1), FeePolicy::Rate(0)),
+            Err(SpendError::FeeRateTooLow(0))
+        );
+        let many: Vec<Coin> = (0..2_000u32)
+            .map(|i| Coin {
+                outpoint: OutPoint::new(Hash256([1; 32]), i),
+                value: Amount::from_units(1_000),
+                spent_in_mempool: false,
+                immature: false,
+            })
+            .collect();
+        assert!(matches!(
+            plan_spend(&many, Amount::from_units(1_900_000), FeePolicy::Rate(1)),
+            Err(SpendError::TooManyInputs(_))
+        ));
+    }
+}
