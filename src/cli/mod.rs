@@ -9,7 +9,11 @@ use clap::{Args, Parser, Subcommand};
 use crate::consensus::address::Address;
 use crate::consensus::params::Network;
 
+mod devnet;
 mod info;
+mod mine;
+mod monitor;
+mod wallet;
 
 /// ChainCore: a proof-of-work UTXO blockchain node and its tools.
 #[derive(Debug, Parser)]
@@ -43,6 +47,14 @@ pub enum Command {
     /// The PostgreSQL mirror.
     #[command(subcommand)]
     Mirror(MirrorCommand),
+    /// A one-key wallet over any node's REST API.
+    Wallet(wallet::WalletArgs),
+    /// Mine on every core with work from a node's REST API.
+    Mine(mine::MineArgs),
+    /// Start N regtest nodes on 127.0.0.1 that peer with one another.
+    Devnet(devnet::DevnetArgs),
+    /// A live view of several nodes.
+    Monitor(monitor::MonitorArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -158,6 +170,10 @@ pub fn parse_network(s: &str) -> Result<Network, String> {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Params { network } => info::print_params(network),
+        Command::Wallet(args) => wallet::run(args),
+        Command::Mine(args) => mine::run(args),
+        Command::Devnet(args) => devnet::run(args),
+        Command::Monitor(args) => monitor::run(args),
         Command::Genesis { network } => info::print_genesis(network),
         Command::Node(args) => {
             init_logging();

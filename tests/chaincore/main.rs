@@ -3,6 +3,7 @@
 
 mod api;
 mod cli;
+mod clients;
 mod common;
 mod crash;
 mod dissector;

@@ -1,0 +1,115 @@
+//! REST throughput: `GET /address/{address}` on a node holding at least
+//! 1 000 000 UTXOs over 100 000 addresses, loaded by wrk from another
+//! process (random addresses, keep-alive connections).
+//!
+//! `cargo bench --profile dev --bench api [-- quick]`; needs `wrk` (Debian
+//! package `wrk`).
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use chaincore::consensus::address::Address;
+use chaincore::consensus::params::Network;
+use chaincore::testkit::process::{http, Node};
+use chaincore::testkit::{fan_out_chain, payee, regtest_chain};
+
+/// wrk's load: threads, connections, seconds.
+const WRK_THREADS: &str = "2";
+const WRK_CONNECTIONS: [u32; 2] = [16, 64];
+const WRK_SECONDS: &str = "15";
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "quick");
+    let (utxos, addresses) = if quick {
+        (100_000usize, 10_000usize)
+    } else {
+        (1_000_000, 100_000)
+    };
+    assert!(
+        Command::new("wrk").arg("--version").output().is_ok(),
+        "wrk is not installed: apt-get install wrk"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("node");
+    let start = Instant::now();
+    let test = fan_out_chain(utxos, |i| payee((i % addresses) as u64));
+    {
+        let mut chain = regtest_chain(&data);
+        for block in &test.blocks[1..] {
+            chain
+                .process_block(std::sync::Arc::new(block.clone()), None)
+                .unwrap();
+        }
+        println!(
+            "chain: {} UTXOs over {addresses} addresses, height {}, built in {:.1} s",
+            chain.tip().utxo_count,
+            chain.tip().height,
+            start.elapsed().as_secs_f64()
+        );
+    }
+
+    let mut node = Node::start(
+        std::path::Path::new(env!("CARGO_BIN_EXE_chaincore")),
+        &data,
+        &["--connect-only"],
+    );
+    let api = node.api_addr();
+    node.drain();
+    // Sanity: a payee's balance as the node reports it.
+    let probe = Address::new(Network::Regtest, payee(7)).to_string();
+    let (status, body) = http(api, "GET", &format!("/address/{probe}"), "");
+    assert_eq!(status, 200, "{body}");
+
+    // wrk picks a random address per request from this list.
+    let list: Vec<String> = (0..addresses as u64)
+        .map(|n| format!("\"{}\"", Address::new(Network::Regtest, payee(n))))
+        .collect();
+    let script = dir.path().join("addresses.lua");
+    std::fs::write(
+        &script,
+        format!(
+            "local a = {{{}}}\nmath.randomseed(7)\nrequest = function()\n  \
+             return wrk.format(\"GET\", \"/address/\" .. a[math.random(#a)])\nend\n",
+            list.join(",")
+        ),
+    )
+    .unwrap();
+
+    for connections in WRK_CONNECTIONS {
+        let out = Command::new("wrk")
+            .args(["-t", WRK_THREADS, "-c", &connections.to_string(), "-d"])
+            .arg(format!("{WRK_SECONDS}s"))
+            .arg("--latency")
+            .arg("-s")
+            .arg(&script)
+            .arg(format!("http://{api}"))
+            .output()
+            .expect("run wrk");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let field = |prefix: &str| {
+            text.lines()
+                .find(|l| l.trim_start().starts_with(prefix))
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("?").to_string())
+                .unwrap_or_else(|| "?".into())
+        };
+        let errors = text
+            .lines()
+            .filter(|l| l.contains("Non-2xx") || l.contains("Socket errors"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        println!(
+            "GET /address ({connections} connections, wrk {WRK_THREADS} threads, {WRK_SECONDS} s): \
+             {} req/s, p50 {}, p99 {}{}",
+            field("Requests/sec:"),
+            field("50%"),
+            field("99%"),
+            if errors.is_empty() {
+                String::new()
+            } else {
+                format!(" [{errors}]")
+            }
+        );
+    }
+    std::thread::sleep(Duration::from_millis(100));
+}

@@ -1,0 +1,505 @@
+//! `chaincore wallet`: a one-key wallet that talks to any node's REST API.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::client::NodeClient;
+use crate::consensus::address::Address;
+use crate::consensus::amount::Amount;
+use crate::consensus::hash::Hash256;
+use crate::consensus::params::Network;
+use crate::consensus::transaction::OutPoint;
+use crate::encoding::Encode;
+use crate::wallet::spend::{build_transaction, plan_spend, Coin, FeePolicy, MIN_FEE_RATE_PER_BYTE};
+use crate::wallet::Wallet;
+
+/// UTXOs asked for per page when the wallet lists its coins.
+const UTXO_PAGE: usize = 1000;
+/// Environment variable holding the wallet passphrase (for scripts).
+pub const PASSPHRASE_ENV: &str = "CHAINCORE_WALLET_PASSPHRASE";
+/// Confirmation target (blocks) of the default fee rate.
+const DEFAULT_FEE_TARGET: &str = "2";
+
+#[derive(Debug, Args)]
+pub struct WalletArgs {
+    /// The wallet file.
+    #[arg(long, global = true, env = "CHAINCORE_WALLET")]
+    wallet: Option<PathBuf>,
+    /// The node's REST URL (default: the wallet network's port on
+    /// 127.0.0.1).
+    #[arg(long, global = true, env = "CHAINCORE_NODE")]
+    node: Option<String>,
+    /// A file whose first line is the passphrase (otherwise
+    /// CHAINCORE_WALLET_PASSPHRASE, otherwise a prompt on the terminal).
+    #[arg(long, global = true)]
+    passphrase_file: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: WalletCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum WalletCommand {
+    /// Make a new key and write it to the wallet file (mode 0600; an
+    /// existing file is never overwritten).
+    New {
+        #[arg(long, default_value = "main", value_parser = super::parse_network)]
+        network: Network,
+        /// Seal the key with a passphrase (Argon2id + ChaCha20-Poly1305).
+        #[arg(long)]
+        encrypt: bool,
+    },
+    /// Print the wallet's address (alone on the last line).
+    Address,
+    /// Confirmed, pending and spendable balance.
+    Balance,
+    /// The wallet's unspent outputs.
+    Utxos,
+    /// Confirmed transactions, newest first, with the wallet's net change.
+    History {
+        /// How many transactions to show.
+        #[arg(long, default_value_t = 25)]
+        limit: usize,
+    },
+    /// Pay an address; prints the txid on the last line.
+    Send {
+        /// Recipient address.
+        #[arg(long)]
+        to: String,
+        /// Amount in CC (up to 8 decimals, e.g. 1.5).
+        #[arg(long)]
+        amount: Amount,
+        /// An exact fee in CC.
+        #[arg(long, conflicts_with = "fee_rate")]
+        fee: Option<Amount>,
+        /// Fee rate in base units per byte (default: the node's estimate
+        /// for the next 2 blocks).
+        #[arg(long)]
+        fee_rate: Option<u64>,
+    },
+}
+
+/// The parts of `GET /address/{a}` the wallet reads.
+#[derive(Debug, Deserialize)]
+struct AddressInfo {
+    chain_stats: Stats,
+    mempool_stats: Stats,
+    balance: u64,
+}
+
+#[derive(Debug, Deserialize)]
+struct Stats {
+    funded_txo_sum: u64,
+    spent_txo_sum: u64,
+    tx_count: u64,
+}
+
+#[derive(Debug, Deserialize)]
+struct UtxoPage {
+    utxos: Vec<UtxoEntry>,
+    next_cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct UtxoEntry {
+    txid: Hash256,
+    vout: u32,
+    value: u64,
+    status: UtxoStatus,
+    coinbase: bool,
+    mature: bool,
+    spent_in_mempool: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct UtxoStatus {
+    block_height: u32,
+}
+
+#[derive(Debug, Deserialize)]
+struct TxsPage {
+    txs: Vec<TxRef>,
+    next_cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct TxRef {
+    txid: Hash256,
+    block_height: u32,
+}
+
+#[derive(Debug, Deserialize)]
+struct TxInfo {
+    vin: Vec<TxInput>,
+    vout: Vec<TxOutput>,
+    fee: u64,
+}
+
+#[derive(Debug, Deserialize)]
+struct TxInput {
+    prevout: Option<TxOutput>,
+}
+
+#[derive(Debug, Deserialize)]
+struct TxOutput {
+    address: String,
+    value: u64,
+}
+
+pub fn run(args: WalletArgs) -> Result<()> {
+    let path = args
+        .wallet
+        .clone()
+        .context("pass --wallet FILE (or set CHAINCORE_WALLET)")?;
+    if let WalletCommand::New { network, encrypt } = args.command {
+        let passphrase = if encrypt {
+            Some(new_passphrase(args.passphrase_file.as_deref())?)
+        } else {
+            None
+        };
+        let wallet = Wallet::create(&path, network, passphrase.as_deref())?;
+        if args.json {
+            println!(
+                "{}",
+                json!({ "network": network.name(), "address": wallet.address().to_string(),
+                        "encrypted": encrypt, "file": path.display().to_string() })
+            );
+        } else {
+            eprintln!(
+                "wrote {} ({} wallet{}, mode 0600)",
+                path.display(),
+                network.name(),
+                if encrypt { ", encrypted" } else { "" }
+            );
+            println!("{}", wallet.address());
+        }
+        return Ok(());
+    }
+    let wallet = Wallet::open(&path)?;
+    if let WalletCommand::Address = args.command {
+        println!("{}", wallet.address());
+        return Ok(());
+    }
+    let url = args.node.clone().unwrap_or_else(|| {
+        format!(
+            "http://127.0.0.1:{}",
+            wallet.network().params().default_api_port
+        )
+    });
+    let client = NodeClient::new(&url)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        check_network(&client, wallet.network()).await?;
+        match args.command {
+            WalletCommand::New { .. } | WalletCommand::Address => unreachable!("handled above"),
+            WalletCommand::Balance => balance(&client, &wallet, args.json).await,
+            WalletCommand::Utxos => utxos(&client, &wallet, args.json).await,
+            WalletCommand::History { limit } => history(&client, &wallet, limit, args.json).await,
+            WalletCommand::Send {
+                to,
+                amount,
+                fee,
+                fee_rate,
+            } => {
+                let to = Address::parse(&to, wallet.network())
+                    .with_context(|| format!("recipient {to:?}"))?;
+                let passphrase = if wallet.is_encrypted() {
+                    Some(passphrase(args.passphrase_file.as_deref())?)
+                } else {
+                    None
+                };
+                let key = wallet.unlock(passphrase.as_deref())?;
+                let policy = match (fee, fee_rate) {
+                    (Some(fee), _) => FeePolicy::Fixed(fee),
+                    (None, Some(rate)) => FeePolicy::Rate(rate),
+                    (None, None) => FeePolicy::Rate(estimated_fee_rate(&client).await?),
+                };
+                let coins = coins(&client, &wallet.address()).await?;
+                let plan = plan_spend(&coins, amount, policy)?;
+                let tx = build_transaction(&plan, &key, to.hash);
+                let txid: String = client
+                    .post_text("/tx", hex::encode(tx.to_bytes()))
+                    .await
+                    .context("the node refused the transaction")?;
+                if args.json {
+                    println!(
+                        "{}",
+                        json!({
+                            "txid": txid, "amount": plan.amount.units(), "fee": plan.fee.units(),
+                            "change": plan.change.map(|c| c.units()), "inputs": plan.inputs.len(),
+                            "size": plan.size,
+                        })
+                    );
+                } else {
+                    eprintln!(
+                        "sent {} CC to {to} with a fee of {} CC ({} inputs, {} bytes{})",
+                        plan.amount,
+                        plan.fee,
+                        plan.inputs.len(),
+                        plan.size,
+                        plan.change
+                            .map(|c| format!(", {c} CC change"))
+                            .unwrap_or_default()
+                    );
+                    println!("{txid}");
+                }
+                Ok(())
+            }
+        }
+    })
+}
+
+/// Refuses to use a node of another network than the wallet's.
+async fn check_network(client: &NodeClient, network: Network) -> Result<()> {
+    #[derive(Deserialize)]
+    struct Status {
+        network: String,
+    }
+    let status: Status = client.get("/status").await?;
+    if status.network != network.name() {
+        bail!(
+            "the node at {} runs {}, the wallet is for {}",
+            client.base_url(),
+            status.network,
+            network.name()
+        );
+    }
+    Ok(())
+}
+
+/// The node's fee estimate for [`DEFAULT_FEE_TARGET`], rounded up to whole
+/// units per byte.
+async fn estimated_fee_rate(client: &NodeClient) -> Result<u64> {
+    let estimates: std::collections::HashMap<String, f64> = client.get("/fee-estimates").await?;
+    let rate = estimates
+        .get(DEFAULT_FEE_TARGET)
+        .copied()
+        .unwrap_or(MIN_FEE_RATE_PER_BYTE as f64);
+    Ok((rate.ceil() as u64).max(MIN_FEE_RATE_PER_BYTE))
+}
+
+/// `path` with the page cursor, if any.
+fn paged(mut path: String, cursor: &Option<String>) -> String {
+    if let Some(c) = cursor {
+        path.push_str("&cursor=");
+        path.push_str(c);
+    }
+    path
+}
+
+/// Every confirmed unspent output of `address`, page by page.
+async fn utxo_entries(client: &NodeClient, address: &Address) -> Result<Vec<UtxoEntry>> {
+    let mut all = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = paged(
+            format!("/address/{address}/utxo?limit={UTXO_PAGE}"),
+            &cursor,
+        );
+        let page: UtxoPage = client.get(&path).await?;
+        all.extend(page.utxos);
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => return Ok(all),
+        }
+    }
+}
+
+async fn coins(client: &NodeClient, address: &Address) -> Result<Vec<Coin>> {
+    Ok(utxo_entries(client, address)
+        .await?
+        .into_iter()
+        .map(|u| Coin {
+            outpoint: OutPoint::new(u.txid, u.vout),
+            value: Amount::from_units(u.value),
+            spent_in_mempool: u.spent_in_mempool,
+            immature: !u.mature,
+        })
+        .collect())
+}
+
+async fn balance(client: &NodeClient, wallet: &Wallet, as_json: bool) -> Result<()> {
+    let address = wallet.address();
+    let info: AddressInfo = client.get(&format!("/address/{address}")).await?;
+    let coins = coins(client, &address).await?;
+    let sum = |f: fn(&Coin) -> bool| -> u64 {
+        coins.iter().filter(|c| f(c)).map(|c| c.value.units()).sum()
+    };
+    let spendable = sum(|c| !c.immature && !c.spent_in_mempool);
+    let immature = sum(|c| c.immature);
+    let pending =
+        info.mempool_stats.funded_txo_sum as i128 - info.mempool_stats.spent_txo_sum as i128;
+    if as_json {
+        println!(
+            "{}",
+            json!({
+                "address": address.to_string(),
+                "confirmed": info.balance,
+                "pending": pending as i64,
+                "spendable": spendable,
+                "immature": immature,
+                "tx_count": info.chain_stats.tx_count,
+                "pending_tx_count": info.mempool_stats.tx_count,
+            })
+        );
+        return Ok(());
+    }
+    debug_assert_eq!(
+        info.balance,
+        info.chain_stats.funded_txo_sum - info.chain_stats.spent_txo_sum
+    );
+    println!("address    {address}");
+    println!("confirmed  {} CC", Amount::from_units(info.balance));
+    println!("pending    {} CC", signed_cc(pending));
+    println!("spendable  {} CC", Amount::from_units(spendable));
+    println!("immature   {} CC", Amount::from_units(immature));
+    Ok(())
+}
+
+fn signed_cc(units: i128) -> String {
+    let sign = if units < 0 { "-" } else { "+" };
+    format!(
+        "{sign}{}",
+        Amount::from_units(units.unsigned_abs().min(u64::MAX as u128) as u64)
+    )
+}
+
+async fn utxos(client: &NodeClient, wallet: &Wallet, as_json: bool) -> Result<()> {
+    let entries = utxo_entries(client, &wallet.address()).await?;
+    if as_json {
+        let list: Vec<_> = entries
+            .iter()
+            .map(|u| {
+                json!({ "txid": u.txid, "vout": u.vout, "value": u.value,
+                        "height": u.status.block_height, "coinbase": u.coinbase,
+                        "mature": u.mature, "spent_in_mempool": u.spent_in_mempool })
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(list));
+        return Ok(());
+    }
+    for u in &entries {
+        let mut notes = Vec::new();
+        if u.coinbase {
+            notes.push(if u.mature {
+                "reward"
+            } else {
+                "immature reward"
+            });
+        }
+        if u.spent_in_mempool {
+            notes.push("spent in mempool");
+        }
+        println!(
+            "{}:{}  {} CC  height {}{}",
+            u.txid,
+            u.vout,
+            Amount::from_units(u.value),
+            u.status.block_height,
+            if notes.is_empty() {
+                String::new()
+            } else {
+                format!("  ({})", notes.join(", "))
+            }
+        );
+    }
+    eprintln!("{} unspent outputs", entries.len());
+    Ok(())
+}
+
+async fn history(client: &NodeClient, wallet: &Wallet, limit: usize, as_json: bool) -> Result<()> {
+    let address = wallet.address();
+    let mine = address.to_string();
+    let mut refs = Vec::new();
+    let mut cursor: Option<String> = None;
+    while refs.len() < limit {
+        let page_size = (limit - refs.len()).min(UTXO_PAGE);
+        let path = paged(format!("/address/{address}/txs?limit={page_size}"), &cursor);
+        let page: TxsPage = client.get(&path).await?;
+        refs.extend(page.txs);
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    let mut rows = Vec::new();
+    for r in refs.iter().take(limit) {
+        let tx: TxInfo = client.get(&format!("/tx/{}", r.txid)).await?;
+        let received: u64 = tx
+            .vout
+            .iter()
+            .filter(|o| o.address == mine)
+            .map(|o| o.value)
+            .sum();
+        let spent: u64 = tx
+            .vin
+            .iter()
+            .filter_map(|i| i.prevout.as_ref())
+            .filter(|o| o.address == mine)
+            .map(|o| o.value)
+            .sum();
+        rows.push((r, received as i128 - spent as i128, tx.fee));
+    }
+    if as_json {
+        let list: Vec<_> = rows
+            .iter()
+            .map(|(r, net, fee)| json!({ "txid": r.txid, "height": r.block_height, "net": *net as i64, "fee": fee }))
+            .collect();
+        println!("{}", serde_json::Value::Array(list));
+        return Ok(());
+    }
+    for (r, net, fee) in &rows {
+        println!(
+            "{}  height {:>7}  {} CC{}",
+            r.txid,
+            r.block_height,
+            signed_cc(*net),
+            if *net < 0 {
+                format!("  (fee {} CC)", Amount::from_units(*fee))
+            } else {
+                String::new()
+            }
+        );
+    }
+    Ok(())
+}
+
+/// The passphrase of an existing wallet: from `--passphrase-file`, the
+/// environment, or a prompt.
+fn passphrase(file: Option<&Path>) -> Result<String> {
+    if let Some(file) = file {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("reading the passphrase file {}", file.display()))?;
+        return Ok(text.lines().next().unwrap_or_default().to_string());
+    }
+    if let Ok(value) = std::env::var(PASSPHRASE_ENV) {
+        return Ok(value);
+    }
+    use std::io::IsTerminal;
+    if !std::io::stdin().is_terminal() {
+        bail!("the wallet is encrypted: pass --passphrase-file FILE or set {PASSPHRASE_ENV}");
+    }
+    Ok(rpassword::prompt_password("wallet passphrase: ")?)
+}
+
+/// A passphrase for a new wallet: asked twice on a terminal.
+fn new_passphrase(file: Option<&Path>) -> Result<String> {
+    use std::io::IsTerminal;
+    if file.is_some() || std::env::var(PASSPHRASE_ENV).is_ok() || !std::io::stdin().is_terminal() {
+        return passphrase(file);
+    }
+    let first = rpassword::prompt_password("new wallet passphrase: ")?;
+    let second = rpassword::prompt_password("again: ")?;
+    if first != second {
+        bail!("the passphrases differ");
+    }
+    Ok(first)
+}

@@ -1,0 +1,394 @@
+//! The clients in the binary against a real devnet: `devnet`, `mine`,
+//! `wallet` and `monitor`, end to end.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use chaincore::consensus::amount::Amount;
+use chaincore::consensus::params::Network;
+use chaincore::consensus::pow::block_subsidy;
+use chaincore::testkit::process::http;
+use serde_json::Value;
+
+use crate::common::chaincore;
+
+/// A running `chaincore devnet`, stopped with SIGTERM (as Ctrl-C would) when
+/// dropped.
+struct Devnet {
+    child: Child,
+    urls: Vec<String>,
+}
+
+impl Devnet {
+    fn start(nodes: usize, dir: &Path) -> Devnet {
+        let mut child = chaincore()
+            .args(["devnet", "--nodes", &nodes.to_string(), "--data-dir"])
+            .arg(dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start devnet");
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut urls = Vec::new();
+        for line in stdout.lines() {
+            let line = line.expect("devnet output");
+            if let Some(url) = line.split_whitespace().skip_while(|w| *w != "rest").nth(1) {
+                urls.push(url.to_string());
+            }
+            if line.starts_with("ready") {
+                break;
+            }
+        }
+        assert_eq!(urls.len(), nodes, "devnet printed a REST URL per node");
+        Devnet { child, urls }
+    }
+
+    fn api(&self, i: usize) -> SocketAddr {
+        self.urls[i].trim_start_matches("http://").parse().unwrap()
+    }
+
+    /// Stops the devnet as Ctrl-C does; returns whether it exited cleanly.
+    fn stop(mut self) -> bool {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let status = self.child.wait().unwrap();
+        std::mem::forget(self);
+        status.success()
+    }
+}
+
+impl Drop for Devnet {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `chaincore ARGS`, asserting success; returns stdout.
+fn run_ok(args: &[&str]) -> String {
+    let out = chaincore().args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "chaincore {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs `chaincore ARGS`, asserting failure; returns stderr.
+fn run_err(args: &[&str]) -> String {
+    let out = chaincore().args(args).output().unwrap();
+    assert!(!out.status.success(), "chaincore {args:?} should fail");
+    String::from_utf8(out.stderr).unwrap()
+}
+
+fn get_json(api: SocketAddr, path: &str) -> Value {
+    let (status, body) = http(api, "GET", path, "");
+    assert_eq!(status, 200, "{path}: {body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// Polls `check` every 50 ms until it holds, or panics after `timeout`.
+fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn height(api: SocketAddr) -> u64 {
+    http(api, "GET", "/blocks/tip/height", "")
+        .1
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn devnet_wallet_send_is_relayed_mined_and_every_node_agrees() {
+    let dir = tempfile::tempdir().unwrap();
+    let wallet = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let (a, b, c) = (wallet("a.json"), wallet("b.json"), wallet("c.json"));
+    let pass = dir.path().join("pass.txt");
+    std::fs::write(&pass, "hunter2 but longer\n").unwrap();
+    let pass = pass.to_str().unwrap();
+
+    // Three wallets; A's key sealed with a passphrase.
+    let last_line = |s: String| s.lines().last().unwrap().to_string();
+    let addr_a = last_line(run_ok(&[
+        "wallet",
+        "new",
+        "--network",
+        "regtest",
+        "--wallet",
+        &a,
+        "--encrypt",
+        "--passphrase-file",
+        pass,
+    ]));
+    let addr_b = last_line(run_ok(&[
+        "wallet",
+        "new",
+        "--network",
+        "regtest",
+        "--wallet",
+        &b,
+    ]));
+    let addr_c = last_line(run_ok(&[
+        "wallet",
+        "new",
+        "--network",
+        "regtest",
+        "--wallet",
+        &c,
+    ]));
+    assert_eq!(
+        last_line(run_ok(&["wallet", "address", "--wallet", &a])),
+        addr_a
+    );
+    assert!(
+        run_err(&["wallet", "new", "--network", "regtest", "--wallet", &b])
+            .contains("refusing to overwrite")
+    );
+    assert!(!std::fs::read_to_string(&a).unwrap().contains("\"plain\""));
+
+    let devnet = Devnet::start(3, &dir.path().join("net"));
+    let apis: Vec<SocketAddr> = (0..3).map(|i| devnet.api(i)).collect();
+    let urls = devnet.urls.clone();
+
+    // Mine 11 blocks to A through node 0's REST API on two threads:
+    // rewards of heights 1 and 2 are mature for the next block (regtest
+    // maturity 10), the other nine are not.
+    run_ok(&[
+        "mine",
+        "--node",
+        &urls[0],
+        "--address",
+        &addr_a,
+        "--threads",
+        "2",
+        "--blocks",
+        "11",
+    ]);
+    eventually("every node at height 11", Duration::from_secs(30), || {
+        apis.iter().all(|api| height(*api) == 11)
+    });
+    let params = Network::Regtest.params();
+    let reward = block_subsidy(params, 1).units();
+    let balance = |w: &str, url: &str| -> Value {
+        serde_json::from_str(&run_ok(&[
+            "wallet", "balance", "--json", "--wallet", w, "--node", url,
+        ]))
+        .unwrap()
+    };
+    let before = balance(&a, &urls[1]);
+    assert_eq!(before["confirmed"], 11 * reward);
+    assert_eq!(before["spendable"], 2 * reward);
+    assert_eq!(before["immature"], 9 * reward);
+
+    // `wallet send` from A through node 1.
+    let send = |to: &str, amount: &str, passphrase_file: &str, extra: &[&str]| {
+        let mut args = vec![
+            "wallet",
+            "send",
+            "--wallet",
+            &a,
+            "--node",
+            &urls[1],
+            "--to",
+            to,
+            "--amount",
+            amount,
+            "--passphrase-file",
+            passphrase_file,
+        ];
+        args.extend_from_slice(extra);
+        chaincore().args(&args).output().unwrap()
+    };
+    // Too much for the mature coins: refused with the amounts.
+    let refused = send(
+        &addr_b,
+        &Amount::from_units(3 * reward).to_string(),
+        pass,
+        &[],
+    );
+    let refusal = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(refusal.contains("insufficient funds"), "{refusal}");
+    assert!(
+        refusal.contains(&Amount::from_units(2 * reward).to_string()),
+        "{refusal}"
+    );
+    // A wrong passphrase unlocks nothing.
+    let wrong = dir.path().join("wrong.txt");
+    std::fs::write(&wrong, "nope").unwrap();
+    let refused = send(&addr_b, "1", wrong.to_str().unwrap(), &[]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("wrong passphrase"));
+
+    // A pays B 3.5 CC at 2 units/byte through node 1.
+    let amount = Amount::from_units(350_000_000);
+    let sent = send(&addr_b, "3.5", pass, &["--fee-rate", "2"]);
+    assert!(
+        sent.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
+    let txid = last_line(String::from_utf8(sent.stdout).unwrap());
+    for api in &apis {
+        eventually(
+            "the payment in every mempool",
+            Duration::from_secs(10),
+            || {
+                let (_, body) = http(*api, "GET", "/mempool/txids", "");
+                body.contains(&txid)
+            },
+        );
+    }
+    let tx = get_json(apis[2], &format!("/tx/{txid}"));
+    let fee = tx["fee"].as_u64().unwrap();
+    assert_eq!(fee, 2 * tx["size"].as_u64().unwrap());
+    // Its coin is spent in the mempool: the wallet does not offer it again.
+    let pending = balance(&a, &urls[2]);
+    assert_eq!(pending["spendable"], reward);
+    assert_eq!(pending["pending"], -(amount.units() as i64) - fee as i64);
+
+    // A block from node 2, paying C, confirms it everywhere.
+    run_ok(&[
+        "mine",
+        "--node",
+        &urls[2],
+        "--address",
+        &addr_c,
+        "--threads",
+        "1",
+        "--blocks",
+        "1",
+    ]);
+    for api in &apis {
+        eventually(
+            "the payment confirmed everywhere",
+            Duration::from_secs(30),
+            || get_json(*api, &format!("/tx/{txid}/status"))["confirmed"] == true,
+        );
+    }
+    let expect_a = 11 * reward - amount.units() - fee;
+    for (api, url) in apis.iter().zip(&urls) {
+        assert_eq!(
+            get_json(*api, &format!("/address/{addr_b}"))["balance"],
+            amount.units()
+        );
+        assert_eq!(
+            get_json(*api, &format!("/address/{addr_a}"))["balance"],
+            expect_a
+        );
+        assert_eq!(
+            get_json(*api, &format!("/address/{addr_c}"))["balance"],
+            reward + fee
+        );
+        assert_eq!(balance(&b, url)["confirmed"], amount.units());
+        assert_eq!(balance(&a, url)["confirmed"], expect_a);
+        assert_eq!(get_json(*api, "/mempool")["count"], 0);
+    }
+    // A's history shows the payment with its fee, newest first.
+    let history: Value = serde_json::from_str(&run_ok(&[
+        "wallet", "history", "--json", "--wallet", &a, "--node", &urls[0],
+    ]))
+    .unwrap();
+    assert_eq!(history[0]["txid"], txid.as_str());
+    assert_eq!(history[0]["net"], -((amount.units() + fee) as i64));
+    assert_eq!(history.as_array().unwrap().len(), 12);
+
+    // Metrics: the payment crossed the wire into nodes 0 and 2, blocks into
+    // node 1, and the REST calls above were timed by route.
+    let metric = |api: SocketAddr, series: &str| -> u64 {
+        let (_, text) = http(api, "GET", "/metrics", "");
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {series} in:\n{text}")) as u64
+    };
+    for api in [apis[0], apis[2]] {
+        assert!(
+            metric(
+                api,
+                r#"chaincore_p2p_messages_total{command="tx",direction="in"}"#
+            ) >= 1
+        );
+        assert!(
+            metric(
+                api,
+                r#"chaincore_p2p_bytes_total{command="tx",direction="in"}"#
+            ) > 24
+        );
+    }
+    assert!(
+        metric(
+            apis[1],
+            r#"chaincore_p2p_messages_total{command="block",direction="in"}"#
+        ) >= 12
+    );
+    assert!(
+        metric(
+            apis[1],
+            r#"chaincore_api_request_duration_seconds_count{method="GET",route="/address/{address}"}"#
+        ) >= 3
+    );
+
+    // The monitor sees three nodes on one tip.
+    let mut monitor = vec!["monitor", "--once"];
+    for url in &urls {
+        monitor.extend(["--node", url.as_str()]);
+    }
+    let view = run_ok(&monitor);
+    assert!(view.contains("3 of 3 nodes agree: height 12"), "{view}");
+
+    assert!(devnet.stop(), "devnet exits cleanly on SIGTERM");
+    // Every node stopped with it: their REST ports no longer answer.
+    for api in &apis {
+        assert!(std::net::TcpStream::connect_timeout(api, Duration::from_secs(1)).is_err());
+    }
+}
+
+#[test]
+fn clients_report_an_unreachable_node_and_a_wrong_network_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = dir.path().join("w.json");
+    let w = w.to_str().unwrap();
+    run_ok(&["wallet", "new", "--network", "test", "--wallet", w]);
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let dead = format!("http://127.0.0.1:{port}");
+    let error = run_err(&["wallet", "balance", "--wallet", w, "--node", &dead]);
+    assert!(error.contains("cannot reach the node"), "{error}");
+    let error = run_err(&["monitor", "--once", "--node", &dead]);
+    assert!(error.contains("no node answered"), "{error}");
+
+    // A regtest node refuses a test-network wallet's use.
+    let mut node = crate::common::NodeProcess::start(&dir.path().join("n"), &["--connect-only"]);
+    let url = format!("http://{}", node.api_addr());
+    let error = run_err(&["wallet", "balance", "--wallet", w, "--node", &url]);
+    assert!(
+        error.contains("runs regtest, the wallet is for test"),
+        "{error}"
+    );
+    let error = run_err(&[
+        "mine",
+        "--node",
+        &url,
+        "--address",
+        "nonsense",
+        "--blocks",
+        "1",
+    ]);
+    assert!(
+        error.contains("invalid-address") || error.contains("address"),
+        "{error}"
+    );
+    node.drain();
+}
