@@ -224,9 +224,35 @@ pub fn mine(
     report_every: Duration,
     progress: &mut dyn FnMut(f64, &MiningReport),
 ) -> anyhow::Result<MiningReport> {
+    let round = NONCES_PER_THREAD_ROUND * miner.threads() as u64;
+    let space = NonceSpace {
+        size: NONCE_SPACE,
+        round,
+    };
+    mine_in(miner, source, blocks, stop, report_every, progress, space)
+}
+
+/// How much of a header's nonces the loop searches, and in what steps.
+#[derive(Debug, Clone, Copy)]
+struct NonceSpace {
+    /// Nonces tried before the extra nonce rolls (all of them, except in
+    /// tests).
+    size: u64,
+    /// Nonces per round between staleness checks.
+    round: u64,
+}
+
+fn mine_in(
+    miner: &Miner,
+    source: &mut dyn WorkSource,
+    blocks: Option<u64>,
+    stop: &AtomicBool,
+    report_every: Duration,
+    progress: &mut dyn FnMut(f64, &MiningReport),
+    space: NonceSpace,
+) -> anyhow::Result<MiningReport> {
     let mut report = MiningReport::default();
     let mut last_report = (Instant::now(), miner.hashes());
-    let round = NONCES_PER_THREAD_ROUND * miner.threads() as u64;
     'work: while !stop.load(Ordering::Relaxed) && blocks.is_none_or(|b| report.blocks_accepted < b)
     {
         let mut block = source.template()?;
@@ -234,7 +260,7 @@ pub fn mine(
         let target = target_from_compact(block.header.bits)?;
         let mut next = 0u64;
         loop {
-            let end = (next + round).min(NONCE_SPACE);
+            let end = (next + space.round).min(space.size);
             let found = miner.search(&block.header, &target, next..end, stop);
             let elapsed = last_report.0.elapsed();
             if elapsed >= report_every {
@@ -255,7 +281,7 @@ pub fn mine(
                 break 'work;
             }
             next = end;
-            if next == NONCE_SPACE {
+            if next == space.size {
                 crate::mining::roll_extra_nonce(&mut block);
                 report.extra_nonce_rolls += 1;
                 next = 0;
@@ -273,7 +299,9 @@ pub fn mine(
 mod tests {
     use super::*;
     use crate::consensus::hash::sha256d;
+    use crate::consensus::merkle::merkle_root;
     use crate::consensus::params::Network;
+    use crate::consensus::transaction::TxIn;
     use crate::testkit::TestChain;
 
     #[test]
@@ -321,6 +349,96 @@ mod tests {
             None
         );
         assert_eq!(none.hashes(), u64::from(expected));
+    }
+
+    /// A work source over a test chain: counts what the loop asks for, and
+    /// declares the work stale on the calls listed in `stale_on`.
+    struct Scripted {
+        chain: TestChain,
+        bits: u32,
+        templates: u32,
+        freshness_calls: u32,
+        stale_on: Vec<u32>,
+        submitted: Vec<Block>,
+    }
+
+    impl WorkSource for Scripted {
+        fn template(&mut self) -> anyhow::Result<Block> {
+            self.templates += 1;
+            let mut block = self.chain.build_block(crate::testkit::payee(9), vec![]);
+            // A fresh extra nonce per template, as real sources hand out.
+            if let [TxIn::Coinbase { extra_nonce, .. }] =
+                block.transactions[0].inputs.as_mut_slice()
+            {
+                *extra_nonce = u64::from(self.templates) << 32;
+            }
+            block.header.merkle_root = merkle_root(&block.txids()).0;
+            block.header.bits = self.bits;
+            Ok(block)
+        }
+
+        fn freshness(&mut self, _: &Block, _: Instant) -> anyhow::Result<Freshness> {
+            self.freshness_calls += 1;
+            Ok(if self.stale_on.contains(&self.freshness_calls) {
+                Freshness::TipChanged
+            } else {
+                Freshness::Fresh
+            })
+        }
+
+        fn submit(&mut self, block: Block) -> anyhow::Result<bool> {
+            self.submitted.push(block);
+            Ok(true)
+        }
+    }
+
+    #[test]
+    fn the_loop_rolls_the_extra_nonce_and_drops_stale_work() {
+        // A target met by about 1 hash in 65 536, searched 1 024 nonces at
+        // a time per header: the loop must roll the extra nonce many times
+        // before a block is found, and every block it submits meets the
+        // target with a coinbase that commits to its merkle root.
+        let mut source = Scripted {
+            chain: TestChain::new(Network::Regtest),
+            bits: 0x1f00_ffff,
+            templates: 0,
+            freshness_calls: 0,
+            stale_on: vec![3],
+            submitted: Vec::new(),
+        };
+        let miner = Miner::new(2).unwrap();
+        let stop = AtomicBool::new(false);
+        let space = NonceSpace {
+            size: 1 << 10,
+            round: 1 << 8,
+        };
+        let report = mine_in(
+            &miner,
+            &mut source,
+            Some(2),
+            &stop,
+            Duration::from_secs(3600),
+            &mut |_, _| {},
+            space,
+        )
+        .unwrap();
+        assert_eq!(report.blocks_accepted, 2);
+        assert_eq!(source.submitted.len(), 2);
+        assert_eq!(report.stale_templates, 1);
+        // One template per block plus the one dropped as stale.
+        assert_eq!(source.templates, 3);
+        assert!(report.extra_nonce_rolls > 0, "{report:?}");
+        let target = target_from_compact(0x1f00_ffff).unwrap();
+        for block in &source.submitted {
+            assert!(meets_target(&block.header.hash(), &target));
+            assert!(u64::from(block.header.nonce) < space.size);
+            assert_eq!(block.header.merkle_root, merkle_root(&block.txids()).0);
+        }
+        // Different extra nonces: different coinbases.
+        assert_ne!(
+            source.submitted[0].transactions[0].txid(),
+            source.submitted[1].transactions[0].txid()
+        );
     }
 
     #[test]
