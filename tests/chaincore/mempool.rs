@@ -141,7 +141,8 @@ fn transactions_reach_every_mempool_and_leave_with_the_block() {
     let expected = &pools[2];
     wait_pools(&[f_api], "late joiner learns the pool", |p| p == expected);
 
-    // A restarts (its pool comes back from disk) and mines one block.
+    // A restarts (its pool comes back from disk) and mines one block with
+    // the node's miner on two threads.
     let a = nodes.remove(0);
     let a_pool = pool(apis[0]);
     a.stop();
@@ -156,6 +157,8 @@ fn transactions_reach_every_mempool_and_leave_with_the_block() {
             &miner,
             "--mine-blocks",
             "1",
+            "--mine-threads",
+            "2",
         ],
     );
     let reloaded = a.wait_for("mempool reloaded", LONG);
