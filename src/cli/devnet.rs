@@ -152,10 +152,10 @@ pub fn run(args: DevnetArgs) -> Result<()> {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
-        for (j, (peer, _)) in ports.iter().enumerate() {
-            if j != i {
-                command.args(["--peer", &format!("127.0.0.1:{peer}")]);
-            }
+        // Each node dials the ones started before it: one connection per
+        // pair, a full mesh.
+        for (peer, _) in &ports[..i] {
+            command.args(["--peer", &format!("127.0.0.1:{peer}")]);
         }
         if let (0, Some(address)) = (i, &mine_to) {
             command

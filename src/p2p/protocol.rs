@@ -1159,29 +1159,30 @@ impl Protocol {
             let chain = self.chain.lock().expect("chain lock");
             (chain.best_header().1, chain.height())
         };
-        let (since, height_then) = self.last_progress;
-        let elapsed = now.duration_since(since);
-        if elapsed < PROGRESS_LOG_INTERVAL {
-            self.progress.header_height = header_height;
-            self.progress.block_height = block_height;
-            return;
-        }
-        let rate = f64::from(block_height.saturating_sub(height_then)) / elapsed.as_secs_f64();
         let best_peer = self
             .peers
             .values()
             .filter_map(|p| p.version.as_ref().map(|v| v.start_height))
             .max()
             .unwrap_or(0);
-        let target = header_height.max(best_peer).max(1);
-        self.progress = SyncProgress {
-            header_height,
-            block_height,
-            blocks_per_sec: rate,
-            percent: (f64::from(block_height) * 100.0 / f64::from(target)).min(100.0),
-            peers: self.peers.values().filter(|p| p.ready()).count(),
-            blocks_in_flight: self.in_flight.len(),
+        let target = header_height.max(best_peer);
+        self.progress.header_height = header_height;
+        self.progress.block_height = block_height;
+        // Caught up (a new chain at genesis included) is 100%.
+        self.progress.percent = if block_height >= target {
+            100.0
+        } else {
+            f64::from(block_height) * 100.0 / f64::from(target)
         };
+        self.progress.peers = self.peers.values().filter(|p| p.ready()).count();
+        self.progress.blocks_in_flight = self.in_flight.len();
+        let (since, height_then) = self.last_progress;
+        let elapsed = now.duration_since(since);
+        if elapsed < PROGRESS_LOG_INTERVAL {
+            return;
+        }
+        let rate = f64::from(block_height.saturating_sub(height_then)) / elapsed.as_secs_f64();
+        self.progress.blocks_per_sec = rate;
         self.last_progress = (now, block_height);
         if block_height < header_height {
             tracing::info!(

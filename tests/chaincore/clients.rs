@@ -293,6 +293,7 @@ fn devnet_wallet_send_is_relayed_mined_and_every_node_agrees() {
         assert_eq!(balance(&b, url)["confirmed"], amount.units());
         assert_eq!(balance(&a, url)["confirmed"], expect_a);
         assert_eq!(get_json(*api, "/mempool")["count"], 0);
+        assert_eq!(get_json(*api, "/status")["sync"]["percent"], 100.0);
     }
     // A's history shows the payment with its fee, newest first.
     let history: Value = serde_json::from_str(&run_ok(&[
