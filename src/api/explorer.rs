@@ -360,6 +360,34 @@ pub async fn address_utxo(
         .await
 }
 
+/// Most transactions `/address/{address}/txs/mempool` lists (esplora's
+/// limit).
+pub const MAX_ADDRESS_MEMPOOL_TXS: usize = 50;
+
+/// `GET /address/{address}/txs/mempool`: the address's unconfirmed
+/// transactions, oldest first, in `/tx/{txid}`'s shape.
+pub async fn address_mempool_txs(
+    State(state): State<ApiState>,
+    Path(address): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    state
+        .with_state(move |chain, pool| {
+            let address = address_of(chain, &address)?;
+            let network = chain.params().network;
+            let txs: Vec<Value> = pool
+                .address_entries(&address.hash, MAX_ADDRESS_MEMPOOL_TXS)
+                .into_iter()
+                .map(|entry| {
+                    let mut tx = super::handlers::tx_json(network, &entry.tx, &entry.spent);
+                    tx["status"] = json!({ "confirmed": false });
+                    tx
+                })
+                .collect();
+            Ok(Json(Value::Array(txs)))
+        })
+        .await
+}
+
 /// `GET /address/{address}/txs?cursor=HEIGHT:POS&limit=N`: confirmed
 /// history, newest first.
 pub async fn address_txs(

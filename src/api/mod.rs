@@ -96,6 +96,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/address/{address}", get(handlers::address))
         .route("/address/{address}/utxo", get(explorer::address_utxo))
         .route("/address/{address}/txs", get(explorer::address_txs))
+        .route(
+            "/address/{address}/txs/mempool",
+            get(explorer::address_mempool_txs),
+        )
         .route("/addresses/balances", post(explorer::address_balances))
         .route("/blocks/tip", get(explorer::tip_block))
         .route("/blocks", get(explorer::blocks))
@@ -163,10 +167,13 @@ mod tests {
             doc["paths"].as_object().unwrap().keys().cloned().collect();
         documented.sort();
         let source = include_str!("mod.rs");
+        // The router's body only (this test mentions `.route(` too).
+        let source = &source[source.find("pub fn router(").unwrap()..];
+        let source = &source[..source.find("pub async fn serve(").unwrap()];
         let mut routed: Vec<String> = source
-            .split(".route(\"")
+            .split(".route(")
             .skip(1)
-            .filter_map(|rest| rest.split('"').next())
+            .filter_map(|rest| rest.trim_start().strip_prefix('"')?.split('"').next())
             .map(str::to_string)
             .collect();
         routed.sort();

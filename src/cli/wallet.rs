@@ -136,6 +136,7 @@ struct TxRef {
 
 #[derive(Debug, Deserialize)]
 struct TxInfo {
+    txid: Hash256,
     vin: Vec<TxInput>,
     vout: Vec<TxOutput>,
     fee: u64,
@@ -143,6 +144,8 @@ struct TxInfo {
 
 #[derive(Debug, Deserialize)]
 struct TxInput {
+    txid: Option<Hash256>,
+    vout: Option<u32>,
     prevout: Option<TxOutput>,
 }
 
@@ -313,8 +316,19 @@ async fn utxo_entries(client: &NodeClient, address: &Address) -> Result<Vec<Utxo
     }
 }
 
+/// The address's unconfirmed transactions, from the node's mempool.
+async fn pending_txs(client: &NodeClient, address: &Address) -> Result<Vec<TxInfo>> {
+    Ok(client
+        .get(&format!("/address/{address}/txs/mempool"))
+        .await?)
+}
+
+/// What the wallet can spend from: its confirmed UTXOs, plus the change of
+/// its own unconfirmed transactions (those whose inputs are all ours), as
+/// Bitcoin Core trusts its own change. Payments from others count once
+/// they confirm.
 async fn coins(client: &NodeClient, address: &Address) -> Result<Vec<Coin>> {
-    Ok(utxo_entries(client, address)
+    let mut coins: Vec<Coin> = utxo_entries(client, address)
         .await?
         .into_iter()
         .map(|u| Coin {
@@ -322,8 +336,49 @@ async fn coins(client: &NodeClient, address: &Address) -> Result<Vec<Coin>> {
             value: Amount::from_units(u.value),
             spent_in_mempool: u.spent_in_mempool,
             immature: !u.mature,
+            confirmed: true,
         })
-        .collect())
+        .collect();
+    coins.extend(own_change(
+        &pending_txs(client, address).await?,
+        &address.to_string(),
+    ));
+    Ok(coins)
+}
+
+/// Outputs to `mine` of pool transactions funded only by `mine`.
+fn own_change(pending: &[TxInfo], mine: &str) -> Vec<Coin> {
+    let spent: std::collections::HashSet<OutPoint> = pending
+        .iter()
+        .flat_map(|tx| &tx.vin)
+        .filter_map(|i| Some(OutPoint::new(i.txid?, i.vout?)))
+        .collect();
+    pending
+        .iter()
+        .filter(|tx| {
+            !tx.vin.is_empty()
+                && tx
+                    .vin
+                    .iter()
+                    .all(|i| i.prevout.as_ref().is_some_and(|p| p.address == mine))
+        })
+        .flat_map(|tx| {
+            tx.vout
+                .iter()
+                .enumerate()
+                .filter(|(_, o)| o.address == mine)
+                .map(|(vout, o)| {
+                    let outpoint = OutPoint::new(tx.txid, vout as u32);
+                    Coin {
+                        outpoint,
+                        value: Amount::from_units(o.value),
+                        spent_in_mempool: spent.contains(&outpoint),
+                        immature: false,
+                        confirmed: false,
+                    }
+                })
+        })
+        .collect()
 }
 
 async fn balance(client: &NodeClient, wallet: &Wallet, as_json: bool) -> Result<()> {
@@ -415,52 +470,67 @@ async fn utxos(client: &NodeClient, wallet: &Wallet, as_json: bool) -> Result<()
     Ok(())
 }
 
+/// The wallet's net change in `tx`: what it pays `mine` minus what it
+/// spends of `mine`'s.
+fn net_change(tx: &TxInfo, mine: &str) -> i128 {
+    let received: u64 = tx
+        .vout
+        .iter()
+        .filter(|o| o.address == mine)
+        .map(|o| o.value)
+        .sum();
+    let spent: u64 = tx
+        .vin
+        .iter()
+        .filter_map(|i| i.prevout.as_ref())
+        .filter(|o| o.address == mine)
+        .map(|o| o.value)
+        .sum();
+    received as i128 - spent as i128
+}
+
+/// Pending transactions first (newest last in the pool, shown first), then
+/// confirmed ones newest first, up to `limit` in all.
 async fn history(client: &NodeClient, wallet: &Wallet, limit: usize, as_json: bool) -> Result<()> {
     let address = wallet.address();
     let mine = address.to_string();
-    let mut refs = Vec::new();
+    // (txid, height or None for the mempool, net, fee)
+    let mut rows: Vec<(Hash256, Option<u32>, i128, u64)> = pending_txs(client, &address)
+        .await?
+        .iter()
+        .rev()
+        .take(limit)
+        .map(|tx| (tx.txid, None, net_change(tx, &mine), tx.fee))
+        .collect();
     let mut cursor: Option<String> = None;
-    while refs.len() < limit {
-        let page_size = (limit - refs.len()).min(UTXO_PAGE);
+    while rows.len() < limit {
+        let page_size = (limit - rows.len()).min(UTXO_PAGE);
         let path = paged(format!("/address/{address}/txs?limit={page_size}"), &cursor);
         let page: TxsPage = client.get(&path).await?;
-        refs.extend(page.txs);
+        for r in &page.txs {
+            let tx: TxInfo = client.get(&format!("/tx/{}", r.txid)).await?;
+            rows.push((r.txid, Some(r.block_height), net_change(&tx, &mine), tx.fee));
+        }
         match page.next_cursor {
             Some(next) => cursor = Some(next),
             None => break,
         }
     }
-    let mut rows = Vec::new();
-    for r in refs.iter().take(limit) {
-        let tx: TxInfo = client.get(&format!("/tx/{}", r.txid)).await?;
-        let received: u64 = tx
-            .vout
-            .iter()
-            .filter(|o| o.address == mine)
-            .map(|o| o.value)
-            .sum();
-        let spent: u64 = tx
-            .vin
-            .iter()
-            .filter_map(|i| i.prevout.as_ref())
-            .filter(|o| o.address == mine)
-            .map(|o| o.value)
-            .sum();
-        rows.push((r, received as i128 - spent as i128, tx.fee));
-    }
+    rows.truncate(limit);
     if as_json {
         let list: Vec<_> = rows
             .iter()
-            .map(|(r, net, fee)| json!({ "txid": r.txid, "height": r.block_height, "net": *net as i64, "fee": fee }))
+            .map(|(txid, height, net, fee)| {
+                json!({ "txid": txid, "height": height, "net": *net as i64, "fee": fee })
+            })
             .collect();
         println!("{}", serde_json::Value::Array(list));
         return Ok(());
     }
-    for (r, net, fee) in &rows {
+    for (txid, height, net, fee) in &rows {
         println!(
-            "{}  height {:>7}  {} CC{}",
-            r.txid,
-            r.block_height,
+            "{txid}  {:>14}  {} CC{}",
+            height.map_or("mempool".to_string(), |h| format!("height {h}")),
             signed_cc(*net),
             if *net < 0 {
                 format!("  (fee {} CC)", Amount::from_units(*fee))

@@ -578,6 +578,22 @@ impl Mempool {
         stats
     }
 
+    /// Pool transactions that pay to or spend from `owner`, oldest first,
+    /// at most `limit` of them.
+    pub fn address_entries(&self, owner: &PubKeyHash, limit: usize) -> Vec<&MempoolEntry> {
+        let mut touching: Vec<&MempoolEntry> = self
+            .entries
+            .values()
+            .filter(|e| {
+                e.tx.outputs.iter().any(|o| o.owner == *owner)
+                    || e.spent.iter().any(|o| o.owner == *owner)
+            })
+            .collect();
+        touching.sort_by_key(|e| (e.time, e.txid));
+        touching.truncate(limit);
+        touching
+    }
+
     /// Space left for transactions in a block beside the header and coinbase.
     pub fn block_space() -> usize {
         MAX_BLOCK_SIZE - 1_000

@@ -345,4 +345,16 @@ fn pending_address_stats_count_both_sides() {
         (from.spent_txo_count, from.spent_txo_sum),
         (1, 50 * 100_000_000)
     );
+    // The same transaction is listed for payer and payee, for nobody else.
+    let txid = pool.txids()[0];
+    for owner in [key(1), key(2)] {
+        let listed: Vec<_> = pool
+            .address_entries(&owner.pubkey_hash(), 50)
+            .iter()
+            .map(|e| e.txid)
+            .collect();
+        assert_eq!(listed, vec![txid]);
+    }
+    assert!(pool.address_entries(&key(9).pubkey_hash(), 50).is_empty());
+    assert!(pool.address_entries(&key(1).pubkey_hash(), 0).is_empty());
 }

@@ -21,6 +21,9 @@ pub struct Coin {
     pub spent_in_mempool: bool,
     /// A block reward that cannot be spent yet.
     pub immature: bool,
+    /// In a block; otherwise the change of one of our own transactions in
+    /// the mempool (spendable, as Bitcoin Core spends its own change).
+    pub confirmed: bool,
 }
 
 /// How the fee is chosen.
@@ -97,9 +100,10 @@ pub fn signed_size(inputs: usize, outputs: usize) -> usize {
     .encoded_len()
 }
 
-/// Picks coins for `amount` under `policy`: spendable coins only (confirmed,
-/// mature, not spent in the mempool), largest first, so the transaction
-/// stays small. Change worth less than the fee to spend it later goes to
+/// Picks coins for `amount` under `policy`: spendable coins only (mature,
+/// not spent in the mempool), confirmed ones before unconfirmed change, and
+/// largest first within each, so the transaction stays small and rarely
+/// waits on another. Change worth less than the fee to spend it later goes to
 /// the fee instead.
 pub fn plan_spend(
     coins: &[Coin],
@@ -129,7 +133,12 @@ pub fn plan_spend(
         .filter(|c| !c.spent_in_mempool && !c.immature)
         .copied()
         .collect();
-    spendable.sort_by(|a, b| b.value.cmp(&a.value).then(a.outpoint.cmp(&b.outpoint)));
+    spendable.sort_by(|a, b| {
+        b.confirmed
+            .cmp(&a.confirmed)
+            .then(b.value.cmp(&a.value))
+            .then(a.outpoint.cmp(&b.outpoint))
+    });
     let max_inputs = (1..=spendable.len().max(1))
         .take_while(|n| signed_size(*n, 2) <= MAX_STANDARD_TX_SIZE)
         .last()
@@ -242,6 +251,7 @@ mod tests {
             value: Amount::from_units(units),
             spent_in_mempool: false,
             immature: false,
+            confirmed: true,
         }
     }
 
@@ -299,6 +309,17 @@ mod tests {
     }
 
     #[test]
+    fn confirmed_coins_go_first_and_unconfirmed_change_fills_in() {
+        let mut change = coin(9, 5_000_000);
+        change.confirmed = false;
+        let coins = [change, coin(1, 300_000), coin(2, 200_000)];
+        let small = plan_spend(&coins, Amount::from_units(400_000), FeePolicy::Rate(1)).unwrap();
+        assert_eq!(small.inputs, vec![coins[1], coins[2]]);
+        let large = plan_spend(&coins, Amount::from_units(1_000_000), FeePolicy::Rate(1)).unwrap();
+        assert_eq!(large.inputs, vec![coins[1], coins[2], coins[0]]);
+    }
+
+    #[test]
     fn dust_change_goes_to_the_fee_and_fixed_fees_are_kept() {
         let size = signed_size(1, 1) as u64;
         // Exactly enough for a 1-output transaction plus 10 units.
@@ -337,6 +358,7 @@ mod tests {
                 value: Amount::from_units(1_000),
                 spent_in_mempool: false,
                 immature: false,
+                confirmed: true,
             })
             .collect();
         assert!(matches!(

@@ -253,11 +253,59 @@ fn devnet_wallet_send_is_relayed_mined_and_every_node_agrees() {
     let fee = tx["fee"].as_u64().unwrap();
     assert_eq!(fee, 2 * tx["size"].as_u64().unwrap());
     // Its coin is spent in the mempool: the wallet does not offer it again.
+    // Its coin is spent in the mempool; its change is A's own and spendable.
+    let change = reward - amount.units() - fee;
     let pending = balance(&a, &urls[2]);
-    assert_eq!(pending["spendable"], reward);
+    assert_eq!(pending["spendable"], reward + change);
     assert_eq!(pending["pending"], -(amount.units() as i64) - fee as i64);
 
-    // A block from node 2, paying C, confirms it everywhere.
+    // A pays B 60 CC more before any block: more than its last confirmed
+    // coin, so the unconfirmed change must fund it too.
+    let second = Amount::from_units(60 * 100_000_000);
+    let sent = send(&addr_b, "60", pass, &["--fee-rate", "1"]);
+    assert!(
+        sent.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
+    let txid2 = last_line(String::from_utf8(sent.stdout).unwrap());
+    for api in &apis {
+        eventually(
+            "the chained payment in every mempool",
+            Duration::from_secs(10),
+            || {
+                let (_, body) = http(*api, "GET", "/mempool/txids", "");
+                body.contains(&txid2)
+            },
+        );
+    }
+    let tx2 = get_json(apis[0], &format!("/tx/{txid2}"));
+    let fee2 = tx2["fee"].as_u64().unwrap();
+    let spent: Vec<&str> = tx2["vin"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["txid"].as_str().unwrap())
+        .collect();
+    assert!(
+        spent.contains(&txid.as_str()),
+        "spends the first payment's change"
+    );
+    let unconfirmed = get_json(apis[1], &format!("/address/{addr_a}/txs/mempool"));
+    assert_eq!(unconfirmed.as_array().unwrap().len(), 2);
+    let history = |url: &str| -> Value {
+        serde_json::from_str(&run_ok(&[
+            "wallet", "history", "--json", "--wallet", &a, "--node", url,
+        ]))
+        .unwrap()
+    };
+    let before = history(&urls[1]);
+    assert!(
+        before[0]["height"].is_null() && before[1]["height"].is_null(),
+        "{before}"
+    );
+
+    // A block from node 2, paying C, confirms both everywhere.
     run_ok(&[
         "mine",
         "--node",
@@ -271,16 +319,21 @@ fn devnet_wallet_send_is_relayed_mined_and_every_node_agrees() {
     ]);
     for api in &apis {
         eventually(
-            "the payment confirmed everywhere",
+            "both payments confirmed everywhere",
             Duration::from_secs(30),
-            || get_json(*api, &format!("/tx/{txid}/status"))["confirmed"] == true,
+            || {
+                [&txid, &txid2]
+                    .iter()
+                    .all(|t| get_json(*api, &format!("/tx/{t}/status"))["confirmed"] == true)
+            },
         );
     }
-    let expect_a = 11 * reward - amount.units() - fee;
+    let paid = amount.units() + second.units();
+    let expect_a = 11 * reward - paid - fee - fee2;
     for (api, url) in apis.iter().zip(&urls) {
         assert_eq!(
             get_json(*api, &format!("/address/{addr_b}"))["balance"],
-            amount.units()
+            paid
         );
         assert_eq!(
             get_json(*api, &format!("/address/{addr_a}"))["balance"],
@@ -288,21 +341,26 @@ fn devnet_wallet_send_is_relayed_mined_and_every_node_agrees() {
         );
         assert_eq!(
             get_json(*api, &format!("/address/{addr_c}"))["balance"],
-            reward + fee
+            reward + fee + fee2
         );
-        assert_eq!(balance(&b, url)["confirmed"], amount.units());
+        assert_eq!(balance(&b, url)["confirmed"], paid);
         assert_eq!(balance(&a, url)["confirmed"], expect_a);
         assert_eq!(get_json(*api, "/mempool")["count"], 0);
-        assert_eq!(get_json(*api, "/status")["sync"]["percent"], 100.0);
+        // The protocol refreshes its progress every 250 ms tick.
+        eventually("sync at 100%", Duration::from_secs(5), || {
+            get_json(*api, "/status")["sync"]["percent"] == 100.0
+        });
     }
-    // A's history shows the payment with its fee, newest first.
-    let history: Value = serde_json::from_str(&run_ok(&[
-        "wallet", "history", "--json", "--wallet", &a, "--node", &urls[0],
-    ]))
-    .unwrap();
-    assert_eq!(history[0]["txid"], txid.as_str());
-    assert_eq!(history[0]["net"], -((amount.units() + fee) as i64));
-    assert_eq!(history.as_array().unwrap().len(), 12);
+    // A's history: the two payments newest first, and its nets add up to
+    // the balance.
+    let after = history(&urls[0]);
+    let rows = after.as_array().unwrap();
+    assert_eq!(rows.len(), 13);
+    assert_eq!(rows[0]["txid"], txid2.as_str());
+    assert_eq!(rows[1]["txid"], txid.as_str());
+    assert_eq!(rows[1]["net"], -((amount.units() + fee) as i64));
+    let total: i64 = rows.iter().map(|r| r["net"].as_i64().unwrap()).sum();
+    assert_eq!(total, expect_a as i64);
 
     // Metrics: the payment crossed the wire into nodes 0 and 2, blocks into
     // node 1, and the REST calls above were timed by route.
