@@ -313,13 +313,29 @@ fn rest_endpoints_answer_and_refuse_as_documented() {
         "bad-checksum",
     );
     let mainnet = rich.address(Network::Main).to_string();
+    for path in ["", "/utxo", "/txs", "/txs/mempool"] {
+        refuses(
+            api,
+            "GET",
+            &format!("/address/{mainnet}{path}"),
+            "",
+            400,
+            "wrong-network",
+        );
+    }
+    // Nothing pending for this address: an empty list.
+    assert_eq!(
+        get(api, &format!("/address/{address}/txs/mempool")),
+        (200, json!([]))
+    );
+    // Malformed query strings are refused in the API's JSON shape.
     refuses(
         api,
         "GET",
-        &format!("/address/{mainnet}"),
+        &format!("/address/{address}/utxo?limit=-1"),
         "",
         400,
-        "wrong-network",
+        "invalid-query",
     );
     let other = key(5).address(Network::Regtest).to_string();
     let (status, body) = http(
