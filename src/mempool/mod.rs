@@ -118,6 +118,11 @@ impl MempoolEntry {
     }
 }
 
+/// Every owner a transaction pays or spends from, once each.
+fn owners(outputs: &[TxOut], spent: &[TxOut]) -> HashSet<PubKeyHash> {
+    outputs.iter().chain(spent).map(|o| o.owner).collect()
+}
+
 fn fee_rate(fee: Amount, size: usize) -> u64 {
     fee.units().saturating_mul(1000) / size.max(1) as u64
 }
@@ -148,6 +153,9 @@ pub struct Mempool {
     /// Bumped by every addition and removal: miners compare it to tell
     /// whether their template is behind the pool.
     changes: u64,
+    /// Pool transactions by every owner they pay or spend from, so address
+    /// queries cost the address's own entries, not a scan of the pool.
+    by_owner: HashMap<PubKeyHash, HashSet<Txid>>,
 }
 
 impl Mempool {
@@ -162,6 +170,7 @@ impl Mempool {
             pending_readd: Vec::new(),
             announce: Vec::new(),
             changes: 0,
+            by_owner: HashMap::new(),
         }
     }
 
@@ -343,6 +352,10 @@ impl Mempool {
         self.by_rate.insert((rate, txid));
         self.bytes += size;
         self.changes += 1;
+        let spent: Vec<TxOut> = spent.iter().map(|u| u.output).collect();
+        for owner in owners(&tx.outputs, &spent) {
+            self.by_owner.entry(owner).or_default().insert(txid);
+        }
         self.entries.insert(
             txid,
             MempoolEntry {
@@ -351,7 +364,7 @@ impl Mempool {
                 fee,
                 size,
                 time,
-                spent: spent.iter().map(|u| u.output).collect(),
+                spent,
                 parents,
                 children: HashSet::new(),
             },
@@ -397,6 +410,14 @@ impl Mempool {
     fn remove_entry(&mut self, txid: &Txid) -> Option<MempoolEntry> {
         let entry = self.entries.remove(txid)?;
         self.changes += 1;
+        for owner in owners(&entry.tx.outputs, &entry.spent) {
+            if let Some(txids) = self.by_owner.get_mut(&owner) {
+                txids.remove(txid);
+                if txids.is_empty() {
+                    self.by_owner.remove(&owner);
+                }
+            }
+        }
         self.by_rate.remove(&(entry.fee_rate(), *txid));
         self.bytes -= entry.size;
         for input in &entry.tx.inputs {
@@ -554,26 +575,28 @@ impl Mempool {
         (txs, Amount::from_units(fees))
     }
 
+    /// Pool entries that pay to or spend from `owner`.
+    fn owner_entries<'a>(&'a self, owner: &PubKeyHash) -> impl Iterator<Item = &'a MempoolEntry> {
+        self.by_owner
+            .get(owner)
+            .into_iter()
+            .flatten()
+            .filter_map(|txid| self.entries.get(txid))
+    }
+
     /// Pending totals of `owner`: what pool transactions pay to and spend from it.
     pub fn address_stats(&self, owner: &PubKeyHash) -> PendingStats {
         let mut stats = PendingStats::default();
-        for entry in self.entries.values() {
-            let mut touched = false;
-            for output in &entry.tx.outputs {
-                if output.owner == *owner {
-                    stats.funded_txo_count += 1;
-                    stats.funded_txo_sum += output.amount.units();
-                    touched = true;
-                }
+        for entry in self.owner_entries(owner) {
+            for output in entry.tx.outputs.iter().filter(|o| o.owner == *owner) {
+                stats.funded_txo_count += 1;
+                stats.funded_txo_sum += output.amount.units();
             }
-            for spent in &entry.spent {
-                if spent.owner == *owner {
-                    stats.spent_txo_count += 1;
-                    stats.spent_txo_sum += spent.amount.units();
-                    touched = true;
-                }
+            for spent in entry.spent.iter().filter(|o| o.owner == *owner) {
+                stats.spent_txo_count += 1;
+                stats.spent_txo_sum += spent.amount.units();
             }
-            stats.tx_count += u64::from(touched);
+            stats.tx_count += 1;
         }
         stats
     }
@@ -581,14 +604,7 @@ impl Mempool {
     /// Pool transactions that pay to or spend from `owner`, oldest first,
     /// at most `limit` of them.
     pub fn address_entries(&self, owner: &PubKeyHash, limit: usize) -> Vec<&MempoolEntry> {
-        let mut touching: Vec<&MempoolEntry> = self
-            .entries
-            .values()
-            .filter(|e| {
-                e.tx.outputs.iter().any(|o| o.owner == *owner)
-                    || e.spent.iter().any(|o| o.owner == *owner)
-            })
-            .collect();
+        let mut touching: Vec<&MempoolEntry> = self.owner_entries(owner).collect();
         touching.sort_by_key(|e| (e.time, e.txid));
         touching.truncate(limit);
         touching

@@ -357,4 +357,11 @@ fn pending_address_stats_count_both_sides() {
     }
     assert!(pool.address_entries(&key(9).pubkey_hash(), 50).is_empty());
     assert!(pool.address_entries(&key(1).pubkey_hash(), 0).is_empty());
+    // Leaving the pool leaves the owner index too.
+    assert_eq!(pool.remove_with_descendants(&txid), 1);
+    assert!(pool.by_owner.is_empty());
+    assert_eq!(
+        pool.address_stats(&key(2).pubkey_hash()),
+        Default::default()
+    );
 }
