@@ -123,7 +123,7 @@ pub fn render(rows: &[(String, Result<NodeStatus, String>)]) -> String {
                     "{:<28} {:>8} {:<18} {:>5} {:>8} {:>10.1} {:>7.2} {:>11} {:>7}s",
                     url,
                     s.tip.height,
-                    format!("{}…", &s.tip.hash[..s.tip.hash.len().min(16)]),
+                    format!("{}…", s.tip.hash.chars().take(16).collect::<String>()),
                     s.peers,
                     s.mempool.count,
                     s.mempool.bytes as f64 / 1024.0,
