@@ -19,6 +19,15 @@ pub async fn not_found() -> ApiError {
     ApiError::not_found("no such endpoint")
 }
 
+/// A known path with a method it does not serve.
+pub async fn method_not_allowed(method: axum::http::Method) -> ApiError {
+    ApiError {
+        status: axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        code: "method-not-allowed",
+        message: format!("{method} is not served on this path"),
+    }
+}
+
 fn parse_txid(s: &str) -> Result<Txid, ApiError> {
     s.parse()
         .map_err(|e: crate::consensus::hash::ParseHashError| {

@@ -129,6 +129,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/orphaned_blocks", get(legacy::orphaned_blocks))
         .route("/network_config", get(legacy::network_config))
         .fallback(handlers::not_found)
+        .method_not_allowed_fallback(handlers::method_not_allowed)
         .route_layer(axum::middleware::from_fn_with_state(
             latency,
             latency::track,

@@ -221,6 +221,8 @@ fn rest_endpoints_answer_and_refuse_as_documented() {
         );
     }
     refuses(api, "GET", "/tx/nothex/status", "", 400, "invalid-txid");
+    refuses(api, "DELETE", "/status", "", 405, "method-not-allowed");
+    refuses(api, "GET", "/no/such/thing", "", 404, "not-found");
 
     // Addresses: more than 1 000 UTXOs over two pages.
     let address = rich.address(Network::Regtest).to_string();
