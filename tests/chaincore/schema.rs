@@ -46,8 +46,14 @@ fn schemathesis_finds_no_server_error_and_no_answer_off_the_schema() {
         .current_dir(dir.path())
         .args(["run", &format!("http://{api}/openapi.json")])
         .args([
+            // Every check but one: "a schema-valid request is accepted"
+            // cannot hold where validity needs a checksum (addresses) or
+            // a decodable body (transactions, blocks), which JSON Schema
+            // cannot express.
             "--checks",
-            "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,unsupported_method",
+            "all",
+            "--exclude-checks",
+            "positive_data_acceptance",
             "--max-examples",
             MAX_EXAMPLES,
             "--seed",
