@@ -125,6 +125,9 @@ pub struct Miner {
     threads: usize,
     /// Hashes computed since the miner was made.
     hashes: AtomicU64,
+    /// Nonces [`mine`] tries per header before rolling the extra nonce:
+    /// all of them, except in tests.
+    nonce_space: u64,
 }
 
 impl Miner {
@@ -138,6 +141,7 @@ impl Miner {
             pool,
             threads,
             hashes: AtomicU64::new(0),
+            nonce_space: NONCE_SPACE,
         })
     }
 
@@ -225,32 +229,6 @@ pub fn mine(
     progress: &mut dyn FnMut(f64, &MiningReport),
 ) -> anyhow::Result<MiningReport> {
     let round = NONCES_PER_THREAD_ROUND * miner.threads() as u64;
-    let space = NonceSpace {
-        size: NONCE_SPACE,
-        round,
-    };
-    mine_in(miner, source, blocks, stop, report_every, progress, space)
-}
-
-/// How much of a header's nonces the loop searches, and in what steps.
-#[derive(Debug, Clone, Copy)]
-struct NonceSpace {
-    /// Nonces tried before the extra nonce rolls (all of them, except in
-    /// tests).
-    size: u64,
-    /// Nonces per round between staleness checks.
-    round: u64,
-}
-
-fn mine_in(
-    miner: &Miner,
-    source: &mut dyn WorkSource,
-    blocks: Option<u64>,
-    stop: &AtomicBool,
-    report_every: Duration,
-    progress: &mut dyn FnMut(f64, &MiningReport),
-    space: NonceSpace,
-) -> anyhow::Result<MiningReport> {
     let mut report = MiningReport::default();
     let mut last_report = (Instant::now(), miner.hashes());
     'work: while !stop.load(Ordering::Relaxed) && blocks.is_none_or(|b| report.blocks_accepted < b)
@@ -260,7 +238,7 @@ fn mine_in(
         let target = target_from_compact(block.header.bits)?;
         let mut next = 0u64;
         loop {
-            let end = (next + space.round).min(space.size);
+            let end = (next + round).min(miner.nonce_space);
             let found = miner.search(&block.header, &target, next..end, stop);
             let elapsed = last_report.0.elapsed();
             if elapsed >= report_every {
@@ -281,7 +259,7 @@ fn mine_in(
                 break 'work;
             }
             next = end;
-            if next == space.size {
+            if next == miner.nonce_space {
                 crate::mining::roll_extra_nonce(&mut block);
                 report.extra_nonce_rolls += 1;
                 next = 0;
@@ -406,20 +384,16 @@ mod tests {
             stale_on: vec![3],
             submitted: Vec::new(),
         };
-        let miner = Miner::new(2).unwrap();
+        let mut miner = Miner::new(2).unwrap();
+        miner.nonce_space = 1 << 10;
         let stop = AtomicBool::new(false);
-        let space = NonceSpace {
-            size: 1 << 10,
-            round: 1 << 8,
-        };
-        let report = mine_in(
+        let report = mine(
             &miner,
             &mut source,
             Some(2),
             &stop,
             Duration::from_secs(3600),
             &mut |_, _| {},
-            space,
         )
         .unwrap();
         assert_eq!(report.blocks_accepted, 2);
@@ -431,7 +405,7 @@ mod tests {
         let target = target_from_compact(0x1f00_ffff).unwrap();
         for block in &source.submitted {
             assert!(meets_target(&block.header.hash(), &target));
-            assert!(u64::from(block.header.nonce) < space.size);
+            assert!(u64::from(block.header.nonce) < miner.nonce_space);
             assert_eq!(block.header.merkle_root, merkle_root(&block.txids()).0);
         }
         // Different extra nonces: different coinbases.

@@ -5,13 +5,12 @@
 use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, State};
-
-use super::extract::Path;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::extract::Path;
 use super::{ApiError, ApiState};
 
 /// Whether a request may use admin endpoints: it comes from loopback, or it

@@ -2,14 +2,13 @@
 //! esplora's shapes, with cursor pagination for long lists.
 
 use axum::extract::State;
-
-use super::extract::{Path, Query};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::extract::{Path, Query};
 use super::{ApiError, ApiState};
 use crate::chain::Chain;
 use crate::consensus::address::Address;

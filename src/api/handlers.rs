@@ -3,11 +3,10 @@
 use std::collections::HashMap;
 
 use axum::extract::State;
-
-use super::extract::Path;
 use axum::Json;
 use serde_json::{json, Value};
 
+use super::extract::Path;
 use super::{ApiError, ApiState};
 use crate::consensus::address::Address;
 use crate::consensus::hash::Txid;

@@ -4,13 +4,12 @@
 //! decimal CC string for display.
 
 use axum::extract::State;
-
-use super::extract::{Path, Query};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::explorer::{address_of, MAX_ADDRESS_PAGE};
+use super::extract::{Path, Query};
 use super::{ApiError, ApiState};
 use crate::consensus::amount::Amount;
 use crate::consensus::limits::MAX_BLOCK_SIZE;

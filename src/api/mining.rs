@@ -10,19 +10,18 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use axum::extract::State;
-
-use super::extract::Query;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::extract::Query;
 use super::{ApiError, ApiState};
 use crate::chain::BlockOutcome;
 use crate::consensus::block::{Block, BlockHeader, HEADER_LEN};
 use crate::consensus::hash::Hash256;
 use crate::consensus::pow::target_from_compact;
 use crate::encoding::{Decode, Encode};
-use crate::node::producer::node_template;
+use crate::node::producer::{node_template, NodeTemplate};
 
 /// Templates remembered for header-only submissions.
 pub const MAX_TEMPLATES: usize = 32;
@@ -64,10 +63,8 @@ pub async fn template(
     state
         .with_state(move |chain, pool| {
             let payout = super::explorer::address_of(chain, &address)?;
-            let ctx = chain
-                .context_after(&chain.tip().hash)
-                .expect("the tip is indexed");
-            let (block, fees) = node_template(chain, pool, payout.hash, rand::random());
+            let NodeTemplate { block, fees, ctx } =
+                node_template(chain, pool, payout.hash, rand::random());
             let header = block.header;
             let target = target_from_compact(header.bits).map_err(ApiError::internal)?;
             let value = json!({

@@ -10,6 +10,7 @@ use crate::chain::{unix_now, BlockOutcome, Chain};
 use crate::consensus::address::PubKeyHash;
 use crate::consensus::amount::Amount;
 use crate::consensus::block::Block;
+use crate::consensus::validation::BlockContext;
 use crate::mempool::Mempool;
 use crate::miner::{Freshness, Miner, WorkSource};
 use crate::mining::{assemble_block, BlockTemplateHeader};
@@ -22,15 +23,14 @@ pub const TEMPLATE_REFRESH: Duration = Duration::from_secs(5);
 pub const HASHRATE_REPORT_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Builds a template on the chain's tip with the mempool's best
-/// transactions, paying `payout`, with a fresh extra nonce. Returns the
-/// block and the fees it collects.
+/// transactions (the pool caught up with the chain), paying `payout`, with
+/// a fresh extra nonce.
 pub fn node_template(
     chain: &Chain,
     pool: &mut Mempool,
     payout: PubKeyHash,
     extra_nonce: u64,
-) -> (Block, Amount) {
-    pool.catch_up(chain);
+) -> NodeTemplate {
     let tip = chain.tip();
     let ctx = chain.context_after(&tip.hash).expect("the tip is indexed");
     let (txs, fees) = pool.select_for_block(chain, Mempool::block_space());
@@ -41,7 +41,15 @@ pub fn node_template(
         bits: ctx.expected_bits,
     };
     let block = assemble_block(chain.params(), header, payout, extra_nonce, fees, txs);
-    (block, fees)
+    NodeTemplate { block, fees, ctx }
+}
+
+/// A block to solve, what it collects in fees, and the context it was
+/// built in (height, time bounds).
+pub struct NodeTemplate {
+    pub block: Block,
+    pub fees: Amount,
+    pub ctx: BlockContext,
 }
 
 /// Work from the node's own chain and mempool.
@@ -59,8 +67,9 @@ impl WorkSource for NodeWork<'_> {
     fn template(&mut self) -> anyhow::Result<Block> {
         let chain = self.chain.lock().expect("chain lock");
         let mut pool = self.mempool.lock().expect("mempool lock");
+        pool.catch_up(&chain);
         self.extra_nonce = self.extra_nonce.wrapping_add(1);
-        let (block, _) = node_template(&chain, &mut pool, self.payout, self.extra_nonce);
+        let block = node_template(&chain, &mut pool, self.payout, self.extra_nonce).block;
         self.pool_changes = pool.changes();
         Ok(block)
     }

@@ -230,29 +230,31 @@ fn devnet_wallet_send_is_relayed_mined_and_every_node_agrees() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("wrong passphrase"));
 
+    // Sends from A, and waits until the payment is in every mempool.
+    let pay = |amount: &str, fee_rate: &str| -> String {
+        let sent = send(&addr_b, amount, pass, &["--fee-rate", fee_rate]);
+        assert!(
+            sent.status.success(),
+            "{}",
+            String::from_utf8_lossy(&sent.stderr)
+        );
+        let txid = last_line(String::from_utf8(sent.stdout).unwrap());
+        for api in &apis {
+            eventually(
+                "the payment in every mempool",
+                Duration::from_secs(10),
+                || http(*api, "GET", "/mempool/txids", "").1.contains(&txid),
+            );
+        }
+        txid
+    };
+
     // A pays B 3.5 CC at 2 units/byte through node 1.
     let amount = Amount::from_units(350_000_000);
-    let sent = send(&addr_b, "3.5", pass, &["--fee-rate", "2"]);
-    assert!(
-        sent.status.success(),
-        "{}",
-        String::from_utf8_lossy(&sent.stderr)
-    );
-    let txid = last_line(String::from_utf8(sent.stdout).unwrap());
-    for api in &apis {
-        eventually(
-            "the payment in every mempool",
-            Duration::from_secs(10),
-            || {
-                let (_, body) = http(*api, "GET", "/mempool/txids", "");
-                body.contains(&txid)
-            },
-        );
-    }
+    let txid = pay("3.5", "2");
     let tx = get_json(apis[2], &format!("/tx/{txid}"));
     let fee = tx["fee"].as_u64().unwrap();
     assert_eq!(fee, 2 * tx["size"].as_u64().unwrap());
-    // Its coin is spent in the mempool: the wallet does not offer it again.
     // Its coin is spent in the mempool; its change is A's own and spendable.
     let change = reward - amount.units() - fee;
     let pending = balance(&a, &urls[2]);
@@ -262,23 +264,7 @@ fn devnet_wallet_send_is_relayed_mined_and_every_node_agrees() {
     // A pays B 60 CC more before any block: more than its last confirmed
     // coin, so the unconfirmed change must fund it too.
     let second = Amount::from_units(60 * 100_000_000);
-    let sent = send(&addr_b, "60", pass, &["--fee-rate", "1"]);
-    assert!(
-        sent.status.success(),
-        "{}",
-        String::from_utf8_lossy(&sent.stderr)
-    );
-    let txid2 = last_line(String::from_utf8(sent.stdout).unwrap());
-    for api in &apis {
-        eventually(
-            "the chained payment in every mempool",
-            Duration::from_secs(10),
-            || {
-                let (_, body) = http(*api, "GET", "/mempool/txids", "");
-                body.contains(&txid2)
-            },
-        );
-    }
+    let txid2 = pay("60", "1");
     let tx2 = get_json(apis[0], &format!("/tx/{txid2}"));
     let fee2 = tx2["fee"].as_u64().unwrap();
     let spent: Vec<&str> = tx2["vin"]
