@@ -1,10 +1,13 @@
 //! Network figures with real nodes on 127.0.0.1: sync throughput between two
 //! nodes for a chain of 2 000 blocks x 100 transactions, and block
-//! propagation time to every node of a 10-node network.
+//! propagation time to every node of a 10-node network. Also, in process,
+//! the protocol's CPU per synced block with 2 000 and with 100 000 headers
+//! ahead of the blocks: scheduling must not grow with the distance.
 //!
 //! Run: `cargo bench --profile dev --bench p2p` (`-- quick` for small sizes).
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chaincore::consensus::params::Network;
@@ -157,12 +160,121 @@ fn bench_propagation(nodes: usize, blocks: u32) {
     );
 }
 
+/// Syncs `measured` empty blocks through the protocol state machine from a
+/// fake peer that announced `ahead` headers, and returns the CPU time per
+/// connected block (the protocol's work: scheduling, requests, connecting)
+/// and the block index steps per block.
+fn sync_cost_per_block(
+    chain: &chaincore::testkit::TestChain,
+    ahead: usize,
+    measured: usize,
+) -> (f64, f64) {
+    use chaincore::p2p::addrbook::AddrBook;
+    use chaincore::p2p::protocol::{Action, Protocol};
+    use chaincore::wire::constants::{MAX_HEADERS, PROTOCOL_VERSION, SERVICE_NETWORK};
+    use chaincore::wire::message::{Message, Version};
+
+    let dir = tempfile::tempdir().unwrap();
+    let node = chaincore::testkit::regtest_chain(dir.path());
+    let mempool = chaincore::mempool::Mempool::new(&node, 1 << 20);
+    let node = Arc::new(Mutex::new(node));
+    let now = Instant::now();
+    let mut protocol = Protocol::new(
+        node.clone(),
+        Arc::new(Mutex::new(mempool)),
+        Network::Regtest,
+        0,
+        AddrBook::default(),
+        Vec::new(),
+        false,
+        now,
+    );
+    let peer = 1;
+    protocol.on_connected(peer, "127.0.0.1:40000".parse().unwrap(), None, now);
+    let version = Message::Version(Version {
+        protocol_version: PROTOCOL_VERSION,
+        services: SERVICE_NETWORK,
+        timestamp: 0,
+        start_height: ahead as u32,
+        nonce: 7,
+        listen_port: 0,
+        user_agent: "/bench/".into(),
+    });
+    protocol.on_message(peer, version, now);
+    protocol.on_message(peer, Message::Verack, now);
+    let by_hash: std::collections::HashMap<_, _> = chain.blocks[1..=ahead]
+        .iter()
+        .map(|b| (b.hash(), b))
+        .collect();
+    let headers: Vec<_> = chain.blocks[1..=ahead].iter().map(|b| b.header).collect();
+    let mut pending = Vec::new();
+    for batch in headers.chunks(MAX_HEADERS) {
+        pending.extend(protocol.on_message(peer, Message::Headers(batch.to_vec()), now));
+    }
+    let start_steps = node.lock().unwrap().index_steps();
+    let start = Instant::now();
+    let mut connected = 0;
+    while connected < measured {
+        let requested: Vec<_> = pending
+            .drain(..)
+            .filter_map(|a| match a {
+                Action::Send(_, Message::GetData(items)) => Some(items),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        assert!(
+            !requested.is_empty(),
+            "the protocol stopped asking for blocks"
+        );
+        for item in requested {
+            let block = by_hash[&item.hash];
+            pending.extend(protocol.on_message(
+                peer,
+                Message::Block(Box::new((*block).clone())),
+                now,
+            ));
+            connected += 1;
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let steps = node.lock().unwrap().index_steps() - start_steps;
+    assert!(node.lock().unwrap().height() as usize >= measured);
+    (
+        elapsed * 1e6 / connected as f64,
+        steps as f64 / connected as f64,
+    )
+}
+
+fn bench_sync_cost(far: usize, measured: usize) {
+    let start = Instant::now();
+    let mut chain = chaincore::testkit::TestChain::new(Network::Regtest);
+    for _ in 0..far {
+        chain.mine_empty(key(1).pubkey_hash());
+    }
+    println!(
+        "generated {far} empty blocks in {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+    let (near_us, near_steps) = sync_cost_per_block(&chain, 2_000, measured);
+    let (far_us, far_steps) = sync_cost_per_block(&chain, far, measured);
+    println!(
+        "sync CPU per block, 2 000 headers ahead: {near_us:>7.1} us ({near_steps:.0} index steps)"
+    );
+    println!(
+        "sync CPU per block, {far} headers ahead: {far_us:>7.1} us ({far_steps:.0} index steps)"
+    );
+    println!("ratio far/near: {:.2} (goal below 1.5)", far_us / near_us);
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "quick");
     if quick {
+        bench_sync_cost(20_000, 1_000);
         bench_sync(200, 100);
         bench_propagation(10, 5);
     } else {
+        bench_sync_cost(100_000, 1_500);
         bench_sync(2_000, 100);
         bench_propagation(10, 30);
     }

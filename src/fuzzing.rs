@@ -148,7 +148,13 @@ pub fn store_values(data: &[u8]) {
         }
         3 => {
             if let Ok(stats) = schema::AddressStats::decode(value) {
-                assert_eq!(stats.encode(), value);
+                if value.first() == Some(&schema::VALUE_VERSION) {
+                    // A version-1 value (u64 sums) is read and rewritten in
+                    // the current version: nothing is lost on the way.
+                    assert_eq!(schema::AddressStats::decode(&stats.encode()), Ok(stats));
+                } else {
+                    assert_eq!(stats.encode(), value);
+                }
             }
         }
         4 => {

@@ -238,29 +238,34 @@ pub fn tx_json(network: Network, tx: &Transaction, spent: &[TxOut]) -> Value {
     })
 }
 
+/// The answer of `GET /address/{address}`. Typed rather than built with
+/// `json!`: the confirmed sums are u128 and are written as plain JSON
+/// numbers, which `serde_json::Value` cannot hold past u64.
+#[derive(serde::Serialize)]
+pub struct AddressInfo {
+    address: String,
+    chain_stats: crate::store::schema::AddressStats,
+    mempool_stats: crate::mempool::PendingStats,
+    balance: u64,
+}
+
 /// `GET /address/{address}`: esplora's shape (`chain_stats`,
 /// `mempool_stats`) plus `balance`, the confirmed balance in base units.
 pub async fn address(
     State(state): State<ApiState>,
     Path(address): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AddressInfo>, ApiError> {
     state
         .with_state(move |chain, pool| {
             let address = super::explorer::address_of(chain, &address)?;
             let stats = chain.store().address_stats(&address.hash)?;
             let pending = pool.address_stats(&address.hash);
-            Ok(Json(json!({
-                "address": address.to_string(),
-                "chain_stats": {
-                    "funded_txo_count": stats.funded_txo_count,
-                    "funded_txo_sum": stats.funded_txo_sum,
-                    "spent_txo_count": stats.spent_txo_count,
-                    "spent_txo_sum": stats.spent_txo_sum,
-                    "tx_count": stats.tx_count,
-                },
-                "mempool_stats": pending,
-                "balance": stats.balance(),
-            })))
+            Ok(Json(AddressInfo {
+                address: address.to_string(),
+                chain_stats: stats,
+                mempool_stats: pending,
+                balance: stats.balance(),
+            }))
         })
         .await
 }

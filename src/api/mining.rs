@@ -147,6 +147,17 @@ pub async fn submit(
                 format!("block {hash} extends an invalid block"),
             ))
         }
+        // The block is not invalid: it may be submitted again once the
+        // node's clock has caught up with its time.
+        BlockOutcome::Deferred(error) => {
+            return Err(ApiError::bad_request("time-too-new", error.to_string()))
+        }
+        BlockOutcome::NotStored => {
+            return Err(ApiError::bad_request(
+                "low-work",
+                format!("block {hash} is on a chain with too little work to store"),
+            ))
+        }
     };
     state.network.chain_changed().await;
     Ok(Json(answer))

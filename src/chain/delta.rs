@@ -15,9 +15,11 @@ use crate::store::schema::AddressStats;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StatsDelta {
     pub funded_txo_count: u64,
-    pub funded_txo_sum: u64,
+    /// u128, as `AddressStats`: recycled coins can pay one address more than
+    /// 2^64 units within a block.
+    pub funded_txo_sum: u128,
     pub spent_txo_count: u64,
-    pub spent_txo_sum: u64,
+    pub spent_txo_sum: u128,
     pub tx_count: u64,
 }
 
@@ -130,7 +132,7 @@ impl BlockDelta {
                         .expect("undo data holds one entry per spending input");
                     let s = delta.stats.entry(utxo.output.owner).or_default();
                     s.spent_txo_count += 1;
-                    s.spent_txo_sum += utxo.output.amount.units();
+                    s.spent_txo_sum += u128::from(utxo.output.amount.units());
                     touched.push(utxo.output.owner);
                     if own_txids.contains(&outpoint.txid) {
                         spent_here.insert(outpoint);
@@ -142,7 +144,7 @@ impl BlockDelta {
             for (vout, output) in tx.outputs.iter().enumerate() {
                 let s = delta.stats.entry(output.owner).or_default();
                 s.funded_txo_count += 1;
-                s.funded_txo_sum += output.amount.units();
+                s.funded_txo_sum += u128::from(output.amount.units());
                 touched.push(output.owner);
                 delta.created.push((
                     OutPoint::new(txids[position], vout as u32),

@@ -1,7 +1,10 @@
 //! The chain: validation plus chain selection, and the only writer of state.
 //!
-//! Every block with a known parent is stored and indexed, whatever branch it
-//! is on. Whenever a branch has more cumulative work than the active chain,
+//! Work comes before cost: a block is stored only if its chain could become
+//! the best one (a block nobody asked for must extend a chain with at least
+//! the tip's work), and rules that depend on the local clock (a time too far
+//! ahead) refuse a block for now without marking it invalid. Whenever a
+//! branch has more cumulative work than the active chain,
 //! the chain disconnects back to the fork point and connects the new branch,
 //! one RocksDB batch per block, so a crash at any instant leaves the store at
 //! a block boundary. A block that fails validation while being connected is
@@ -9,6 +12,7 @@
 //! valid branch. Blocks with an unknown parent wait in the orphan pool.
 
 pub mod block_file;
+pub mod block_index;
 pub mod check;
 pub mod delta;
 pub mod orphans;
@@ -16,6 +20,7 @@ pub mod orphans;
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -35,6 +40,7 @@ use crate::encoding::Encode;
 use crate::store::digest::UtxoDigest;
 use crate::store::schema::{status, BlockIndexEntry, ChainTipRecord, TxLocation};
 use crate::store::{Store, StoreError, StoreOptions};
+use block_index::BlockIndex;
 use delta::{BlockDelta, StatsOutOfRange};
 use orphans::{OrphanPool, Source};
 
@@ -85,6 +91,14 @@ pub enum BlockOutcome {
     Invalid(BlockError),
     /// Descends from a block that broke a rule.
     InvalidAncestor,
+    /// Refused for now by a rule that depends on the local clock (its time
+    /// is too far ahead). Nothing is stored or marked: the same block is
+    /// accepted once the clock has caught up, and its sender did no wrong.
+    Deferred(BlockError),
+    /// Not requested and on a chain with less work than the tip (or below the
+    /// minimum chain work, or too far ahead): dropped without being stored,
+    /// since storing it would cost disk for no proof of work that matters.
+    NotStored,
 }
 
 /// Why headers were refused.
@@ -104,6 +118,21 @@ pub struct HeadersOutcome {
     /// The first header's parent is unknown.
     pub unconnected: bool,
     pub invalid: Option<HeaderRejection>,
+    /// A header was too far ahead of the local clock: the batch stopped
+    /// there, nothing was marked invalid, and it may be sent again later.
+    pub deferred: bool,
+}
+
+/// An indexed block that a header chain builds on, with what validating its
+/// children needs: its bits and work, and the times of it and its
+/// ancestors (oldest first, ending with its own).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderAnchor {
+    pub hash: BlockHash,
+    pub height: u32,
+    pub bits: u32,
+    pub chain_work: U256,
+    pub times: Vec<u32>,
 }
 
 /// The active tip and the UTXO-set summary at it.
@@ -130,6 +159,52 @@ pub fn unix_now() -> u32 {
         .map_or(0, |d| d.as_secs().min(u64::from(u32::MAX)) as u32)
 }
 
+/// The node's idea of the current time, for the one rule that depends on it
+/// (how far ahead of now a block's time may be). Tests set it by hand.
+#[derive(Debug, Clone, Default)]
+pub enum Clock {
+    #[default]
+    System,
+    Manual(Arc<AtomicU32>),
+}
+
+impl Clock {
+    /// A clock that reads `now` until moved with `set`.
+    pub fn manual(now: u32) -> Clock {
+        Clock::Manual(Arc::new(AtomicU32::new(now)))
+    }
+
+    pub fn now(&self) -> u32 {
+        match self {
+            Clock::System => unix_now(),
+            Clock::Manual(t) => t.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Moves a manual clock; a no-op on the system clock.
+    pub fn set(&self, now: u32) {
+        if let Clock::Manual(t) = self {
+            t.store(now, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Headers and blocks on a branch within this many blocks' worth of work
+/// (at the tip's difficulty) below the tip still count as "near the tip":
+/// they are indexed as competing branches. As Bitcoin Core's anti-DoS
+/// threshold, 144 blocks; below that a branch must first show its work in a
+/// headers pre-sync (see `p2p::headers_sync`).
+pub const NEAR_TIP_MARGIN_BLOCKS: u64 = 144;
+
+/// An unrequested block more than this many blocks above the tip is dropped:
+/// it cannot be connected soon, and storing it would let anyone fill the
+/// disk ahead of the chain (Bitcoin Core's `MIN_BLOCKS_TO_KEEP`).
+pub const MAX_UNREQUESTED_BLOCKS_AHEAD: u32 = 288;
+
+/// How many headers `blocks_to_download` reads per ancestor search while
+/// scanning a peer's chain (Bitcoin Core fetches 128 at a time).
+const DOWNLOAD_SCAN_STRETCH: u32 = 128;
+
 /// Options of the chain beyond the store's.
 #[derive(Debug, Clone)]
 pub struct ChainOptions {
@@ -140,6 +215,10 @@ pub struct ChainOptions {
     /// `Off` only in benchmarks that measure everything but signatures; the
     /// node always verifies.
     pub signature_checks: SignatureChecks,
+    pub clock: Clock,
+    /// Overrides the network's `minimum_chain_work` (as Bitcoin Core's
+    /// `-minimumchainwork`).
+    pub minimum_chain_work: Option<U256>,
 }
 
 impl Default for ChainOptions {
@@ -148,27 +227,34 @@ impl Default for ChainOptions {
             store: StoreOptions::default(),
             sync_writes: true,
             signature_checks: SignatureChecks::On,
+            clock: Clock::System,
+            minimum_chain_work: None,
         }
     }
 }
+
+/// A branch worth trying: most work first, then the one whose data arrived
+/// first (as Bitcoin Core: among equal work, first seen wins), then the
+/// lowest hash for blocks that were loaded at start.
+type Candidate = (U256, Reverse<u64>, Reverse<BlockHash>);
 
 pub struct Chain {
     params: &'static ChainParams,
     store: Store,
     sync_writes: bool,
     signature_checks: SignatureChecks,
-    index: HashMap<BlockHash, BlockIndexEntry>,
+    clock: Clock,
+    minimum_chain_work: U256,
+    index: BlockIndex,
     /// Active chain: `active[h]` is the hash at height h.
     active: Vec<BlockHash>,
     tip: ChainTipRecord,
     digest: UtxoDigest,
     /// Stored blocks, all of whose ancestors are stored and none invalid,
     /// with at least the tip's work: the branches worth trying.
-    candidates: BTreeSet<(U256, Reverse<BlockHash>)>,
+    candidates: BTreeSet<Candidate>,
     /// The most-work valid header known (with or without its block).
     best_header: BlockHash,
-    /// Children of every indexed block, to walk descendants.
-    children: HashMap<BlockHash, Vec<BlockHash>>,
     orphans: OrphanPool,
     events: broadcast::Sender<ChainEvent>,
 }
@@ -190,7 +276,11 @@ impl Chain {
             store,
             sync_writes: options.sync_writes,
             signature_checks: options.signature_checks,
-            index: HashMap::new(),
+            minimum_chain_work: options
+                .minimum_chain_work
+                .unwrap_or(params.minimum_chain_work),
+            clock: options.clock,
+            index: BlockIndex::default(),
             active: Vec::new(),
             tip: ChainTipRecord {
                 hash: BlockHash::ZERO,
@@ -202,7 +292,6 @@ impl Chain {
             digest: UtxoDigest::default(),
             candidates: BTreeSet::new(),
             best_header: BlockHash::ZERO,
-            children: HashMap::new(),
             orphans: OrphanPool::default(),
             events,
         };
@@ -247,6 +336,7 @@ impl Chain {
         batch.put_tip(&tip);
         self.store.write(batch, true)?;
         self.add_to_index(hash, entry);
+        self.index.set_linked(&hash, true);
         self.active = vec![hash];
         self.tip = tip;
         self.digest = digest;
@@ -254,7 +344,16 @@ impl Chain {
     }
 
     fn load(&mut self, tip: ChainTipRecord) -> Result<(), ChainError> {
-        for (hash, entry) in self.store.all_block_index()? {
+        // Parents before children: each entry's skip pointer needs its
+        // ancestors indexed.
+        let mut entries = self.store.all_block_index()?;
+        entries.sort_by_key(|(_, e)| e.height);
+        for (hash, entry) in entries {
+            if entry.height > 0 && !self.index.contains(&entry.header.prev_hash) {
+                return Err(ChainError::Inconsistent(format!(
+                    "indexed block {hash} has no indexed parent"
+                )));
+            }
             self.add_to_index(hash, entry);
         }
         self.digest = UtxoDigest::from_bytes(&tip.digest)
@@ -284,28 +383,32 @@ impl Chain {
         Ok(())
     }
 
-    /// Finds every stored block whose ancestry is fully stored and valid and
-    /// that has at least the tip's work.
+    /// Recomputes which blocks are linked (stored, valid, with every
+    /// ancestor stored and valid) and makes those with more work than the
+    /// tip candidates.
     fn rebuild_candidates(&mut self) {
-        let mut by_height: Vec<(&BlockHash, &BlockIndexEntry)> = self.index.iter().collect();
+        let mut by_height: Vec<(BlockHash, BlockIndexEntry)> =
+            self.index.iter().map(|(h, e)| (*h, *e)).collect();
         by_height.sort_by_key(|(_, e)| e.height);
-        let mut linked: std::collections::HashSet<BlockHash> =
-            self.active.iter().copied().collect();
         let tip_work = self.tip_entry().chain_work;
         for (hash, entry) in by_height {
-            if entry.height == 0 || linked.contains(hash) {
-                continue;
-            }
-            if entry.has(status::HAVE_DATA)
-                && !entry.is_failed()
-                && linked.contains(&entry.header.prev_hash)
-            {
-                linked.insert(*hash);
-                if entry.chain_work > tip_work {
-                    self.candidates.insert((entry.chain_work, Reverse(*hash)));
-                }
+            let linked = self.is_active(&hash)
+                || (BlockIndex::may_link(&entry)
+                    && entry.height > 0
+                    && self.index.is_linked(&entry.header.prev_hash));
+            self.index.set_linked(&hash, linked);
+            if linked && entry.chain_work > tip_work {
+                self.candidates.insert(self.candidate(&hash));
             }
         }
+    }
+
+    fn candidate(&self, hash: &BlockHash) -> Candidate {
+        (
+            self.index[hash].chain_work,
+            Reverse(self.index.sequence(hash)),
+            Reverse(*hash),
+        )
     }
 
     pub fn params(&self) -> &'static ChainParams {
@@ -350,6 +453,66 @@ impl Chain {
         self.index.get(hash)
     }
 
+    /// Number of indexed headers.
+    pub fn index_len(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Index entries visited by ancestor searches since start: what walking
+    /// the index has cost, for tests and benchmarks.
+    pub fn index_steps(&self) -> u64 {
+        self.index.steps()
+    }
+
+    /// The clock the chain judges block times by.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// The least total work a chain must have before the node downloads
+    /// blocks for it (Bitcoin Core's `nMinimumChainWork`).
+    pub fn minimum_chain_work(&self) -> U256 {
+        self.minimum_chain_work
+    }
+
+    /// `hash` as the start of a header chain, with the times of up to
+    /// `history` blocks ending at it.
+    pub fn header_anchor(&self, hash: &BlockHash, history: usize) -> Option<HeaderAnchor> {
+        let entry = self.index.get(hash)?;
+        let mut times = Vec::with_capacity(history);
+        let mut cursor = *hash;
+        while times.len() < history {
+            let e = &self.index[&cursor];
+            times.push(e.header.time);
+            if e.height == 0 {
+                break;
+            }
+            cursor = e.header.prev_hash;
+        }
+        times.reverse();
+        Some(HeaderAnchor {
+            hash: *hash,
+            height: entry.height,
+            bits: entry.header.bits,
+            chain_work: entry.chain_work,
+            times,
+        })
+    }
+
+    /// The work a chain of headers must show before its headers are indexed:
+    /// at least the minimum chain work, and no less than the tip's work minus
+    /// `NEAR_TIP_MARGIN_BLOCKS` blocks at the tip's difficulty, so competing
+    /// branches near the tip are tracked but a long low-work chain costs no
+    /// memory or disk (Bitcoin Core's `GetAntiDoSWorkThreshold`).
+    pub fn headers_work_threshold(&self) -> U256 {
+        let tip = self.tip_entry();
+        let margin =
+            work_from_compact(tip.header.bits).saturating_mul(U256::from(NEAR_TIP_MARGIN_BLOCKS));
+        tip.chain_work
+            .saturating_sub(margin)
+            .max(self.minimum_chain_work)
+    }
+
     pub fn is_active(&self, hash: &BlockHash) -> bool {
         self.index
             .get(hash)
@@ -364,24 +527,17 @@ impl Chain {
         self.orphans.hashes()
     }
 
-    /// The ancestor of `hash` at `height` (which must not exceed its height).
+    /// The ancestor of `hash` at `height` (which must not exceed its
+    /// height): a lookup on the active chain, O(log n) elsewhere.
     fn ancestor(&self, hash: &BlockHash, height: u32) -> Option<BlockHash> {
-        let mut cursor = *hash;
-        loop {
-            let entry = self.index.get(&cursor)?;
-            if entry.height == height {
-                return Some(cursor);
-            }
-            if entry.height < height || self.hash_at(entry.height) == Some(cursor) {
-                // On the active chain the answer is a lookup.
-                return if entry.height >= height {
-                    self.hash_at(height)
-                } else {
-                    None
-                };
-            }
-            cursor = entry.header.prev_hash;
+        let entry = self.index.get(hash)?;
+        if entry.height < height {
+            return None;
         }
+        if self.hash_at(entry.height) == Some(*hash) {
+            return self.hash_at(height);
+        }
+        self.index.ancestor(hash, height)
     }
 
     /// The context a child of `parent` is validated in.
@@ -407,24 +563,42 @@ impl Chain {
             height,
             expected_bits,
             median_time_past: median_time_past(&times),
-            now: unix_now(),
+            now: self.clock.now(),
         })
     }
 
-    /// Validates and stores a block, switching to its branch if it has the
+    /// Validates and stores a block the node asked for or produced itself
+    /// (mined, submitted, imported), switching to its branch if it has the
     /// most work, then connects any orphans it was waiting for.
     pub fn process_block(
         &mut self,
         block: Arc<Block>,
         source: Source,
     ) -> Result<BlockOutcome, ChainError> {
-        let outcome = self.accept_block(block.clone(), source)?;
+        self.process_new_block(block, source, true)
+    }
+
+    /// As `process_block`; `requested` says whether the node asked for this
+    /// block. An unrequested block is stored only if it extends a chain with
+    /// at least the tip's work and the minimum chain work, and is not too far
+    /// ahead of the tip (Bitcoin Core's rule in `AcceptBlock`): anything
+    /// else is dropped before it costs disk.
+    pub fn process_new_block(
+        &mut self,
+        block: Arc<Block>,
+        source: Source,
+        requested: bool,
+    ) -> Result<BlockOutcome, ChainError> {
+        let outcome = self.accept_block(block.clone(), source, requested)?;
         if let BlockOutcome::Accepted { hash, .. } = outcome {
             let mut queue = vec![hash];
             while let Some(parent) = queue.pop() {
                 for (child, child_source) in self.orphans.take_children(&parent) {
+                    // A peer's orphan was never asked for; a local one
+                    // (submitted, imported) was.
+                    let requested = child_source.is_none();
                     if let BlockOutcome::Accepted { hash, .. } =
-                        self.accept_block(child, child_source)?
+                        self.accept_block(child, child_source, requested)?
                     {
                         queue.push(hash);
                     }
@@ -438,6 +612,7 @@ impl Chain {
         &mut self,
         block: Arc<Block>,
         source: Source,
+        requested: bool,
     ) -> Result<BlockOutcome, ChainError> {
         let hash = block.hash();
         if let Some(entry) = self.index.get(&hash) {
@@ -457,7 +632,12 @@ impl Chain {
             return Ok(BlockOutcome::Invalid(error));
         }
         let Some(parent) = self.index.get(&block.header.prev_hash).copied() else {
-            self.orphans.insert(block, source, Instant::now());
+            // Only blocks the node asked for or produced wait for their
+            // parent; a stranger's block that connects to nothing is not
+            // kept (the peer is asked for headers instead).
+            if requested {
+                self.orphans.insert(block, source, Instant::now());
+            }
             return Ok(BlockOutcome::Orphan);
         };
         let height = parent.height + 1;
@@ -469,6 +649,10 @@ impl Chain {
             tx_count: block.transactions.len() as u32,
             size: block.encoded_len() as u32,
         };
+        if !requested && !self.worth_storing_unrequested(&entry) {
+            tracing::debug!(%hash, height, "unrequested block on a low-work chain: dropped");
+            return Ok(BlockOutcome::NotStored);
+        }
         if parent.is_failed() {
             entry.status = status::FAILED_PARENT;
             self.store_entry(hash, entry)?;
@@ -477,17 +661,30 @@ impl Chain {
         let ctx = self
             .context_after(&block.header.prev_hash)
             .expect("parent is in the index");
-        if let Err(error) = check_header_contextual(&block.header, &ctx, self.params) {
-            entry.status = status::FAILED;
-            self.store_entry(hash, entry)?;
-            return Ok(BlockOutcome::Invalid(error));
+        match check_header_contextual(&block.header, &ctx, self.params) {
+            Ok(()) => {}
+            // The clock may be behind, or the block a little early: nothing
+            // is cached, so the same block is accepted once it is in time.
+            Err(error @ BlockError::TimeTooNew { .. }) => {
+                return Ok(BlockOutcome::Deferred(error));
+            }
+            Err(error) => {
+                entry.status = status::FAILED;
+                self.store_entry(hash, entry)?;
+                return Ok(BlockOutcome::Invalid(error));
+            }
         }
         entry.status |= status::HAVE_DATA;
         let mut batch = self.store.batch();
         batch.put_block(&hash, &block);
         batch.put_block_index(&hash, &entry);
         self.store.write(batch, self.sync_writes)?;
-        self.add_to_index(hash, entry);
+        if self.index.contains(&hash) {
+            self.index.update(&hash, |e| *e = entry);
+        } else {
+            self.add_to_index(hash, entry);
+        }
+        self.index.mark_received(&hash);
         self.link_descendants(hash);
         let failures = self.activate_best_chain()?;
         if let Some((_, error)) = failures.into_iter().find(|(h, _)| *h == hash) {
@@ -497,6 +694,16 @@ impl Chain {
             return Ok(BlockOutcome::InvalidAncestor);
         }
         Ok(BlockOutcome::Accepted { hash, height })
+    }
+
+    /// Whether a block nobody asked for may be stored: its chain has at
+    /// least the tip's work and the minimum chain work, and it is not too far
+    /// ahead of the tip to be connected soon.
+    fn worth_storing_unrequested(&self, entry: &BlockIndexEntry) -> bool {
+        let tip = self.tip_entry();
+        entry.chain_work >= tip.chain_work
+            && entry.chain_work >= self.minimum_chain_work
+            && entry.height <= tip.height.saturating_add(MAX_UNREQUESTED_BLOCKS_AHEAD)
     }
 
     /// Marks a block (and its descendants) invalid by the operator's decision,
@@ -514,8 +721,8 @@ impl Chain {
         }
         if self.is_active(hash) {
             while self.tip.height >= entry.height {
-                let (h, work) = self.disconnect_tip()?;
-                self.candidates.insert((work, Reverse(h)));
+                let h = self.disconnect_tip()?;
+                self.candidates.insert(self.candidate(&h));
             }
         }
         self.mark_failed(*hash)?;
@@ -527,12 +734,7 @@ impl Chain {
     }
 
     fn add_to_index(&mut self, hash: BlockHash, entry: BlockIndexEntry) {
-        if self.index.insert(hash, entry).is_none() && entry.height > 0 {
-            self.children
-                .entry(entry.header.prev_hash)
-                .or_default()
-                .push(hash);
-        }
+        self.index.insert(hash, entry);
         let best = self.index.get(&self.best_header).map(|e| e.chain_work);
         if !entry.is_failed() && best.is_none_or(|w| entry.chain_work > w) {
             self.best_header = hash;
@@ -545,7 +747,7 @@ impl Chain {
             .index
             .iter()
             .filter(|(_, e)| !e.is_failed())
-            .max_by_key(|(h, e)| (e.chain_work, Reverse(**h)))
+            .max_by_key(|(h, e)| (e.chain_work, Reverse(self.index.sequence(h)), Reverse(**h)))
             .map(|(h, _)| *h)
             .expect("genesis is never invalid");
     }
@@ -598,6 +800,11 @@ impl Chain {
                 size: 0,
             };
             if let Err(error) = check_header_contextual(header, &ctx, self.params) {
+                if matches!(error, BlockError::TimeTooNew { .. }) {
+                    // Clock-dependent: not cached, the header may come again.
+                    outcome.deferred = true;
+                    break;
+                }
                 entry.status = status::FAILED;
                 batch.put_block_index(&hash, &entry);
                 self.add_to_index(hash, entry);
@@ -682,76 +889,116 @@ impl Chain {
         }
     }
 
-    /// Blocks of the best header chain that we lack, lowest first, no more
-    /// than `window` heights above the fork point with the active chain, at
-    /// most `max`, leaving out those `skip` says.
+    /// Blocks to ask of a peer whose best known block is `peer_best`: those
+    /// of its chain that we lack, lowest first, at most `window` heights
+    /// above the last block we have in common with it, at most `max`,
+    /// leaving out those `skip` says (already asked of someone).
+    ///
+    /// `last_common` is the peer's last common block, kept by the caller
+    /// between calls (Bitcoin Core's `pindexLastCommonBlock`): the search
+    /// starts there, so its cost depends on the window, never on how far
+    /// the headers run ahead of the blocks or how long the chain is.
     pub fn blocks_to_download(
         &self,
+        peer_best: &BlockHash,
+        last_common: &mut Option<BlockHash>,
         window: u32,
         max: usize,
         skip: &dyn Fn(&BlockHash) -> bool,
     ) -> Vec<(BlockHash, u32)> {
-        let (best, best_height) = self.best_header();
-        if self.index[&best].chain_work <= self.tip_entry().chain_work {
-            return Vec::new();
+        let mut wanted = Vec::new();
+        let Some(best) = self.index.get(peer_best) else {
+            return wanted;
+        };
+        let tip_work = self.tip_entry().chain_work;
+        if max == 0
+            || best.is_failed()
+            || best.chain_work <= tip_work
+            || best.chain_work < self.minimum_chain_work
+        {
+            return wanted;
         }
-        let mut path = Vec::new();
-        let mut cursor = best;
-        while !self.is_active(&cursor) {
-            let entry = &self.index[&cursor];
-            path.push((cursor, entry.height));
-            cursor = entry.header.prev_hash;
+        let start = last_common
+            .filter(|h| self.index.contains(h))
+            .unwrap_or_else(|| self.active[best.height.min(self.tip.height) as usize]);
+        let Some(common) = self.index.last_common_ancestor(&start, peer_best) else {
+            return wanted;
+        };
+        *last_common = Some(common);
+        let common_height = self.index[&common].height;
+        let max_height = common_height.saturating_add(window).min(best.height);
+        let mut walked = common_height;
+        let mut batch = Vec::new();
+        while walked < max_height && wanted.len() < max {
+            // Fetch the next stretch of the peer's chain: one O(log n)
+            // ancestor search, then parent links within the stretch.
+            let stretch = (max_height - walked).min(DOWNLOAD_SCAN_STRETCH);
+            let top = self
+                .index
+                .ancestor(peer_best, walked + stretch)
+                .expect("below the peer's best block");
+            batch.clear();
+            self.index.record_steps(u64::from(stretch));
+            let mut cursor = top;
+            for _ in 0..stretch {
+                batch.push(cursor);
+                cursor = self.index[&cursor].header.prev_hash;
+            }
+            walked += stretch;
+            for hash in batch.iter().rev() {
+                let entry = &self.index[hash];
+                if entry.is_failed() {
+                    return wanted;
+                }
+                if entry.has(status::HAVE_DATA) || self.is_active(hash) {
+                    if self.index.is_linked(hash) {
+                        *last_common = Some(*hash);
+                    }
+                    continue;
+                }
+                if skip(hash) {
+                    continue;
+                }
+                wanted.push((*hash, entry.height));
+                if wanted.len() == max {
+                    return wanted;
+                }
+            }
         }
-        let fork = self.index[&cursor].height;
-        let limit = fork.saturating_add(window).min(best_height);
-        path.reverse();
-        path.into_iter()
-            .filter(|(h, height)| *height <= limit && !self.has_block(h) && !skip(h))
-            .take(max)
-            .collect()
+        wanted
     }
 
     fn store_entry(&mut self, hash: BlockHash, entry: BlockIndexEntry) -> Result<(), ChainError> {
         let mut batch = self.store.batch();
         batch.put_block_index(&hash, &entry);
         self.store.write(batch, self.sync_writes)?;
-        self.add_to_index(hash, entry);
+        if self.index.contains(&hash) {
+            self.index.update(&hash, |e| *e = entry);
+        } else {
+            self.add_to_index(hash, entry);
+        }
         Ok(())
     }
 
-    /// Whether `hash` and all its ancestors are stored and none is invalid.
-    fn is_linked(&self, hash: &BlockHash) -> bool {
-        let mut cursor = *hash;
-        loop {
-            if self.is_active(&cursor) {
-                return true;
-            }
-            match self.index.get(&cursor) {
-                Some(e) if e.has(status::HAVE_DATA) && !e.is_failed() => {
-                    cursor = e.header.prev_hash;
-                }
-                _ => return false,
-            }
-        }
-    }
-
-    /// Makes `hash` and its stored descendants candidates if they are linked
-    /// and have more work than the tip.
+    /// Marks `hash` and its stored descendants linked if its parent is, and
+    /// makes those with more work than the tip candidates.
     fn link_descendants(&mut self, hash: BlockHash) {
-        if !self.is_linked(&hash) {
+        let entry = self.index[&hash];
+        if entry.height == 0 || !self.index.is_linked(&entry.header.prev_hash) {
             return;
         }
         let tip_work = self.tip_entry().chain_work;
         let mut queue = vec![hash];
         while let Some(h) = queue.pop() {
             let entry = self.index[&h];
-            if !entry.has(status::HAVE_DATA) || entry.is_failed() {
+            if !BlockIndex::may_link(&entry) {
                 continue;
             }
+            self.index.set_linked(&h, true);
             if entry.chain_work > tip_work && !self.is_active(&h) {
-                self.candidates.insert((entry.chain_work, Reverse(h)));
+                self.candidates.insert(self.candidate(&h));
             }
-            queue.extend(self.children.get(&h).into_iter().flatten().copied());
+            queue.extend_from_slice(self.index.children(&h));
         }
     }
 
@@ -760,17 +1007,17 @@ impl Chain {
         let mut batch = self.store.batch();
         let mut queue = vec![(hash, status::FAILED)];
         while let Some((h, flag)) = queue.pop() {
-            let Some(entry) = self.index.get_mut(&h) else {
+            if !self.index.contains(&h) {
                 continue;
-            };
-            entry.status |= flag;
-            batch.put_block_index(&h, entry);
-            self.candidates.remove(&(entry.chain_work, Reverse(h)));
+            }
+            self.candidates.remove(&self.candidate(&h));
+            self.index.update(&h, |e| e.status |= flag);
+            self.index.set_linked(&h, false);
+            batch.put_block_index(&h, &self.index[&h]);
             queue.extend(
-                self.children
-                    .get(&h)
-                    .into_iter()
-                    .flatten()
+                self.index
+                    .children(&h)
+                    .iter()
                     .map(|c| (*c, status::FAILED_PARENT)),
             );
         }
@@ -785,8 +1032,8 @@ impl Chain {
         let mut failures = Vec::new();
         loop {
             let tip_work = self.tip_entry().chain_work;
-            self.candidates.retain(|(work, _)| *work > tip_work);
-            let Some(&(_, Reverse(best))) = self.candidates.iter().next_back() else {
+            self.candidates.retain(|(work, _, _)| *work > tip_work);
+            let Some(&(_, _, Reverse(best))) = self.candidates.iter().next_back() else {
                 break;
             };
             let mut path = Vec::new();
@@ -798,8 +1045,8 @@ impl Chain {
             path.reverse();
             let fork_height = self.index[&cursor].height;
             while self.tip.height > fork_height {
-                let (hash, work) = self.disconnect_tip()?;
-                self.candidates.insert((work, Reverse(hash)));
+                let hash = self.disconnect_tip()?;
+                self.candidates.insert(self.candidate(&hash));
             }
             for hash in path {
                 if let Err(error) = self.connect_tip(hash)? {
@@ -914,7 +1161,7 @@ impl Chain {
         batch.put_block_index(&hash, &connected);
         batch.put_tip(&tip);
         self.store.write(batch, self.sync_writes)?;
-        self.index.insert(hash, connected);
+        self.index.update(&hash, |e| *e = connected);
         self.active.push(hash);
         self.tip = tip;
         self.digest = digest;
@@ -950,8 +1197,8 @@ impl Chain {
     }
 
     /// Disconnects the tip in one batch, restoring what it spent from its
-    /// undo data. Returns its hash and chain work.
-    fn disconnect_tip(&mut self) -> Result<(BlockHash, U256), ChainError> {
+    /// undo data. Returns its hash.
+    fn disconnect_tip(&mut self) -> Result<BlockHash, ChainError> {
         let hash = self.tip.hash;
         let entry = self.index[&hash];
         if entry.height == 0 {
@@ -993,7 +1240,7 @@ impl Chain {
             hash,
             height,
         });
-        Ok((hash, entry.chain_work))
+        Ok(hash)
     }
 }
 

@@ -8,7 +8,8 @@ use crate::consensus::keys::PrivateKey;
 use crate::consensus::transaction::{OutPoint, TxOut};
 use crate::consensus::validation::TxError;
 use crate::store::schema::{
-    CF_ACTIVE_CHAIN, CF_ADDRESS_HISTORY, CF_ADDRESS_STATS, CF_ADDRESS_UTXO, CF_TX_INDEX, CF_UTXO,
+    CF_ACTIVE_CHAIN, CF_ADDRESS_HISTORY, CF_ADDRESS_STATS, CF_ADDRESS_UTXO, CF_BLOCK_DATA,
+    CF_BLOCK_INDEX, CF_TX_INDEX, CF_UTXO,
 };
 use crate::testkit::{key, signed_spend, TestChain};
 
@@ -349,4 +350,246 @@ fn address_index_answers_balances_utxos_and_history() {
         .address_history(&receiver, Some((history[1].0, history[1].1)), 10)
         .unwrap();
     assert_eq!(older, history[2..].to_vec());
+}
+
+fn open_with(dir: &tempfile::TempDir, options: ChainOptions) -> Chain {
+    Chain::open(
+        dir.path(),
+        Network::Regtest,
+        ChainOptions {
+            sync_writes: false,
+            ..options
+        },
+    )
+    .unwrap()
+}
+
+/// The block index and block bodies, byte for byte: what a block costs on disk.
+fn stored_blocks(chain: &Chain) -> Vec<Vec<(Vec<u8>, Vec<u8>)>> {
+    [CF_BLOCK_INDEX, CF_BLOCK_DATA]
+        .iter()
+        .map(|cf| chain.store().dump_cf(cf).unwrap())
+        .collect()
+}
+
+#[test]
+fn a_block_too_far_ahead_of_the_clock_is_refused_for_now_then_accepted() {
+    let base = prefix();
+    let allowance = base.params.max_future_block_time_secs;
+    let block = base.build_block(key(1).pubkey_hash(), Vec::new());
+    let clock = Clock::manual(block.header.time - allowance - 1);
+    let dir = tempfile::tempdir().unwrap();
+    let mut chain = open_with(
+        &dir,
+        ChainOptions {
+            clock: clock.clone(),
+            ..ChainOptions::default()
+        },
+    );
+    feed(&mut chain, &base.blocks[1..]);
+    let before = stored_blocks(&chain);
+
+    // One second too new: refused, and nothing is cached against it.
+    let outcome = chain
+        .process_block(Arc::new(block.clone()), Some(1))
+        .unwrap();
+    assert!(
+        matches!(
+            outcome,
+            BlockOutcome::Deferred(BlockError::TimeTooNew { .. })
+        ),
+        "{outcome:?}"
+    );
+    let headers = chain.process_headers(&[block.header]).unwrap();
+    assert!(headers.deferred && headers.invalid.is_none() && headers.new == 0);
+    assert!(chain.index_entry(&block.hash()).is_none());
+    assert_eq!(stored_blocks(&chain), before);
+
+    // Once the clock reaches the allowance, the same block connects.
+    clock.set(block.header.time - allowance);
+    assert_eq!(
+        chain
+            .process_block(Arc::new(block.clone()), Some(1))
+            .unwrap(),
+        BlockOutcome::Accepted {
+            hash: block.hash(),
+            height: 13
+        }
+    );
+    assert_eq!(chain.tip().hash, block.hash());
+}
+
+#[test]
+fn unrequested_blocks_are_stored_only_on_a_chain_with_the_tips_work() {
+    let base = prefix();
+    let dir = tempfile::tempdir().unwrap();
+    let mut chain = open(&dir);
+    feed(&mut chain, &base.blocks[1..]);
+    let before = stored_blocks(&chain);
+
+    // A child of genesis has far less work than the tip at 12: dropped,
+    // and the data dir's block index and bodies are unchanged.
+    let mut fork = TestChain::new(Network::Regtest);
+    let low = fork.build_block(key(9).pubkey_hash(), Vec::new());
+    fork.apply(low.clone());
+    let low_child = fork.build_block(key(9).pubkey_hash(), Vec::new());
+    assert_eq!(
+        chain
+            .process_new_block(Arc::new(low.clone()), Some(7), false)
+            .unwrap(),
+        BlockOutcome::NotStored
+    );
+    // Its child connects to nothing known: not kept either, not even in
+    // the (memory) orphan pool.
+    assert_eq!(
+        chain
+            .process_new_block(Arc::new(low_child), Some(7), false)
+            .unwrap(),
+        BlockOutcome::Orphan
+    );
+    assert_eq!(stored_blocks(&chain), before);
+    assert_eq!(chain.orphan_count(), 0);
+
+    // The same block, asked for, is stored as a side branch.
+    assert!(matches!(
+        chain
+            .process_new_block(Arc::new(low.clone()), Some(7), true)
+            .unwrap(),
+        BlockOutcome::Accepted { .. }
+    ));
+    assert!(chain.has_block(&low.hash()));
+    assert_eq!(chain.height(), 12);
+
+    // An unrequested block extending the tip is welcome.
+    let next = base.build_block(key(1).pubkey_hash(), Vec::new());
+    assert!(matches!(
+        chain
+            .process_new_block(Arc::new(next.clone()), Some(7), false)
+            .unwrap(),
+        BlockOutcome::Accepted { height: 13, .. }
+    ));
+
+    // Far ahead of the tip, even with more work, is too far to keep.
+    let mut ahead = base.clone();
+    ahead.apply(next);
+    let mut far = Vec::new();
+    for _ in 0..=MAX_UNREQUESTED_BLOCKS_AHEAD {
+        let block = ahead.build_block(key(1).pubkey_hash(), Vec::new());
+        ahead.apply(block.clone());
+        far.push(block);
+    }
+    let headers: Vec<_> = far.iter().map(|b| b.header).collect();
+    chain.process_headers(&headers).unwrap();
+    let last = far.last().unwrap().clone();
+    assert_eq!(
+        chain
+            .process_new_block(Arc::new(last), Some(7), false)
+            .unwrap(),
+        BlockOutcome::NotStored
+    );
+}
+
+#[test]
+fn among_branches_of_equal_work_the_first_seen_wins() {
+    for first_is_x in [true, false] {
+        let base = prefix();
+        let dir = tempfile::tempdir().unwrap();
+        let mut chain = open(&dir);
+        feed(&mut chain, &base.blocks[1..]);
+        // Fork below the tip (12): m at 12, then x and y at 13 on it.
+        let mut fork = base.clone();
+        fork.blocks.truncate(12);
+        let m = fork.build_block(key(5).pubkey_hash(), Vec::new());
+        fork.apply(m.clone());
+        let x = fork.build_block(key(6).pubkey_hash(), Vec::new());
+        let y = fork.build_block(key(7).pubkey_hash(), Vec::new());
+        chain
+            .process_headers(&[m.header, x.header, y.header])
+            .unwrap();
+        let (first, second) = if first_is_x { (&x, &y) } else { (&y, &x) };
+        for block in [first, second, &m] {
+            chain
+                .process_block(Arc::new(block.clone()), Some(1))
+                .unwrap();
+        }
+        assert_eq!(
+            chain.tip().hash,
+            first.hash(),
+            "the branch whose block arrived first (x first: {first_is_x})"
+        );
+    }
+}
+
+#[test]
+fn download_scheduling_and_locators_cost_the_same_at_any_distance() {
+    /// Index steps to schedule downloads twice (fresh, then from the kept
+    /// last common block) and to build a locator, with `ahead` headers.
+    fn steps_with(ahead: usize) -> (u64, u64, usize) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut chain = open(&dir);
+        let genesis = Network::Regtest.params().genesis_block();
+        let headers =
+            crate::testkit::header_chain(genesis.hash(), genesis.header.time, ahead, 10, 1);
+        for batch in headers.chunks(2_000) {
+            assert_eq!(chain.process_headers(batch).unwrap().new, batch.len());
+        }
+        let best = headers.last().unwrap().hash();
+        let before = chain.index_steps();
+        let mut last_common = None;
+        let first = chain.blocks_to_download(&best, &mut last_common, 1_024, 16, &|_| false);
+        let second = chain.blocks_to_download(&best, &mut last_common, 1_024, 16, &|h| {
+            first.iter().any(|(f, _)| f == h)
+        });
+        assert_eq!(first.len(), 16);
+        assert_eq!(first[0].1, 1);
+        assert_eq!(second[0].1, 17);
+        let scheduling = chain.index_steps() - before;
+        let before = chain.index_steps();
+        let locator = chain.locator();
+        (scheduling, chain.index_steps() - before, locator.len())
+    }
+    let (near_sched, near_loc, _) = steps_with(1_000);
+    let (far_sched, far_loc, far_len) = steps_with(100_000);
+    // A walk along the header path would visit 100 000 entries.
+    assert!(
+        far_sched <= near_sched + 200 && far_sched < 1_000,
+        "scheduling: {near_sched} steps with 1 000 ahead, {far_sched} with 100 000"
+    );
+    assert!(
+        far_loc <= 40 * far_len as u64,
+        "locator: {near_loc} steps with 1 000 ahead, {far_loc} with 100 000 ({far_len} hashes)"
+    );
+}
+
+#[test]
+fn address_sums_past_u64_never_stop_a_block() {
+    let base = prefix();
+    let dir = tempfile::tempdir().unwrap();
+    let mut chain = open(&dir);
+    feed(&mut chain, &base.blocks[1..]);
+    // An address that has already received and spent almost 2^64 units in
+    // total, as recycled coins can make it.
+    let owner = key(2).pubkey_hash();
+    let planted = crate::store::schema::AddressStats {
+        funded_txo_count: 7,
+        funded_txo_sum: u128::from(u64::MAX) - 10,
+        spent_txo_count: 7,
+        spent_txo_sum: u128::from(u64::MAX) - 10,
+        tx_count: 7,
+    };
+    let mut batch = chain.store().batch();
+    batch.put_address_stats(&owner, &planted);
+    chain.store().write(batch, false).unwrap();
+
+    let (_, blocks) = branch(&base, 1, &key(2), &key(3));
+    assert!(matches!(
+        feed(&mut chain, &blocks)[0],
+        BlockOutcome::Accepted { .. }
+    ));
+    let stats = chain.store().address_stats(&owner).unwrap();
+    assert_eq!(stats.funded_txo_sum, u128::from(u64::MAX) - 10 + 1_000_000);
+    assert_eq!(stats.balance(), 1_000_000);
+    // Stored and read back past u64, and reverted exactly on a disconnect.
+    chain.invalidate_block(&blocks[0].hash()).unwrap();
+    assert_eq!(chain.store().address_stats(&owner).unwrap(), planted);
 }

@@ -129,6 +129,22 @@ pub struct NodeArgs {
     /// loss may lose the last blocks, a process crash loses nothing).
     #[arg(long)]
     pub no_sync_writes: bool,
+    /// The least total work (hex, as in `/status`'s chain work) a chain must
+    /// show before the node indexes its headers or downloads its blocks;
+    /// overrides the network's built-in value.
+    #[arg(long, value_parser = parse_chain_work)]
+    pub minimum_chain_work: Option<primitive_types::U256>,
+}
+
+/// Parses a chain work given in hex (with or without `0x`), at most 256 bits.
+fn parse_chain_work(text: &str) -> Result<primitive_types::U256, String> {
+    let digits = text.strip_prefix("0x").unwrap_or(text);
+    if digits.is_empty() || digits.len() > 64 || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!(
+            "{text:?} is not a chain work: expected 1 to 64 hex digits"
+        ));
+    }
+    primitive_types::U256::from_str_radix(digits, 16).map_err(|e| e.to_string())
 }
 
 /// Resolves `HOST:PORT` peer arguments (names resolve once, at start).
@@ -194,6 +210,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 mine_threads: args.mine_threads,
                 import: args.import,
                 sync_writes: !args.no_sync_writes,
+                minimum_chain_work: args.minimum_chain_work,
                 mempool_max_bytes: args.mempool_max_mb << 20,
                 postgres_url: args.postgres_url,
                 api_admin_token: args.api_admin_token,

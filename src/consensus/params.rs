@@ -93,6 +93,13 @@ pub struct ChainParams {
     pub target_spacing_secs: u32,
     /// Blocks per difficulty period.
     pub retarget_interval: u32,
+    /// The least total work a chain must show before the node indexes its
+    /// headers or downloads its blocks (Bitcoin Core's `nMinimumChainWork`).
+    /// Raised at each release to the work of the best chain known then, so a
+    /// new node cannot be fed a long low-work chain while it syncs; zero
+    /// until a network has a history worth protecting. Operators may
+    /// override it with `--minimum-chain-work`.
+    pub minimum_chain_work: U256,
     /// Most a single retarget may make the target harder or easier.
     pub max_retarget_factor: u32,
     /// Regtest keeps its minimal difficulty forever.
@@ -165,6 +172,7 @@ static MAIN: ChainParams = ChainParams {
     coinbase_maturity: 100,
     target_spacing_secs: 10,
     retarget_interval: 10,
+    minimum_chain_work: U256::zero(),
     max_retarget_factor: 4,
     no_retargeting: false,
     max_future_block_time_secs: 10 * 60,
@@ -185,6 +193,7 @@ static TEST: ChainParams = ChainParams {
     coinbase_maturity: 100,
     target_spacing_secs: 10,
     retarget_interval: 10,
+    minimum_chain_work: U256::zero(),
     max_retarget_factor: 4,
     no_retargeting: false,
     max_future_block_time_secs: 10 * 60,
@@ -206,6 +215,7 @@ static REGTEST: ChainParams = ChainParams {
     coinbase_maturity: 10,
     target_spacing_secs: 10,
     retarget_interval: 10,
+    minimum_chain_work: U256::zero(),
     max_retarget_factor: 4,
     no_retargeting: true,
     max_future_block_time_secs: 10 * 60,

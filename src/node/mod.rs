@@ -33,6 +33,8 @@ pub struct NodeConfig {
     pub mine_threads: usize,
     pub import: Option<PathBuf>,
     pub sync_writes: bool,
+    /// Overrides the network's minimum chain work (`--minimum-chain-work`).
+    pub minimum_chain_work: Option<primitive_types::U256>,
     /// Byte limit of the mempool.
     pub mempool_max_bytes: usize,
     /// PostgreSQL to mirror into, if any.
@@ -55,6 +57,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let options = ChainOptions {
         sync_writes: config.sync_writes,
+        minimum_chain_work: config.minimum_chain_work,
         ..ChainOptions::default()
     };
     let (dir, network) = (config.data_dir.clone(), config.network);

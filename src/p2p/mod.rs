@@ -5,6 +5,7 @@
 
 pub mod addrbook;
 pub mod connection;
+pub mod headers_sync;
 pub mod protocol;
 pub mod traffic;
 

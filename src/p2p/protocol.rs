@@ -12,11 +12,13 @@ use std::time::{Duration, Instant};
 use crate::chain::{unix_now, BlockOutcome, Chain, HeaderRejection};
 use crate::consensus::hash::{BlockHash, Hash256};
 use crate::consensus::params::Network;
+use crate::consensus::pow::work_from_compact;
 use crate::mempool::{Mempool, MempoolError};
 use crate::wire::constants::*;
 use crate::wire::message::{AddrEntry, GetHeaders, InvItem, InvKind, Message, Version};
 
 use super::addrbook::AddrBook;
+use super::headers_sync::{HeadersSync, SyncStep, TIME_HISTORY};
 
 pub type PeerId = u64;
 
@@ -52,6 +54,10 @@ pub const MAX_PEER_TX_ANNOUNCEMENTS: usize = 5_000;
 pub const TX_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// Rejected txids remembered, so they are not requested again.
 pub const MAX_RECENT_REJECTS: usize = 50_000;
+/// After a peer's header or block was refused as too far ahead of our clock,
+/// its headers are asked for again this much later (nothing was cached as
+/// invalid, so the same header is accepted once the clock has caught up).
+pub const TIME_TOO_NEW_RETRY: Duration = Duration::from_secs(30);
 
 /// First wait before redialing a `--peer` that failed or left; doubles
 /// with every failure up to 64 times this.
@@ -110,6 +116,14 @@ struct Peer {
     /// Best block the peer is known to have.
     best_known: Option<BlockHash>,
     in_flight: HashMap<BlockHash, Instant>,
+    /// The last block we know we have in common with the peer's best chain,
+    /// where the next download search starts (see `Chain::blocks_to_download`).
+    last_common: Option<BlockHash>,
+    /// A headers pre-sync in progress: the peer's chain has not yet shown
+    /// enough work to be indexed.
+    headers_sync: Option<Box<HeadersSync>>,
+    /// When to ask the peer for headers again after a time-too-new refusal.
+    headers_retry_at: Option<Instant>,
     stalls: u32,
     ping: Option<(u64, Instant)>,
     last_ping_sent: Instant,
@@ -357,6 +371,9 @@ impl Protocol {
                 known: BoundedSet::default(),
                 best_known: None,
                 in_flight: HashMap::new(),
+                last_common: None,
+                headers_sync: None,
+                headers_retry_at: None,
                 stalls: 0,
                 ping: None,
                 last_ping_sent: now,
@@ -823,12 +840,90 @@ impl Protocol {
         if headers.is_empty() {
             return;
         }
+        let clock_now = self.chain_clock_now();
+        let peer = self.peers.get_mut(&id).expect("checked");
+        if let Some(sync) = peer.headers_sync.as_mut() {
+            if headers[0].prev_hash == sync.expected_parent() {
+                let step = sync.on_headers(&headers, clock_now);
+                self.on_sync_step(id, step, now, actions);
+                return;
+            }
+            // Something else (a new block announced meanwhile): the pre-sync
+            // cannot continue from it; the headers take the normal path.
+            tracing::debug!(peer = id, "headers pre-sync interrupted");
+            peer.headers_sync = None;
+        }
         let full = headers.len() == MAX_HEADERS;
+        // Headers are indexed only if their chain has enough work; a full
+        // batch below that starts a pre-sync, a short one is ignored.
+        let presync = {
+            let chain = self.chain.lock().expect("chain lock");
+            let known_last = chain
+                .index_entry(&headers[headers.len() - 1].hash())
+                .is_some_and(|e| !e.is_failed());
+            match chain.index_entry(&headers[0].prev_hash) {
+                Some(parent) if !known_last => {
+                    let claimed = headers
+                        .iter()
+                        .fold(parent.chain_work, |w, h| w + work_from_compact(h.bits));
+                    let threshold = chain.headers_work_threshold();
+                    if claimed >= threshold {
+                        None
+                    } else if full {
+                        chain
+                            .header_anchor(&headers[0].prev_hash, TIME_HISTORY)
+                            .map(|anchor| {
+                                HeadersSync::new(
+                                    chain.params(),
+                                    &anchor,
+                                    threshold,
+                                    chain.clock().now(),
+                                )
+                            })
+                    } else {
+                        tracing::debug!(
+                            peer = id,
+                            count = headers.len(),
+                            "headers of a low-work chain: ignored"
+                        );
+                        return;
+                    }
+                }
+                _ => None,
+            }
+        };
+        if let Some(mut sync) = presync {
+            tracing::info!(
+                peer = id,
+                "peer's headers lack work: starting a headers pre-sync"
+            );
+            let step = sync.on_headers(&headers, clock_now);
+            self.peers.get_mut(&id).expect("checked").headers_sync = Some(Box::new(sync));
+            self.on_sync_step(id, step, now, actions);
+            return;
+        }
+        self.index_headers(id, &headers, full, now, actions);
+    }
+
+    fn chain_clock_now(&self) -> u32 {
+        self.chain.lock().expect("chain lock").clock().now()
+    }
+
+    /// Indexes headers whose chain has enough work, then asks for more or
+    /// for the blocks.
+    fn index_headers(
+        &mut self,
+        id: PeerId,
+        headers: &[crate::consensus::block::BlockHeader],
+        ask_more: bool,
+        now: Instant,
+        actions: &mut Vec<Action>,
+    ) {
         let outcome = match self
             .chain
             .lock()
             .expect("chain lock")
-            .process_headers(&headers)
+            .process_headers(headers)
         {
             Ok(outcome) => outcome,
             Err(e) => {
@@ -849,13 +944,86 @@ impl Protocol {
             peer.known.insert(last);
             peer.best_known = Some(last);
         }
-        if outcome.unconnected {
-            // An announcement whose parent we lack: ask for the gap.
-            self.send_getheaders(id, now, actions);
-        } else if full {
+        if outcome.deferred {
+            // Too far ahead of our clock: not invalid, and not the peer's
+            // fault. Ask again once the clock may have caught up.
+            tracing::info!(
+                peer = id,
+                "header time too far ahead of our clock: retrying later"
+            );
+            peer.headers_retry_at = Some(now + TIME_TOO_NEW_RETRY);
+        } else if outcome.unconnected || ask_more {
+            // An announcement whose parent we lack asks for the gap; a full
+            // batch asks for the next one.
             self.send_getheaders(id, now, actions);
         }
         self.request_blocks(now, actions);
+    }
+
+    /// Acts on what the peer's headers pre-sync decided.
+    fn on_sync_step(
+        &mut self,
+        id: PeerId,
+        step: SyncStep,
+        now: Instant,
+        actions: &mut Vec<Action>,
+    ) {
+        match step {
+            SyncStep::Request(locator) => self.send_locator(id, locator, now, actions),
+            SyncStep::Commit { headers, next } => {
+                if next.is_none() {
+                    tracing::info!(
+                        peer = id,
+                        "headers pre-sync done: the chain has enough work"
+                    );
+                    self.peers.get_mut(&id).expect("checked").headers_sync = None;
+                }
+                if !headers.is_empty() {
+                    self.index_headers(id, &headers, false, now, actions);
+                }
+                if !self.peers.contains_key(&id) {
+                    return;
+                }
+                match next {
+                    Some(locator) => self.send_locator(id, locator, now, actions),
+                    None => self.send_getheaders(id, now, actions),
+                }
+            }
+            SyncStep::Abandoned(reason) => {
+                tracing::info!(peer = id, reason, "headers pre-sync abandoned");
+                self.peers.get_mut(&id).expect("checked").headers_sync = None;
+            }
+            SyncStep::Invalid(reason) => {
+                self.peers.get_mut(&id).expect("checked").headers_sync = None;
+                self.misbehaving(id, reason, actions);
+            }
+        }
+    }
+
+    fn send_locator(
+        &mut self,
+        id: PeerId,
+        locator: Vec<BlockHash>,
+        now: Instant,
+        actions: &mut Vec<Action>,
+    ) {
+        self.headers_request = Some((id, now));
+        actions.push(Action::Send(
+            id,
+            Message::GetHeaders(GetHeaders {
+                locator,
+                stop: Hash256::ZERO,
+            }),
+        ));
+    }
+
+    /// Memory held by headers pre-syncs, in bytes (for tests and metrics).
+    pub fn headers_sync_bytes(&self) -> usize {
+        self.peers
+            .values()
+            .filter_map(|p| p.headers_sync.as_ref())
+            .map(|s| s.memory_bytes())
+            .sum()
     }
 
     fn on_block(
@@ -869,15 +1037,15 @@ impl Protocol {
         tracing::debug!(peer = id, %hash, "block received");
         let peer = self.peers.get_mut(&id).expect("checked");
         peer.known.insert(hash);
-        peer.in_flight.remove(&hash);
+        let requested = peer.in_flight.remove(&hash).is_some();
         if self.in_flight.get(&hash) == Some(&id) {
             self.in_flight.remove(&hash);
         }
-        let outcome = self
-            .chain
-            .lock()
-            .expect("chain lock")
-            .process_block(Arc::new(block), Some(id));
+        let outcome = self.chain.lock().expect("chain lock").process_new_block(
+            Arc::new(block),
+            Some(id),
+            requested,
+        );
         match outcome {
             Ok(BlockOutcome::Invalid(error)) => {
                 tracing::info!(peer = id, %hash, %error, "invalid block");
@@ -887,6 +1055,14 @@ impl Protocol {
                 self.misbehaving(id, "block_on_invalid_chain", actions)
             }
             Ok(BlockOutcome::Orphan) => self.send_getheaders(id, now, actions),
+            Ok(BlockOutcome::Deferred(error)) => {
+                tracing::info!(peer = id, %hash, %error, "block refused for now");
+                let peer = self.peers.get_mut(&id).expect("checked");
+                peer.headers_retry_at = Some(now + TIME_TOO_NEW_RETRY);
+            }
+            Ok(BlockOutcome::NotStored) => {
+                tracing::debug!(peer = id, %hash, "unrequested low-work block dropped");
+            }
             Ok(BlockOutcome::Accepted { .. } | BlockOutcome::Duplicate) => {
                 let peer = self.peers.get_mut(&id).expect("checked");
                 let better = {
@@ -902,59 +1078,48 @@ impl Protocol {
         self.request_blocks(now, actions);
     }
 
-    /// Asks peers for the blocks of the best header chain we lack.
+    /// Asks each peer for blocks of its best chain that we lack, within its
+    /// in-flight cap; the least busy peers choose first.
     fn request_blocks(&mut self, now: Instant, actions: &mut Vec<Action>) {
-        let ids: Vec<PeerId> = self
+        let mut ids: Vec<PeerId> = self
             .peers
             .iter()
-            .filter(|(_, p)| p.ready())
+            .filter(|(_, p)| {
+                p.ready()
+                    && p.best_known.is_some()
+                    && p.in_flight.len() < MAX_BLOCKS_IN_FLIGHT_PER_PEER
+            })
             .map(|(id, _)| *id)
             .collect();
         if ids.is_empty() {
             return;
         }
+        ids.sort_by_key(|id| (self.peers[id].in_flight.len(), self.peers[id].stalls, *id));
         let chain = self.chain.lock().expect("chain lock");
-        let capacity: usize = ids
-            .iter()
-            .map(|id| MAX_BLOCKS_IN_FLIGHT_PER_PEER - self.peers[id].in_flight.len())
-            .sum();
-        if capacity == 0 {
-            return;
-        }
-        let wanted = chain.blocks_to_download(BLOCK_DOWNLOAD_WINDOW, capacity, &|h| {
-            self.in_flight.contains_key(h)
-        });
-        let mut requests: HashMap<PeerId, Vec<InvItem>> = HashMap::new();
-        for (hash, _) in wanted {
-            // The least busy peer that has the block, one that stalled less
-            // among equals.
-            let chosen = ids
-                .iter()
-                .filter(|id| {
-                    let peer = &self.peers[id];
-                    peer.in_flight.len() < MAX_BLOCKS_IN_FLIGHT_PER_PEER
-                        && peer
-                            .best_known
-                            .is_some_and(|b| chain.is_ancestor(&hash, &b))
-                })
-                .min_by_key(|id| (self.peers[id].in_flight.len(), self.peers[id].stalls, **id))
-                .copied();
-            let Some(peer_id) = chosen else {
+        for peer_id in ids {
+            let peer = self.peers.get_mut(&peer_id).expect("listed above");
+            let best = peer.best_known.expect("filtered above");
+            let capacity = MAX_BLOCKS_IN_FLIGHT_PER_PEER - peer.in_flight.len();
+            let in_flight = &self.in_flight;
+            let wanted = chain.blocks_to_download(
+                &best,
+                &mut peer.last_common,
+                BLOCK_DOWNLOAD_WINDOW,
+                capacity,
+                &|h| in_flight.contains_key(h),
+            );
+            if wanted.is_empty() {
                 continue;
-            };
-            self.peers
-                .get_mut(&peer_id)
-                .expect("ready peer")
-                .in_flight
-                .insert(hash, now);
-            self.in_flight.insert(hash, peer_id);
-            requests.entry(peer_id).or_default().push(InvItem {
-                kind: InvKind::Block,
-                hash,
-            });
-        }
-        drop(chain);
-        for (peer_id, items) in requests {
+            }
+            let mut items = Vec::with_capacity(wanted.len());
+            for (hash, _) in wanted {
+                peer.in_flight.insert(hash, now);
+                self.in_flight.insert(hash, peer_id);
+                items.push(InvItem {
+                    kind: InvKind::Block,
+                    hash,
+                });
+            }
             actions.push(Action::Send(peer_id, Message::GetData(items)));
         }
     }
@@ -1060,6 +1225,16 @@ impl Protocol {
         }
         for id in stalled_peers {
             actions.push(Action::Disconnect(id, "stalling"));
+        }
+        let retry: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.headers_retry_at.is_some_and(|at| at <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in retry {
+            self.peers.get_mut(&id).expect("listed").headers_retry_at = None;
+            self.send_getheaders(id, now, &mut actions);
         }
         if self
             .headers_request

@@ -291,20 +291,36 @@ pub fn decode_txid_value(bytes: &[u8]) -> Result<Txid, DecodeError> {
 }
 
 /// Per-address totals over the confirmed chain, in esplora's terms.
+///
+/// The sums are u128: coins can be paid to one address again and again (even
+/// within one block), so what an address ever received is not bounded by
+/// the money supply, and an index must never stop a valid block from
+/// connecting. 2^128 units cannot be reached: a block moves at most
+/// `MAX_MONEY` per transaction.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct AddressStats {
     pub funded_txo_count: u64,
-    pub funded_txo_sum: u64,
+    pub funded_txo_sum: u128,
     pub spent_txo_count: u64,
-    pub spent_txo_sum: u64,
+    pub spent_txo_sum: u128,
     /// Transactions that pay to or spend from the address.
     pub tx_count: u64,
 }
 
+/// Stored size of `AddressStats`: version, three u64 counts, two u128 sums.
+const ADDRESS_STATS_LEN: usize = 1 + 3 * 8 + 2 * 16;
+
+/// Value version of `AddressStats` with u128 sums (version 1 had u64 sums
+/// and is still read).
+const ADDRESS_STATS_VERSION: u8 = 2;
+
 impl AddressStats {
-    /// Confirmed balance: everything received minus everything spent.
+    /// Confirmed balance: everything received minus everything spent. A
+    /// balance is what the address holds now, so it never exceeds the
+    /// money supply.
     pub fn balance(&self) -> u64 {
-        self.funded_txo_sum - self.spent_txo_sum
+        u64::try_from(self.funded_txo_sum - self.spent_txo_sum)
+            .expect("a balance is part of the UTXO set, below MAX_MONEY")
     }
 
     pub fn utxo_count(&self) -> u64 {
@@ -315,38 +331,59 @@ impl AddressStats {
         *self == AddressStats::default()
     }
 
-    pub fn encode(&self) -> [u8; 41] {
-        let mut out = [0u8; 41];
+    pub fn encode(&self) -> [u8; ADDRESS_STATS_LEN] {
+        let mut out = [0u8; ADDRESS_STATS_LEN];
         let mut buf = &mut out[..];
-        buf.put_u8(VALUE_VERSION);
+        buf.put_u8(ADDRESS_STATS_VERSION);
         buf.put_u64_le(self.funded_txo_count);
-        buf.put_u64_le(self.funded_txo_sum);
+        buf.put_u128_le(self.funded_txo_sum);
         buf.put_u64_le(self.spent_txo_count);
-        buf.put_u64_le(self.spent_txo_sum);
+        buf.put_u128_le(self.spent_txo_sum);
         buf.put_u64_le(self.tx_count);
         out
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         const WHAT: &str = "address stats";
-        let mut cursor = versioned(bytes, WHAT)?;
-        let stats = AddressStats {
-            funded_txo_count: read_u64(&mut cursor, WHAT)?,
-            funded_txo_sum: read_u64(&mut cursor, WHAT)?,
-            spent_txo_count: read_u64(&mut cursor, WHAT)?,
-            spent_txo_sum: read_u64(&mut cursor, WHAT)?,
-            tx_count: read_u64(&mut cursor, WHAT)?,
+        let mut cursor = bytes;
+        let stats = match read_u8(&mut cursor, WHAT)? {
+            VALUE_VERSION => AddressStats {
+                funded_txo_count: read_u64(&mut cursor, WHAT)?,
+                funded_txo_sum: u128::from(read_u64(&mut cursor, WHAT)?),
+                spent_txo_count: read_u64(&mut cursor, WHAT)?,
+                spent_txo_sum: u128::from(read_u64(&mut cursor, WHAT)?),
+                tx_count: read_u64(&mut cursor, WHAT)?,
+            },
+            ADDRESS_STATS_VERSION => AddressStats {
+                funded_txo_count: read_u64(&mut cursor, WHAT)?,
+                funded_txo_sum: read_u128(&mut cursor, WHAT)?,
+                spent_txo_count: read_u64(&mut cursor, WHAT)?,
+                spent_txo_sum: read_u128(&mut cursor, WHAT)?,
+                tx_count: read_u64(&mut cursor, WHAT)?,
+            },
+            _ => {
+                return Err(DecodeError::Invalid {
+                    what: WHAT,
+                    reason: "unknown value version",
+                })
+            }
         };
         if stats.spent_txo_sum > stats.funded_txo_sum
             || stats.spent_txo_count > stats.funded_txo_count
+            || stats.funded_txo_sum - stats.spent_txo_sum > u128::from(u64::MAX)
         {
             return Err(DecodeError::Invalid {
                 what: WHAT,
-                reason: "more spent than funded",
+                reason: "more spent than funded, or a balance beyond u64",
             });
         }
         finish(stats, cursor, WHAT)
     }
+}
+
+fn read_u128(cursor: &mut &[u8], what: &'static str) -> Result<u128, DecodeError> {
+    let bytes: [u8; 16] = read_array(cursor, what)?;
+    Ok(u128::from_le_bytes(bytes))
 }
 
 /// Where a confirmed transaction is.
@@ -504,9 +541,32 @@ mod tests {
     #[test]
     fn unknown_value_version_is_refused() {
         let mut bytes = AddressStats::default().encode();
-        bytes[0] = 2;
+        bytes[0] = 3;
         assert!(AddressStats::decode(&bytes).is_err());
         assert!(AddressStats::decode(&[]).is_err());
+    }
+
+    #[test]
+    fn address_stats_hold_sums_past_u64_and_read_version_1() {
+        let big = AddressStats {
+            funded_txo_count: 3,
+            funded_txo_sum: u128::from(u64::MAX) * 5,
+            spent_txo_count: 2,
+            spent_txo_sum: u128::from(u64::MAX) * 5 - 77,
+            tx_count: 4,
+        };
+        assert_eq!(AddressStats::decode(&big.encode()).unwrap(), big);
+        assert_eq!(big.balance(), 77);
+        // Version 1 (u64 sums), as written before the widening.
+        let mut v1 = vec![VALUE_VERSION];
+        for n in [3u64, 100, 2, 60, 4] {
+            v1.extend_from_slice(&n.to_le_bytes());
+        }
+        let old = AddressStats::decode(&v1).unwrap();
+        assert_eq!(
+            (old.funded_txo_sum, old.spent_txo_sum, old.balance()),
+            (100, 60, 40)
+        );
     }
 
     proptest! {

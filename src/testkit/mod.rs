@@ -329,3 +329,41 @@ pub fn regtest_chain(dir: &std::path::Path) -> crate::chain::Chain {
     )
     .expect("open a regtest chain")
 }
+
+/// `count` solved regtest headers building on `parent` (whose time is
+/// `parent_time`), `spacing` seconds apart. `branch` goes into the merkle
+/// root so that different branches never share a hash. Headers only: no
+/// block bodies exist for them.
+pub fn header_chain(
+    parent: crate::consensus::hash::BlockHash,
+    parent_time: u32,
+    count: usize,
+    spacing: u32,
+    branch: u8,
+) -> Vec<crate::consensus::block::BlockHeader> {
+    let params = Network::Regtest.params();
+    let target =
+        crate::consensus::pow::target_from_compact(params.pow_limit_bits).expect("valid bits");
+    let mut headers = Vec::with_capacity(count);
+    let (mut prev, mut time) = (parent, parent_time);
+    for _ in 0..count {
+        time += spacing;
+        let mut header = crate::consensus::block::BlockHeader {
+            version: crate::consensus::block::BLOCK_VERSION,
+            prev_hash: prev,
+            merkle_root: crate::consensus::hash::Hash256([branch; 32]),
+            time,
+            bits: params.pow_limit_bits,
+            nonce: 0,
+        };
+        assert!(crate::mining::grind_nonce(
+            &mut header,
+            &target,
+            0,
+            u32::MAX
+        ));
+        prev = header.hash();
+        headers.push(header);
+    }
+    headers
+}

@@ -10,8 +10,23 @@ struct Harness {
 }
 
 fn harness(blocks: &[crate::consensus::block::Block]) -> Harness {
+    harness_with(blocks, crate::chain::ChainOptions::default())
+}
+
+fn harness_with(
+    blocks: &[crate::consensus::block::Block],
+    options: crate::chain::ChainOptions,
+) -> Harness {
     let dir = tempfile::tempdir().unwrap();
-    let mut chain = crate::testkit::regtest_chain(dir.path());
+    let mut chain = crate::chain::Chain::open(
+        dir.path(),
+        Network::Regtest,
+        crate::chain::ChainOptions {
+            sync_writes: false,
+            ..options
+        },
+    )
+    .unwrap();
     for block in blocks {
         chain.process_block(Arc::new(block.clone()), None).unwrap();
     }
@@ -248,4 +263,142 @@ fn stalled_block_requests_go_to_another_peer() {
     let later = h.now + BLOCK_STALL_TIMEOUT + Duration::from_secs(1);
     let actions = h.protocol.on_tick(later);
     assert!(sent(&actions, 2).contains(&"getdata"), "{actions:?}");
+}
+
+fn index_len(h: &Harness) -> usize {
+    h.protocol.chain.lock().unwrap().index_len()
+}
+
+fn getheaders_locator(actions: &[Action], id: PeerId) -> Option<Vec<BlockHash>> {
+    actions.iter().find_map(|a| match a {
+        Action::Send(to, Message::GetHeaders(g)) if *to == id => Some(g.locator.clone()),
+        _ => None,
+    })
+}
+
+/// Options that require the work of `headers` regtest headers past genesis.
+fn requiring_work_of(headers: u64) -> crate::chain::ChainOptions {
+    let per_header = work_from_compact(Network::Regtest.params().pow_limit_bits);
+    crate::chain::ChainOptions {
+        minimum_chain_work: Some(per_header * primitive_types::U256::from(headers + 1)),
+        ..crate::chain::ChainOptions::default()
+    }
+}
+
+fn regtest_headers(count: usize, branch: u8) -> Vec<crate::consensus::block::BlockHeader> {
+    let genesis = Network::Regtest.params().genesis_block();
+    crate::testkit::header_chain(genesis.hash(), genesis.header.time, count, 10, branch)
+}
+
+#[test]
+fn a_long_low_work_header_chain_costs_no_index_and_bounded_memory() {
+    let mut h = harness_with(&[], requiring_work_of(1_000_000));
+    ready_inbound(&mut h, 1);
+    let headers = regtest_headers(40_000, 1);
+    let mut peak = 0;
+    for batch in headers.chunks(MAX_HEADERS) {
+        let actions = h
+            .protocol
+            .on_message(1, Message::Headers(batch.to_vec()), h.now);
+        assert_eq!(disconnected(&actions, 1), None);
+        assert_eq!(
+            getheaders_locator(&actions, 1),
+            Some(vec![batch.last().unwrap().hash()]),
+            "the pre-sync asks for the next batch"
+        );
+        peak = peak.max(h.protocol.headers_sync_bytes());
+    }
+    assert_eq!(index_len(&h), 1, "only genesis is indexed");
+    assert!(
+        peak > 0 && peak < 4_096,
+        "pre-sync memory peaked at {peak} bytes"
+    );
+    // The chain ends: the pre-sync is dropped without blaming the peer.
+    let short = crate::testkit::header_chain(
+        headers.last().unwrap().hash(),
+        headers.last().unwrap().time,
+        10,
+        10,
+        1,
+    );
+    let actions = h.protocol.on_message(1, Message::Headers(short), h.now);
+    assert_eq!(disconnected(&actions, 1), None);
+    assert_eq!(h.protocol.headers_sync_bytes(), 0);
+    assert_eq!(index_len(&h), 1);
+    assert!(h.protocol.counters().misbehaviour.is_empty());
+}
+
+#[test]
+fn a_chain_with_enough_work_is_indexed_after_its_presync() {
+    let mut h = harness_with(&[], requiring_work_of(3_000));
+    ready_inbound(&mut h, 1);
+    let headers = regtest_headers(4_000, 2);
+    let genesis = Network::Regtest.params().genesis_hash();
+    let batches: Vec<_> = headers.chunks(MAX_HEADERS).collect();
+    let actions = h
+        .protocol
+        .on_message(1, Message::Headers(batches[0].to_vec()), h.now);
+    assert_eq!(
+        getheaders_locator(&actions, 1),
+        Some(vec![batches[0][1_999].hash()])
+    );
+    let actions = h
+        .protocol
+        .on_message(1, Message::Headers(batches[1].to_vec()), h.now);
+    assert_eq!(
+        getheaders_locator(&actions, 1),
+        Some(vec![genesis]),
+        "redownload"
+    );
+    assert_eq!(index_len(&h), 1);
+    // The same chain again: checked against the commitments and indexed.
+    h.protocol
+        .on_message(1, Message::Headers(batches[0].to_vec()), h.now);
+    let actions = h
+        .protocol
+        .on_message(1, Message::Headers(batches[1].to_vec()), h.now);
+    assert_eq!(index_len(&h), 4_001);
+    assert_eq!(h.protocol.headers_sync_bytes(), 0);
+    assert!(
+        sent(&actions, 1).contains(&"getdata"),
+        "blocks are requested"
+    );
+}
+
+#[test]
+fn a_header_too_far_ahead_is_retried_later_and_its_sender_stays() {
+    let mut h = harness(&[]);
+    ready_inbound(&mut h, 1);
+    let params = Network::Regtest.params();
+    let genesis = params.genesis_block();
+    let too_new = unix_now() + params.max_future_block_time_secs + 100;
+    let header = crate::testkit::header_chain(genesis.hash(), too_new - 10, 1, 10, 3)[0];
+    let actions = h
+        .protocol
+        .on_message(1, Message::Headers(vec![header]), h.now);
+    assert_eq!(disconnected(&actions, 1), None);
+    assert!(h.protocol.counters().misbehaviour.is_empty());
+    assert_eq!(index_len(&h), 1, "nothing cached against the header");
+    let actions = h
+        .protocol
+        .on_tick(h.now + TIME_TOO_NEW_RETRY + Duration::from_secs(1));
+    assert!(getheaders_locator(&actions, 1).is_some(), "{actions:?}");
+}
+
+#[test]
+fn an_unrequested_low_work_block_is_dropped_without_blame() {
+    let mut chain = TestChain::new(Network::Regtest);
+    for _ in 0..20 {
+        chain.mine_empty(key(1).pubkey_hash());
+    }
+    let mut h = harness(&chain.blocks[1..]);
+    ready_inbound(&mut h, 1);
+    let mut fork = TestChain::new(Network::Regtest);
+    let block = fork.mine_empty(key(2).pubkey_hash()).clone();
+    let actions = h
+        .protocol
+        .on_message(1, Message::Block(Box::new(block.clone())), h.now);
+    assert_eq!(disconnected(&actions, 1), None);
+    assert_eq!(index_len(&h), 21);
+    assert!(!h.protocol.chain.lock().unwrap().has_block(&block.hash()));
 }
