@@ -4,7 +4,8 @@
 //! the protocol's CPU per synced block with 2 000 and with 100 000 headers
 //! ahead of the blocks: scheduling must not grow with the distance.
 //!
-//! Run: `cargo bench --profile dev --bench p2p` (`-- quick` for small sizes).
+//! Run: `cargo bench --profile dev --bench p2p` (`-- quick` for small sizes,
+//! `-- sync-cost` for the in-process scheduling figure alone).
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -269,6 +270,11 @@ fn bench_sync_cost(far: usize, measured: usize) {
 
 fn main() {
     let quick = std::env::args().any(|a| a == "quick");
+    if std::env::args().any(|a| a == "sync-cost") {
+        // Only the in-process scheduling figure.
+        bench_sync_cost(if quick { 20_000 } else { 100_000 }, 1_500);
+        return;
+    }
     if quick {
         bench_sync_cost(20_000, 1_000);
         bench_sync(200, 100);
