@@ -1,21 +1,33 @@
 //! One task per TCP connection: decodes frames into messages for the
-//! protocol and writes the messages the protocol sends. It raises the frame
-//! size limit once the peer's handshake is complete and throttles a peer
-//! that sends faster than its message budget by not reading its socket.
+//! protocol and writes the frames the protocol sends. It raises the frame
+//! size limit once the peer's handshake is complete, throttles a peer that
+//! sends faster than its message budget by not reading its socket, holds
+//! every received message against byte budgets (the peer's and the node's)
+//! until the protocol thread has handled it, and closes the socket when a
+//! write makes no progress for `PEER_WRITE_STALL_TIMEOUT` or the protocol
+//! says so.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
+use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::codec::{FramedRead, FramedWrite};
 
 use super::protocol::PeerId;
 use super::traffic::{TRAFFIC, UNKNOWN_COMMAND};
 use super::Event;
-use crate::wire::constants::{MAX_PAYLOAD, PEER_MESSAGES_PER_SEC, PEER_MESSAGE_BURST};
+use crate::wire::constants::{
+    FRAME_HEADER_LEN, MAX_PAYLOAD, PEER_INBOUND_QUEUE_BYTES, PEER_MESSAGES_PER_SEC,
+    PEER_MESSAGE_BURST, PEER_SEND_QUEUE, PEER_WRITE_STALL_TIMEOUT, QUEUED_MESSAGE_OVERHEAD_BYTES,
+};
 use crate::wire::frame::{FrameCodec, FrameError, RawFrame};
 use crate::wire::message::{Message, MessageError};
 
@@ -45,6 +57,118 @@ impl Budget {
     }
 }
 
+/// A frame the protocol thread encoded for a peer.
+#[derive(Debug)]
+pub struct OutFrame {
+    pub command: &'static str,
+    pub payload: Bytes,
+}
+
+impl OutFrame {
+    pub fn new(message: &Message) -> OutFrame {
+        OutFrame {
+            command: message.command(),
+            payload: Bytes::from(message.encode_payload()),
+        }
+    }
+
+    /// Bytes the frame takes on the wire (and in our queue).
+    pub fn wire_len(&self) -> usize {
+        FRAME_HEADER_LEN + self.payload.len()
+    }
+}
+
+/// The protocol thread's side of a connection.
+#[derive(Debug, Clone)]
+pub struct PeerLink {
+    pub outbox: mpsc::Sender<OutFrame>,
+    /// Bytes handed to the connection and not yet written to the socket.
+    pub queued: Arc<AtomicUsize>,
+    /// Closes the connection at once, even while a write is blocked.
+    pub close: Arc<Notify>,
+}
+
+impl PeerLink {
+    /// Bytes waiting to be written to the peer.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+}
+
+/// Memory a received message is held against until the protocol thread has
+/// handled it: its share of the peer's budget and of the node's.
+#[derive(Debug)]
+pub struct InboundPermit {
+    _peer: OwnedSemaphorePermit,
+    _node: OwnedSemaphorePermit,
+}
+
+impl InboundPermit {
+    pub fn new(peer: OwnedSemaphorePermit, node: OwnedSemaphorePermit) -> InboundPermit {
+        InboundPermit {
+            _peer: peer,
+            _node: node,
+        }
+    }
+}
+
+/// What a received message counts against the inbound budgets.
+fn inbound_cost(payload_len: usize) -> u32 {
+    (2 * payload_len + QUEUED_MESSAGE_OVERHEAD_BYTES) as u32
+}
+
+/// A writer that records when it last moved bytes, so that a write that
+/// makes no progress can be told from a long one that does.
+struct ProgressWriter<W> {
+    inner: W,
+    start: Instant,
+    /// Milliseconds after `start` of the last progress.
+    last: Arc<AtomicU64>,
+}
+
+impl<W> ProgressWriter<W> {
+    fn mark(start: Instant, last: &AtomicU64) {
+        last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for ProgressWriter<W> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = result {
+            if n > 0 {
+                Self::mark(self.start, &self.last);
+            }
+        }
+        result
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Resolves once no byte has been written for `PEER_WRITE_STALL_TIMEOUT`.
+async fn write_stalled(start: Instant, last: &AtomicU64) {
+    loop {
+        let idle = start
+            .elapsed()
+            .saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)));
+        if idle >= PEER_WRITE_STALL_TIMEOUT {
+            return;
+        }
+        tokio::time::sleep(PEER_WRITE_STALL_TIMEOUT - idle).await;
+    }
+}
+
 /// Runs one connection until either side closes it.
 pub async fn run(
     stream: TcpStream,
@@ -53,15 +177,22 @@ pub async fn run(
     dialed: Option<SocketAddr>,
     magic: [u8; 4],
     events: mpsc::Sender<Event>,
-    outbox_size: usize,
+    node_budget: Arc<Semaphore>,
 ) {
-    let (outbox_tx, mut outbox) = mpsc::channel::<Message>(outbox_size);
+    let (outbox_tx, mut outbox) = mpsc::channel::<OutFrame>(PEER_SEND_QUEUE);
+    let queued = Arc::new(AtomicUsize::new(0));
+    let close = Arc::new(Notify::new());
+    let link = PeerLink {
+        outbox: outbox_tx,
+        queued: queued.clone(),
+        close: close.clone(),
+    };
     if events
         .send(Event::Connected {
             id,
             addr,
             dialed,
-            outbox: outbox_tx,
+            link,
         })
         .await
         .is_err()
@@ -70,13 +201,22 @@ pub async fn run(
     }
     let _ = stream.set_nodelay(true);
     let (reader, writer) = stream.into_split();
+    let start = Instant::now();
+    let last_progress = Arc::new(AtomicU64::new(0));
+    let writer = ProgressWriter {
+        inner: writer,
+        start,
+        last: last_progress.clone(),
+    };
     let mut input = FramedRead::new(reader, FrameCodec::new(magic));
     let mut output = FramedWrite::new(writer, FrameCodec::new(magic));
     output.encoder_mut().set_max_payload(MAX_PAYLOAD);
+    let peer_budget = Arc::new(Semaphore::new(PEER_INBOUND_QUEUE_BYTES));
     let mut budget = Budget::new();
     let (mut saw_version, mut saw_verack) = (false, false);
     loop {
         tokio::select! {
+            _ = close.notified() => break,
             frame = input.next() => {
                 let frame = match frame {
                     None => break,
@@ -102,7 +242,22 @@ pub async fn run(
                         if saw_version && saw_verack {
                             input.decoder_mut().set_max_payload(MAX_PAYLOAD);
                         }
-                        if events.send(Event::Message(id, message)).await.is_err() {
+                        // Wait for room in the peer's and the node's budget
+                        // (not reading meanwhile), or for the close.
+                        let cost = inbound_cost(frame.payload.len());
+                        let permit = tokio::select! {
+                            _ = close.notified() => break,
+                            permits = async {
+                                let peer = peer_budget.clone().acquire_many_owned(cost).await;
+                                let node = node_budget.clone().acquire_many_owned(cost).await;
+                                peer.ok().zip(node.ok())
+                            } => match permits {
+                                Some((peer, node)) => InboundPermit::new(peer, node),
+                                None => break,
+                            },
+                        };
+                        drop(frame);
+                        if events.send(Event::Message(id, message, permit)).await.is_err() {
                             break;
                         }
                     }
@@ -117,14 +272,25 @@ pub async fn run(
                     }
                 }
             }
-            message = outbox.recv() => {
-                let Some(message) = message else { break };
-                let frame = RawFrame {
-                    command: message.command().to_string(),
-                    payload: Bytes::from(message.encode_payload()),
+            frame = outbox.recv() => {
+                let Some(frame) = frame else { break };
+                let len = frame.wire_len();
+                TRAFFIC.sent(frame.command, frame.payload.len());
+                let raw = RawFrame {
+                    command: frame.command.to_string(),
+                    payload: frame.payload,
                 };
-                TRAFFIC.sent(message.command(), frame.payload.len());
-                if output.send(frame).await.is_err() {
+                ProgressWriter::<()>::mark(start, &last_progress);
+                let written = tokio::select! {
+                    _ = close.notified() => false,
+                    _ = write_stalled(start, &last_progress) => {
+                        tracing::info!(peer = id, "write made no progress: disconnecting");
+                        false
+                    }
+                    result = output.send(raw) => result.is_ok(),
+                };
+                queued.fetch_sub(len, Ordering::Relaxed);
+                if !written {
                     break;
                 }
             }

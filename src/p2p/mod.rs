@@ -2,6 +2,12 @@
 //! connection (`connection`), and one thread that owns the protocol state
 //! (`protocol::Protocol`) and is the only place that talks to the chain on
 //! behalf of peers.
+//!
+//! The protocol thread serves peers fairly: received messages wait in one
+//! queue per peer (bounded in bytes by the connection tasks) and are handled
+//! one per peer per round, so a peer that floods only delays itself;
+//! `getdata` is served a little per round, only while the peer's send
+//! buffer has room.
 
 pub mod addrbook;
 pub mod connection;
@@ -9,6 +15,7 @@ pub mod headers_sync;
 pub mod protocol;
 pub mod traffic;
 
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,20 +24,27 @@ use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Handle;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 
 use crate::chain::Chain;
 use crate::consensus::params::Network;
-use crate::wire::constants::PEER_SEND_QUEUE;
+use crate::wire::constants::{
+    INBOUND_QUEUE_BYTES, PEER_SEND_BUFFER_MAX_BYTES, PEER_SEND_BUFFER_SOFT_BYTES,
+};
 use crate::wire::message::Message;
 use addrbook::AddrBook;
+use connection::{InboundPermit, OutFrame, PeerLink};
 use protocol::{Action, PeerId, PeerSummary, Protocol, ProtocolCounters, SyncProgress};
 
 /// How often the protocol's timers run.
 const TICK: Duration = Duration::from_millis(250);
 /// Events queued for the protocol thread; when full, connection tasks wait,
-/// which stops them reading from their sockets.
+/// which stops them reading from their sockets. Messages are also bounded in
+/// bytes (`INBOUND_QUEUE_BYTES`, per peer `PEER_INBOUND_QUEUE_BYTES`).
 const EVENT_QUEUE: usize = 1024;
+/// How soon the protocol thread looks again at a peer whose `getdata` waits
+/// for its send buffer to drain.
+const GETDATA_POLL: Duration = Duration::from_millis(5);
 /// How long a dial may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -41,9 +55,10 @@ pub enum Event {
         id: PeerId,
         addr: SocketAddr,
         dialed: Option<SocketAddr>,
-        outbox: mpsc::Sender<Message>,
+        link: PeerLink,
     },
-    Message(PeerId, Message),
+    /// A received message, with the memory it is held against.
+    Message(PeerId, Message, InboundPermit),
     Violation(PeerId, &'static str),
     UnknownCommand(PeerId, String),
     Disconnected(PeerId),
@@ -123,12 +138,14 @@ pub async fn start(
     tracing::info!(addr = %local_addr, "p2p listening");
     let magic = config.network.params().magic;
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
+    let inbound_budget = Arc::new(Semaphore::new(INBOUND_QUEUE_BYTES));
     let status = Arc::new(Mutex::new(NetworkStatus {
         listen: Some(local_addr),
         ..NetworkStatus::default()
     }));
 
     let accept_events = events_tx.clone();
+    let accept_budget = inbound_budget.clone();
     tokio::spawn(async move {
         loop {
             match listener.accept().await {
@@ -141,7 +158,7 @@ pub async fn start(
                         None,
                         magic,
                         accept_events.clone(),
-                        PEER_SEND_QUEUE,
+                        accept_budget.clone(),
                     ));
                 }
                 Err(e) => {
@@ -175,6 +192,7 @@ pub async fn start(
                 thread_status,
                 handle,
                 magic,
+                inbound_budget,
             )
         })?;
     Ok((
@@ -187,6 +205,70 @@ pub async fn start(
     ))
 }
 
+/// Received messages waiting for the protocol thread, one queue per peer.
+#[derive(Default)]
+struct InboundQueues {
+    queues: HashMap<PeerId, VecDeque<(Message, InboundPermit)>>,
+    /// Peers in the order they get their next turn.
+    turns: VecDeque<PeerId>,
+}
+
+impl InboundQueues {
+    fn push(&mut self, id: PeerId, message: Message, permit: InboundPermit) {
+        let queue = self.queues.entry(id).or_default();
+        if queue.is_empty() {
+            self.turns.push_back(id);
+        }
+        queue.push_back((message, permit));
+    }
+
+    /// The next message of the next peer in turn; a peer with more waiting
+    /// goes to the back of the line.
+    fn pop(&mut self) -> Option<(PeerId, Message, InboundPermit)> {
+        while let Some(id) = self.turns.pop_front() {
+            let Some(queue) = self.queues.get_mut(&id) else {
+                continue;
+            };
+            let Some((message, permit)) = queue.pop_front() else {
+                continue;
+            };
+            if queue.is_empty() {
+                self.queues.remove(&id);
+            } else {
+                self.turns.push_back(id);
+            }
+            return Some((id, message, permit));
+        }
+        None
+    }
+
+    /// Drops what a peer still had waiting (it is being disconnected).
+    fn forget(&mut self, id: PeerId) {
+        self.queues.remove(&id);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.queues.is_empty()
+    }
+}
+
+/// Queues a message for a peer; says why the peer must be dropped if its
+/// send buffer or queue is full.
+fn enqueue(link: &PeerLink, message: &Message) -> Result<(), &'static str> {
+    let frame = OutFrame::new(message);
+    let len = frame.wire_len();
+    if link.queued_bytes() + len > PEER_SEND_BUFFER_MAX_BYTES {
+        return Err("send_buffer_full");
+    }
+    link.queued.fetch_add(len, Ordering::Relaxed);
+    if link.outbox.try_send(frame).is_err() {
+        link.queued.fetch_sub(len, Ordering::Relaxed);
+        return Err("send_queue_full");
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
 fn run_protocol(
     mut protocol: Protocol,
     mut events: mpsc::Receiver<Event>,
@@ -194,44 +276,85 @@ fn run_protocol(
     status: Arc<Mutex<NetworkStatus>>,
     runtime: Handle,
     magic: [u8; 4],
+    inbound_budget: Arc<Semaphore>,
 ) {
-    let mut outboxes: std::collections::HashMap<PeerId, mpsc::Sender<Message>> =
-        std::collections::HashMap::new();
+    let mut links: HashMap<PeerId, PeerLink> = HashMap::new();
+    let mut inbound = InboundQueues::default();
     // Tick at once: dial the configured peers without waiting a period.
     let mut last_tick = Instant::now() - TICK;
-    loop {
-        let event = runtime.block_on(async { tokio::time::timeout(TICK, events.recv()).await });
+    let mut shutdown = false;
+    while !shutdown {
+        // Take in everything that has arrived; wait only when nothing is
+        // queued, and not past the next tick (or the next getdata look).
+        let mut arrived = Vec::new();
+        if inbound.is_empty() {
+            let wait = if protocol.has_pending_getdata() {
+                GETDATA_POLL
+            } else {
+                TICK.saturating_sub(last_tick.elapsed())
+            };
+            if let Ok(Some(event)) =
+                runtime.block_on(async { tokio::time::timeout(wait, events.recv()).await })
+            {
+                arrived.push(event);
+            }
+        }
+        while let Ok(event) = events.try_recv() {
+            arrived.push(event);
+        }
         let now = Instant::now();
-        let mut actions = match event {
-            Ok(Some(Event::Connected {
-                id,
-                addr,
-                dialed,
-                outbox,
-            })) => {
-                outboxes.insert(id, outbox);
-                protocol.on_connected(id, addr, dialed, now)
+        let mut actions = Vec::new();
+        for event in arrived {
+            match event {
+                Event::Connected {
+                    id,
+                    addr,
+                    dialed,
+                    link,
+                } => {
+                    links.insert(id, link);
+                    actions.extend(protocol.on_connected(id, addr, dialed, now));
+                }
+                Event::Message(id, message, permit) => {
+                    if let Message::Block(block) = &message {
+                        // It arrived now, however long it waits for its turn.
+                        protocol.on_block_arrived(id, block.hash());
+                    }
+                    inbound.push(id, message, permit);
+                }
+                Event::Violation(id, reason) => actions.extend(protocol.on_violation(id, reason)),
+                Event::UnknownCommand(id, command) => protocol.on_unknown_command(id, &command),
+                Event::Disconnected(id) => {
+                    links.remove(&id);
+                    inbound.forget(id);
+                    actions.extend(protocol.on_disconnected(id, now));
+                }
+                Event::ConnectFailed(addr) => protocol.on_connect_failed(addr, now),
+                Event::ChainChanged => actions.extend(protocol.on_chain_changed()),
+                Event::AddPeer(addr) => actions.extend(protocol.add_peer(addr, now)),
+                Event::RemovePeer(addr) => actions.extend(protocol.remove_peer(addr)),
+                Event::Shutdown => shutdown = true,
             }
-            Ok(Some(Event::Message(id, message))) => protocol.on_message(id, message, now),
-            Ok(Some(Event::Violation(id, reason))) => protocol.on_violation(id, reason),
-            Ok(Some(Event::UnknownCommand(id, command))) => {
-                protocol.on_unknown_command(id, &command);
-                Vec::new()
+        }
+        // One round: at most one message of each peer with messages waiting.
+        let mut round = inbound.turns.len();
+        while round > 0 {
+            round -= 1;
+            let Some((id, message, permit)) = inbound.pop() else {
+                break;
+            };
+            actions.extend(protocol.on_message(id, message, now));
+            drop(permit);
+        }
+        // `getdata`, a bounded share per peer, while its send buffer has room.
+        for id in protocol.peers_with_pending_getdata() {
+            let room = links.get(&id).map_or(0, |l| {
+                PEER_SEND_BUFFER_SOFT_BYTES.saturating_sub(l.queued_bytes())
+            });
+            if room > 0 {
+                actions.extend(protocol.serve_getdata(id, room));
             }
-            Ok(Some(Event::Disconnected(id))) => {
-                outboxes.remove(&id);
-                protocol.on_disconnected(id, now)
-            }
-            Ok(Some(Event::ConnectFailed(addr))) => {
-                protocol.on_connect_failed(addr, now);
-                Vec::new()
-            }
-            Ok(Some(Event::ChainChanged)) => protocol.on_chain_changed(),
-            Ok(Some(Event::AddPeer(addr))) => protocol.add_peer(addr, now),
-            Ok(Some(Event::RemovePeer(addr))) => protocol.remove_peer(addr),
-            Ok(Some(Event::Shutdown)) | Ok(None) => break,
-            Err(_) => Vec::new(),
-        };
+        }
         if now.duration_since(last_tick) >= TICK {
             last_tick = now;
             actions.extend(protocol.on_tick(now));
@@ -240,22 +363,21 @@ fn run_protocol(
             s.sync = protocol.progress();
             s.counters = protocol.counters().clone();
         }
-        for action in actions {
-            match action {
-                Action::Send(id, message) => {
-                    if let Some(outbox) = outboxes.get(&id) {
-                        if outbox.try_send(message).is_err() {
-                            tracing::info!(peer = id, "send queue full: disconnecting");
-                            outboxes.remove(&id);
-                        }
-                    }
-                }
-                Action::Disconnect(id, reason) => {
-                    tracing::debug!(peer = id, reason, "disconnecting");
-                    outboxes.remove(&id);
-                }
+        // A disconnected peer is gone at once: its socket is closed, its
+        // queued messages dropped, and the protocol forgets it now (so it is
+        // never picked for a request while its task winds down); what the
+        // protocol does about it joins the same list.
+        let mut actions = VecDeque::from(actions);
+        while let Some(action) = actions.pop_front() {
+            let drop_peer = match action {
+                Action::Send(id, message) => match links.get(&id).map(|l| enqueue(l, &message)) {
+                    Some(Err(reason)) => Some((id, reason)),
+                    _ => None,
+                },
+                Action::Disconnect(id, reason) => Some((id, reason)),
                 Action::Connect(addr) => {
                     let events = events_tx.clone();
+                    let budget = inbound_budget.clone();
                     runtime.spawn(async move {
                         match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await
                         {
@@ -268,7 +390,7 @@ fn run_protocol(
                                     Some(addr),
                                     magic,
                                     events,
-                                    PEER_SEND_QUEUE,
+                                    budget,
                                 )
                                 .await;
                             }
@@ -277,10 +399,50 @@ fn run_protocol(
                             }
                         }
                     });
+                    None
                 }
+            };
+            if let Some((id, reason)) = drop_peer {
+                if let Some(link) = links.remove(&id) {
+                    tracing::debug!(peer = id, reason, "disconnecting");
+                    link.close.notify_one();
+                }
+                inbound.forget(id);
+                actions.extend(protocol.on_disconnected(id, now));
             }
         }
     }
     protocol.save_addrbook();
     tracing::info!("p2p stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn permit() -> InboundPermit {
+        let node = Arc::new(Semaphore::new(10));
+        let peer = Arc::new(Semaphore::new(10));
+        InboundPermit::new(
+            peer.try_acquire_many_owned(1).unwrap(),
+            node.try_acquire_many_owned(1).unwrap(),
+        )
+    }
+
+    #[test]
+    fn a_flooding_peer_only_delays_itself() {
+        let mut queues = InboundQueues::default();
+        for n in 0..300 {
+            queues.push(1, Message::Ping(n), permit());
+        }
+        queues.push(2, Message::Ping(1_000), permit());
+        queues.push(3, Message::Ping(2_000), permit());
+        let order: Vec<PeerId> = std::iter::from_fn(|| queues.pop().map(|(id, _, _)| id))
+            .take(6)
+            .collect();
+        assert_eq!(order, vec![1, 2, 3, 1, 1, 1]);
+        queues.forget(1);
+        assert!(queues.pop().is_none());
+        assert!(queues.is_empty());
+    }
 }

@@ -13,6 +13,7 @@ use crate::chain::{unix_now, BlockOutcome, Chain, HeaderRejection};
 use crate::consensus::hash::{BlockHash, Hash256};
 use crate::consensus::params::Network;
 use crate::consensus::pow::work_from_compact;
+use crate::encoding::Encode;
 use crate::mempool::{Mempool, MempoolError};
 use crate::wire::constants::*;
 use crate::wire::message::{AddrEntry, GetHeaders, InvItem, InvKind, Message, Version};
@@ -29,8 +30,20 @@ pub const MAX_BLOCKS_IN_FLIGHT_PER_PEER: usize = 16;
 pub const BLOCK_DOWNLOAD_WINDOW: u32 = 1024;
 /// A requested block that has not arrived by then is asked of another peer.
 pub const BLOCK_STALL_TIMEOUT: Duration = Duration::from_secs(5);
-/// A peer that stalls this many requests is disconnected.
+/// A peer that stalls this many requests is disconnected. Each block it
+/// delivers as asked takes one stall off, so an honest peer's rare stall is
+/// forgotten.
 pub const MAX_STALLS: u32 = 3;
+/// `getdata` items waiting per peer; more in the meantime are ignored. An
+/// honest peer has at most 16 blocks and 100 transactions in flight.
+pub const MAX_PENDING_GETDATA: usize = 5_000;
+/// `getdata` items answered per peer per round of the protocol thread, so
+/// one peer's requests cannot hold the thread.
+pub const MAX_GETDATA_PER_TURN: usize = 64;
+/// A peer that answers `notfound` for this many blocks it announced (on the
+/// chain its headers claimed) is disconnected: it cannot serve what it says
+/// it has. Each such block is asked of another peer at once.
+pub const MAX_BLOCK_NOTFOUND: u32 = 8;
 /// A `getheaders` unanswered for this long is sent again (to any peer).
 pub const HEADERS_RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Outbound connections the node keeps.
@@ -116,6 +129,15 @@ struct Peer {
     /// Best block the peer is known to have.
     best_known: Option<BlockHash>,
     in_flight: HashMap<BlockHash, Instant>,
+    /// Requested blocks that arrived and wait for their turn in our queue.
+    arrived: HashSet<BlockHash>,
+    /// Blocks the peer said it does not have: never asked of it again.
+    not_found: BoundedSet,
+    /// How many blocks the peer answered `notfound` for.
+    block_notfound: u32,
+    /// `getdata` items waiting to be served, in order, and as a set.
+    getdata: VecDeque<InvItem>,
+    getdata_queued: HashSet<InvItem>,
     /// The last block we know we have in common with the peer's best chain,
     /// where the next download search starts (see `Chain::blocks_to_download`).
     last_common: Option<BlockHash>,
@@ -371,6 +393,11 @@ impl Protocol {
                 known: BoundedSet::default(),
                 best_known: None,
                 in_flight: HashMap::new(),
+                arrived: HashSet::new(),
+                not_found: BoundedSet::default(),
+                block_notfound: 0,
+                getdata: VecDeque::new(),
+                getdata_queued: HashSet::new(),
                 last_common: None,
                 headers_sync: None,
                 headers_retry_at: None,
@@ -477,24 +504,8 @@ impl Protocol {
                 }
             }
             Message::Inv(items) => self.on_inv(id, items, &mut actions),
-            Message::GetData(items) => self.on_getdata(id, items, &mut actions),
-            Message::NotFound(items) => {
-                let peer = self.peers.get_mut(&id).expect("checked");
-                for item in items {
-                    if peer.in_flight.remove(&item.hash).is_some() {
-                        self.in_flight.remove(&item.hash);
-                    }
-                    if peer.tx_in_flight.remove(&item.hash) {
-                        if let Some(request) = self.tx_requests.get_mut(&item.hash) {
-                            request.announcers.retain(|p| *p != id);
-                            request.asked = None;
-                        }
-                    }
-                }
-                self.tx_requests.retain(|_, r| !r.announcers.is_empty());
-                self.request_blocks(now, &mut actions);
-                self.request_txs(now, &mut actions);
-            }
+            Message::GetData(items) => self.on_getdata(id, items),
+            Message::NotFound(items) => self.on_notfound(id, items, now, &mut actions),
             Message::GetHeaders(request) => {
                 let headers = self.chain.lock().expect("chain lock").headers_after(
                     &request.locator,
@@ -544,6 +555,60 @@ impl Protocol {
         self.announce_txs(&mut actions);
         self.request_mempools(&mut actions);
         actions
+    }
+
+    /// A peer lacks what we asked for. A block goes to another peer at once
+    /// and is never asked of this one again; a peer that keeps failing to
+    /// serve the chain it announced is dropped. A transaction is asked of
+    /// its next announcer.
+    fn on_notfound(
+        &mut self,
+        id: PeerId,
+        items: Vec<InvItem>,
+        now: Instant,
+        actions: &mut Vec<Action>,
+    ) {
+        let peer = self.peers.get_mut(&id).expect("checked");
+        for item in items {
+            match item.kind {
+                InvKind::Block => {
+                    if peer.in_flight.remove(&item.hash).is_some() {
+                        self.in_flight.remove(&item.hash);
+                        peer.arrived.remove(&item.hash);
+                        peer.not_found.insert(item.hash);
+                        peer.block_notfound += 1;
+                    }
+                }
+                InvKind::Tx => {
+                    if peer.tx_in_flight.remove(&item.hash) {
+                        if let Some(request) = self.tx_requests.get_mut(&item.hash) {
+                            request.announcers.retain(|p| *p != id);
+                            request.asked = None;
+                            peer.tx_announced = peer.tx_announced.saturating_sub(1);
+                        }
+                    }
+                }
+                InvKind::Other(_) => {}
+            }
+        }
+        let failures = peer.block_notfound;
+        self.tx_requests.retain(|_, r| !r.announcers.is_empty());
+        if failures >= MAX_BLOCK_NOTFOUND {
+            *self
+                .counters
+                .misbehaviour
+                .entry("block_notfound".to_string())
+                .or_default() += 1;
+            tracing::info!(
+                peer = id,
+                failures,
+                "peer cannot serve the blocks it announced"
+            );
+            actions.push(Action::Disconnect(id, "block_notfound"));
+            return;
+        }
+        self.request_blocks(now, actions);
+        self.request_txs(now, actions);
     }
 
     /// Asks each peer once for its mempool, as soon as our chain has caught
@@ -754,6 +819,8 @@ impl Protocol {
                             ask_headers = true;
                         }
                     }
+                    // Kinds of later protocol versions: ignored.
+                    InvKind::Other(_) => {}
                     InvKind::Tx => {
                         if pool.contains(&item.hash)
                             || self.recent_rejects.contains(&item.hash)
@@ -776,54 +843,118 @@ impl Protocol {
         self.request_txs(now, actions);
     }
 
-    fn on_getdata(&mut self, id: PeerId, items: Vec<InvItem>, actions: &mut Vec<Action>) {
-        let mut missing = Vec::new();
+    /// Queues a peer's `getdata`: each item once (duplicates within the
+    /// request or already queued are ignored), at most `MAX_PENDING_GETDATA`
+    /// waiting. Nothing is read yet: `serve_getdata` answers a little at a
+    /// time, as the peer's socket drains.
+    fn on_getdata(&mut self, id: PeerId, items: Vec<InvItem>) {
+        let peer = self.peers.get_mut(&id).expect("checked");
+        let mut ignored = 0usize;
         for item in items {
-            match item.kind {
+            if matches!(item.kind, InvKind::Other(_)) || peer.getdata_queued.contains(&item) {
+                continue;
+            }
+            if peer.getdata.len() >= MAX_PENDING_GETDATA {
+                ignored += 1;
+                continue;
+            }
+            peer.getdata_queued.insert(item);
+            peer.getdata.push_back(item);
+        }
+        if ignored > 0 {
+            tracing::debug!(
+                peer = id,
+                ignored,
+                "getdata beyond the pending limit ignored"
+            );
+        }
+    }
+
+    /// Whether any peer has `getdata` waiting to be served.
+    pub fn has_pending_getdata(&self) -> bool {
+        self.peers.values().any(|p| !p.getdata.is_empty())
+    }
+
+    /// Peers with `getdata` waiting, in a fixed order.
+    pub fn peers_with_pending_getdata(&self) -> Vec<PeerId> {
+        let mut ids: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| !p.getdata.is_empty())
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Answers a peer's queued `getdata` with at most about `room` bytes of
+    /// blocks and transactions and at most `MAX_GETDATA_PER_TURN` items
+    /// (always at least one item), then `notfound` for what we lack.
+    pub fn serve_getdata(&mut self, id: PeerId, room: usize) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let mut missing = Vec::new();
+        let mut used = 0usize;
+        let mut served = 0usize;
+        while used < room && served < MAX_GETDATA_PER_TURN {
+            let Some(peer) = self.peers.get_mut(&id) else {
+                break;
+            };
+            let Some(item) = peer.getdata.pop_front() else {
+                break;
+            };
+            peer.getdata_queued.remove(&item);
+            served += 1;
+            let message = match item.kind {
                 InvKind::Block => {
                     let block = {
                         let chain = self.chain.lock().expect("chain lock");
                         chain.store().block(&item.hash)
                     };
                     match block {
-                        Ok(Some(block)) => {
-                            self.peers
-                                .get_mut(&id)
-                                .expect("checked")
-                                .known
-                                .insert(item.hash);
-                            actions.push(Action::Send(id, Message::Block(Box::new(block))));
-                        }
-                        Ok(None) => missing.push(item),
+                        Ok(Some(block)) => Some(Message::Block(Box::new(block))),
+                        Ok(None) => None,
                         Err(e) => {
                             tracing::error!(error = %e, "reading a block to serve");
-                            missing.push(item);
+                            None
                         }
                     }
                 }
-                InvKind::Tx => {
-                    let tx = self
-                        .mempool
-                        .lock()
-                        .expect("mempool lock")
-                        .get(&item.hash)
-                        .map(|e| e.tx.clone());
-                    match tx {
-                        Some(tx) => {
-                            self.peers
-                                .get_mut(&id)
-                                .expect("checked")
-                                .known
-                                .insert(item.hash);
-                            actions.push(Action::Send(id, Message::Tx(Box::new((*tx).clone()))));
-                        }
-                        None => missing.push(item),
-                    }
+                InvKind::Tx => self
+                    .mempool
+                    .lock()
+                    .expect("mempool lock")
+                    .get(&item.hash)
+                    .map(|e| Message::Tx(Box::new((*e.tx).clone()))),
+                InvKind::Other(_) => None,
+            };
+            match message {
+                Some(message) => {
+                    used += match &message {
+                        Message::Block(b) => b.encoded_len(),
+                        Message::Tx(t) => t.encoded_len(),
+                        _ => 0,
+                    };
+                    let peer = self.peers.get_mut(&id).expect("checked above");
+                    peer.known.insert(item.hash);
+                    actions.push(Action::Send(id, message));
                 }
+                None => missing.push(item),
             }
         }
         if !missing.is_empty() {
             actions.push(Action::Send(id, Message::NotFound(missing)));
+        }
+        actions
+    }
+
+    /// A block from a peer reached our queue (it may wait for its turn): a
+    /// request is stalled only if nothing arrived, however late it is
+    /// handled.
+    pub fn on_block_arrived(&mut self, id: PeerId, hash: BlockHash) {
+        if let Some(peer) = self.peers.get_mut(&id) {
+            if peer.in_flight.contains_key(&hash) {
+                peer.arrived.insert(hash);
+            }
         }
     }
 
@@ -1038,6 +1169,10 @@ impl Protocol {
         let peer = self.peers.get_mut(&id).expect("checked");
         peer.known.insert(hash);
         let requested = peer.in_flight.remove(&hash).is_some();
+        peer.arrived.remove(&hash);
+        if requested {
+            peer.stalls = peer.stalls.saturating_sub(1);
+        }
         if self.in_flight.get(&hash) == Some(&id) {
             self.in_flight.remove(&hash);
         }
@@ -1101,12 +1236,13 @@ impl Protocol {
             let best = peer.best_known.expect("filtered above");
             let capacity = MAX_BLOCKS_IN_FLIGHT_PER_PEER - peer.in_flight.len();
             let in_flight = &self.in_flight;
+            let not_found = &peer.not_found;
             let wanted = chain.blocks_to_download(
                 &best,
                 &mut peer.last_common,
                 BLOCK_DOWNLOAD_WINDOW,
                 capacity,
-                &|h| in_flight.contains_key(h),
+                &|h| in_flight.contains_key(h) || not_found.contains(h),
             );
             if wanted.is_empty() {
                 continue;
@@ -1204,7 +1340,10 @@ impl Protocol {
             let stalled: Vec<BlockHash> = peer
                 .in_flight
                 .iter()
-                .filter(|(_, asked)| now.duration_since(**asked) > BLOCK_STALL_TIMEOUT)
+                .filter(|(hash, asked)| {
+                    now.duration_since(**asked) > BLOCK_STALL_TIMEOUT
+                        && !peer.arrived.contains(*hash)
+                })
                 .map(|(h, _)| *h)
                 .collect();
             if !stalled.is_empty() {
@@ -1264,6 +1403,7 @@ impl Protocol {
                 if now.duration_since(asked) > TX_REQUEST_TIMEOUT {
                     if let Some(peer) = self.peers.get_mut(&slow) {
                         peer.tx_in_flight.remove(txid);
+                        peer.tx_announced = peer.tx_announced.saturating_sub(1);
                     }
                     request.announcers.retain(|p| *p != slow);
                     request.asked = None;

@@ -48,5 +48,26 @@ pub const PING_TIMEOUT: Duration = Duration::from_secs(60);
 pub const PEER_MESSAGES_PER_SEC: u32 = 1000;
 pub const PEER_MESSAGE_BURST: u32 = 4000;
 /// Messages queued for one peer before it counts as too slow and is
-/// dropped; bounds our memory per peer to this many messages.
+/// dropped (besides the byte bounds below, which are what bound memory).
 pub const PEER_SEND_QUEUE: usize = 1024;
+/// `getdata` is served to a peer only while less than this many bytes wait
+/// to be written to its socket (Bitcoin Core's send buffer limit): a
+/// request for a thousand blocks costs one block of memory at a time.
+pub const PEER_SEND_BUFFER_SOFT_BYTES: usize = 1024 * 1024;
+/// Bytes queued for one peer beyond which it is dropped: the soft limit plus
+/// two maximum-size messages, reached only by a peer that does not read.
+pub const PEER_SEND_BUFFER_MAX_BYTES: usize = PEER_SEND_BUFFER_SOFT_BYTES + 2 * MAX_PAYLOAD;
+/// A write to a peer that makes no progress for this long closes the
+/// connection and frees everything the peer held (a peer that stops reading
+/// fills its socket buffer, then stalls every write).
+pub const PEER_WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Received messages of one peer waiting for the protocol thread, counted
+/// as twice the payload (about what decoding can take) plus a fixed cost per
+/// message: two maximum-size messages. When full, we stop reading its socket.
+pub const PEER_INBOUND_QUEUE_BYTES: usize = 4 * MAX_PAYLOAD;
+/// Received messages of all peers waiting for the protocol thread, counted
+/// the same way: the node-wide bound on that queue.
+pub const INBOUND_QUEUE_BYTES: usize = 64 * 1024 * 1024;
+/// Fixed memory cost counted for every queued message (event and
+/// allocation overhead), so that floods of tiny messages are bounded too.
+pub const QUEUED_MESSAGE_OVERHEAD_BYTES: usize = 256;

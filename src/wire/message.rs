@@ -39,6 +39,9 @@ pub struct Version {
 pub enum InvKind {
     Tx,
     Block,
+    /// A type this version does not know (a later version's): decoded and
+    /// re-encoded as is, and ignored by the node.
+    Other(u32),
 }
 
 impl InvKind {
@@ -46,6 +49,7 @@ impl InvKind {
         match self {
             InvKind::Tx => 1,
             InvKind::Block => 2,
+            InvKind::Other(code) => code,
         }
     }
 }
@@ -78,12 +82,7 @@ impl Decode for InvItem {
         let kind = match read_u32(buf, Self::NAME)? {
             1 => InvKind::Tx,
             2 => InvKind::Block,
-            _ => {
-                return Err(DecodeError::Invalid {
-                    what: Self::NAME,
-                    reason: "unknown inventory type",
-                })
-            }
+            code => InvKind::Other(code),
         };
         Ok(InvItem {
             kind,

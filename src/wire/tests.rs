@@ -204,15 +204,27 @@ fn unknown_commands_frame_fine_and_fail_only_as_messages() {
 }
 
 #[test]
-fn malformed_payloads_are_rejected() {
-    // Trailing bytes after an empty payload, truncated ping, unknown inv
-    // type, oversized counts, invalid UTF-8 user agent.
-    assert!(Message::decode("verack", &[0]).is_err());
-    assert!(Message::decode("ping", &[1, 2, 3]).is_err());
+fn unknown_inventory_kinds_decode_and_round_trip() {
     let mut inv = vec![1u8];
     inv.extend_from_slice(&9u32.to_le_bytes());
-    inv.extend_from_slice(&[0u8; 32]);
-    assert!(Message::decode("inv", &inv).is_err());
+    inv.extend_from_slice(&[7u8; 32]);
+    let message = Message::decode("inv", &inv).unwrap();
+    assert_eq!(
+        message,
+        Message::Inv(vec![InvItem {
+            kind: InvKind::Other(9),
+            hash: Hash256([7; 32]),
+        }])
+    );
+    assert_eq!(message.encode_payload(), inv);
+}
+
+#[test]
+fn malformed_payloads_are_rejected() {
+    // Trailing bytes after an empty payload, truncated ping, oversized
+    // counts, invalid UTF-8 user agent.
+    assert!(Message::decode("verack", &[0]).is_err());
+    assert!(Message::decode("ping", &[1, 2, 3]).is_err());
     let mut headers = Vec::new();
     crate::encoding::write_compact_size(&mut headers, (MAX_HEADERS + 1) as u64);
     assert!(matches!(

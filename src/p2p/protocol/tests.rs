@@ -203,6 +203,8 @@ fn getheaders_is_answered_from_the_locator_and_blocks_are_served() {
         },
     ];
     let actions = h.protocol.on_message(1, Message::GetData(wanted), h.now);
+    assert!(sent(&actions, 1).is_empty(), "served as the socket drains");
+    let actions = h.protocol.serve_getdata(1, 1 << 20);
     assert_eq!(sent(&actions, 1), vec!["block", "notfound"]);
 }
 
@@ -401,4 +403,168 @@ fn an_unrequested_low_work_block_is_dropped_without_blame() {
     assert_eq!(disconnected(&actions, 1), None);
     assert_eq!(index_len(&h), 21);
     assert!(!h.protocol.chain.lock().unwrap().has_block(&block.hash()));
+}
+
+fn block_items(blocks: &[crate::consensus::block::Block]) -> Vec<InvItem> {
+    blocks
+        .iter()
+        .map(|b| InvItem {
+            kind: InvKind::Block,
+            hash: b.hash(),
+        })
+        .collect()
+}
+
+fn getdata_hashes(actions: &[Action], id: PeerId) -> Vec<Hash256> {
+    actions
+        .iter()
+        .flat_map(|a| match a {
+            Action::Send(to, Message::GetData(items)) if *to == id => {
+                items.iter().map(|i| i.hash).collect()
+            }
+            _ => Vec::new(),
+        })
+        .collect()
+}
+
+#[test]
+fn getdata_is_served_lazily_once_per_item_within_the_room_given() {
+    let mut chain = TestChain::new(Network::Regtest);
+    for _ in 0..5 {
+        chain.mine_empty(key(1).pubkey_hash());
+    }
+    let mut h = harness(&chain.blocks[1..]);
+    ready_inbound(&mut h, 1);
+    // The same block asked 1 000 times in one message, then 4 others.
+    let one = block_items(&chain.blocks[1..2]);
+    let request: Vec<InvItem> = std::iter::repeat_n(one[0], 1_000).collect();
+    assert!(sent(
+        &h.protocol.on_message(1, Message::GetData(request), h.now),
+        1
+    )
+    .is_empty());
+    h.protocol
+        .on_message(1, Message::GetData(block_items(&chain.blocks[2..])), h.now);
+    assert!(h.protocol.has_pending_getdata());
+    // Each turn serves what the room allows (at least one item).
+    let mut blocks = Vec::new();
+    for _ in 0..10 {
+        for action in h.protocol.serve_getdata(1, 1) {
+            if let Action::Send(1, Message::Block(block)) = action {
+                blocks.push(block.hash());
+            }
+        }
+    }
+    let expected: Vec<Hash256> = chain.blocks[1..].iter().map(|b| b.hash()).collect();
+    assert_eq!(blocks, expected, "each block once, in order, one per turn");
+    assert!(!h.protocol.has_pending_getdata());
+}
+
+#[test]
+fn a_block_notfound_goes_to_another_peer_and_a_peer_that_cannot_serve_is_dropped() {
+    let mut chain = TestChain::new(Network::Regtest);
+    for _ in 0..(MAX_BLOCK_NOTFOUND as usize + 2) {
+        chain.mine_empty(key(1).pubkey_hash());
+    }
+    let headers: Vec<_> = chain.blocks[1..].iter().map(|b| b.header).collect();
+    let mut h = harness(&[]);
+    ready_inbound(&mut h, 1);
+    let actions = h
+        .protocol
+        .on_message(1, Message::Headers(headers.clone()), h.now);
+    let asked_of_1 = getdata_hashes(&actions, 1);
+    assert!(!asked_of_1.is_empty());
+    let addr = "127.0.0.1:40001".parse().unwrap();
+    h.protocol.on_connected(2, addr, None, h.now);
+    h.protocol.on_message(2, their_version(2, 1), h.now);
+    h.protocol.on_message(2, Message::Verack, h.now);
+    h.protocol.on_message(2, Message::Headers(headers), h.now);
+    // Peer 1 lacks the first block: it goes to peer 2 at once, never again
+    // to peer 1.
+    let first = vec![InvItem {
+        kind: InvKind::Block,
+        hash: asked_of_1[0],
+    }];
+    let actions = h.protocol.on_message(1, Message::NotFound(first), h.now);
+    assert!(
+        getdata_hashes(&actions, 2).contains(&asked_of_1[0]),
+        "{actions:?}"
+    );
+    assert!(!getdata_hashes(&actions, 1).contains(&asked_of_1[0]));
+    // A peer that keeps answering notfound for its own chain is dropped.
+    let rest: Vec<InvItem> = asked_of_1[1..]
+        .iter()
+        .map(|hash| InvItem {
+            kind: InvKind::Block,
+            hash: *hash,
+        })
+        .collect();
+    let actions = h.protocol.on_message(1, Message::NotFound(rest), h.now);
+    assert_eq!(disconnected(&actions, 1), Some("block_notfound"));
+}
+
+#[test]
+fn a_peer_that_answered_thousands_of_tx_notfound_is_still_asked() {
+    let mut h = harness(&[]);
+    ready_inbound(&mut h, 1);
+    let tx_item = |n: u32| InvItem {
+        kind: InvKind::Tx,
+        hash: Hash256(crate::consensus::hash::sha256d(&n.to_le_bytes()).0),
+    };
+    for n in 0..(MAX_PEER_TX_ANNOUNCEMENTS as u32 + 100) {
+        let item = tx_item(n);
+        let actions = h.protocol.on_message(1, Message::Inv(vec![item]), h.now);
+        assert_eq!(
+            getdata_hashes(&actions, 1),
+            vec![item.hash],
+            "announcement {n}"
+        );
+        h.protocol
+            .on_message(1, Message::NotFound(vec![item]), h.now);
+    }
+}
+
+#[test]
+fn a_block_that_arrived_is_not_a_stall_however_late_it_is_handled() {
+    let mut chain = TestChain::new(Network::Regtest);
+    chain.mine_empty(key(1).pubkey_hash());
+    let mut h = harness(&[]);
+    ready_inbound(&mut h, 1);
+    let headers: Vec<_> = chain.blocks[1..].iter().map(|b| b.header).collect();
+    h.protocol.on_message(1, Message::Headers(headers), h.now);
+    h.protocol.on_block_arrived(1, chain.blocks[1].hash());
+    let later = h.now + BLOCK_STALL_TIMEOUT * 4;
+    for step in 1..=MAX_STALLS {
+        let actions = h
+            .protocol
+            .on_tick(later + Duration::from_secs(u64::from(step)));
+        assert_eq!(disconnected(&actions, 1), None);
+    }
+    let actions = h.protocol.on_message(
+        1,
+        Message::Block(Box::new(chain.blocks[1].clone())),
+        later + Duration::from_secs(10),
+    );
+    assert_eq!(disconnected(&actions, 1), None);
+    assert_eq!(h.protocol.chain.lock().unwrap().height(), 1);
+}
+
+#[test]
+fn inventory_of_unknown_kinds_is_ignored() {
+    let mut h = harness(&[]);
+    ready_inbound(&mut h, 1);
+    let items = vec![InvItem {
+        kind: InvKind::Other(77),
+        hash: Hash256([5; 32]),
+    }];
+    for message in [
+        Message::Inv(items.clone()),
+        Message::GetData(items.clone()),
+        Message::NotFound(items),
+    ] {
+        let actions = h.protocol.on_message(1, message, h.now);
+        assert_eq!(disconnected(&actions, 1), None);
+        assert!(sent(&actions, 1).is_empty(), "{actions:?}");
+    }
+    assert!(!h.protocol.has_pending_getdata());
 }
