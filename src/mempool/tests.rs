@@ -126,7 +126,7 @@ fn every_rejection_reason() {
     let mut overspend = overspend;
     overspend.outputs[1].amount = Amount::from_units(2 * 100_000_000);
     let (outpoint, utxo) = f.test.spendable(key(1).pubkey_hash())[3];
-    overspend.sign_input(0, &utxo.output, &key(1));
+    overspend.sign_inputs(&[utxo.output], &[&key(1)]);
     let _ = outpoint;
     assert!(matches!(
         pool.accept(&f.chain, overspend),
@@ -149,7 +149,7 @@ fn every_rejection_reason() {
     let mut locked = spend_coinbase(&f, 4, 1_000_000, 10_000);
     locked.lock_time = 100;
     let (_, utxo) = f.test.spendable(key(1).pubkey_hash())[4];
-    locked.sign_input(0, &utxo.output, &key(1));
+    locked.sign_inputs(&[utxo.output], &[&key(1)]);
     assert_eq!(pool.accept(&f.chain, locked), Err(MempoolError::NotFinal));
 
     let huge = {
