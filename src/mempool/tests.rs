@@ -214,7 +214,13 @@ fn chain_of_three_is_accepted_in_order_and_evicted_together() {
 #[test]
 fn full_pool_evicts_the_lowest_fee_rate_with_descendants() {
     let f = fixture();
-    let low_chain = unconfirmed_chain(&f, 2, 1_000);
+    let mut low_chain = unconfirmed_chain(&f, 2, 1_000);
+    // The child pays twice its parent's fee, so the parent is the lowest
+    // rate whatever the txids, and the child goes only because its parent does.
+    low_chain[1].outputs[1].amount =
+        Amount::from_units(low_chain[1].outputs[1].amount.units() - 1_000);
+    let parent_change = low_chain[0].outputs[1];
+    low_chain[1].sign_inputs(&[parent_change], &[&key(1)]);
     let size_of = |tx: &Transaction| tx.encoded_len();
     let mid = spend_coinbase(&f, 1, 1_000_000, 20_000);
     let high = spend_coinbase(&f, 2, 1_000_000, 50_000);
