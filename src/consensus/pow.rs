@@ -5,6 +5,7 @@ use primitive_types::{U256, U512};
 
 use super::amount::Amount;
 use super::hash::Hash256;
+use super::limits::MEDIAN_TIME_SPAN;
 use super::params::ChainParams;
 
 /// Why a compact target encoding is unusable.
@@ -85,7 +86,7 @@ pub fn work_from_compact(bits: u32) -> U256 {
         .unwrap_or_default()
 }
 
-/// The heights whose timestamps measure the last retarget period.
+/// The blocks whose median times measure the last retarget period.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetargetWindow {
     pub first_height: u32,
@@ -95,7 +96,8 @@ pub struct RetargetWindow {
 /// If a block at `height` starts a new difficulty period, the window of
 /// earlier blocks whose time span decides its target. The window runs from
 /// the last block before the previous period to the block before `height`,
-/// so it spans a whole period of block intervals (one fewer for the first).
+/// so it spans a whole period of block intervals (one fewer for the first),
+/// and consecutive windows share an endpoint.
 pub fn retarget_window(params: &ChainParams, height: u32) -> Option<RetargetWindow> {
     if params.no_retargeting || height == 0 || !height.is_multiple_of(params.retarget_interval) {
         return None;
@@ -106,9 +108,34 @@ pub fn retarget_window(params: &ChainParams, height: u32) -> Option<RetargetWind
     })
 }
 
-/// The new target after a period that took `first_time..last_time` for the
-/// window's intervals, clamped to a `max_retarget_factor` change either way
-/// and to the network's easiest target.
+/// The heights whose median time stands for window endpoint `end`: the
+/// endpoint and the blocks before it, `MEDIAN_TIME_SPAN` in all (fewer near
+/// genesis), the same blocks as the median time past of `end`'s child.
+pub fn endpoint_heights(end: u32) -> std::ops::RangeInclusive<u32> {
+    end.saturating_sub(MEDIAN_TIME_SPAN as u32 - 1)..=end
+}
+
+/// The height whose time is the median of `endpoint_heights(end)` when block
+/// times rise with height: where the endpoint's clock reading sits on the
+/// chain, so the period's expected duration counts the right intervals.
+pub fn endpoint_median_height(end: u32) -> u32 {
+    let heights = endpoint_heights(end);
+    let count = heights.end() - heights.start() + 1;
+    heights.start() + count / 2
+}
+
+/// The time a window endpoint stands for: the median of the times of
+/// `endpoint_heights(end)`. One timestamp moves this median to a neighbour
+/// among the other times at most, whatever its value.
+pub fn endpoint_time(end: u32, time_at: impl Fn(u32) -> u32) -> u32 {
+    let times: Vec<u32> = endpoint_heights(end).map(time_at).collect();
+    median_time_past(&times)
+}
+
+/// The new target after a period whose endpoints read `first_time` and
+/// `last_time` (`endpoint_time` of the window's first and last heights),
+/// clamped to a `max_retarget_factor` change either way and to the network's
+/// easiest target.
 pub fn retarget(
     params: &ChainParams,
     prev_bits: u32,
@@ -116,7 +143,10 @@ pub fn retarget(
     first_time: u32,
     last_time: u32,
 ) -> u32 {
-    let intervals = i64::from(window.last_height - window.first_height).max(1);
+    let intervals = i64::from(
+        endpoint_median_height(window.last_height) - endpoint_median_height(window.first_height),
+    )
+    .max(1);
     let expected = intervals * i64::from(params.target_spacing_secs);
     let factor = i64::from(params.max_retarget_factor);
     let actual =
@@ -142,8 +172,8 @@ pub fn next_work_required(
             params,
             prev_bits,
             window,
-            time_at(window.first_height),
-            time_at(window.last_height),
+            endpoint_time(window.first_height, &time_at),
+            endpoint_time(window.last_height, &time_at),
         ),
     }
 }
@@ -214,12 +244,12 @@ mod tests {
     fn retarget_follows_block_times_and_is_clamped() {
         let params = Network::Main.params();
         let bits = 0x1d00ffff;
-        let window = retarget_window(params, 20).unwrap();
+        let window = retarget_window(params, 30).unwrap();
         assert_eq!(
             window,
             RetargetWindow {
-                first_height: 9,
-                last_height: 19
+                first_height: 19,
+                last_height: 29
             }
         );
         let spacing = params.target_spacing_secs;
@@ -249,7 +279,7 @@ mod tests {
         let at_limit = retarget(params, params.pow_limit_bits, window, 0, 1_000_000);
         assert_eq!(target_from_compact(at_limit).unwrap(), params.pow_limit());
         // Only on period boundaries, never for regtest.
-        assert_eq!(retarget_window(params, 21), None);
+        assert_eq!(retarget_window(params, 31), None);
         assert_eq!(retarget_window(params, 0), None);
         assert_eq!(retarget_window(Network::Regtest.params(), 20), None);
         assert_eq!(
@@ -259,6 +289,105 @@ mod tests {
                 last_height: 9
             })
         );
+    }
+
+    /// Times of an honest chain from genesis, one target spacing apart.
+    fn on_schedule(params: &ChainParams, blocks: u32) -> Vec<u32> {
+        (0..blocks)
+            .map(|h| params.genesis_time + h * params.target_spacing_secs)
+            .collect()
+    }
+
+    #[test]
+    fn endpoint_medians_count_the_right_intervals_near_genesis() {
+        assert_eq!(endpoint_heights(0), 0..=0);
+        assert_eq!(endpoint_heights(9), 0..=9);
+        assert_eq!(endpoint_heights(29), 19..=29);
+        assert_eq!([0, 9, 19, 29].map(endpoint_median_height), [0, 5, 14, 24]);
+        // A chain exactly on schedule keeps its target at every retarget,
+        // the short first periods included.
+        let params = Network::Main.params();
+        let times = on_schedule(params, 60);
+        for height in (10..60).step_by(10) {
+            assert_eq!(
+                next_work_required(params, height, 0x1d00ffff, |h| times[h as usize]),
+                0x1d00ffff,
+                "height {height}"
+            );
+        }
+    }
+
+    /// The attack of the issue "Chain safety under adversaries": the miner of
+    /// a period's last block stamps it `max_future_block_time` ahead, the most
+    /// a node accepts. With the span measured between single timestamps the
+    /// next period became 4x easier (the clamp); measured between endpoint
+    /// medians, the target moves at most one spacing's worth of the period,
+    /// 11/10 of the honest target (protocol spec 6.2), and the next retarget
+    /// is bounded the same way.
+    #[test]
+    fn a_far_future_timestamp_at_a_period_end_moves_the_target_at_most_one_interval() {
+        for network in [Network::Main, Network::Test] {
+            let params = network.params();
+            let bits = 0x1d00ffff;
+            let honest = on_schedule(params, 41);
+            let mut attacked = honest.clone();
+            // Block 29 ends the window of the retarget at 30. Its miner's
+            // clock reads block 28's time plus a spacing, as everyone's.
+            let now = honest[28] + params.target_spacing_secs;
+            attacked[29] = now + params.max_future_block_time_secs;
+            // The honest blocks after it stay valid: above their median time past.
+            for h in 30..41usize {
+                let before = &attacked[h.saturating_sub(MEDIAN_TIME_SPAN)..h];
+                assert!(
+                    attacked[h] > median_time_past(before),
+                    "{network}: block {h}"
+                );
+            }
+
+            let within_one_interval = |height: u32, honest_bits: u32, attacked_bits: u32| {
+                let honest_target = target_from_compact(honest_bits).unwrap();
+                let target = target_from_compact(attacked_bits).unwrap();
+                assert!(
+                    target * 10 <= honest_target * 11 && target * 10 >= honest_target * 9,
+                    "{network}: at height {height} the target moved from {honest_target:#x} \
+                     to {target:#x}, more than one interval in ten"
+                );
+            };
+            let honest_30 = next_work_required(params, 30, bits, |h| honest[h as usize]);
+            let attacked_30 = next_work_required(params, 30, bits, |h| attacked[h as usize]);
+            within_one_interval(30, honest_30, attacked_30);
+            let honest_40 = next_work_required(params, 40, honest_30, |h| honest[h as usize]);
+            let attacked_40 = next_work_required(params, 40, attacked_30, |h| attacked[h as usize]);
+            within_one_interval(40, honest_40, attacked_40);
+        }
+    }
+
+    proptest! {
+        /// One timestamp, anywhere and of any value, changes the retarget
+        /// span by at most the largest gap between consecutive honest times.
+        /// Block 0 is left alone: the genesis time is a network parameter.
+        #[test]
+        fn one_timestamp_moves_the_span_by_at_most_one_gap(
+            gaps in proptest::collection::vec(1u32..=60, 40),
+            victim in 1usize..41,
+            forged in any::<u32>(),
+            period in 1u32..=4,
+        ) {
+            let params = Network::Main.params();
+            let mut honest = vec![params.genesis_time];
+            for gap in &gaps {
+                honest.push(honest.last().unwrap() + gap);
+            }
+            let mut attacked = honest.clone();
+            attacked[victim] = forged;
+            let window = retarget_window(params, period * 10).unwrap();
+            let span = |times: &[u32]| {
+                i64::from(endpoint_time(window.last_height, |h| times[h as usize]))
+                    - i64::from(endpoint_time(window.first_height, |h| times[h as usize]))
+            };
+            let largest_gap = i64::from(*gaps.iter().max().unwrap());
+            prop_assert!((span(&attacked) - span(&honest)).abs() <= largest_gap);
+        }
     }
 
     #[test]

@@ -224,12 +224,23 @@ impl Transaction {
         Amount::checked_sum(self.outputs.iter().map(|o| o.amount))
     }
 
-    /// The digest every input's sighash commits to: version, every input's
-    /// outpoint, every output and the lock time (signatures and public keys
-    /// excluded, so signing one input does not change the others' sighash).
-    pub fn sighash_commitment(&self) -> Hash256 {
+    /// The digest every input's sighash commits to, computed once per
+    /// transaction: version, every input's outpoint, every output, the lock
+    /// time and then the output each input spends (`spent[i]` is the output
+    /// input `i` spends; amount and owner, 28 bytes each, in input order).
+    /// Signatures and public keys are excluded, so signing one input does not
+    /// change the others' sighash. Committing to every spent output (as BIP
+    /// 341's `sha_amounts`) means a signer told a wrong amount for any input
+    /// produces signatures that are invalid, so it cannot be misled about the
+    /// fee across several signing sessions.
+    pub fn sighash_commitment(&self, spent: &[TxOut]) -> Hash256 {
         let mut data = Vec::with_capacity(
-            4 + 9 + self.inputs.len() * 36 + 9 + self.outputs.len() * OUTPUT_LEN + 4,
+            4 + 9
+                + self.inputs.len() * 36
+                + 9
+                + self.outputs.len() * OUTPUT_LEN
+                + 4
+                + spent.len() * OUTPUT_LEN,
         );
         data.put_u32_le(self.version);
         crate::encoding::write_compact_size(&mut data, self.inputs.len() as u64);
@@ -238,38 +249,49 @@ impl Transaction {
         }
         write_seq(&mut data, &self.outputs);
         data.put_u32_le(self.lock_time);
+        for output in spent {
+            output.encode_to(&mut data);
+        }
         sha256d(&data)
     }
 
-    /// Signs input `index` with `key`, which must own `spent`, filling in its
-    /// public key and signature. Panics if `index` is not a spend input.
-    pub fn sign_input(&mut self, index: usize, spent: &TxOut, key: &PrivateKey) {
-        let digest = sighash(&self.sighash_commitment(), index as u32, spent);
-        match &mut self.inputs[index] {
-            TxIn::Spend {
-                pubkey, signature, ..
-            } => {
-                *pubkey = key.public_key();
-                *signature = key.sign_digest(&digest.0);
+    /// Signs every input: input `i` with `keys[i]`, which must own `spent[i]`,
+    /// the output it spends, filling in its public key and signature. The
+    /// commitment is computed once, so signing is linear in the size of the
+    /// transaction. Panics if the three lengths differ or an input is a
+    /// coinbase input.
+    pub fn sign_inputs(&mut self, spent: &[TxOut], keys: &[&PrivateKey]) {
+        assert_eq!(self.inputs.len(), spent.len(), "one spent output per input");
+        assert_eq!(self.inputs.len(), keys.len(), "one key per input");
+        let commitment = self.sighash_commitment(spent);
+        for (index, (input, key)) in self.inputs.iter_mut().zip(keys).enumerate() {
+            let digest = sighash(&commitment, index as u32);
+            match input {
+                TxIn::Spend {
+                    pubkey, signature, ..
+                } => {
+                    *pubkey = key.public_key();
+                    *signature = key.sign_digest(&digest.0);
+                }
+                TxIn::Coinbase { .. } => panic!("input {index} is a coinbase input"),
             }
-            TxIn::Coinbase { .. } => panic!("input {index} is a coinbase input"),
         }
     }
 }
 
-/// Domain tag that keeps signature hashes apart from every other sha256d use.
-const SIGHASH_TAG: &[u8] = b"ChainCore/sighash/v1";
+/// Domain tag that keeps signature hashes apart from every other sha256d use
+/// (v1 committed only to the spent output of the signing input).
+const SIGHASH_TAG: &[u8] = b"ChainCore/sighash/v2";
 
-/// The message input `input_index` signs: the transaction commitment, the input
-/// index, and the amount and owner of the output being spent. Re-pointing any
-/// output, outpoint, amount or the lock time after signing invalidates it.
-pub fn sighash(commitment: &Hash256, input_index: u32, spent: &TxOut) -> Hash256 {
+/// The message input `input_index` signs: the transaction commitment (which
+/// covers every spent output, see `Transaction::sighash_commitment`) and the
+/// input index. Changing any output, outpoint, spent amount or owner, or the
+/// lock time after signing invalidates every signature.
+pub fn sighash(commitment: &Hash256, input_index: u32) -> Hash256 {
     let mut hasher = Sha256::new();
     hasher.update(SIGHASH_TAG);
     hasher.update(commitment.0);
     hasher.update(input_index.to_le_bytes());
-    hasher.update(spent.amount.units().to_le_bytes());
-    hasher.update(spent.owner.0);
     Hash256(Sha256::digest(hasher.finalize()).into())
 }
 
@@ -356,41 +378,45 @@ pub(crate) mod tests {
         }
     }
 
-    #[test]
-    fn sighash_commits_to_outputs_outpoints_and_spent_output() {
-        let owner = PubKeyHash([1u8; 20]);
-        let spent = TxOut {
-            amount: Amount::from_coins(5),
-            owner,
-        };
+    fn coins_to(coins: u64, owner: u8) -> TxOut {
+        TxOut {
+            amount: Amount::from_coins(coins),
+            owner: PubKeyHash([owner; 20]),
+        }
+    }
+
+    /// Three inputs spending 5, 6 and 7 CC, paying 4 CC.
+    fn three_input_tx() -> (Transaction, Vec<TxOut>) {
         let tx = Transaction {
             version: 1,
-            inputs: vec![spend(OutPoint::new(Hash256([3u8; 32]), 0))],
-            outputs: vec![TxOut {
-                amount: Amount::from_coins(4),
-                owner: PubKeyHash([2u8; 20]),
-            }],
+            inputs: (0..3)
+                .map(|vout| spend(OutPoint::new(Hash256([3u8; 32]), vout)))
+                .collect(),
+            outputs: vec![coins_to(4, 2)],
             lock_time: 0,
         };
-        let base = sighash(&tx.sighash_commitment(), 0, &spent);
+        let spent = vec![coins_to(5, 1), coins_to(6, 1), coins_to(7, 8)];
+        (tx, spent)
+    }
+
+    #[test]
+    fn sighash_commits_to_outputs_outpoints_and_spent_output() {
+        let (tx, spent) = three_input_tx();
+        let base = sighash(&tx.sighash_commitment(&spent), 0);
 
         let mut repointed = tx.clone();
         repointed.outputs[0].owner = PubKeyHash([9u8; 20]);
-        assert_ne!(sighash(&repointed.sighash_commitment(), 0, &spent), base);
+        assert_ne!(sighash(&repointed.sighash_commitment(&spent), 0), base);
 
         let mut other_outpoint = tx.clone();
-        other_outpoint.inputs[0] = spend(OutPoint::new(Hash256([3u8; 32]), 1));
-        assert_ne!(
-            sighash(&other_outpoint.sighash_commitment(), 0, &spent),
-            base
-        );
+        other_outpoint.inputs[0] = spend(OutPoint::new(Hash256([3u8; 32]), 9));
+        assert_ne!(sighash(&other_outpoint.sighash_commitment(&spent), 0), base);
 
-        let cheaper = TxOut {
-            amount: Amount::from_coins(4),
-            owner,
-        };
-        assert_ne!(sighash(&tx.sighash_commitment(), 0, &cheaper), base);
-        assert_ne!(sighash(&tx.sighash_commitment(), 1, &spent), base);
+        let mut later = tx.clone();
+        later.lock_time = 1;
+        assert_ne!(sighash(&later.sighash_commitment(&spent), 0), base);
+
+        assert_ne!(sighash(&tx.sighash_commitment(&spent), 1), base);
 
         // Public keys and signatures are not committed to.
         let mut signed = tx.clone();
@@ -399,7 +425,69 @@ pub(crate) mod tests {
             pubkey: [3u8; 33],
             signature: [5u8; 64],
         };
-        assert_eq!(sighash(&signed.sighash_commitment(), 0, &spent), base);
+        assert_eq!(sighash(&signed.sighash_commitment(&spent), 0), base);
+    }
+
+    #[test]
+    fn every_spent_amount_and_owner_is_in_every_inputs_sighash() {
+        let (tx, spent) = three_input_tx();
+        for signer in 0..3u32 {
+            let base = sighash(&tx.sighash_commitment(&spent), signer);
+            for other in 0..spent.len() {
+                let mut cheaper = spent.clone();
+                cheaper[other].amount = Amount::from_units(spent[other].amount.units() - 1);
+                assert_ne!(
+                    sighash(&tx.sighash_commitment(&cheaper), signer),
+                    base,
+                    "input {signer}'s sighash ignores the amount spent by input {other}"
+                );
+                let mut elsewhere = spent.clone();
+                elsewhere[other].owner = PubKeyHash([0xee; 20]);
+                assert_ne!(
+                    sighash(&tx.sighash_commitment(&elsewhere), signer),
+                    base,
+                    "input {signer}'s sighash ignores the owner of input {other}'s output"
+                );
+            }
+        }
+        // Swapping two spent outputs is a different claim too.
+        let mut swapped = spent.clone();
+        swapped.swap(0, 1);
+        assert_ne!(
+            sighash(&tx.sighash_commitment(&swapped), 0),
+            sighash(&tx.sighash_commitment(&spent), 0)
+        );
+    }
+
+    /// An offline signer holding the key of input 0 signs in one session and
+    /// a second device signs input 1 in another; whoever prepares the
+    /// sessions claims input 1 spends less than it does, so the signer sees a
+    /// small fee. The signature made under the lie is useless for the real
+    /// transaction.
+    #[test]
+    fn signing_sessions_told_different_amounts_disagree() {
+        let key = crate::testkit::key(1);
+        let (tx, mut truth) = three_input_tx();
+        for output in &mut truth {
+            output.owner = key.pubkey_hash();
+        }
+        let mut lie = truth.clone();
+        lie[1].amount = Amount::from_coins(1);
+
+        let honest = sighash(&tx.sighash_commitment(&truth), 0);
+        let misled = sighash(&tx.sighash_commitment(&lie), 0);
+        assert_ne!(honest, misled);
+
+        let mut signed_under_lie = tx.clone();
+        signed_under_lie.sign_inputs(&lie, &[&key, &key, &key]);
+        let TxIn::Spend {
+            pubkey, signature, ..
+        } = &signed_under_lie.inputs[0]
+        else {
+            unreachable!("input 0 is a spend");
+        };
+        assert!(crate::consensus::keys::verify_signature(pubkey, signature, &misled.0).is_ok());
+        assert!(crate::consensus::keys::verify_signature(pubkey, signature, &honest.0).is_err());
     }
 
     #[test]

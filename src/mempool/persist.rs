@@ -18,10 +18,15 @@ const FILE_VERSION: u8 = 1;
 /// Smallest encoded entry: time (4) and the smallest transaction.
 const MIN_ENTRY_LEN: usize = 4 + crate::consensus::limits::MIN_TX_LEN;
 
-/// Writes the pool, oldest first.
+/// Writes the pool, every parent before its children (fewer pool ancestors
+/// first), then oldest first: `load` re-accepts in file order, and a child
+/// read before its parent would be rejected for a missing input. Entry times
+/// alone do not give that order: a parent and child accepted in the same
+/// second would be ordered by txid, and a clock stepping back can put a
+/// child's time before its parent's.
 pub fn save(pool: &Mempool, data_dir: &Path) -> std::io::Result<usize> {
     let mut entries: Vec<_> = pool.entries().collect();
-    entries.sort_by_key(|e| (e.time, e.txid));
+    entries.sort_by_cached_key(|e| (pool.ancestors(&e.parents).len(), e.time, e.txid));
     let mut out = vec![FILE_VERSION];
     write_compact_size(&mut out, entries.len() as u64);
     for entry in &entries {

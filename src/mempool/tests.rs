@@ -126,7 +126,7 @@ fn every_rejection_reason() {
     let mut overspend = overspend;
     overspend.outputs[1].amount = Amount::from_units(2 * 100_000_000);
     let (outpoint, utxo) = f.test.spendable(key(1).pubkey_hash())[3];
-    overspend.sign_input(0, &utxo.output, &key(1));
+    overspend.sign_inputs(&[utxo.output], &[&key(1)]);
     let _ = outpoint;
     assert!(matches!(
         pool.accept(&f.chain, overspend),
@@ -149,7 +149,7 @@ fn every_rejection_reason() {
     let mut locked = spend_coinbase(&f, 4, 1_000_000, 10_000);
     locked.lock_time = 100;
     let (_, utxo) = f.test.spendable(key(1).pubkey_hash())[4];
-    locked.sign_input(0, &utxo.output, &key(1));
+    locked.sign_inputs(&[utxo.output], &[&key(1)]);
     assert_eq!(pool.accept(&f.chain, locked), Err(MempoolError::NotFinal));
 
     let huge = {
@@ -214,7 +214,13 @@ fn chain_of_three_is_accepted_in_order_and_evicted_together() {
 #[test]
 fn full_pool_evicts_the_lowest_fee_rate_with_descendants() {
     let f = fixture();
-    let low_chain = unconfirmed_chain(&f, 2, 1_000);
+    let mut low_chain = unconfirmed_chain(&f, 2, 1_000);
+    // The child pays twice its parent's fee, so the parent is the lowest
+    // rate whatever the txids, and the child goes only because its parent does.
+    low_chain[1].outputs[1].amount =
+        Amount::from_units(low_chain[1].outputs[1].amount.units() - 1_000);
+    let parent_change = low_chain[0].outputs[1];
+    low_chain[1].sign_inputs(&[parent_change], &[&key(1)]);
     let size_of = |tx: &Transaction| tx.encoded_len();
     let mid = spend_coinbase(&f, 1, 1_000_000, 20_000);
     let high = spend_coinbase(&f, 2, 1_000_000, 50_000);

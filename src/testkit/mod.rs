@@ -34,9 +34,9 @@ pub fn signed_spend(inputs: &[(OutPoint, TxOut, &PrivateKey)], outputs: Vec<TxOu
         outputs,
         lock_time: 0,
     };
-    for (index, (_, spent, key)) in inputs.iter().enumerate() {
-        tx.sign_input(index, spent, key);
-    }
+    let spent: Vec<TxOut> = inputs.iter().map(|(_, spent, _)| *spent).collect();
+    let keys: Vec<&PrivateKey> = inputs.iter().map(|(_, _, key)| *key).collect();
+    tx.sign_inputs(&spent, &keys);
     tx
 }
 

@@ -227,16 +227,15 @@ pub fn build_transaction(plan: &SpendPlan, key: &PrivateKey, to: PubKeyHash) -> 
         outputs,
         lock_time: 0,
     };
-    for (index, coin) in plan.inputs.iter().enumerate() {
-        tx.sign_input(
-            index,
-            &TxOut {
-                amount: coin.value,
-                owner,
-            },
-            key,
-        );
-    }
+    let spent: Vec<TxOut> = plan
+        .inputs
+        .iter()
+        .map(|coin| TxOut {
+            amount: coin.value,
+            owner,
+        })
+        .collect();
+    tx.sign_inputs(&spent, &vec![key; spent.len()]);
     tx
 }
 

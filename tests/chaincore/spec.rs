@@ -36,6 +36,10 @@ fn spec_hex_matches_the_vectors() {
     );
     assert_eq!(bullet("txid:"), vectors["transaction"]["txid"]);
     assert_eq!(
+        bullet("commitment preimage (hex):"),
+        vectors["transaction"]["sighash_commitment_preimage"]
+    );
+    assert_eq!(
         bullet("commitment (raw):"),
         vectors["transaction"]["sighash_commitment"]
     );

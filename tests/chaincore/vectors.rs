@@ -6,6 +6,7 @@
 
 use chaincore::consensus::amount::Amount;
 use chaincore::consensus::block::Block;
+use chaincore::consensus::hash::sha256d;
 use chaincore::consensus::params::Network;
 use chaincore::consensus::transaction::{sighash, OutPoint, Transaction, TxOut};
 use chaincore::consensus::validation::{check_block, check_block_contextual, SignatureChecks};
@@ -45,17 +46,53 @@ fn build() -> (TestChain, Transaction, Block) {
     (chain, tx, block)
 }
 
+/// The bytes the sighash commitment hashes, laid out by hand from the spec
+/// (section 4) rather than by `Transaction::sighash_commitment`, so the
+/// vector checks the spec's text against the code.
+fn commitment_preimage(tx: &Transaction, spent: &[TxOut]) -> Vec<u8> {
+    let mut bytes = tx.version.to_le_bytes().to_vec();
+    bytes.push(u8::try_from(tx.inputs.len()).expect("a small example"));
+    for input in &tx.inputs {
+        bytes.extend_from_slice(&input.prevout().to_bytes());
+    }
+    bytes.push(u8::try_from(tx.outputs.len()).expect("a small example"));
+    for output in &tx.outputs {
+        bytes.extend_from_slice(&output.amount.units().to_le_bytes());
+        bytes.extend_from_slice(&output.owner.0);
+    }
+    bytes.extend_from_slice(&tx.lock_time.to_le_bytes());
+    for output in spent {
+        bytes.extend_from_slice(&output.amount.units().to_le_bytes());
+        bytes.extend_from_slice(&output.owner.0);
+    }
+    bytes
+}
+
 fn compute() -> Value {
     let (chain, tx, block) = build();
     let spent = chain.blocks[1].transactions[0].outputs[0];
+    let commitment = tx.sighash_commitment(&[spent]);
+    let preimage = commitment_preimage(&tx, &[spent]);
+    assert_eq!(
+        sha256d(&preimage),
+        commitment,
+        "spec section 4 and the code disagree"
+    );
+    let input0_sighash = sha256d(&[&b"ChainCore/sighash/v2"[..], &commitment.0, &[0; 4]].concat());
+    assert_eq!(
+        sighash(&commitment, 0),
+        input0_sighash,
+        "spec section 4 and the code disagree"
+    );
     json!({
         "network": "regtest",
         "transaction": {
             "description": "spends the coinbase of regtest block 1 (key 0x01 repeated) to key 0x02 repeated: 10 CC, change 39.99 CC, fee 0.01 CC",
             "hex": hex::encode(tx.to_bytes()),
             "txid": tx.txid().to_string(),
-            "sighash_commitment": hex::encode(tx.sighash_commitment().0),
-            "input0_sighash": hex::encode(sighash(&tx.sighash_commitment(), 0, &spent).0),
+            "sighash_commitment_preimage": hex::encode(&preimage),
+            "sighash_commitment": hex::encode(commitment.0),
+            "input0_sighash": hex::encode(input0_sighash.0),
             "spent_amount": spent.amount.units(),
             "spent_owner": hex::encode(spent.owner.0),
             "signer_pubkey": hex::encode(key(1).public_key()),

@@ -387,8 +387,8 @@ fn signature_jobs<'a>(
     tx: &'a Transaction,
     spent: &[Utxo],
 ) -> impl Iterator<Item = SignatureJob<'a>> + 'a {
-    let commitment = tx.sighash_commitment();
     let spent_outputs: Vec<TxOut> = spent.iter().map(|u| u.output).collect();
+    let commitment = tx.sighash_commitment(&spent_outputs);
     tx.inputs
         .iter()
         .enumerate()
@@ -398,7 +398,7 @@ fn signature_jobs<'a>(
             } => Some(SignatureJob {
                 tx_index,
                 input_index,
-                digest: sighash(&commitment, input_index as u32, &spent_outputs[input_index]),
+                digest: sighash(&commitment, input_index as u32),
                 pubkey,
                 signature,
             }),

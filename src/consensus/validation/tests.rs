@@ -165,6 +165,34 @@ fn owner_key_with_a_forged_signature_is_rejected() {
 }
 
 #[test]
+fn signer_told_a_wrong_amount_for_another_input_signs_nothing_valid() {
+    let (chain, owner) = funded_chain();
+    let coins = chain.spendable(owner.pubkey_hash());
+    let (first, second) = (coins[0], coins[1]);
+    let mut tx = signed_spend(
+        &[
+            (first.0, first.1.output, &owner),
+            (second.0, second.1.output, &owner),
+        ],
+        vec![pay(&key(2), 1_000)],
+    );
+    // Input 0 is signed by a device that was told input 1 spends 1 unit.
+    let mut told = [first.1.output, second.1.output];
+    told[1].amount = Amount::from_units(1);
+    let mut misled = tx.clone();
+    misled.sign_inputs(&told, &[&owner, &owner]);
+    tx.inputs[0] = misled.inputs[0].clone();
+    let block = chain.build_block(owner.pubkey_hash(), vec![tx]);
+    assert_eq!(
+        tx_error(validate(&chain, &block)),
+        TxError::BadSignature {
+            index: 0,
+            reason: SignatureError::Mismatch
+        }
+    );
+}
+
+#[test]
 fn outputs_above_inputs_are_rejected() {
     let (chain, owner) = funded_chain();
     let tx = spend_oldest(&chain, &owner, 50 * 100_000_000 + 1);
@@ -217,14 +245,14 @@ fn non_final_transaction_is_rejected() {
     let (outpoint, utxo) = chain.spendable(owner.pubkey_hash())[0];
     let mut tx = signed_spend(&[(outpoint, utxo.output, &owner)], vec![pay(&owner, 1)]);
     tx.lock_time = 13; // final only in blocks above height 13
-    tx.sign_input(0, &utxo.output, &owner);
+    tx.sign_inputs(&[utxo.output], &[&owner]);
     let block = chain.build_block(owner.pubkey_hash(), vec![tx.clone()]);
     assert_eq!(
         tx_error(validate(&chain, &block)),
         TxError::NotFinal { lock_time: 13 }
     );
     tx.lock_time = 12;
-    tx.sign_input(0, &utxo.output, &owner);
+    tx.sign_inputs(&[utxo.output], &[&owner]);
     let block = chain.build_block(owner.pubkey_hash(), vec![tx]);
     assert!(validate(&chain, &block).is_ok());
 }
