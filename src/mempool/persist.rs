@@ -1,14 +1,16 @@
 //! Saving the pool across restarts: `mempool.dat` in the data dir holds a
 //! version byte, a compact-size count, then for each transaction the time it
-//! entered the pool (u32 LE) and the transaction. Written to a temp file and
-//! renamed, so a crash never leaves half a file; on start every transaction
-//! is validated again.
+//! entered the pool (u32 LE) and the transaction, oldest first with every
+//! parent before its children. Written to a temp file and renamed, so a
+//! crash never leaves half a file; on start every transaction is validated
+//! again, parents first whatever the file's order.
 
 use std::path::Path;
 
-use super::Mempool;
+use super::{parents_first, Mempool};
 use crate::chain::Chain;
 use crate::consensus::transaction::Transaction;
+use crate::consensus::validation::SignatureChecks;
 use crate::encoding::{
     read_count, read_u32, read_u8, write_compact_size, Decode, DecodeError, Encode,
 };
@@ -18,10 +20,13 @@ const FILE_VERSION: u8 = 1;
 /// Smallest encoded entry: time (4) and the smallest transaction.
 const MIN_ENTRY_LEN: usize = 4 + crate::consensus::limits::MIN_TX_LEN;
 
-/// Writes the pool, oldest first.
+/// Writes the pool, oldest first, parents before children (a child may
+/// share its parent's time, or even be older after a reorganisation
+/// returned its parent).
 pub fn save(pool: &Mempool, data_dir: &Path) -> std::io::Result<usize> {
     let mut entries: Vec<_> = pool.entries().collect();
     entries.sort_by_key(|e| (e.time, e.txid));
+    let entries = parents_first(entries, |e| &e.tx);
     let mut out = vec![FILE_VERSION];
     write_compact_size(&mut out, entries.len() as u64);
     for entry in &entries {
@@ -77,8 +82,11 @@ pub fn load(pool: &mut Mempool, chain: &Chain, data_dir: &Path) -> (usize, usize
     let total = entries.len();
     let mut accepted = 0;
     pool.catch_up(chain);
-    for (time, tx) in entries {
-        if pool.accept_inner(chain, tx, time).is_ok() {
+    for (time, tx) in parents_first(entries, |(_, tx)| tx) {
+        if pool
+            .accept_inner(chain, tx, time, SignatureChecks::On)
+            .is_ok()
+        {
             accepted += 1;
         }
     }
