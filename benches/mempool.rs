@@ -1,8 +1,10 @@
 //! Mempool figures: acceptance throughput (full validation, signatures
-//! included) and transaction propagation to every mempool of a 10-node
-//! network of real nodes on 127.0.0.1.
+//! included), the cost of checking a full block template before handing it
+//! out, and transaction propagation to every mempool of a 10-node network
+//! of real nodes on 127.0.0.1.
 //!
-//! Run: `cargo bench --profile dev --bench mempool` (`-- quick` for small sizes).
+//! Run: `cargo bench --profile dev --bench mempool` (`-- quick` for small
+//! sizes, `-- template` for the template figures alone).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -68,6 +70,89 @@ fn bench_acceptance(count: usize) {
         pool.len(),
         secs,
         pool.bytes()
+    );
+}
+
+/// Milliseconds per call of `f`, over `rounds` calls.
+fn millis_per_call(rounds: u32, mut f: impl FnMut()) -> f64 {
+    let start = Instant::now();
+    for _ in 0..rounds {
+        f();
+    }
+    start.elapsed().as_secs_f64() * 1000.0 / f64::from(rounds)
+}
+
+/// A pool of `count` one-input spends (about a full block), then per
+/// template: selecting and assembling it alone (the reference), the
+/// node's guarded `node_template` (selection, assembly and
+/// `check_template`), and a contextual check of the same block with
+/// signatures verified (what the guard skips).
+fn bench_template(count: usize) {
+    use chaincore::consensus::validation::{check_block_contextual, SignatureChecks};
+    use chaincore::mining::{assemble_block, BlockTemplateHeader};
+    use chaincore::node::producer::node_template;
+    let test = fan_out_chain(count, |_| key(1).pubkey_hash());
+    let txs = spends(&test, count);
+    let dir = tempfile::tempdir().unwrap();
+    let mut chain = chaincore::testkit::regtest_chain(dir.path());
+    for block in &test.blocks[1..] {
+        chain.process_block(Arc::new(block.clone()), None).unwrap();
+    }
+    let mut pool = Mempool::new(&chain, DEFAULT_MAX_MEMPOOL_BYTES);
+    let start = Instant::now();
+    for tx in txs {
+        pool.accept(&chain, tx).expect("valid transaction");
+    }
+    let accepting = start.elapsed().as_secs_f64() * 1000.0;
+    let start = Instant::now();
+    assert_eq!(pool.revalidate(&chain), 0);
+    let rebuilding = start.elapsed().as_secs_f64() * 1000.0;
+    println!(
+        "pool of {} tx: accepting it {:.1} ms (reference), rebuilding it at the tip as after a reorganisation {:.1} ms ({:.2}x)",
+        pool.len(),
+        accepting,
+        rebuilding,
+        rebuilding / accepting
+    );
+    let payout = key(9).pubkey_hash();
+    let rounds = 5;
+    let unguarded = millis_per_call(rounds, || {
+        let tip = chain.tip();
+        let ctx = chain.context_after(&tip.hash).unwrap();
+        let (txs, fees) = pool.select_for_block(&chain, Mempool::block_space());
+        let header = BlockTemplateHeader {
+            prev_hash: tip.hash,
+            height: ctx.height,
+            time: ctx.median_time_past + 1,
+            bits: ctx.expected_bits,
+        };
+        assemble_block(chain.params(), header, payout, 0, fees, txs);
+    });
+    let mut template = None;
+    let guarded = millis_per_call(rounds, || {
+        template = Some(node_template(&chain, &mut pool, payout, 0).expect("a valid template"));
+    });
+    let template = template.unwrap();
+    let with_signatures = millis_per_call(rounds, || {
+        check_block_contextual(
+            &template.block,
+            &template.ctx,
+            chain.params(),
+            chain.store(),
+            SignatureChecks::On,
+        )
+        .expect("a valid template");
+    });
+    println!(
+        "block template of {} tx ({} bytes): select+assemble {:.1} ms (reference), \
+         guarded node_template {:.1} ms ({:.2}x), a contextual check with signatures {:.1} ms ({:.2}x)",
+        template.block.transactions.len() - 1,
+        template.block.encoded_len(),
+        unguarded,
+        guarded,
+        guarded / unguarded,
+        with_signatures,
+        with_signatures / unguarded,
     );
 }
 
@@ -166,11 +251,15 @@ fn bench_propagation(nodes: usize, txs_to_send: usize) {
 
 fn main() {
     let quick = std::env::args().any(|a| a == "quick");
-    if quick {
+    if std::env::args().any(|a| a == "template") {
+        bench_template(if quick { 1_000 } else { 5_000 });
+    } else if quick {
         bench_acceptance(2_000);
+        bench_template(1_000);
         bench_propagation(10, 20);
     } else {
         bench_acceptance(20_000);
+        bench_template(5_000);
         bench_propagation(10, 200);
     }
 }

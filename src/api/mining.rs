@@ -64,7 +64,8 @@ pub async fn template(
         .with_state(move |chain, pool| {
             let payout = super::explorer::address_of(chain, &address)?;
             let NodeTemplate { block, fees, ctx } =
-                node_template(chain, pool, payout.hash, rand::random());
+                node_template(chain, pool, payout.hash, rand::random())
+                    .map_err(ApiError::internal)?;
             let header = block.header;
             let target = target_from_compact(header.bits).map_err(ApiError::internal)?;
             let value = json!({

@@ -4,13 +4,20 @@
 //! tip plus the pool itself (chains of unconfirmed transactions are allowed),
 //! spends nothing another pool transaction spends (first seen wins), pays at
 //! least the minimum fee rate, and fits the pool's byte limit, which evicts
-//! the lowest fee rates (with their descendants) to make room.
+//! the lowest fee rates (with their descendants) to make room. Policy beyond
+//! consensus: no output below `DUST_LIMIT`, at most `MAX_ANCESTORS`
+//! unconfirmed ancestors and `MAX_DESCENDANTS` unconfirmed descendants per
+//! transaction, at most `MAX_STANDARD_TX_SIZE` bytes.
 //!
 //! Consistency with the tip: the pool holds its own receiver of chain events
 //! and applies every pending one (`catch_up`) before any operation, always
 //! under the chain's lock (lock order: chain, then mempool). Since the chain
 //! sends its events before releasing its lock, whoever holds both sees a
-//! pool consistent with the current tip.
+//! pool consistent with the current tip. After a reorganisation (or missed
+//! events) the whole pool is checked again against the new tip together
+//! with the transactions of the disconnected blocks, parents before
+//! children (`rebuild`), so it never holds a transaction spending an output
+//! that no longer exists, and every parent-child link is rebuilt.
 
 pub mod persist;
 #[cfg(test)]
@@ -26,10 +33,11 @@ use crate::consensus::address::PubKeyHash;
 use crate::consensus::amount::Amount;
 use crate::consensus::block::Block;
 use crate::consensus::hash::Txid;
-use crate::consensus::limits::MAX_BLOCK_SIZE;
+use crate::consensus::limits::{MAX_BLOCK_SIZE, OUTPUT_LEN, SPEND_INPUT_LEN};
 use crate::consensus::transaction::{OutPoint, Transaction, TxOut};
 use crate::consensus::validation::{
-    check_transaction, check_tx_spends, is_final, verify_tx_signatures, TxError, Utxo,
+    check_transaction, check_tx_spends, is_final, verify_tx_signatures, SignatureChecks, TxError,
+    Utxo,
 };
 use crate::encoding::Encode;
 
@@ -43,9 +51,25 @@ pub const MEMPOOL_EXPIRY_SECS: u32 = 14 * 24 * 60 * 60;
 /// Largest transaction the pool accepts: a tenth of a block, so one
 /// transaction cannot crowd out a block's worth of others.
 pub const MAX_STANDARD_TX_SIZE: usize = 100_000;
-/// Most unconfirmed ancestors (and descendants) a pool transaction may have:
-/// bounds the work of eviction and of building templates.
+/// Most unconfirmed ancestors a pool transaction may have, not counting
+/// itself (Bitcoin Core counts the transaction itself in its limit of 25, so
+/// it allows 24): bounds the work of building templates, which walk every
+/// ancestor of every candidate.
 pub const MAX_ANCESTORS: usize = 25;
+/// Most unconfirmed descendants a pool transaction may have, not counting
+/// itself: bounds the work of eviction and of removing a conflicted
+/// transaction, which walk every descendant.
+pub const MAX_DESCENDANTS: usize = 25;
+/// Fee rate, in base units per 1000 bytes, that an output must be able to
+/// pay for its own creation and spending: three times the minimum relay
+/// rate, as Bitcoin Core's dust relay fee.
+pub const DUST_RELAY_FEE_RATE: u64 = 3 * MIN_RELAY_FEE_RATE;
+/// Smallest output amount the pool accepts, in base units: the cost of the
+/// output (28 bytes) and of the input that will spend it (133 bytes) at
+/// `DUST_RELAY_FEE_RATE`, 483 units. A smaller output costs more to spend
+/// than it is worth, so it would stay in every node's UTXO set for good,
+/// paid for by one cheap transaction.
+pub const DUST_LIMIT: u64 = (OUTPUT_LEN + SPEND_INPUT_LEN) as u64 * DUST_RELAY_FEE_RATE / 1000;
 
 /// Why a transaction was not accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -66,8 +90,16 @@ pub enum MempoolError {
     MissingInput(OutPoint),
     #[error("fee rate {rate} units/kB is below the minimum of {min}")]
     FeeTooLow { rate: u64, min: u64 },
-    #[error("transaction has more than {0} unconfirmed ancestors")]
-    TooManyAncestors(usize),
+    #[error("output {index} pays {amount} units, below the dust limit of {limit}")]
+    Dust {
+        index: usize,
+        amount: u64,
+        limit: u64,
+    },
+    #[error("transaction has {count} unconfirmed ancestors, above the limit of {limit}")]
+    TooManyAncestors { count: usize, limit: usize },
+    #[error("pool transaction {ancestor} would have more than {limit} unconfirmed descendants")]
+    TooManyDescendants { ancestor: Txid, limit: usize },
     #[error("the mempool is full and the fee rate {rate} units/kB is too low to enter")]
     Full { rate: u64 },
     #[error("transaction is not final at the next height")]
@@ -88,7 +120,10 @@ impl MempoolError {
             MempoolError::Conflict { .. } => "mempool-conflict",
             MempoolError::MissingInput(_) => "missing-inputs",
             MempoolError::FeeTooLow { .. } => "fee-too-low",
-            MempoolError::TooManyAncestors(_) => "too-long-mempool-chain",
+            MempoolError::Dust { .. } => "dust",
+            MempoolError::TooManyAncestors { .. } | MempoolError::TooManyDescendants { .. } => {
+                "too-long-mempool-chain"
+            }
             MempoolError::Full { .. } => "mempool-full",
             MempoolError::NotFinal => "non-final",
             MempoolError::Store(_) => "internal",
@@ -221,9 +256,12 @@ impl Mempool {
         ids
     }
 
-    /// Applies every chain event not yet applied, then re-adds the
-    /// transactions of disconnected blocks, lowest block first.
+    /// Applies every chain event not yet applied. After a reorganisation
+    /// (a disconnected block) or missed events, rebuilds the pool against
+    /// the new tip with the disconnected blocks' transactions, lowest block
+    /// first (`rebuild`).
     pub fn catch_up(&mut self, chain: &Chain) {
+        let mut missed_events = false;
         loop {
             match self.events.try_recv() {
                 Ok(ChainEvent::BlockConnected { block, .. }) => self.remove_for_block(&block),
@@ -233,25 +271,22 @@ impl Mempool {
                 }
                 Err(TryRecvError::Lagged(missed)) => {
                     tracing::warn!(missed, "mempool missed chain events: revalidating");
-                    self.revalidate(chain);
+                    missed_events = true;
                 }
                 Err(TryRecvError::Empty | TryRecvError::Closed) => break,
             }
         }
-        if !self.pending_readd.is_empty() {
+        if missed_events || !self.pending_readd.is_empty() {
             let mut blocks = std::mem::take(&mut self.pending_readd);
             blocks.sort_by_key(|(height, _)| *height);
-            let mut returned = 0;
-            for (_, txs) in blocks {
-                for tx in txs {
-                    if self.accept_inner(chain, tx, unix_now()).is_ok() {
-                        returned += 1;
-                    }
-                }
-            }
+            let returning: Vec<Transaction> = blocks.into_iter().flat_map(|(_, txs)| txs).collect();
+            let offered = returning.len();
+            let (returned, dropped) = self.rebuild(chain, returning);
             tracing::info!(
+                offered,
                 returned,
-                "disconnected transactions returned to the mempool"
+                dropped,
+                "mempool rebuilt on the new tip: disconnected transactions returned, invalid ones dropped"
             );
         }
     }
@@ -259,16 +294,21 @@ impl Mempool {
     /// Validates and adds a transaction. Returns its txid.
     pub fn accept(&mut self, chain: &Chain, tx: Transaction) -> Result<Txid, MempoolError> {
         self.catch_up(chain);
-        let txid = self.accept_inner(chain, tx, unix_now())?;
+        let txid = self.accept_inner(chain, tx, unix_now(), SignatureChecks::On)?;
         self.announce.push(txid);
         Ok(txid)
     }
 
+    /// Validates and adds `tx` as having entered the pool at `time`.
+    /// `signatures` is `Off` only for a transaction that was in this pool
+    /// before (re-checked by `rebuild`): its signatures depend only on the
+    /// transaction and the outputs it spends, which its outpoints fix.
     fn accept_inner(
         &mut self,
         chain: &Chain,
         tx: Transaction,
         time: u32,
+        signatures: SignatureChecks,
     ) -> Result<Txid, MempoolError> {
         let txid = tx.txid();
         if self.entries.contains_key(&txid) {
@@ -283,6 +323,18 @@ impl Mempool {
             return Err(MempoolError::TooLarge {
                 size,
                 limit: MAX_STANDARD_TX_SIZE,
+            });
+        }
+        if let Some((index, output)) = tx
+            .outputs
+            .iter()
+            .enumerate()
+            .find(|(_, o)| o.amount.units() < DUST_LIMIT)
+        {
+            return Err(MempoolError::Dust {
+                index,
+                amount: output.amount.units(),
+                limit: DUST_LIMIT,
             });
         }
         let store = chain.store();
@@ -327,8 +379,22 @@ impl Mempool {
             };
             spent.push(utxo.ok_or(MempoolError::MissingInput(outpoint))?);
         }
-        if self.ancestors(&parents).len() >= MAX_ANCESTORS {
-            return Err(MempoolError::TooManyAncestors(MAX_ANCESTORS));
+        let ancestors = self.ancestors(&parents);
+        if ancestors.len() > MAX_ANCESTORS {
+            return Err(MempoolError::TooManyAncestors {
+                count: ancestors.len(),
+                limit: MAX_ANCESTORS,
+            });
+        }
+        // With `tx`, each ancestor gains one descendant.
+        if let Some(ancestor) = ancestors
+            .iter()
+            .find(|a| self.with_descendants(a).len() > MAX_DESCENDANTS)
+        {
+            return Err(MempoolError::TooManyDescendants {
+                ancestor: *ancestor,
+                limit: MAX_DESCENDANTS,
+            });
         }
         let fee = check_tx_spends(&tx, &spent, next_height, chain.params())
             .map_err(MempoolError::Invalid)?;
@@ -339,7 +405,9 @@ impl Mempool {
                 min: MIN_RELAY_FEE_RATE,
             });
         }
-        verify_tx_signatures(&tx, &spent).map_err(MempoolError::Invalid)?;
+        if signatures == SignatureChecks::On {
+            verify_tx_signatures(&tx, &spent).map_err(MempoolError::Invalid)?;
+        }
 
         for input in &tx.inputs {
             self.spends.insert(input.prevout(), txid);
@@ -475,16 +543,48 @@ impl Mempool {
         }
     }
 
-    /// Re-checks every entry against the chain (after missed events).
-    fn revalidate(&mut self, chain: &Chain) {
-        let mut all: Vec<MempoolEntry> = self.entries.drain().map(|(_, e)| e).collect();
-        all.sort_by_key(|e| e.time);
+    /// Checks every entry against the chain at its tip again (after
+    /// catching up with it) and drops, with their descendants, those no
+    /// longer valid. Returns how many were dropped.
+    pub fn revalidate(&mut self, chain: &Chain) -> usize {
+        self.catch_up(chain);
+        self.rebuild(chain, Vec::new()).1
+    }
+
+    /// Empties the pool and accepts again `returning` (transactions of
+    /// disconnected blocks, in block order, entering now) and every former
+    /// entry (keeping its time), parents before children, against the tip:
+    /// whatever spends an output that no longer exists, is immature or not
+    /// final at the new height, or breaks a policy leaves; every link and
+    /// index is rebuilt from scratch. Former entries' signatures are not
+    /// verified again (see `accept_inner`). Returns how many of `returning`
+    /// entered, and how many former entries did not come back.
+    fn rebuild(&mut self, chain: &Chain, returning: Vec<Transaction>) -> (usize, usize) {
+        let mut former: Vec<MempoolEntry> = self.entries.drain().map(|(_, e)| e).collect();
+        former.sort_by_key(|e| (e.time, e.txid));
         self.spends.clear();
         self.by_rate.clear();
+        self.by_owner.clear();
         self.bytes = 0;
-        for entry in all {
-            let _ = self.accept_inner(chain, (*entry.tx).clone(), entry.time);
+        self.changes += 1;
+        let now = unix_now();
+        let former_ids: Vec<Txid> = former.iter().map(|e| e.txid).collect();
+        let returning_ids: Vec<Txid> = returning.iter().map(Transaction::txid).collect();
+        let candidates: Vec<(u32, Transaction, SignatureChecks)> = returning
+            .into_iter()
+            .map(|tx| (now, tx, SignatureChecks::On))
+            .chain(
+                former
+                    .into_iter()
+                    .map(|e| (e.time, Arc::unwrap_or_clone(e.tx), SignatureChecks::Off)),
+            )
+            .collect();
+        for (time, tx, signatures) in parents_first(candidates, |(_, tx, _)| tx) {
+            let _ = self.accept_inner(chain, tx, time, signatures);
         }
+        let returned = returning_ids.iter().filter(|id| self.contains(id)).count();
+        let dropped = former_ids.iter().filter(|id| !self.contains(id)).count();
+        (returned, dropped)
     }
 
     /// Drops entries older than `MEMPOOL_EXPIRY_SECS`.
@@ -614,4 +714,78 @@ impl Mempool {
     pub fn block_space() -> usize {
         MAX_BLOCK_SIZE - 1_000
     }
+
+    /// Adds `tx` with `fee` and no validation, links or owner index: a
+    /// corrupted pool, for tests of what guards templates against one.
+    #[cfg(test)]
+    pub(crate) fn insert_unchecked(&mut self, tx: Transaction, fee: Amount) -> Txid {
+        let txid = tx.txid();
+        let size = tx.encoded_len();
+        for input in &tx.inputs {
+            self.spends.insert(input.prevout(), txid);
+        }
+        self.by_rate.insert((fee_rate(fee, size), txid));
+        self.bytes += size;
+        self.changes += 1;
+        self.entries.insert(
+            txid,
+            MempoolEntry {
+                tx: Arc::new(tx),
+                txid,
+                fee,
+                size,
+                time: unix_now(),
+                spent: Vec::new(),
+                parents: HashSet::new(),
+                children: HashSet::new(),
+            },
+        );
+        txid
+    }
+}
+
+/// `items` reordered so that each transaction comes after every other item
+/// whose outputs it spends, and otherwise keeps its place: a pool can only
+/// accept a child after its parent. (Kahn's algorithm, taking the earliest
+/// ready item first.)
+pub(crate) fn parents_first<T>(items: Vec<T>, tx_of: impl Fn(&T) -> &Transaction) -> Vec<T> {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+    let mut position: HashMap<Txid, usize> = HashMap::with_capacity(items.len());
+    for (index, item) in items.iter().enumerate() {
+        position.entry(tx_of(item).txid()).or_insert(index);
+    }
+    let mut waiting_on = vec![0usize; items.len()];
+    let mut children: Vec<Vec<usize>> = vec![Vec::new(); items.len()];
+    for (index, item) in items.iter().enumerate() {
+        let parents: HashSet<usize> = tx_of(item)
+            .inputs
+            .iter()
+            .filter_map(|input| position.get(&input.prevout().txid).copied())
+            .filter(|parent| *parent != index)
+            .collect();
+        waiting_on[index] = parents.len();
+        for parent in parents {
+            children[parent].push(index);
+        }
+    }
+    let mut ready: BinaryHeap<Reverse<usize>> = (0..items.len())
+        .filter(|index| waiting_on[*index] == 0)
+        .map(Reverse)
+        .collect();
+    let mut slots: Vec<Option<T>> = items.into_iter().map(Some).collect();
+    let mut ordered = Vec::with_capacity(slots.len());
+    while let Some(Reverse(index)) = ready.pop() {
+        ordered.extend(slots[index].take());
+        for child in &children[index] {
+            waiting_on[*child] -= 1;
+            if waiting_on[*child] == 0 {
+                ready.push(Reverse(*child));
+            }
+        }
+    }
+    // A txid commits to its inputs, so spends cannot form a cycle; were one
+    // given, its members would still be returned (and refused by the pool).
+    ordered.extend(slots.into_iter().flatten());
+    ordered
 }

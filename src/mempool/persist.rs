@@ -1,14 +1,16 @@
 //! Saving the pool across restarts: `mempool.dat` in the data dir holds a
 //! version byte, a compact-size count, then for each transaction the time it
-//! entered the pool (u32 LE) and the transaction. Written to a temp file and
-//! renamed, so a crash never leaves half a file; on start every transaction
-//! is validated again.
+//! entered the pool (u32 LE) and the transaction, oldest first with every
+//! parent before its children. Written to a temp file and renamed, so a
+//! crash never leaves half a file; on start every transaction is validated
+//! again, parents first whatever the file's order.
 
 use std::path::Path;
 
-use super::Mempool;
+use super::{parents_first, Mempool};
 use crate::chain::Chain;
 use crate::consensus::transaction::Transaction;
+use crate::consensus::validation::SignatureChecks;
 use crate::encoding::{
     read_count, read_u32, read_u8, write_compact_size, Decode, DecodeError, Encode,
 };
@@ -18,15 +20,13 @@ const FILE_VERSION: u8 = 1;
 /// Smallest encoded entry: time (4) and the smallest transaction.
 const MIN_ENTRY_LEN: usize = 4 + crate::consensus::limits::MIN_TX_LEN;
 
-/// Writes the pool, every parent before its children (fewer pool ancestors
-/// first), then oldest first: `load` re-accepts in file order, and a child
-/// read before its parent would be rejected for a missing input. Entry times
-/// alone do not give that order: a parent and child accepted in the same
-/// second would be ordered by txid, and a clock stepping back can put a
-/// child's time before its parent's.
+/// Writes the pool, oldest first, parents before children (a child may
+/// share its parent's time, or even be older after a reorganisation
+/// returned its parent).
 pub fn save(pool: &Mempool, data_dir: &Path) -> std::io::Result<usize> {
     let mut entries: Vec<_> = pool.entries().collect();
-    entries.sort_by_cached_key(|e| (pool.ancestors(&e.parents).len(), e.time, e.txid));
+    entries.sort_by_key(|e| (e.time, e.txid));
+    let entries = parents_first(entries, |e| &e.tx);
     let mut out = vec![FILE_VERSION];
     write_compact_size(&mut out, entries.len() as u64);
     for entry in &entries {
@@ -82,8 +82,11 @@ pub fn load(pool: &mut Mempool, chain: &Chain, data_dir: &Path) -> (usize, usize
     let total = entries.len();
     let mut accepted = 0;
     pool.catch_up(chain);
-    for (time, tx) in entries {
-        if pool.accept_inner(chain, tx, time).is_ok() {
+    for (time, tx) in parents_first(entries, |(_, tx)| tx) {
+        if pool
+            .accept_inner(chain, tx, time, SignatureChecks::On)
+            .is_ok()
+        {
             accepted += 1;
         }
     }

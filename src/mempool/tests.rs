@@ -3,10 +3,13 @@
 use std::sync::Arc;
 
 use super::*;
+use crate::chain::BlockOutcome;
 use crate::consensus::hash::sha256d;
 use crate::consensus::keys::PrivateKey;
 use crate::consensus::params::Network;
 use crate::consensus::transaction::TxIn;
+use crate::consensus::validation::{check_block, check_block_contextual};
+use crate::mining::{assemble_block, solve_block, BlockTemplateHeader};
 use crate::testkit::{key, signed_spend, TestChain};
 
 struct Fixture {
@@ -90,7 +93,7 @@ fn every_rejection_reason() {
     let missing = OutPoint::new(sha256d(b"nowhere"), 0);
     let orphan = signed_spend(
         &[(missing, pay(&key(1), 5_000), &key(1))],
-        vec![pay(&key(2), 1)],
+        vec![pay(&key(2), 1_000)],
     );
     assert_eq!(
         pool.accept(&f.chain, orphan),
@@ -369,5 +372,443 @@ fn pending_address_stats_count_both_sides() {
     assert_eq!(
         pool.address_stats(&key(2).pubkey_hash()),
         Default::default()
+    );
+}
+
+/// Every index of the pool agrees with its entries, every link with the
+/// entries' inputs, and every input spends a pool output or an unspent
+/// output at the chain's tip.
+fn assert_consistent(pool: &Mempool, chain: &Chain) {
+    let mut spends = HashMap::new();
+    let mut by_owner: HashMap<PubKeyHash, HashSet<Txid>> = HashMap::new();
+    let mut bytes = 0;
+    for (txid, entry) in &pool.entries {
+        assert_eq!(*txid, entry.tx.txid());
+        bytes += entry.size;
+        let mut parents = HashSet::new();
+        for input in &entry.tx.inputs {
+            let outpoint = input.prevout();
+            spends.insert(outpoint, *txid);
+            if let Some(parent) = pool.entries.get(&outpoint.txid) {
+                parents.insert(parent.txid);
+                assert!(
+                    parent.children.contains(txid),
+                    "{txid} not a child of {}",
+                    parent.txid
+                );
+            } else {
+                assert!(
+                    chain.store().utxo(&outpoint).unwrap().is_some(),
+                    "{txid} spends {outpoint}, which does not exist"
+                );
+            }
+        }
+        assert_eq!(entry.parents, parents, "parents of {txid}");
+        for child in &entry.children {
+            assert!(pool.entries[child].parents.contains(txid));
+        }
+        for owner in owners(&entry.tx.outputs, &entry.spent) {
+            by_owner.entry(owner).or_default().insert(*txid);
+        }
+    }
+    assert_eq!(pool.spends, spends);
+    assert_eq!(pool.by_owner, by_owner);
+    assert_eq!(pool.bytes, bytes);
+    let by_rate: BTreeSet<(u64, Txid)> = pool
+        .entries
+        .values()
+        .map(|e| (e.fee_rate(), e.txid))
+        .collect();
+    assert_eq!(pool.by_rate, by_rate);
+}
+
+/// Builds a template on the chain's tip from the pool's selection (as the
+/// producer and the REST API do, without any repair), runs the chain's
+/// validation on it (context-free with proof of work once solved, then
+/// contextual against the UTXO set with signatures), and connects it
+/// through the chain. Returns the txids it carried, in block order.
+fn assert_template_valid(f: &mut Fixture, pool: &mut Mempool) -> Vec<Txid> {
+    let (txs, fees) = pool.select_for_block(&f.chain, Mempool::block_space());
+    let tip = f.chain.tip();
+    let ctx = f.chain.context_after(&tip.hash).unwrap();
+    let mut block = assemble_block(
+        f.chain.params(),
+        BlockTemplateHeader {
+            prev_hash: tip.hash,
+            height: ctx.height,
+            time: ctx.median_time_past + 1,
+            bits: ctx.expected_bits,
+        },
+        key(9).pubkey_hash(),
+        0,
+        fees,
+        txs,
+    );
+    solve_block(&mut block);
+    check_block(&block, f.chain.params()).unwrap();
+    if let Err(error) = check_block_contextual(
+        &block,
+        &ctx,
+        f.chain.params(),
+        f.chain.store(),
+        SignatureChecks::On,
+    ) {
+        panic!("the template is invalid: {error}");
+    }
+    let carried = block.txids()[1..].to_vec();
+    let outcome = f.chain.process_block(Arc::new(block), None).unwrap();
+    assert!(
+        matches!(outcome, BlockOutcome::Accepted { .. }),
+        "{outcome:?}"
+    );
+    carried
+}
+
+/// Spends output 1 (key(1)'s change) of `parent`: 1 000 000 units to
+/// key(2), the rest minus `fee` back to key(1).
+fn child_of(parent: &Transaction, fee: u64) -> Transaction {
+    let change = parent.outputs[1];
+    signed_spend(
+        &[(OutPoint::new(parent.txid(), 1), change, &key(1))],
+        vec![
+            pay(&key(2), 1_000_000),
+            pay(&key(1), change.amount.units() - 1_000_000 - fee),
+        ],
+    )
+}
+
+/// Feeds `branch`'s blocks above `from_height` to the chain, which must
+/// end on its tip.
+fn switch_to(f: &mut Fixture, branch: &TestChain, from_height: u32) {
+    for block in &branch.blocks[from_height as usize + 1..] {
+        f.chain
+            .process_block(Arc::new(block.clone()), None)
+            .unwrap();
+    }
+    assert_eq!(
+        f.chain.tip().hash,
+        branch.tip().hash(),
+        "the branch is active"
+    );
+}
+
+#[test]
+fn reorg_drops_the_descendants_of_a_parent_double_spent_on_the_new_branch() {
+    let mut f = fixture();
+    let mut pool = Mempool::new(&f.chain, DEFAULT_MAX_MEMPOOL_BYTES);
+    let fork = f.test.clone();
+    let parent = spend_coinbase(&f, 0, 1_000_000, 5_000);
+    let rival = spend_coinbase(&f, 0, 3_000_000, 7_000);
+    let unrelated = spend_coinbase(&f, 1, 1_000_000, 5_000);
+    mine(&mut f, vec![parent.clone()]);
+    // The confirmed parent's children wait in the pool.
+    let child = child_of(&parent, 10_000);
+    let grandchild = child_of(&child, 10_000);
+    for tx in [&child, &grandchild, &unrelated] {
+        pool.accept(&f.chain, tx.clone()).unwrap();
+    }
+    // A longer branch confirms a rival spend of the parent's coin.
+    let mut branch = fork;
+    let block = branch.build_block(key(8).pubkey_hash(), vec![rival.clone()]);
+    branch.apply(block);
+    branch.mine_empty(key(8).pubkey_hash());
+    let fork_height = f.test.height() - 1;
+    switch_to(&mut f, &branch, fork_height);
+    pool.catch_up(&f.chain);
+    for gone in [&parent, &child, &grandchild] {
+        assert!(
+            !pool.contains(&gone.txid()),
+            "{} is still in the pool",
+            gone.txid()
+        );
+    }
+    assert_eq!(pool.txids(), vec![unrelated.txid()]);
+    assert_consistent(&pool, &f.chain);
+    assert_eq!(
+        assert_template_valid(&mut f, &mut pool),
+        vec![unrelated.txid()]
+    );
+}
+
+#[test]
+fn reorg_returns_a_parent_ahead_of_its_high_fee_child_in_templates() {
+    let mut f = fixture();
+    let mut pool = Mempool::new(&f.chain, DEFAULT_MAX_MEMPOOL_BYTES);
+    let fork = f.test.clone();
+    let parent = spend_coinbase(&f, 0, 1_000_000, 1_000);
+    mine(&mut f, vec![parent.clone()]);
+    // The child pays far more per byte than its parent.
+    let child = child_of(&parent, 200_000);
+    pool.accept(&f.chain, child.clone()).unwrap();
+    // A longer branch without the parent: it comes back from its block.
+    let mut branch = fork;
+    branch.mine_empty(key(8).pubkey_hash());
+    branch.mine_empty(key(8).pubkey_hash());
+    let fork_height = f.test.height() - 1;
+    switch_to(&mut f, &branch, fork_height);
+    pool.catch_up(&f.chain);
+    assert_eq!(pool.len(), 2);
+    assert_eq!(
+        pool.get(&child.txid()).unwrap().parents,
+        HashSet::from([parent.txid()])
+    );
+    assert_consistent(&pool, &f.chain);
+    assert_eq!(
+        assert_template_valid(&mut f, &mut pool),
+        vec![parent.txid(), child.txid()]
+    );
+}
+
+#[test]
+fn reorg_drops_spends_of_a_vanished_coinbase() {
+    let mut f = fixture();
+    let mut pool = Mempool::new(&f.chain, DEFAULT_MAX_MEMPOOL_BYTES);
+    // key(1)'s coinbase of height 5, mature at the next height (15).
+    let (outpoint, utxo) = f.test.spendable(key(1).pubkey_hash())[4];
+    assert_eq!(utxo.height, 5);
+    let spend = signed_spend(
+        &[(outpoint, utxo.output, &key(1))],
+        vec![pay(&key(2), utxo.output.amount.units() - 10_000)],
+    );
+    let unrelated = spend_coinbase(&f, 0, 1_000_000, 5_000);
+    pool.accept(&f.chain, spend.clone()).unwrap();
+    pool.accept(&f.chain, unrelated.clone()).unwrap();
+    // A longer branch forks below height 5: that coinbase never existed.
+    let mut branch = TestChain::new(Network::Regtest);
+    for _ in 0..4 {
+        branch.mine_empty(key(1).pubkey_hash());
+    }
+    for _ in 0..11 {
+        branch.mine_empty(key(8).pubkey_hash());
+    }
+    switch_to(&mut f, &branch, 4);
+    pool.catch_up(&f.chain);
+    assert_eq!(pool.txids(), vec![unrelated.txid()]);
+    assert_consistent(&pool, &f.chain);
+    assert_eq!(
+        assert_template_valid(&mut f, &mut pool),
+        vec![unrelated.txid()]
+    );
+}
+
+#[test]
+fn ancestor_limit_counts_unconfirmed_ancestors_not_the_transaction_itself() {
+    let f = fixture();
+    let mut pool = Mempool::new(&f.chain, DEFAULT_MAX_MEMPOOL_BYTES);
+    let chain = unconfirmed_chain(&f, MAX_ANCESTORS + 2, 1_000);
+    // The last of these has MAX_ANCESTORS unconfirmed ancestors.
+    for tx in &chain[..=MAX_ANCESTORS] {
+        pool.accept(&f.chain, tx.clone()).unwrap();
+    }
+    assert_eq!(
+        pool.accept(&f.chain, chain[MAX_ANCESTORS + 1].clone()),
+        Err(MempoolError::TooManyAncestors {
+            count: MAX_ANCESTORS + 1,
+            limit: MAX_ANCESTORS
+        })
+    );
+    assert_eq!(pool.len(), MAX_ANCESTORS + 1);
+    assert_consistent(&pool, &f.chain);
+}
+
+#[test]
+fn descendant_limit_counts_unconfirmed_descendants_not_the_transaction_itself() {
+    let f = fixture();
+    let mut pool = Mempool::new(&f.chain, DEFAULT_MAX_MEMPOOL_BYTES);
+    let (outpoint, utxo) = f.test.spendable(key(1).pubkey_hash())[0];
+    let fan_out = signed_spend(
+        &[(outpoint, utxo.output, &key(1))],
+        vec![pay(&key(1), 1_000_000); MAX_DESCENDANTS + 1],
+    );
+    pool.accept(&f.chain, fan_out.clone()).unwrap();
+    let children: Vec<Transaction> = (0..=MAX_DESCENDANTS)
+        .map(|vout| {
+            signed_spend(
+                &[(
+                    OutPoint::new(fan_out.txid(), vout as u32),
+                    fan_out.outputs[vout],
+                    &key(1),
+                )],
+                vec![pay(&key(2), 990_000)],
+            )
+        })
+        .collect();
+    for child in &children[..MAX_DESCENDANTS] {
+        pool.accept(&f.chain, child.clone()).unwrap();
+    }
+    let refused = pool.accept(&f.chain, children[MAX_DESCENDANTS].clone());
+    assert_eq!(
+        refused,
+        Err(MempoolError::TooManyDescendants {
+            ancestor: fan_out.txid(),
+            limit: MAX_DESCENDANTS
+        })
+    );
+    assert_eq!(refused.unwrap_err().code(), "too-long-mempool-chain");
+    assert_eq!(pool.len(), MAX_DESCENDANTS + 1);
+    assert_consistent(&pool, &f.chain);
+}
+
+#[test]
+fn outputs_below_the_dust_limit_are_refused() {
+    let f = fixture();
+    let mut pool = Mempool::new(&f.chain, DEFAULT_MAX_MEMPOOL_BYTES);
+    let (outpoint, utxo) = f.test.spendable(key(1).pubkey_hash())[0];
+    let paying = |units: u64| {
+        signed_spend(
+            &[(outpoint, utxo.output, &key(1))],
+            vec![
+                pay(&key(1), utxo.output.amount.units() - units - 10_000),
+                pay(&key(2), units),
+            ],
+        )
+    };
+    for units in [0, 1, DUST_LIMIT - 1] {
+        let refused = pool.accept(&f.chain, paying(units));
+        assert_eq!(
+            refused,
+            Err(MempoolError::Dust {
+                index: 1,
+                amount: units,
+                limit: DUST_LIMIT
+            })
+        );
+        assert_eq!(refused.unwrap_err().code(), "dust");
+    }
+    pool.accept(&f.chain, paying(DUST_LIMIT)).unwrap();
+    // The spec states the same figures as the code.
+    let spec = include_str!("../../protocol-spec/README.md");
+    for stated in [
+        format!("{DUST_LIMIT} base units"),
+        format!("at most {MAX_ANCESTORS} unconfirmed ancestors"),
+        format!("at most {MAX_DESCENDANTS} unconfirmed descendants"),
+    ] {
+        assert!(spec.contains(&stated), "the spec does not say {stated:?}");
+    }
+}
+
+/// A parent and a child that the pool holds with the same entry time, the
+/// child's txid ordering before the parent's (so saving by time then txid
+/// alone would write the child first).
+fn same_time_pair(f: &Fixture) -> (Transaction, Transaction) {
+    let parent = spend_coinbase(f, 0, 1_000_000, 5_000);
+    (1..)
+        .map(|fee| child_of(&parent, 5_000 + fee))
+        .find(|child| child.txid() < parent.txid())
+        .map(|child| (parent.clone(), child))
+        .unwrap()
+}
+
+#[test]
+fn a_child_with_its_parents_time_survives_a_restart() {
+    let f = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let mut pool = Mempool::new(&f.chain, DEFAULT_MAX_MEMPOOL_BYTES);
+    let (parent, child) = same_time_pair(&f);
+    for tx in [&parent, &child] {
+        pool.accept_inner(&f.chain, tx.clone(), 1_700_000_000, SignatureChecks::On)
+            .unwrap();
+    }
+    assert_eq!(persist::save(&pool, dir.path()).unwrap(), 2);
+    let file = std::fs::read(dir.path().join(persist::MEMPOOL_FILE)).unwrap();
+    let saved: Vec<Txid> = persist::read(&file)
+        .unwrap()
+        .iter()
+        .map(|(_, tx)| tx.txid())
+        .collect();
+    assert_eq!(
+        saved,
+        vec![parent.txid(), child.txid()],
+        "parent saved first"
+    );
+    let mut again = Mempool::new(&f.chain, DEFAULT_MAX_MEMPOOL_BYTES);
+    assert_eq!(persist::load(&mut again, &f.chain, dir.path()), (2, 2));
+    assert_eq!(again.txids(), pool.txids());
+    assert_consistent(&again, &f.chain);
+
+    // A file that lists the child first (as older versions wrote it) loads
+    // whole too.
+    let mut file = vec![1u8, 2];
+    for tx in [&child, &parent] {
+        file.extend_from_slice(&1_700_000_000u32.to_le_bytes());
+        tx.encode_to(&mut file);
+    }
+    std::fs::write(dir.path().join(persist::MEMPOOL_FILE), file).unwrap();
+    let mut reordered = Mempool::new(&f.chain, DEFAULT_MAX_MEMPOOL_BYTES);
+    assert_eq!(persist::load(&mut reordered, &f.chain, dir.path()), (2, 2));
+    assert_consistent(&reordered, &f.chain);
+}
+
+#[test]
+fn revalidation_keeps_children_and_the_owner_index_in_step() {
+    let mut f = fixture();
+    let mut pool = Mempool::new(&f.chain, DEFAULT_MAX_MEMPOOL_BYTES);
+    let (parent, child) = same_time_pair(&f);
+    for tx in [&parent, &child] {
+        pool.accept_inner(&f.chain, tx.clone(), 1_700_000_000, SignatureChecks::On)
+            .unwrap();
+    }
+    // key(3) is paid by a transaction that a block then double-spends,
+    // while the pool misses the block's event.
+    let (outpoint, utxo) = f.test.spendable(key(1).pubkey_hash())[1];
+    let doomed = signed_spend(
+        &[(outpoint, utxo.output, &key(1))],
+        vec![
+            pay(&key(3), 1_000_000),
+            pay(&key(1), utxo.output.amount.units() - 1_010_000),
+        ],
+    );
+    let rival = signed_spend(
+        &[(outpoint, utxo.output, &key(1))],
+        vec![pay(&key(4), utxo.output.amount.units() - 10_000)],
+    );
+    pool.accept(&f.chain, doomed.clone()).unwrap();
+    assert_eq!(pool.address_stats(&key(3).pubkey_hash()).tx_count, 1);
+    mine(&mut f, vec![rival]);
+    while pool.events.try_recv().is_ok() {}
+    assert_eq!(pool.revalidate(&f.chain), 1);
+    assert_eq!(pool.txids().len(), 2);
+    assert!(pool.contains(&parent.txid()) && pool.contains(&child.txid()));
+    assert_eq!(
+        pool.address_stats(&key(3).pubkey_hash()),
+        PendingStats::default()
+    );
+    assert!(pool.address_entries(&key(3).pubkey_hash(), 50).is_empty());
+    let key2: Vec<Txid> = pool
+        .address_entries(&key(2).pubkey_hash(), 50)
+        .iter()
+        .map(|e| e.txid)
+        .collect();
+    assert_eq!(key2.len(), 2);
+    assert_eq!(
+        pool.address_stats(&key(2).pubkey_hash()).funded_txo_count,
+        2
+    );
+    assert_consistent(&pool, &f.chain);
+}
+
+#[test]
+fn parents_first_orders_spends_and_keeps_the_rest_in_place() {
+    let f = fixture();
+    let chain = unconfirmed_chain(&f, 3, 5_000);
+    let other = spend_coinbase(&f, 1, 1_000_000, 5_000);
+    let given = vec![
+        chain[2].clone(),
+        other.clone(),
+        chain[1].clone(),
+        chain[0].clone(),
+    ];
+    let ordered: Vec<Txid> = parents_first(given, |tx| tx)
+        .iter()
+        .map(Transaction::txid)
+        .collect();
+    assert_eq!(
+        ordered,
+        vec![
+            other.txid(),
+            chain[0].txid(),
+            chain[1].txid(),
+            chain[2].txid()
+        ]
     );
 }

@@ -1,6 +1,12 @@
 //! The node's own block producer (`--mine-to`, `--mine-threads`): the
 //! multi-core miner fed from the node's chain and mempool, handing each
 //! solved block to the chain like any other block.
+//!
+//! Every template, the producer's and the REST API's, is built by
+//! `node_template`, which validates it against the tip's UTXO set before
+//! handing it out (`check_template`, Bitcoin Core's `TestBlockValidity`):
+//! a template that fails is logged, the mempool is repaired, and the
+//! template is built again, so an invalid one is never mined.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -10,7 +16,13 @@ use crate::chain::{unix_now, BlockOutcome, Chain};
 use crate::consensus::address::PubKeyHash;
 use crate::consensus::amount::Amount;
 use crate::consensus::block::Block;
-use crate::consensus::validation::BlockContext;
+use crate::consensus::hash::BlockHash;
+use crate::consensus::pow::block_subsidy;
+use crate::consensus::transaction::Transaction;
+use crate::consensus::validation::{
+    check_block_body, check_block_contextual, BlockContext, BlockError, BlockSpends,
+    SignatureChecks,
+};
 use crate::mempool::Mempool;
 use crate::miner::{Freshness, Miner, WorkSource};
 use crate::mining::{assemble_block, BlockTemplateHeader};
@@ -22,18 +34,119 @@ pub const TEMPLATE_REFRESH: Duration = Duration::from_secs(5);
 /// How often the producer logs its hash rate.
 pub const HASHRATE_REPORT_INTERVAL: Duration = Duration::from_secs(10);
 
+/// How many times `node_template` drops the transaction a failed template
+/// names (after first revalidating the whole pool) before it falls back to
+/// a template without pool transactions: each try costs a template's
+/// validation, and more than one bad entry after a revalidation means a bug
+/// that must not stall mining.
+pub const MAX_TEMPLATE_REPAIRS: usize = 8;
+
+/// Why a template cannot be handed out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateError {
+    #[error("template builds on {prev_hash}, not on the tip {tip}")]
+    NotOnTip {
+        prev_hash: BlockHash,
+        tip: BlockHash,
+    },
+    #[error("template pays subsidy plus {fees} units of fees, beyond the money range")]
+    FeesOutOfRange { fees: u64 },
+    #[error("invalid template: {0}")]
+    Invalid(BlockError),
+}
+
+/// Validates an unsolved block against the chain's tip and its UTXO set,
+/// everything but the proof of work (Bitcoin Core's `TestBlockValidity`):
+/// structure, header context, coinbase, and every input. Signatures are not
+/// verified: every pool transaction's were at acceptance, and they depend
+/// only on the transaction and the outputs it spends, which its outpoints
+/// fix; what can go stale with the chain (inputs, order, maturity, lock
+/// times, fees) is all checked.
+pub fn check_template(chain: &Chain, block: &Block) -> Result<BlockSpends, TemplateError> {
+    let tip = chain.tip();
+    if block.header.prev_hash != tip.hash {
+        return Err(TemplateError::NotOnTip {
+            prev_hash: block.header.prev_hash,
+            tip: tip.hash,
+        });
+    }
+    check_block_body(block).map_err(TemplateError::Invalid)?;
+    let ctx = chain.context_after(&tip.hash).expect("the tip is indexed");
+    check_block_contextual(
+        block,
+        &ctx,
+        chain.params(),
+        chain.store(),
+        SignatureChecks::Off,
+    )
+    .map_err(TemplateError::Invalid)
+}
+
 /// Builds a template on the chain's tip with the mempool's best
 /// transactions (the pool caught up with the chain), paying `payout`, with
-/// a fresh extra nonce.
+/// a fresh extra nonce, and checks it with `check_template`. A template that
+/// fails is logged at warn and repaired: the pool is revalidated against
+/// the tip, then (should that not suffice) the transaction the failure
+/// names leaves with its descendants, up to `MAX_TEMPLATE_REPAIRS` times,
+/// then the template carries no pool transactions. An error only if even
+/// that fails, which no mempool state can cause.
 pub fn node_template(
     chain: &Chain,
     pool: &mut Mempool,
     payout: PubKeyHash,
     extra_nonce: u64,
-) -> NodeTemplate {
+) -> Result<NodeTemplate, TemplateError> {
+    let mut revalidated = false;
+    let mut repairs = 0;
+    loop {
+        let (txs, fees) = if repairs < MAX_TEMPLATE_REPAIRS {
+            pool.select_for_block(chain, Mempool::block_space())
+        } else {
+            (Vec::new(), Amount::ZERO)
+        };
+        let from_pool = !txs.is_empty();
+        let built = build_template(chain, payout, extra_nonce, fees, txs);
+        let error = match built.and_then(|t| check_template(chain, &t.block).map(|_| t)) {
+            Ok(template) => return Ok(template),
+            Err(error) if !from_pool => return Err(error),
+            Err(error) => error,
+        };
+        tracing::warn!(%error, "block template failed validation: repairing the mempool");
+        if !revalidated {
+            revalidated = true;
+            let dropped = pool.revalidate(chain);
+            tracing::warn!(dropped, "mempool revalidated against the tip");
+            continue;
+        }
+        match error {
+            TemplateError::Invalid(BlockError::InvalidTransaction { index, txid, .. })
+                if index > 0 && pool.contains(&txid) =>
+            {
+                let removed = pool.remove_with_descendants(&txid);
+                tracing::warn!(%txid, removed, "dropped a mempool transaction that made the template invalid");
+                repairs += 1;
+            }
+            _ => repairs = MAX_TEMPLATE_REPAIRS,
+        }
+    }
+}
+
+/// The unchecked template on the tip with `txs` and their `fees`.
+fn build_template(
+    chain: &Chain,
+    payout: PubKeyHash,
+    extra_nonce: u64,
+    fees: Amount,
+    txs: Vec<Transaction>,
+) -> Result<NodeTemplate, TemplateError> {
     let tip = chain.tip();
     let ctx = chain.context_after(&tip.hash).expect("the tip is indexed");
-    let (txs, fees) = pool.select_for_block(chain, Mempool::block_space());
+    if block_subsidy(chain.params(), ctx.height)
+        .checked_add(fees)
+        .is_none()
+    {
+        return Err(TemplateError::FeesOutOfRange { fees: fees.units() });
+    }
     let header = BlockTemplateHeader {
         prev_hash: tip.hash,
         height: ctx.height,
@@ -41,7 +154,7 @@ pub fn node_template(
         bits: ctx.expected_bits,
     };
     let block = assemble_block(chain.params(), header, payout, extra_nonce, fees, txs);
-    NodeTemplate { block, fees, ctx }
+    Ok(NodeTemplate { block, fees, ctx })
 }
 
 /// A block to solve, what it collects in fees, and the context it was
@@ -69,7 +182,7 @@ impl WorkSource for NodeWork<'_> {
         let mut pool = self.mempool.lock().expect("mempool lock");
         pool.catch_up(&chain);
         self.extra_nonce = self.extra_nonce.wrapping_add(1);
-        let block = node_template(&chain, &mut pool, self.payout, self.extra_nonce).block;
+        let block = node_template(&chain, &mut pool, self.payout, self.extra_nonce)?.block;
         self.pool_changes = pool.changes();
         Ok(block)
     }
@@ -151,4 +264,125 @@ pub fn produce_blocks(
         "block producer stopped"
     );
     Ok(report.blocks_accepted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consensus::hash::{sha256d, Txid};
+    use crate::consensus::params::Network;
+    use crate::consensus::transaction::{OutPoint, TxOut};
+    use crate::consensus::validation::{check_block, SignatureChecks};
+    use crate::mempool::DEFAULT_MAX_MEMPOOL_BYTES;
+    use crate::mining::solve_block;
+    use crate::testkit::{key, regtest_chain, signed_spend, TestChain};
+
+    /// A chain of 14 blocks to key(1), whose first five coinbases are
+    /// spendable at the next height.
+    fn funded() -> (tempfile::TempDir, Chain, TestChain) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut chain = regtest_chain(dir.path());
+        let mut test = TestChain::new(Network::Regtest);
+        for _ in 0..14 {
+            let block = test.mine_empty(key(1).pubkey_hash()).clone();
+            chain.process_block(Arc::new(block), None).unwrap();
+        }
+        (dir, chain, test)
+    }
+
+    /// Spends `coin` (key(1)'s) to key(2), leaving `fee`.
+    fn spend(coin: (OutPoint, TxOut), fee: u64) -> Transaction {
+        signed_spend(
+            &[(coin.0, coin.1, &key(1))],
+            vec![TxOut {
+                amount: Amount::from_units(coin.1.amount.units() - fee),
+                owner: key(2).pubkey_hash(),
+            }],
+        )
+    }
+
+    /// The template passes the chain's full validation, signatures and
+    /// proof of work included, once solved, and connects.
+    fn assert_mines(chain: &mut Chain, template: &NodeTemplate) {
+        let mut block = template.block.clone();
+        solve_block(&mut block);
+        check_block(&block, chain.params()).unwrap();
+        check_block_contextual(
+            &block,
+            &template.ctx,
+            chain.params(),
+            chain.store(),
+            SignatureChecks::On,
+        )
+        .unwrap();
+        let outcome = chain.process_block(Arc::new(block), None).unwrap();
+        assert!(
+            matches!(outcome, BlockOutcome::Accepted { .. }),
+            "{outcome:?}"
+        );
+    }
+
+    #[test]
+    fn a_corrupted_pool_never_yields_an_invalid_template() {
+        let (_dir, mut chain, test) = funded();
+        let coins: Vec<(OutPoint, TxOut)> = test
+            .spendable(key(1).pubkey_hash())
+            .into_iter()
+            .map(|(o, u)| (o, u.output))
+            .collect();
+        let mut pool = Mempool::new(&chain, DEFAULT_MAX_MEMPOOL_BYTES);
+        let good = spend(coins[0], 10_000);
+        let parent = spend(coins[1], 1_000);
+        pool.accept(&chain, good.clone()).unwrap();
+        pool.accept(&chain, parent.clone()).unwrap();
+        // Entries the pool's own rules would never hold: a spend of an
+        // output that does not exist, and a child of `parent` paying a high
+        // fee but not linked to it, so it is chosen before its parent.
+        let missing = (
+            OutPoint::new(sha256d(b"nowhere"), 0),
+            TxOut {
+                amount: Amount::from_units(5_000_000),
+                owner: key(1).pubkey_hash(),
+            },
+        );
+        let bogus = pool.insert_unchecked(spend(missing, 1_000_000), Amount::from_units(1_000_000));
+        let child = signed_spend(
+            &[(OutPoint::new(parent.txid(), 0), parent.outputs[0], &key(2))],
+            vec![TxOut {
+                amount: Amount::from_units(parent.outputs[0].amount.units() - 500_000),
+                owner: key(3).pubkey_hash(),
+            }],
+        );
+        pool.insert_unchecked(child.clone(), Amount::from_units(500_000));
+        let (txs, fees) = pool.select_for_block(&chain, Mempool::block_space());
+        let unguarded = build_template(&chain, key(9).pubkey_hash(), 0, fees, txs).unwrap();
+        assert!(
+            check_template(&chain, &unguarded.block).is_err(),
+            "the corrupted pool yields an invalid block"
+        );
+
+        let template = node_template(&chain, &mut pool, key(9).pubkey_hash(), 0).unwrap();
+        let carried = template.block.txids()[1..].to_vec();
+        assert!(!carried.contains(&bogus) && !pool.contains(&bogus));
+        let at = |txid: Txid| carried.iter().position(|t| *t == txid).unwrap();
+        assert!(at(parent.txid()) < at(child.txid()));
+        assert!(carried.contains(&good.txid()));
+        assert_eq!(template.fees.units(), 10_000 + 1_000 + 500_000);
+        assert_mines(&mut chain, &template);
+    }
+
+    #[test]
+    fn a_template_of_a_pool_behind_a_wrong_fee_is_rebuilt() {
+        let (_dir, mut chain, test) = funded();
+        let (outpoint, utxo) = test.spendable(key(1).pubkey_hash())[0];
+        let mut pool = Mempool::new(&chain, DEFAULT_MAX_MEMPOOL_BYTES);
+        // An entry claiming more fee than it pays would let the coinbase
+        // claim too much.
+        let tx = spend((outpoint, utxo.output), 10_000);
+        pool.insert_unchecked(tx.clone(), Amount::from_units(5_000_000));
+        let template = node_template(&chain, &mut pool, key(9).pubkey_hash(), 0).unwrap();
+        assert_eq!(template.fees.units(), 10_000);
+        assert_eq!(template.block.txids()[1..], [tx.txid()]);
+        assert_mines(&mut chain, &template);
+    }
 }

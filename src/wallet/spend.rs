@@ -7,7 +7,7 @@ use crate::consensus::amount::Amount;
 use crate::consensus::keys::PrivateKey;
 use crate::consensus::transaction::{OutPoint, Transaction, TxIn, TxOut, TX_VERSION};
 use crate::encoding::Encode;
-use crate::mempool::{MAX_STANDARD_TX_SIZE, MIN_RELAY_FEE_RATE};
+use crate::mempool::{DUST_LIMIT, MAX_STANDARD_TX_SIZE, MIN_RELAY_FEE_RATE};
 
 /// The lowest fee rate the network relays, in units per byte.
 pub const MIN_FEE_RATE_PER_BYTE: u64 = MIN_RELAY_FEE_RATE.div_ceil(1000);
@@ -52,6 +52,8 @@ pub struct SpendPlan {
 pub enum SpendError {
     #[error("the amount must be more than zero")]
     ZeroAmount,
+    #[error("{units} units is below the network's dust limit of {DUST_LIMIT} units: nodes would not relay the payment")]
+    AmountBelowDust { units: u64 },
     #[error(
         "a fee rate of {0} units/byte is below the network's minimum of {MIN_FEE_RATE_PER_BYTE}"
     )]
@@ -103,8 +105,9 @@ pub fn signed_size(inputs: usize, outputs: usize) -> usize {
 /// Picks coins for `amount` under `policy`: spendable coins only (mature,
 /// not spent in the mempool), confirmed ones before unconfirmed change, and
 /// largest first within each, so the transaction stays small and rarely
-/// waits on another. Change worth less than the fee to spend it later goes to
-/// the fee instead.
+/// waits on another. Change worth less than the fee to spend it later, or
+/// below the mempool's `DUST_LIMIT`, goes to the fee instead; a payment
+/// below the dust limit is refused, as nodes would not relay it.
 pub fn plan_spend(
     coins: &[Coin],
     amount: Amount,
@@ -112,6 +115,11 @@ pub fn plan_spend(
 ) -> Result<SpendPlan, SpendError> {
     if amount == Amount::ZERO {
         return Err(SpendError::ZeroAmount);
+    }
+    if amount.units() < DUST_LIMIT {
+        return Err(SpendError::AmountBelowDust {
+            units: amount.units(),
+        });
     }
     let rate = match policy {
         FeePolicy::Rate(rate) if rate < MIN_FEE_RATE_PER_BYTE => {
@@ -124,9 +132,11 @@ pub fn plan_spend(
         FeePolicy::Fixed(fee) => fee.units(),
         FeePolicy::Rate(rate) => rate.saturating_mul(signed_size(inputs, outputs) as u64),
     };
-    // Change below what spending it would cost is not worth an output.
+    // Change below what spending it would cost is not worth an output, and
+    // change below the dust limit would make the pool refuse the payment.
     let input_size = signed_size(2, 1) - signed_size(1, 1);
-    let dust = rate.saturating_mul(input_size as u64);
+    let keeps_change =
+        |change: u64| change > rate.saturating_mul(input_size as u64) && change >= DUST_LIMIT;
 
     let mut spendable: Vec<Coin> = coins
         .iter()
@@ -157,7 +167,7 @@ pub fn plan_spend(
             .units()
             .checked_add(fee_for(count, 2))
             .ok_or(SpendError::Overflow)?;
-        if total >= with_change && total - with_change > dust {
+        if total >= with_change && keeps_change(total - with_change) {
             return Ok(SpendPlan {
                 inputs: spendable[..count].to_vec(),
                 amount,
@@ -341,6 +351,51 @@ mod tests {
     }
 
     #[test]
+    fn change_below_the_dust_limit_goes_to_the_fee() {
+        let with_change = 100_000 + signed_size(1, 2) as u64;
+        // At 1 unit/byte an input costs 133 units to spend: 300 units of
+        // change would be worth keeping, but is below the dust limit.
+        let plan = plan_spend(
+            &[coin(1, with_change + 300)],
+            Amount::from_units(100_000),
+            FeePolicy::Rate(1),
+        )
+        .unwrap();
+        assert_eq!(plan.change, None);
+        assert_eq!(plan.fee.units(), with_change + 300 - 100_000);
+        let plan = plan_spend(
+            &[coin(1, with_change + DUST_LIMIT)],
+            Amount::from_units(100_000),
+            FeePolicy::Rate(1),
+        )
+        .unwrap();
+        assert_eq!(plan.change, Some(Amount::from_units(DUST_LIMIT)));
+        // Whatever is left over beside the payment and its fee, no output
+        // is dust.
+        let policies = [
+            FeePolicy::Rate(1),
+            FeePolicy::Rate(2),
+            FeePolicy::Rate(5),
+            FeePolicy::Fixed(Amount::from_units(250)),
+        ];
+        for policy in policies {
+            let fee = match policy {
+                FeePolicy::Rate(rate) => rate * signed_size(1, 2) as u64,
+                FeePolicy::Fixed(fee) => fee.units(),
+            };
+            for extra in 0..3 * DUST_LIMIT {
+                let coins = [coin(1, 100_000 + fee + extra)];
+                let plan = plan_spend(&coins, Amount::from_units(100_000), policy).unwrap();
+                let tx = build_transaction(&plan, &crate::testkit::key(3), PubKeyHash([9; 20]));
+                assert!(
+                    tx.outputs.iter().all(|o| o.amount.units() >= DUST_LIMIT),
+                    "{policy:?} {plan:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn refusals() {
         let coins = [coin(1, 1_000)];
         assert_eq!(
@@ -348,7 +403,17 @@ mod tests {
             Err(SpendError::ZeroAmount)
         );
         assert_eq!(
-            plan_spend(&coins, Amount::from_units(1), FeePolicy::Rate(0)),
+            plan_spend(
+                &coins,
+                Amount::from_units(DUST_LIMIT - 1),
+                FeePolicy::Rate(1)
+            ),
+            Err(SpendError::AmountBelowDust {
+                units: DUST_LIMIT - 1
+            })
+        );
+        assert_eq!(
+            plan_spend(&coins, Amount::from_units(DUST_LIMIT), FeePolicy::Rate(0)),
             Err(SpendError::FeeRateTooLow(0))
         );
         let many: Vec<Coin> = (0..2_000u32)

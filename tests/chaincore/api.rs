@@ -411,6 +411,28 @@ fn miners_get_templates_and_submit_blocks_or_headers() {
             owner: key(2).pubkey_hash(),
         }],
     );
+    // An output below the dust limit is refused with its own code.
+    let dusty = signed_spend(
+        &[(outpoint, utxo.output, &key(1))],
+        vec![
+            TxOut {
+                amount: Amount::from_units(utxo.output.amount.units() - 60_000),
+                owner: key(2).pubkey_hash(),
+            },
+            TxOut {
+                amount: Amount::from_units(chaincore::mempool::DUST_LIMIT - 1),
+                owner: key(3).pubkey_hash(),
+            },
+        ],
+    );
+    refuses(
+        api,
+        "POST",
+        "/tx",
+        &hex::encode(dusty.to_bytes()),
+        400,
+        "dust",
+    );
     assert_eq!(http(api, "POST", "/tx", &hex::encode(tx.to_bytes())).0, 200);
 
     let miner = key(6).address(Network::Regtest).to_string();

@@ -268,6 +268,13 @@ pub fn check_transaction(tx: &Transaction) -> Result<(), TxError> {
 /// unique txids, and every transaction's own checks.
 pub fn check_block(block: &Block, params: &ChainParams) -> Result<(), BlockError> {
     check_header(&block.header, params)?;
+    check_block_body(block)
+}
+
+/// `check_block` without the header's proof of work: what a block template
+/// must already satisfy before it is mined (Bitcoin Core's `CheckBlock` with
+/// `fCheckPOW` off).
+pub fn check_block_body(block: &Block) -> Result<(), BlockError> {
     if block.transactions.is_empty() {
         return Err(BlockError::NoTransactions);
     }
