@@ -449,8 +449,7 @@ pub async fn address_balances(
                 let address = address_of(chain, a)?;
                 let stats = chain.store().address_stats(&address.hash)?;
                 let pending = pool.address_stats(&address.hash);
-                let unconfirmed = pending.funded_txo_sum as i128 - pending.spent_txo_sum as i128;
-                out.push(json!({ "address": a, "balance": stats.balance(), "unconfirmed": unconfirmed as i64 }));
+                out.push(json!({ "address": a, "balance": stats.balance(), "unconfirmed": pending.net() }));
             }
             Ok(Json(Value::Array(out)))
         })

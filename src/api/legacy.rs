@@ -30,7 +30,7 @@ pub async fn balance(
                 "address": a.to_string(),
                 "balance": stats.balance(),
                 "balance_cc": Amount::from_units(stats.balance()).to_string(),
-                "unconfirmed": pending.funded_txo_sum as i64 - pending.spent_txo_sum as i64,
+                "unconfirmed": pending.net(),
             })))
         })
         .await

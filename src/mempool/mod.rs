@@ -162,14 +162,26 @@ fn fee_rate(fee: Amount, size: usize) -> u64 {
     fee.units().saturating_mul(1000) / size.max(1) as u64
 }
 
-/// Pending (unconfirmed) totals of one address, in esplora's terms.
+/// Pending (unconfirmed) totals of one address, in esplora's terms. The
+/// sums are u128, as the confirmed ones: pool transactions can pass the
+/// same coins through one address many times.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct PendingStats {
     pub funded_txo_count: u64,
-    pub funded_txo_sum: u64,
+    pub funded_txo_sum: u128,
     pub spent_txo_count: u64,
-    pub spent_txo_sum: u64,
+    pub spent_txo_sum: u128,
     pub tx_count: u64,
+}
+
+impl PendingStats {
+    /// What the pool adds to (or takes from) the confirmed balance. Every
+    /// unit it adds is an unspent pool output and every unit it takes a
+    /// confirmed or pool output, so it stays within ±MAX_MONEY.
+    pub fn net(&self) -> i64 {
+        let net = self.funded_txo_sum as i128 - self.spent_txo_sum as i128;
+        i64::try_from(net).expect("a pending balance change is within the money supply")
+    }
 }
 
 pub struct Mempool {
@@ -690,11 +702,11 @@ impl Mempool {
         for entry in self.owner_entries(owner) {
             for output in entry.tx.outputs.iter().filter(|o| o.owner == *owner) {
                 stats.funded_txo_count += 1;
-                stats.funded_txo_sum += output.amount.units();
+                stats.funded_txo_sum += u128::from(output.amount.units());
             }
             for spent in entry.spent.iter().filter(|o| o.owner == *owner) {
                 stats.spent_txo_count += 1;
-                stats.spent_txo_sum += spent.amount.units();
+                stats.spent_txo_sum += u128::from(spent.amount.units());
             }
             stats.tx_count += 1;
         }
