@@ -971,6 +971,18 @@ impl Protocol {
         if headers.is_empty() {
             return;
         }
+        // Each header must build on the one before it: only then do the
+        // batch's claimed work and its last header speak for all of it.
+        let hashes: Vec<BlockHash> = headers.iter().map(|h| h.hash()).collect();
+        if headers
+            .iter()
+            .skip(1)
+            .zip(&hashes)
+            .any(|(header, prev)| header.prev_hash != *prev)
+        {
+            self.misbehaving(id, "non_continuous_headers", actions);
+            return;
+        }
         let clock_now = self.chain_clock_now();
         let peer = self.peers.get_mut(&id).expect("checked");
         if let Some(sync) = peer.headers_sync.as_mut() {
@@ -990,7 +1002,7 @@ impl Protocol {
         let presync = {
             let chain = self.chain.lock().expect("chain lock");
             let known_last = chain
-                .index_entry(&headers[headers.len() - 1].hash())
+                .index_entry(&hashes[hashes.len() - 1])
                 .is_some_and(|e| !e.is_failed());
             match chain.index_entry(&headers[0].prev_hash) {
                 Some(parent) if !known_last => {

@@ -568,3 +568,18 @@ fn inventory_of_unknown_kinds_is_ignored() {
     }
     assert!(!h.protocol.has_pending_getdata());
 }
+
+#[test]
+fn non_continuous_headers_are_a_violation_and_index_nothing() {
+    let mut h = harness_with(&[], requiring_work_of(1_000));
+    ready_inbound(&mut h, 1);
+    // A low-work header slipped in front of a known one (genesis) must not
+    // pass as "already known".
+    let low = regtest_headers(1, 4)[0];
+    let genesis = Network::Regtest.params().genesis_block().header;
+    let actions = h
+        .protocol
+        .on_message(1, Message::Headers(vec![low, genesis]), h.now);
+    assert_eq!(disconnected(&actions, 1), Some("non_continuous_headers"));
+    assert_eq!(index_len(&h), 1);
+}
