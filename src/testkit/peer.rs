@@ -6,6 +6,7 @@
 //! timeout, stop reading for good while keeping the socket open, measure
 //! `ping` round trips and tell whether the node closed the connection.
 
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,9 +18,9 @@ use bytes::BytesMut;
 use tokio_util::codec::Decoder;
 
 use crate::consensus::params::Network;
-use crate::wire::constants::{MAX_PAYLOAD, PROTOCOL_VERSION};
+use crate::wire::constants::{MAX_ADDR_ENTRIES, MAX_PAYLOAD, PROTOCOL_VERSION};
 use crate::wire::frame::{encode_frame, FrameCodec, FrameError};
-use crate::wire::message::{Message, MessageError, Version};
+use crate::wire::message::{AddrEntry, Message, MessageError, Version};
 
 /// Bytes asked of the socket per read.
 const READ_CHUNK: usize = 64 * 1024;
@@ -343,48 +344,108 @@ impl PingStats {
     }
 }
 
-/// A thread that pings the node through one peer at a steady pace until
-/// stopped: an observer of how responsive the node stays.
+/// A thread that pings the node through one peer on a fixed schedule until
+/// stopped: an observer of how responsive the node stays. Pings go out on
+/// time whether or not earlier ones were answered, so a node that stalls
+/// for 10 s leaves 10 s worth of slow pings in the figures, not one.
 pub struct Pinger {
     stop: Arc<AtomicBool>,
     thread: JoinHandle<PingStats>,
 }
 
 impl Pinger {
-    /// Starts pinging through `peer` (handshake done) every `every`,
-    /// waiting up to `timeout` for each answer.
+    /// Starts pinging through `peer` (handshake done) every `every`; a ping
+    /// unanswered after `timeout` counts as `timeout` and unanswered.
     pub fn start(mut peer: HostilePeer, every: Duration, timeout: Duration) -> Pinger {
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = stop.clone();
         let thread = std::thread::spawn(move || {
             let mut stats = PingStats::default();
-            while !stopping.load(Ordering::Relaxed) {
-                match peer.ping(timeout) {
-                    Ok(rtt) => stats.rtts.push(rtt),
-                    Err(PeerError::Timeout { .. }) => {
-                        stats.rtts.push(timeout);
-                        stats.unanswered += 1;
-                    }
-                    Err(_) => {
-                        // The node dropped the observer: the worst answer.
-                        stats.rtts.push(timeout);
-                        stats.unanswered += 1;
-                        break;
-                    }
+            let mut pending: HashMap<u64, Instant> = HashMap::new();
+            let mut next = Instant::now();
+            let mut open = true;
+            // Ping until stopped, then wait (up to `timeout`) for the
+            // answers still owed.
+            let mut until: Option<Instant> = None;
+            while open && until.is_none_or(|u| Instant::now() < u && !pending.is_empty()) {
+                if until.is_none() && stopping.load(Ordering::Relaxed) {
+                    until = Some(Instant::now() + timeout);
+                    continue;
                 }
-                std::thread::sleep(every);
+                let now = Instant::now();
+                if until.is_none() && now >= next {
+                    let nonce: u64 = rand::random();
+                    open = peer.send(&Message::Ping(nonce)).is_ok();
+                    pending.insert(nonce, now);
+                    next = (next + every).max(now);
+                }
+                let wait = match until {
+                    Some(u) => u,
+                    None => next,
+                }
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1));
+                match peer.receive(wait) {
+                    Ok(Some(Message::Pong(nonce))) => {
+                        if let Some(sent) = pending.remove(&nonce) {
+                            stats.rtts.push(sent.elapsed());
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => open = false,
+                }
+                pending.retain(|_, sent| {
+                    let late = sent.elapsed() > timeout;
+                    if late {
+                        stats.rtts.push(timeout);
+                        stats.unanswered += 1;
+                    }
+                    !late
+                });
             }
+            // Never answered: the node stopped answering or dropped us.
+            stats.unanswered += pending.len();
+            stats.rtts.extend(pending.values().map(|_| timeout));
             stats.rtts.sort();
             stats
         });
         Pinger { stop, thread }
     }
 
-    /// Stops pinging (after the ping in progress) and returns the figures.
+    /// Stops pinging, waits for the answers still owed (up to the ping
+    /// timeout) and returns the figures.
     pub fn stop(self) -> PingStats {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.join().expect("pinger thread")
     }
+}
+
+/// Message `m` of an `addr` flood: `MAX_ADDR_ENTRIES` loopback addresses
+/// that no other message of the flood repeats, spread over the /16 groups
+/// 127.1 to 127.200 (`is_flood_address`), all claiming to have been seen at
+/// the end of time (`u32::MAX`).
+pub fn addr_flood_message(m: usize) -> Message {
+    Message::Addr(
+        (0..MAX_ADDR_ENTRIES)
+            .map(|j| {
+                let k = m * MAX_ADDR_ENTRIES + j;
+                let (group, rest) = (1 + k % 200, k / 200);
+                AddrEntry {
+                    time: u32::MAX,
+                    services: 1,
+                    addr: SocketAddr::from((
+                        [127, group as u8, (rest >> 8) as u8, rest as u8],
+                        18444,
+                    )),
+                }
+            })
+            .collect(),
+    )
+}
+
+/// Whether `addr` is one `addr_flood_message` sends.
+pub fn is_flood_address(addr: &SocketAddr) -> bool {
+    matches!(addr.ip(), IpAddr::V4(ip) if ip.is_loopback() && (1..=200).contains(&ip.octets()[1]))
 }
 
 /// Unix seconds now.
@@ -571,6 +632,67 @@ mod tests {
         assert!(written > 0);
         let took = peer.wait_closed(WAIT);
         assert!(took.is_some(), "the close was not seen");
+    }
+
+    #[test]
+    fn addr_flood_messages_are_full_distinct_and_recognised() {
+        let mut seen = std::collections::HashSet::new();
+        for m in 0..300 {
+            let Message::Addr(entries) = addr_flood_message(m) else {
+                unreachable!()
+            };
+            assert_eq!(entries.len(), MAX_ADDR_ENTRIES);
+            for e in entries {
+                assert!(is_flood_address(&e.addr), "{}", e.addr);
+                assert_eq!(e.time, u32::MAX);
+                assert!(seen.insert(e.addr), "{} repeated", e.addr);
+            }
+        }
+        let groups: std::collections::HashSet<u8> = seen
+            .iter()
+            .map(|a| match a.ip() {
+                IpAddr::V4(ip) => ip.octets()[1],
+                IpAddr::V6(_) => unreachable!(),
+            })
+            .collect();
+        assert_eq!(groups.len(), 200);
+        assert!(!is_flood_address(&"127.0.0.1:1".parse().unwrap()));
+        assert!(!is_flood_address(&"127.201.0.1:1".parse().unwrap()));
+    }
+
+    #[test]
+    fn the_pinger_keeps_its_schedule_while_the_node_stalls() {
+        let (addr, node) = fake_node(|mut node, _| {
+            answer_handshake(&mut node);
+            // Answer promptly, except one stall of 500 ms.
+            let start = Instant::now();
+            let mut stalled = false;
+            while let Ok(Some(m)) = node.receive(WAIT) {
+                if !stalled && start.elapsed() > Duration::from_millis(200) {
+                    stalled = true;
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                if let Message::Ping(n) = m {
+                    node.send(&Message::Pong(n)).unwrap();
+                }
+            }
+        });
+        let mut peer = HostilePeer::connect(addr, NET).unwrap();
+        peer.handshake(&Hello::default(), WAIT).unwrap();
+        let pinger = Pinger::start(peer, Duration::from_millis(20), WAIT);
+        std::thread::sleep(Duration::from_millis(1_200));
+        let stats = pinger.stop();
+        node.join().unwrap();
+        assert_eq!(stats.unanswered, 0);
+        assert!(stats.rtts.len() > 30, "{} pings", stats.rtts.len());
+        // About 25 pings were sent during the stall, and each waited.
+        let slow = stats
+            .rtts
+            .iter()
+            .filter(|r| **r > Duration::from_millis(100))
+            .count();
+        assert!(slow >= 10, "only {slow} slow pings: {:?}", stats.rtts);
+        assert!(stats.max() >= Duration::from_millis(400));
     }
 
     #[test]

@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 use chaincore::consensus::hash::Hash256;
 use chaincore::consensus::params::Network;
 use chaincore::p2p::protocol::MAX_INBOUND;
-use chaincore::testkit::peer::{unix_now, Hello, HostilePeer, PeerError, Pinger};
+use chaincore::testkit::peer::{
+    addr_flood_message, is_flood_address, unix_now, Hello, HostilePeer, PeerError, Pinger,
+};
 use chaincore::testkit::process::Node;
 use chaincore::testkit::{big_block_chain, busy_chain, header_chain};
 use chaincore::wire::constants::MAX_ADDR_ENTRIES;
@@ -177,32 +179,6 @@ fn a_peer_that_stops_reading_is_dropped_within_the_timeout() {
     node.fail_if_exited();
 }
 
-/// Message `m` of an addr flood: `MAX_ADDR_ENTRIES` addresses no other
-/// message of the flood repeats, spread over the groups 127.1 to 127.200,
-/// all claiming to have been seen at the end of time.
-fn flood_message(m: usize) -> Message {
-    Message::Addr(
-        (0..MAX_ADDR_ENTRIES)
-            .map(|j| {
-                let k = m * MAX_ADDR_ENTRIES + j;
-                let (group, rest) = (1 + k % 200, k / 200);
-                AddrEntry {
-                    time: u32::MAX,
-                    services: 1,
-                    addr: SocketAddr::from((
-                        [127, group as u8, (rest >> 8) as u8, rest as u8],
-                        18444,
-                    )),
-                }
-            })
-            .collect(),
-    )
-}
-
-fn is_flood_address(addr: &SocketAddr) -> bool {
-    matches!(addr.ip(), IpAddr::V4(ip) if (1..=200).contains(&ip.octets()[1]))
-}
-
 /// Honest address `i`: groups 127.201 to 127.250, seen an hour ago.
 fn honest_entry(i: usize, now: u64) -> AddrEntry {
     AddrEntry {
@@ -221,7 +197,7 @@ fn is_honest_address(addr: &SocketAddr) -> bool {
 /// flooder.
 fn flood_addr(flooder: &mut HostilePeer) {
     for m in 0..ADDR_FLOOD_MESSAGES {
-        if let Err(e) = flooder.send(&flood_message(m)) {
+        if let Err(e) = flooder.send(&addr_flood_message(m)) {
             assert!(matches!(e, PeerError::Closed), "flooding: {e}");
             return;
         }
