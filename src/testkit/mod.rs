@@ -314,6 +314,50 @@ pub fn fan_out_chain(utxos: usize, owner_of: impl Fn(usize) -> PubKeyHash + Sync
     chain
 }
 
+/// Outputs of the single transaction in `big_block_chain`'s last block:
+/// as many as fit in a block beside the header, the coinbase and the
+/// spend's input, with room to spare.
+pub const BIG_BLOCK_OUTPUTS: usize =
+    (crate::consensus::limits::MAX_BLOCK_SIZE - 4_000) / crate::consensus::limits::OUTPUT_LEN;
+
+/// A regtest chain whose tip is a block of almost `MAX_BLOCK_SIZE` bytes:
+/// `coinbase_maturity + 1` empty blocks mined to key(1), then one block
+/// with one transaction spending the first coinbase into
+/// `BIG_BLOCK_OUTPUTS` outputs of 1 000 units (the first takes the change).
+pub fn big_block_chain() -> TestChain {
+    const OUTPUT_VALUE: u64 = 1_000;
+    const FEE: u64 = 10_000;
+    let owner = key(1);
+    let mut chain = TestChain::new(Network::Regtest);
+    for _ in 0..=chain.params.coinbase_maturity {
+        chain.mine_empty(owner.pubkey_hash());
+    }
+    let coinbase = chain.blocks[1].transactions[0].clone();
+    let mut outputs = vec![
+        TxOut {
+            amount: Amount::from_units(OUTPUT_VALUE),
+            owner: owner.pubkey_hash(),
+        };
+        BIG_BLOCK_OUTPUTS
+    ];
+    outputs[0].amount = Amount::from_units(
+        coinbase.outputs[0].amount.units() - OUTPUT_VALUE * (BIG_BLOCK_OUTPUTS as u64 - 1) - FEE,
+    );
+    let spend = signed_spend(
+        &[(
+            OutPoint::new(coinbase.txid(), 0),
+            coinbase.outputs[0],
+            &owner,
+        )],
+        outputs,
+    );
+    let block = chain.build_block(owner.pubkey_hash(), vec![spend]);
+    chain.apply(block);
+    chain
+}
+
+#[cfg(feature = "node")]
+pub mod peer;
 pub mod process;
 
 /// A regtest chain in `dir`, without fsync per block (tests and benchmarks).
@@ -366,4 +410,22 @@ pub fn header_chain(
         headers.push(header);
     }
     headers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consensus::limits::MAX_BLOCK_SIZE;
+    use crate::encoding::Encode;
+
+    #[test]
+    fn big_block_chain_ends_in_a_valid_block_of_almost_the_size_limit() {
+        let chain = big_block_chain();
+        let big = chain.tip();
+        let size = big.encoded_len();
+        assert!(size <= MAX_BLOCK_SIZE, "{size} bytes");
+        assert!(size > MAX_BLOCK_SIZE - 5_000, "{size} bytes");
+        crate::consensus::validation::check_block(big, chain.params).unwrap();
+        assert_eq!(big.transactions[1].outputs.len(), BIG_BLOCK_OUTPUTS);
+    }
 }

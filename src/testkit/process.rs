@@ -95,6 +95,50 @@ impl Node {
     }
 }
 
+/// A process's resident memory, from `/proc/<pid>/status`, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Memory {
+    /// Resident now (`VmRSS`).
+    pub rss: u64,
+    /// Highest resident since start or the last `reset_peak_memory`
+    /// (`VmHWM`).
+    pub peak: u64,
+}
+
+/// The resident memory of process `pid`, or `None` if it is gone.
+pub fn process_memory(pid: u32) -> Option<Memory> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib = |name: &str| -> Option<u64> {
+        let line = status.lines().find(|l| l.starts_with(name))?;
+        line[name.len()..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .map(|k| k * 1024)
+    };
+    Some(Memory {
+        rss: kib("VmRSS:")?,
+        peak: kib("VmHWM:")?,
+    })
+}
+
+impl Node {
+    /// The node's resident memory now and at its peak.
+    pub fn memory(&self) -> Memory {
+        process_memory(self.child.id()).expect("the node's /proc status is readable")
+    }
+
+    /// Restarts the node's peak (`VmHWM`) from its current resident size
+    /// (Linux: writing 5 to `/proc/<pid>/clear_refs`), so that a peak read
+    /// later belongs to what happened in between.
+    pub fn reset_peak_memory(&self) {
+        std::fs::write(format!("/proc/{}/clear_refs", self.child.id()), "5")
+            .expect("reset the node's peak resident memory");
+    }
+}
+
 /// The value of `field=` in a log line.
 pub fn log_field<'a>(line: &'a str, field: &str) -> Option<&'a str> {
     let start = line.find(&format!("{field}="))? + field.len() + 1;
