@@ -10,6 +10,7 @@ mod dissector;
 mod mempool;
 mod mirror;
 mod p2p;
+mod pg_server;
 mod schema;
 mod spec;
 mod vectors;
