@@ -125,10 +125,10 @@ async fn tip_and_reorg_at_scale(
     client
         .execute(
             "INSERT INTO outputs (txid, vout, block_height, address, amount, coinbase, spent_by_txid, spent_height)
-             SELECT decode(md5('o' || n), 'hex'), 0, n % ($2 + 1), 'filler' || (n % 100000), 1000, FALSE,
+             SELECT decode(md5('o' || n), 'hex'), 0, n % ($2::bigint + 1), 'filler' || (n % 100000), 1000, FALSE,
                     CASE WHEN n % 2 = 0 THEN decode(md5('i' || n), 'hex') END,
-                    CASE WHEN n % 2 = 0 THEN n % ($2 + 1) END
-             FROM generate_series(1, $1) AS n",
+                    CASE WHEN n % 2 = 0 THEN n % ($2::bigint + 1) END
+             FROM generate_series(1, $1::bigint) AS n",
             &[&(filler as i64), &i64::from(loaded)],
         )
         .await
@@ -136,9 +136,9 @@ async fn tip_and_reorg_at_scale(
     client
         .execute(
             "INSERT INTO inputs (txid, vin, block_height, prev_txid, prev_vout, address, amount)
-             SELECT decode(md5('i' || n), 'hex'), 0, n % ($2 + 1), decode(md5('p' || n), 'hex'), 0,
+             SELECT decode(md5('i' || n), 'hex'), 0, n % ($2::bigint + 1), decode(md5('p' || n), 'hex'), 0,
                     'filler' || (n % 100000), 1000
-             FROM generate_series(1, $1) AS n",
+             FROM generate_series(1, $1::bigint) AS n",
             &[&(filler as i64), &i64::from(loaded)],
         )
         .await

@@ -20,7 +20,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::pin_mut;
+use futures_util::{pin_mut, FutureExt};
 use tokio::sync::Notify;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
@@ -93,6 +93,8 @@ pub enum MirrorError {
     Timeout(Duration),
     #[error("no rows to load")]
     Empty,
+    #[error("the mirror task panicked ({0}); restarting it")]
+    Panicked(String),
 }
 
 /// The server's own message (severity, text, code, detail, hint) for a
@@ -777,7 +779,8 @@ pub async fn run(
         *s = s.clone().at_tip(tip);
     };
     loop {
-        let result: Result<(), MirrorError> = async {
+        let result = async {
+            let outcome: Result<(), MirrorError> = async {
             let mut client = connect(&url, network).await?;
             status.lock().expect("status lock").connected = true;
             tracing::info!("mirror connected to PostgreSQL");
@@ -815,8 +818,23 @@ pub async fn run(
                     let _ = tokio::time::timeout(IDLE_POLL, wake.notified()).await;
                 }
             }
-        }
-        .await;
+            }
+            .await;
+            outcome
+        };
+        // A bug must not leave the mirror dead while /status looks fine:
+        // a panic is reported like any failure, and the mirror retries.
+        let result = std::panic::AssertUnwindSafe(result)
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                Err(MirrorError::Panicked(message))
+            });
         if let Err(error) = result {
             refresh_lag(&status, tip_height(&store));
             let lag = status.lock().expect("status lock").lag;

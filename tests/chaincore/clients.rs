@@ -710,17 +710,35 @@ fn mine_submits_a_900_kb_block() {
     }
     assert!(total > 880_000, "{total} bytes of transactions");
     let miner = key(2).address(Network::Regtest).to_string();
-    run_ok(&[
-        "mine",
-        "--node",
-        &format!("http://{api}"),
-        "--address",
-        &miner,
-        "--blocks",
-        "1",
-        "--threads",
-        "1",
-    ]);
+    // The miner keeps mining until a block is accepted: a refused block
+    // would keep it running, so it gets a deadline.
+    let mut mine = chaincore()
+        .args([
+            "mine",
+            "--node",
+            &format!("http://{api}"),
+            "--address",
+            &miner,
+        ])
+        .args(["--blocks", "1", "--threads", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = mine.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            mine.kill().unwrap();
+            let mut log = String::new();
+            std::io::Read::read_to_string(&mut mine.stderr.take().unwrap(), &mut log).unwrap();
+            panic!("chaincore mine found no accepted block in 120 s:\n{log}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success());
     assert_eq!(height(api), 21);
     let tip = http(api, "GET", "/blocks/tip/hash", "").1;
     let block = get_json(api, &format!("/block/{tip}"));
