@@ -46,6 +46,15 @@ if ! pg_isready -q -h "$pg_host" -p "$pg_port"; then
   }
 fi
 
+# The PostgreSQL fault test starts and stops a server of its own (initdb and
+# pg_ctl from Debian's server package; as root it runs them as the
+# `postgres` user through runuser): install the package even when a server
+# already answers at the URL.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  apt_install postgresql
+fi
+command -v runuser >/dev/null 2>&1 || apt_install util-linux
+
 # Schemathesis (from PyPI, pinned) for the REST contract test, in a venv of
 # its own so the system Python stays untouched.
 venv="${CHAINCORE_VENV:-/var/tmp/chaincore-venv}"

@@ -1,6 +1,12 @@
-//! Endpoints that change the node (peers): allowed from loopback, or from
+//! Endpoints that change the node (peers): allowed from loopback when the
+//! request names a loopback host and did not come through a proxy, or from
 //! anywhere with the operator's token (`--api-admin-token`) as
 //! `Authorization: Bearer TOKEN`.
+//!
+//! A loopback connection alone proves little: a web page can reach the API
+//! through DNS rebinding (the browser connects to 127.0.0.1 but sends
+//! `Host: attacker.example`), and a local reverse proxy makes every remote
+//! client look local. Both are refused without the token.
 
 use std::net::SocketAddr;
 
@@ -13,20 +19,61 @@ use serde_json::{json, Value};
 use super::extract::Path;
 use super::{ApiError, ApiState};
 
-/// Whether a request may use admin endpoints: it comes from loopback, or it
-/// carries the configured token.
+/// Whether `host` (a `Host` header: name or IP, optional port) names this
+/// machine's loopback interface.
+pub fn is_loopback_host(host: &str) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        // [IPv6]:port
+        match rest.split_once(']') {
+            Some((ip, tail)) if tail.is_empty() || tail.starts_with(':') => ip,
+            _ => return false,
+        }
+    } else {
+        match host.rsplit_once(':') {
+            Some((name, port))
+                if !name.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                name
+            }
+            Some(_) => return false,
+            None => host,
+        }
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Headers a reverse proxy adds: a request carrying one was relayed.
+const PROXY_HEADERS: [&str; 4] = [
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-real-ip",
+];
+
+/// Whether a request may use admin endpoints: it carries the configured
+/// token, or it comes from loopback, names a loopback host and carries no
+/// proxy header.
 pub fn is_admin(peer: &SocketAddr, headers: &HeaderMap, token: Option<&str>) -> bool {
-    if peer.ip().is_loopback() {
+    let has_token = token.filter(|t| !t.is_empty()).is_some_and(|token| {
+        headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|given| constant_time_eq(given.as_bytes(), token.as_bytes()))
+    });
+    if has_token {
         return true;
     }
-    let Some(token) = token.filter(|t| !t.is_empty()) else {
-        return false;
-    };
-    headers
-        .get(axum::http::header::AUTHORIZATION)
+    let host_is_loopback = headers
+        .get(axum::http::header::HOST)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|given| constant_time_eq(given.as_bytes(), token.as_bytes()))
+        .is_some_and(is_loopback_host);
+    peer.ip().is_loopback()
+        && host_is_loopback
+        && !PROXY_HEADERS.iter().any(|h| headers.contains_key(*h))
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -40,7 +87,7 @@ fn require_admin(state: &ApiState, peer: &SocketAddr, headers: &HeaderMap) -> Re
         Err(ApiError {
             status: StatusCode::FORBIDDEN,
             code: "admin-only",
-            message: "this endpoint needs a loopback client or the admin token".into(),
+            message: "this endpoint needs the admin token, or a loopback client naming a loopback host (Host: 127.0.0.1, [::1] or localhost) without a proxy".into(),
         })
     }
 }
@@ -86,15 +133,21 @@ pub async fn remove_peer(
 mod tests {
     use super::*;
 
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.insert(*name, value.parse().unwrap());
+        }
+        map
+    }
+
     #[test]
     fn admin_needs_loopback_or_the_token() {
         let local: SocketAddr = "127.0.0.1:5000".parse().unwrap();
         let remote: SocketAddr = "192.0.2.1:5000".parse().unwrap();
-        let none = HeaderMap::new();
-        let mut good = HeaderMap::new();
-        good.insert("authorization", "Bearer s3cret".parse().unwrap());
-        let mut bad = HeaderMap::new();
-        bad.insert("authorization", "Bearer guess".parse().unwrap());
+        let none = headers(&[("host", "127.0.0.1:18444")]);
+        let good = headers(&[("authorization", "Bearer s3cret")]);
+        let bad = headers(&[("authorization", "Bearer guess")]);
         assert!(is_admin(&local, &none, None));
         assert!(!is_admin(&remote, &none, None));
         assert!(
@@ -105,5 +158,52 @@ mod tests {
         assert!(!is_admin(&remote, &bad, Some("s3cret")));
         assert!(!is_admin(&remote, &none, Some("s3cret")));
         assert!(!is_admin(&remote, &good, Some("")));
+    }
+
+    /// DNS rebinding and local proxies: loopback connections whose `Host`
+    /// is not a loopback name, or that were relayed, need the token.
+    #[test]
+    fn loopback_with_a_foreign_host_or_through_a_proxy_needs_the_token() {
+        let local: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        for host in [
+            "localhost",
+            "LOCALHOST:80",
+            "127.0.0.1",
+            "127.0.0.1:18444",
+            "[::1]:18444",
+            "[::1]",
+            "127.1.2.3:1",
+        ] {
+            assert!(
+                is_admin(&local, &headers(&[("host", host)]), None),
+                "{host}"
+            );
+        }
+        for host in [
+            "attacker.example",
+            "attacker.example:18444",
+            "localhost.attacker.example",
+            "127.0.0.1.nip.io:18444",
+            "[::1]x",
+            "0.0.0.0:18444",
+            "",
+        ] {
+            assert!(
+                !is_admin(&local, &headers(&[("host", host)]), None),
+                "{host:?}"
+            );
+        }
+        assert!(!is_admin(&local, &HeaderMap::new(), None), "no Host at all");
+        let proxied = headers(&[
+            ("host", "127.0.0.1:18444"),
+            ("x-forwarded-for", "198.51.100.7"),
+        ]);
+        assert!(!is_admin(&local, &proxied, None));
+        let proxied_with_token = headers(&[
+            ("host", "node.example"),
+            ("forwarded", "for=198.51.100.7"),
+            ("authorization", "Bearer s3cret"),
+        ]);
+        assert!(is_admin(&local, &proxied_with_token, Some("s3cret")));
     }
 }

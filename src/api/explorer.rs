@@ -28,8 +28,6 @@ pub const DEFAULT_ADDRESS_PAGE: usize = 100;
 pub const MAX_ADDRESS_PAGE: usize = 1000;
 /// Addresses one `POST /addresses/balances` may ask about.
 pub const MAX_BATCH_ADDRESSES: usize = 1000;
-/// Blocks this deep are treated as final for HTTP caching.
-pub const IMMUTABLE_DEPTH: u32 = 6;
 
 fn parse_hash(s: &str, what: &'static str) -> Result<Hash256, ApiError> {
     s.parse()
@@ -59,20 +57,15 @@ fn block_json(chain: &Chain, hash: &BlockHash) -> Result<Value, ApiError> {
     }))
 }
 
-/// Deep blocks never change: let clients and proxies cache them.
-fn cached(json: Value, immutable: bool) -> Response {
-    let control = if immutable {
-        "public, max-age=31536000, immutable"
-    } else {
-        "no-cache"
-    };
-    ([(header::CACHE_CONTROL, control)], Json(json)).into_response()
-}
+/// What is named by its hash (a header, a block's transactions) never
+/// changes: clients and proxies may keep it. Everything else (a block's
+/// `confirmations` and `in_best_chain`, anything by height) changes with
+/// the chain and is revalidated.
+const IMMUTABLE: &str = "public, max-age=31536000, immutable";
+const REVALIDATE: &str = "no-cache";
 
-fn is_deep(chain: &Chain, hash: &BlockHash) -> bool {
-    chain
-        .index_entry(hash)
-        .is_some_and(|e| chain.is_active(hash) && chain.height() >= e.height + IMMUTABLE_DEPTH)
+fn with_cache_control(control: &'static str, body: impl IntoResponse) -> Response {
+    ([(header::CACHE_CONTROL, control)], body).into_response()
 }
 
 pub async fn tip_block(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
@@ -121,21 +114,29 @@ pub async fn block(
 ) -> Result<Response, ApiError> {
     let hash = parse_hash(&hash, "invalid-hash")?;
     state
-        .with_state(move |chain, _| Ok(cached(block_json(chain, &hash)?, is_deep(chain, &hash))))
+        .with_state(move |chain, _| {
+            Ok(with_cache_control(
+                REVALIDATE,
+                Json(block_json(chain, &hash)?),
+            ))
+        })
         .await
 }
 
 pub async fn block_header(
     State(state): State<ApiState>,
     Path(hash): Path<String>,
-) -> Result<String, ApiError> {
+) -> Result<Response, ApiError> {
     let hash = parse_hash(&hash, "invalid-hash")?;
     state
         .with_state(move |chain, _| {
             let entry = chain
                 .index_entry(&hash)
                 .ok_or_else(|| ApiError::not_found(format!("block {hash} not found")))?;
-            Ok(hex::encode(entry.header.to_array()))
+            Ok(with_cache_control(
+                IMMUTABLE,
+                hex::encode(entry.header.to_array()),
+            ))
         })
         .await
 }
@@ -169,7 +170,7 @@ pub async fn block_txs(
     State(state): State<ApiState>,
     Path(hash): Path<String>,
     Query(q): Query<CursorQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let hash = parse_hash(&hash, "invalid-hash")?;
     let start: usize = match q.cursor.as_deref() {
         None | Some("") => 0,
@@ -191,10 +192,14 @@ pub async fn block_txs(
                 .map(|tx| json!({ "txid": tx.txid(), "size": tx.encoded_len(), "hex": hex::encode(tx.to_bytes()) }))
                 .collect();
             let next = start + txs.len();
-            Ok(Json(json!({
-                "txs": txs,
-                "next_cursor": (next < block.transactions.len()).then(|| next.to_string()),
-            })))
+            // A block's transactions are fixed by its hash.
+            Ok(with_cache_control(
+                IMMUTABLE,
+                Json(json!({
+                    "txs": txs,
+                    "next_cursor": (next < block.transactions.len()).then(|| next.to_string()),
+                })),
+            ))
         })
         .await
 }
@@ -354,7 +359,11 @@ pub async fn address_utxo(
                 let (o, _, _) = utxos[limit - 1];
                 format!("{}:{}", o.txid, o.vout)
             });
-            Ok(Json(json!({ "utxos": page, "next_cursor": next })))
+            // The tip this page was read at: a client paging through many
+            // UTXOs restarts when it changes between pages.
+            Ok(Json(
+                json!({ "utxos": page, "next_cursor": next, "tip": chain.tip().hash }),
+            ))
         })
         .await
 }
@@ -363,22 +372,46 @@ pub async fn address_utxo(
 /// limit).
 pub const MAX_ADDRESS_MEMPOOL_TXS: usize = 50;
 
-/// `GET /address/{address}/txs/mempool`: the address's unconfirmed
-/// transactions, oldest first, in `/tx/{txid}`'s shape.
+#[derive(Debug, Deserialize)]
+pub struct MempoolTxsQuery {
+    /// `FIRST_SEEN:TXID` of the last transaction of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// `GET /address/{address}/txs/mempool?cursor=FIRST_SEEN:TXID`: the
+/// address's unconfirmed transactions, newest first (as esplora), at most
+/// `MAX_ADDRESS_MEMPOOL_TXS`, in `/tx/{txid}`'s shape plus `first_seen`
+/// (Unix seconds). A full page may be followed by the next one: pass the
+/// last entry's `first_seen` and `txid` as the cursor.
 pub async fn address_mempool_txs(
     State(state): State<ApiState>,
     Path(address): Path<String>,
+    Query(q): Query<MempoolTxsQuery>,
 ) -> Result<Json<Value>, ApiError> {
+    let before: Option<(u32, Hash256)> = match q.cursor.as_deref() {
+        None | Some("") => None,
+        Some(c) => Some(
+            c.split_once(':')
+                .and_then(|(time, txid)| Some((time.parse().ok()?, txid.parse().ok()?)))
+                .ok_or_else(|| {
+                    ApiError::bad_request("invalid-cursor", format!("{c:?} is not FIRST_SEEN:TXID"))
+                })?,
+        ),
+    };
     state
         .with_state(move |chain, pool| {
             let address = address_of(chain, &address)?;
             let network = chain.params().network;
-            let txs: Vec<Value> = pool
-                .address_entries(&address.hash, MAX_ADDRESS_MEMPOOL_TXS)
+            let mut entries = pool.address_entries(&address.hash, usize::MAX);
+            entries.retain(|e| before.is_none_or(|key| (e.time, e.txid) < key));
+            entries.sort_by_key(|e| std::cmp::Reverse((e.time, e.txid)));
+            let txs: Vec<Value> = entries
                 .into_iter()
+                .take(MAX_ADDRESS_MEMPOOL_TXS)
                 .map(|entry| {
                     let mut tx = super::handlers::tx_json(network, &entry.tx, &entry.spent);
                     tx["status"] = json!({ "confirmed": false });
+                    tx["first_seen"] = json!(entry.time);
                     tx
                 })
                 .collect();

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 
 use axum::extract::State;
+use axum::response::Response;
 use axum::Json;
 use serde_json::{json, Value};
 
@@ -38,13 +39,17 @@ pub async fn status(State(state): State<ApiState>) -> Result<Json<Value>, ApiErr
     let network = state.network.status();
     let uptime = state.started.elapsed().as_secs();
     let hashrate = state.hashrate.load(std::sync::atomic::Ordering::Relaxed);
-    let mirror = state
-        .mirror
-        .as_ref()
-        .map(|m| m.lock().expect("mirror status lock").clone());
+    let mirror = state.mirror.clone();
     state
         .with_state(move |chain, pool| {
             let tip = chain.tip();
+            // The lag against this very tip, whatever the mirror is doing.
+            let mirror = mirror.map(|m| {
+                m.lock()
+                    .expect("mirror status lock")
+                    .clone()
+                    .at_tip(tip.height)
+            });
             let (best_header, header_height) = chain.best_header();
             Ok(Json(json!({
                 "network": chain.params().network,
@@ -85,11 +90,12 @@ pub async fn tip_hash(State(state): State<ApiState>) -> Result<String, ApiError>
         .await
 }
 
-pub async fn mempool_summary(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
+pub async fn mempool_summary(State(state): State<ApiState>) -> Result<Response, ApiError> {
     state
-        .with_state(|_, pool| {
+        .pool_json("/mempool", |_, pool| {
             let total_fee: u64 = pool.entries().map(|e| e.fee.units()).sum();
-            // esplora's histogram: [fee rate, bytes] buckets, highest rate first.
+            // esplora's histogram: [fee rate, bytes] buckets, highest rate
+            // first; rates in units per byte, as `/fee-estimates`.
             let mut rates: Vec<(u64, usize)> =
                 pool.entries().map(|e| (e.fee_rate(), e.size)).collect();
             rates.sort_by_key(|r| std::cmp::Reverse(r.0));
@@ -100,18 +106,23 @@ pub async fn mempool_summary(State(state): State<ApiState>) -> Result<Json<Value
                     _ => histogram.push((rate, size)),
                 }
             }
-            Ok(Json(json!({
+            Ok(json!({
                 "count": pool.len(),
                 "bytes": pool.bytes(),
                 "total_fee": total_fee,
-                "fee_histogram": histogram,
-            })))
+                "fee_histogram": histogram
+                    .into_iter()
+                    .map(|(per_kb, size)| json!([per_kb as f64 / 1000.0, size]))
+                    .collect::<Vec<_>>(),
+            }))
         })
         .await
 }
 
-pub async fn mempool_txids(State(state): State<ApiState>) -> Result<Json<Vec<Txid>>, ApiError> {
-    state.with_state(|_, pool| Ok(Json(pool.txids()))).await
+pub async fn mempool_txids(State(state): State<ApiState>) -> Result<Response, ApiError> {
+    state
+        .pool_json("/mempool/txids", |_, pool| Ok(json!(pool.txids())))
+        .await
 }
 
 /// `POST /tx` with the transaction's hex as the body: answers the txid, or
@@ -203,7 +214,8 @@ pub fn tx_json(network: Network, tx: &Transaction, spent: &[TxOut]) -> Value {
         }] => vec![json!({
             "is_coinbase": true,
             "height": height,
-            "extra_nonce": extra_nonce,
+            // A string: JSON numbers above 2^53 lose digits in JavaScript.
+            "extra_nonce": extra_nonce.to_string(),
         })],
         inputs => inputs
             .iter()
@@ -277,14 +289,12 @@ pub async fn metrics(
     let network = state.network.status();
     let hashrate = state.hashrate.load(std::sync::atomic::Ordering::Relaxed);
     let latency = state.latency.clone();
-    let mirror = state
-        .mirror
-        .as_ref()
-        .map(|m| m.lock().expect("mirror status lock").clone());
+    let mirror = state.mirror.clone();
     let body = state
         .with_state(move |chain, pool| {
             use std::fmt::Write;
             let tip = chain.tip();
+            let mirror = mirror.map(|m| m.lock().expect("mirror status lock").clone().at_tip(tip.height));
             let mut out = String::new();
             let mut gauge = |name: &str, help: &str, value: f64| {
                 let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
@@ -384,9 +394,9 @@ pub const FEE_TARGETS: [usize; 7] = [1, 2, 3, 6, 12, 25, 144];
 /// `GET /fee-estimates`: for each target, the fee rate (base units per
 /// byte) that places a transaction within that many blocks' worth of the
 /// mempool's best-paying bytes; the relay minimum when the pool is smaller.
-pub async fn fee_estimates(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
+pub async fn fee_estimates(State(state): State<ApiState>) -> Result<Response, ApiError> {
     state
-        .with_state(|_, pool| {
+        .pool_json("/fee-estimates", |_, pool| {
             let mut rates: Vec<(u64, usize)> =
                 pool.entries().map(|e| (e.fee_rate(), e.size)).collect();
             rates.sort_by_key(|r| std::cmp::Reverse(r.0));
@@ -406,7 +416,7 @@ pub async fn fee_estimates(State(state): State<ApiState>) -> Result<Json<Value>,
                 }
                 out.insert(target.to_string(), json!(rate));
             }
-            Ok(Json(Value::Object(out)))
+            Ok(Value::Object(out))
         })
         .await
 }

@@ -12,6 +12,7 @@ use super::explorer::{address_of, MAX_ADDRESS_PAGE};
 use super::extract::{Path, Query};
 use super::{ApiError, ApiState};
 use crate::consensus::amount::Amount;
+use crate::consensus::hash::Txid;
 use crate::consensus::limits::MAX_BLOCK_SIZE;
 
 /// Most blocks one `/blocks/range` answers.
@@ -72,17 +73,71 @@ pub async fn transactions(
         .await
 }
 
-pub async fn transaction_pool(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
-    state
-        .with_state(|_, pool| {
-            let mut txs: Vec<Value> = pool
+/// Entries per page of `/transaction_pool`, by default and at most: a full
+/// pool holds hundreds of thousands, tens of megabytes of JSON at once.
+pub const DEFAULT_POOL_PAGE: usize = 1_000;
+pub const MAX_POOL_PAGE: usize = 10_000;
+
+#[derive(Debug, Deserialize)]
+pub struct PoolPageQuery {
+    /// `next_cursor` of the previous page: the last txid listed.
+    pub cursor: Option<String>,
+    pub limit: Option<usize>,
+}
+
+/// `GET /transaction_pool?cursor=TXID&limit=N`: pool entries by txid, a
+/// page at a time, with `next_cursor` while more remain; `count` is the
+/// whole pool's.
+pub async fn transaction_pool(
+    State(state): State<ApiState>,
+    Query(q): Query<PoolPageQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = q.limit.unwrap_or(DEFAULT_POOL_PAGE);
+    if limit == 0 || limit > MAX_POOL_PAGE {
+        return Err(ApiError::bad_request(
+            "invalid-limit",
+            format!("limit must be 1 to {MAX_POOL_PAGE}"),
+        ));
+    }
+    let after: Option<Txid> = match q.cursor.as_deref() {
+        None | Some("") => None,
+        Some(c) => Some(c.parse().map_err(|_| {
+            ApiError::bad_request("invalid-cursor", format!("{c:?} is not a txid"))
+        })?),
+    };
+    // Sorted by the txid's text, as listed.
+    let entries = state
+        .pool_view("/transaction_pool", |_, pool| {
+            let mut entries: Vec<(String, Value)> = pool
                 .entries()
-                .map(|e| json!({ "txid": e.txid, "fee": e.fee.units(), "size": e.size, "time": e.time }))
+                .map(|e| {
+                    let id = e.txid.to_string();
+                    let value =
+                        json!({ "txid": id, "fee": e.fee.units(), "size": e.size, "time": e.time });
+                    (id, value)
+                })
                 .collect();
-            txs.sort_by(|a, b| a["txid"].as_str().cmp(&b["txid"].as_str()));
-            Ok(Json(json!({ "count": pool.len(), "transactions": txs })))
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            Ok(entries)
         })
-        .await
+        .await?;
+    let start = match after {
+        None => 0,
+        Some(txid) => {
+            let key = txid.to_string();
+            entries.partition_point(|(id, _)| *id <= key)
+        }
+    };
+    let page: Vec<Value> = entries[start..]
+        .iter()
+        .take(limit)
+        .map(|(_, v)| v.clone())
+        .collect();
+    let end = start + page.len();
+    let next = (end < entries.len()).then(|| entries[end - 1].0.clone());
+    Ok(Json(
+        json!({ "count": entries.len(), "transactions": page, "next_cursor": next }),
+    ))
 }
 
 #[derive(Debug, Deserialize)]

@@ -6,7 +6,7 @@
 //! either the solved block in hex, or only its 80-byte header in hex when it
 //! belongs to a template the node handed out recently (found by merkle root).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -17,33 +17,63 @@ use serde_json::{json, Value};
 use super::extract::Query;
 use super::{ApiError, ApiState};
 use crate::chain::BlockOutcome;
+use crate::consensus::address::PubKeyHash;
 use crate::consensus::block::{Block, BlockHeader, HEADER_LEN};
 use crate::consensus::hash::Hash256;
 use crate::consensus::pow::target_from_compact;
 use crate::encoding::{Decode, Encode};
 use crate::node::producer::{node_template, NodeTemplate};
 
-/// Templates remembered for header-only submissions.
+/// Templates remembered for header-only submissions (each up to a full
+/// block, so at most 32 MB).
 pub const MAX_TEMPLATES: usize = 32;
 
-/// Recently handed-out templates, newest last.
+/// Recently handed-out templates, oldest first, with the address each pays.
+///
+/// When full, a new template evicts first one built on an older tip (it can
+/// no longer extend the chain), else the oldest template of the address
+/// holding the most: a client asking for templates in a loop evicts its
+/// own, never the latest template of a miner paid to another address.
 #[derive(Default)]
-pub struct Templates(VecDeque<Block>);
+pub struct Templates(VecDeque<(PubKeyHash, Block)>);
 
 impl Templates {
-    fn remember(&mut self, block: Block) {
-        if self.0.len() == MAX_TEMPLATES {
-            self.0.pop_front();
+    fn remember(&mut self, payout: PubKeyHash, block: Block) {
+        if self.0.len() >= MAX_TEMPLATES {
+            let tip = block.header.prev_hash;
+            let victim = self
+                .0
+                .iter()
+                .position(|(_, b)| b.header.prev_hash != tip)
+                .or_else(|| {
+                    let mut counts: HashMap<PubKeyHash, usize> = HashMap::new();
+                    for (owner, _) in &self.0 {
+                        *counts.entry(*owner).or_default() += 1;
+                    }
+                    let most = counts.values().copied().max().unwrap_or(0);
+                    let greedy = if counts.get(&payout).is_some_and(|n| *n == most) {
+                        payout
+                    } else {
+                        *counts
+                            .iter()
+                            .find(|(_, n)| **n == most)
+                            .expect("a full list has owners")
+                            .0
+                    };
+                    self.0.iter().position(|(owner, _)| *owner == greedy)
+                })
+                .unwrap_or(0);
+            self.0.remove(victim);
         }
-        self.0.push_back(block);
+        self.0.push_back((payout, block));
     }
 
     fn by_merkle_root(&self, root: &Hash256) -> Option<Block> {
         self.0
             .iter()
             .rev()
-            .find(|b| b.header.merkle_root == *root)
-            .cloned()
+            .find(|(_, b)| b.header.merkle_root == *root)
+            .map(|(_, b)| b.clone())
     }
 }
 
@@ -61,7 +91,7 @@ pub async fn template(
         .ok_or_else(|| ApiError::bad_request("missing-address", "pass ?address= to be paid"))?;
     let templates = state.templates.clone();
     state
-        .with_state(move |chain, pool| {
+        .with_pool_permit(move |chain, pool| {
             let payout = super::explorer::address_of(chain, &address)?;
             let NodeTemplate { block, fees, ctx } =
                 node_template(chain, pool, payout.hash, rand::random())
@@ -82,7 +112,10 @@ pub async fn template(
                 "header_hex": hex::encode(block.header.to_array()),
                 "block_hex": hex::encode(block.to_bytes()),
             });
-            templates.lock().expect("templates lock").remember(block);
+            templates
+                .lock()
+                .expect("templates lock")
+                .remember(payout.hash, block);
             Ok(Json(value))
         })
         .await
@@ -162,4 +195,38 @@ pub async fn submit(
     };
     state.network.chain_changed().await;
     Ok(Json(answer))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consensus::params::Network;
+    use crate::testkit::{key, TestChain};
+
+    fn template(chain: &TestChain, payout: PubKeyHash) -> Block {
+        let mut block = chain.build_block(payout, Vec::new());
+        block.header.merkle_root = Hash256(rand::random());
+        block
+    }
+
+    /// A client asking for templates in a loop (or many clients of one
+    /// address) evicts its own templates, not a miner's latest.
+    #[test]
+    fn a_template_flood_does_not_evict_another_miners_latest_template() {
+        let chain = TestChain::new(Network::Regtest);
+        let mut templates = Templates::default();
+        let miner = key(1).pubkey_hash();
+        let mine = template(&chain, miner);
+        templates.remember(miner, mine.clone());
+        for _ in 0..10 * MAX_TEMPLATES {
+            templates.remember(key(2).pubkey_hash(), template(&chain, key(2).pubkey_hash()));
+        }
+        assert_eq!(templates.0.len(), MAX_TEMPLATES);
+        assert!(templates.by_merkle_root(&mine.header.merkle_root).is_some());
+        // Templates of an older tip go first.
+        let mut next = chain.clone();
+        next.mine_empty(key(3).pubkey_hash());
+        templates.remember(miner, template(&next, miner));
+        assert!(templates.by_merkle_root(&mine.header.merkle_root).is_none());
+    }
 }

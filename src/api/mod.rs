@@ -11,6 +11,7 @@ mod handlers;
 mod latency;
 mod legacy;
 mod mining;
+mod pool_views;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -26,10 +27,16 @@ use crate::p2p::NetworkHandle;
 pub use error::ApiError;
 pub use latency::Latency;
 pub use mining::Templates;
+pub use pool_views::{PoolViews, WHOLE_POOL_CONCURRENCY};
 
-/// Largest request body: a maximum-size standard transaction in hex, with
-/// room to spare.
+/// Largest request body of every route but block submission: a
+/// maximum-size standard transaction in hex (`POST /tx`), with room to
+/// spare; also bounds `POST /addresses/balances` and `POST /peers`.
 pub const MAX_BODY_BYTES: usize = 2 * crate::mempool::MAX_STANDARD_TX_SIZE + 1024;
+/// Largest body of `POST /mining/submit`: a maximum-size block in hex
+/// (a miner loses a block the node refuses to read), with room for
+/// surrounding whitespace.
+pub const MAX_SUBMIT_BODY_BYTES: usize = 2 * crate::consensus::limits::MAX_BLOCK_SIZE + 1024;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -49,6 +56,8 @@ pub struct ApiState {
     pub hashrate: Arc<std::sync::atomic::AtomicU64>,
     /// Request latency by route.
     pub latency: Arc<Latency>,
+    /// The whole-mempool routes' concurrency limit and cache.
+    pub pool_views: Arc<pool_views::PoolViews>,
 }
 
 impl ApiState {
@@ -115,7 +124,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/peers/{addr}", axum::routing::delete(admin::remove_peer))
         .route("/fee-estimates", get(handlers::fee_estimates))
         .route("/mining/template", get(mining::template))
-        .route("/mining/submit", post(mining::submit))
+        .route(
+            "/mining/submit",
+            post(mining::submit).layer(DefaultBodyLimit::max(MAX_SUBMIT_BODY_BYTES)),
+        )
         .route("/metrics", get(handlers::metrics))
         .route("/openapi.json", get(openapi))
         // The original ChainCore API's paths.

@@ -236,7 +236,7 @@ pub fn run(cli: Cli) -> Result<()> {
             let (store, network) =
                 crate::store::Store::open_existing(&data_dir, &Default::default())?;
             let report = tokio::runtime::Runtime::new()?.block_on(async {
-                let client = crate::mirror::connect(&postgres_url, network).await?;
+                let client = crate::mirror::connect_read_only(&postgres_url, network).await?;
                 crate::mirror::verify::verify(&client, &store, network).await
             })?;
             println!("{}", serde_json::to_string_pretty(&report)?);

@@ -14,11 +14,23 @@ use crate::consensus::hash::Hash256;
 use crate::consensus::params::Network;
 use crate::consensus::transaction::OutPoint;
 use crate::encoding::Encode;
-use crate::wallet::spend::{build_transaction, plan_spend, Coin, FeePolicy, MIN_FEE_RATE_PER_BYTE};
+use crate::wallet::spend::{
+    build_transaction, plan_spend, Coin, FeeLimit, FeePolicy, DEFAULT_MAX_FEE,
+    DEFAULT_MAX_FEE_PERCENT, MIN_FEE_RATE_PER_BYTE,
+};
 use crate::wallet::Wallet;
 
 /// UTXOs asked for per page when the wallet lists its coins.
 const UTXO_PAGE: usize = 1000;
+/// Unconfirmed transactions the node lists per page of
+/// `/address/{a}/txs/mempool`: a shorter page is the last.
+const MEMPOOL_PAGE: usize = 50;
+/// Most unconfirmed transactions of its own the wallet reads: the mempool's
+/// default 64 MB holds fewer of the smallest transactions.
+const MAX_PENDING_TXS: usize = 1_000_000;
+/// Times the wallet re-reads its UTXOs when the tip moves while it pages
+/// through them, before giving up.
+const UTXO_READ_ATTEMPTS: usize = 5;
 /// Environment variable holding the wallet passphrase (for scripts).
 pub const PASSPHRASE_ENV: &str = "CHAINCORE_WALLET_PASSPHRASE";
 /// Confirmation target (blocks) of the default fee rate.
@@ -75,13 +87,22 @@ enum WalletCommand {
         /// Amount in CC (up to 8 decimals, e.g. 1.5).
         #[arg(long)]
         amount: Amount,
-        /// An exact fee in CC.
-        #[arg(long, conflicts_with = "fee_rate")]
-        fee: Option<Amount>,
-        /// Fee rate in base units per byte (default: the node's estimate
-        /// for the next 2 blocks).
-        #[arg(long)]
+        /// An exact fee, in CC (e.g. 0.0001).
+        #[arg(long = "fee-cc", value_name = "CC", conflicts_with = "fee_rate")]
+        fee_cc: Option<Amount>,
+        /// Fee rate in whole base units per byte (1 CC = 100 000 000
+        /// units; default: the node's estimate for the next 2 blocks).
+        #[arg(long, value_name = "UNITS_PER_BYTE", value_parser = parse_fee_rate)]
         fee_rate: Option<u64>,
+        /// The most fee this payment may pay, in CC.
+        #[arg(long, value_name = "CC", default_value_t = DEFAULT_MAX_FEE)]
+        max_fee: Amount,
+        /// The most fee this payment may pay, in percent of the amount.
+        #[arg(long, value_name = "PERCENT", default_value_t = DEFAULT_MAX_FEE_PERCENT)]
+        max_fee_percent: u64,
+        /// Send without asking for confirmation on a terminal.
+        #[arg(long)]
+        yes: bool,
     },
 }
 
@@ -93,10 +114,12 @@ struct AddressInfo {
     balance: u64,
 }
 
+/// esplora's address stats. The sums are u128, as the node keeps them: an
+/// address can receive the same coins many times over.
 #[derive(Debug, Deserialize)]
 struct Stats {
-    funded_txo_sum: u64,
-    spent_txo_sum: u64,
+    funded_txo_sum: u128,
+    spent_txo_sum: u128,
     tx_count: u64,
 }
 
@@ -104,6 +127,8 @@ struct Stats {
 struct UtxoPage {
     utxos: Vec<UtxoEntry>,
     next_cursor: Option<String>,
+    /// The tip the page was read at.
+    tip: Option<Hash256>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -137,6 +162,8 @@ struct TxRef {
 #[derive(Debug, Deserialize)]
 struct TxInfo {
     txid: Hash256,
+    /// When an unconfirmed transaction entered the pool (its page cursor).
+    first_seen: Option<u32>,
     vin: Vec<TxInput>,
     vout: Vec<TxOutput>,
     fee: u64,
@@ -209,8 +236,11 @@ pub fn run(args: WalletArgs) -> Result<()> {
             WalletCommand::Send {
                 to,
                 amount,
-                fee,
+                fee_cc,
                 fee_rate,
+                max_fee,
+                max_fee_percent,
+                yes,
             } => {
                 let to = Address::parse(&to, wallet.network())
                     .with_context(|| format!("recipient {to:?}"))?;
@@ -220,18 +250,35 @@ pub fn run(args: WalletArgs) -> Result<()> {
                     None
                 };
                 let key = wallet.unlock(passphrase.as_deref())?;
-                let policy = match (fee, fee_rate) {
+                let policy = match (fee_cc, fee_rate) {
                     (Some(fee), _) => FeePolicy::Fixed(fee),
                     (None, Some(rate)) => FeePolicy::Rate(rate),
                     (None, None) => FeePolicy::Rate(estimated_fee_rate(&client).await?),
                 };
                 let coins = coins(&client, &wallet.address()).await?;
                 let plan = plan_spend(&coins, amount, policy)?;
+                FeeLimit {
+                    max_fee,
+                    max_percent: max_fee_percent,
+                }
+                .check(&plan)?;
+                if !yes && std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                    confirm(&plan, &to)?;
+                }
                 let tx = build_transaction(&plan, &key, to.hash);
-                let txid: String = client
+                let txid = tx.txid();
+                let answered: String = client
                     .post_text("/tx", hex::encode(tx.to_bytes()))
                     .await
                     .context("the node refused the transaction")?;
+                if answered.trim() != txid.to_string() {
+                    bail!(
+                        "the node at {} answered txid {:?} for the wallet's transaction {txid}: \
+                         it does not speak for this transaction; check with another node",
+                        client.base_url(),
+                        answered.chars().take(100).collect::<String>()
+                    );
+                }
                 if args.json {
                     println!(
                         "{}",
@@ -258,6 +305,35 @@ pub fn run(args: WalletArgs) -> Result<()> {
             }
         }
     })
+}
+
+/// Shows the payment and its fee and asks before sending.
+fn confirm(plan: &crate::wallet::spend::SpendPlan, to: &Address) -> Result<()> {
+    eprint!(
+        "send {} CC to {to} with a fee of {} CC ({} units/byte, {} bytes)? [y/N] ",
+        plan.amount,
+        plan.fee,
+        plan.fee.units() / plan.size.max(1) as u64,
+        plan.size
+    );
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    if !matches!(answer.trim(), "y" | "Y" | "yes") {
+        bail!("not sent");
+    }
+    Ok(())
+}
+
+/// `--fee-rate`: whole base units per byte. A decimal looks like an amount
+/// of CC (that is `--fee-cc`) and is refused rather than guessed.
+fn parse_fee_rate(s: &str) -> Result<u64, String> {
+    if s.contains('.') {
+        return Err(format!(
+            "{s:?}: a fee rate is whole base units per byte (1 CC = 100 000 000 units); for a fee in CC use --fee-cc"
+        ));
+    }
+    s.parse()
+        .map_err(|e| format!("{s:?} is not a whole number of units per byte: {e}"))
 }
 
 /// Refuses to use a node of another network than the wallet's.
@@ -298,29 +374,65 @@ fn paged(mut path: String, cursor: &Option<String>) -> String {
     path
 }
 
-/// Every confirmed unspent output of `address`, page by page.
+/// Every confirmed unspent output of `address`, page by page, all pages
+/// read at one tip: when a block arrives between two pages (a coin could be
+/// listed twice or not at all), the wallet reads them again.
 async fn utxo_entries(client: &NodeClient, address: &Address) -> Result<Vec<UtxoEntry>> {
-    let mut all = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let path = paged(
-            format!("/address/{address}/utxo?limit={UTXO_PAGE}"),
-            &cursor,
-        );
-        let page: UtxoPage = client.get(&path).await?;
-        all.extend(page.utxos);
-        match page.next_cursor {
-            Some(next) => cursor = Some(next),
-            None => return Ok(all),
+    'attempt: for _ in 0..UTXO_READ_ATTEMPTS {
+        let mut all = Vec::new();
+        let mut cursor: Option<String> = None;
+        let mut anchor: Option<Hash256> = None;
+        loop {
+            let path = paged(
+                format!("/address/{address}/utxo?limit={UTXO_PAGE}"),
+                &cursor,
+            );
+            let page: UtxoPage = client.get(&path).await?;
+            match (anchor, page.tip) {
+                (None, tip) => anchor = tip,
+                (Some(before), Some(now)) if before != now => continue 'attempt,
+                _ => {}
+            }
+            all.extend(page.utxos);
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => return Ok(all),
+            }
         }
     }
+    bail!(
+        "the tip of {} moved while reading {address}'s coins, {UTXO_READ_ATTEMPTS} times: try again",
+        client.base_url()
+    )
 }
 
-/// The address's unconfirmed transactions, from the node's mempool.
+/// The address's unconfirmed transactions, newest first, every page of
+/// them (the node lists `MEMPOOL_PAGE` at a time).
 async fn pending_txs(client: &NodeClient, address: &Address) -> Result<Vec<TxInfo>> {
-    Ok(client
-        .get(&format!("/address/{address}/txs/mempool"))
-        .await?)
+    let mut all: Vec<TxInfo> = Vec::new();
+    let mut cursor: Option<(u32, Hash256)> = None;
+    loop {
+        let path = match cursor {
+            None => format!("/address/{address}/txs/mempool"),
+            Some((time, txid)) => format!("/address/{address}/txs/mempool?cursor={time}:{txid}"),
+        };
+        let page: Vec<TxInfo> = client.get(&path).await?;
+        let full = page.len() >= MEMPOOL_PAGE;
+        let next = page.last().and_then(|t| Some((t.first_seen?, t.txid)));
+        all.extend(page);
+        match next {
+            Some(next) if full => {
+                if cursor.is_some_and(|before| next >= before) || all.len() > MAX_PENDING_TXS {
+                    bail!(
+                        "the node at {} pages {address}'s unconfirmed transactions without end",
+                        client.base_url()
+                    );
+                }
+                cursor = Some(next);
+            }
+            _ => return Ok(all),
+        }
+    }
 }
 
 /// What the wallet can spend from: its confirmed UTXOs, plus the change of
@@ -408,7 +520,7 @@ async fn balance(client: &NodeClient, wallet: &Wallet, as_json: bool) -> Result<
         return Ok(());
     }
     debug_assert_eq!(
-        info.balance,
+        u128::from(info.balance),
         info.chain_stats.funded_txo_sum - info.chain_stats.spent_txo_sum
     );
     println!("address    {address}");
@@ -489,8 +601,8 @@ fn net_change(tx: &TxInfo, mine: &str) -> i128 {
     received as i128 - spent as i128
 }
 
-/// Pending transactions first (newest last in the pool, shown first), then
-/// confirmed ones newest first, up to `limit` in all.
+/// Pending transactions first, then confirmed ones, each newest first, up
+/// to `limit` in all.
 async fn history(client: &NodeClient, wallet: &Wallet, limit: usize, as_json: bool) -> Result<()> {
     let address = wallet.address();
     let mine = address.to_string();
@@ -498,7 +610,6 @@ async fn history(client: &NodeClient, wallet: &Wallet, limit: usize, as_json: bo
     let mut rows: Vec<(Hash256, Option<u32>, i128, u64)> = pending_txs(client, &address)
         .await?
         .iter()
-        .rev()
         .take(limit)
         .map(|tx| (tx.txid, None, net_change(tx, &mine), tx.fee))
         .collect();
@@ -572,4 +683,18 @@ fn new_passphrase(file: Option<&Path>) -> Result<String> {
         bail!("the passphrases differ");
     }
     Ok(first)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn address_sums_past_u64_are_read() {
+        let stats: Stats = serde_json::from_str(
+            r#"{"funded_txo_sum": 36893488147419103232, "spent_txo_sum": 36893488147419103000, "tx_count": 3}"#,
+        )
+        .unwrap();
+        assert_eq!(stats.funded_txo_sum - stats.spent_txo_sum, 232);
+    }
 }

@@ -20,7 +20,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::pin_mut;
+use futures_util::{pin_mut, FutureExt};
 use tokio::sync::Notify;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
@@ -39,6 +39,26 @@ pub const MIN_RETRY_DELAY: Duration = Duration::from_millis(200);
 pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
 /// How often an idle mirror looks at the tip when no event woke it.
 pub const IDLE_POLL: Duration = Duration::from_millis(500);
+/// Server-side limit of one statement: a batch of `CATCH_UP_BATCH` blocks
+/// loads in about a second, so a statement running a minute is a stuck
+/// server or a lock held by someone else, not work.
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Client-side limit of one step (it may run several statements), for a
+/// server that stopped answering without closing the connection.
+pub const STEP_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long to wait for a TCP connection and PostgreSQL's startup.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Times a step starts over when the store moved under it (a reorg between
+/// reading the watermark and the rows) before reporting an error: each
+/// retry re-reads a chain that only moves as blocks arrive.
+pub const MAX_STEP_ATTEMPTS: u32 = 8;
+/// Heights compared per query while looking for the fork point.
+pub const FORK_SEARCH_BATCH: i64 = 1_000;
+/// The advisory lock (`pg_try_advisory_lock(int4, int4)`) that makes a
+/// database belong to one node: "CCmr" and 1. Advisory locks are scoped to
+/// the current database, so different databases of one server do not
+/// conflict; the lock goes with the session that holds it.
+pub const ADVISORY_LOCK: (i32, i32) = (0x4343_6d72, 1);
 
 /// How rows are written: binary COPY (the mirror) or plain INSERTs (kept
 /// for the benchmark that compares them).
@@ -50,14 +70,54 @@ pub enum LoadMode {
 
 #[derive(Debug, thiserror::Error)]
 pub enum MirrorError {
-    #[error("PostgreSQL: {0}")]
+    #[error("PostgreSQL: {}", describe_postgres_error(.0))]
     Postgres(#[from] tokio_postgres::Error),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Migrate(#[from] migrate::MigrateError),
     #[error("the mirror database holds network {found}, the node runs {expected}")]
     WrongNetwork { expected: Network, found: String },
     #[error("store changed while reading height {0}; retrying")]
     Moved(u32),
+    #[error("rows of heights {first}..={last} do not link to the mirror: expected parent {expected}, found {found}; starting over from the fork")]
+    Unlinked {
+        first: u32,
+        last: u32,
+        expected: String,
+        found: String,
+    },
+    #[error("the mirror database is in use by another node ({holder}): a database mirrors one node at a time")]
+    Busy { holder: String },
+    #[error("a mirror step took longer than {0:?}; reconnecting")]
+    Timeout(Duration),
+    #[error("no rows to load")]
+    Empty,
+    #[error("the mirror task panicked ({0}); restarting it")]
+    Panicked(String),
+}
+
+/// The server's own message (severity, text, code, detail, hint) for a
+/// database error; the whole source chain otherwise (tokio-postgres alone
+/// says only "db error").
+pub fn describe_postgres_error(error: &tokio_postgres::Error) -> String {
+    if let Some(db) = error.as_db_error() {
+        let mut out = format!("{} {}: {}", db.severity(), db.code().code(), db.message());
+        if let Some(detail) = db.detail() {
+            out.push_str(&format!("; detail: {detail}"));
+        }
+        if let Some(hint) = db.hint() {
+            out.push_str(&format!("; hint: {hint}"));
+        }
+        return out;
+    }
+    let mut out = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(e) = source {
+        out.push_str(&format!(": {e}"));
+        source = e.source();
+    }
+    out
 }
 
 /// What `/status` and `/metrics` show of the mirror.
@@ -66,9 +126,25 @@ pub struct MirrorStatus {
     pub connected: bool,
     /// Height of the watermark (`None` before the first load).
     pub height: Option<u32>,
-    /// Blocks the mirror is behind the node's tip.
+    /// Blocks the mirror is behind the node's tip: the tip's height minus
+    /// the watermark's (the tip's height plus one before the first load),
+    /// whether or not PostgreSQL answers.
     pub lag: u32,
+    /// The last failure, with the database's own message; `None` after a
+    /// successful step.
     pub last_error: Option<String>,
+    /// Set while the mirror holds blocks above the node's tip on the same
+    /// branch (a wiped or rolled-back data dir re-syncing): it waits for the
+    /// node rather than deleting rows the node will bring back.
+    pub waiting_for_node: Option<String>,
+}
+
+impl MirrorStatus {
+    /// This status with `lag` computed against the node's tip at `tip`.
+    pub fn at_tip(mut self, tip: u32) -> MirrorStatus {
+        self.lag = self.height.map_or(tip + 1, |h| tip.saturating_sub(h));
+        self
+    }
 }
 
 /// A `blocks` row: height, hash, prev_hash, time, bits, nonce, tx_count,
@@ -112,7 +188,9 @@ impl BlockRows {
     }
 }
 
-/// Reads heights `first..=last` of the active chain from the store.
+/// Reads heights `first..=last` of the active chain from the store, checking
+/// that each block's parent is the block read before it (a reorganisation
+/// while reading is `MirrorError::Moved`).
 pub fn read_rows(
     store: &Store,
     network: Network,
@@ -133,6 +211,9 @@ pub fn read_rows(
         let entry = store
             .block_index_entry(&hash)?
             .ok_or(MirrorError::Moved(height))?;
+        if height > first && block.header.prev_hash != rows.last_hash {
+            return Err(MirrorError::Moved(height));
+        }
         let h = i64::from(height);
         rows.blocks.push((
             h,
@@ -264,15 +345,65 @@ fn hash_from(bytes: &[u8]) -> BlockHash {
 }
 
 /// Loads `rows` in one transaction, first removing everything above `fork`
-/// if given, and moves the watermark.
+/// (height, and the watermark's hash that the caller saw) if given, and
+/// moves the watermark. Refuses rows whose first block's parent is not the
+/// mirrored block below them (the watermark, or the fork point's block) or
+/// whose watermark moved since the caller read it: loading them would put
+/// a branch on top of another.
 pub async fn apply(
     client: &mut Client,
     network: Network,
     rows: &BlockRows,
     fork: Option<(i64, BlockHash)>,
     mode: LoadMode,
-) -> Result<(), tokio_postgres::Error> {
+) -> Result<(), MirrorError> {
+    let Some(first_block) = rows.blocks.first() else {
+        return Err(MirrorError::Empty);
+    };
     let tx = client.transaction().await?;
+    let current = tx
+        .query_opt(
+            "SELECT height, block_hash FROM mirror_state FOR UPDATE",
+            &[],
+        )
+        .await?
+        .map(|row| (row.get::<_, i64>(0), hash_from(&row.get::<_, Vec<u8>>(1))));
+    let below = i64::from(rows.first) - 1;
+    let parent = match (fork, current) {
+        (None, current) if current.is_none_or(|(h, _)| h == below) => current.map(|(_, hash)| hash),
+        (Some((fork_height, old_tip)), Some((_, hash)))
+            if hash == old_tip && fork_height == below =>
+        {
+            if fork_height < 0 {
+                None
+            } else {
+                tx.query_opt("SELECT hash FROM blocks WHERE height = $1", &[&fork_height])
+                    .await?
+                    .map(|r| hash_from(&r.get::<_, Vec<u8>>(0)))
+            }
+        }
+        (_, current) => {
+            return Err(MirrorError::Unlinked {
+                first: rows.first,
+                last: rows.last,
+                expected: format!("the watermark the caller saw ({fork:?})"),
+                found: format!("watermark {current:?}"),
+            })
+        }
+    };
+    let first_parent = hash_from(&first_block.2);
+    let linked = match parent {
+        None => rows.first == 0,
+        Some(parent) => parent == first_parent,
+    };
+    if !linked {
+        return Err(MirrorError::Unlinked {
+            first: rows.first,
+            last: rows.last,
+            expected: parent.map_or("nothing (height 0)".into(), |p| p.to_string()),
+            found: first_parent.to_string(),
+        });
+    }
     let mut touched: BTreeSet<String> = rows.touched.clone();
     if let Some((fork_height, old_tip)) = fork {
         let affected = tx
@@ -297,7 +428,7 @@ pub async fn apply(
             &[
                 &fork_height,
                 &(removed as i32),
-                &((rows.last - rows.first + 1) as i32),
+                &(rows.blocks.len() as i32),
                 &old_tip.0.to_vec(),
                 &rows.last_hash.0.to_vec(),
             ],
@@ -445,37 +576,114 @@ pub async fn apply(
         &[&network.name(), &last, &rows.last_hash.0.to_vec()],
     )
     .await?;
-    tx.commit().await
+    tx.commit().await?;
+    Ok(())
 }
 
-/// The highest height at which the mirror and the store agree, walking down
-/// from `from`; -1 if they share nothing.
+/// The highest height at or below `from` at which the mirror and the store
+/// hold the same block; -1 if they share nothing. Compares
+/// `FORK_SEARCH_BATCH` heights per query.
 async fn find_fork(client: &Client, store: &Store, from: u32) -> Result<i64, MirrorError> {
-    let mut height = i64::from(from);
-    while height >= 0 {
-        let ours = store.hash_at_height(height as u32)?;
-        let theirs = client
-            .query_opt("SELECT hash FROM blocks WHERE height = $1", &[&height])
+    let mut high = i64::from(from);
+    while high >= 0 {
+        let low = (high - FORK_SEARCH_BATCH + 1).max(0);
+        let theirs: std::collections::HashMap<i64, BlockHash> = client
+            .query(
+                "SELECT height, hash FROM blocks WHERE height BETWEEN $1 AND $2",
+                &[&low, &high],
+            )
             .await?
-            .map(|r| hash_from(&r.get::<_, Vec<u8>>(0)));
-        if ours.is_some() && ours == theirs {
-            return Ok(height);
+            .into_iter()
+            .map(|r| (r.get(0), hash_from(&r.get::<_, Vec<u8>>(1))))
+            .collect();
+        for height in (low..=high).rev() {
+            let ours = store.hash_at_height(height as u32)?;
+            if ours.is_some() && ours.as_ref() == theirs.get(&height) {
+                return Ok(height);
+            }
         }
-        height -= 1;
+        high = low - 1;
     }
     Ok(-1)
 }
 
-/// Connects, applies migrations and checks the network recorded in the
-/// database.
-pub async fn connect(url: &str, network: Network) -> Result<Client, MirrorError> {
-    let (mut client, connection) = tokio_postgres::connect(url, NoTls).await?;
+/// Opens a connection with the mirror's timeouts (connect, statement, idle
+/// in transaction) and a name that shows in `pg_stat_activity`.
+async fn open(url: &str, application: &str) -> Result<Client, MirrorError> {
+    let mut config: tokio_postgres::Config = url.parse()?;
+    config.connect_timeout(CONNECT_TIMEOUT);
+    if config.get_application_name().is_none() {
+        config.application_name(application);
+    }
+    let (client, connection) = config.connect(NoTls).await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "PostgreSQL connection ended");
         }
     });
+    client
+        .batch_execute(&format!(
+            "SET statement_timeout = {}; SET idle_in_transaction_session_timeout = {}",
+            STATEMENT_TIMEOUT.as_millis(),
+            STEP_TIMEOUT.as_millis()
+        ))
+        .await?;
+    Ok(client)
+}
+
+/// Connects, takes the database for this node (an advisory lock held for
+/// the session: a second node gets `MirrorError::Busy`), applies
+/// migrations and checks the network recorded in the database.
+pub async fn connect(url: &str, network: Network) -> Result<Client, MirrorError> {
+    let application = format!("chaincore mirror (pid {})", std::process::id());
+    let mut client = open(url, &application).await?;
+    let locked: bool = client
+        .query_one(
+            "SELECT pg_try_advisory_lock($1, $2)",
+            &[&ADVISORY_LOCK.0, &ADVISORY_LOCK.1],
+        )
+        .await?
+        .get(0);
+    if !locked {
+        let holder = client
+            .query_opt(
+                "SELECT a.application_name, a.client_addr::text, a.backend_start::text
+                 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+                 WHERE l.locktype = 'advisory' AND l.granted AND l.database = (
+                       SELECT oid FROM pg_database WHERE datname = current_database())
+                   AND l.classid = $1::int4::oid AND l.objid = $2::int4::oid AND l.objsubid = 2",
+                &[&ADVISORY_LOCK.0, &ADVISORY_LOCK.1],
+            )
+            .await?
+            .map_or("holder unknown".to_string(), |r| {
+                format!(
+                    "'{}' from {} since {}",
+                    r.get::<_, Option<String>>(0).unwrap_or_default(),
+                    r.get::<_, Option<String>>(1)
+                        .unwrap_or_else(|| "a local socket".into()),
+                    r.get::<_, Option<String>>(2).unwrap_or_default()
+                )
+            });
+        return Err(MirrorError::Busy { holder });
+    }
     migrate::migrate(&mut client).await?;
+    check_network(&client, network).await?;
+    Ok(client)
+}
+
+/// Connects for reading only (`mirror verify`, usable on a replica): no
+/// lock, no migration; the schema must be exactly this binary's.
+pub async fn connect_read_only(url: &str, network: Network) -> Result<Client, MirrorError> {
+    let client = open(url, "chaincore mirror verify").await?;
+    client
+        .batch_execute("SET default_transaction_read_only = on")
+        .await?;
+    migrate::check(&client).await?;
+    check_network(&client, network).await?;
+    Ok(client)
+}
+
+async fn check_network(client: &Client, network: Network) -> Result<(), MirrorError> {
     if let Some(row) = client
         .query_opt("SELECT network FROM mirror_state", &[])
         .await?
@@ -488,12 +696,37 @@ pub async fn connect(url: &str, network: Network) -> Result<Client, MirrorError>
             });
         }
     }
-    Ok(client)
+    Ok(())
 }
 
-/// One step: loads the next range (or handles a reorg). Returns the number
-/// of blocks loaded (0 when at the tip).
+/// One step: loads the next range (or follows a reorg). Returns the number
+/// of blocks loaded: 0 at the tip, and 0 while the node's chain is a strict
+/// prefix of the mirror's (it waits for the node to bring those blocks back;
+/// if they come on another branch, the next steps follow that reorg). When
+/// the store moves under it, the step starts over from the fork, at most
+/// `MAX_STEP_ATTEMPTS` times.
 pub async fn step(
+    client: &mut Client,
+    store: &Store,
+    network: Network,
+    batch: u32,
+    mode: LoadMode,
+) -> Result<u32, MirrorError> {
+    let mut attempt = 1;
+    loop {
+        match try_step(client, store, network, batch, mode).await {
+            Err(e @ (MirrorError::Moved(_) | MirrorError::Unlinked { .. }))
+                if attempt < MAX_STEP_ATTEMPTS =>
+            {
+                tracing::debug!(error = %e, attempt, "mirror step starts over");
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
+async fn try_step(
     client: &mut Client,
     store: &Store,
     network: Network,
@@ -504,18 +737,22 @@ pub async fn step(
     let (first, fork) = match watermark(client).await? {
         None => (0, None),
         Some((height, hash)) => {
-            if store.hash_at_height(height)? == Some(hash) {
+            if height <= tip && store.hash_at_height(height)? == Some(hash) {
                 (height + 1, None)
             } else {
                 let fork = find_fork(client, store, height.min(tip)).await?;
+                if height > tip && fork == i64::from(tip) {
+                    // The node is behind the mirror on the same branch.
+                    return Ok(0);
+                }
                 ((fork + 1) as u32, Some((fork, hash)))
             }
         }
     };
-    if first > tip && fork.is_none() {
+    if first > tip {
         return Ok(0);
     }
-    let last = tip.min(first + batch - 1);
+    let last = tip.min(first.saturating_add(batch.max(1) - 1));
     let store_for_read = store.clone();
     let rows =
         tokio::task::spawn_blocking(move || read_rows(&store_for_read, network, first, last))
@@ -526,6 +763,8 @@ pub async fn step(
 }
 
 /// Follows the chain until the task is dropped, reconnecting with backoff.
+/// `status` always carries the lag against the store's tip, also while
+/// PostgreSQL is unreachable.
 pub async fn run(
     url: String,
     network: Network,
@@ -534,25 +773,38 @@ pub async fn run(
     status: Arc<Mutex<MirrorStatus>>,
 ) {
     let mut delay = MIN_RETRY_DELAY;
+    let tip_height = |store: &Store| store.tip().ok().flatten().map_or(0, |t| t.height);
+    let refresh_lag = |status: &Mutex<MirrorStatus>, tip: u32| {
+        let mut s = status.lock().expect("status lock");
+        *s = s.clone().at_tip(tip);
+    };
     loop {
-        let result: Result<(), MirrorError> = async {
+        let result = async {
+            let outcome: Result<(), MirrorError> = async {
             let mut client = connect(&url, network).await?;
             status.lock().expect("status lock").connected = true;
             tracing::info!("mirror connected to PostgreSQL");
             loop {
                 let started = Instant::now();
-                let loaded =
-                    step(&mut client, &store, network, CATCH_UP_BATCH, LoadMode::Copy).await?;
+                let loaded = tokio::time::timeout(
+                    STEP_TIMEOUT,
+                    step(&mut client, &store, network, CATCH_UP_BATCH, LoadMode::Copy),
+                )
+                .await
+                .map_err(|_| MirrorError::Timeout(STEP_TIMEOUT))??;
                 delay = MIN_RETRY_DELAY;
                 let height = watermark(&client).await?.map(|(h, _)| h);
                 let tip = store.tip()?.map_or(0, |t| t.height);
-                let lag = height.map_or(tip + 1, |h| tip.saturating_sub(h));
-                {
+                let lag = {
                     let mut s = status.lock().expect("status lock");
                     s.height = height;
-                    s.lag = lag;
                     s.last_error = None;
-                }
+                    s.waiting_for_node = height.filter(|h| *h > tip).map(|h| {
+                        format!("the mirror holds heights up to {h}, the node's chain of the same branch ends at {tip}: waiting for the node")
+                    });
+                    *s = s.clone().at_tip(tip);
+                    s.lag
+                };
                 if loaded > 1 {
                     tracing::info!(
                         loaded,
@@ -566,9 +818,25 @@ pub async fn run(
                     let _ = tokio::time::timeout(IDLE_POLL, wake.notified()).await;
                 }
             }
-        }
-        .await;
+            }
+            .await;
+            outcome
+        };
+        // A bug must not leave the mirror dead while /status looks fine:
+        // a panic is reported like any failure, and the mirror retries.
+        let result = std::panic::AssertUnwindSafe(result)
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                Err(MirrorError::Panicked(message))
+            });
         if let Err(error) = result {
+            refresh_lag(&status, tip_height(&store));
             let lag = status.lock().expect("status lock").lag;
             tracing::warn!(%error, lag, retry_in_ms = delay.as_millis() as u64, "mirror failed; the node carries on");
             {
@@ -576,7 +844,14 @@ pub async fn run(
                 s.connected = false;
                 s.last_error = Some(error.to_string());
             }
-            tokio::time::sleep(delay).await;
+            // Wait out the backoff, keeping the lag true as blocks arrive.
+            let until = Instant::now() + delay;
+            while Instant::now() < until {
+                let _ =
+                    tokio::time::timeout(IDLE_POLL.min(until - Instant::now()), wake.notified())
+                        .await;
+                refresh_lag(&status, tip_height(&store));
+            }
             delay = (delay * 2).min(MAX_RETRY_DELAY);
         }
     }

@@ -124,6 +124,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             templates: Default::default(),
             hashrate: hashrate.clone(),
             latency: Default::default(),
+            pool_views: Default::default(),
             admin_token: config.api_admin_token.clone(),
         },
     )

@@ -75,6 +75,68 @@ pub enum SpendError {
     TooManyInputs(usize),
     #[error("amounts overflow the money range")]
     Overflow,
+    #[error(
+        "the fee of {fee} CC ({rate} units/byte) is over the wallet's limit of {limit} CC \
+         (the lower of --max-fee {max_fee} CC and --max-fee-percent {max_percent}% of the \
+         {amount} CC sent): nothing was sent; raise a limit if this fee is meant"
+    )]
+    FeeOverLimit {
+        fee: Amount,
+        rate: u64,
+        limit: Amount,
+        max_fee: Amount,
+        max_percent: u64,
+        amount: Amount,
+    },
+}
+
+/// The most a payment may pay in fees: `max_fee`, and `max_percent` of the
+/// amount sent, whichever is lower. Guards against a node (or a typo) that
+/// asks for an absurd fee rate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeeLimit {
+    pub max_fee: Amount,
+    pub max_percent: u64,
+}
+
+/// Default absolute fee limit: 0.01 CC is 4 000 units per byte for a
+/// 250-byte payment, far above any fee a working network asks.
+pub const DEFAULT_MAX_FEE: Amount = Amount::from_units(1_000_000);
+/// Default fee limit relative to the amount sent, in percent.
+pub const DEFAULT_MAX_FEE_PERCENT: u64 = 10;
+
+impl Default for FeeLimit {
+    fn default() -> FeeLimit {
+        FeeLimit {
+            max_fee: DEFAULT_MAX_FEE,
+            max_percent: DEFAULT_MAX_FEE_PERCENT,
+        }
+    }
+}
+
+impl FeeLimit {
+    /// The limit for sending `amount`.
+    pub fn limit(&self, amount: Amount) -> Amount {
+        let relative = (u128::from(amount.units()) * u128::from(self.max_percent) / 100)
+            .min(u128::from(u64::MAX)) as u64;
+        Amount::from_units(self.max_fee.units().min(relative))
+    }
+
+    /// Refuses a plan whose fee is over the limit.
+    pub fn check(&self, plan: &SpendPlan) -> Result<(), SpendError> {
+        let limit = self.limit(plan.amount);
+        if plan.fee > limit {
+            return Err(SpendError::FeeOverLimit {
+                fee: plan.fee,
+                rate: plan.fee.units() / plan.size.max(1) as u64,
+                limit,
+                max_fee: self.max_fee,
+                max_percent: self.max_percent,
+                amount: plan.amount,
+            });
+        }
+        Ok(())
+    }
 }
 
 /// Bytes of a signed transaction with `inputs` spends and `outputs` outputs.
@@ -429,5 +491,41 @@ mod tests {
             plan_spend(&many, Amount::from_units(1_900_000), FeePolicy::Rate(1)),
             Err(SpendError::TooManyInputs(_))
         ));
+    }
+
+    /// A node answering 4e7 units/byte made a 1 CC payment pay 99 CC of
+    /// fee: the limit refuses it, and passes ordinary fees.
+    #[test]
+    fn fees_over_the_limit_are_refused() {
+        let coins = [coin(1, 100 * 100_000_000)];
+        let one_cc = Amount::from_units(100_000_000);
+        let limit = FeeLimit::default();
+        let absurd = plan_spend(&coins, one_cc, FeePolicy::Rate(40_000_000)).unwrap();
+        assert!(absurd.fee.units() > 90 * 100_000_000);
+        assert!(matches!(
+            limit.check(&absurd),
+            Err(SpendError::FeeOverLimit { .. })
+        ));
+        let ordinary = plan_spend(&coins, one_cc, FeePolicy::Rate(10)).unwrap();
+        assert_eq!(limit.check(&ordinary), Ok(()));
+        // Relative: 10% of a tiny payment.
+        assert_eq!(
+            limit.limit(Amount::from_units(1_000)),
+            Amount::from_units(100)
+        );
+        let tiny = plan_spend(&coins, Amount::from_units(1_000), FeePolicy::Rate(2)).unwrap();
+        assert!(limit.check(&tiny).is_err());
+        let raised = FeeLimit {
+            max_fee: DEFAULT_MAX_FEE,
+            max_percent: 1_000,
+        };
+        assert_eq!(raised.check(&tiny), Ok(()));
+        let fixed = plan_spend(
+            &coins,
+            one_cc,
+            FeePolicy::Fixed(Amount::from_units(2_000_000)),
+        )
+        .unwrap();
+        assert!(limit.check(&fixed).is_err(), "an exact fee is capped too");
     }
 }

@@ -437,3 +437,312 @@ fn clients_report_an_unreachable_node_and_a_wrong_network_clearly() {
     );
     node.drain();
 }
+
+/// What a lying node answers (status, body) to a request (method, path,
+/// body, the real node), or `None` to forward it.
+type Lie = fn(&str, &str, &str, SocketAddr) -> Option<(u16, String)>;
+
+/// A node in front of `real` that answers what `lie` answers (given the
+/// method, path, body and `real`) and forwards every other request. One
+/// request per connection.
+fn lying_node(real: SocketAddr, lie: Lie) -> SocketAddr {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { break };
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut request_line = String::new();
+                reader.read_line(&mut request_line).unwrap();
+                let mut parts = request_line.split_whitespace();
+                let method = parts.next().unwrap_or_default().to_string();
+                let path = parts.next().unwrap_or_default().to_string();
+                let mut length = 0usize;
+                loop {
+                    let mut line = String::new();
+                    reader.read_line(&mut line).unwrap();
+                    if line.trim().is_empty() {
+                        break;
+                    }
+                    if let Some((name, value)) = line.split_once(':') {
+                        if name.eq_ignore_ascii_case("content-length") {
+                            length = value.trim().parse().unwrap();
+                        }
+                    }
+                }
+                let mut body = vec![0u8; length];
+                reader.read_exact(&mut body).unwrap();
+                let body = String::from_utf8(body).unwrap();
+                let (status, answer) = lie(&method, &path, &body, real)
+                    .unwrap_or_else(|| http(real, &method, &path, &body));
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+                    answer.len()
+                );
+            });
+        }
+    });
+    addr
+}
+
+/// A regtest node that mined 15 blocks to a new wallet (5 mature rewards):
+/// the wallet file, its address and the node.
+fn funded_wallet(dir: &Path) -> (String, String, chaincore::testkit::process::Node) {
+    let wallet = dir.join("w.json").to_str().unwrap().to_string();
+    let address = run_ok(&["wallet", "new", "--network", "regtest", "--wallet", &wallet])
+        .lines()
+        .last()
+        .unwrap()
+        .to_string();
+    let mut node = crate::common::NodeProcess::start(
+        &dir.join("n"),
+        &[
+            "--connect-only",
+            "--mine-to",
+            &address,
+            "--mine-blocks",
+            "15",
+        ],
+    );
+    node.wait_for_height(15, Duration::from_secs(60));
+    (wallet, address, node)
+}
+
+/// A node that asks an absurd fee rate (4 000 000 units/byte: about 9 CC
+/// of fee on a 1 CC payment) is refused by the wallet's fee limit and
+/// nothing is sent. A node that answers another txid than the wallet
+/// computed is refused too. `--fee` (which unit?) and a decimal
+/// `--fee-rate` are refused as ambiguous.
+#[test]
+fn wallet_refuses_a_lying_nodes_fee_and_txid() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wallet, _, mut node) = funded_wallet(dir.path());
+    let api = node.api_addr();
+    let to = chaincore::testkit::key(9)
+        .address(Network::Regtest)
+        .to_string();
+    let send = |node_url: &str, extra: &[&str]| {
+        let mut args = vec![
+            "wallet", "send", "--wallet", &wallet, "--node", node_url, "--to", &to, "--amount", "1",
+        ];
+        args.extend_from_slice(extra);
+        chaincore().args(&args).output().unwrap()
+    };
+    let greedy = lying_node(api, |method, path, _, _| {
+        (method == "GET" && path == "/fee-estimates").then(|| {
+            let rates: serde_json::Map<String, Value> = ["1", "2", "3", "6", "12", "25", "144"]
+                .iter()
+                .map(|t| (t.to_string(), serde_json::json!(4_000_000.0)))
+                .collect();
+            (200, Value::Object(rates).to_string())
+        })
+    });
+    let greedy = format!("http://{greedy}");
+    let out = send(&greedy, &[]);
+    let error = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && error.contains("over the wallet's limit"),
+        "{error}"
+    );
+    assert_eq!(get_json(api, "/mempool")["count"], 0, "nothing was sent");
+    let out = send(&greedy, &["--max-fee", "10"]);
+    let error = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && error.contains("over the wallet's limit"),
+        "the relative limit holds too: {error}"
+    );
+    assert_eq!(get_json(api, "/mempool")["count"], 0, "nothing was sent");
+
+    // A node that broadcasts but answers another txid.
+    let forger = lying_node(api, |method, path, body, real| {
+        (method == "POST" && path == "/tx").then(|| {
+            let (status, _) = http(real, method, path, body);
+            (status, "ab".repeat(32))
+        })
+    });
+    let out = send(&format!("http://{forger}"), &["--fee-rate", "2"]);
+    let error = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && error.contains(&format!("answered txid \"{}\"", "ab".repeat(32))),
+        "{error}"
+    );
+
+    // Ambiguous units.
+    let url = format!("http://{api}");
+    let out = send(&url, &["--fee", "1000"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--fee-cc"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = send(&url, &["--fee-rate", "0.5"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("whole base units per byte"));
+    // An honest node: the printed txid is the wallet's own.
+    let out = send(&url, &["--fee-rate", "2"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let txid = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        get_json(api, &format!("/tx/{txid}"))["txid"],
+        Value::String(txid.clone())
+    );
+    node.stop();
+}
+
+/// More than 50 (the node's page) unconfirmed transactions of the wallet:
+/// it reads them all, so each next payment spends change that is really
+/// unspent (reading only 50, it picked change the unseen ones had spent,
+/// and the node refused the payment as a double spend).
+#[test]
+fn wallet_with_more_than_50_pending_transactions_still_pays() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wallet, address, mut node) = funded_wallet(dir.path());
+    let api = node.api_addr();
+    let url = format!("http://{api}");
+    let to = chaincore::testkit::key(9)
+        .address(Network::Regtest)
+        .to_string();
+    for n in 0..60 {
+        let out = chaincore()
+            .args([
+                "wallet", "send", "--wallet", &wallet, "--node", &url, "--to", &to,
+            ])
+            .args(["--amount", "0.01", "--fee-rate", "2"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "payment {n}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(get_json(api, "/mempool")["count"], 60);
+    // Newest first, a page of 50, then the rest.
+    let first = get_json(api, &format!("/address/{address}/txs/mempool"));
+    let first = first.as_array().unwrap();
+    assert_eq!(first.len(), 50);
+    let seen: Vec<u64> = first
+        .iter()
+        .map(|t| t["first_seen"].as_u64().unwrap())
+        .collect();
+    assert!(
+        seen.windows(2).all(|w| w[0] >= w[1]),
+        "newest first: {seen:?}"
+    );
+    let last = &first[49];
+    let rest = get_json(
+        api,
+        &format!(
+            "/address/{address}/txs/mempool?cursor={}:{}",
+            last["first_seen"],
+            last["txid"].as_str().unwrap()
+        ),
+    );
+    assert_eq!(rest.as_array().unwrap().len(), 10);
+    let history: Value = serde_json::from_str(&run_ok(&[
+        "wallet", "history", "--json", "--wallet", &wallet, "--node", &url, "--limit", "100",
+    ]))
+    .unwrap();
+    let pending = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["height"].is_null())
+        .count();
+    assert_eq!(pending, 60);
+    node.stop();
+}
+
+/// `chaincore mine` with about 900 KB of transactions in the mempool: the
+/// block it finds (1.8 MB of hex) is accepted (before, `/mining/submit`
+/// refused any body over 201 KB, and the miner lost every such block).
+#[test]
+fn mine_submits_a_900_kb_block() {
+    use chaincore::consensus::amount::Amount;
+    use chaincore::consensus::transaction::TxOut;
+    use chaincore::encoding::Encode;
+    use chaincore::testkit::{key, signed_spend};
+    let dir = tempfile::tempdir().unwrap();
+    let base = crate::common::prefix(20);
+    let file = crate::common::block_file(dir.path(), "chain.dat", &base.blocks[1..]);
+    let mut node = crate::common::NodeProcess::start(
+        &dir.path().join("n"),
+        &["--connect-only", "--import", file.to_str().unwrap()],
+    );
+    node.wait_for("import done", Duration::from_secs(60));
+    let api = node.api_addr();
+    let owner = key(1);
+    // Nine transactions just under the standard size, each spending one
+    // mature reward into many small outputs.
+    let outputs = 3_500;
+    let mut total = 0;
+    for (outpoint, utxo) in base.spendable(owner.pubkey_hash()).into_iter().take(9) {
+        let value = 1_000u64;
+        let fee = 200_000u64;
+        let mut outs = vec![
+            TxOut {
+                amount: Amount::from_units(value),
+                owner: key(8).pubkey_hash()
+            };
+            outputs
+        ];
+        outs.push(TxOut {
+            amount: Amount::from_units(utxo.output.amount.units() - value * outputs as u64 - fee),
+            owner: owner.pubkey_hash(),
+        });
+        let tx = signed_spend(&[(outpoint, utxo.output, &owner)], outs);
+        total += tx.encoded_len();
+        let (status, body) = http(api, "POST", "/tx", &hex::encode(tx.to_bytes()));
+        assert_eq!(status, 200, "{body}");
+    }
+    assert!(total > 880_000, "{total} bytes of transactions");
+    let miner = key(2).address(Network::Regtest).to_string();
+    // The miner keeps mining until a block is accepted: a refused block
+    // would keep it running, so it gets a deadline.
+    let mut mine = chaincore()
+        .args([
+            "mine",
+            "--node",
+            &format!("http://{api}"),
+            "--address",
+            &miner,
+        ])
+        .args(["--blocks", "1", "--threads", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = mine.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            mine.kill().unwrap();
+            let mut log = String::new();
+            std::io::Read::read_to_string(&mut mine.stderr.take().unwrap(), &mut log).unwrap();
+            panic!("chaincore mine found no accepted block in 120 s:\n{log}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success());
+    assert_eq!(height(api), 21);
+    let tip = http(api, "GET", "/blocks/tip/hash", "").1;
+    let block = get_json(api, &format!("/block/{tip}"));
+    assert_eq!(block["tx_count"], 10);
+    assert!(block["size"].as_u64().unwrap() > 880_000, "{block}");
+    node.stop();
+}

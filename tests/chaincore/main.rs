@@ -11,6 +11,7 @@ mod hostile;
 mod mempool;
 mod mirror;
 mod p2p;
+mod pg_server;
 mod schema;
 mod spec;
 mod vectors;
