@@ -3,9 +3,12 @@
 //! (`protocol::Protocol`) and is the only place that talks to the chain on
 //! behalf of peers.
 
+pub mod addr_rate;
 pub mod addrbook;
 pub mod connection;
+pub mod eviction;
 pub mod headers_sync;
+pub mod netgroup;
 pub mod protocol;
 pub mod traffic;
 
@@ -157,7 +160,7 @@ pub async fn start(
         mempool,
         config.network,
         local_addr.port(),
-        AddrBook::load(&config.data_dir),
+        AddrBook::open(&config.data_dir, config.network),
         config.peers.clone(),
         !config.connect_only,
         Instant::now(),

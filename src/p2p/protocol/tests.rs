@@ -40,7 +40,7 @@ fn harness_with(
         mempool,
         Network::Regtest,
         27333,
-        AddrBook::default(),
+        AddrBook::new(Network::Regtest),
         Vec::new(),
         false,
         now,
@@ -402,3 +402,5 @@ fn an_unrequested_low_work_block_is_dropped_without_blame() {
     assert_eq!(index_len(&h), 21);
     assert!(!h.protocol.chain.lock().unwrap().has_block(&block.hash()));
 }
+
+mod hostile_peers;
