@@ -402,8 +402,11 @@ impl AddrBook {
     }
 
     fn restore_new(&mut self, saved: &SavedEntry, now: u32) {
-        if self.add_new(saved.addr, saved.source, saved.last_seen, now) {
-            if let Some(entry) = self.entries.get_mut(&canonical_socket(saved.addr)) {
+        // As saved: the relay penalty was taken when the address came in.
+        let (addr, source) = (canonical_socket(saved.addr), canonical(saved.source));
+        let seen = believed_time(saved.last_seen, now);
+        if self.place_new(addr, source, seen, now) {
+            if let Some(entry) = self.entries.get_mut(&addr) {
                 entry.last_success = saved.last_success;
                 entry.attempts = saved.attempts;
             }
@@ -562,13 +565,19 @@ impl AddrBook {
     /// a worthy other one. Returns whether the address took a new slot.
     pub fn add_new(&mut self, addr: SocketAddr, source: IpAddr, time: u32, now: u32) -> bool {
         let addr = canonical_socket(addr);
-        if !self.acceptable(&addr) {
-            return false;
-        }
         let source = canonical(source);
         let mut time = believed_time(time, now);
         if source != addr.ip() {
             time = time.saturating_sub(ADDR_RELAY_PENALTY);
+        }
+        self.place_new(addr, source, time, now)
+    }
+
+    /// Puts `addr` (canonical) in the new bucket `source` gives it, seen at
+    /// `time` (already believed), if its slot is free or worthless.
+    fn place_new(&mut self, addr: SocketAddr, source: IpAddr, time: u32, now: u32) -> bool {
+        if !self.acceptable(&addr) {
+            return false;
         }
         let bucket = self.new_bucket(&addr, NetGroup::of(source));
         let slot = self.slot(false, bucket, &addr);

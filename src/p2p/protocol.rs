@@ -352,10 +352,12 @@ impl Protocol {
         self.discouraged.get(ip).is_some_and(|until| *until > now)
     }
 
-    /// Our `version` for peer `id`, its nonce remembered.
+    /// Our `version` for peer `id`; the nonce is remembered for an outbound
+    /// peer (as in Core: a nonce we sent to an inbound peer coming back
+    /// proves nothing but that the peer passed it on).
     fn version_message(&mut self, id: PeerId) -> Message {
         let nonce = rand::random::<u64>();
-        if let Some(peer) = self.peers.get_mut(&id) {
+        if let Some(peer) = self.peers.get_mut(&id).filter(|p| !p.inbound) {
             if let Some(old) = peer.version_nonce.replace(nonce) {
                 self.our_nonces.remove(&old);
             }
