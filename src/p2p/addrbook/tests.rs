@@ -231,7 +231,12 @@ fn saves_and_loads_with_the_same_buckets() {
     let dir = tempfile::tempdir().unwrap();
     let mut book = AddrBook::load(dir.path(), Network::Main).unwrap();
     for (i, addr) in spread(3000, 9).enumerate() {
-        book.add_new(addr, IpAddr::from([70, (i % 30) as u8, 1, 1]), now - 600, now);
+        book.add_new(
+            addr,
+            IpAddr::from([70, (i % 30) as u8, 1, 1]),
+            now - 600,
+            now,
+        );
     }
     let good: Vec<SocketAddr> = book.new_ids.iter().copied().take(100).collect();
     for addr in &good {
