@@ -185,7 +185,7 @@ fn sync_cost_per_block(
         Arc::new(Mutex::new(mempool)),
         Network::Regtest,
         0,
-        AddrBook::default(),
+        AddrBook::new(Network::Regtest),
         Vec::new(),
         false,
         now,

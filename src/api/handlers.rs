@@ -321,6 +321,8 @@ pub async fn metrics(
                 let _ = writeln!(out, "chaincore_misbehaviour_total{{reason=\"{reason}\"}} {count}");
             }
             let _ = writeln!(out, "# HELP chaincore_unknown_commands_total Frames with an unknown command (ignored).\n# TYPE chaincore_unknown_commands_total counter\nchaincore_unknown_commands_total {}", network.counters.unknown_commands);
+            let _ = writeln!(out, "# HELP chaincore_addr_rate_limited_total Addresses of addr messages dropped by the per-peer rate limit.\n# TYPE chaincore_addr_rate_limited_total counter\nchaincore_addr_rate_limited_total {}", network.counters.addr_rate_limited);
+            let _ = writeln!(out, "# HELP chaincore_inbound_evictions_total Inbound peers disconnected to make room for a newcomer.\n# TYPE chaincore_inbound_evictions_total counter\nchaincore_inbound_evictions_total {}", network.counters.inbound_evictions);
             write_traffic(&mut out, &crate::p2p::traffic::TRAFFIC.snapshot());
             write_latency(&mut out, &latency.snapshot());
             Ok(out)

@@ -9,9 +9,12 @@
 //! `getdata` is served a little per round, only while the peer's send
 //! buffer has room.
 
+pub mod addr_rate;
 pub mod addrbook;
 pub mod connection;
+pub mod eviction;
 pub mod headers_sync;
+pub mod netgroup;
 pub mod protocol;
 pub mod traffic;
 
@@ -174,7 +177,7 @@ pub async fn start(
         mempool,
         config.network,
         local_addr.port(),
-        AddrBook::load(&config.data_dir),
+        AddrBook::open(&config.data_dir, config.network),
         config.peers.clone(),
         !config.connect_only,
         Instant::now(),

@@ -18,8 +18,11 @@ use crate::mempool::{Mempool, MempoolError};
 use crate::wire::constants::*;
 use crate::wire::message::{AddrEntry, GetHeaders, InvItem, InvKind, Message, Version};
 
+use super::addr_rate::AddrRateLimit;
 use super::addrbook::AddrBook;
+use super::eviction::{select_peer_to_evict, EvictionCandidate};
 use super::headers_sync::{HeadersSync, SyncStep, TIME_HISTORY};
+use super::netgroup::NetGroup;
 
 pub type PeerId = u64;
 
@@ -71,6 +74,12 @@ pub const MAX_RECENT_REJECTS: usize = 50_000;
 /// its headers are asked for again this much later (nothing was cached as
 /// invalid, so the same header is accepted once the clock has caught up).
 pub const TIME_TOO_NEW_RETRY: Duration = Duration::from_secs(30);
+
+/// How long an address that turned out to be ourselves is not dialed.
+pub const SELF_CONNECTION_BACKOFF: Duration = Duration::from_secs(60 * 60);
+/// Addresses of ourselves remembered at once (a node has a few interfaces;
+/// past this the one remembered longest is forgotten first).
+pub const MAX_SELF_ADDRESSES: usize = 16;
 
 /// First wait before redialing a `--peer` that failed or left; doubles
 /// with every failure up to 64 times this.
@@ -156,6 +165,22 @@ struct Peer {
     tx_announced: usize,
     /// Whether we asked this peer for its mempool (once caught up with it).
     mempool_requested: bool,
+    /// The network group of `addr`.
+    group: NetGroup,
+    /// `group` hashed with the address book's key, for eviction.
+    keyed_group: u64,
+    /// The nonce of the `version` we sent the peer.
+    version_nonce: Option<u64>,
+    /// Where an inbound peer says it listens (its IP, its `listen port`).
+    listen_addr: Option<SocketAddr>,
+    /// Addresses the peer may still send (`addr` rate limit).
+    addr_limit: AddrRateLimit,
+    /// Lowest ping round trip measured.
+    min_ping: Option<Duration>,
+    /// When the peer last sent a block new to us.
+    last_block_at: Option<Instant>,
+    /// When the peer last sent a transaction our pool accepted.
+    last_tx_at: Option<Instant>,
 }
 
 /// A transaction we want: who announced it and whom we asked.
@@ -188,6 +213,10 @@ pub struct SyncProgress {
 pub struct ProtocolCounters {
     pub misbehaviour: HashMap<String, u64>,
     pub unknown_commands: u64,
+    /// Addresses of `addr` messages dropped by the per-peer rate limit.
+    pub addr_rate_limited: u64,
+    /// Inbound peers disconnected to make room for a newcomer.
+    pub inbound_evictions: u64,
 }
 
 pub struct Protocol {
@@ -198,9 +227,13 @@ pub struct Protocol {
     network: Network,
     listen_port: u16,
     peers: HashMap<PeerId, Peer>,
-    /// Nonces of the `version` messages we sent: receiving one back means we
-    /// connected to ourselves.
-    our_nonces: HashSet<u64>,
+    /// Nonces of the `version` messages we sent, and to which peer:
+    /// receiving one back means we connected to ourselves. An entry leaves
+    /// with its peer, so this holds at most one per connection.
+    our_nonces: HashMap<u64, PeerId>,
+    /// Addresses that turned out to be ourselves, and until when they are
+    /// not dialed (at most `MAX_SELF_ADDRESSES`).
+    self_addrs: HashMap<SocketAddr, Instant>,
     /// Which peer each requested block was asked of.
     in_flight: HashMap<BlockHash, PeerId>,
     /// When we last sent `getheaders`, and to whom.
@@ -251,7 +284,8 @@ impl Protocol {
             network,
             listen_port,
             peers: HashMap::new(),
-            our_nonces: HashSet::new(),
+            our_nonces: HashMap::new(),
+            self_addrs: HashMap::new(),
             in_flight: HashMap::new(),
             headers_request: None,
             addrbook,
@@ -340,9 +374,17 @@ impl Protocol {
         self.discouraged.get(ip).is_some_and(|until| *until > now)
     }
 
-    fn version_message(&mut self) -> Message {
+    /// Our `version` for peer `id`; the nonce is remembered for an outbound
+    /// peer (as in Core: a nonce we sent to an inbound peer coming back
+    /// proves nothing but that the peer passed it on).
+    fn version_message(&mut self, id: PeerId) -> Message {
         let nonce = rand::random::<u64>();
-        self.our_nonces.insert(nonce);
+        if let Some(peer) = self.peers.get_mut(&id).filter(|p| !p.inbound) {
+            if let Some(old) = peer.version_nonce.replace(nonce) {
+                self.our_nonces.remove(&old);
+            }
+            self.our_nonces.insert(nonce, id);
+        }
         let start_height = self.chain.lock().expect("chain lock").height();
         Message::Version(Version {
             protocol_version: PROTOCOL_VERSION,
@@ -375,10 +417,19 @@ impl Protocol {
                 return actions;
             }
             if inbound_count >= MAX_INBOUND {
-                actions.push(Action::Disconnect(id, "too_many_inbound"));
-                return actions;
+                // Full: make room by evicting as Bitcoin Core does, so that
+                // squatters cannot keep newcomers out.
+                let Some(victim) = self.inbound_to_evict() else {
+                    actions.push(Action::Disconnect(id, "too_many_inbound"));
+                    return actions;
+                };
+                tracing::info!(peer = victim, newcomer = %addr, "inbound slots full: evicting a peer");
+                self.counters.inbound_evictions += 1;
+                actions.push(Action::Disconnect(victim, "evicted"));
+                actions.extend(self.on_disconnected(victim, now));
             }
         }
+        let group = NetGroup::of(addr.ip());
         self.peers.insert(
             id,
             Peer {
@@ -408,14 +459,41 @@ impl Protocol {
                 tx_in_flight: HashSet::new(),
                 tx_announced: 0,
                 mempool_requested: false,
+                group,
+                keyed_group: self.addrbook.keyed_group(group),
+                version_nonce: None,
+                listen_addr: None,
+                addr_limit: AddrRateLimit::new(now),
+                min_ping: None,
+                last_block_at: None,
+                last_tx_at: None,
             },
         );
         if !inbound {
-            let version = self.version_message();
+            let version = self.version_message(id);
             self.peers.get_mut(&id).expect("just inserted").sent_version = true;
             actions.push(Action::Send(id, version));
         }
         actions
+    }
+
+    /// The inbound peer to disconnect for a newcomer (see `eviction`).
+    fn inbound_to_evict(&self) -> Option<PeerId> {
+        let candidates = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.inbound)
+            .map(|(id, p)| EvictionCandidate {
+                id: *id,
+                connected_at: p.connected_at,
+                min_ping: p.min_ping,
+                last_block_at: p.last_block_at,
+                last_tx_at: p.last_tx_at,
+                group: p.group,
+                keyed_group: p.keyed_group,
+            })
+            .collect();
+        select_peer_to_evict(candidates)
     }
 
     /// A dial attempt failed.
@@ -430,6 +508,9 @@ impl Protocol {
             return Vec::new();
         };
         tracing::info!(peer = id, addr = %peer.addr, "peer disconnected");
+        if let Some(nonce) = peer.version_nonce {
+            self.our_nonces.remove(&nonce);
+        }
         for hash in peer.in_flight.keys() {
             self.in_flight.remove(hash);
         }
@@ -477,8 +558,10 @@ impl Protocol {
             Message::Ping(nonce) => actions.push(Action::Send(id, Message::Pong(nonce))),
             Message::Pong(nonce) => {
                 let peer = self.peers.get_mut(&id).expect("checked");
-                if peer.ping.is_some_and(|(n, _)| n == nonce) {
+                if let Some((_, sent)) = peer.ping.filter(|(n, _)| *n == nonce) {
                     peer.ping = None;
+                    let rtt = now.saturating_duration_since(sent);
+                    peer.min_ping = Some(peer.min_ping.map_or(rtt, |m| m.min(rtt)));
                 }
             }
             Message::GetAddr => {
@@ -487,7 +570,7 @@ impl Protocol {
                     peer.answered_getaddr = true;
                     let entries = self
                         .addrbook
-                        .sample(MAX_ADDR_ENTRIES)
+                        .sample(MAX_ADDR_ENTRIES, unix_now())
                         .into_iter()
                         .map(|(addr, time)| AddrEntry {
                             time,
@@ -499,8 +582,18 @@ impl Protocol {
                 }
             }
             Message::Addr(entries) => {
-                for entry in entries {
-                    self.addrbook.add_new(entry.addr, entry.time);
+                let peer = self.peers.get_mut(&id).expect("checked");
+                let source = peer.addr.ip();
+                let admitted = peer.addr_limit.admit(entries.len(), now);
+                if admitted < entries.len() {
+                    let dropped = entries.len() - admitted;
+                    self.counters.addr_rate_limited += dropped as u64;
+                    tracing::debug!(peer = id, dropped, "addr rate limit: addresses dropped");
+                }
+                let now_unix = unix_now();
+                for entry in entries.into_iter().take(admitted) {
+                    self.addrbook
+                        .add_new(entry.addr, source, entry.time, now_unix);
                 }
             }
             Message::Inv(items) => self.on_inv(id, items, &mut actions),
@@ -657,7 +750,12 @@ impl Protocol {
             pool.accept(&chain, tx)
         };
         match result {
-            Ok(_) => tracing::debug!(peer = id, %txid, "transaction accepted"),
+            Ok(_) => {
+                tracing::debug!(peer = id, %txid, "transaction accepted");
+                if let Some(peer) = self.peers.get_mut(&id) {
+                    peer.last_tx_at = Some(now);
+                }
+            }
             // The parent may still be on its way; ask again when announced.
             Err(MempoolError::MissingInput(_))
             | Err(MempoolError::AlreadyInPool(_))
@@ -738,14 +836,17 @@ impl Protocol {
             self.misbehaving(id, "duplicate_version", actions);
             return;
         }
-        if self.our_nonces.contains(&version.nonce) {
+        if let Some(&ours) = self.our_nonces.get(&version.nonce) {
+            // Our own `version` came back: the peer we sent it to is us.
             tracing::info!(peer = id, "connected to ourselves: disconnecting");
-            if let Some(dialed) = peer.dialed {
-                // Never dial this address again.
-                self.addrbook
-                    .mark_failed(dialed, now + Duration::from_secs(3600));
+            let dialed = self.peers.get(&ours).and_then(|p| p.dialed);
+            if let Some(dialed) = dialed.or(peer.dialed) {
+                self.remember_self_address(dialed, now);
             }
             actions.push(Action::Disconnect(id, "self_connection"));
+            if ours != id {
+                actions.push(Action::Disconnect(ours, "self_connection"));
+            }
             return;
         }
         if version.protocol_version < MIN_PROTOCOL_VERSION {
@@ -754,14 +855,17 @@ impl Protocol {
         }
         let inbound = peer.inbound;
         let addr = peer.addr;
-        if inbound && version.listen_port != 0 {
+        let listen_addr = (inbound && version.listen_port != 0)
+            .then(|| SocketAddr::new(addr.ip(), version.listen_port));
+        if let Some(listen) = listen_addr {
             self.addrbook
-                .add_new(SocketAddr::new(addr.ip(), version.listen_port), unix_now());
+                .add_new(listen, addr.ip(), unix_now(), unix_now());
         }
         let peer = self.peers.get_mut(&id).expect("checked");
         peer.version = Some(version);
+        peer.listen_addr = listen_addr;
         if inbound && !peer.sent_version {
-            let our = self.version_message();
+            let our = self.version_message(id);
             self.peers.get_mut(&id).expect("checked").sent_version = true;
             actions.push(Action::Send(id, our));
         }
@@ -786,6 +890,9 @@ impl Protocol {
             self.addrbook.mark_good(dialed, unix_now());
             // Saved at once: a node killed right after must find it again.
             self.save_addrbook();
+            if let Some(peer) = self.peers.get_mut(&id) {
+                peer.addr_limit.expect_answer();
+            }
             actions.push(Action::Send(id, Message::GetAddr));
         }
         actions.push(Action::Send(id, Message::SendHeaders));
@@ -1193,6 +1300,9 @@ impl Protocol {
             Some(id),
             requested,
         );
+        if matches!(outcome, Ok(BlockOutcome::Accepted { .. })) {
+            self.peers.get_mut(&id).expect("checked").last_block_at = Some(now);
+        }
         match outcome {
             Ok(BlockOutcome::Invalid(error)) => {
                 tracing::info!(peer = id, %hash, %error, "invalid block");
@@ -1441,10 +1551,36 @@ impl Protocol {
         actions
     }
 
+    /// Remembers that dialing `addr` reached ourselves: it is not dialed
+    /// again for `SELF_CONNECTION_BACKOFF`.
+    fn remember_self_address(&mut self, addr: SocketAddr, now: Instant) {
+        if self.self_addrs.len() >= MAX_SELF_ADDRESSES && !self.self_addrs.contains_key(&addr) {
+            if let Some(oldest) = self
+                .self_addrs
+                .iter()
+                .min_by_key(|(a, until)| (**until, **a))
+                .map(|(a, _)| *a)
+            {
+                self.self_addrs.remove(&oldest);
+            }
+        }
+        self.self_addrs.insert(addr, now + SELF_CONNECTION_BACKOFF);
+    }
+
+    /// Dials manual peers that are due, then addresses from the book up to
+    /// `TARGET_OUTBOUND`, one per network group (a group that is not
+    /// routable, loopback or private on regtest, is not limited), never an
+    /// address we are connected to (inbound peers included, by the address
+    /// they listen on) or that turned out to be ourselves.
     fn connect_outbound(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        self.self_addrs.retain(|_, until| *until > now);
         let connected: HashSet<SocketAddr> = self.peers.values().filter_map(|p| p.dialed).collect();
         for (addr, next) in &mut self.manual {
-            if !connected.contains(addr) && !self.dialing.contains(addr) && *next <= now {
+            if !connected.contains(addr)
+                && !self.dialing.contains(addr)
+                && *next <= now
+                && !self.self_addrs.contains_key(addr)
+            {
                 self.dialing.insert(*addr);
                 actions.push(Action::Connect(*addr));
             }
@@ -1452,23 +1588,54 @@ impl Protocol {
         if !self.discover {
             return;
         }
-        let outbound = self.peers.values().filter(|p| !p.inbound).count() + self.dialing.len();
+        let mut outbound = self.peers.values().filter(|p| !p.inbound).count() + self.dialing.len();
         if outbound >= TARGET_OUTBOUND {
             return;
         }
-        let peer_addrs: HashSet<SocketAddr> = self.peers.values().map(|p| p.addr).collect();
+        let peer_addrs: HashSet<SocketAddr> = self
+            .peers
+            .values()
+            .flat_map(|p| [Some(p.addr), p.listen_addr])
+            .flatten()
+            .collect();
+        let mut groups: HashSet<NetGroup> = self
+            .peers
+            .values()
+            .filter(|p| !p.inbound)
+            .map(|p| p.group)
+            .chain(self.dialing.iter().map(|a| NetGroup::of(a.ip())))
+            .filter(|g| g.is_routable())
+            .collect();
         let listen = self.listen_port;
-        let candidates = self.addrbook.candidates(now, |a| {
-            connected.contains(a)
-                || peer_addrs.contains(a)
-                || self.dialing.contains(a)
-                || self.manual.contains_key(a)
-                || self.is_discouraged(&a.ip(), now)
-                || (a.ip().is_loopback() && a.port() == listen)
-        });
-        for addr in candidates.into_iter().take(TARGET_OUTBOUND - outbound) {
+        let now_unix = unix_now();
+        while outbound < TARGET_OUTBOUND {
+            let (dialing, manual, discouraged, self_addrs) = (
+                &self.dialing,
+                &self.manual,
+                &self.discouraged,
+                &self.self_addrs,
+            );
+            let picked = self.addrbook.select(now, now_unix, |a| {
+                connected.contains(a)
+                    || peer_addrs.contains(a)
+                    || dialing.contains(a)
+                    || manual.contains_key(a)
+                    || self_addrs.contains_key(a)
+                    || discouraged.get(&a.ip()).is_some_and(|until| *until > now)
+                    || (a.ip().is_loopback() && a.port() == listen)
+                    || groups.contains(&NetGroup::of(a.ip()))
+            });
+            let Some(addr) = picked else {
+                break;
+            };
+            let group = NetGroup::of(addr.ip());
+            if group.is_routable() {
+                groups.insert(group);
+            }
+            self.addrbook.mark_attempt(addr, now_unix);
             self.dialing.insert(addr);
             actions.push(Action::Connect(addr));
+            outbound += 1;
         }
     }
 

@@ -40,7 +40,7 @@ fn harness_with(
         mempool,
         Network::Regtest,
         27333,
-        AddrBook::default(),
+        AddrBook::new(Network::Regtest),
         Vec::new(),
         false,
         now,
@@ -583,3 +583,5 @@ fn non_continuous_headers_are_a_violation_and_index_nothing() {
     assert_eq!(disconnected(&actions, 1), Some("non_continuous_headers"));
     assert_eq!(index_len(&h), 1);
 }
+
+mod hostile_peers;
