@@ -1,0 +1,322 @@
+//! Relay and inventory: transaction announcements and requests, `notfound`, the mempool exchange, and serving `getdata` as the peer's socket drains.
+
+use super::*;
+
+impl Protocol {
+    /// Asks each peer once for its mempool, as soon as our chain has caught
+    /// up with it: earlier, its transactions would spend blocks we lack.
+    pub(super) fn request_mempools(&mut self, actions: &mut Vec<Action>) {
+        let (synced, height) = {
+            let chain = self.chain.lock().expect("chain lock");
+            (chain.best_header().0 == chain.tip().hash, chain.height())
+        };
+        if !synced {
+            return;
+        }
+        for (id, peer) in self.peers.iter_mut() {
+            let caught_up = peer
+                .version
+                .as_ref()
+                .is_some_and(|v| v.start_height <= height);
+            if peer.ready() && !peer.mempool_requested && caught_up {
+                peer.mempool_requested = true;
+                actions.push(Action::Send(*id, Message::Mempool));
+            }
+        }
+    }
+
+    pub(super) fn on_tx(
+        &mut self,
+        id: PeerId,
+        tx: crate::consensus::transaction::Transaction,
+        now: Instant,
+        actions: &mut Vec<Action>,
+    ) {
+        let txid = tx.txid();
+        let peer = self.peers.get_mut(&id).expect("checked");
+        peer.known.insert(txid);
+        peer.tx_in_flight.remove(&txid);
+        if let Some(request) = self.tx_requests.remove(&txid) {
+            for announcer in request.announcers {
+                if let Some(p) = self.peers.get_mut(&announcer) {
+                    p.tx_announced = p.tx_announced.saturating_sub(1);
+                }
+            }
+        }
+        let result = {
+            let chain = self.chain.lock().expect("chain lock");
+            let mut pool = self.mempool.lock().expect("mempool lock");
+            pool.accept(&chain, tx)
+        };
+        match result {
+            Ok(_) => {
+                tracing::debug!(peer = id, %txid, "transaction accepted");
+                if let Some(peer) = self.peers.get_mut(&id) {
+                    peer.last_tx_at = Some(now);
+                }
+            }
+            // The parent may still be on its way; ask again when announced.
+            Err(MempoolError::MissingInput(_))
+            | Err(MempoolError::AlreadyInPool(_))
+            | Err(MempoolError::AlreadyConfirmed(_))
+            | Err(MempoolError::Store(_)) => {}
+            Err(error) => {
+                tracing::debug!(peer = id, %txid, %error, "transaction rejected");
+                self.recent_rejects.insert_bounded(txid, MAX_RECENT_REJECTS);
+            }
+        }
+        self.request_txs(now, actions);
+    }
+
+    /// Asks announcers for the transactions we want, within per-peer caps.
+    pub(super) fn request_txs(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        let mut batches: HashMap<PeerId, Vec<InvItem>> = HashMap::new();
+        for (txid, request) in &mut self.tx_requests {
+            if request.asked.is_some() {
+                continue;
+            }
+            let chosen = request.announcers.iter().copied().find(|p| {
+                self.peers.get(p).is_some_and(|peer| {
+                    peer.ready() && peer.tx_in_flight.len() < MAX_TX_IN_FLIGHT_PER_PEER
+                })
+            });
+            if let Some(peer_id) = chosen {
+                let peer = self.peers.get_mut(&peer_id).expect("checked above");
+                peer.tx_in_flight.insert(*txid);
+                request.asked = Some((peer_id, now));
+                batches.entry(peer_id).or_default().push(InvItem {
+                    kind: InvKind::Tx,
+                    hash: *txid,
+                });
+            }
+        }
+        for (peer_id, items) in batches {
+            actions.push(Action::Send(peer_id, Message::GetData(items)));
+        }
+    }
+
+    /// Announces transactions that entered the pool to peers that lack them.
+    pub(super) fn announce_txs(&mut self, actions: &mut Vec<Action>) {
+        let fresh = self
+            .mempool
+            .lock()
+            .expect("mempool lock")
+            .take_announcements();
+        if fresh.is_empty() {
+            return;
+        }
+        for (id, peer) in self.peers.iter_mut().filter(|(_, p)| p.ready()) {
+            let items: Vec<InvItem> = fresh
+                .iter()
+                .filter(|t| !peer.known.contains(t))
+                .map(|hash| InvItem {
+                    kind: InvKind::Tx,
+                    hash: *hash,
+                })
+                .collect();
+            for item in &items {
+                peer.known.insert(item.hash);
+            }
+            for chunk in items.chunks(MAX_INV_ENTRIES) {
+                actions.push(Action::Send(*id, Message::Inv(chunk.to_vec())));
+            }
+        }
+    }
+
+    pub(super) fn on_inv(&mut self, id: PeerId, items: Vec<InvItem>, actions: &mut Vec<Action>) {
+        let now = Instant::now();
+        let mut ask_headers = false;
+        {
+            let chain = self.chain.lock().expect("chain lock");
+            let pool = self.mempool.lock().expect("mempool lock");
+            let peer = self.peers.get_mut(&id).expect("checked");
+            for item in &items {
+                peer.known.insert(item.hash);
+                match item.kind {
+                    InvKind::Block => {
+                        if chain.index_entry(&item.hash).is_none() {
+                            ask_headers = true;
+                        }
+                    }
+                    // Kinds of later protocol versions: ignored.
+                    InvKind::Other(_) => {}
+                    InvKind::Tx => {
+                        if pool.contains(&item.hash)
+                            || self.recent_rejects.contains(&item.hash)
+                            || peer.tx_announced >= MAX_PEER_TX_ANNOUNCEMENTS
+                        {
+                            continue;
+                        }
+                        let request = self.tx_requests.entry(item.hash).or_default();
+                        if !request.announcers.contains(&id) {
+                            request.announcers.push(id);
+                            peer.tx_announced += 1;
+                        }
+                    }
+                }
+            }
+        }
+        if ask_headers {
+            self.send_getheaders(id, now, actions);
+        }
+        self.request_txs(now, actions);
+    }
+
+    /// A peer lacks what we asked for. A block goes to another peer at once
+    /// and is never asked of this one again; a peer that keeps failing to
+    /// serve the chain it announced is dropped. A transaction is asked of
+    /// its next announcer.
+    pub(super) fn on_notfound(
+        &mut self,
+        id: PeerId,
+        items: Vec<InvItem>,
+        now: Instant,
+        actions: &mut Vec<Action>,
+    ) {
+        let peer = self.peers.get_mut(&id).expect("checked");
+        for item in items {
+            match item.kind {
+                InvKind::Block => {
+                    if peer.in_flight.remove(&item.hash).is_some() {
+                        self.in_flight.remove(&item.hash);
+                        peer.arrived.remove(&item.hash);
+                        peer.not_found.insert(item.hash);
+                        peer.block_notfound += 1;
+                    }
+                }
+                InvKind::Tx => {
+                    if peer.tx_in_flight.remove(&item.hash) {
+                        if let Some(request) = self.tx_requests.get_mut(&item.hash) {
+                            request.announcers.retain(|p| *p != id);
+                            request.asked = None;
+                            peer.tx_announced = peer.tx_announced.saturating_sub(1);
+                        }
+                    }
+                }
+                InvKind::Other(_) => {}
+            }
+        }
+        let failures = peer.block_notfound;
+        self.tx_requests.retain(|_, r| !r.announcers.is_empty());
+        if failures >= MAX_BLOCK_NOTFOUND {
+            *self
+                .counters
+                .misbehaviour
+                .entry("block_notfound".to_string())
+                .or_default() += 1;
+            tracing::info!(
+                peer = id,
+                failures,
+                "peer cannot serve the blocks it announced"
+            );
+            actions.push(Action::Disconnect(id, "block_notfound"));
+            return;
+        }
+        self.request_blocks(now, actions);
+        self.request_txs(now, actions);
+    }
+
+    /// Queues a peer's `getdata`: each item once (duplicates within the
+    /// request or already queued are ignored), at most `MAX_PENDING_GETDATA`
+    /// waiting. Nothing is read yet: `serve_getdata` answers a little at a
+    /// time, as the peer's socket drains.
+    pub(super) fn on_getdata(&mut self, id: PeerId, items: Vec<InvItem>) {
+        let peer = self.peers.get_mut(&id).expect("checked");
+        let mut ignored = 0usize;
+        for item in items {
+            if matches!(item.kind, InvKind::Other(_)) || peer.getdata_queued.contains(&item) {
+                continue;
+            }
+            if peer.getdata.len() >= MAX_PENDING_GETDATA {
+                ignored += 1;
+                continue;
+            }
+            peer.getdata_queued.insert(item);
+            peer.getdata.push_back(item);
+        }
+        if ignored > 0 {
+            tracing::debug!(
+                peer = id,
+                ignored,
+                "getdata beyond the pending limit ignored"
+            );
+        }
+    }
+
+    /// Whether any peer has `getdata` waiting to be served.
+    pub fn has_pending_getdata(&self) -> bool {
+        self.peers.values().any(|p| !p.getdata.is_empty())
+    }
+
+    /// Peers with `getdata` waiting, in a fixed order.
+    pub fn peers_with_pending_getdata(&self) -> Vec<PeerId> {
+        let mut ids: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| !p.getdata.is_empty())
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Answers a peer's queued `getdata` with at most about `room` bytes of
+    /// blocks and transactions and at most `MAX_GETDATA_PER_TURN` items
+    /// (always at least one item), then `notfound` for what we lack.
+    pub fn serve_getdata(&mut self, id: PeerId, room: usize) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let mut missing = Vec::new();
+        let mut used = 0usize;
+        let mut served = 0usize;
+        while used < room && served < MAX_GETDATA_PER_TURN {
+            let Some(peer) = self.peers.get_mut(&id) else {
+                break;
+            };
+            let Some(item) = peer.getdata.pop_front() else {
+                break;
+            };
+            peer.getdata_queued.remove(&item);
+            served += 1;
+            let message = match item.kind {
+                InvKind::Block => {
+                    let block = {
+                        let chain = self.chain.lock().expect("chain lock");
+                        chain.store().block(&item.hash)
+                    };
+                    match block {
+                        Ok(Some(block)) => Some(Message::Block(Box::new(block))),
+                        Ok(None) => None,
+                        Err(e) => {
+                            tracing::error!(error = %e, "reading a block to serve");
+                            None
+                        }
+                    }
+                }
+                InvKind::Tx => self
+                    .mempool
+                    .lock()
+                    .expect("mempool lock")
+                    .get(&item.hash)
+                    .map(|e| Message::Tx(Box::new((*e.tx).clone()))),
+                InvKind::Other(_) => None,
+            };
+            match message {
+                Some(message) => {
+                    used += match &message {
+                        Message::Block(b) => b.encoded_len(),
+                        Message::Tx(t) => t.encoded_len(),
+                        _ => 0,
+                    };
+                    let peer = self.peers.get_mut(&id).expect("checked above");
+                    peer.known.insert(item.hash);
+                    actions.push(Action::Send(id, message));
+                }
+                None => missing.push(item),
+            }
+        }
+        if !missing.is_empty() {
+            actions.push(Action::Send(id, Message::NotFound(missing)));
+        }
+        actions
+    }
+}

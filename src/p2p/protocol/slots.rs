@@ -1,0 +1,260 @@
+//! Connection slots: admitting and evicting inbound peers, dialing outbound and manual peers, and forgetting peers that leave.
+
+use super::*;
+
+impl Protocol {
+    /// A connection was established (`dialed` is the address we dialed).
+    pub fn on_connected(
+        &mut self,
+        id: PeerId,
+        addr: SocketAddr,
+        dialed: Option<SocketAddr>,
+        now: Instant,
+    ) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let inbound = dialed.is_none();
+        if let Some(d) = dialed {
+            self.dialing.remove(&d);
+        }
+        if inbound {
+            let inbound_count = self.peers.values().filter(|p| p.inbound).count();
+            if self.is_discouraged(&addr.ip(), now) {
+                actions.push(Action::Disconnect(id, "discouraged"));
+                return actions;
+            }
+            if inbound_count >= MAX_INBOUND {
+                // Full: make room by evicting as Bitcoin Core does, so that
+                // squatters cannot keep newcomers out.
+                let Some(victim) = self.inbound_to_evict() else {
+                    actions.push(Action::Disconnect(id, "too_many_inbound"));
+                    return actions;
+                };
+                tracing::info!(peer = victim, newcomer = %addr, "inbound slots full: evicting a peer");
+                self.counters.inbound_evictions += 1;
+                actions.push(Action::Disconnect(victim, "evicted"));
+                actions.extend(self.on_disconnected(victim, now));
+            }
+        }
+        let group = NetGroup::of(addr.ip());
+        self.peers.insert(
+            id,
+            Peer {
+                addr,
+                inbound,
+                dialed,
+                connected_at: now,
+                version: None,
+                got_verack: false,
+                sent_version: false,
+                send_headers: false,
+                known: BoundedSet::default(),
+                best_known: None,
+                in_flight: HashMap::new(),
+                arrived: HashSet::new(),
+                not_found: BoundedSet::default(),
+                block_notfound: 0,
+                getdata: VecDeque::new(),
+                getdata_queued: HashSet::new(),
+                last_common: None,
+                headers_sync: None,
+                headers_retry_at: None,
+                stalls: 0,
+                ping: None,
+                last_ping_sent: now,
+                answered_getaddr: false,
+                tx_in_flight: HashSet::new(),
+                tx_announced: 0,
+                mempool_requested: false,
+                group,
+                keyed_group: self.addrbook.keyed_group(group),
+                version_nonce: None,
+                listen_addr: None,
+                addr_limit: AddrRateLimit::new(now),
+                min_ping: None,
+                last_block_at: None,
+                last_tx_at: None,
+            },
+        );
+        if !inbound {
+            let version = self.version_message(id);
+            self.peers.get_mut(&id).expect("just inserted").sent_version = true;
+            actions.push(Action::Send(id, version));
+        }
+        actions
+    }
+
+    /// The inbound peer to disconnect for a newcomer (see `eviction`).
+    pub(super) fn inbound_to_evict(&self) -> Option<PeerId> {
+        let candidates = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.inbound)
+            .map(|(id, p)| EvictionCandidate {
+                id: *id,
+                connected_at: p.connected_at,
+                min_ping: p.min_ping,
+                last_block_at: p.last_block_at,
+                last_tx_at: p.last_tx_at,
+                group: p.group,
+                keyed_group: p.keyed_group,
+            })
+            .collect();
+        select_peer_to_evict(candidates)
+    }
+
+    /// A dial attempt failed.
+    pub fn on_connect_failed(&mut self, addr: SocketAddr, now: Instant) {
+        self.dialing.remove(&addr);
+        self.addrbook.mark_failed(addr, now);
+        self.back_off_manual(addr, now);
+    }
+
+    pub fn on_disconnected(&mut self, id: PeerId, now: Instant) -> Vec<Action> {
+        let Some(peer) = self.peers.remove(&id) else {
+            return Vec::new();
+        };
+        tracing::info!(peer = id, addr = %peer.addr, "peer disconnected");
+        if let Some(nonce) = peer.version_nonce {
+            self.our_nonces.remove(&nonce);
+        }
+        for hash in peer.in_flight.keys() {
+            self.in_flight.remove(hash);
+        }
+        self.tx_requests.retain(|_, request| {
+            request.announcers.retain(|p| *p != id);
+            if request.asked.is_some_and(|(p, _)| p == id) {
+                request.asked = None;
+            }
+            !request.announcers.is_empty()
+        });
+        if self.headers_request.is_some_and(|(p, _)| p == id) {
+            self.headers_request = None;
+        }
+        if let Some(dialed) = peer.dialed {
+            // Reconnect after a backoff, not at once.
+            self.addrbook.mark_failed(dialed, now);
+            self.back_off_manual(dialed, now);
+        }
+        let mut actions = Vec::new();
+        self.request_blocks(now, &mut actions);
+        self.request_txs(now, &mut actions);
+        actions
+    }
+
+    /// The operator asked to connect to `addr` (and keep connected).
+    pub fn add_peer(&mut self, addr: SocketAddr, now: Instant) -> Vec<Action> {
+        self.manual.insert(addr, now);
+        self.manual_failures.remove(&addr);
+        let mut actions = Vec::new();
+        self.connect_outbound(now, &mut actions);
+        actions
+    }
+
+    /// The operator asked to drop `addr`: no longer a manual peer, and any
+    /// connection to it is closed.
+    pub fn remove_peer(&mut self, addr: SocketAddr) -> Vec<Action> {
+        self.manual.remove(&addr);
+        self.peers
+            .iter()
+            .filter(|(_, p)| p.addr == addr || p.dialed == Some(addr))
+            .map(|(id, _)| Action::Disconnect(*id, "removed_by_operator"))
+            .collect()
+    }
+
+    /// Remembers that dialing `addr` reached ourselves: it is not dialed
+    /// again for `SELF_CONNECTION_BACKOFF`.
+    pub(super) fn remember_self_address(&mut self, addr: SocketAddr, now: Instant) {
+        if self.self_addrs.len() >= MAX_SELF_ADDRESSES && !self.self_addrs.contains_key(&addr) {
+            if let Some(oldest) = self
+                .self_addrs
+                .iter()
+                .min_by_key(|(a, until)| (**until, **a))
+                .map(|(a, _)| *a)
+            {
+                self.self_addrs.remove(&oldest);
+            }
+        }
+        self.self_addrs.insert(addr, now + SELF_CONNECTION_BACKOFF);
+    }
+
+    /// Dials manual peers that are due, then addresses from the book up to
+    /// `TARGET_OUTBOUND`, one per network group (a group that is not
+    /// routable, loopback or private on regtest, is not limited), never an
+    /// address we are connected to (inbound peers included, by the address
+    /// they listen on) or that turned out to be ourselves.
+    pub(super) fn connect_outbound(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        self.self_addrs.retain(|_, until| *until > now);
+        let connected: HashSet<SocketAddr> = self.peers.values().filter_map(|p| p.dialed).collect();
+        for (addr, next) in &mut self.manual {
+            if !connected.contains(addr)
+                && !self.dialing.contains(addr)
+                && *next <= now
+                && !self.self_addrs.contains_key(addr)
+            {
+                self.dialing.insert(*addr);
+                actions.push(Action::Connect(*addr));
+            }
+        }
+        if !self.discover {
+            return;
+        }
+        let mut outbound = self.peers.values().filter(|p| !p.inbound).count() + self.dialing.len();
+        if outbound >= TARGET_OUTBOUND {
+            return;
+        }
+        let peer_addrs: HashSet<SocketAddr> = self
+            .peers
+            .values()
+            .flat_map(|p| [Some(p.addr), p.listen_addr])
+            .flatten()
+            .collect();
+        let mut groups: HashSet<NetGroup> = self
+            .peers
+            .values()
+            .filter(|p| !p.inbound)
+            .map(|p| p.group)
+            .chain(self.dialing.iter().map(|a| NetGroup::of(a.ip())))
+            .filter(|g| g.is_routable())
+            .collect();
+        let listen = self.listen_port;
+        let now_unix = unix_now();
+        while outbound < TARGET_OUTBOUND {
+            let (dialing, manual, discouraged, self_addrs) = (
+                &self.dialing,
+                &self.manual,
+                &self.discouraged,
+                &self.self_addrs,
+            );
+            let picked = self.addrbook.select(now, now_unix, |a| {
+                connected.contains(a)
+                    || peer_addrs.contains(a)
+                    || dialing.contains(a)
+                    || manual.contains_key(a)
+                    || self_addrs.contains_key(a)
+                    || discouraged.get(&a.ip()).is_some_and(|until| *until > now)
+                    || (a.ip().is_loopback() && a.port() == listen)
+                    || groups.contains(&NetGroup::of(a.ip()))
+            });
+            let Some(addr) = picked else {
+                break;
+            };
+            let group = NetGroup::of(addr.ip());
+            if group.is_routable() {
+                groups.insert(group);
+            }
+            self.addrbook.mark_attempt(addr, now_unix);
+            self.dialing.insert(addr);
+            actions.push(Action::Connect(addr));
+            outbound += 1;
+        }
+    }
+
+    /// Pushes back the next attempt to a manual peer after a failure.
+    pub(super) fn back_off_manual(&mut self, addr: SocketAddr, now: Instant) {
+        if let Some(next) = self.manual.get_mut(&addr) {
+            let failures = self.manual_failures.entry(addr).or_insert(0);
+            *failures = (*failures + 1).min(6);
+            *next = now + MANUAL_RETRY_BASE * (1 << *failures);
+        }
+    }
+}

@@ -1,0 +1,415 @@
+//! Header and block sync: headers-first download with the work threshold and pre-sync, block requests per peer, stalls, and announcing our tip.
+
+use super::*;
+
+impl Protocol {
+    pub(super) fn send_getheaders(&mut self, id: PeerId, now: Instant, actions: &mut Vec<Action>) {
+        let locator = self.chain.lock().expect("chain lock").locator();
+        self.headers_request = Some((id, now));
+        actions.push(Action::Send(
+            id,
+            Message::GetHeaders(GetHeaders {
+                locator,
+                stop: Hash256::ZERO,
+            }),
+        ));
+    }
+
+    pub(super) fn on_headers(
+        &mut self,
+        id: PeerId,
+        headers: Vec<crate::consensus::block::BlockHeader>,
+        now: Instant,
+        actions: &mut Vec<Action>,
+    ) {
+        if self.headers_request.is_some_and(|(p, _)| p == id) {
+            self.headers_request = None;
+        }
+        if headers.is_empty() {
+            return;
+        }
+        // Each header must build on the one before it: only then do the
+        // batch's claimed work and its last header speak for all of it.
+        let hashes: Vec<BlockHash> = headers.iter().map(|h| h.hash()).collect();
+        if headers
+            .iter()
+            .skip(1)
+            .zip(&hashes)
+            .any(|(header, prev)| header.prev_hash != *prev)
+        {
+            self.misbehaving(id, "non_continuous_headers", actions);
+            return;
+        }
+        let clock_now = self.chain_clock_now();
+        let peer = self.peers.get_mut(&id).expect("checked");
+        if let Some(sync) = peer.headers_sync.as_mut() {
+            if headers[0].prev_hash == sync.expected_parent() {
+                let step = sync.on_headers(&headers, clock_now);
+                self.on_sync_step(id, step, now, actions);
+                return;
+            }
+            // Something else (a new block announced meanwhile): the pre-sync
+            // cannot continue from it; the headers take the normal path.
+            tracing::debug!(peer = id, "headers pre-sync interrupted");
+            peer.headers_sync = None;
+        }
+        let full = headers.len() == MAX_HEADERS;
+        // Headers are indexed only if their chain has enough work; a full
+        // batch below that starts a pre-sync, a short one is ignored.
+        let presync = {
+            let chain = self.chain.lock().expect("chain lock");
+            let known_last = chain
+                .index_entry(&hashes[hashes.len() - 1])
+                .is_some_and(|e| !e.is_failed());
+            match chain.index_entry(&headers[0].prev_hash) {
+                Some(parent) if !known_last => {
+                    let claimed = headers
+                        .iter()
+                        .fold(parent.chain_work, |w, h| w + work_from_compact(h.bits));
+                    let threshold = chain.headers_work_threshold();
+                    if claimed >= threshold {
+                        None
+                    } else if full {
+                        chain
+                            .header_anchor(&headers[0].prev_hash, TIME_HISTORY)
+                            .map(|anchor| {
+                                HeadersSync::new(
+                                    chain.params(),
+                                    &anchor,
+                                    threshold,
+                                    chain.clock().now(),
+                                )
+                            })
+                    } else {
+                        tracing::debug!(
+                            peer = id,
+                            count = headers.len(),
+                            "headers of a low-work chain: ignored"
+                        );
+                        return;
+                    }
+                }
+                _ => None,
+            }
+        };
+        if let Some(mut sync) = presync {
+            tracing::info!(
+                peer = id,
+                "peer's headers lack work: starting a headers pre-sync"
+            );
+            let step = sync.on_headers(&headers, clock_now);
+            self.peers.get_mut(&id).expect("checked").headers_sync = Some(Box::new(sync));
+            self.on_sync_step(id, step, now, actions);
+            return;
+        }
+        self.index_headers(id, &headers, full, now, actions);
+    }
+
+    pub(super) fn chain_clock_now(&self) -> u32 {
+        self.chain.lock().expect("chain lock").clock().now()
+    }
+
+    /// Indexes headers whose chain has enough work, then asks for more or
+    /// for the blocks.
+    pub(super) fn index_headers(
+        &mut self,
+        id: PeerId,
+        headers: &[crate::consensus::block::BlockHeader],
+        ask_more: bool,
+        now: Instant,
+        actions: &mut Vec<Action>,
+    ) {
+        let outcome = match self
+            .chain
+            .lock()
+            .expect("chain lock")
+            .process_headers(headers)
+        {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                tracing::error!(error = %e, "storing headers failed");
+                return;
+            }
+        };
+        if let Some(rejection) = outcome.invalid {
+            let reason = match rejection {
+                HeaderRejection::Invalid(_) => "invalid_header",
+                HeaderRejection::InvalidAncestor => "header_on_invalid_chain",
+            };
+            self.misbehaving(id, reason, actions);
+            return;
+        }
+        let peer = self.peers.get_mut(&id).expect("checked");
+        if let Some(last) = outcome.last {
+            peer.known.insert(last);
+            peer.best_known = Some(last);
+        }
+        if outcome.deferred {
+            // Too far ahead of our clock: not invalid, and not the peer's
+            // fault. Ask again once the clock may have caught up.
+            tracing::info!(
+                peer = id,
+                "header time too far ahead of our clock: retrying later"
+            );
+            peer.headers_retry_at = Some(now + TIME_TOO_NEW_RETRY);
+        } else if outcome.unconnected || ask_more {
+            // An announcement whose parent we lack asks for the gap; a full
+            // batch asks for the next one.
+            self.send_getheaders(id, now, actions);
+        }
+        self.request_blocks(now, actions);
+    }
+
+    /// Acts on what the peer's headers pre-sync decided.
+    pub(super) fn on_sync_step(
+        &mut self,
+        id: PeerId,
+        step: SyncStep,
+        now: Instant,
+        actions: &mut Vec<Action>,
+    ) {
+        match step {
+            SyncStep::Request(locator) => self.send_locator(id, locator, now, actions),
+            SyncStep::Commit { headers, next } => {
+                if next.is_none() {
+                    tracing::info!(
+                        peer = id,
+                        "headers pre-sync done: the chain has enough work"
+                    );
+                    self.peers.get_mut(&id).expect("checked").headers_sync = None;
+                }
+                if !headers.is_empty() {
+                    self.index_headers(id, &headers, false, now, actions);
+                }
+                if !self.peers.contains_key(&id) {
+                    return;
+                }
+                match next {
+                    Some(locator) => self.send_locator(id, locator, now, actions),
+                    None => self.send_getheaders(id, now, actions),
+                }
+            }
+            SyncStep::Abandoned(reason) => {
+                tracing::info!(peer = id, reason, "headers pre-sync abandoned");
+                self.peers.get_mut(&id).expect("checked").headers_sync = None;
+            }
+            SyncStep::Invalid(reason) => {
+                self.peers.get_mut(&id).expect("checked").headers_sync = None;
+                self.misbehaving(id, reason, actions);
+            }
+        }
+    }
+
+    pub(super) fn send_locator(
+        &mut self,
+        id: PeerId,
+        locator: Vec<BlockHash>,
+        now: Instant,
+        actions: &mut Vec<Action>,
+    ) {
+        self.headers_request = Some((id, now));
+        actions.push(Action::Send(
+            id,
+            Message::GetHeaders(GetHeaders {
+                locator,
+                stop: Hash256::ZERO,
+            }),
+        ));
+    }
+
+    /// Memory held by headers pre-syncs, in bytes (for tests and metrics).
+    pub fn headers_sync_bytes(&self) -> usize {
+        self.peers
+            .values()
+            .filter_map(|p| p.headers_sync.as_ref())
+            .map(|s| s.memory_bytes())
+            .sum()
+    }
+
+    pub(super) fn on_block(
+        &mut self,
+        id: PeerId,
+        block: crate::consensus::block::Block,
+        now: Instant,
+        actions: &mut Vec<Action>,
+    ) {
+        let hash = block.hash();
+        tracing::debug!(peer = id, %hash, "block received");
+        let peer = self.peers.get_mut(&id).expect("checked");
+        peer.known.insert(hash);
+        let requested = peer.in_flight.remove(&hash).is_some();
+        peer.arrived.remove(&hash);
+        if requested {
+            peer.stalls = peer.stalls.saturating_sub(1);
+        }
+        if self.in_flight.get(&hash) == Some(&id) {
+            self.in_flight.remove(&hash);
+        }
+        let outcome = self.chain.lock().expect("chain lock").process_new_block(
+            Arc::new(block),
+            Some(id),
+            requested,
+        );
+        if matches!(outcome, Ok(BlockOutcome::Accepted { .. })) {
+            self.peers.get_mut(&id).expect("checked").last_block_at = Some(now);
+        }
+        match outcome {
+            Ok(BlockOutcome::Invalid(error)) => {
+                tracing::info!(peer = id, %hash, %error, "invalid block");
+                self.misbehaving(id, "invalid_block", actions);
+            }
+            Ok(BlockOutcome::InvalidAncestor) => {
+                self.misbehaving(id, "block_on_invalid_chain", actions)
+            }
+            Ok(BlockOutcome::Orphan) => self.send_getheaders(id, now, actions),
+            Ok(BlockOutcome::Deferred(error)) => {
+                tracing::info!(peer = id, %hash, %error, "block refused for now");
+                let peer = self.peers.get_mut(&id).expect("checked");
+                peer.headers_retry_at = Some(now + TIME_TOO_NEW_RETRY);
+            }
+            Ok(BlockOutcome::NotStored) => {
+                tracing::debug!(peer = id, %hash, "unrequested low-work block dropped");
+            }
+            Ok(BlockOutcome::Accepted { .. } | BlockOutcome::Duplicate) => {
+                let peer = self.peers.get_mut(&id).expect("checked");
+                let better = {
+                    let chain = self.chain.lock().expect("chain lock");
+                    peer.best_known.is_none_or(|b| chain.is_ancestor(&b, &hash))
+                };
+                if better {
+                    peer.best_known = Some(hash);
+                }
+            }
+            Err(e) => tracing::error!(error = %e, %hash, "storing a block failed"),
+        }
+        self.request_blocks(now, actions);
+    }
+
+    /// A block from a peer reached our queue (it may wait for its turn): a
+    /// request is stalled only if nothing arrived, however late it is
+    /// handled.
+    pub fn on_block_arrived(&mut self, id: PeerId, hash: BlockHash) {
+        if let Some(peer) = self.peers.get_mut(&id) {
+            if peer.in_flight.contains_key(&hash) {
+                peer.arrived.insert(hash);
+            }
+        }
+    }
+
+    /// Asks each peer for blocks of its best chain that we lack, within its
+    /// in-flight cap; the least busy peers choose first.
+    pub(super) fn request_blocks(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        let mut ids: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| {
+                p.ready()
+                    && p.best_known.is_some()
+                    && p.in_flight.len() < MAX_BLOCKS_IN_FLIGHT_PER_PEER
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        if ids.is_empty() {
+            return;
+        }
+        ids.sort_by_key(|id| (self.peers[id].in_flight.len(), self.peers[id].stalls, *id));
+        let chain = self.chain.lock().expect("chain lock");
+        for peer_id in ids {
+            let peer = self.peers.get_mut(&peer_id).expect("listed above");
+            let best = peer.best_known.expect("filtered above");
+            let capacity = MAX_BLOCKS_IN_FLIGHT_PER_PEER - peer.in_flight.len();
+            let in_flight = &self.in_flight;
+            let not_found = &peer.not_found;
+            let wanted = chain.blocks_to_download(
+                &best,
+                &mut peer.last_common,
+                BLOCK_DOWNLOAD_WINDOW,
+                capacity,
+                &|h| in_flight.contains_key(h) || not_found.contains(h),
+            );
+            if wanted.is_empty() {
+                continue;
+            }
+            let mut items = Vec::with_capacity(wanted.len());
+            for (hash, _) in wanted {
+                peer.in_flight.insert(hash, now);
+                self.in_flight.insert(hash, peer_id);
+                items.push(InvItem {
+                    kind: InvKind::Block,
+                    hash,
+                });
+            }
+            actions.push(Action::Send(peer_id, Message::GetData(items)));
+        }
+    }
+
+    /// Announces a new tip to every peer that does not have it.
+    pub(super) fn announce_tip(&mut self, actions: &mut Vec<Action>) {
+        let (tip, header) = {
+            let chain = self.chain.lock().expect("chain lock");
+            let tip = chain.tip().hash;
+            (tip, chain.index_entry(&tip).expect("tip indexed").header)
+        };
+        if tip == self.announced_tip {
+            return;
+        }
+        self.announced_tip = tip;
+        for (id, peer) in self.peers.iter_mut().filter(|(_, p)| p.ready()) {
+            if peer.known.contains(&tip) {
+                continue;
+            }
+            peer.known.insert(tip);
+            let message = if peer.send_headers {
+                Message::Headers(vec![header])
+            } else {
+                Message::Inv(vec![InvItem {
+                    kind: InvKind::Block,
+                    hash: tip,
+                }])
+            };
+            actions.push(Action::Send(*id, message));
+        }
+    }
+
+    pub(super) fn update_progress(&mut self, now: Instant) {
+        let (header_height, block_height) = {
+            let chain = self.chain.lock().expect("chain lock");
+            (chain.best_header().1, chain.height())
+        };
+        let best_peer = self
+            .peers
+            .values()
+            .filter_map(|p| p.version.as_ref().map(|v| v.start_height))
+            .max()
+            .unwrap_or(0);
+        let target = header_height.max(best_peer);
+        self.progress.header_height = header_height;
+        self.progress.block_height = block_height;
+        // Caught up (a new chain at genesis included) is 100%.
+        self.progress.percent = if block_height >= target {
+            100.0
+        } else {
+            f64::from(block_height) * 100.0 / f64::from(target)
+        };
+        self.progress.peers = self.peers.values().filter(|p| p.ready()).count();
+        self.progress.blocks_in_flight = self.in_flight.len();
+        let (since, height_then) = self.last_progress;
+        let elapsed = now.duration_since(since);
+        if elapsed < PROGRESS_LOG_INTERVAL {
+            return;
+        }
+        let rate = f64::from(block_height.saturating_sub(height_then)) / elapsed.as_secs_f64();
+        self.progress.blocks_per_sec = rate;
+        self.last_progress = (now, block_height);
+        if block_height < header_height {
+            tracing::info!(
+                headers = header_height,
+                blocks = block_height,
+                percent = format!("{:.1}", self.progress.percent),
+                blocks_per_sec = format!("{rate:.1}"),
+                in_flight = self.in_flight.len(),
+                "syncing"
+            );
+        }
+    }
+}
