@@ -1,6 +1,10 @@
 //! The node's physical limits on this machine: signature verifications per
-//! second per core, sha256d header hashes per second per core, and full block
-//! validation throughput with one core and with all of them.
+//! second on one core and on two, with libsecp256k1 (what consensus uses)
+//! beside the k256 reference in the same run; sha256d header hashes per
+//! second per core; UTXO-digest updates per core (k256, what the store uses,
+//! beside the same computation on libsecp256k1's public API); and full block
+//! validation throughput with one core and with all of them, for both
+//! signature libraries.
 //!
 //! Run: `cargo bench --profile dev --bench limits` (see README: the dev profile
 //! is our optimized profile).
@@ -9,40 +13,93 @@ use std::time::{Duration, Instant};
 
 use chaincore::consensus::amount::Amount;
 use chaincore::consensus::block::Block;
-use chaincore::consensus::keys::verify_signature;
+use chaincore::consensus::keys::{verify_signature, verify_signature_k256, SignatureVerifier};
 use chaincore::consensus::params::Network;
 use chaincore::consensus::transaction::{OutPoint, TxOut};
-use chaincore::consensus::validation::{check_block, check_block_contextual, SignatureChecks};
+use chaincore::consensus::validation::{check_block, check_block_contextual_verifying_with};
 use chaincore::mining::grind_nonce;
 use chaincore::testkit::{key, signed_spend, TestChain};
 use primitive_types::U256;
+use rayon::prelude::*;
 
 /// Transactions in the validation benchmark block (each one input, one output).
 const BLOCK_TXS: usize = 2_000;
+
+/// The two signature libraries, consensus's first.
+const VERIFIERS: [(&str, SignatureVerifier); 2] = [
+    ("libsecp256k1", verify_signature),
+    ("k256", verify_signature_k256),
+];
+
+/// How long each library is measured per round; rounds alternate between the
+/// libraries so that a change in the machine's load hits both alike.
+const ROUND: Duration = Duration::from_millis(1_500);
+const ROUNDS: u32 = 2;
 
 fn rate(count: u64, elapsed: Duration) -> f64 {
     count as f64 / elapsed.as_secs_f64()
 }
 
+fn thread_pool(threads: usize) -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("thread pool")
+}
+
+fn cores_label(threads: usize) -> String {
+    format!("{threads} core{}", if threads == 1 { "" } else { "s" })
+}
+
+/// Runs `work` (which handles `per_call` items) for `ROUNDS` rounds of
+/// `ROUND` per entry, alternating entries, and returns items/s per entry.
+fn alternating_rates<T>(entries: &[T], per_call: u64, work: impl Fn(&T)) -> Vec<f64> {
+    let mut done = vec![0u64; entries.len()];
+    let mut spent = vec![Duration::ZERO; entries.len()];
+    for _ in 0..ROUNDS {
+        for (i, entry) in entries.iter().enumerate() {
+            work(entry); // warm up
+            let start = Instant::now();
+            while start.elapsed() < ROUND {
+                work(entry);
+                done[i] += per_call;
+            }
+            spent[i] += start.elapsed();
+        }
+    }
+    done.iter().zip(&spent).map(|(&n, &t)| rate(n, t)).collect()
+}
+
 fn bench_signatures() {
     let signer = key(7);
     let pubkey = signer.public_key();
-    let digests: Vec<[u8; 32]> = (0..2_000u32)
-        .map(|i| chaincore::consensus::hash::sha256d(&i.to_le_bytes()).0)
+    let signed: Vec<([u8; 32], [u8; 64])> = (0..2_000u32)
+        .map(|i| {
+            let digest = chaincore::consensus::hash::sha256d(&i.to_le_bytes()).0;
+            (digest, signer.sign_digest(&digest))
+        })
         .collect();
-    let signatures: Vec<[u8; 64]> = digests.iter().map(|d| signer.sign_digest(d)).collect();
-    let start = Instant::now();
-    let mut verified = 0u64;
-    while start.elapsed() < Duration::from_secs(2) {
-        for (digest, signature) in digests.iter().zip(&signatures) {
-            verify_signature(&pubkey, signature, digest).expect("valid signature");
-            verified += 1;
+    for threads in [1, 2] {
+        let pool = thread_pool(threads);
+        let rates = alternating_rates(&VERIFIERS, signed.len() as u64, |(_, verify)| {
+            pool.install(|| {
+                signed.par_iter().for_each(|(digest, signature)| {
+                    verify(&pubkey, signature, digest).expect("valid signature");
+                })
+            })
+        });
+        for ((name, _), rate) in VERIFIERS.iter().zip(&rates) {
+            println!(
+                "signature verification, {name:<12} ({}): {rate:>10.0} verifies/s",
+                cores_label(threads)
+            );
         }
+        println!(
+            "  libsecp256k1 / k256 on {}: {:.2}x",
+            cores_label(threads),
+            rates[0] / rates[1]
+        );
     }
-    println!(
-        "signature verification (1 core): {:>12.0} verifies/s",
-        rate(verified, start.elapsed())
-    );
 }
 
 fn bench_header_hashing() {
@@ -69,10 +126,42 @@ fn bench_header_hashing() {
     );
 }
 
+/// The UTXO digest's map to the curve and sum (`store::digest`) on
+/// libsecp256k1's public API: the same try-and-increment hashing, the point
+/// decompressed by `PublicKey` parsing, the sum by `combine_keys` (one field
+/// inversion per call). The benchmark checks that it gives the store's bytes.
+fn utxo_digest_libsecp256k1(elements: &[[u8; 69]]) -> [u8; 33] {
+    use sha2::{Digest, Sha256};
+    const TAG: &[u8] = b"ChainCore/utxo-ecmh/v1";
+    let points: Vec<secp256k1::PublicKey> = elements
+        .iter()
+        .map(|element| {
+            for counter in 0u32.. {
+                let x = Sha256::new()
+                    .chain_update(TAG)
+                    .chain_update(element)
+                    .chain_update(counter.to_le_bytes())
+                    .finalize();
+                let parity = Sha256::new().chain_update(TAG).chain_update(x).finalize()[31] & 1;
+                let mut compressed = [0x02 | parity; 33];
+                compressed[1..].copy_from_slice(&x);
+                if let Ok(point) = secp256k1::PublicKey::from_byte_array_compressed(compressed) {
+                    return point;
+                }
+            }
+            unreachable!("a point is found long before the counter wraps")
+        })
+        .collect();
+    let refs: Vec<&secp256k1::PublicKey> = points.iter().collect();
+    secp256k1::PublicKey::combine_keys(&refs)
+        .expect("random points do not sum to infinity")
+        .serialize()
+}
+
 fn bench_utxo_digest() {
     use chaincore::consensus::address::PubKeyHash;
     use chaincore::consensus::validation::Utxo;
-    use chaincore::store::digest::UtxoDigest;
+    use chaincore::store::digest::{utxo_element, UtxoDigest};
     let items: Vec<(OutPoint, Utxo)> = (0..2_000u32)
         .map(|i| {
             (
@@ -88,6 +177,24 @@ fn bench_utxo_digest() {
             )
         })
         .collect();
+    let elements: Vec<[u8; 69]> = items.iter().map(|(o, u)| utxo_element(o, u)).collect();
+    let pool = thread_pool(1);
+    let k256_block = || {
+        let mut digest = UtxoDigest::default();
+        pool.install(|| {
+            digest.apply(
+                items.iter().map(|(o, u)| (o, u)).collect::<Vec<_>>(),
+                Vec::new(),
+            )
+        });
+        digest.to_bytes()
+    };
+    assert_eq!(
+        k256_block(),
+        utxo_digest_libsecp256k1(&elements),
+        "the libsecp256k1 version computes the store's digest"
+    );
+
     let mut digest = UtxoDigest::default();
     let start = Instant::now();
     let mut updates = 0u64;
@@ -98,8 +205,27 @@ fn bench_utxo_digest() {
         }
     }
     println!(
-        "UTXO digest updates (1 core):    {:>12.0} updates/s",
+        "UTXO digest updates, k256 one at a time (1 core): {:>10.0} updates/s",
         rate(updates, start.elapsed())
+    );
+
+    let libraries = ["k256", "libsecp256k1"];
+    let rates = alternating_rates(&libraries, items.len() as u64, |library| {
+        if *library == "k256" {
+            k256_block();
+        } else {
+            utxo_digest_libsecp256k1(&elements);
+        }
+    });
+    for (library, rate) in libraries.iter().zip(&rates) {
+        println!(
+            "UTXO digest updates, {library:<12} per block (1 core): {rate:>10.0} updates/s ({} per block)",
+            items.len()
+        );
+    }
+    println!(
+        "  k256 / libsecp256k1 for the digest: {:.2}x",
+        rates[0] / rates[1]
     );
 }
 
@@ -148,37 +274,33 @@ fn block_with_spends() -> (TestChain, Block) {
 fn bench_block_validation() {
     let (chain, block) = block_with_spends();
     let ctx = chain.next_context();
-    let validate = || {
-        check_block(&block, chain.params).expect("valid block");
-        check_block_contextual(
-            &block,
-            &ctx,
-            chain.params,
-            &chain.utxos,
-            SignatureChecks::On,
-        )
-        .expect("valid block");
-    };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     for threads in [1, cores] {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .expect("thread pool");
-        pool.install(validate); // warm up
-        let start = Instant::now();
-        let mut rounds = 0u64;
-        while start.elapsed() < Duration::from_secs(3) {
-            pool.install(validate);
-            rounds += 1;
+        let pool = thread_pool(threads);
+        let rates = alternating_rates(&VERIFIERS, BLOCK_TXS as u64, |(_, verify)| {
+            pool.install(|| {
+                check_block(&block, chain.params).expect("valid block");
+                check_block_contextual_verifying_with(
+                    &block,
+                    &ctx,
+                    chain.params,
+                    &chain.utxos,
+                    *verify,
+                )
+                .expect("valid block");
+            })
+        });
+        for ((name, _), rate) in VERIFIERS.iter().zip(&rates) {
+            println!(
+                "block validation, {name:<12} ({}): {rate:>10.0} tx/s ({BLOCK_TXS} tx per block, {:.1} ms per block)",
+                cores_label(threads),
+                BLOCK_TXS as f64 * 1000.0 / rate
+            );
         }
-        let elapsed = start.elapsed();
         println!(
-            "block validation ({threads} core{}): {:>12.0} tx/s ({} tx per block, {:.1} ms per block)",
-            if threads == 1 { "" } else { "s" },
-            rate(rounds * BLOCK_TXS as u64, elapsed),
-            BLOCK_TXS,
-            elapsed.as_secs_f64() * 1000.0 / rounds as f64
+            "  libsecp256k1 / k256 on {}: {:.2}x",
+            cores_label(threads),
+            rates[0] / rates[1]
         );
     }
 }

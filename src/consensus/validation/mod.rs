@@ -19,7 +19,7 @@ use super::address::PubKeyHash;
 use super::amount::Amount;
 use super::block::{Block, BlockHeader};
 use super::hash::{Hash256, Txid};
-use super::keys::{verify_signature, SignatureError};
+use super::keys::{verify_signature, SignatureError, SignatureVerifier};
 use super::limits::{LOCKTIME_THRESHOLD, MAX_BLOCK_SIZE, MAX_TX_SIZE};
 use super::params::ChainParams;
 use super::pow::{block_subsidy, meets_target, target_from_compact, CompactTargetError};
@@ -448,6 +448,34 @@ pub fn check_block_contextual(
     view: &dyn UtxoView,
     signature_checks: SignatureChecks,
 ) -> Result<BlockSpends, BlockError> {
+    let verify = match signature_checks {
+        SignatureChecks::On => Some(verify_signature as SignatureVerifier),
+        SignatureChecks::Off => None,
+    };
+    check_block_contextual_inner(block, ctx, params, view, verify)
+}
+
+/// `check_block_contextual` with signatures checked by `verify`: the
+/// `limits` benchmark validates one block with libsecp256k1
+/// (`keys::verify_signature`, what the node uses) and with the k256
+/// reference (`keys::verify_signature_k256`) in the same run.
+pub fn check_block_contextual_verifying_with(
+    block: &Block,
+    ctx: &BlockContext,
+    params: &ChainParams,
+    view: &dyn UtxoView,
+    verify: SignatureVerifier,
+) -> Result<BlockSpends, BlockError> {
+    check_block_contextual_inner(block, ctx, params, view, Some(verify))
+}
+
+fn check_block_contextual_inner(
+    block: &Block,
+    ctx: &BlockContext,
+    params: &ChainParams,
+    view: &dyn UtxoView,
+    verify: Option<SignatureVerifier>,
+) -> Result<BlockSpends, BlockError> {
     check_header_contextual(&block.header, ctx, params)?;
     let coinbase = &block.transactions[0];
     let coinbase_height = coinbase.coinbase_height().unwrap_or(u32::MAX);
@@ -523,7 +551,7 @@ pub fn check_block_contextual(
         });
     }
 
-    if signature_checks == SignatureChecks::On {
+    if let Some(verify) = verify {
         let jobs: Vec<SignatureJob<'_>> = block
             .transactions
             .par_iter()
@@ -533,7 +561,7 @@ pub fn check_block_contextual(
             .flat_map_iter(|(i, (tx, spent))| signature_jobs(i, tx, spent))
             .collect();
         let failure = jobs.par_iter().find_map_first(|job| {
-            verify_signature(job.pubkey, job.signature, &job.digest.0)
+            verify(job.pubkey, job.signature, &job.digest.0)
                 .err()
                 .map(|reason| (job.tx_index, job.input_index, reason))
         });
