@@ -7,6 +7,11 @@
 -- Frames: magic[4] command[12] length u32le checksum[4] payload; see
 -- protocol-spec/README.md sections 9 and 10. Every loop is bounded by the
 -- bytes present; TCP reassembly is done by dissect_tcp_pdus.
+--
+-- A frame the node refuses (section 12: limits, encoding, handshake order)
+-- carries expert info under chaincore.expert.* (filter:
+-- chaincore.expert.oversize, or `_ws.expert.severity == error && chaincore`
+-- for all of them).
 
 local bit = bit32
 
@@ -18,6 +23,21 @@ local NETWORKS = {
 local PORTS = { 7333, 17333, 27333 }
 local HEADER_LEN = 24
 
+-- The limits the node enforces, by the names and values of
+-- src/wire/constants.rs and src/consensus/limits.rs (a test compares them):
+-- a frame over one of them is a violation, and the node disconnects its
+-- sender.
+local MAX_HANDSHAKE_PAYLOAD = 1024
+local MAX_PAYLOAD = 4194304
+local MAX_ADDR_ENTRIES = 1000
+local MAX_INV_ENTRIES = 50000
+local MAX_LOCATOR_HASHES = 101
+local MAX_HEADERS = 2000
+local MAX_USER_AGENT_LEN = 256
+local MAX_BLOCK_TXS = 100000
+local MAX_TX_INPUTS = 20831
+local MAX_TX_OUTPUTS = 35711
+
 local proto = Proto("chaincore", "ChainCore P2P")
 
 local prefs = proto.prefs
@@ -25,6 +45,7 @@ prefs.verify_checksum = Pref.bool("Verify checksums", true, "Compute sha256d of 
 prefs.max_verify = Pref.uint("Largest payload to verify", 1048576,
     "Payloads above this many bytes are not hashed (pure-Lua SHA-256 is slow)")
 
+-- Other types (a later version's) are ignored by the node, not refused.
 local INV_TYPES = { [1] = "tx", [2] = "block" }
 
 local f = {
@@ -42,6 +63,7 @@ local f = {
     version_height = ProtoField.uint32("chaincore.version.start_height", "Start height"),
     version_nonce = ProtoField.uint64("chaincore.version.nonce", "Nonce", base.HEX),
     version_port = ProtoField.uint16("chaincore.version.listen_port", "Listen port"),
+    version_agent_len = ProtoField.uint32("chaincore.version.user_agent_length", "User agent length"),
     version_agent = ProtoField.string("chaincore.version.user_agent", "User agent"),
 
     nonce = ProtoField.uint64("chaincore.ping.nonce", "Nonce", base.HEX),
@@ -92,13 +114,50 @@ for _, field in pairs(f) do
 end
 proto.fields = fields
 
-local ef_bad_checksum = ProtoExpert.new("chaincore.checksum.bad", "Checksum mismatch",
-    expert.group.CHECKSUM, expert.severity.ERROR)
-local ef_malformed = ProtoExpert.new("chaincore.malformed", "Malformed payload",
-    expert.group.MALFORMED, expert.severity.ERROR)
-local ef_unknown = ProtoExpert.new("chaincore.command.unknown", "Unknown command",
-    expert.group.UNDECODED, expert.severity.NOTE)
-proto.experts = { ef_bad_checksum, ef_malformed, ef_unknown }
+-- Expert info: everything the node treats as a violation is an error (the
+-- node disconnects the sender); an unknown command is only a note (the node
+-- ignores it).
+local ef = {
+    wrong_magic = ProtoExpert.new("chaincore.expert.wrong_magic",
+        "Magic is not this connection's network",
+        expert.group.PROTOCOL, expert.severity.ERROR),
+    bad_command = ProtoExpert.new("chaincore.expert.bad_command",
+        "Command is not printable ASCII padded with NUL bytes",
+        expert.group.PROTOCOL, expert.severity.ERROR),
+    oversize = ProtoExpert.new("chaincore.expert.oversize",
+        "Payload length exceeds MAX_PAYLOAD",
+        expert.group.PROTOCOL, expert.severity.ERROR),
+    handshake_payload_too_large = ProtoExpert.new("chaincore.expert.handshake_payload_too_large",
+        "Payload length exceeds MAX_HANDSHAKE_PAYLOAD before the handshake",
+        expert.group.PROTOCOL, expert.severity.ERROR),
+    message_before_handshake = ProtoExpert.new("chaincore.expert.message_before_handshake",
+        "Message before the sender's version and verack",
+        expert.group.SEQUENCE, expert.severity.ERROR),
+    duplicate_version = ProtoExpert.new("chaincore.expert.duplicate_version",
+        "Second version from this sender",
+        expert.group.SEQUENCE, expert.severity.ERROR),
+    unexpected_verack = ProtoExpert.new("chaincore.expert.unexpected_verack",
+        "verack repeated, or before the receiver's version",
+        expert.group.SEQUENCE, expert.severity.ERROR),
+    bad_checksum = ProtoExpert.new("chaincore.expert.bad_checksum", "Checksum mismatch",
+        expert.group.CHECKSUM, expert.severity.ERROR),
+    count_over_limit = ProtoExpert.new("chaincore.expert.count_over_limit",
+        "Count over its limit",
+        expert.group.PROTOCOL, expert.severity.ERROR),
+    noncanonical_compact_size = ProtoExpert.new("chaincore.expert.noncanonical_compact_size",
+        "Non-canonical compact size",
+        expert.group.MALFORMED, expert.severity.ERROR),
+    malformed = ProtoExpert.new("chaincore.expert.malformed", "Malformed payload",
+        expert.group.MALFORMED, expert.severity.ERROR),
+    unknown_command = ProtoExpert.new("chaincore.expert.unknown_command",
+        "Unknown command (ignored by the node)",
+        expert.group.UNDECODED, expert.severity.NOTE),
+}
+local experts = {}
+for _, e in pairs(ef) do
+    table.insert(experts, e)
+end
+proto.experts = experts
 
 ---------------------------------------------------------------------------
 -- SHA-256 (FIPS 180-4) in Lua 5.2 with bit32, for checksum verification.
@@ -180,21 +239,51 @@ local function hash_hex(buf, offset)
     return table.concat(parts)
 end
 
+-- Returns value, new offset and whether the encoding is the shortest one
+-- (a value that fits a shorter form is non-canonical: the node refuses it).
 local function compact_size(buf, offset)
     local left = buf:len() - offset
     if left < 1 then return nil end
     local tag = buf(offset, 1):uint()
-    if tag < 0xfd then return tag, offset + 1 end
+    if tag < 0xfd then return tag, offset + 1, true end
     if tag == 0xfd then
         if left < 3 then return nil end
-        return buf(offset + 1, 2):le_uint(), offset + 3
+        local value = buf(offset + 1, 2):le_uint()
+        return value, offset + 3, value >= 0xfd
     end
     if tag == 0xfe then
         if left < 5 then return nil end
-        return buf(offset + 1, 4):le_uint(), offset + 5
+        local value = buf(offset + 1, 4):le_uint()
+        return value, offset + 5, value > 0xffff
     end
     if left < 9 then return nil end
-    return buf(offset + 1, 8):le_uint64():tonumber(), offset + 9
+    local high = buf(offset + 5, 4):le_uint()
+    return buf(offset + 1, 8):le_uint64():tonumber(), offset + 9, high > 0
+end
+
+-- Set when the payload being dissected breaks a rule of its encoding that
+-- the structure alone does not show (the node refuses to decode it).
+local payload_refused = false
+
+-- Reads a compact-size count (or length) into `field` and flags what the
+-- node refuses: a non-canonical encoding, and a value over `limit`, the
+-- node's constant named `limit_name`. Returns count, new offset.
+local function add_count(buf, offset, tree, field, what, limit, limit_name)
+    local count, next_off, canonical = compact_size(buf, offset)
+    if not count then return nil end
+    local len = next_off - offset
+    local item = tree:add(field, buf(offset, len), math.min(count, 0xffffffff))
+    if not canonical then
+        payload_refused = true
+        item:add_proto_expert_info(ef.noncanonical_compact_size, string.format(
+            "Non-canonical compact size: %.0f encoded in %d bytes", count, len))
+    end
+    if count > limit then
+        payload_refused = true
+        item:add_proto_expert_info(ef.count_over_limit, string.format(
+            "%s %.0f exceeds %s (%d)", what, count, limit_name, limit))
+    end
+    return count, next_off
 end
 
 local function need(buf, offset, n)
@@ -224,9 +313,9 @@ local function add_tx(buf, offset, tree)
     local sub = tree:add(proto, buf(offset), "Transaction")
     sub:add_le(f.tx_version, buf(offset, 4))
     offset = offset + 4
-    local n_in, next_off = compact_size(buf, offset)
+    local n_in, next_off = add_count(buf, offset, sub, f.tx_in_count,
+        "Input count", MAX_TX_INPUTS, "MAX_TX_INPUTS")
     if not n_in then return nil end
-    sub:add(f.tx_in_count, buf(offset, next_off - offset), n_in)
     offset = next_off
     for _ = 1, n_in do
         if not need(buf, offset, 36) then return nil end
@@ -249,9 +338,9 @@ local function add_tx(buf, offset, tree)
         end
     end
     local n_out
-    n_out, next_off = compact_size(buf, offset)
+    n_out, next_off = add_count(buf, offset, sub, f.tx_out_count,
+        "Output count", MAX_TX_OUTPUTS, "MAX_TX_OUTPUTS")
     if not n_out then return nil end
-    sub:add(f.tx_out_count, buf(offset, next_off - offset), n_out)
     offset = next_off
     for _ = 1, n_out do
         if not need(buf, offset, 28) then return nil end
@@ -273,17 +362,49 @@ local function add_tx(buf, offset, tree)
 end
 
 local function add_inv(buf, tree)
-    local count, offset = compact_size(buf, 0)
+    local count, offset = add_count(buf, 0, tree, f.inv_count,
+        "Inventory count", MAX_INV_ENTRIES, "MAX_INV_ENTRIES")
     if not count then return nil end
-    tree:add(f.inv_count, buf(0, offset), count)
     for _ = 1, count do
         if not need(buf, offset, 36) then return nil end
-        local item = tree:add(proto, buf(offset, 36), "Inventory item")
+        local code = buf(offset, 4):le_uint()
+        local label = "Inventory item"
+        if not INV_TYPES[code] then
+            label = "Inventory item of unknown type " .. code .. " (ignored by the node)"
+        end
+        local item = tree:add(proto, buf(offset, 36), label)
         item:add_le(f.inv_type, buf(offset, 4))
         item:add(f.inv_hash, buf(offset + 4, 32), hash_hex(buf, offset + 4))
         offset = offset + 36
     end
     return offset
+end
+
+-- Whether `s` is UTF-8 as Rust's String::from_utf8 accepts it: shortest
+-- forms only, no surrogates, nothing above U+10FFFF. One pass over `s`.
+local function valid_utf8(s)
+    local i, n = 1, #s
+    while i <= n do
+        local c = s:byte(i)
+        local len
+        if c < 0x80 then len = 1
+        elseif c >= 0xc2 and c <= 0xdf then len = 2
+        elseif c >= 0xe0 and c <= 0xef then len = 3
+        elseif c >= 0xf0 and c <= 0xf4 then len = 4
+        else return false end
+        if i + len - 1 > n then return false end
+        for k = 1, len - 1 do
+            local b = s:byte(i + k)
+            if b < 0x80 or b > 0xbf then return false end
+        end
+        local c2 = s:byte(i + 1)
+        if (c == 0xe0 and c2 < 0xa0) or (c == 0xed and c2 > 0x9f)
+            or (c == 0xf0 and c2 < 0x90) or (c == 0xf4 and c2 > 0x8f) then
+            return false
+        end
+        i = i + len
+    end
+    return true
 end
 
 local PAYLOADS = {}
@@ -296,9 +417,14 @@ PAYLOADS["version"] = function(buf, tree)
     tree:add_le(f.version_height, buf(20, 4))
     tree:add_le(f.version_nonce, buf(24, 8))
     tree:add_le(f.version_port, buf(32, 2))
-    local len, offset = compact_size(buf, 34)
+    local len, offset = add_count(buf, 34, tree, f.version_agent_len,
+        "User agent length", MAX_USER_AGENT_LEN, "MAX_USER_AGENT_LEN")
     if not len or not need(buf, offset, len) then return nil end
-    tree:add(f.version_agent, buf(offset, len))
+    local agent = tree:add(f.version_agent, buf(offset, len))
+    if len > 0 and not valid_utf8(buf(offset, len):bytes():raw()) then
+        payload_refused = true
+        agent:add_proto_expert_info(ef.malformed, "User agent is not UTF-8")
+    end
     return offset + len
 end
 local function empty() return 0 end
@@ -314,9 +440,9 @@ end
 PAYLOADS["ping"] = nonce
 PAYLOADS["pong"] = nonce
 PAYLOADS["addr"] = function(buf, tree)
-    local count, offset = compact_size(buf, 0)
+    local count, offset = add_count(buf, 0, tree, f.addr_count,
+        "Address count", MAX_ADDR_ENTRIES, "MAX_ADDR_ENTRIES")
     if not count then return nil end
-    tree:add(f.addr_count, buf(0, offset), count)
     for _ = 1, count do
         if not need(buf, offset, 30) then return nil end
         local entry = tree:add(proto, buf(offset, 30), "Address")
@@ -332,9 +458,9 @@ PAYLOADS["inv"] = add_inv
 PAYLOADS["getdata"] = add_inv
 PAYLOADS["notfound"] = add_inv
 PAYLOADS["getheaders"] = function(buf, tree)
-    local count, offset = compact_size(buf, 0)
+    local count, offset = add_count(buf, 0, tree, f.locator_count,
+        "Locator count", MAX_LOCATOR_HASHES, "MAX_LOCATOR_HASHES")
     if not count then return nil end
-    tree:add(f.locator_count, buf(0, offset), count)
     for _ = 1, count do
         if not need(buf, offset, 32) then return nil end
         tree:add(f.locator_hash, buf(offset, 32), hash_hex(buf, offset))
@@ -345,9 +471,9 @@ PAYLOADS["getheaders"] = function(buf, tree)
     return offset + 32
 end
 PAYLOADS["headers"] = function(buf, tree)
-    local count, offset = compact_size(buf, 0)
+    local count, offset = add_count(buf, 0, tree, f.headers_count,
+        "Header count", MAX_HEADERS, "MAX_HEADERS")
     if not count then return nil end
-    tree:add(f.headers_count, buf(0, offset), count)
     for _ = 1, count do
         offset = add_header(buf, offset, tree)
         if not offset then return nil end
@@ -357,9 +483,9 @@ end
 PAYLOADS["block"] = function(buf, tree)
     local offset = add_header(buf, 0, tree)
     if not offset then return nil end
-    local count, next_off = compact_size(buf, offset)
+    local count, next_off = add_count(buf, offset, tree, f.block_tx_count,
+        "Transaction count", MAX_BLOCK_TXS, "MAX_BLOCK_TXS")
     if not count then return nil end
-    tree:add(f.block_tx_count, buf(offset, next_off - offset), count)
     offset = next_off
     for _ = 1, count do
         offset = add_tx(buf, offset, tree)
@@ -375,8 +501,100 @@ end
 -- Frames
 ---------------------------------------------------------------------------
 
+-- A header whose length is over MAX_PAYLOAD ends the connection at the node:
+-- its frame is shown with the bytes present instead of waiting (possibly
+-- for gigabytes) to reassemble a payload the node never reads.
 local function frame_len(tvb, pinfo, offset)
-    return HEADER_LEN + tvb(offset + 16, 4):le_uint()
+    local length = tvb(offset + 16, 4):le_uint()
+    if length > MAX_PAYLOAD then
+        return tvb:len() - offset
+    end
+    return HEADER_LEN + length
+end
+
+-- What a receiver makes of a frame depends on what came before it on the
+-- same TCP connection: the payload limit is MAX_HANDSHAKE_PAYLOAD, and only
+-- `version` and `verack` may come, until the sender's `version` and
+-- `verack` have both arrived; a `verack` needs the receiver's `version`
+-- first; the magic must stay the connection's. `directions` holds that
+-- progress per TCP stream and sender, built as frames are first dissected;
+-- `snapshots` keeps what each frame saw then, keyed by frame number and the
+-- frame's place in the packet, so re-dissecting a packet in any order (the
+-- GUI, tshark -2) shows the same flags. A capture that did not see the
+-- connection open (no SYN) missed its handshake: its frames are taken as
+-- after it.
+local tcp_stream = Field.new("tcp.stream")
+-- tcp.completeness appeared in Wireshark 3.6; without it every connection
+-- counts as seen from its start.
+local has_completeness, tcp_completeness = pcall(Field.new, "tcp.completeness")
+local COMPLETENESS_SYN = 1
+local directions = {}
+local snapshots = {}
+
+function proto.init()
+    directions = {}
+    snapshots = {}
+end
+
+-- The tvb the current dissector call got (frame data or a reassembled
+-- buffer): with the frame's own offset it tells apart the frames of one packet.
+local outer_len = 0
+
+-- The state of what `src` sends on the current TCP stream.
+local function direction_state(src, src_port)
+    local stream = tcp_stream()
+    local key = string.format("%s|%s|%d", stream and tostring(stream.value) or "-",
+        tostring(src), src_port)
+    local state = directions[key]
+    if not state then
+        local completeness = has_completeness and tcp_completeness()
+        local opened = not completeness or bit.band(completeness.value, COMPLETENESS_SYN) ~= 0
+        state = { version = not opened, verack = not opened, magic = nil }
+        directions[key] = state
+    end
+    return state
+end
+
+-- Returns the snapshot for this frame (what its sender had sent before it,
+-- and whether the receiver had sent its version) and, on the frame's first
+-- dissection only, the sender's state to advance.
+local function snapshot(tvb, pinfo)
+    local per_packet = snapshots[pinfo.number]
+    if not per_packet then
+        per_packet = {}
+        snapshots[pinfo.number] = per_packet
+    end
+    local key = string.format("%d:%d:%d", outer_len, tvb:offset(), tvb:len())
+    local snap = per_packet[key]
+    if snap then return snap, nil end
+    local state = direction_state(pinfo.src, pinfo.src_port)
+    local receiver = direction_state(pinfo.dst, pinfo.dst_port)
+    snap = {
+        version = state.version,
+        verack = state.verack,
+        magic = state.magic,
+        receiver_version = receiver.version,
+    }
+    per_packet[key] = snap
+    return snap, state
+end
+
+-- The node's command rule: printable ASCII without spaces, at least one
+-- character, then only NUL bytes.
+local function command_ok(field)
+    local raw = field:bytes()
+    local i = 0
+    while i < 12 and raw:get_index(i) ~= 0 do
+        local b = raw:get_index(i)
+        if b < 0x21 or b > 0x7e then return false end
+        i = i + 1
+    end
+    if i == 0 then return false end
+    while i < 12 do
+        if raw:get_index(i) ~= 0 then return false end
+        i = i + 1
+    end
+    return true
 end
 
 local function dissect_frame(tvb, pinfo, tree)
@@ -384,6 +602,8 @@ local function dissect_frame(tvb, pinfo, tree)
     local network = NETWORKS[magic_hex] or "unknown"
     local command = tvb(4, 12):stringz()
     local length = tvb(16, 4):le_uint()
+    local present = math.min(length, tvb:len() - HEADER_LEN)
+    local snap, state = snapshot(tvb, pinfo)
     pinfo.cols.protocol = "ChainCore"
     local info = tostring(pinfo.cols.info)
     if info == "" or pinfo.cols.protocol ~= "ChainCore" then
@@ -391,12 +611,32 @@ local function dissect_frame(tvb, pinfo, tree)
     else
         pinfo.cols.info:append(", " .. command)
     end
-    local sub = tree:add(proto, tvb(0, HEADER_LEN + length), "ChainCore " .. command)
-    sub:add(f.magic, tvb(0, 4))
+    local sub = tree:add(proto, tvb(0, HEADER_LEN + present), "ChainCore " .. command)
+    local magic_item = sub:add(f.magic, tvb(0, 4))
     sub:add(f.network, tvb(0, 4), network)
-    sub:add(f.command, tvb(4, 12), command)
-    sub:add_le(f.length, tvb(16, 4))
+    if not NETWORKS[magic_hex] or (snap.magic and snap.magic ~= magic_hex) then
+        magic_item:add_proto_expert_info(ef.wrong_magic, string.format(
+            "Magic %s is not this connection's network (%s)", magic_hex, snap.magic or "none"))
+    end
+    local command_item = sub:add(f.command, tvb(4, 12), command)
+    if not command_ok(tvb(4, 12)) then
+        command_item:add_proto_expert_info(ef.bad_command)
+    end
+    local length_item = sub:add_le(f.length, tvb(16, 4))
+    if length > MAX_PAYLOAD then
+        length_item:add_proto_expert_info(ef.oversize, string.format(
+            "Payload length %d exceeds MAX_PAYLOAD (%d)", length, MAX_PAYLOAD))
+    elseif length > MAX_HANDSHAKE_PAYLOAD and not (snap.version and snap.verack) then
+        length_item:add_proto_expert_info(ef.handshake_payload_too_large, string.format(
+            "Payload length %d exceeds MAX_HANDSHAKE_PAYLOAD (%d): the sender's version and verack have not both arrived",
+            length, MAX_HANDSHAKE_PAYLOAD))
+    end
     local checksum_item = sub:add(f.checksum, tvb(20, 4))
+    if present < length then
+        sub:add(f.checksum_status, tvb(20, 4), "unverified")
+        if present > 0 then sub:add(f.payload, tvb(HEADER_LEN, present)) end
+        return tvb:len()
+    end
     local payload = length > 0 and tvb(HEADER_LEN, length) or nil
     if prefs.verify_checksum and length <= prefs.max_verify then
         local raw = payload and payload:bytes():raw() or ""
@@ -405,21 +645,45 @@ local function dissect_frame(tvb, pinfo, tree)
             sub:add(f.checksum_status, tvb(20, 4), "good")
         else
             sub:add(f.checksum_status, tvb(20, 4), "bad")
-            checksum_item:add_proto_expert_info(ef_bad_checksum)
+            checksum_item:add_proto_expert_info(ef.bad_checksum)
         end
     else
         sub:add(f.checksum_status, tvb(20, 4), "unverified")
     end
     local parse = PAYLOADS[command]
     if not parse then
-        sub:add_proto_expert_info(ef_unknown)
+        sub:add_proto_expert_info(ef.unknown_command)
         if payload then sub:add(f.payload, payload) end
         return HEADER_LEN + length
     end
     local body = payload and payload:tvb() or ByteArray.new():tvb("empty")
+    payload_refused = false
     local used = parse(body:range(0, body:len()), sub)
-    if used == nil or (length > 0 and used ~= length) or (length == 0 and used ~= 0) then
-        sub:add_proto_expert_info(ef_malformed)
+    local whole = used ~= nil and used == length
+    if not whole then
+        sub:add_proto_expert_info(ef.malformed)
+    end
+    -- A message the node decodes then meets the handshake rules of
+    -- protocol-spec/README.md section 11.
+    local decoded = whole and not payload_refused
+    if decoded then
+        if command == "version" then
+            if snap.version then sub:add_proto_expert_info(ef.duplicate_version) end
+        elseif command == "verack" then
+            if snap.verack or not snap.receiver_version then
+                sub:add_proto_expert_info(ef.unexpected_verack)
+            end
+        elseif not (snap.version and snap.verack) then
+            sub:add_proto_expert_info(ef.message_before_handshake, string.format(
+                "%s before the sender's version and verack", command))
+        end
+    end
+    if state then
+        state.magic = state.magic or (NETWORKS[magic_hex] and magic_hex)
+        if decoded and command == "version" then state.version = true end
+        if decoded and command == "verack" and snap.receiver_version then
+            state.verack = true
+        end
     end
     return HEADER_LEN + length
 end
@@ -428,6 +692,7 @@ function proto.dissector(tvb, pinfo, tree)
     if tvb:len() < 4 or not NETWORKS[tostring(tvb(0, 4):bytes()):lower()] then
         return 0
     end
+    outer_len = tvb:len()
     dissect_tcp_pdus(tvb, tree, HEADER_LEN, frame_len, dissect_frame)
     return tvb:len()
 end
