@@ -594,11 +594,10 @@ impl Chain {
             let mut queue = vec![hash];
             while let Some(parent) = queue.pop() {
                 for (child, child_source) in self.orphans.take_children(&parent) {
-                    // A peer's orphan was never asked for; a local one
-                    // (submitted, imported) was.
-                    let requested = child_source.is_none();
+                    // Only blocks the node asked for or produced are
+                    // pooled (see `accept_block`).
                     if let BlockOutcome::Accepted { hash, .. } =
-                        self.accept_block(child, child_source, requested)?
+                        self.accept_block(child, child_source, true)?
                     {
                         queue.push(hash);
                     }
@@ -747,7 +746,14 @@ impl Chain {
             .index
             .iter()
             .filter(|(_, e)| !e.is_failed())
-            .max_by_key(|(h, e)| (e.chain_work, Reverse(self.index.sequence(h)), Reverse(**h)))
+            .max_by_key(|(h, e)| {
+                (
+                    e.chain_work,
+                    e.has(status::HAVE_DATA),
+                    Reverse(self.index.sequence(h)),
+                    Reverse(**h),
+                )
+            })
             .map(|(h, _)| *h)
             .expect("genesis is never invalid");
     }

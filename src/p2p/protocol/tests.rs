@@ -584,4 +584,30 @@ fn non_continuous_headers_are_a_violation_and_index_nothing() {
     assert_eq!(index_len(&h), 1);
 }
 
+#[test]
+fn headers_claiming_absurd_work_are_refused_without_a_panic() {
+    let mut h = harness(&[]);
+    ready_inbound(&mut h, 1);
+    // Target 1 (bits 0x01010000) claims 2^255 of work per header; two of
+    // them overflow 256 bits. No proof of work is needed to send them.
+    let genesis = Network::Regtest.params().genesis_hash();
+    let first = crate::consensus::block::BlockHeader {
+        version: 1,
+        prev_hash: genesis,
+        merkle_root: Hash256([1; 32]),
+        time: Network::Regtest.params().genesis_time + 10,
+        bits: 0x0101_0000,
+        nonce: 0,
+    };
+    let second = crate::consensus::block::BlockHeader {
+        prev_hash: first.hash(),
+        ..first
+    };
+    let actions = h
+        .protocol
+        .on_message(1, Message::Headers(vec![first, second]), h.now);
+    assert_eq!(disconnected(&actions, 1), Some("invalid_header"));
+    assert_eq!(index_len(&h), 1);
+}
+
 mod hostile_peers;
