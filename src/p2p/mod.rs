@@ -245,9 +245,11 @@ impl InboundQueues {
         None
     }
 
-    /// Drops what a peer still had waiting (it is being disconnected).
+    /// Drops what a peer still had waiting (it is being disconnected), and
+    /// its turn.
     fn forget(&mut self, id: PeerId) {
         self.queues.remove(&id);
+        self.turns.retain(|t| *t != id);
     }
 
     fn is_empty(&self) -> bool {
@@ -415,6 +417,11 @@ fn run_protocol(
             }
         }
     }
+    // Close every connection now, rather than leaving a task blocked on a
+    // peer that does not read until its write stall times out.
+    for link in links.values() {
+        link.close.notify_one();
+    }
     protocol.save_addrbook();
     tracing::info!("p2p stopped");
 }
@@ -445,6 +452,7 @@ mod tests {
             .collect();
         assert_eq!(order, vec![1, 2, 3, 1, 1, 1]);
         queues.forget(1);
+        assert!(queues.turns.is_empty(), "a forgotten peer keeps no turn");
         assert!(queues.pop().is_none());
         assert!(queues.is_empty());
     }
