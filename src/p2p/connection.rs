@@ -1,5 +1,6 @@
-//! One task per TCP connection: decodes frames into messages for the
-//! protocol and writes the frames the protocol sends. It raises the frame
+//! Two tasks per TCP connection: one decodes frames into messages for the
+//! protocol, the other writes the frames the protocol sends, so neither
+//! waits for the other. It raises the frame
 //! size limit once the peer's handshake is complete, throttles a peer that
 //! sends faster than its message budget by not reading its socket, holds
 //! every received message against byte budgets (the peer's and the node's)
@@ -17,9 +18,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::AsyncWrite;
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::sync::CancellationToken;
 
 use super::protocol::PeerId;
 use super::traffic::{TRAFFIC, UNKNOWN_COMMAND};
@@ -85,7 +88,7 @@ pub struct PeerLink {
     /// Bytes handed to the connection and not yet written to the socket.
     pub queued: Arc<AtomicUsize>,
     /// Closes the connection at once, even while a write is blocked.
-    pub close: Arc<Notify>,
+    pub close: CancellationToken,
 }
 
 impl PeerLink {
@@ -179,9 +182,9 @@ pub async fn run(
     events: mpsc::Sender<Event>,
     node_budget: Arc<Semaphore>,
 ) {
-    let (outbox_tx, mut outbox) = mpsc::channel::<OutFrame>(PEER_SEND_QUEUE);
+    let (outbox_tx, outbox) = mpsc::channel::<OutFrame>(PEER_SEND_QUEUE);
     let queued = Arc::new(AtomicUsize::new(0));
-    let close = Arc::new(Notify::new());
+    let close = CancellationToken::new();
     let link = PeerLink {
         outbox: outbox_tx,
         queued: queued.clone(),
@@ -201,22 +204,23 @@ pub async fn run(
     }
     let _ = stream.set_nodelay(true);
     let (reader, writer) = stream.into_split();
-    let start = Instant::now();
-    let last_progress = Arc::new(AtomicU64::new(0));
-    let writer = ProgressWriter {
-        inner: writer,
-        start,
-        last: last_progress.clone(),
-    };
+    // The writer runs on its own, so that waiting for room to queue a
+    // received message never stops our answers from going out.
+    let writer = tokio::spawn(write_frames(
+        id,
+        writer,
+        magic,
+        outbox,
+        queued,
+        close.clone(),
+    ));
     let mut input = FramedRead::new(reader, FrameCodec::new(magic));
-    let mut output = FramedWrite::new(writer, FrameCodec::new(magic));
-    output.encoder_mut().set_max_payload(MAX_PAYLOAD);
     let peer_budget = Arc::new(Semaphore::new(PEER_INBOUND_QUEUE_BYTES));
     let mut budget = Budget::new();
     let (mut saw_version, mut saw_verack) = (false, false);
     loop {
         tokio::select! {
-            _ = close.notified() => break,
+            _ = close.cancelled() => break,
             frame = input.next() => {
                 let frame = match frame {
                     None => break,
@@ -246,7 +250,7 @@ pub async fn run(
                         // (not reading meanwhile), or for the close.
                         let cost = inbound_cost(frame.payload.len());
                         let permit = tokio::select! {
-                            _ = close.notified() => break,
+                            _ = close.cancelled() => break,
                             permits = async {
                                 let peer = peer_budget.clone().acquire_many_owned(cost).await;
                                 let node = node_budget.clone().acquire_many_owned(cost).await;
@@ -272,29 +276,60 @@ pub async fn run(
                     }
                 }
             }
-            frame = outbox.recv() => {
-                let Some(frame) = frame else { break };
-                let len = frame.wire_len();
-                TRAFFIC.sent(frame.command, frame.payload.len());
-                let raw = RawFrame {
-                    command: frame.command.to_string(),
-                    payload: frame.payload,
-                };
-                ProgressWriter::<()>::mark(start, &last_progress);
-                let written = tokio::select! {
-                    _ = close.notified() => false,
-                    _ = write_stalled(start, &last_progress) => {
-                        tracing::info!(peer = id, "write made no progress: disconnecting");
-                        false
-                    }
-                    result = output.send(raw) => result.is_ok(),
-                };
-                queued.fetch_sub(len, Ordering::Relaxed);
-                if !written {
-                    break;
-                }
-            }
         }
     }
+    // Whichever side ended first ends the other.
+    close.cancel();
+    let _ = writer.await;
     let _ = events.send(Event::Disconnected(id)).await;
+}
+
+/// Writes the frames the protocol queued until the connection closes, a
+/// write fails, or a write makes no progress for `PEER_WRITE_STALL_TIMEOUT`.
+async fn write_frames(
+    id: PeerId,
+    writer: OwnedWriteHalf,
+    magic: [u8; 4],
+    mut outbox: mpsc::Receiver<OutFrame>,
+    queued: Arc<AtomicUsize>,
+    close: CancellationToken,
+) {
+    let start = Instant::now();
+    let last_progress = Arc::new(AtomicU64::new(0));
+    let writer = ProgressWriter {
+        inner: writer,
+        start,
+        last: last_progress.clone(),
+    };
+    let mut output = FramedWrite::new(writer, FrameCodec::new(magic));
+    output.encoder_mut().set_max_payload(MAX_PAYLOAD);
+    loop {
+        let frame = tokio::select! {
+            _ = close.cancelled() => break,
+            frame = outbox.recv() => match frame {
+                Some(frame) => frame,
+                None => break,
+            },
+        };
+        let len = frame.wire_len();
+        TRAFFIC.sent(frame.command, frame.payload.len());
+        let raw = RawFrame {
+            command: frame.command.to_string(),
+            payload: frame.payload,
+        };
+        ProgressWriter::<()>::mark(start, &last_progress);
+        let written = tokio::select! {
+            _ = close.cancelled() => false,
+            _ = write_stalled(start, &last_progress) => {
+                tracing::info!(peer = id, "write made no progress: disconnecting");
+                false
+            }
+            result = output.send(raw) => result.is_ok(),
+        };
+        queued.fetch_sub(len, Ordering::Relaxed);
+        if !written {
+            break;
+        }
+    }
+    close.cancel();
 }

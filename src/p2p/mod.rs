@@ -410,7 +410,7 @@ fn run_protocol(
             if let Some((id, reason)) = drop_peer {
                 if let Some(link) = links.remove(&id) {
                     tracing::debug!(peer = id, reason, "disconnecting");
-                    link.close.notify_one();
+                    link.close.cancel();
                 }
                 inbound.forget(id);
                 actions.extend(protocol.on_disconnected(id, now));
@@ -420,7 +420,7 @@ fn run_protocol(
     // Close every connection now, rather than leaving a task blocked on a
     // peer that does not read until its write stall times out.
     for link in links.values() {
-        link.close.notify_one();
+        link.close.cancel();
     }
     protocol.save_addrbook();
     tracing::info!("p2p stopped");
