@@ -280,11 +280,6 @@ impl HeadersSync {
         }
     }
 
-    /// Height and work reached by the pre-sync (for progress reports).
-    pub fn presync_progress(&self) -> (u32, U256) {
-        (self.presync.height, self.presync.work)
-    }
-
     /// Memory held for this peer, in bytes.
     pub fn memory_bytes(&self) -> usize {
         let buffered = match &self.phase {
@@ -377,15 +372,6 @@ impl HeadersSync {
     /// downloaded again.
     pub fn is_redownloading(&self) -> bool {
         matches!(self.phase, Phase::Redownload { .. })
-    }
-
-    /// Whether the pre-sync chain has reached the threshold.
-    pub fn presync_done(&self) -> bool {
-        self.presync.work >= self.threshold
-    }
-
-    pub fn anchor(&self) -> BlockHash {
-        self.anchor.hash
     }
 }
 
