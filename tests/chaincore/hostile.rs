@@ -22,7 +22,7 @@ use chaincore::testkit::peer::{
 };
 use chaincore::testkit::process::Node;
 use chaincore::testkit::{big_block_chain, busy_chain, header_chain};
-use chaincore::wire::constants::MAX_ADDR_ENTRIES;
+use chaincore::wire::constants::{MAX_ADDR_ENTRIES, PING_INTERVAL};
 use chaincore::wire::message::{InvItem, InvKind, Message};
 
 use crate::common::{block_file, log_field, NodeProcess};
@@ -38,10 +38,14 @@ const ANSWER_WAIT: Duration = Duration::from_secs(10);
 const RSS_GROWTH_LIMIT: u64 = 200_000_000;
 /// The issue: "an observer's ping stays < 1 s" under every flood.
 const OBSERVER_PING_LIMIT: Duration = Duration::from_secs(1);
-/// The issue: "the non-reading peer is gone within the timeout". No such
-/// timeout exists yet; a write that makes no progress must close the
-/// socket well within the 60 s the node gives an unanswered ping.
-const NON_READER_DROP_DEADLINE: Duration = Duration::from_secs(60);
+/// The issue: "the non-reading peer is gone within the timeout". Its
+/// writes stall and are dropped after `PEER_WRITE_STALL_TIMEOUT` (30 s,
+/// measured alone), and at the latest its unanswered ping drops it after
+/// `PING_INTERVAL + PING_TIMEOUT` (90 s); a little slack for a loaded CI
+/// machine (the old code kept such a peer for good).
+const NON_READER_DROP_DEADLINE: Duration = Duration::from_secs(
+    PING_INTERVAL.as_secs() + chaincore::wire::constants::PING_TIMEOUT.as_secs() + 10,
+);
 /// Addresses claiming to be seen more than this ahead of our clock count
 /// as future timestamps (Bitcoin Core's `addrman` uses 10 minutes).
 const FUTURE_TOLERANCE_SECS: u64 = 10 * 60;
