@@ -29,6 +29,15 @@ impl ApiError {
         }
     }
 
+    /// The node cannot answer this now; the same request may succeed later.
+    pub fn unavailable(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code,
+            message: message.into(),
+        }
+    }
+
     pub fn internal(message: impl std::fmt::Display) -> ApiError {
         tracing::error!(error = %message, "API internal error");
         ApiError {
@@ -51,6 +60,12 @@ impl IntoResponse for ApiError {
 
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> Self {
+        ApiError::internal(e)
+    }
+}
+
+impl From<crate::chain::ChainError> for ApiError {
+    fn from(e: crate::chain::ChainError) -> Self {
         ApiError::internal(e)
     }
 }

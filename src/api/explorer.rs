@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use super::extract::{Path, Query};
 use super::{ApiError, ApiState};
-use crate::chain::Chain;
+use crate::chain::ChainView;
 use crate::consensus::address::Address;
 use crate::consensus::amount::Amount;
 use crate::consensus::hash::{BlockHash, Hash256};
@@ -34,12 +34,12 @@ fn parse_hash(s: &str, what: &'static str) -> Result<Hash256, ApiError> {
         .map_err(|_| ApiError::bad_request(what, format!("{s:?} is not a 64-digit hex hash")))
 }
 
-fn block_json(chain: &Chain, hash: &BlockHash) -> Result<Value, ApiError> {
+fn block_json(chain: &ChainView, hash: &BlockHash) -> Result<Value, ApiError> {
     let entry = chain
-        .index_entry(hash)
-        .filter(|e| chain.has_block(hash) && !e.is_failed())
+        .index_entry(hash)?
+        .filter(|e| e.has(crate::store::schema::status::HAVE_DATA) && !e.is_failed())
         .ok_or_else(|| ApiError::not_found(format!("block {hash} not found")))?;
-    let active = chain.is_active(hash);
+    let active = chain.hash_at(entry.height)? == Some(*hash);
     Ok(json!({
         "id": hash,
         "height": entry.height,
@@ -53,7 +53,7 @@ fn block_json(chain: &Chain, hash: &BlockHash) -> Result<Value, ApiError> {
         "nonce": entry.header.nonce,
         "chain_work": format!("{:064x}", entry.chain_work),
         "in_best_chain": active,
-        "confirmations": if active { chain.height() - entry.height + 1 } else { 0 },
+        "confirmations": if active { chain.confirmations(entry.height) } else { 0 },
     }))
 }
 
@@ -98,9 +98,9 @@ pub async fn blocks(
             let start = q.start_height.unwrap_or(chain.height()).min(chain.height());
             let mut out = Vec::new();
             for height in (start.saturating_sub(limit - 1)..=start).rev() {
-                let hash = chain
-                    .hash_at(height)
-                    .expect("height within the active chain");
+                let hash = chain.hash_at(height)?.ok_or_else(|| {
+                    ApiError::internal(format!("active chain has no block at {height}"))
+                })?;
                 out.push(block_json(chain, &hash)?);
             }
             Ok(Json(Value::Array(out)))
@@ -131,7 +131,7 @@ pub async fn block_header(
     state
         .with_state(move |chain, _| {
             let entry = chain
-                .index_entry(&hash)
+                .index_entry(&hash)?
                 .ok_or_else(|| ApiError::not_found(format!("block {hash} not found")))?;
             Ok(with_cache_control(
                 IMMUTABLE,
@@ -151,7 +151,7 @@ pub async fn block_at_height(
     state
         .with_state(move |chain, _| {
             chain
-                .hash_at(height)
+                .hash_at(height)?
                 .map(|h| h.to_string())
                 .ok_or_else(|| ApiError::not_found(format!("no block at height {height}")))
         })
@@ -205,16 +205,17 @@ pub async fn block_txs(
 }
 
 fn tx_status(
-    chain: &Chain,
+    chain: &ChainView,
     txid: &Hash256,
 ) -> Result<Option<(Value, crate::store::schema::TxLocation)>, ApiError> {
-    Ok(chain.store().tx_location(txid)?.map(|loc| {
-        let time = chain.index_entry(&loc.block).map_or(0, |e| e.header.time);
-        (
-            json!({ "confirmed": true, "block_height": loc.height, "block_hash": loc.block, "block_time": time }),
-            loc,
-        )
-    }))
+    let Some(loc) = chain.store().tx_location(txid)? else {
+        return Ok(None);
+    };
+    let time = chain.index_entry(&loc.block)?.map_or(0, |e| e.header.time);
+    Ok(Some((
+        json!({ "confirmed": true, "block_height": loc.height, "block_hash": loc.block, "block_time": time }),
+        loc,
+    )))
 }
 
 pub async fn tx_status_handler(
@@ -280,7 +281,7 @@ pub async fn tx_merkle_proof(
 }
 
 /// Parses an address of the node's network; a 400 says what is wrong.
-pub(super) fn address_of(chain: &Chain, s: &str) -> Result<Address, ApiError> {
+pub(super) fn address_of(chain: &ChainView, s: &str) -> Result<Address, ApiError> {
     Address::parse(s, chain.params().network).map_err(|e| {
         let code = match e {
             crate::consensus::address::AddressError::WrongNetwork { .. } => "wrong-network",

@@ -14,6 +14,7 @@ use crate::consensus::hash::Txid;
 use crate::consensus::params::Network;
 use crate::consensus::transaction::{OutPoint, Transaction, TxIn, TxOut};
 use crate::encoding::{Decode, Encode};
+use crate::mempool::MempoolError;
 
 pub async fn not_found() -> ApiError {
     ApiError::not_found("no such endpoint")
@@ -80,13 +81,13 @@ pub async fn status(State(state): State<ApiState>) -> Result<Json<Value>, ApiErr
 
 pub async fn tip_height(State(state): State<ApiState>) -> Result<String, ApiError> {
     state
-        .with_state(|chain, _| Ok(chain.height().to_string()))
+        .with_view(|chain| Ok(chain.height().to_string()))
         .await
 }
 
 pub async fn tip_hash(State(state): State<ApiState>) -> Result<String, ApiError> {
     state
-        .with_state(|chain, _| Ok(chain.tip().hash.to_string()))
+        .with_view(|chain| Ok(chain.tip().hash.to_string()))
         .await
 }
 
@@ -142,8 +143,10 @@ pub async fn submit_tx(
     })?;
     let txid = state
         .with_state(move |chain, pool| {
-            pool.accept(chain, tx)
-                .map_err(|e| ApiError::bad_request(e.code(), e.to_string()))
+            pool.accept(chain, tx).map_err(|e| match e {
+                MempoolError::TipMoved => ApiError::unavailable(e.code(), e.to_string()),
+                e => ApiError::bad_request(e.code(), e.to_string()),
+            })
         })
         .await?;
     state.network.chain_changed().await;

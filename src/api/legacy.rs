@@ -160,10 +160,12 @@ pub async fn blocks_range(
         .with_state(move |chain, _| {
             let mut blocks = Vec::new();
             for height in q.start..=q.end.min(chain.height()) {
-                let hash = chain
-                    .hash_at(height)
-                    .expect("height within the active chain");
-                let entry = chain.index_entry(&hash).expect("active blocks are indexed");
+                let hash = chain.hash_at(height)?.ok_or_else(|| {
+                    ApiError::internal(format!("active chain has no block at {height}"))
+                })?;
+                let entry = chain.index_entry(&hash)?.ok_or_else(|| {
+                    ApiError::internal(format!("active block {hash} is not indexed"))
+                })?;
                 blocks.push(json!({
                     "height": height,
                     "hash": hash,
@@ -187,7 +189,7 @@ pub async fn chain_info(State(state): State<ApiState>) -> Result<Json<Value>, Ap
                 "height": tip.height,
                 "tip": tip.hash,
                 "chain_work": format!("{:064x}", tip.chain_work),
-                "difficulty_bits": format!("{:08x}", chain.index_entry(&tip.hash).map_or(0, |e| e.header.bits)),
+                "difficulty_bits": format!("{:08x}", chain.tip_entry().header.bits),
             })))
         })
         .await

@@ -1,7 +1,9 @@
 //! The REST API: an adapter over the node's own state for wallets, miners
-//! and explorers (peers never use it). Reads take the chain's lock (then the
-//! mempool's) on a blocking thread, never on the async workers; writes go
-//! through the mempool and the chain like every other source.
+//! and explorers (peers never use it). Reads never take the chain's lock:
+//! each request reads one `ChainView` (a RocksDB snapshot at a block
+//! boundary) and the mempool, locked for the request's own bounded work,
+//! on a blocking thread. Writes go through the mempool and the chain like
+//! every other source.
 
 mod admin;
 mod error;
@@ -21,7 +23,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
 
-use crate::chain::Chain;
+use crate::chain::{Chain, ChainReader, ChainView};
 use crate::mempool::Mempool;
 use crate::p2p::NetworkHandle;
 pub use error::ApiError;
@@ -41,6 +43,10 @@ pub const MAX_SUBMIT_BODY_BYTES: usize = 2 * crate::consensus::limits::MAX_BLOCK
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct ApiState {
+    /// Where reads come from: consistent views, never the writer's lock.
+    pub reader: ChainReader,
+    /// The writer, for the mining routes only (a block submitted goes
+    /// through the chain; a template is built at the writer's tip).
     pub chain: Arc<Mutex<Chain>>,
     pub mempool: Arc<Mutex<Mempool>>,
     pub network: NetworkHandle,
@@ -60,21 +66,46 @@ pub struct ApiState {
     pub pool_views: Arc<pool_views::PoolViews>,
 }
 
+/// Views a reader takes before it answers from a pool that is not at the
+/// view's tip. At the tip a fresh view matches at the second try (the
+/// writer sends a block's event right after writing it); during a catch-up
+/// whose state is not yet flushed they never match, and the answer says
+/// what the view holds plus the pool as it is.
+const VIEW_ATTEMPTS: usize = 4;
+
 impl ApiState {
-    /// Runs `f` with the chain and the mempool locked (in that order), on a
-    /// blocking thread, the pool caught up with the chain.
+    /// Runs `f` on a blocking thread with a view of the chain and the
+    /// mempool, locked for `f` alone and caught up with the view's tip (see
+    /// `VIEW_ATTEMPTS`). Never waits for the chain's writer.
     pub async fn with_state<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Chain, &mut Mempool) -> Result<T, ApiError> + Send + 'static,
+        f: impl FnOnce(&ChainView, &mut Mempool) -> Result<T, ApiError> + Send + 'static,
     ) -> Result<T, ApiError> {
-        let (chain, mempool) = (self.chain.clone(), self.mempool.clone());
+        let (reader, mempool) = (self.reader.clone(), self.mempool.clone());
         tokio::task::spawn_blocking(move || {
-            let chain = chain.lock().expect("chain lock");
-            let mut pool = mempool.lock().expect("mempool lock");
-            pool.catch_up(&chain);
-            f(&chain, &mut pool)
+            let mut attempt = 1;
+            loop {
+                let view = reader.view().map_err(ApiError::internal)?;
+                let mut pool = mempool.lock().expect("mempool lock");
+                if pool.catch_up(&view) || attempt == VIEW_ATTEMPTS {
+                    return f(&view, &mut pool);
+                }
+                drop(pool);
+                attempt += 1;
+                std::thread::yield_now();
+            }
         })
         .await?
+    }
+
+    /// Runs `f` on a blocking thread with a view of the chain, without the
+    /// mempool.
+    pub async fn with_view<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&ChainView) -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || f(&reader.view().map_err(ApiError::internal)?)).await?
     }
 }
 

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use tokio::sync::Semaphore;
 
 use super::{ApiError, ApiState};
-use crate::chain::Chain;
+use crate::chain::ChainView;
 use crate::consensus::hash::BlockHash;
 use crate::mempool::Mempool;
 
@@ -63,7 +63,7 @@ impl ApiState {
     /// Runs `f` like `with_state`, once a whole-pool permit is free.
     pub async fn with_pool_permit<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Chain, &mut Mempool) -> Result<T, ApiError> + Send + 'static,
+        f: impl FnOnce(&ChainView, &mut Mempool) -> Result<T, ApiError> + Send + 'static,
     ) -> Result<T, ApiError> {
         let _permit = tokio::time::timeout(WHOLE_POOL_WAIT, self.pool_views.permits.acquire())
             .await
@@ -77,7 +77,7 @@ impl ApiState {
     pub async fn pool_view<T: Send + Sync + 'static>(
         &self,
         route: &'static str,
-        build: impl FnOnce(&Chain, &mut Mempool) -> Result<T, ApiError> + Send + 'static,
+        build: impl FnOnce(&ChainView, &mut Mempool) -> Result<T, ApiError> + Send + 'static,
     ) -> Result<Arc<T>, ApiError> {
         let views = self.pool_views.clone();
         self.with_pool_permit(move |chain, pool| {
@@ -110,7 +110,9 @@ impl ApiState {
     pub async fn pool_json(
         &self,
         route: &'static str,
-        build: impl FnOnce(&Chain, &mut Mempool) -> Result<serde_json::Value, ApiError> + Send + 'static,
+        build: impl FnOnce(&ChainView, &mut Mempool) -> Result<serde_json::Value, ApiError>
+            + Send
+            + 'static,
     ) -> Result<Response, ApiError> {
         let body = self
             .pool_view(route, move |chain, pool| {

@@ -16,6 +16,7 @@ pub mod block_index;
 pub mod check;
 pub mod delta;
 pub mod orphans;
+pub mod view;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, HashMap};
@@ -43,6 +44,7 @@ use crate::store::{Store, StoreError, StoreOptions};
 use block_index::BlockIndex;
 use delta::{BlockDelta, StatsOutOfRange};
 use orphans::{OrphanPool, Source};
+pub use view::{ChainReader, ChainView, Published};
 
 /// Capacity of the event channel. A subscriber that falls further behind
 /// gets `Lagged` and must resynchronise from the store.
@@ -99,6 +101,18 @@ pub enum BlockOutcome {
     /// minimum chain work, or too far ahead): dropped without being stored,
     /// since storing it would cost disk for no proof of work that matters.
     NotStored,
+}
+
+/// What one `Chain::activate_step` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ActivationStep {
+    /// The tip is on the most-work valid branch: nothing to do.
+    Done,
+    Connected(BlockHash),
+    Disconnected(BlockHash),
+    /// The block broke a rule while connecting; it and its descendants are
+    /// marked invalid.
+    Failed(BlockHash, BlockError),
 }
 
 /// Why headers were refused.
@@ -257,6 +271,8 @@ pub struct Chain {
     best_header: BlockHash,
     orphans: OrphanPool,
     events: broadcast::Sender<ChainEvent>,
+    /// Readers' handle: published to after every change.
+    reader: ChainReader,
 }
 
 impl Chain {
@@ -273,13 +289,13 @@ impl Chain {
         let (events, _) = broadcast::channel(EVENT_CHANNEL_CAPACITY);
         let mut chain = Chain {
             params,
-            store,
+            store: store.clone(),
             sync_writes: options.sync_writes,
             signature_checks: options.signature_checks,
             minimum_chain_work: options
                 .minimum_chain_work
                 .unwrap_or(params.minimum_chain_work),
-            clock: options.clock,
+            clock: options.clock.clone(),
             index: BlockIndex::default(),
             active: Vec::new(),
             tip: ChainTipRecord {
@@ -294,6 +310,18 @@ impl Chain {
             best_header: BlockHash::ZERO,
             orphans: OrphanPool::default(),
             events,
+            reader: ChainReader::new(
+                store.clone(),
+                params,
+                options.clock.clone(),
+                Published {
+                    tip: (BlockHash::ZERO, 0),
+                    tip_header: params.genesis_block().header,
+                    best_header: (BlockHash::ZERO, 0),
+                    orphans: Vec::new(),
+                    index_len: 0,
+                },
+            ),
         };
         match chain.store.tip()? {
             None => chain.init_genesis()?,
@@ -303,6 +331,7 @@ impl Chain {
         for (hash, error) in failures {
             tracing::warn!(%hash, %error, "stored block found invalid at start");
         }
+        chain.publish();
         Ok(chain)
     }
 
@@ -422,6 +451,23 @@ impl Chain {
 
     pub fn subscribe(&self) -> broadcast::Receiver<ChainEvent> {
         self.events.subscribe()
+    }
+
+    /// The handle readers take views from (see `view`).
+    pub fn reader(&self) -> ChainReader {
+        self.reader.clone()
+    }
+
+    /// Publishes what readers cannot find in the store. Called at the end
+    /// of every public method that changes the chain.
+    fn publish(&self) {
+        self.reader.publish(Published {
+            tip: (self.tip.hash, self.tip.height),
+            tip_header: self.tip_entry().header,
+            best_header: self.best_header(),
+            orphans: self.orphans.hashes(),
+            index_len: self.index.len(),
+        });
     }
 
     fn tip_entry(&self) -> &BlockIndexEntry {
@@ -589,7 +635,31 @@ impl Chain {
         source: Source,
         requested: bool,
     ) -> Result<BlockOutcome, ChainError> {
-        let outcome = self.accept_block(block.clone(), source, requested)?;
+        let outcome = self.accept_new_block(block, source, requested)?;
+        let mut failures = Vec::new();
+        loop {
+            match self.activate_step()? {
+                ActivationStep::Done => break,
+                ActivationStep::Failed(hash, error) => failures.push((hash, error)),
+                ActivationStep::Connected(_) | ActivationStep::Disconnected(_) => {}
+            }
+        }
+        self.publish();
+        Ok(self.settle(outcome, &failures))
+    }
+
+    /// The first half of `process_new_block`, for a caller that connects
+    /// blocks one `activate_step` at a time (the chain task, which lets
+    /// readers and the network in between): validates and stores the block
+    /// and any orphans waiting for it, connects nothing. `Accepted` here
+    /// means stored; `settle` gives the final outcome once activation ran.
+    pub fn accept_new_block(
+        &mut self,
+        block: Arc<Block>,
+        source: Source,
+        requested: bool,
+    ) -> Result<BlockOutcome, ChainError> {
+        let outcome = self.accept_block(block, source, requested)?;
         if let BlockOutcome::Accepted { hash, .. } = outcome {
             let mut queue = vec![hash];
             while let Some(parent) = queue.pop() {
@@ -604,7 +674,63 @@ impl Chain {
                 }
             }
         }
+        self.publish();
         Ok(outcome)
+    }
+
+    /// The final outcome of a block `accept_new_block` stored, once
+    /// activation has run: invalid if it failed to connect (`failures`),
+    /// an invalid ancestor if one of its ancestors did.
+    pub fn settle(
+        &self,
+        outcome: BlockOutcome,
+        failures: &[(BlockHash, BlockError)],
+    ) -> BlockOutcome {
+        let BlockOutcome::Accepted { hash, .. } = outcome else {
+            return outcome;
+        };
+        if let Some((_, error)) = failures.iter().find(|(h, _)| *h == hash) {
+            return BlockOutcome::Invalid(error.clone());
+        }
+        if self
+            .index
+            .get(&hash)
+            .is_some_and(BlockIndexEntry::is_failed)
+        {
+            return BlockOutcome::InvalidAncestor;
+        }
+        outcome
+    }
+
+    /// One step toward the most-work valid branch: disconnects the tip if it
+    /// is not on that branch, or connects the branch's next block. The
+    /// caller repeats until `Done`, and may let others at the chain between
+    /// steps (each step leaves the store at a block boundary).
+    pub fn activate_step(&mut self) -> Result<ActivationStep, ChainError> {
+        let tip_work = self.tip_entry().chain_work;
+        self.candidates.retain(|(work, _, _)| *work > tip_work);
+        let Some(&(_, _, Reverse(best))) = self.candidates.iter().next_back() else {
+            return Ok(ActivationStep::Done);
+        };
+        let step = if self.is_ancestor(&self.tip.hash, &best) {
+            let next = self
+                .ancestor(&best, self.tip.height + 1)
+                .expect("a descendant of the tip has an ancestor one above it");
+            match self.connect_tip(next)? {
+                Ok(()) => ActivationStep::Connected(next),
+                Err(error) => {
+                    tracing::warn!(hash = %next, %error, "block failed validation while connecting");
+                    self.mark_failed(next)?;
+                    ActivationStep::Failed(next, error)
+                }
+            }
+        } else {
+            let hash = self.disconnect_tip()?;
+            self.candidates.insert(self.candidate(&hash));
+            ActivationStep::Disconnected(hash)
+        };
+        self.publish();
+        Ok(step)
     }
 
     fn accept_block(
@@ -685,13 +811,6 @@ impl Chain {
         }
         self.index.mark_received(&hash);
         self.link_descendants(hash);
-        let failures = self.activate_best_chain()?;
-        if let Some((_, error)) = failures.into_iter().find(|(h, _)| *h == hash) {
-            return Ok(BlockOutcome::Invalid(error));
-        }
-        if self.index[&hash].is_failed() {
-            return Ok(BlockOutcome::InvalidAncestor);
-        }
         Ok(BlockOutcome::Accepted { hash, height })
     }
 
@@ -729,6 +848,7 @@ impl Chain {
         self.candidates.clear();
         self.rebuild_candidates();
         self.activate_best_chain()?;
+        self.publish();
         Ok(())
     }
 
@@ -823,6 +943,7 @@ impl Chain {
             outcome.last = Some(hash);
         }
         store.write(batch, self.sync_writes)?;
+        self.publish();
         Ok(outcome)
     }
 
@@ -1037,33 +1158,12 @@ impl Chain {
     fn activate_best_chain(&mut self) -> Result<Vec<(BlockHash, BlockError)>, ChainError> {
         let mut failures = Vec::new();
         loop {
-            let tip_work = self.tip_entry().chain_work;
-            self.candidates.retain(|(work, _, _)| *work > tip_work);
-            let Some(&(_, _, Reverse(best))) = self.candidates.iter().next_back() else {
-                break;
-            };
-            let mut path = Vec::new();
-            let mut cursor = best;
-            while !self.is_active(&cursor) {
-                path.push(cursor);
-                cursor = self.index[&cursor].header.prev_hash;
-            }
-            path.reverse();
-            let fork_height = self.index[&cursor].height;
-            while self.tip.height > fork_height {
-                let hash = self.disconnect_tip()?;
-                self.candidates.insert(self.candidate(&hash));
-            }
-            for hash in path {
-                if let Err(error) = self.connect_tip(hash)? {
-                    tracing::warn!(%hash, %error, "block failed validation while connecting");
-                    self.mark_failed(hash)?;
-                    failures.push((hash, error));
-                    break;
-                }
+            match self.activate_step()? {
+                ActivationStep::Done => return Ok(failures),
+                ActivationStep::Failed(hash, error) => failures.push((hash, error)),
+                ActivationStep::Connected(_) | ActivationStep::Disconnected(_) => {}
             }
         }
-        Ok(failures)
     }
 
     fn write_delta(

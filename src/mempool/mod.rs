@@ -10,10 +10,13 @@
 //! transaction, at most `MAX_STANDARD_TX_SIZE` bytes.
 //!
 //! Consistency with the tip: the pool holds its own receiver of chain events
-//! and applies every pending one (`catch_up`) before any operation, always
-//! under the chain's lock (lock order: chain, then mempool). Since the chain
-//! sends its events before releasing its lock, whoever holds both sees a
-//! pool consistent with the current tip. After a reorganisation (or missed
+//! and applies every pending one (`catch_up`) before any operation. It
+//! checks transactions against a [`TipState`]: the chain itself (its
+//! writer, which sends its events before it returns) or a reader's
+//! [`ChainView`]. The pool remembers the tip its events brought it to, and
+//! `catch_up` says whether that is the state's tip: a reader whose view is a
+//! block behind or ahead takes a fresh view and tries again, so one answer
+//! never mixes two tips. After a reorganisation (or missed
 //! events) the whole pool is checked again against the new tip together
 //! with the transactions of the disconnected blocks, parents before
 //! children (`rebuild`), so it never holds a transaction spending an output
@@ -28,16 +31,18 @@ use std::sync::Arc;
 
 use tokio::sync::broadcast::{self, error::TryRecvError};
 
-use crate::chain::{unix_now, Chain, ChainEvent};
+use crate::chain::{unix_now, Chain, ChainError, ChainEvent, ChainView};
 use crate::consensus::address::PubKeyHash;
 use crate::consensus::amount::Amount;
 use crate::consensus::block::Block;
+use crate::consensus::hash::BlockHash;
 use crate::consensus::hash::Txid;
 use crate::consensus::limits::{MAX_BLOCK_SIZE, OUTPUT_LEN, SPEND_INPUT_LEN};
+use crate::consensus::params::ChainParams;
 use crate::consensus::transaction::{OutPoint, Transaction, TxOut};
 use crate::consensus::validation::{
-    check_transaction, check_tx_spends, is_final, verify_tx_signatures, SignatureChecks, TxError,
-    Utxo,
+    check_transaction, check_tx_spends, is_final, verify_tx_signatures, BlockContext,
+    SignatureChecks, TxError, Utxo, UtxoView,
 };
 use crate::encoding::Encode;
 
@@ -74,6 +79,10 @@ pub const DUST_LIMIT: u64 = (OUTPUT_LEN + SPEND_INPUT_LEN) as u64 * DUST_RELAY_F
 /// Why a transaction was not accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MempoolError {
+    /// The state given is not at the tip the pool follows (a reader's view
+    /// taken just before or after a block): take a fresh view and retry.
+    #[error("the chain moved while the transaction was checked; try again")]
+    TipMoved,
     #[error("transaction {0} is already in the mempool")]
     AlreadyInPool(Txid),
     #[error("transaction {0} is already confirmed")]
@@ -112,6 +121,7 @@ impl MempoolError {
     /// A stable code for the REST API.
     pub fn code(&self) -> &'static str {
         match self {
+            MempoolError::TipMoved => "tip-moved",
             MempoolError::AlreadyInPool(_) => "already-in-mempool",
             MempoolError::AlreadyConfirmed(_) => "already-confirmed",
             MempoolError::Coinbase => "coinbase",
@@ -193,8 +203,13 @@ pub struct Mempool {
     bytes: usize,
     max_bytes: usize,
     events: broadcast::Receiver<ChainEvent>,
+    /// The tip the applied events brought the pool to.
+    tip: BlockHash,
     /// Transactions of disconnected blocks, re-added once the chain settles.
     pending_readd: Vec<(u32, Vec<Transaction>)>,
+    /// Events were missed: the next `catch_up` at the tip checks every
+    /// entry again.
+    missed_events: bool,
     /// Transactions that entered the pool and are not yet announced.
     announce: Vec<Txid>,
     /// Bumped by every addition and removal: miners compare it to tell
@@ -203,6 +218,78 @@ pub struct Mempool {
     /// Pool transactions by every owner they pay or spend from, so address
     /// queries cost the address's own entries, not a scan of the pool.
     by_owner: HashMap<PubKeyHash, HashSet<Txid>>,
+}
+
+/// What the pool checks a transaction against: the chain at one tip.
+pub trait TipState {
+    fn params(&self) -> &'static ChainParams;
+    fn tip_hash(&self) -> BlockHash;
+    fn tip_height(&self) -> u32;
+    /// Median time past of the tip (lock times are judged against it).
+    fn tip_median_time_past(&self) -> Result<u32, ChainError>;
+    fn utxo(&self, outpoint: &OutPoint) -> Result<Option<Utxo>, ChainError>;
+    fn is_confirmed(&self, txid: &Txid) -> Result<bool, ChainError>;
+    /// The context a child of the tip is validated in.
+    fn tip_context(&self) -> Result<BlockContext, ChainError>;
+    /// The UTXO set at the tip, for checking a whole block.
+    fn utxo_view(&self) -> &dyn UtxoView;
+}
+
+impl TipState for Chain {
+    fn params(&self) -> &'static ChainParams {
+        Chain::params(self)
+    }
+    fn tip_hash(&self) -> BlockHash {
+        self.tip().hash
+    }
+    fn tip_height(&self) -> u32 {
+        self.height()
+    }
+    fn tip_median_time_past(&self) -> Result<u32, ChainError> {
+        Ok(self
+            .context_after(&self.tip().hash)
+            .map_or(0, |ctx| ctx.median_time_past))
+    }
+    fn utxo(&self, outpoint: &OutPoint) -> Result<Option<Utxo>, ChainError> {
+        Ok(self.store().utxo(outpoint)?)
+    }
+    fn is_confirmed(&self, txid: &Txid) -> Result<bool, ChainError> {
+        Ok(self.store().tx_location(txid)?.is_some())
+    }
+    fn tip_context(&self) -> Result<BlockContext, ChainError> {
+        self.context_after(&self.tip().hash)
+            .ok_or_else(|| ChainError::Inconsistent("the tip is not indexed".into()))
+    }
+    fn utxo_view(&self) -> &dyn UtxoView {
+        self.store()
+    }
+}
+
+impl TipState for ChainView {
+    fn params(&self) -> &'static ChainParams {
+        ChainView::params(self)
+    }
+    fn tip_hash(&self) -> BlockHash {
+        self.tip().hash
+    }
+    fn tip_height(&self) -> u32 {
+        self.height()
+    }
+    fn tip_median_time_past(&self) -> Result<u32, ChainError> {
+        self.median_time_past()
+    }
+    fn utxo(&self, outpoint: &OutPoint) -> Result<Option<Utxo>, ChainError> {
+        Ok(self.store().utxo(outpoint)?)
+    }
+    fn is_confirmed(&self, txid: &Txid) -> Result<bool, ChainError> {
+        Ok(self.store().tx_location(txid)?.is_some())
+    }
+    fn tip_context(&self) -> Result<BlockContext, ChainError> {
+        self.context_after_tip()
+    }
+    fn utxo_view(&self) -> &dyn UtxoView {
+        self.store()
+    }
 }
 
 impl Mempool {
@@ -214,7 +301,9 @@ impl Mempool {
             bytes: 0,
             max_bytes,
             events: chain.subscribe(),
+            tip: chain.tip().hash,
             pending_readd: Vec::new(),
+            missed_events: false,
             announce: Vec::new(),
             changes: 0,
             by_owner: HashMap::new(),
@@ -268,18 +357,24 @@ impl Mempool {
         ids
     }
 
-    /// Applies every chain event not yet applied. After a reorganisation
-    /// (a disconnected block) or missed events, rebuilds the pool against
-    /// the new tip with the disconnected blocks' transactions, lowest block
-    /// first (`rebuild`).
-    pub fn catch_up(&mut self, chain: &Chain) {
+    /// Applies every chain event not yet applied, and says whether the pool
+    /// is now at `chain`'s tip. After a reorganisation (a disconnected
+    /// block) or missed events, rebuilds the pool against the new tip with
+    /// the disconnected blocks' transactions, lowest block first
+    /// (`rebuild`), but only once `chain` is at the tip the events reached:
+    /// a reader's view a block behind must not judge the pool.
+    pub fn catch_up(&mut self, chain: &dyn TipState) -> bool {
         let mut missed_events = false;
         loop {
             match self.events.try_recv() {
-                Ok(ChainEvent::BlockConnected { block, .. }) => self.remove_for_block(&block),
+                Ok(ChainEvent::BlockConnected { block, hash, .. }) => {
+                    self.remove_for_block(&block);
+                    self.tip = hash;
+                }
                 Ok(ChainEvent::BlockDisconnected { block, height, .. }) => {
                     self.pending_readd
                         .push((height, block.transactions[1..].to_vec()));
+                    self.tip = block.header.prev_hash;
                 }
                 Err(TryRecvError::Lagged(missed)) => {
                     tracing::warn!(missed, "mempool missed chain events: revalidating");
@@ -288,7 +383,16 @@ impl Mempool {
                 Err(TryRecvError::Empty | TryRecvError::Closed) => break,
             }
         }
-        if missed_events || !self.pending_readd.is_empty() {
+        if missed_events {
+            // The events left are newer than `chain` or already in it:
+            // trust the state's tip from here.
+            self.tip = chain.tip_hash();
+            self.missed_events = true;
+        }
+        if self.tip != chain.tip_hash() {
+            return false;
+        }
+        if std::mem::take(&mut self.missed_events) || !self.pending_readd.is_empty() {
             let mut blocks = std::mem::take(&mut self.pending_readd);
             blocks.sort_by_key(|(height, _)| *height);
             let returning: Vec<Transaction> = blocks.into_iter().flat_map(|(_, txs)| txs).collect();
@@ -301,11 +405,19 @@ impl Mempool {
                 "mempool rebuilt on the new tip: disconnected transactions returned, invalid ones dropped"
             );
         }
+        true
+    }
+
+    /// The tip the pool's applied events reached.
+    pub fn tip(&self) -> BlockHash {
+        self.tip
     }
 
     /// Validates and adds a transaction. Returns its txid.
-    pub fn accept(&mut self, chain: &Chain, tx: Transaction) -> Result<Txid, MempoolError> {
-        self.catch_up(chain);
+    pub fn accept(&mut self, chain: &dyn TipState, tx: Transaction) -> Result<Txid, MempoolError> {
+        if !self.catch_up(chain) {
+            return Err(MempoolError::TipMoved);
+        }
         let txid = self.accept_inner(chain, tx, unix_now(), SignatureChecks::On)?;
         self.announce.push(txid);
         Ok(txid)
@@ -317,7 +429,7 @@ impl Mempool {
     /// transaction and the outputs it spends, which its outpoints fix.
     fn accept_inner(
         &mut self,
-        chain: &Chain,
+        chain: &dyn TipState,
         tx: Transaction,
         time: u32,
         signatures: SignatureChecks,
@@ -349,19 +461,12 @@ impl Mempool {
                 limit: DUST_LIMIT,
             });
         }
-        let store = chain.store();
-        if store
-            .tx_location(&txid)
-            .map_err(|e| MempoolError::Store(e.to_string()))?
-            .is_some()
-        {
+        let store_error = |e: ChainError| MempoolError::Store(e.to_string());
+        if chain.is_confirmed(&txid).map_err(store_error)? {
             return Err(MempoolError::AlreadyConfirmed(txid));
         }
-        let tip = chain.tip();
-        let next_height = tip.height + 1;
-        let mtp = chain
-            .context_after(&tip.hash)
-            .map_or(0, |ctx| ctx.median_time_past);
+        let next_height = chain.tip_height() + 1;
+        let mtp = chain.tip_median_time_past().map_err(store_error)?;
         if !is_final(&tx, next_height, mtp) {
             return Err(MempoolError::NotFinal);
         }
@@ -385,9 +490,7 @@ impl Mempool {
                             is_coinbase: false,
                         })
                 }
-                None => store
-                    .utxo(&outpoint)
-                    .map_err(|e| MempoolError::Store(e.to_string()))?,
+                None => chain.utxo(&outpoint).map_err(store_error)?,
             };
             spent.push(utxo.ok_or(MempoolError::MissingInput(outpoint))?);
         }
@@ -558,7 +661,7 @@ impl Mempool {
     /// Checks every entry against the chain at its tip again (after
     /// catching up with it) and drops, with their descendants, those no
     /// longer valid. Returns how many were dropped.
-    pub fn revalidate(&mut self, chain: &Chain) -> usize {
+    pub fn revalidate(&mut self, chain: &dyn TipState) -> usize {
         self.catch_up(chain);
         self.rebuild(chain, Vec::new()).1
     }
@@ -571,7 +674,7 @@ impl Mempool {
     /// index is rebuilt from scratch. Former entries' signatures are not
     /// verified again (see `accept_inner`). Returns how many of `returning`
     /// entered, and how many former entries did not come back.
-    fn rebuild(&mut self, chain: &Chain, returning: Vec<Transaction>) -> (usize, usize) {
+    fn rebuild(&mut self, chain: &dyn TipState, returning: Vec<Transaction>) -> (usize, usize) {
         let mut former: Vec<MempoolEntry> = self.entries.drain().map(|(_, e)| e).collect();
         former.sort_by_key(|e| (e.time, e.txid));
         self.spends.clear();
@@ -600,7 +703,7 @@ impl Mempool {
     }
 
     /// Drops entries older than `MEMPOOL_EXPIRY_SECS`.
-    pub fn expire(&mut self, chain: &Chain, now: u32) -> usize {
+    pub fn expire(&mut self, chain: &dyn TipState, now: u32) -> usize {
         self.catch_up(chain);
         let old: Vec<Txid> = self
             .entries
@@ -618,7 +721,7 @@ impl Mempool {
     /// descendants' entries stale, and they are recomputed when popped.
     pub fn select_for_block(
         &mut self,
-        chain: &Chain,
+        chain: &dyn TipState,
         max_bytes: usize,
     ) -> (Vec<Transaction>, Amount) {
         use std::collections::BinaryHeap;

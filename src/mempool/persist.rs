@@ -8,7 +8,6 @@
 use std::path::Path;
 
 use super::{parents_first, Mempool};
-use crate::chain::Chain;
 use crate::consensus::transaction::Transaction;
 use crate::consensus::validation::SignatureChecks;
 use crate::encoding::{
@@ -67,7 +66,7 @@ pub fn read(bytes: &[u8]) -> Result<Vec<(u32, Transaction)>, DecodeError> {
 /// Loads `mempool.dat` from `data_dir` into the pool, re-validating every
 /// transaction. A missing file is an empty pool; an unreadable one is
 /// reported and ignored (the pool is a cache of what peers also hold).
-pub fn load(pool: &mut Mempool, chain: &Chain, data_dir: &Path) -> (usize, usize) {
+pub fn load(pool: &mut Mempool, chain: &dyn super::TipState, data_dir: &Path) -> (usize, usize) {
     let path = data_dir.join(MEMPOOL_FILE);
     let Ok(bytes) = std::fs::read(&path) else {
         return (0, 0);

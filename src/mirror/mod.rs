@@ -733,6 +733,9 @@ async fn try_step(
     batch: u32,
     mode: LoadMode,
 ) -> Result<u32, MirrorError> {
+    // One step reads one frozen state: the tip, the fork search and the
+    // rows agree even while the chain connects or disconnects blocks.
+    let store = &store.snapshot();
     let tip = store.tip()?.map_or(0, |t| t.height);
     let (first, fork) = match watermark(client).await? {
         None => (0, None),

@@ -113,9 +113,11 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         status
     });
 
+    let reader = chain.lock().expect("chain lock").reader();
     let (api_addr, api_task) = crate::api::serve(
         config.api_bind,
         crate::api::ApiState {
+            reader: reader.clone(),
             chain: chain.clone(),
             mempool: mempool.clone(),
             network: p2p.clone(),
@@ -188,7 +190,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
                 let _ = tokio::task::spawn_blocking(move || {
                     let chain = chain.lock().expect("chain lock");
                     let mut pool = mempool.lock().expect("mempool lock");
-                    let expired = pool.expire(&chain, crate::chain::unix_now());
+                    let expired = pool.expire(&*chain, crate::chain::unix_now());
                     if expired > 0 {
                         tracing::info!(expired, "expired mempool transactions");
                     }
@@ -218,7 +220,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let saved = {
         let chain = chain.lock().expect("chain lock");
         let mut pool = mempool.lock().expect("mempool lock");
-        pool.catch_up(&chain);
+        pool.catch_up(&*chain);
         mempool_file::save(&pool, &config.data_dir)
     };
     match saved {

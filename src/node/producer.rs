@@ -23,7 +23,7 @@ use crate::consensus::validation::{
     check_block_body, check_block_contextual, BlockContext, BlockError, BlockSpends,
     SignatureChecks,
 };
-use crate::mempool::Mempool;
+use crate::mempool::{Mempool, TipState};
 use crate::miner::{Freshness, Miner, WorkSource};
 use crate::mining::{assemble_block, BlockTemplateHeader};
 
@@ -53,6 +53,14 @@ pub enum TemplateError {
     FeesOutOfRange { fees: u64 },
     #[error("invalid template: {0}")]
     Invalid(BlockError),
+    #[error("reading the chain: {0}")]
+    Chain(String),
+}
+
+impl From<crate::chain::ChainError> for TemplateError {
+    fn from(e: crate::chain::ChainError) -> Self {
+        TemplateError::Chain(e.to_string())
+    }
 }
 
 /// Validates an unsolved block against the chain's tip and its UTXO set,
@@ -62,21 +70,21 @@ pub enum TemplateError {
 /// only on the transaction and the outputs it spends, which its outpoints
 /// fix; what can go stale with the chain (inputs, order, maturity, lock
 /// times, fees) is all checked.
-pub fn check_template(chain: &Chain, block: &Block) -> Result<BlockSpends, TemplateError> {
-    let tip = chain.tip();
-    if block.header.prev_hash != tip.hash {
+pub fn check_template(chain: &dyn TipState, block: &Block) -> Result<BlockSpends, TemplateError> {
+    let tip = chain.tip_hash();
+    if block.header.prev_hash != tip {
         return Err(TemplateError::NotOnTip {
             prev_hash: block.header.prev_hash,
-            tip: tip.hash,
+            tip,
         });
     }
     check_block_body(block).map_err(TemplateError::Invalid)?;
-    let ctx = chain.context_after(&tip.hash).expect("the tip is indexed");
+    let ctx = chain.tip_context()?;
     check_block_contextual(
         block,
         &ctx,
         chain.params(),
-        chain.store(),
+        chain.utxo_view(),
         SignatureChecks::Off,
     )
     .map_err(TemplateError::Invalid)
@@ -91,7 +99,7 @@ pub fn check_template(chain: &Chain, block: &Block) -> Result<BlockSpends, Templ
 /// then the template carries no pool transactions. An error only if even
 /// that fails, which no mempool state can cause.
 pub fn node_template(
-    chain: &Chain,
+    chain: &dyn TipState,
     pool: &mut Mempool,
     payout: PubKeyHash,
     extra_nonce: u64,
@@ -133,14 +141,13 @@ pub fn node_template(
 
 /// The unchecked template on the tip with `txs` and their `fees`.
 fn build_template(
-    chain: &Chain,
+    chain: &dyn TipState,
     payout: PubKeyHash,
     extra_nonce: u64,
     fees: Amount,
     txs: Vec<Transaction>,
 ) -> Result<NodeTemplate, TemplateError> {
-    let tip = chain.tip();
-    let ctx = chain.context_after(&tip.hash).expect("the tip is indexed");
+    let ctx = chain.tip_context()?;
     if block_subsidy(chain.params(), ctx.height)
         .checked_add(fees)
         .is_none()
@@ -148,7 +155,7 @@ fn build_template(
         return Err(TemplateError::FeesOutOfRange { fees: fees.units() });
     }
     let header = BlockTemplateHeader {
-        prev_hash: tip.hash,
+        prev_hash: chain.tip_hash(),
         height: ctx.height,
         time: unix_now().max(ctx.median_time_past + 1),
         bits: ctx.expected_bits,
@@ -180,9 +187,9 @@ impl WorkSource for NodeWork<'_> {
     fn template(&mut self) -> anyhow::Result<Block> {
         let chain = self.chain.lock().expect("chain lock");
         let mut pool = self.mempool.lock().expect("mempool lock");
-        pool.catch_up(&chain);
+        pool.catch_up(&*chain);
         self.extra_nonce = self.extra_nonce.wrapping_add(1);
-        let block = node_template(&chain, &mut pool, self.payout, self.extra_nonce)?.block;
+        let block = node_template(&*chain, &mut pool, self.payout, self.extra_nonce)?.block;
         self.pool_changes = pool.changes();
         Ok(block)
     }

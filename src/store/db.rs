@@ -79,9 +79,43 @@ impl Default for StoreOptions {
 }
 
 /// A handle to the store; cheap to clone, safe to share between threads.
+///
+/// A handle made by [`Store::snapshot`] reads one frozen state of the
+/// database (a RocksDB snapshot): every read through it sees exactly the
+/// batches written before it was taken, so an answer built from several
+/// reads is never torn by a block connecting in between. Such a handle is
+/// for reading only; `write` refuses it.
 #[derive(Clone)]
 pub struct Store {
     db: Arc<DB>,
+    snapshot: Option<Arc<OwnedSnapshot>>,
+}
+
+/// A RocksDB snapshot that owns a handle to its database.
+struct OwnedSnapshot {
+    // Declared before `_db`, so it is released before the handle drops.
+    snapshot: rocksdb::SnapshotWithThreadMode<'static, DB>,
+    _db: Arc<DB>,
+}
+
+impl OwnedSnapshot {
+    fn new(db: &Arc<DB>) -> OwnedSnapshot {
+        let snapshot = db.snapshot();
+        // SAFETY: the snapshot borrows the `DB` behind the `Arc`, whose heap
+        // address never moves; the clone of that `Arc` stored beside it keeps
+        // the `DB` alive, and field order drops the snapshot first. So the
+        // borrow outlives every use, although its type cannot say so.
+        let snapshot = unsafe {
+            std::mem::transmute::<
+                rocksdb::SnapshotWithThreadMode<'_, DB>,
+                rocksdb::SnapshotWithThreadMode<'static, DB>,
+            >(snapshot)
+        };
+        OwnedSnapshot {
+            snapshot,
+            _db: db.clone(),
+        }
+    }
 }
 
 fn cf_options(name: &str, cache: &Cache) -> Options {
@@ -159,7 +193,10 @@ impl Store {
             .iter()
             .map(|name| ColumnFamilyDescriptor::new(*name, cf_options(name, &cache)));
         let db = DB::open_cf_descriptors(&db_opts, path, descriptors)?;
-        Ok(Store { db: Arc::new(db) })
+        Ok(Store {
+            db: Arc::new(db),
+            snapshot: None,
+        })
     }
 
     fn check_identity(&self, network: Network) -> Result<(), StoreError> {
@@ -202,13 +239,44 @@ impl Store {
             .expect("every column family is created at open")
     }
 
+    /// A read-only handle on the state as of now (see [`Store`]). Cheap:
+    /// RocksDB pins a sequence number, nothing is copied.
+    pub fn snapshot(&self) -> Store {
+        Store {
+            db: self.db.clone(),
+            snapshot: Some(Arc::new(OwnedSnapshot::new(&self.db))),
+        }
+    }
+
+    /// Read options that see this handle's snapshot, if it has one.
+    fn read_options(&self) -> ReadOptions {
+        let mut opts = ReadOptions::default();
+        if let Some(s) = &self.snapshot {
+            opts.set_snapshot(&s.snapshot);
+        }
+        opts
+    }
+
     fn get(&self, cf: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.db.get_cf(self.cf(cf), key)?)
+        Ok(self.db.get_cf_opt(self.cf(cf), key, &self.read_options())?)
+    }
+
+    fn iterator(
+        &self,
+        cf: &str,
+        opts: ReadOptions,
+        mode: IteratorMode,
+    ) -> rocksdb::DBIteratorWithThreadMode<'_, DB> {
+        self.db.iterator_cf_opt(self.cf(cf), opts, mode)
     }
 
     /// Applies a batch atomically. `sync` waits for the write-ahead log to
     /// reach the disk (durability across power loss, not only process kill).
     pub fn write(&self, batch: StoreBatch, sync: bool) -> Result<(), StoreError> {
+        assert!(
+            self.snapshot.is_none(),
+            "a snapshot handle is read-only: write through the chain's own store"
+        );
         let mut opts = WriteOptions::default();
         opts.set_sync(sync);
         self.db.write_opt(batch.batch, &opts)?;
@@ -241,10 +309,7 @@ impl Store {
     /// Every block index entry, for loading the index into memory at start.
     pub fn all_block_index(&self) -> Result<Vec<(BlockHash, BlockIndexEntry)>, StoreError> {
         let mut out = Vec::new();
-        for item in self
-            .db
-            .iterator_cf(self.cf(CF_BLOCK_INDEX), IteratorMode::Start)
-        {
+        for item in self.iterator(CF_BLOCK_INDEX, self.read_options(), IteratorMode::Start) {
             let (key, value) = item?;
             let hash = Hash256::from_bytes(&key).map_err(corrupt("block index key"))?;
             let entry = BlockIndexEntry::decode(&value).map_err(corrupt("block index entry"))?;
@@ -287,7 +352,7 @@ impl Store {
         let cf = self.cf(CF_UTXO);
         let keys: Vec<[u8; 36]> = outpoints.iter().map(outpoint_key).collect();
         self.db
-            .multi_get_cf(keys.iter().map(|k| (cf, k)))
+            .multi_get_cf_opt(keys.iter().map(|k| (cf, k)), &self.read_options())
             .into_iter()
             .map(|r| {
                 r.map_err(StoreError::from)?
@@ -306,7 +371,7 @@ impl Store {
     }
 
     fn owner_range(&self, owner: &PubKeyHash, after: Option<Vec<u8>>) -> ReadOptions {
-        let mut opts = ReadOptions::default();
+        let mut opts = self.read_options();
         let mut upper = owner.0.to_vec();
         // The owner prefix plus one, as an exclusive bound (all 0xff wraps).
         let bound = upper.iter().rposition(|b| *b != 0xff).map(|i| {
@@ -337,8 +402,7 @@ impl Store {
         let opts = self.owner_range(owner, start);
         let mut out = Vec::new();
         for item in self
-            .db
-            .iterator_cf_opt(self.cf(CF_ADDRESS_UTXO), opts, IteratorMode::Start)
+            .iterator(CF_ADDRESS_UTXO, opts, IteratorMode::Start)
             .take(limit)
         {
             let (key, value) = item?;
@@ -358,7 +422,7 @@ impl Store {
         before: Option<(u32, u32)>,
         limit: usize,
     ) -> Result<Vec<(u32, u32, Txid)>, StoreError> {
-        let mut opts = ReadOptions::default();
+        let mut opts = self.read_options();
         opts.set_iterate_lower_bound(owner.0.to_vec());
         let upper = match before {
             Some((height, position)) => address_history_key(owner, height, position).to_vec(),
@@ -371,8 +435,7 @@ impl Store {
         opts.set_iterate_upper_bound(upper);
         let mut out = Vec::new();
         for item in self
-            .db
-            .iterator_cf_opt(self.cf(CF_ADDRESS_HISTORY), opts, IteratorMode::End)
+            .iterator(CF_ADDRESS_HISTORY, opts, IteratorMode::End)
             .take(limit)
         {
             let (key, value) = item?;
@@ -392,7 +455,7 @@ impl Store {
 
     /// Calls `f` for every UTXO in outpoint order.
     pub fn for_each_utxo(&self, mut f: impl FnMut(OutPoint, Utxo)) -> Result<(), StoreError> {
-        for item in self.db.iterator_cf(self.cf(CF_UTXO), IteratorMode::Start) {
+        for item in self.iterator(CF_UTXO, self.read_options(), IteratorMode::Start) {
             let (key, value) = item?;
             f(
                 outpoint_from_key(&key).map_err(corrupt("utxo key"))?,
@@ -407,10 +470,7 @@ impl Store {
         &self,
         mut f: impl FnMut(PubKeyHash, AddressStats),
     ) -> Result<(), StoreError> {
-        for item in self
-            .db
-            .iterator_cf(self.cf(CF_ADDRESS_STATS), IteratorMode::Start)
-        {
+        for item in self.iterator(CF_ADDRESS_STATS, self.read_options(), IteratorMode::Start) {
             let (key, value) = item?;
             let owner: [u8; 20] = key.as_ref().try_into().map_err(|_| StoreError::Corrupt {
                 what: "address stats key",
@@ -432,10 +492,7 @@ impl Store {
         &self,
         mut f: impl FnMut(PubKeyHash, OutPoint, Amount, u32),
     ) -> Result<(), StoreError> {
-        for item in self
-            .db
-            .iterator_cf(self.cf(CF_ADDRESS_UTXO), IteratorMode::Start)
-        {
+        for item in self.iterator(CF_ADDRESS_UTXO, self.read_options(), IteratorMode::Start) {
             let (key, value) = item?;
             let (owner, outpoint) =
                 parse_address_utxo_key(&key).map_err(corrupt("address utxo key"))?;
@@ -463,7 +520,7 @@ impl Store {
             .cf_handle(name)
             .ok_or(StoreError::UnknownColumnFamily(name.to_string()))?;
         self.db
-            .iterator_cf(cf, IteratorMode::Start)
+            .iterator_cf_opt(cf, self.read_options(), IteratorMode::Start)
             .map(|item| {
                 let (k, v) = item?;
                 Ok((k.to_vec(), v.to_vec()))

@@ -1,0 +1,272 @@
+//! Readers' side of the chain: consistent views that never wait for the
+//! writer.
+//!
+//! The chain is the only writer. Everything else (REST, the mirror, the
+//! mempool's checks of a submitted transaction) reads a [`ChainView`]: a
+//! RocksDB snapshot of the store plus the tip record read from that same
+//! snapshot, so every answer built from one view describes one block
+//! boundary even while the writer connects the next block. What is not in
+//! the store (the best header known, the orphan pool) the writer publishes
+//! after each change as an immutable [`Published`] value that readers clone
+//! by pointer.
+
+use std::sync::{Arc, RwLock};
+
+use primitive_types::U256;
+use sha2::{Digest, Sha256};
+
+use super::{ChainError, ChainTip, Clock};
+use crate::consensus::hash::{BlockHash, Hash256};
+use crate::consensus::limits::MEDIAN_TIME_SPAN;
+use crate::consensus::params::ChainParams;
+use crate::consensus::pow::median_time_past;
+use crate::consensus::pow::next_work_required;
+use crate::consensus::validation::BlockContext;
+use crate::store::schema::BlockIndexEntry;
+use crate::store::Store;
+
+/// What the writer knows beyond the store, as of its last change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// The writer's active tip: its hash, height and header. With blocks
+    /// connected but not yet flushed it is ahead of what views read.
+    pub tip: (BlockHash, u32),
+    pub tip_header: crate::consensus::block::BlockHeader,
+    /// The most-work valid header known, and its height.
+    pub best_header: (BlockHash, u32),
+    /// Hashes of the blocks waiting for their parent (bounded by the orphan
+    /// pool's own limit).
+    pub orphans: Vec<BlockHash>,
+    /// Headers in the block index.
+    pub index_len: usize,
+}
+
+/// The handle readers keep: the store, the parameters, and the writer's
+/// latest [`Published`] value. Cheap to clone.
+#[derive(Clone)]
+pub struct ChainReader {
+    store: Store,
+    params: &'static ChainParams,
+    clock: Clock,
+    published: Arc<RwLock<Arc<Published>>>,
+}
+
+impl ChainReader {
+    pub(super) fn new(
+        store: Store,
+        params: &'static ChainParams,
+        clock: Clock,
+        first: Published,
+    ) -> Self {
+        ChainReader {
+            store,
+            params,
+            clock,
+            published: Arc::new(RwLock::new(Arc::new(first))),
+        }
+    }
+
+    /// Replaces the published value (the writer only). Readers holding the
+    /// old one keep it; the lock is held for a pointer swap.
+    pub(super) fn publish(&self, value: Published) {
+        let value = Arc::new(value);
+        *self.published.write().expect("published lock") = value;
+    }
+
+    pub fn params(&self) -> &'static ChainParams {
+        self.params
+    }
+
+    /// The live store, for what never changes once written (a block's body
+    /// by its hash); anything that moves with the tip comes from a `view`.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The writer's latest published value.
+    pub fn published(&self) -> Arc<Published> {
+        self.published.read().expect("published lock").clone()
+    }
+
+    /// A consistent view of the chain as of now.
+    pub fn view(&self) -> Result<ChainView, ChainError> {
+        ChainView::at(
+            self.store.snapshot(),
+            self.params,
+            self.clock.clone(),
+            self.published(),
+        )
+    }
+}
+
+/// One block boundary of the chain, frozen: the tip, the active chain, the
+/// block index entries and every indexed row as they were when the view was
+/// taken. Reads cost RocksDB lookups (mostly block-cache hits), never the
+/// writer's lock.
+#[derive(Clone)]
+pub struct ChainView {
+    store: Store,
+    params: &'static ChainParams,
+    clock: Clock,
+    tip: ChainTip,
+    tip_entry: BlockIndexEntry,
+    published: Arc<Published>,
+}
+
+impl ChainView {
+    fn at(
+        store: Store,
+        params: &'static ChainParams,
+        clock: Clock,
+        published: Arc<Published>,
+    ) -> Result<ChainView, ChainError> {
+        let record = store
+            .tip()?
+            .ok_or_else(|| ChainError::Inconsistent("the store has no tip".into()))?;
+        let tip_entry = store.block_index_entry(&record.hash)?.ok_or_else(|| {
+            ChainError::Inconsistent(format!("tip {} is not in the block index", record.hash))
+        })?;
+        let tip = ChainTip {
+            hash: record.hash,
+            height: record.height,
+            chain_work: tip_entry.chain_work,
+            time: tip_entry.header.time,
+            utxo_count: record.utxo_count,
+            utxo_total: record.utxo_total,
+            utxo_digest: Hash256(Sha256::digest(record.digest).into()),
+        };
+        Ok(ChainView {
+            store,
+            params,
+            clock,
+            tip,
+            tip_entry,
+            published,
+        })
+    }
+
+    pub fn params(&self) -> &'static ChainParams {
+        self.params
+    }
+
+    /// The store as of this view (a snapshot: read-only).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn tip(&self) -> ChainTip {
+        self.tip
+    }
+
+    pub fn tip_entry(&self) -> &BlockIndexEntry {
+        &self.tip_entry
+    }
+
+    pub fn height(&self) -> u32 {
+        self.tip.height
+    }
+
+    /// The hash at `height` of the active chain, if it reaches that high.
+    pub fn hash_at(&self, height: u32) -> Result<Option<BlockHash>, ChainError> {
+        if height > self.tip.height {
+            return Ok(None);
+        }
+        Ok(self.store.hash_at_height(height)?)
+    }
+
+    pub fn index_entry(&self, hash: &BlockHash) -> Result<Option<BlockIndexEntry>, ChainError> {
+        Ok(self.store.block_index_entry(hash)?)
+    }
+
+    /// Whether the block's body is stored.
+    pub fn has_block(&self, hash: &BlockHash) -> Result<bool, ChainError> {
+        Ok(self
+            .index_entry(hash)?
+            .is_some_and(|e| e.has(crate::store::schema::status::HAVE_DATA)))
+    }
+
+    /// Whether `hash` is on the active chain of this view.
+    pub fn is_active(&self, hash: &BlockHash) -> Result<bool, ChainError> {
+        Ok(match self.index_entry(hash)? {
+            Some(entry) => self.hash_at(entry.height)? == Some(*hash),
+            None => false,
+        })
+    }
+
+    /// Confirmations of an active block at `height` (1 at the tip).
+    pub fn confirmations(&self, height: u32) -> u32 {
+        self.tip.height.saturating_sub(height) + 1
+    }
+
+    /// Median of the last `MEDIAN_TIME_SPAN` block times up to the tip: the
+    /// time a transaction's lock time is judged against in the next block.
+    pub fn median_time_past(&self) -> Result<u32, ChainError> {
+        let mut times = Vec::with_capacity(MEDIAN_TIME_SPAN);
+        let mut entry = self.tip_entry;
+        loop {
+            times.push(entry.header.time);
+            if entry.height == 0 || times.len() == MEDIAN_TIME_SPAN {
+                break;
+            }
+            let parent = entry.header.prev_hash;
+            entry = self.index_entry(&parent)?.ok_or_else(|| {
+                ChainError::Inconsistent(format!("block {parent} is not in the block index"))
+            })?;
+        }
+        Ok(median_time_past(&times))
+    }
+
+    /// The context a child of the tip is validated in (as
+    /// `Chain::context_after` at the tip).
+    pub fn context_after_tip(&self) -> Result<BlockContext, ChainError> {
+        let height = self.tip.height + 1;
+        let failure = std::cell::Cell::new(None);
+        let expected_bits =
+            next_work_required(self.params, height, self.tip_entry.header.bits, |h| {
+                let time = self
+                    .hash_at(h)
+                    .and_then(|hash| match hash {
+                        Some(hash) => self.index_entry(&hash),
+                        None => Ok(None),
+                    })
+                    .map(|e| e.map_or(0, |e| e.header.time));
+                time.unwrap_or_else(|e| {
+                    failure.set(Some(e));
+                    0
+                })
+            });
+        if let Some(e) = failure.into_inner() {
+            return Err(e);
+        }
+        Ok(BlockContext {
+            height,
+            expected_bits,
+            median_time_past: self.median_time_past()?,
+            now: self.clock.now(),
+        })
+    }
+
+    /// The writer's published value read just after the store's snapshot:
+    /// it may be a block older or newer than the snapshot (it describes
+    /// headers and orphans, never the state answers are built from).
+    pub fn published(&self) -> &Published {
+        &self.published
+    }
+
+    pub fn best_header(&self) -> (BlockHash, u32) {
+        self.published.best_header
+    }
+
+    pub fn orphan_count(&self) -> usize {
+        self.published.orphans.len()
+    }
+
+    pub fn orphan_hashes(&self) -> Vec<BlockHash> {
+        self.published.orphans.clone()
+    }
+
+    /// Total work of the tip.
+    pub fn chain_work(&self) -> U256 {
+        self.tip.chain_work
+    }
+}
