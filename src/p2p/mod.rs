@@ -1,7 +1,8 @@
 //! The peer-to-peer network: a listener, outbound dialing, one task per
-//! connection (`connection`), and one thread that owns the protocol state
-//! (`protocol::Protocol`) and is the only place that talks to the chain on
-//! behalf of peers.
+//! connection (`connection`), one thread that owns the protocol state
+//! (`protocol::Protocol`), and the chain task (`chain_task`) that validates
+//! and connects the blocks peers send, so the protocol thread keeps
+//! answering while a block connects.
 //!
 //! The protocol thread serves peers fairly: received messages wait in one
 //! queue per peer (bounded in bytes by the connection tasks) and are handled
@@ -11,6 +12,7 @@
 
 pub mod addr_rate;
 pub mod addrbook;
+pub mod chain_task;
 pub mod connection;
 pub mod eviction;
 pub mod headers_sync;
@@ -69,6 +71,12 @@ pub enum Event {
     /// The chain or the mempool changed by other means (own miner, import,
     /// REST): announce what is new.
     ChainChanged,
+    /// The chain task finished with a block a peer sent.
+    BlockProcessed {
+        peer: PeerId,
+        hash: crate::consensus::hash::BlockHash,
+        outcome: Result<crate::chain::BlockOutcome, String>,
+    },
     /// The operator added or removed a peer (REST).
     AddPeer(SocketAddr),
     RemovePeer(SocketAddr),
@@ -172,6 +180,7 @@ pub async fn start(
         }
     });
 
+    let chain_task = chain_task::ChainTask::start(chain.clone(), events_tx.clone())?;
     let protocol = Protocol::new(
         chain,
         mempool,
@@ -190,6 +199,7 @@ pub async fn start(
         .spawn(move || {
             run_protocol(
                 protocol,
+                chain_task,
                 events_rx,
                 thread_events,
                 thread_status,
@@ -276,6 +286,7 @@ fn enqueue(link: &PeerLink, message: &Message) -> Result<(), &'static str> {
 #[allow(clippy::too_many_arguments)]
 fn run_protocol(
     mut protocol: Protocol,
+    chain_task: chain_task::ChainTask,
     mut events: mpsc::Receiver<Event>,
     events_tx: mpsc::Sender<Event>,
     status: Arc<Mutex<NetworkStatus>>,
@@ -336,6 +347,11 @@ fn run_protocol(
                 }
                 Event::ConnectFailed(addr) => protocol.on_connect_failed(addr, now),
                 Event::ChainChanged => actions.extend(protocol.on_chain_changed()),
+                Event::BlockProcessed {
+                    peer,
+                    hash,
+                    outcome,
+                } => actions.extend(protocol.on_block_processed(peer, hash, outcome, now)),
                 Event::AddPeer(addr) => actions.extend(protocol.add_peer(addr, now)),
                 Event::RemovePeer(addr) => actions.extend(protocol.remove_peer(addr)),
                 Event::Shutdown => shutdown = true,
@@ -348,8 +364,23 @@ fn run_protocol(
             let Some((id, message, permit)) = inbound.pop() else {
                 break;
             };
-            actions.extend(protocol.on_message(id, message, now));
-            drop(permit);
+            // A block keeps its permit until the chain task has stored it.
+            let mut permit = Some(permit);
+            for action in protocol.on_message(id, message, now) {
+                match action {
+                    Action::ProcessBlock {
+                        peer,
+                        block,
+                        requested,
+                    } => chain_task.submit(chain_task::BlockJob {
+                        peer,
+                        block,
+                        requested,
+                        permit: permit.take(),
+                    }),
+                    other => actions.push(other),
+                }
+            }
         }
         // `getdata`, a bounded share per peer, while its send buffer has room.
         for id in protocol.peers_with_pending_getdata() {
@@ -380,6 +411,19 @@ fn run_protocol(
                     _ => None,
                 },
                 Action::Disconnect(id, reason) => Some((id, reason)),
+                Action::ProcessBlock {
+                    peer,
+                    block,
+                    requested,
+                } => {
+                    chain_task.submit(chain_task::BlockJob {
+                        peer,
+                        block,
+                        requested,
+                        permit: None,
+                    });
+                    None
+                }
                 Action::Connect(addr) => {
                     let events = events_tx.clone();
                     let budget = inbound_budget.clone();
@@ -422,6 +466,10 @@ fn run_protocol(
     for link in links.values() {
         link.close.cancel();
     }
+    // The chain task finishes the blocks it has; with the events' receiver
+    // gone it never waits to report them.
+    drop(events);
+    chain_task.stop();
     protocol.save_addrbook();
     tracing::info!("p2p stopped");
 }

@@ -21,7 +21,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::chain::{unix_now, BlockOutcome, Chain, HeaderRejection};
+use crate::chain::{unix_now, BlockOutcome, Chain, ChainReader, HeaderRejection};
 use crate::consensus::hash::{BlockHash, Hash256};
 use crate::consensus::params::Network;
 use crate::consensus::pow::work_from_compact;
@@ -105,6 +105,13 @@ pub enum Action {
     Send(PeerId, Message),
     Disconnect(PeerId, &'static str),
     Connect(SocketAddr),
+    /// Hand a block to the chain task; its outcome comes back through
+    /// `on_block_processed`.
+    ProcessBlock {
+        peer: PeerId,
+        block: Arc<crate::consensus::block::Block>,
+        requested: bool,
+    },
 }
 
 /// A set that forgets its oldest members past a bound.
@@ -233,6 +240,8 @@ pub struct ProtocolCounters {
 
 pub struct Protocol {
     chain: Arc<Mutex<Chain>>,
+    /// What the chain published, and its store for immutable reads: no lock.
+    reader: ChainReader,
     mempool: Arc<Mutex<Mempool>>,
     tx_requests: HashMap<Hash256, TxRequest>,
     recent_rejects: BoundedSet,
@@ -248,6 +257,9 @@ pub struct Protocol {
     self_addrs: HashMap<SocketAddr, Instant>,
     /// Which peer each requested block was asked of.
     in_flight: HashMap<BlockHash, PeerId>,
+    /// Blocks handed to the chain task and not yet processed, by sender:
+    /// never requested again meanwhile.
+    processing: HashMap<BlockHash, PeerId>,
     /// When we last sent `getheaders`, and to whom.
     headers_request: Option<(PeerId, Instant)>,
     addrbook: AddrBook,
@@ -284,12 +296,13 @@ impl Protocol {
         discover: bool,
         now: Instant,
     ) -> Protocol {
-        let (announced_tip, height) = {
+        let (announced_tip, height, reader) = {
             let chain = chain.lock().expect("chain lock");
-            (chain.tip().hash, chain.height())
+            (chain.tip().hash, chain.height(), chain.reader())
         };
         Protocol {
             chain,
+            reader,
             mempool,
             tx_requests: HashMap::new(),
             recent_rejects: BoundedSet::default(),
@@ -299,6 +312,7 @@ impl Protocol {
             our_nonces: HashMap::new(),
             self_addrs: HashMap::new(),
             in_flight: HashMap::new(),
+            processing: HashMap::new(),
             headers_request: None,
             addrbook,
             manual: manual.into_iter().map(|a| (a, now)).collect(),
@@ -410,7 +424,7 @@ impl Protocol {
                 let txids = {
                     let chain = self.chain.lock().expect("chain lock");
                     let mut pool = self.mempool.lock().expect("mempool lock");
-                    pool.catch_up(&chain);
+                    pool.catch_up(&*chain);
                     pool.txids()
                 };
                 let peer = self.peers.get_mut(&id).expect("checked");
@@ -510,7 +524,7 @@ impl Protocol {
             self.headers_request = None;
         }
         if self.headers_request.is_none() {
-            let our_best = self.chain.lock().expect("chain lock").best_header().1;
+            let our_best = self.reader.published().best_header.1;
             let ahead = self
                 .peers
                 .iter()
@@ -541,7 +555,7 @@ impl Protocol {
         self.tx_requests.retain(|_, r| !r.announcers.is_empty());
         {
             let chain = self.chain.lock().expect("chain lock");
-            self.mempool.lock().expect("mempool lock").catch_up(&chain);
+            self.mempool.lock().expect("mempool lock").catch_up(&*chain);
         }
         self.request_blocks(now, &mut actions);
         self.request_txs(now, &mut actions);

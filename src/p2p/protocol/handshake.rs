@@ -14,7 +14,7 @@ impl Protocol {
             }
             self.our_nonces.insert(nonce, id);
         }
-        let start_height = self.chain.lock().expect("chain lock").height();
+        let start_height = self.reader.published().tip.1;
         Message::Version(Version {
             protocol_version: PROTOCOL_VERSION,
             services: SERVICE_NETWORK,

@@ -6,10 +6,8 @@ impl Protocol {
     /// Asks each peer once for its mempool, as soon as our chain has caught
     /// up with it: earlier, its transactions would spend blocks we lack.
     pub(super) fn request_mempools(&mut self, actions: &mut Vec<Action>) {
-        let (synced, height) = {
-            let chain = self.chain.lock().expect("chain lock");
-            (chain.best_header().0 == chain.tip().hash, chain.height())
-        };
+        let published = self.reader.published();
+        let (synced, height) = (published.best_header.0 == published.tip.0, published.tip.1);
         if !synced {
             return;
         }
@@ -46,7 +44,7 @@ impl Protocol {
         let result = {
             let chain = self.chain.lock().expect("chain lock");
             let mut pool = self.mempool.lock().expect("mempool lock");
-            pool.accept(&chain, tx)
+            pool.accept(&*chain, tx)
         };
         match result {
             Ok(_) => {
@@ -59,7 +57,8 @@ impl Protocol {
             Err(MempoolError::MissingInput(_))
             | Err(MempoolError::AlreadyInPool(_))
             | Err(MempoolError::AlreadyConfirmed(_))
-            | Err(MempoolError::Store(_)) => {}
+            | Err(MempoolError::Store(_))
+            | Err(MempoolError::TipMoved) => {}
             Err(error) => {
                 tracing::debug!(peer = id, %txid, %error, "transaction rejected");
                 self.recent_rejects.insert_bounded(txid, MAX_RECENT_REJECTS);
@@ -279,10 +278,8 @@ impl Protocol {
             served += 1;
             let message = match item.kind {
                 InvKind::Block => {
-                    let block = {
-                        let chain = self.chain.lock().expect("chain lock");
-                        chain.store().block(&item.hash)
-                    };
+                    // A block's body never changes: read it without the chain.
+                    let block = self.reader.store().block(&item.hash);
                     match block {
                         Ok(Some(block)) => Some(Message::Block(Box::new(block))),
                         Ok(None) => None,

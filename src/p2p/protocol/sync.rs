@@ -250,11 +250,48 @@ impl Protocol {
         if self.in_flight.get(&hash) == Some(&id) {
             self.in_flight.remove(&hash);
         }
-        let outcome = self.chain.lock().expect("chain lock").process_new_block(
-            Arc::new(block),
-            Some(id),
+        self.processing.insert(hash, id);
+        actions.push(Action::ProcessBlock {
+            peer: id,
+            block: Arc::new(block),
             requested,
-        );
+        });
+        // The peer has room again: keep its pipe full while the chain task
+        // connects.
+        self.request_blocks(now, actions);
+    }
+
+    /// What the chain task made of a block `id` sent (`on_block`): punish
+    /// what was invalid, ask for what is missing, and ask for more.
+    pub fn on_block_processed(
+        &mut self,
+        id: PeerId,
+        hash: BlockHash,
+        outcome: Result<BlockOutcome, String>,
+        now: Instant,
+    ) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if self.processing.get(&hash) == Some(&id) {
+            self.processing.remove(&hash);
+        }
+        if self.peers.get(&id).is_some_and(|p| p.ready()) {
+            self.after_block(id, hash, outcome, now, &mut actions);
+        } else if let Err(e) = outcome {
+            tracing::error!(error = %e, %hash, "storing a block failed");
+        }
+        self.request_blocks(now, &mut actions);
+        self.announce_tip(&mut actions);
+        actions
+    }
+
+    fn after_block(
+        &mut self,
+        id: PeerId,
+        hash: BlockHash,
+        outcome: Result<BlockOutcome, String>,
+        now: Instant,
+        actions: &mut Vec<Action>,
+    ) {
         if matches!(outcome, Ok(BlockOutcome::Accepted { .. })) {
             self.peers.get_mut(&id).expect("checked").last_block_at = Some(now);
         }
@@ -287,7 +324,34 @@ impl Protocol {
             }
             Err(e) => tracing::error!(error = %e, %hash, "storing a block failed"),
         }
-        self.request_blocks(now, actions);
+    }
+
+    /// Runs `ProcessBlock` actions at once, on this thread, as the chain task
+    /// would, feeding each outcome back: for tests that drive the protocol
+    /// without threads. Returns every other action.
+    pub fn process_blocks_inline(&mut self, actions: Vec<Action>, now: Instant) -> Vec<Action> {
+        let mut queue: VecDeque<Action> = actions.into();
+        let mut rest = Vec::new();
+        while let Some(action) = queue.pop_front() {
+            match action {
+                Action::ProcessBlock {
+                    peer,
+                    block,
+                    requested,
+                } => {
+                    let hash = block.hash();
+                    let outcome = self
+                        .chain
+                        .lock()
+                        .expect("chain lock")
+                        .process_new_block(block, Some(peer), requested)
+                        .map_err(|e| e.to_string());
+                    queue.extend(self.on_block_processed(peer, hash, outcome, now));
+                }
+                other => rest.push(other),
+            }
+        }
+        rest
     }
 
     /// A block from a peer reached our queue (it may wait for its turn): a
@@ -324,13 +388,16 @@ impl Protocol {
             let best = peer.best_known.expect("filtered above");
             let capacity = MAX_BLOCKS_IN_FLIGHT_PER_PEER - peer.in_flight.len();
             let in_flight = &self.in_flight;
+            let processing = &self.processing;
             let not_found = &peer.not_found;
             let wanted = chain.blocks_to_download(
                 &best,
                 &mut peer.last_common,
                 BLOCK_DOWNLOAD_WINDOW,
                 capacity,
-                &|h| in_flight.contains_key(h) || not_found.contains(h),
+                &|h| {
+                    in_flight.contains_key(h) || processing.contains_key(h) || not_found.contains(h)
+                },
             );
             if wanted.is_empty() {
                 continue;
@@ -350,11 +417,8 @@ impl Protocol {
 
     /// Announces a new tip to every peer that does not have it.
     pub(super) fn announce_tip(&mut self, actions: &mut Vec<Action>) {
-        let (tip, header) = {
-            let chain = self.chain.lock().expect("chain lock");
-            let tip = chain.tip().hash;
-            (tip, chain.index_entry(&tip).expect("tip indexed").header)
-        };
+        let published = self.reader.published();
+        let (tip, header) = (published.tip.0, published.tip_header);
         if tip == self.announced_tip {
             return;
         }
@@ -377,10 +441,8 @@ impl Protocol {
     }
 
     pub(super) fn update_progress(&mut self, now: Instant) {
-        let (header_height, block_height) = {
-            let chain = self.chain.lock().expect("chain lock");
-            (chain.best_header().1, chain.height())
-        };
+        let published = self.reader.published();
+        let (header_height, block_height) = (published.best_header.1, published.tip.1);
         let best_peer = self
             .peers
             .values()

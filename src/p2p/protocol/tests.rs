@@ -400,6 +400,7 @@ fn an_unrequested_low_work_block_is_dropped_without_blame() {
     let actions = h
         .protocol
         .on_message(1, Message::Block(Box::new(block.clone())), h.now);
+    let actions = h.protocol.process_blocks_inline(actions, h.now);
     assert_eq!(disconnected(&actions, 1), None);
     assert_eq!(index_len(&h), 21);
     assert!(!h.protocol.chain.lock().unwrap().has_block(&block.hash()));
@@ -545,6 +546,9 @@ fn a_block_that_arrived_is_not_a_stall_however_late_it_is_handled() {
         Message::Block(Box::new(chain.blocks[1].clone())),
         later + Duration::from_secs(10),
     );
+    let actions = h
+        .protocol
+        .process_blocks_inline(actions, later + Duration::from_secs(10));
     assert_eq!(disconnected(&actions, 1), None);
     assert_eq!(h.protocol.chain.lock().unwrap().height(), 1);
 }
