@@ -4,22 +4,78 @@
 //! the protocol's CPU per synced block with 2 000 and with 100 000 headers
 //! ahead of the blocks: scheduling must not grow with the distance.
 //!
+//! Sync figures come with the two-core signature limit of libsecp256k1 and
+//! k256 measured in the same run, the sync rate as a share of it, and the
+//! REST latency a wallet sees from the syncing node beside the same node
+//! idle.
+//!
 //! Run: `cargo bench --profile dev --bench p2p` (`-- quick` for small sizes,
-//! `-- sync-cost` for the in-process scheduling figure alone).
+//! `-- sync` for the sync figures alone, `-- sync-cost` for the in-process
+//! scheduling figure alone).
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use chaincore::consensus::address::Address;
 use chaincore::consensus::params::Network;
 use chaincore::encoding::Encode;
-use chaincore::testkit::process::{log_field, log_time, Node};
+use chaincore::testkit::process::{http, log_field, log_time, Node};
 use chaincore::testkit::{busy_chain, key};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_chaincore");
 const LONG: Duration = Duration::from_secs(900);
 
-fn bench_sync(blocks: usize, txs: usize) {
+/// Request latencies of a poller that GETs `/address/{a}` and `/status`
+/// every `POLL_EVERY` until stopped, in milliseconds, sorted.
+struct Poller {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<f64>>,
+}
+
+const POLL_EVERY: Duration = Duration::from_millis(20);
+
+impl Poller {
+    fn start(api: std::net::SocketAddr, address: String) -> Poller {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut latencies = Vec::new();
+            while !stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                for path in [format!("/address/{address}"), "/status".to_string()] {
+                    let start = Instant::now();
+                    let (status, body) = http(api, "GET", &path, "");
+                    assert_eq!(status, 200, "GET {path}: {body}");
+                    latencies.push(start.elapsed().as_secs_f64() * 1e3);
+                }
+                std::thread::sleep(POLL_EVERY);
+            }
+            latencies.sort_by(f64::total_cmp);
+            latencies
+        });
+        Poller { stop, thread }
+    }
+
+    fn stop(self) -> Vec<f64> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().expect("poller")
+    }
+}
+
+fn latency_line(label: &str, sorted: &[f64]) -> String {
+    format!(
+        "{label}: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms over {} requests",
+        percentile(sorted, 50.0),
+        percentile(sorted, 99.0),
+        sorted.last().copied().unwrap_or(0.0),
+        sorted.len()
+    )
+}
+
+/// Sync throughput, and a wallet's view of the syncing node: `GET
+/// /address` and `GET /status` every 20 ms during the sync, beside the
+/// same node idle afterwards for as long.
+fn bench_sync(blocks: usize, txs: usize) -> f64 {
     let chain = busy_chain(blocks, txs);
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("chain.dat");
@@ -53,8 +109,14 @@ fn bench_sync(blocks: usize, txs: usize) {
             &a_addr.to_string(),
         ],
     );
+    let wallet = Address::new(Network::Regtest, key(1).pubkey_hash()).to_string();
+    let poller = Poller::start(b.api_addr(), wallet.clone());
     b.wait_for_height(chain.height(), LONG);
     let secs = start.elapsed().as_secs_f64();
+    let during = poller.stop();
+    let idle = Poller::start(b.api_addr(), wallet);
+    std::thread::sleep(Duration::from_secs_f64(secs.min(30.0)));
+    let idle = idle.stop();
     b.stop();
     a.stop();
     println!(
@@ -67,6 +129,53 @@ fn bench_sync(blocks: usize, txs: usize) {
         tx_count as f64 / secs,
         bytes as f64 / 1e6 / secs
     );
+    println!(
+        "  {}",
+        latency_line(
+            "REST during sync (GET /address, /status every 20 ms)",
+            &during
+        )
+    );
+    println!("  {}", latency_line("REST on the same node idle", &idle));
+    tx_count as f64 / secs
+}
+
+/// Signature verifications per second on two cores, with each library.
+fn signature_limits() -> Vec<(&'static str, f64)> {
+    use chaincore::consensus::keys::{verify_signature, verify_signature_k256, SignatureVerifier};
+    use rayon::prelude::*;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    let signer = key(3);
+    let signed: Vec<_> = (0..4_000u32)
+        .map(|i| {
+            let digest = chaincore::consensus::hash::sha256d(&i.to_le_bytes()).0;
+            (digest, signer.sign_digest(&digest))
+        })
+        .collect();
+    let pubkey = signer.public_key();
+    let libraries: [(&str, SignatureVerifier); 2] = [
+        ("libsecp256k1", verify_signature),
+        ("k256", verify_signature_k256),
+    ];
+    libraries
+        .iter()
+        .map(|(name, verify)| {
+            let start = Instant::now();
+            let mut count = 0u64;
+            while start.elapsed() < Duration::from_secs(2) {
+                pool.install(|| {
+                    signed.par_iter().for_each(|(digest, signature)| {
+                        verify(&pubkey, signature, digest).expect("valid");
+                    })
+                });
+                count += signed.len() as u64;
+            }
+            (*name, count as f64 / start.elapsed().as_secs_f64())
+        })
+        .collect()
 }
 
 fn connected_at(log: &[String]) -> std::collections::HashMap<String, f64> {
@@ -230,11 +339,9 @@ fn sync_cost_per_block(
         );
         for item in requested {
             let block = by_hash[&item.hash];
-            pending.extend(protocol.on_message(
-                peer,
-                Message::Block(Box::new((*block).clone())),
-                now,
-            ));
+            let actions =
+                protocol.on_message(peer, Message::Block(Box::new((*block).clone())), now);
+            pending.extend(protocol.process_blocks_inline(actions, now));
             connected += 1;
         }
     }
@@ -275,13 +382,29 @@ fn main() {
         bench_sync_cost(if quick { 20_000 } else { 100_000 }, 1_500);
         return;
     }
+    let limits = signature_limits();
+    for (name, rate) in &limits {
+        println!("signature limit, {name:<12} (2 cores): {rate:>8.0} verifies/s");
+    }
+    let limit = limits[0].1;
+    let report = |label: &str, tx_per_s: f64| {
+        println!(
+            "{label}: {tx_per_s:.0} tx/s = {:.0}% of the libsecp256k1 two-core limit",
+            100.0 * tx_per_s / limit
+        )
+    };
     if quick {
         bench_sync_cost(20_000, 1_000);
-        bench_sync(200, 100);
+        report("sync 200 x 100", bench_sync(200, 100));
+        report("sync 20 x 2000", bench_sync(20, 2_000));
         bench_propagation(10, 5);
+    } else if std::env::args().any(|a| a == "sync") {
+        report("sync 2000 x 100", bench_sync(2_000, 100));
+        report("sync 100 x 2000", bench_sync(100, 2_000));
     } else {
         bench_sync_cost(100_000, 1_500);
-        bench_sync(2_000, 100);
+        report("sync 2000 x 100", bench_sync(2_000, 100));
+        report("sync 100 x 2000", bench_sync(100, 2_000));
         bench_propagation(10, 30);
     }
 }

@@ -645,14 +645,14 @@ impl Chain {
             }
         }
         self.publish();
-        Ok(self.settle(outcome, &failures))
+        Ok(self.final_outcome(outcome, &failures))
     }
 
     /// The first half of `process_new_block`, for a caller that connects
     /// blocks one `activate_step` at a time (the chain task, which lets
     /// readers and the network in between): validates and stores the block
     /// and any orphans waiting for it, connects nothing. `Accepted` here
-    /// means stored; `settle` gives the final outcome once activation ran.
+    /// means stored; `final_outcome` gives the final outcome once activation ran.
     pub fn accept_new_block(
         &mut self,
         block: Arc<Block>,
@@ -681,7 +681,7 @@ impl Chain {
     /// The final outcome of a block `accept_new_block` stored, once
     /// activation has run: invalid if it failed to connect (`failures`),
     /// an invalid ancestor if one of its ancestors did.
-    pub fn settle(
+    pub fn final_outcome(
         &self,
         outcome: BlockOutcome,
         failures: &[(BlockHash, BlockError)],

@@ -105,5 +105,5 @@ fn process(
     Ok(chain
         .lock()
         .expect("chain lock")
-        .settle(accepted, &failures))
+        .final_outcome(accepted, &failures))
 }
