@@ -76,40 +76,65 @@ fn main() {
     )
     .unwrap();
 
+    // The reference, in the same run: the cheapest route (two point reads,
+    // no JSON), so the figure shows what the HTTP stack and wrk themselves
+    // cost on this machine.
     for connections in WRK_CONNECTIONS {
-        let out = Command::new("wrk")
-            .args(["-t", WRK_THREADS, "-c", &connections.to_string(), "-d"])
-            .arg(format!("{WRK_SECONDS}s"))
-            .arg("--latency")
-            .arg("-s")
-            .arg(&script)
-            .arg(format!("http://{api}"))
-            .output()
-            .expect("run wrk");
-        let text = String::from_utf8_lossy(&out.stdout);
-        let field = |prefix: &str| {
-            text.lines()
-                .find(|l| l.trim_start().starts_with(prefix))
-                .map(|l| l.split_whitespace().nth(1).unwrap_or("?").to_string())
-                .unwrap_or_else(|| "?".into())
-        };
-        let errors = text
-            .lines()
-            .filter(|l| l.contains("Non-2xx") || l.contains("Socket errors"))
-            .collect::<Vec<_>>()
-            .join("; ");
         println!(
-            "GET /address ({connections} connections, wrk {WRK_THREADS} threads, {WRK_SECONDS} s): \
-             {} req/s, p50 {}, p99 {}{}",
-            field("Requests/sec:"),
-            field("50%"),
-            field("99%"),
-            if errors.is_empty() {
-                String::new()
-            } else {
-                format!(" [{errors}]")
-            }
+            "{}",
+            wrk(api, connections, None, "GET /blocks/tip/height (reference)")
+        );
+        println!(
+            "{}",
+            wrk(api, connections, Some(&script), "GET /address/{random}")
         );
     }
     std::thread::sleep(Duration::from_millis(100));
+}
+
+/// Runs wrk against `api` (at `/blocks/tip/height`, or with `script`'s
+/// requests) and returns a line with req/s, p50 and p99.
+fn wrk(
+    api: std::net::SocketAddr,
+    connections: u32,
+    script: Option<&std::path::Path>,
+    label: &str,
+) -> String {
+    let mut command = Command::new("wrk");
+    command
+        .args(["-t", WRK_THREADS, "-c", &connections.to_string(), "-d"])
+        .arg(format!("{WRK_SECONDS}s"))
+        .arg("--latency");
+    let url = match script {
+        Some(script) => {
+            command.arg("-s").arg(script);
+            format!("http://{api}")
+        }
+        None => format!("http://{api}/blocks/tip/height"),
+    };
+    let out = command.arg(url).output().expect("run wrk");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |prefix: &str| {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(prefix))
+            .map(|l| l.split_whitespace().nth(1).unwrap_or("?").to_string())
+            .unwrap_or_else(|| "?".into())
+    };
+    let errors = text
+        .lines()
+        .filter(|l| l.contains("Non-2xx") || l.contains("Socket errors"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    format!(
+        "{label} ({connections} connections, wrk {WRK_THREADS} threads, {WRK_SECONDS} s): \
+         {} req/s, p50 {}, p99 {}{}",
+        field("Requests/sec:"),
+        field("50%"),
+        field("99%"),
+        if errors.is_empty() {
+            String::new()
+        } else {
+            format!(" [{errors}]")
+        }
+    )
 }

@@ -81,14 +81,18 @@ pub async fn status(State(state): State<ApiState>) -> Result<Json<Value>, ApiErr
 
 pub async fn tip_height(State(state): State<ApiState>) -> Result<String, ApiError> {
     state
-        .with_view(|chain| Ok(chain.height().to_string()))
-        .await
+        .reader
+        .view()
+        .map(|view| view.height().to_string())
+        .map_err(ApiError::internal)
 }
 
 pub async fn tip_hash(State(state): State<ApiState>) -> Result<String, ApiError> {
     state
-        .with_view(|chain| Ok(chain.tip().hash.to_string()))
-        .await
+        .reader
+        .view()
+        .map(|view| view.tip().hash.to_string())
+        .map_err(ApiError::internal)
 }
 
 pub async fn mempool_summary(State(state): State<ApiState>) -> Result<Response, ApiError> {
@@ -270,8 +274,10 @@ pub async fn address(
     State(state): State<ApiState>,
     Path(address): Path<String>,
 ) -> Result<Json<AddressInfo>, ApiError> {
+    // Two point reads and the address's own pool entries: cheaper than a
+    // hop to the blocking pool.
     state
-        .with_state(move |chain, pool| {
+        .with_state_quick(move |chain, pool| {
             let address = super::explorer::address_of(chain, &address)?;
             let stats = chain.store().address_stats(&address.hash)?;
             let pending = pool.address_stats(&address.hash);

@@ -81,21 +81,45 @@ impl ApiState {
         &self,
         f: impl FnOnce(&ChainView, &mut Mempool) -> Result<T, ApiError> + Send + 'static,
     ) -> Result<T, ApiError> {
-        let (reader, mempool) = (self.reader.clone(), self.mempool.clone());
-        tokio::task::spawn_blocking(move || {
-            let mut attempt = 1;
-            loop {
-                let view = reader.view().map_err(ApiError::internal)?;
-                let mut pool = mempool.lock().expect("mempool lock");
-                if pool.catch_up(&view) || attempt == VIEW_ATTEMPTS {
-                    return f(&view, &mut pool);
-                }
-                drop(pool);
-                attempt += 1;
-                std::thread::yield_now();
+        let state = self.clone();
+        tokio::task::spawn_blocking(move || state.with_state_blocking(f)).await?
+    }
+
+    /// As `with_state`, on the calling async worker when that is cheap: for
+    /// routes whose work is a few point reads of the store (block-cache
+    /// hits, microseconds) and the pool's entries of one address, where the
+    /// hop to the blocking pool would cost more than the work. If the pool
+    /// is not at the view's tip, or owes a rebuild after a reorganisation,
+    /// the request takes the blocking path.
+    pub async fn with_state_quick<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&ChainView, &mut Mempool) -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        {
+            let view = self.reader.view().map_err(ApiError::internal)?;
+            let mut pool = self.mempool.lock().expect("mempool lock");
+            if pool.catch_up_without_rebuild(&view) {
+                return f(&view, &mut pool);
             }
-        })
-        .await?
+        }
+        self.with_state(f).await
+    }
+
+    fn with_state_blocking<T>(
+        &self,
+        f: impl FnOnce(&ChainView, &mut Mempool) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        let mut attempt = 1;
+        loop {
+            let view = self.reader.view().map_err(ApiError::internal)?;
+            let mut pool = self.mempool.lock().expect("mempool lock");
+            if pool.catch_up(&view) || attempt == VIEW_ATTEMPTS {
+                return f(&view, &mut pool);
+            }
+            drop(pool);
+            attempt += 1;
+            std::thread::yield_now();
+        }
     }
 
     /// Runs `f` on a blocking thread with a view of the chain, without the

@@ -364,6 +364,38 @@ impl Mempool {
     /// (`rebuild`), but only once `chain` is at the tip the events reached:
     /// a reader's view a block behind must not judge the pool.
     pub fn catch_up(&mut self, chain: &dyn TipState) -> bool {
+        self.apply_events(chain);
+        if self.tip != chain.tip_hash() {
+            return false;
+        }
+        if std::mem::take(&mut self.missed_events) || !self.pending_readd.is_empty() {
+            let mut blocks = std::mem::take(&mut self.pending_readd);
+            blocks.sort_by_key(|(height, _)| *height);
+            let returning: Vec<Transaction> = blocks.into_iter().flat_map(|(_, txs)| txs).collect();
+            let offered = returning.len();
+            let (returned, dropped) = self.rebuild(chain, returning);
+            tracing::info!(
+                offered,
+                returned,
+                dropped,
+                "mempool rebuilt on the new tip: disconnected transactions returned, invalid ones dropped"
+            );
+        }
+        true
+    }
+
+    /// As `catch_up` when that is cheap: applies the events, and says
+    /// whether the pool is at `chain`'s tip with no rebuild owed (after a
+    /// reorganisation). `false` leaves the rebuild to a `catch_up` where
+    /// long work may run.
+    pub fn catch_up_without_rebuild(&mut self, chain: &dyn TipState) -> bool {
+        self.apply_events(chain);
+        self.tip == chain.tip_hash() && !self.missed_events && self.pending_readd.is_empty()
+    }
+
+    /// Applies the chain's pending events: removals now, the transactions
+    /// of disconnected blocks kept for the next rebuild.
+    fn apply_events(&mut self, chain: &dyn TipState) {
         let mut missed_events = false;
         loop {
             match self.events.try_recv() {
@@ -389,23 +421,6 @@ impl Mempool {
             self.tip = chain.tip_hash();
             self.missed_events = true;
         }
-        if self.tip != chain.tip_hash() {
-            return false;
-        }
-        if std::mem::take(&mut self.missed_events) || !self.pending_readd.is_empty() {
-            let mut blocks = std::mem::take(&mut self.pending_readd);
-            blocks.sort_by_key(|(height, _)| *height);
-            let returning: Vec<Transaction> = blocks.into_iter().flat_map(|(_, txs)| txs).collect();
-            let offered = returning.len();
-            let (returned, dropped) = self.rebuild(chain, returning);
-            tracing::info!(
-                offered,
-                returned,
-                dropped,
-                "mempool rebuilt on the new tip: disconnected transactions returned, invalid ones dropped"
-            );
-        }
-        true
     }
 
     /// The tip the pool's applied events reached.
