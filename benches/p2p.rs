@@ -30,7 +30,7 @@ const LONG: Duration = Duration::from_secs(900);
 /// every `POLL_EVERY` until stopped, in milliseconds, sorted.
 struct Poller {
     stop: Arc<std::sync::atomic::AtomicBool>,
-    thread: std::thread::JoinHandle<Vec<f64>>,
+    thread: std::thread::JoinHandle<[Vec<f64>; 2]>,
 }
 
 const POLL_EVERY: Duration = Duration::from_millis(20);
@@ -40,23 +40,28 @@ impl Poller {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stopping = stop.clone();
         let thread = std::thread::spawn(move || {
-            let mut latencies = Vec::new();
+            let mut latencies = [Vec::new(), Vec::new()];
             while !stopping.load(std::sync::atomic::Ordering::Relaxed) {
-                for path in [format!("/address/{address}"), "/status".to_string()] {
+                for (i, path) in [format!("/address/{address}"), "/status".to_string()]
+                    .iter()
+                    .enumerate()
+                {
                     let start = Instant::now();
-                    let (status, body) = http(api, "GET", &path, "");
+                    let (status, body) = http(api, "GET", path, "");
                     assert_eq!(status, 200, "GET {path}: {body}");
-                    latencies.push(start.elapsed().as_secs_f64() * 1e3);
+                    latencies[i].push(start.elapsed().as_secs_f64() * 1e3);
                 }
                 std::thread::sleep(POLL_EVERY);
             }
-            latencies.sort_by(f64::total_cmp);
+            for l in &mut latencies {
+                l.sort_by(f64::total_cmp);
+            }
             latencies
         });
         Poller { stop, thread }
     }
 
-    fn stop(self) -> Vec<f64> {
+    fn stop(self) -> [Vec<f64>; 2] {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         self.thread.join().expect("poller")
     }
@@ -129,14 +134,16 @@ fn bench_sync(blocks: usize, txs: usize) -> f64 {
         tx_count as f64 / secs,
         bytes as f64 / 1e6 / secs
     );
-    println!(
-        "  {}",
-        latency_line(
-            "REST during sync (GET /address, /status every 20 ms)",
-            &during
-        )
-    );
-    println!("  {}", latency_line("REST on the same node idle", &idle));
+    for (i, route) in ["GET /address", "GET /status"].iter().enumerate() {
+        println!(
+            "  {}",
+            latency_line(&format!("{route} every 20 ms during sync"), &during[i])
+        );
+        println!(
+            "  {}",
+            latency_line(&format!("{route} on the same node idle"), &idle[i])
+        );
+    }
     tx_count as f64 / secs
 }
 
@@ -398,6 +405,8 @@ fn main() {
         report("sync 200 x 100", bench_sync(200, 100));
         report("sync 20 x 2000", bench_sync(20, 2_000));
         bench_propagation(10, 5);
+    } else if std::env::args().any(|a| a == "sync-big") {
+        report("sync 100 x 2000", bench_sync(100, 2_000));
     } else if std::env::args().any(|a| a == "sync") {
         report("sync 2000 x 100", bench_sync(2_000, 100));
         report("sync 100 x 2000", bench_sync(100, 2_000));

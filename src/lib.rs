@@ -27,6 +27,7 @@ pub mod mirror;
 pub mod node;
 #[cfg(feature = "node")]
 pub mod p2p;
+pub mod priority;
 pub mod store;
 pub mod testkit;
 #[cfg(feature = "node")]

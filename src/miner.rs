@@ -136,6 +136,7 @@ impl Miner {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("miner-{i}"))
+            .start_handler(|_| crate::priority::lower_current_thread())
             .build()?;
         Ok(Miner {
             pool,

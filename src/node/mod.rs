@@ -55,6 +55,7 @@ pub struct NodeConfig {
 pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    crate::priority::lower_global_pool();
     let options = ChainOptions {
         sync_writes: config.sync_writes,
         minimum_chain_work: config.minimum_chain_work,

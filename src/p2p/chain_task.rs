@@ -45,7 +45,10 @@ impl ChainTask {
         let (jobs, queue) = channel();
         let thread = std::thread::Builder::new()
             .name("chain".into())
-            .spawn(move || run(chain, queue, events))?;
+            .spawn(move || {
+                crate::priority::lower_current_thread();
+                run(chain, queue, events)
+            })?;
         Ok(ChainTask { jobs, thread })
     }
 
