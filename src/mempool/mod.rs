@@ -349,8 +349,7 @@ impl Mempool {
                 limit: DUST_LIMIT,
             });
         }
-        let store = chain.store();
-        if store
+        if chain
             .tx_location(&txid)
             .map_err(|e| MempoolError::Store(e.to_string()))?
             .is_some()
@@ -385,7 +384,7 @@ impl Mempool {
                             is_coinbase: false,
                         })
                 }
-                None => store
+                None => chain
                     .utxo(&outpoint)
                     .map_err(|e| MempoolError::Store(e.to_string()))?,
             };

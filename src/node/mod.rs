@@ -33,6 +33,8 @@ pub struct NodeConfig {
     pub mine_threads: usize,
     pub import: Option<PathBuf>,
     pub sync_writes: bool,
+    /// Byte limit of the chain state cache (`--dbcache-mb`).
+    pub cache_bytes: usize,
     /// Overrides the network's minimum chain work (`--minimum-chain-work`).
     pub minimum_chain_work: Option<primitive_types::U256>,
     /// Byte limit of the mempool.
@@ -58,6 +60,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let options = ChainOptions {
         sync_writes: config.sync_writes,
         minimum_chain_work: config.minimum_chain_work,
+        cache_bytes: config.cache_bytes,
         ..ChainOptions::default()
     };
     let (dir, network) = (config.data_dir.clone(), config.network);
@@ -72,6 +75,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         tip = %tip.hash,
         utxos = tip.utxo_count,
         digest = %tip.utxo_digest,
+        dbcache_mb = config.cache_bytes >> 20,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "chain state loaded"
     );
@@ -186,7 +190,12 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
                 rounds += 1;
                 let (chain, mempool, dir) = (chain.clone(), mempool.clone(), dir.clone());
                 let _ = tokio::task::spawn_blocking(move || {
-                    let chain = chain.lock().expect("chain lock");
+                    let mut chain = chain.lock().expect("chain lock");
+                    // A catch-up whose blocks stopped coming still reaches
+                    // the disk (and the store's readers).
+                    if let Err(e) = chain.flush_if_old() {
+                        tracing::warn!(error = %e, "writing the chain state cache failed");
+                    }
                     let mut pool = mempool.lock().expect("mempool lock");
                     let expired = pool.expire(&chain, crate::chain::unix_now());
                     if expired > 0 {
@@ -216,7 +225,10 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         .await?
         .map_err(|_| anyhow::anyhow!("the p2p thread panicked"))?;
     let saved = {
-        let chain = chain.lock().expect("chain lock");
+        let mut chain = chain.lock().expect("chain lock");
+        if let Err(e) = chain.flush() {
+            tracing::warn!(error = %e, "writing the chain state cache at shutdown failed");
+        }
         let mut pool = mempool.lock().expect("mempool lock");
         pool.catch_up(&chain);
         mempool_file::save(&pool, &config.data_dir)

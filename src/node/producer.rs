@@ -72,14 +72,8 @@ pub fn check_template(chain: &Chain, block: &Block) -> Result<BlockSpends, Templ
     }
     check_block_body(block).map_err(TemplateError::Invalid)?;
     let ctx = chain.context_after(&tip.hash).expect("the tip is indexed");
-    check_block_contextual(
-        block,
-        &ctx,
-        chain.params(),
-        chain.store(),
-        SignatureChecks::Off,
-    )
-    .map_err(TemplateError::Invalid)
+    check_block_contextual(block, &ctx, chain.params(), chain, SignatureChecks::Off)
+        .map_err(TemplateError::Invalid)
 }
 
 /// Builds a template on the chain's tip with the mempool's best
