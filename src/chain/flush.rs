@@ -13,6 +13,10 @@
 //!   its event goes out, and every call that changes the state returns with
 //!   the cache empty: the store, and whatever reads it (REST, the mirror),
 //!   is never behind the chain, as before the cache.
+//! - A reorganisation is written block by block, as before the cache, from
+//!   its first disconnect (which flushes whatever catch-up had cached) to
+//!   its last connect: every block it reports connected is on disk. Deep
+//!   reorganisations are rare, and the kill tests hold the node to that.
 //! - In catch-up, blocks accumulate until the cache holds more than its
 //!   byte limit (`--dbcache-mb`) or is `CACHE_MAX_AGE` old; one batch then
 //!   writes them all. Meanwhile readers of the store see the state at the
@@ -50,6 +54,8 @@ pub(super) struct Flushing {
     pub limit: usize,
     /// Blocks connected or disconnected since the last flush.
     pub blocks: u32,
+    /// A reorganisation is under way: every block is written.
+    pub reorganising: bool,
     pub flushes: u64,
     /// Height of the tip record on disk.
     pub flushed_height: u32,
@@ -61,6 +67,7 @@ impl Flushing {
         Flushing {
             limit,
             blocks: 0,
+            reorganising: false,
             flushes: 0,
             flushed_height: 0,
             last_flush: Instant::now(),
@@ -93,11 +100,12 @@ impl Chain {
     }
 
     /// Called after a block's rows went into the cache and the tip moved,
-    /// before its event goes out: flushes at the tip, over the byte limit,
-    /// or when the cache is old.
+    /// before its event goes out: flushes at the tip, in a reorganisation,
+    /// over the byte limit, or when the cache is old.
     pub(super) fn block_cached(&mut self) -> Result<(), ChainError> {
         self.flushing.blocks += 1;
-        if !self.catching_up()
+        if self.flushing.reorganising
+            || !self.catching_up()
             || self.cache.bytes() > self.flushing.limit
             || self.flushing.last_flush.elapsed() >= CACHE_MAX_AGE
         {
@@ -109,6 +117,7 @@ impl Chain {
     /// Called at the end of every call that may have changed the state: at
     /// the tip, nothing stays in the cache.
     pub(super) fn settle(&mut self) -> Result<(), ChainError> {
+        self.flushing.reorganising = false;
         if !self.catching_up() {
             self.flush()?;
         }

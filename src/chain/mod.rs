@@ -758,6 +758,7 @@ impl Chain {
             ));
         }
         if self.is_active(hash) {
+            self.flushing.reorganising = true;
             while self.tip.height >= entry.height {
                 let h = self.disconnect_tip()?;
                 self.candidates.insert(self.candidate(&h));
@@ -1090,6 +1091,9 @@ impl Chain {
             }
             path.reverse();
             let fork_height = self.index[&cursor].height;
+            if self.tip.height > fork_height {
+                self.flushing.reorganising = true;
+            }
             while self.tip.height > fork_height {
                 let hash = self.disconnect_tip()?;
                 self.candidates.insert(self.candidate(&hash));
@@ -1103,6 +1107,7 @@ impl Chain {
                 }
             }
         }
+        self.flushing.reorganising = false;
         Ok(failures)
     }
 
