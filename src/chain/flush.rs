@@ -143,7 +143,10 @@ impl Chain {
             return Ok(());
         }
         let started = Instant::now();
-        let mut batch = self.store.batch();
+        // Room for the tip record too.
+        let mut batch = self
+            .store
+            .batch_with_capacity(self.cache.batch_bytes() + 256);
         for hash in self.cache.index_changed() {
             batch.put_block_index(hash, &self.index[hash]);
         }
@@ -151,6 +154,7 @@ impl Chain {
         batch.put_tip(&self.tip);
         let (bytes, rows, batch_bytes) =
             (self.cache.bytes(), self.cache.len(), batch.size_in_bytes());
+        debug_assert!(batch_bytes <= self.cache.batch_bytes() + 256);
         self.store.write(batch, self.sync_writes)?;
         self.cache.clear();
         let blocks = std::mem::take(&mut self.flushing.blocks);

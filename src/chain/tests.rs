@@ -633,7 +633,7 @@ fn catch_up(chain: &mut Chain, blocks: &[Block]) {
 
 /// Cache limits from "every block" to "never full", through sizes that
 /// flush every few blocks.
-const CACHE_LIMITS: [usize; 5] = [0, 4 << 10, 16 << 10, 64 << 10, 1 << 30];
+const CACHE_LIMITS: [usize; 5] = [0, 16 << 10, 64 << 10, 256 << 10, 1 << 30];
 
 #[test]
 fn cached_catch_up_writes_the_same_bytes_whatever_the_cache_size() {
@@ -782,7 +782,7 @@ fn a_crash_loses_only_cached_blocks_and_the_next_start_connects_them_again() {
     let mut reference = open_cached(&dir, 0);
     feed(&mut reference, blocks);
 
-    for limit in [1 << 30, 16 << 10] {
+    for limit in [1 << 30, 256 << 10] {
         let dir = tempfile::tempdir().unwrap();
         let mut chain = open_cached(&dir, limit);
         let headers: Vec<_> = blocks.iter().map(|b| b.header).collect();

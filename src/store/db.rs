@@ -229,6 +229,15 @@ impl Store {
         }
     }
 
+    /// A new batch with room for `bytes`, allocated at once (a large batch
+    /// grown by doubling would take up to twice its size).
+    pub fn batch_with_capacity(&self, bytes: usize) -> StoreBatch<'_> {
+        StoreBatch {
+            store: self,
+            batch: WriteBatch::with_capacity_bytes(bytes),
+        }
+    }
+
     pub fn tip(&self) -> Result<Option<ChainTipRecord>, StoreError> {
         self.get(CF_META, meta::TIP)?
             .map(|v| ChainTipRecord::decode(&v).map_err(corrupt("tip record")))
