@@ -1,11 +1,13 @@
 //! Network figures with real nodes on 127.0.0.1: sync throughput between two
-//! nodes for a chain of 2 000 blocks x 100 transactions, and block
+//! nodes for a chain of 2 000 blocks x 100 transactions (the syncing node
+//! with its write-back cache off and on), and block
 //! propagation time to every node of a 10-node network. Also, in process,
 //! the protocol's CPU per synced block with 2 000 and with 100 000 headers
 //! ahead of the blocks: scheduling must not grow with the distance.
 //!
 //! Run: `cargo bench --profile dev --bench p2p` (`-- quick` for small sizes,
-//! `-- sync-cost` for the in-process scheduling figure alone).
+//! `-- sync` for the two-node sync alone, `-- sync-cost` for the in-process
+//! scheduling figure alone).
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -42,31 +44,50 @@ fn bench_sync(blocks: usize, txs: usize) {
         ],
     );
     a.wait_for("import done", LONG);
-    let start = Instant::now();
-    let mut b = Node::start(
-        binary,
-        &dir.path().join("b"),
-        &[
-            "--connect-only",
-            "--no-sync-writes",
-            "--peer",
-            &a_addr.to_string(),
-        ],
-    );
-    b.wait_for_height(chain.height(), LONG);
-    let secs = start.elapsed().as_secs_f64();
-    b.stop();
+    // The syncing node without its write-back cache (every block written as
+    // it connects) and with the default one, from the same source; WAL sync
+    // off (as the figures before the cache), then on (the node's default).
+    let a_peer = a_addr.to_string();
+    for sync_writes in [false, true] {
+        let mut rates = Vec::new();
+        for dbcache_mb in ["0", "450"] {
+            let b_dir = dir.path().join(format!("b-{dbcache_mb}"));
+            let mut args = vec![
+                "--connect-only",
+                "--peer",
+                &a_peer,
+                "--dbcache-mb",
+                dbcache_mb,
+            ];
+            if !sync_writes {
+                args.push("--no-sync-writes");
+            }
+            let start = Instant::now();
+            let mut b = Node::start(binary, &b_dir, &args);
+            b.wait_for_height(chain.height(), LONG);
+            let secs = start.elapsed().as_secs_f64();
+            b.stop();
+            println!(
+            "sync {} blocks ({} tx, {:.1} MB) over loopback, WAL sync {:<3}, dbcache {:>3} MiB: {:.1} s, {:.0} blocks/s, {:.0} tx/s, {:.2} MB/s",
+            chain.height(),
+            tx_count,
+            bytes as f64 / 1e6,
+            if sync_writes { "on" } else { "off" },
+            dbcache_mb,
+            secs,
+            f64::from(chain.height()) / secs,
+            tx_count as f64 / secs,
+            bytes as f64 / 1e6 / secs
+        );
+            rates.push(tx_count as f64 / secs);
+            std::fs::remove_dir_all(&b_dir).ok();
+        }
+        println!(
+            "  sync with the cache / without: {:.2}x",
+            rates[1] / rates[0]
+        );
+    }
     a.stop();
-    println!(
-        "sync {} blocks ({} tx, {:.1} MB) over loopback: {:.1} s, {:.0} blocks/s, {:.0} tx/s, {:.2} MB/s",
-        chain.height(),
-        tx_count,
-        bytes as f64 / 1e6,
-        secs,
-        f64::from(chain.height()) / secs,
-        tx_count as f64 / secs,
-        bytes as f64 / 1e6 / secs
-    );
 }
 
 fn connected_at(log: &[String]) -> std::collections::HashMap<String, f64> {
@@ -270,6 +291,15 @@ fn bench_sync_cost(far: usize, measured: usize) {
 
 fn main() {
     let quick = std::env::args().any(|a| a == "quick");
+    if std::env::args().any(|a| a == "sync") {
+        // Only the two-node sync figures.
+        if quick {
+            bench_sync(200, 100);
+        } else {
+            bench_sync(2_000, 100);
+        }
+        return;
+    }
     if std::env::args().any(|a| a == "sync-cost") {
         // Only the in-process scheduling figure.
         bench_sync_cost(if quick { 20_000 } else { 100_000 }, 1_500);

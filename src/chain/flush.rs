@@ -96,7 +96,9 @@ impl Chain {
     /// Whether the chain is catching up: its best header is more than
     /// `CATCH_UP_DISTANCE` blocks above its tip.
     pub fn catching_up(&self) -> bool {
-        self.index[&self.best_header].height > self.tip.height.saturating_add(CATCH_UP_DISTANCE)
+        self.index
+            .get(&self.best_header)
+            .is_some_and(|e| e.height > self.tip.height.saturating_add(CATCH_UP_DISTANCE))
     }
 
     /// Called after a block's rows went into the cache and the tip moved,
