@@ -191,19 +191,22 @@ fn sigkill_during_a_cached_catch_up_restarts_from_the_last_flush_and_catches_up(
             .max()
             .unwrap();
         assert!(
-            connected < kill_at + 100,
-            "the kill came too late: B had connected {connected} of {tip_height}"
+            connected + chaincore::chain::flush::CATCH_UP_DISTANCE < tip_height,
+            "the kill came too late: B had connected {connected} of {tip_height}, it was no longer catching up"
         );
 
         // On disk: the last flush, consistent, and behind what B had
-        // connected (the kill lost cached blocks).
+        // connected (with the large cache, the kill lost cached blocks; the
+        // small one was written on the way, and may just have been).
         assert_check_passes(&b_dir, &format!("after the kill at {connected}"));
         let flushed = stored_tip(&b_dir).height;
-        assert!(
-            flushed < connected,
-            "nothing was cached at the kill: the stored tip is at {flushed}, B had connected {connected}"
-        );
-        if dbcache_mb == "1" {
+        assert!(flushed <= connected);
+        if dbcache_mb == "450" {
+            assert!(
+                flushed < connected,
+                "nothing was cached at the kill: the stored tip is at {flushed}, B had connected {connected}"
+            );
+        } else {
             assert!(
                 flushed > flushed_before,
                 "the 1 MiB cache was never written: the stored tip is still at {flushed}"
