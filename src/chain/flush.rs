@@ -26,7 +26,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{Chain, ChainError};
+use super::{Chain, ChainError, ChainTip};
 
 /// Default byte limit of the cache: Bitcoin Core's `-dbcache` default
 /// (450 MiB). Catch-up writes in batches of about this size.
@@ -57,8 +57,8 @@ pub(super) struct Flushing {
     /// A reorganisation is under way: every block is written.
     pub reorganising: bool,
     pub flushes: u64,
-    /// Height of the tip record on disk.
-    pub flushed_height: u32,
+    /// The tip the store holds (its tip record), once the chain is open.
+    pub flushed_tip: Option<ChainTip>,
     pub last_flush: Instant,
 }
 
@@ -69,7 +69,7 @@ impl Flushing {
             blocks: 0,
             reorganising: false,
             flushes: 0,
-            flushed_height: 0,
+            flushed_tip: None,
             last_flush: Instant::now(),
         }
     }
@@ -161,7 +161,7 @@ impl Chain {
         self.cache.clear();
         let blocks = std::mem::take(&mut self.flushing.blocks);
         self.flushing.flushes += 1;
-        self.flushing.flushed_height = self.tip.height;
+        self.flushing.flushed_tip = Some(self.tip());
         self.flushing.last_flush = Instant::now();
         let ms = started.elapsed().as_millis() as u64;
         if blocks > 1 {
@@ -193,8 +193,15 @@ impl Chain {
             rows: self.cache.len(),
             blocks: self.flushing.blocks,
             flushes: self.flushing.flushes,
-            flushed_height: self.flushing.flushed_height,
+            flushed_height: self.flushed_tip().height,
         }
+    }
+
+    /// The tip the store holds: the state that readers of the store (and
+    /// of its snapshots) see. The chain's own tip at the tip; during
+    /// catch-up, the tip of the last flush.
+    pub fn flushed_tip(&self) -> ChainTip {
+        self.flushing.flushed_tip.unwrap_or_else(|| self.tip())
     }
 
     /// Drops the chain as a crash would: whatever the cache holds is lost

@@ -6,12 +6,13 @@
 //! ahead) refuse a block for now without marking it invalid. Whenever a
 //! branch has more cumulative work than the active chain,
 //! the chain disconnects back to the fork point and connects the new branch.
-//! Each block's rows go into a write-back cache that is written to RocksDB
-//! in one atomic batch with the tip record: per block at the tip, many
-//! blocks at a time during catch-up (see `flush`), so a crash at any instant
-//! leaves the store at a block boundary. A block that fails validation while being connected is
-//! marked invalid (with its descendants) and the chain returns to the best
-//! valid branch. Blocks with an unknown parent wait in the orphan pool.
+//! Each block's rows go into a write-back cache that reaches RocksDB in one
+//! atomic batch with the tip record: per block at the tip, many blocks at a
+//! time during catch-up (see `flush`), so a crash at any instant leaves the
+//! store at a block boundary. A block that fails validation while being
+//! connected is marked invalid (with its descendants) and the chain returns
+//! to the best valid branch. Blocks with an unknown parent wait in the
+//! orphan pool.
 
 pub mod block_file;
 pub mod block_index;
@@ -32,17 +33,15 @@ use tokio::sync::broadcast;
 
 use crate::consensus::address::PubKeyHash;
 use crate::consensus::block::Block;
-use crate::consensus::hash::BlockHash;
-use crate::consensus::hash::Txid;
+use crate::consensus::hash::{BlockHash, Txid};
 use crate::consensus::limits::MEDIAN_TIME_SPAN;
 use crate::consensus::params::{ChainParams, Network};
 use crate::consensus::pow::{median_time_past, next_work_required, work_from_compact};
 use crate::consensus::transaction::OutPoint;
 use crate::consensus::validation::{
     check_block, check_block_contextual, check_header_contextual, BlockContext, BlockError,
-    SignatureChecks,
+    SignatureChecks, Utxo, UtxoView, UtxoViewError,
 };
-use crate::consensus::validation::{Utxo, UtxoView, UtxoViewError};
 use crate::encoding::Encode;
 use crate::store::digest::UtxoDigest;
 use crate::store::schema::{status, AddressStats, BlockIndexEntry, ChainTipRecord, TxLocation};
@@ -317,7 +316,7 @@ impl Chain {
             None => chain.init_genesis()?,
             Some(tip) => chain.load(tip)?,
         }
-        chain.flushing.flushed_height = chain.tip.height;
+        chain.flushing.flushed_tip = Some(chain.tip());
         // Blocks stored above the tip on disk (connected after the last
         // flush before a crash, or never connected) connect here.
         let failures = chain.activate_best_chain()?;

@@ -706,6 +706,13 @@ fn the_chain_reads_through_the_cache_while_the_store_keeps_the_last_flush() {
     assert!(usage.rows > 0 && usage.bytes > 0);
     // The store holds genesis alone, whole: its tip record and its state.
     assert_eq!(chain.store().tip().unwrap().unwrap().height, 0);
+    assert_eq!(chain.flushed_tip().height, 0);
+    assert_eq!(
+        chain.flushed_tip().utxo_digest,
+        crate::store::digest::UtxoDigest::from_bytes(&chain.store().tip().unwrap().unwrap().digest)
+            .unwrap()
+            .fingerprint()
+    );
     assert!(check::check_store(chain.store()).unwrap().is_consistent());
     // The chain sees its tip: the payment of block 13 is unspent, confirmed.
     let payment = blocks[0].transactions[1].txid();
@@ -719,6 +726,7 @@ fn the_chain_reads_through_the_cache_while_the_store_keeps_the_last_flush() {
     assert!(!chain.catching_up());
     assert_eq!(chain.cache_usage().rows, 0);
     assert_eq!(chain.store().tip().unwrap().unwrap().height, 22);
+    assert_eq!(chain.flushed_tip(), chain.tip());
     assert!(chain.store().utxo(&outpoint).unwrap().is_some());
 }
 
