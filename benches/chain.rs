@@ -199,11 +199,6 @@ fn bench_cache_accounting(rows: usize) {
         mib(cache.batch_bytes() as f64),
         mib(batch.size_in_bytes() as f64)
     );
-    println!(
-        "  the batch: {:.1} MiB counted, {:.1} MiB encoded",
-        mib(cache.batch_bytes() as f64),
-        mib(batch.size_in_bytes() as f64)
-    );
     drop(batch);
     drop(cache);
 }
