@@ -55,6 +55,10 @@ pub struct NodeConfig {
 
 /// Runs the node until Ctrl-C or SIGTERM.
 pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
+    // First: a signal during start-up (opening the chain may connect many
+    // stored blocks) stops the node cleanly once it is up, instead of
+    // killing it.
+    let shutdown = ShutdownSignal::install()?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let options = ChainOptions {
@@ -212,7 +216,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         })
     };
 
-    shutdown_signal().await;
+    shutdown.recv().await;
     tracing::info!("shutting down");
     upkeep.abort();
     api_task.abort();
@@ -259,17 +263,37 @@ fn import(chain: &Mutex<Chain>, path: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Ctrl-C or SIGTERM, listened to from the moment it is installed.
+struct ShutdownSignal {
     #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("install SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignal {
+    fn install() -> anyhow::Result<ShutdownSignal> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(ShutdownSignal {
+                interrupt: signal(SignalKind::interrupt())
+                    .context("installing a SIGINT handler")?,
+                terminate: signal(SignalKind::terminate())
+                    .context("installing a SIGTERM handler")?,
+            })
         }
+        #[cfg(not(unix))]
+        Ok(ShutdownSignal {})
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+
+    async fn recv(mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
