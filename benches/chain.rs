@@ -1,9 +1,11 @@
-//! Chain-state figures: connect throughput (signatures on and off), balance
+//! Chain-state figures: connect throughput (signatures on and off), the
+//! same as a catch-up (headers first) with the write-back cache off and on,
+//! what the cache's byte count says against the memory it takes, balance
 //! lookups from the address index, reorganisation time, and restart time
 //! with a long chain on disk.
 //!
 //! Run: `cargo bench --profile dev --bench chain` (add `-- quick` for smaller
-//! sizes while developing).
+//! sizes while developing, `-- cache` for the cache's figures alone).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,12 +26,12 @@ struct Sizes {
     lookup_utxos: usize,
     lookup_addresses: usize,
     restart_blocks: usize,
+    accounting_rows: usize,
 }
 
 fn open(dir: &tempfile::TempDir, signature_checks: SignatureChecks) -> Chain {
-    Chain::open(
-        dir.path(),
-        Network::Regtest,
+    open_with(
+        dir,
         ChainOptions {
             // Catch-up mode: the WAL is written but not synced per block.
             sync_writes: false,
@@ -37,7 +39,10 @@ fn open(dir: &tempfile::TempDir, signature_checks: SignatureChecks) -> Chain {
             ..ChainOptions::default()
         },
     )
-    .expect("open chain")
+}
+
+fn open_with(dir: &tempfile::TempDir, options: ChainOptions) -> Chain {
+    Chain::open(dir.path(), Network::Regtest, options).expect("open chain")
 }
 
 fn feed(chain: &mut Chain, blocks: &[Block]) {
@@ -82,6 +87,120 @@ fn bench_connect(sizes: &Sizes) {
             elapsed
         );
     }
+}
+
+/// Connects the busy blocks as a catch-up does (every header first, so the
+/// chain knows it is behind) with the cache off (0: every block written as
+/// it connects, as before the cache) and on (the default 450 MiB), with
+/// signatures on and off, and WAL sync off (as `--no-sync-writes`) and on
+/// (the node's default).
+fn bench_catch_up_cache(sizes: &Sizes) {
+    let test = busy_chain(sizes.connect_blocks, sizes.txs_per_block);
+    let busy = &test.blocks[test.blocks.len() - sizes.connect_blocks..];
+    let setup = &test.blocks[1..test.blocks.len() - sizes.connect_blocks];
+    let tx_count: usize = busy.iter().map(|b| b.transactions.len()).sum();
+    let headers: Vec<_> = test.blocks[1..].iter().map(|b| b.header).collect();
+    for (checks, sync_writes) in [
+        (SignatureChecks::On, false),
+        (SignatureChecks::Off, false),
+        (SignatureChecks::Off, true),
+    ] {
+        let mut rates = Vec::new();
+        for cache_bytes in [0, chaincore::chain::flush::DEFAULT_CACHE_BYTES] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut chain = open_with(
+                &dir,
+                ChainOptions {
+                    sync_writes,
+                    signature_checks: checks,
+                    cache_bytes,
+                    ..ChainOptions::default()
+                },
+            );
+            for batch in headers.chunks(2_000) {
+                chain.process_headers(batch).expect("headers");
+            }
+            feed(&mut chain, setup);
+            let flushes = chain.cache_usage().flushes;
+            let (mut peak_bytes, mut slowest) = (0, Duration::ZERO);
+            let start = Instant::now();
+            for block in busy {
+                let started = Instant::now();
+                chain
+                    .process_block(Arc::new(block.clone()), None)
+                    .expect("process block");
+                slowest = slowest.max(started.elapsed());
+                peak_bytes = peak_bytes.max(chain.cache_usage().bytes);
+            }
+            let elapsed = start.elapsed().as_secs_f64();
+            assert_eq!(chain.tip().hash, test.tip().hash());
+            let rate = tx_count as f64 / elapsed;
+            println!(
+                "catch-up, signatures {:<3}, WAL sync {:<3}, dbcache {:>3} MiB: {:>8.1} blocks/s {:>9.0} tx/s ({} flushes, cache peak {:.1} MiB, slowest block {:.0} ms)",
+                if checks == SignatureChecks::On { "on" } else { "off" },
+                if sync_writes { "on" } else { "off" },
+                cache_bytes >> 20,
+                busy.len() as f64 / elapsed,
+                rate,
+                chain.cache_usage().flushes - flushes,
+                peak_bytes as f64 / (1 << 20) as f64,
+                slowest.as_secs_f64() * 1000.0
+            );
+            rates.push(rate);
+        }
+        println!("  cache on / off: {:.2}x", rates[1] / rates[0]);
+    }
+}
+
+/// Fills a cache with UTXO rows (each with its address row, as a block
+/// writes them), then builds the write batch a flush makes of them, and
+/// compares the cache's byte count with the resident memory the process
+/// gained: the count that `--dbcache-mb` bounds (cache and batch, the peak
+/// of a flush) must not understate what they take.
+fn bench_cache_accounting(rows: usize) {
+    use chaincore::store::{StateCache, StateWrites, Store, StoreOptions};
+    use chaincore::testkit::process::process_memory;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), Network::Regtest, &StoreOptions::default()).unwrap();
+    let rss = || process_memory(std::process::id()).expect("own memory").rss as f64;
+    let mib = |bytes: f64| bytes / f64::from(1 << 20);
+    let before = rss();
+    let mut cache = StateCache::default();
+    for i in 0..rows as u64 / 2 {
+        let mut txid = [0u8; 32];
+        txid[..8].copy_from_slice(&i.to_le_bytes());
+        txid[8..16].copy_from_slice(&i.wrapping_mul(0x9e37_79b9_7f4a_7c15).to_le_bytes());
+        let outpoint = OutPoint::new(chaincore::consensus::hash::Hash256(txid), 1);
+        let utxo = chaincore::consensus::validation::Utxo {
+            output: TxOut {
+                amount: Amount::from_units(i),
+                owner: payee(i),
+            },
+            height: 7,
+            is_coinbase: false,
+        };
+        cache.put_utxo(&outpoint, &utxo);
+    }
+    let filled = rss();
+    let mut batch = store.batch_with_capacity(cache.batch_bytes());
+    cache.write_to(&mut batch);
+    let with_batch = rss();
+    println!(
+        "cache accounting: {} rows counted as {:.1} MiB ({:.0} bytes per row); resident memory grew {:.1} MiB with the cache, {:.1} MiB with the cache and a flush's batch ({:.0} bytes per row)",
+        cache.len(),
+        mib(cache.bytes() as f64),
+        cache.bytes() as f64 / cache.len() as f64,
+        mib(filled - before),
+        mib(with_batch - before),
+        (with_batch - before) / cache.len() as f64
+    );
+    println!(
+        "  the batch: {:.1} MiB counted, {:.1} MiB encoded",
+        mib(cache.batch_bytes() as f64),
+        mib(batch.size_in_bytes() as f64)
+    );
+    drop(batch);
+    drop(cache);
 }
 
 fn bench_balance_lookups(sizes: &Sizes) {
@@ -250,6 +369,7 @@ fn main() {
             lookup_utxos: 100_000,
             lookup_addresses: 10_000,
             restart_blocks: 5_000,
+            accounting_rows: 1_000_000,
         }
     } else {
         Sizes {
@@ -258,9 +378,19 @@ fn main() {
             lookup_utxos: 1_000_000,
             lookup_addresses: 100_000,
             restart_blocks: 100_000,
+            accounting_rows: 2_000_000,
         }
     };
+    // First, while the heap is fresh: memory freed by the other figures
+    // would be reused and hide what the cache takes.
+    bench_cache_accounting(sizes.accounting_rows);
+    if std::env::args().any(|a| a == "cache") {
+        // The cache's figures alone.
+        bench_catch_up_cache(&sizes);
+        return;
+    }
     bench_connect(&sizes);
+    bench_catch_up_cache(&sizes);
     bench_reorg(sizes.txs_per_block);
     bench_balance_lookups(&sizes);
     bench_restart(&sizes);

@@ -1,5 +1,7 @@
 //! Network figures with real nodes on 127.0.0.1: sync throughput between two
-//! nodes for a chain of 2 000 blocks x 100 transactions, and block
+//! nodes for a chain of 2 000 blocks x 100 transactions and of 100 blocks x
+//! 2 000 (the syncing node with its write-back cache off and on, and the
+//! chain's time per stage), and block
 //! propagation time to every node of a 10-node network. Also, in process,
 //! the protocol's CPU per synced block with 2 000 and with 100 000 headers
 //! ahead of the blocks: scheduling must not grow with the distance.
@@ -103,48 +105,114 @@ fn bench_sync(blocks: usize, txs: usize) -> f64 {
         ],
     );
     a.wait_for("import done", LONG);
-    let start = Instant::now();
-    let mut b = Node::start(
-        binary,
-        &dir.path().join("b"),
-        &[
-            "--connect-only",
-            "--no-sync-writes",
-            "--peer",
-            &a_addr.to_string(),
-        ],
-    );
+    // The syncing node without its write-back cache (every block written as
+    // it connects), then with the default one, from the same source; WAL
+    // sync off, as every figure of this benchmark since the first. A wallet
+    // polls the node with the cache.
+    let a_peer = a_addr.to_string();
     let wallet = Address::new(Network::Regtest, key(1).pubkey_hash()).to_string();
-    let poller = Poller::start(b.api_addr(), wallet.clone());
-    b.wait_for_height(chain.height(), LONG);
-    let secs = start.elapsed().as_secs_f64();
-    let during = poller.stop();
-    let idle = Poller::start(b.api_addr(), wallet);
-    std::thread::sleep(Duration::from_secs_f64(secs.min(30.0)));
-    let idle = idle.stop();
-    b.stop();
+    let mut rates = Vec::new();
+    for dbcache_mb in ["0", "450"] {
+        let b_dir = dir.path().join(format!("b-{dbcache_mb}"));
+        let start = Instant::now();
+        let mut b = Node::start(
+            binary,
+            &b_dir,
+            &[
+                "--connect-only",
+                "--no-sync-writes",
+                "--peer",
+                &a_peer,
+                "--dbcache-mb",
+                dbcache_mb,
+            ],
+        );
+        let polled = (dbcache_mb != "0").then(|| Poller::start(b.api_addr(), wallet.clone()));
+        b.wait_for_height(chain.height(), LONG);
+        let secs = start.elapsed().as_secs_f64();
+        let during = polled.map(Poller::stop);
+        let idle = during.as_ref().map(|_| {
+            let idle = Poller::start(b.api_addr(), wallet.clone());
+            std::thread::sleep(Duration::from_secs_f64(secs.min(30.0)));
+            idle.stop()
+        });
+        let log = b.stop();
+        println!(
+            "sync {} blocks ({} tx, {:.1} MB) over loopback, dbcache {:>3} MiB: {:.1} s, {:.0} blocks/s, {:.0} tx/s, {:.2} MB/s",
+            chain.height(),
+            tx_count,
+            bytes as f64 / 1e6,
+            dbcache_mb,
+            secs,
+            f64::from(chain.height()) / secs,
+            tx_count as f64 / secs,
+            bytes as f64 / 1e6 / secs
+        );
+        if let Some(line) = log.iter().find(|l| l.contains("chain stage times")) {
+            println!("  {}", stage_shares(line));
+        }
+        if let (Some(during), Some(idle)) = (during, idle) {
+            for (i, route) in ["GET /address", "GET /status"].iter().enumerate() {
+                println!(
+                    "  {}",
+                    latency_line(&format!("{route} every 20 ms during sync"), &during[i])
+                );
+                println!(
+                    "  {}",
+                    latency_line(&format!("{route} on the same node idle"), &idle[i])
+                );
+            }
+        }
+        rates.push(tx_count as f64 / secs);
+        std::fs::remove_dir_all(&b_dir).ok();
+    }
     a.stop();
     println!(
-        "sync {} blocks ({} tx, {:.1} MB) over loopback: {:.1} s, {:.0} blocks/s, {:.0} tx/s, {:.2} MB/s",
-        chain.height(),
-        tx_count,
-        bytes as f64 / 1e6,
-        secs,
-        f64::from(chain.height()) / secs,
-        tx_count as f64 / secs,
-        bytes as f64 / 1e6 / secs
+        "  sync with the cache / without: {:.2}x",
+        rates[1] / rates[0]
     );
-    for (i, route) in ["GET /address", "GET /status"].iter().enumerate() {
-        println!(
-            "  {}",
-            latency_line(&format!("{route} every 20 ms during sync"), &during[i])
-        );
-        println!(
-            "  {}",
-            latency_line(&format!("{route} on the same node idle"), &idle[i])
-        );
-    }
-    tx_count as f64 / secs
+    rates[1]
+}
+
+/// The chain's time per stage (its `chain stage times` log line, in
+/// microseconds) as shares of the whole.
+fn stage_shares(line: &str) -> String {
+    const STAGES: [&str; 7] = [
+        "accept_us",
+        "load_us",
+        "utxo_reads_us",
+        "validation_us",
+        "digest_us",
+        "indexes_us",
+        "writes_us",
+    ];
+    let values: Vec<(&str, f64)> = STAGES
+        .iter()
+        .map(|s| {
+            (
+                *s,
+                log_field(line, s)
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0.0),
+            )
+        })
+        .collect();
+    let total: f64 = values.iter().map(|(_, v)| v).sum::<f64>().max(1.0);
+    let shares: Vec<String> = values
+        .iter()
+        .map(|(name, v)| {
+            format!(
+                "{} {:.0}%",
+                name.trim_end_matches("_us").replace('_', " "),
+                100.0 * v / total
+            )
+        })
+        .collect();
+    format!(
+        "chain task time {:.1} s: {}",
+        total / 1e6,
+        shares.join(", ")
+    )
 }
 
 /// Signature verifications per second on two cores, with each library.

@@ -5,16 +5,20 @@
 //! the tip's work), and rules that depend on the local clock (a time too far
 //! ahead) refuse a block for now without marking it invalid. Whenever a
 //! branch has more cumulative work than the active chain,
-//! the chain disconnects back to the fork point and connects the new branch,
-//! one RocksDB batch per block, so a crash at any instant leaves the store at
-//! a block boundary. A block that fails validation while being connected is
-//! marked invalid (with its descendants) and the chain returns to the best
-//! valid branch. Blocks with an unknown parent wait in the orphan pool.
+//! the chain disconnects back to the fork point and connects the new branch.
+//! Each block's rows go into a write-back cache that reaches RocksDB in one
+//! atomic batch with the tip record: per block at the tip, many blocks at a
+//! time during catch-up (see `flush`), so a crash at any instant leaves the
+//! store at a block boundary. A block that fails validation while being
+//! connected is marked invalid (with its descendants) and the chain returns
+//! to the best valid branch. Blocks with an unknown parent wait in the
+//! orphan pool.
 
 pub mod block_file;
 pub mod block_index;
 pub mod check;
 pub mod delta;
+pub mod flush;
 pub mod orphans;
 pub mod view;
 
@@ -23,26 +27,29 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use primitive_types::U256;
 use tokio::sync::broadcast;
 
+use crate::consensus::address::PubKeyHash;
 use crate::consensus::block::Block;
-use crate::consensus::hash::BlockHash;
+use crate::consensus::hash::{BlockHash, Txid};
 use crate::consensus::limits::MEDIAN_TIME_SPAN;
 use crate::consensus::params::{ChainParams, Network};
 use crate::consensus::pow::{median_time_past, next_work_required, work_from_compact};
+use crate::consensus::transaction::OutPoint;
 use crate::consensus::validation::{
     check_block, check_block_contextual, check_header_contextual, BlockContext, BlockError,
-    SignatureChecks,
+    SignatureChecks, Utxo, UtxoView, UtxoViewError,
 };
 use crate::encoding::Encode;
 use crate::store::digest::UtxoDigest;
-use crate::store::schema::{status, BlockIndexEntry, ChainTipRecord, TxLocation};
-use crate::store::{Store, StoreError, StoreOptions};
+use crate::store::schema::{status, AddressStats, BlockIndexEntry, ChainTipRecord, TxLocation};
+use crate::store::{StateCache, StateWrites, Store, StoreError, StoreOptions};
 use block_index::BlockIndex;
 use delta::{BlockDelta, StatsOutOfRange};
+use flush::Flushing;
 use orphans::{OrphanPool, Source};
 pub use view::{ChainReader, ChainView, Published};
 
@@ -233,6 +240,9 @@ pub struct ChainOptions {
     /// Overrides the network's `minimum_chain_work` (as Bitcoin Core's
     /// `-minimumchainwork`).
     pub minimum_chain_work: Option<U256>,
+    /// Byte limit of the write-back cache of chain state (`--dbcache-mb`,
+    /// as Bitcoin Core's `-dbcache`); 0 writes every block as it connects.
+    pub cache_bytes: usize,
 }
 
 impl Default for ChainOptions {
@@ -243,6 +253,7 @@ impl Default for ChainOptions {
             signature_checks: SignatureChecks::On,
             clock: Clock::System,
             minimum_chain_work: None,
+            cache_bytes: flush::DEFAULT_CACHE_BYTES,
         }
     }
 }
@@ -273,6 +284,51 @@ pub struct Chain {
     events: broadcast::Sender<ChainEvent>,
     /// Readers' handle: published to after every change.
     reader: ChainReader,
+    /// Rows of the blocks connected or disconnected since the last flush:
+    /// `tip`, `digest` and `active` include them, the store does not yet.
+    cache: StateCache,
+    flushing: Flushing,
+    /// Where connecting blocks has spent its time.
+    stages: StageTimes,
+}
+
+/// Time the chain spent per stage of taking in blocks, since it opened: what
+/// a catch-up is made of (`chain stage times` in the log at shutdown, and
+/// `cargo bench --bench p2p`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct StageTimes {
+    pub blocks_connected: u64,
+    /// Context-free checks and storing a block's body (`accept_block`).
+    pub accept: Duration,
+    /// Reading a block back to connect it.
+    pub load: Duration,
+    /// Looking up the outputs its inputs spend.
+    pub utxo_reads: Duration,
+    /// Contextual checks and signatures (in parallel on rayon's pool).
+    pub validation: Duration,
+    /// The UTXO-set digest.
+    pub digest: Duration,
+    /// The delta, address stats, tx index, undo data and active chain rows.
+    pub indexes: Duration,
+    /// Writing to RocksDB (flushes of the cache).
+    pub writes: Duration,
+}
+
+impl StageTimes {
+    /// Logs the figures, one field per stage in microseconds.
+    pub fn log(&self) {
+        tracing::info!(
+            blocks = self.blocks_connected,
+            accept_us = self.accept.as_micros() as u64,
+            load_us = self.load.as_micros() as u64,
+            utxo_reads_us = self.utxo_reads.as_micros() as u64,
+            validation_us = self.validation.as_micros() as u64,
+            digest_us = self.digest.as_micros() as u64,
+            indexes_us = self.indexes.as_micros() as u64,
+            writes_us = self.writes.as_micros() as u64,
+            "chain stage times"
+        );
+    }
 }
 
 impl Chain {
@@ -322,15 +378,22 @@ impl Chain {
                     index_len: 0,
                 },
             ),
+            cache: StateCache::default(),
+            flushing: Flushing::new(options.cache_bytes),
+            stages: StageTimes::default(),
         };
         match chain.store.tip()? {
             None => chain.init_genesis()?,
             Some(tip) => chain.load(tip)?,
         }
+        chain.flushing.flushed_tip = Some(chain.tip());
+        // Blocks stored above the tip on disk (connected after the last
+        // flush before a crash, or never connected) connect here.
         let failures = chain.activate_best_chain()?;
         for (hash, error) in failures {
             tracing::warn!(%hash, %error, "stored block found invalid at start");
         }
+        chain.settle()?;
         chain.publish();
         Ok(chain)
     }
@@ -356,10 +419,11 @@ impl Chain {
             utxo_total: delta.created_sum(),
             digest: digest.to_bytes(),
         };
+        let stats = self.delta_stats(&delta, true)?;
         let mut batch = self.store.batch();
         batch.put_block(&hash, &genesis);
         batch.put_block_index(&hash, &entry);
-        self.write_delta(&mut batch, &delta, hash, 0, true)?;
+        write_delta(&mut batch, &delta, &stats, hash, 0, true);
         batch.put_undo(&hash, &[]);
         batch.put_active(0, &hash);
         batch.put_tip(&tip);
@@ -444,9 +508,29 @@ impl Chain {
         self.params
     }
 
-    /// A read handle on the store, for components that only read.
+    /// A read handle on the store, for components that only read. It holds
+    /// the state at the last flush: the chain's own at the tip, behind it
+    /// by the cached blocks during catch-up (whole and consistent either
+    /// way: see `flush`). What must match the chain's tip exactly reads
+    /// through the chain: `utxo`, `tx_location`, its `UtxoView`.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// A UTXO of the set at the tip (the cache's, then the store's).
+    pub fn utxo(&self, outpoint: &OutPoint) -> Result<Option<Utxo>, StoreError> {
+        self.cache.utxo(&self.store, outpoint)
+    }
+
+    /// Where a transaction of the active chain is (the cache's, then the
+    /// store's).
+    pub fn tx_location(&self, txid: &Txid) -> Result<Option<TxLocation>, StoreError> {
+        self.cache.tx_location(&self.store, txid)
+    }
+
+    /// Time spent per stage of taking in blocks since the chain opened.
+    pub fn stage_times(&self) -> StageTimes {
+        self.stages
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<ChainEvent> {
@@ -674,6 +758,7 @@ impl Chain {
                 }
             }
         }
+        self.settle()?;
         self.publish();
         Ok(outcome)
     }
@@ -710,6 +795,10 @@ impl Chain {
         let tip_work = self.tip_entry().chain_work;
         self.candidates.retain(|(work, _, _)| *work > tip_work);
         let Some(&(_, _, Reverse(best))) = self.candidates.iter().next_back() else {
+            // Done: a reorganisation is over, and at the tip nothing stays
+            // in the cache.
+            self.settle()?;
+            self.publish();
             return Ok(ActivationStep::Done);
         };
         let step = if self.is_ancestor(&self.tip.hash, &best) {
@@ -725,6 +814,9 @@ impl Chain {
                 }
             }
         } else {
+            // A reorganisation: written block by block until it is over
+            // (see `flush`).
+            self.flushing.reorganising = true;
             let hash = self.disconnect_tip()?;
             self.candidates.insert(self.candidate(&hash));
             ActivationStep::Disconnected(hash)
@@ -734,6 +826,18 @@ impl Chain {
     }
 
     fn accept_block(
+        &mut self,
+        block: Arc<Block>,
+        source: Source,
+        requested: bool,
+    ) -> Result<BlockOutcome, ChainError> {
+        let started = Instant::now();
+        let outcome = self.accept_block_untimed(block, source, requested);
+        self.stages.accept += started.elapsed();
+        outcome
+    }
+
+    fn accept_block_untimed(
         &mut self,
         block: Arc<Block>,
         source: Source,
@@ -838,6 +942,7 @@ impl Chain {
             ));
         }
         if self.is_active(hash) {
+            self.flushing.reorganising = true;
             while self.tip.height >= entry.height {
                 let h = self.disconnect_tip()?;
                 self.candidates.insert(self.candidate(&h));
@@ -848,6 +953,7 @@ impl Chain {
         self.candidates.clear();
         self.rebuild_candidates();
         self.activate_best_chain()?;
+        self.settle()?;
         self.publish();
         Ok(())
     }
@@ -1166,64 +1272,37 @@ impl Chain {
         }
     }
 
-    fn write_delta(
+    /// The stats of every address a block touches once it is connected
+    /// (or disconnected), read through the cache: computed before anything
+    /// is written, so a failure leaves no half-written block behind.
+    fn delta_stats(
         &self,
-        batch: &mut crate::store::StoreBatch<'_>,
         delta: &BlockDelta,
-        hash: BlockHash,
-        height: u32,
         connect: bool,
-    ) -> Result<(), ChainError> {
-        if connect {
-            for (outpoint, utxo) in &delta.spent {
-                batch.delete_utxo(outpoint, utxo);
-            }
-            for (outpoint, utxo) in &delta.created {
-                batch.put_utxo(outpoint, utxo);
-            }
-            for row in &delta.history {
-                batch.put_history(&row.owner, height, row.position, &row.txid);
-            }
-            for (position, txid) in delta.txids.iter().enumerate() {
-                batch.put_tx_location(
-                    txid,
-                    &TxLocation {
-                        block: hash,
-                        height,
-                        position: position as u32,
-                    },
-                );
-            }
-        } else {
-            for (outpoint, utxo) in &delta.created {
-                batch.delete_utxo(outpoint, utxo);
-            }
-            for (outpoint, utxo) in &delta.spent {
-                batch.put_utxo(outpoint, utxo);
-            }
-            for row in &delta.history {
-                batch.delete_history(&row.owner, height, row.position);
-            }
-            for txid in &delta.txids {
-                batch.delete_tx_location(txid);
-            }
-        }
+    ) -> Result<Vec<(PubKeyHash, AddressStats)>, ChainError> {
+        let mut out = Vec::with_capacity(delta.stats.len());
         for (owner, change) in &delta.stats {
-            let mut stats = self.store.address_stats(owner)?;
+            let mut stats = self.cache.address_stats(&self.store, owner)?;
             if connect {
                 change.apply(&mut stats, *owner)?;
             } else {
                 change.revert(&mut stats, *owner)?;
             }
-            batch.put_address_stats(owner, &stats);
+            out.push((*owner, stats));
         }
-        Ok(())
+        Ok(out)
     }
 
     /// Fully validates the stored block `hash` (a child of the tip) against
     /// the UTXO set and connects it in one batch. The outer error is the
     /// node's; the inner one is the block's.
     fn connect_tip(&mut self, hash: BlockHash) -> Result<Result<(), BlockError>, ChainError> {
+        let mut clock = Instant::now();
+        let mut lap = |stage: &mut Duration| {
+            let now = Instant::now();
+            *stage += now - clock;
+            clock = now;
+        };
         let block = Arc::new(
             self.store
                 .block(&hash)?
@@ -1238,7 +1317,9 @@ impl Chain {
         let ctx = self
             .context_after(&self.tip.hash)
             .expect("the tip is in the index");
+        lap(&mut self.stages.load);
         let view = self.prefetch_inputs(&block)?;
+        lap(&mut self.stages.utxo_reads);
         let spends =
             match check_block_contextual(&block, &ctx, self.params, &view, self.signature_checks) {
                 Ok(spends) => spends,
@@ -1247,10 +1328,14 @@ impl Chain {
                 }
                 Err(error) => return Ok(Err(error)),
             };
+        lap(&mut self.stages.validation);
         let height = entry.height;
         let delta = BlockDelta::compute(&block, height, &spends.spent);
+        let stats = self.delta_stats(&delta, true)?;
+        lap(&mut self.stages.indexes);
         let mut digest = self.digest;
         delta.update_digest(&mut digest, true);
+        lap(&mut self.stages.digest);
         let tip = ChainTipRecord {
             hash,
             height,
@@ -1260,41 +1345,39 @@ impl Chain {
         };
         let mut connected = entry;
         connected.status |= status::VALID;
-        let mut batch = self.store.batch();
-        self.write_delta(&mut batch, &delta, hash, height, true)?;
-        batch.put_undo(&hash, &spends.spent);
-        batch.put_active(height, &hash);
-        batch.put_block_index(&hash, &connected);
-        batch.put_tip(&tip);
-        self.store.write(batch, self.sync_writes)?;
+        write_delta(&mut self.cache, &delta, &stats, hash, height, true);
+        self.cache.put_undo(&hash, &spends.spent);
+        self.cache.put_active(height, &hash);
+        self.cache.mark_index_changed(hash);
         self.index.update(&hash, |e| *e = connected);
         self.active.push(hash);
         self.tip = tip;
         self.digest = digest;
+        lap(&mut self.stages.indexes);
+        self.stages.blocks_connected += 1;
         tracing::debug!(%hash, height, txs = block.transactions.len(), "connected block");
+        // The block is connected whether or not the flush works (the cache
+        // keeps it for the next one): its event goes out either way.
+        let flushed = self.block_cached();
         let _ = self.events.send(ChainEvent::BlockConnected {
             block,
             hash,
             height,
         });
+        flushed?;
         Ok(Ok(()))
     }
 
-    /// The UTXOs a block's inputs refer to, read in one multi-get.
-    fn prefetch_inputs(
-        &self,
-        block: &Block,
-    ) -> Result<
-        HashMap<crate::consensus::transaction::OutPoint, crate::consensus::validation::Utxo>,
-        ChainError,
-    > {
+    /// The UTXOs a block's inputs refer to: from the cache, the rest read
+    /// in one multi-get.
+    fn prefetch_inputs(&self, block: &Block) -> Result<HashMap<OutPoint, Utxo>, ChainError> {
         let outpoints: Vec<_> = block
             .transactions
             .iter()
             .skip(1)
             .flat_map(|tx| tx.inputs.iter().map(|i| i.prevout()))
             .collect();
-        let found = self.store.utxos(&outpoints)?;
+        let found = self.cache.utxos(&self.store, &outpoints)?;
         Ok(outpoints
             .into_iter()
             .zip(found)
@@ -1302,8 +1385,8 @@ impl Chain {
             .collect())
     }
 
-    /// Disconnects the tip in one batch, restoring what it spent from its
-    /// undo data. Returns its hash.
+    /// Disconnects the tip, restoring what it spent from its undo data (its
+    /// rows go to the cache, as a connected block's). Returns its hash.
     fn disconnect_tip(&mut self) -> Result<BlockHash, ChainError> {
         let hash = self.tip.hash;
         let entry = self.index[&hash];
@@ -1316,11 +1399,12 @@ impl Chain {
                 .ok_or_else(|| ChainError::Inconsistent(format!("tip {hash} has no data")))?,
         );
         let undo = self
-            .store
-            .undo(&hash)?
+            .cache
+            .undo(&self.store, &hash)?
             .ok_or_else(|| ChainError::Inconsistent(format!("tip {hash} has no undo data")))?;
         let height = entry.height;
         let delta = BlockDelta::compute(&block, height, &undo);
+        let stats = self.delta_stats(&delta, false)?;
         let mut digest = self.digest;
         delta.update_digest(&mut digest, false);
         let parent = entry.header.prev_hash;
@@ -1331,29 +1415,90 @@ impl Chain {
             utxo_total: self.tip.utxo_total + delta.spent_sum() - delta.created_sum(),
             digest: digest.to_bytes(),
         };
-        let mut batch = self.store.batch();
-        self.write_delta(&mut batch, &delta, hash, height, false)?;
-        batch.delete_undo(&hash);
-        batch.delete_active(height);
-        batch.put_tip(&tip);
-        self.store.write(batch, self.sync_writes)?;
+        write_delta(&mut self.cache, &delta, &stats, hash, height, false);
+        self.cache.delete_undo(&hash);
+        self.cache.delete_active(height);
         self.active.pop();
         self.tip = tip;
         self.digest = digest;
         tracing::info!(%hash, height, "disconnected block");
+        let flushed = self.block_cached();
         let _ = self.events.send(ChainEvent::BlockDisconnected {
             block,
             hash,
             height,
         });
+        flushed?;
         Ok(hash)
     }
 }
 
+/// Writes a block's rows (`stats` from `Chain::delta_stats`) into a cache
+/// or a batch: what it creates and its history and tx index rows when
+/// connecting, the reverse when disconnecting.
+fn write_delta(
+    writes: &mut impl StateWrites,
+    delta: &BlockDelta,
+    stats: &[(PubKeyHash, AddressStats)],
+    hash: BlockHash,
+    height: u32,
+    connect: bool,
+) {
+    if connect {
+        for (outpoint, utxo) in &delta.spent {
+            writes.delete_utxo(outpoint, utxo);
+        }
+        for (outpoint, utxo) in &delta.created {
+            writes.put_utxo(outpoint, utxo);
+        }
+        for row in &delta.history {
+            writes.put_history(&row.owner, height, row.position, &row.txid);
+        }
+        for (position, txid) in delta.txids.iter().enumerate() {
+            writes.put_tx_location(
+                txid,
+                &TxLocation {
+                    block: hash,
+                    height,
+                    position: position as u32,
+                },
+            );
+        }
+    } else {
+        for (outpoint, utxo) in &delta.created {
+            writes.delete_utxo(outpoint, utxo);
+        }
+        for (outpoint, utxo) in &delta.spent {
+            writes.put_utxo(outpoint, utxo);
+        }
+        for row in &delta.history {
+            writes.delete_history(&row.owner, height, row.position);
+        }
+        for txid in &delta.txids {
+            writes.delete_tx_location(txid);
+        }
+    }
+    for (owner, stats) in stats {
+        writes.put_address_stats(owner, stats);
+    }
+}
+
+/// The UTXO set at the tip, as validation of a block on the tip (a
+/// template, a transaction) must see it.
+impl UtxoView for Chain {
+    fn utxo(&self, outpoint: &OutPoint) -> Result<Option<Utxo>, UtxoViewError> {
+        Ok(Chain::utxo(self, outpoint)?)
+    }
+}
+
 impl Drop for Chain {
-    /// A clean shutdown flushes the memtables so the next start replays no
-    /// write-ahead log (a crash replays it, losing nothing).
+    /// A clean shutdown writes the cache, then flushes the memtables so the
+    /// next start replays no write-ahead log (a crash replays it, losing
+    /// nothing that was flushed).
     fn drop(&mut self) {
+        if let Err(e) = self.flush() {
+            tracing::warn!(error = %e, "writing the chain state cache at shutdown failed");
+        }
         if let Err(e) = self.store.flush() {
             tracing::warn!(error = %e, "flushing the store at shutdown failed");
         }

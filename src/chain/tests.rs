@@ -593,3 +593,242 @@ fn address_sums_past_u64_never_stop_a_block() {
     chain.invalidate_block(&blocks[0].hash()).unwrap();
     assert_eq!(chain.store().address_stats(&owner).unwrap(), planted);
 }
+
+// The write-back cache (`flush`): in catch-up, blocks collect in memory and
+// reach the disk in batches; whatever the batch size, the disk ends up with
+// the same bytes, and a crash only costs connecting the cached blocks again.
+
+/// Every column family the chain writes, byte for byte, and the tip record.
+fn full_state(chain: &Chain) -> Vec<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut out = state(chain);
+    for cf in [crate::store::schema::CF_UNDO, CF_BLOCK_INDEX] {
+        out.push(chain.store().dump_cf(cf).unwrap());
+    }
+    out
+}
+
+fn open_cached(dir: &tempfile::TempDir, cache_bytes: usize) -> Chain {
+    open_with(
+        dir,
+        ChainOptions {
+            cache_bytes,
+            ..ChainOptions::default()
+        },
+    )
+}
+
+/// Feeds blocks as a catch-up does: every header first (so the best header
+/// is far ahead of the tip), then the blocks.
+fn catch_up(chain: &mut Chain, blocks: &[Block]) {
+    let headers: Vec<_> = blocks.iter().map(|b| b.header).collect();
+    for batch in headers.chunks(crate::wire::constants::MAX_HEADERS) {
+        let outcome = chain.process_headers(batch).unwrap();
+        assert!(
+            outcome.invalid.is_none() && !outcome.unconnected,
+            "{outcome:?}"
+        );
+    }
+    feed(chain, blocks);
+}
+
+/// Cache limits from "every block" to "never full", through sizes that
+/// flush every few blocks.
+const CACHE_LIMITS: [usize; 5] = [0, 16 << 10, 64 << 10, 256 << 10, 1 << 30];
+
+#[test]
+fn cached_catch_up_writes_the_same_bytes_whatever_the_cache_size() {
+    let test = crate::testkit::busy_chain(30, 8);
+    let blocks = &test.blocks[1..];
+
+    // The reference: no headers ahead, so every block is written as it
+    // connects (the chain is at the tip all along).
+    let dir = tempfile::tempdir().unwrap();
+    let mut reference = open_cached(&dir, 1 << 30);
+    feed(&mut reference, blocks);
+    assert_eq!(reference.cache_usage().flushes, blocks.len() as u64);
+    let expected = state(&reference);
+    let expected_tip = reference.tip();
+
+    let mut flushes = Vec::new();
+    let mut block_index = None;
+    for limit in CACHE_LIMITS {
+        let dir = tempfile::tempdir().unwrap();
+        let mut chain = open_cached(&dir, limit);
+        catch_up(&mut chain, blocks);
+        let usage = chain.cache_usage();
+        assert_eq!(
+            usage.rows, 0,
+            "limit {limit}: at the tip the cache is empty"
+        );
+        assert_eq!(usage.flushed_height, expected_tip.height);
+        assert_eq!(chain.tip(), expected_tip, "limit {limit}");
+        assert_eq!(state(&chain), expected, "limit {limit}");
+        // Undo data and block index too (VALID flags included), the same
+        // for every cache size.
+        let all = full_state(&chain);
+        match &block_index {
+            None => block_index = Some(all),
+            Some(first) => assert_eq!(&all, first, "limit {limit}"),
+        }
+        assert!(check::check_store(chain.store()).unwrap().is_consistent());
+        flushes.push(usage.flushes);
+    }
+    // No cache: one flush per block. A cache that never fills: one flush
+    // when the tip comes within CATCH_UP_DISTANCE of the best header, then
+    // one per block. Sizes in between: in between.
+    let blocks = blocks.len() as u64;
+    let at_tip = u64::from(flush::CATCH_UP_DISTANCE);
+    assert_eq!(flushes[0], blocks, "{flushes:?}");
+    assert_eq!(*flushes.last().unwrap(), 1 + at_tip, "{flushes:?}");
+    assert!(
+        flushes.windows(2).all(|w| w[0] >= w[1]) && flushes[2] < blocks && flushes[2] > 1 + at_tip,
+        "{flushes:?}"
+    );
+}
+
+#[test]
+fn the_chain_reads_through_the_cache_while_the_store_keeps_the_last_flush() {
+    let base = prefix();
+    let (_, blocks) = branch(&base, 10, &key(3), &key(4));
+    let dir = tempfile::tempdir().unwrap();
+    let mut chain = open_cached(&dir, 1 << 30);
+    let all: Vec<Block> = base.blocks[1..].iter().chain(&blocks).cloned().collect();
+    let headers: Vec<_> = all.iter().map(|b| b.header).collect();
+    chain.process_headers(&headers).unwrap();
+    feed(&mut chain, &all[..14]);
+    assert!(chain.catching_up());
+    assert_eq!(chain.height(), 14);
+    let usage = chain.cache_usage();
+    assert_eq!(
+        (usage.flushes, usage.flushed_height, usage.blocks),
+        (0, 0, 14)
+    );
+    assert!(usage.rows > 0 && usage.bytes > 0);
+    // The store holds genesis alone, whole: its tip record and its state.
+    assert_eq!(chain.store().tip().unwrap().unwrap().height, 0);
+    assert_eq!(chain.flushed_tip().height, 0);
+    assert_eq!(
+        chain.flushed_tip().utxo_digest,
+        crate::store::digest::UtxoDigest::from_bytes(&chain.store().tip().unwrap().unwrap().digest)
+            .unwrap()
+            .fingerprint()
+    );
+    assert!(check::check_store(chain.store()).unwrap().is_consistent());
+    // The chain sees its tip: the payment of block 13 is unspent, confirmed.
+    let payment = blocks[0].transactions[1].txid();
+    let outpoint = OutPoint::new(payment, 0);
+    assert!(chain.utxo(&outpoint).unwrap().is_some());
+    assert!(chain.store().utxo(&outpoint).unwrap().is_none());
+    assert_eq!(chain.tx_location(&payment).unwrap().unwrap().height, 13);
+    assert!(chain.store().tx_location(&payment).unwrap().is_none());
+    // Reaching the tip writes everything; nothing stays behind.
+    feed(&mut chain, &all[14..]);
+    assert!(!chain.catching_up());
+    assert_eq!(chain.cache_usage().rows, 0);
+    assert_eq!(chain.store().tip().unwrap().unwrap().height, 22);
+    assert_eq!(chain.flushed_tip(), chain.tip());
+    assert!(chain.store().utxo(&outpoint).unwrap().is_some());
+}
+
+#[test]
+fn a_reorg_across_cached_blocks_matches_an_uncached_node() {
+    let base = prefix();
+    let (_, a) = branch(&base, 5, &key(3), &key(5));
+    let (_, b) = branch(&base, 16, &key(6), &key(7));
+
+    // Without cache: b's headers, base, a (connected: more work than the
+    // tip), then b, whose sixth block makes the chain leave a.
+    let run = |limit: usize| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut chain = open_cached(&dir, limit);
+        let mut events = chain.subscribe();
+        let headers: Vec<_> = base.blocks[1..]
+            .iter()
+            .chain(&b)
+            .map(|blk| blk.header)
+            .collect();
+        chain.process_headers(&headers).unwrap();
+        feed(&mut chain, &base.blocks[1..]);
+        feed(&mut chain, &a);
+        assert_eq!(chain.tip().hash, a[4].hash(), "limit {limit}");
+        let on_a = chain.tip();
+        feed(&mut chain, &b[..6]);
+        assert_eq!(chain.tip().hash, b[5].hash(), "limit {limit}");
+        let on_b = chain.tip();
+        feed(&mut chain, &b[6..]);
+        let mut disconnected = 0;
+        while let Ok(event) = events.try_recv() {
+            if let ChainEvent::BlockDisconnected { .. } = event {
+                disconnected += 1;
+            }
+        }
+        assert_eq!(disconnected, 5, "limit {limit}");
+        assert!(check::check_store(chain.store()).unwrap().is_consistent());
+        (on_a, on_b, chain.tip(), state(&chain), dir)
+    };
+    let (ref_a, ref_b, ref_tip, ref_state, _dir) = run(0);
+    for limit in CACHE_LIMITS {
+        let (on_a, on_b, tip, state, _dir) = run(limit);
+        assert_eq!((on_a, on_b, tip), (ref_a, ref_b, ref_tip), "limit {limit}");
+        assert_eq!(state, ref_state, "limit {limit}");
+    }
+
+    // And the same as a node that only ever saw b.
+    let dir = tempfile::tempdir().unwrap();
+    let mut y = open_cached(&dir, 1 << 30);
+    catch_up(&mut y, &base.blocks[1..]);
+    catch_up(&mut y, &b);
+    assert_eq!(y.tip(), ref_tip);
+    assert_eq!(state(&y), ref_state);
+}
+
+#[test]
+fn a_crash_loses_only_cached_blocks_and_the_next_start_connects_them_again() {
+    let test = crate::testkit::busy_chain(30, 8);
+    let blocks = &test.blocks[1..];
+    let dir = tempfile::tempdir().unwrap();
+    let mut reference = open_cached(&dir, 0);
+    feed(&mut reference, blocks);
+
+    for limit in [1 << 30, 256 << 10] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut chain = open_cached(&dir, limit);
+        let headers: Vec<_> = blocks.iter().map(|b| b.header).collect();
+        chain.process_headers(&headers).unwrap();
+        feed(&mut chain, &blocks[..30]);
+        // Crash with blocks in the cache: one more block if the last one
+        // happened to fill it.
+        let mut fed = 30;
+        if chain.cache_usage().blocks == 0 {
+            feed(&mut chain, &blocks[30..31]);
+            fed = 31;
+        }
+        assert!(chain.catching_up());
+        let before = chain.tip();
+        let usage = chain.cache_usage();
+        assert_eq!(before.height, fed as u32);
+        assert!(
+            usage.blocks > 0 && usage.flushed_height < before.height,
+            "{usage:?}"
+        );
+        if limit < 1 << 30 {
+            assert!(usage.flushed_height > 0, "{usage:?}");
+        }
+        chain.crash_for_test();
+
+        // On disk: the last flush, whole.
+        {
+            let store =
+                Store::open(dir.path(), Network::Regtest, &StoreOptions::default()).unwrap();
+            assert_eq!(store.tip().unwrap().unwrap().height, usage.flushed_height);
+            assert!(check::check_store(&store).unwrap().is_consistent());
+        }
+        // The next start connects the stored blocks again, to the same tip.
+        let mut chain = open_cached(&dir, limit);
+        assert_eq!(chain.tip(), before, "limit {limit}");
+        feed(&mut chain, &blocks[fed..]);
+        assert_eq!(chain.tip(), reference.tip(), "limit {limit}");
+        assert_eq!(state(&chain), state(&reference), "limit {limit}");
+        assert!(check::check_store(chain.store()).unwrap().is_consistent());
+    }
+}

@@ -125,10 +125,17 @@ pub struct NodeArgs {
     /// Byte limit of the mempool, in megabytes.
     #[arg(long, default_value_t = 64)]
     pub mempool_max_mb: usize,
-    /// Do not wait for the disk after each block (faster catch-up; a power
-    /// loss may lose the last blocks, a process crash loses nothing).
+    /// Do not wait for the disk after each write of chain state (each
+    /// block at the tip, each cache flush in catch-up); a power loss may
+    /// lose the last blocks, a process crash loses nothing.
     #[arg(long)]
     pub no_sync_writes: bool,
+    /// Byte limit, in MiB, of the in-memory write-back cache of chain state
+    /// (as Bitcoin Core's `-dbcache`): during catch-up, blocks' changes
+    /// collect there and are written in one batch when it is full; at the
+    /// tip every block is written as it connects. 0 writes every block.
+    #[arg(long, default_value_t = crate::chain::flush::DEFAULT_CACHE_BYTES >> 20)]
+    pub dbcache_mb: usize,
     /// The least total work (hex, as in `/status`'s chain work) a chain must
     /// show before the node indexes its headers or downloads its blocks;
     /// overrides the network's built-in value.
@@ -210,6 +217,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 mine_threads: args.mine_threads,
                 import: args.import,
                 sync_writes: !args.no_sync_writes,
+                cache_bytes: args.dbcache_mb.saturating_mul(1 << 20),
                 minimum_chain_work: args.minimum_chain_work,
                 mempool_max_bytes: args.mempool_max_mb << 20,
                 postgres_url: args.postgres_url,

@@ -251,17 +251,19 @@ impl TipState for Chain {
             .map_or(0, |ctx| ctx.median_time_past))
     }
     fn utxo(&self, outpoint: &OutPoint) -> Result<Option<Utxo>, ChainError> {
-        Ok(self.store().utxo(outpoint)?)
+        // Through the chain's write-back cache: during catch-up the store
+        // is behind the tip.
+        Ok(Chain::utxo(self, outpoint)?)
     }
     fn is_confirmed(&self, txid: &Txid) -> Result<bool, ChainError> {
-        Ok(self.store().tx_location(txid)?.is_some())
+        Ok(Chain::tx_location(self, txid)?.is_some())
     }
     fn tip_context(&self) -> Result<BlockContext, ChainError> {
         self.context_after(&self.tip().hash)
             .ok_or_else(|| ChainError::Inconsistent("the tip is not indexed".into()))
     }
     fn utxo_view(&self) -> &dyn UtxoView {
-        self.store()
+        self
     }
 }
 

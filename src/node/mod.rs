@@ -33,6 +33,8 @@ pub struct NodeConfig {
     pub mine_threads: usize,
     pub import: Option<PathBuf>,
     pub sync_writes: bool,
+    /// Byte limit of the chain state cache (`--dbcache-mb`).
+    pub cache_bytes: usize,
     /// Overrides the network's minimum chain work (`--minimum-chain-work`).
     pub minimum_chain_work: Option<primitive_types::U256>,
     /// Byte limit of the mempool.
@@ -53,12 +55,17 @@ pub struct NodeConfig {
 
 /// Runs the node until Ctrl-C or SIGTERM.
 pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
+    // First: a signal during start-up (opening the chain may connect many
+    // stored blocks) stops the node cleanly once it is up, instead of
+    // killing it.
+    let shutdown = ShutdownSignal::install()?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     crate::priority::lower_global_pool();
     let options = ChainOptions {
         sync_writes: config.sync_writes,
         minimum_chain_work: config.minimum_chain_work,
+        cache_bytes: config.cache_bytes,
         ..ChainOptions::default()
     };
     let (dir, network) = (config.data_dir.clone(), config.network);
@@ -73,6 +80,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         tip = %tip.hash,
         utxos = tip.utxo_count,
         digest = %tip.utxo_digest,
+        dbcache_mb = config.cache_bytes >> 20,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "chain state loaded"
     );
@@ -189,7 +197,12 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
                 rounds += 1;
                 let (chain, mempool, dir) = (chain.clone(), mempool.clone(), dir.clone());
                 let _ = tokio::task::spawn_blocking(move || {
-                    let chain = chain.lock().expect("chain lock");
+                    let mut chain = chain.lock().expect("chain lock");
+                    // A catch-up whose blocks stopped coming still reaches
+                    // the disk (and the store's readers).
+                    if let Err(e) = chain.flush_if_old() {
+                        tracing::warn!(error = %e, "writing the chain state cache failed");
+                    }
                     let mut pool = mempool.lock().expect("mempool lock");
                     let expired = pool.expire(&*chain, crate::chain::unix_now());
                     if expired > 0 {
@@ -206,7 +219,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         })
     };
 
-    shutdown_signal().await;
+    shutdown.recv().await;
     tracing::info!("shutting down");
     upkeep.abort();
     api_task.abort();
@@ -219,7 +232,11 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         .await?
         .map_err(|_| anyhow::anyhow!("the p2p thread panicked"))?;
     let saved = {
-        let chain = chain.lock().expect("chain lock");
+        let mut chain = chain.lock().expect("chain lock");
+        if let Err(e) = chain.flush() {
+            tracing::warn!(error = %e, "writing the chain state cache at shutdown failed");
+        }
+        chain.stage_times().log();
         let mut pool = mempool.lock().expect("mempool lock");
         pool.catch_up(&*chain);
         mempool_file::save(&pool, &config.data_dir)
@@ -250,17 +267,37 @@ fn import(chain: &Mutex<Chain>, path: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Ctrl-C or SIGTERM, listened to from the moment it is installed.
+struct ShutdownSignal {
     #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("install SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignal {
+    fn install() -> anyhow::Result<ShutdownSignal> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(ShutdownSignal {
+                interrupt: signal(SignalKind::interrupt())
+                    .context("installing a SIGINT handler")?,
+                terminate: signal(SignalKind::terminate())
+                    .context("installing a SIGTERM handler")?,
+            })
         }
+        #[cfg(not(unix))]
+        Ok(ShutdownSignal {})
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+
+    async fn recv(mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

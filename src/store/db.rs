@@ -8,6 +8,7 @@ use rocksdb::{
     IteratorMode, Options, ReadOptions, SliceTransform, WriteBatch, WriteOptions, DB,
 };
 
+use super::cache::StateWrites;
 use super::schema::*;
 use crate::consensus::address::PubKeyHash;
 use crate::consensus::amount::Amount;
@@ -270,6 +271,11 @@ impl Store {
         self.db.iterator_cf_opt(self.cf(cf), opts, mode)
     }
 
+    /// The raw stored value of a key (for the cache in front of the store).
+    pub(super) fn get_raw(&self, cf: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get(cf, key)
+    }
+
     /// Applies a batch atomically. `sync` waits for the write-ahead log to
     /// reach the disk (durability across power loss, not only process kill).
     pub fn write(&self, batch: StoreBatch, sync: bool) -> Result<(), StoreError> {
@@ -288,6 +294,15 @@ impl Store {
         StoreBatch {
             store: self,
             batch: WriteBatch::default(),
+        }
+    }
+
+    /// A new batch with room for `bytes`, allocated at once (a large batch
+    /// grown by doubling would take up to twice its size).
+    pub fn batch_with_capacity(&self, bytes: usize) -> StoreBatch<'_> {
+        StoreBatch {
+            store: self,
+            batch: WriteBatch::with_capacity_bytes(bytes),
         }
     }
 
@@ -548,13 +563,20 @@ pub struct StoreBatch<'a> {
     batch: WriteBatch,
 }
 
-impl StoreBatch<'_> {
-    fn put(&mut self, cf: &str, key: &[u8], value: &[u8]) {
+impl StateWrites for StoreBatch<'_> {
+    fn put(&mut self, cf: &'static str, key: &[u8], value: &[u8]) {
         self.batch.put_cf(self.store.cf(cf), key, value);
     }
 
-    fn delete(&mut self, cf: &str, key: &[u8]) {
+    fn delete(&mut self, cf: &'static str, key: &[u8]) {
         self.batch.delete_cf(self.store.cf(cf), key);
+    }
+}
+
+impl StoreBatch<'_> {
+    /// Bytes of the batch as RocksDB encodes it.
+    pub fn size_in_bytes(&self) -> usize {
+        self.batch.size_in_bytes()
     }
 
     pub fn put_block_index(&mut self, hash: &BlockHash, entry: &BlockIndexEntry) {
@@ -563,72 +585,6 @@ impl StoreBatch<'_> {
 
     pub fn put_block(&mut self, hash: &BlockHash, block: &Block) {
         self.put(CF_BLOCK_DATA, &hash.0, &block.to_bytes());
-    }
-
-    pub fn put_active(&mut self, height: u32, hash: &BlockHash) {
-        self.put(CF_ACTIVE_CHAIN, &height_key(height), &hash.0);
-    }
-
-    pub fn delete_active(&mut self, height: u32) {
-        self.delete(CF_ACTIVE_CHAIN, &height_key(height));
-    }
-
-    pub fn put_undo(&mut self, hash: &BlockHash, spent: &[(OutPoint, Utxo)]) {
-        self.put(CF_UNDO, &hash.0, &encode_undo(spent));
-    }
-
-    pub fn delete_undo(&mut self, hash: &BlockHash) {
-        self.delete(CF_UNDO, &hash.0);
-    }
-
-    /// Adds a UTXO and its address row.
-    pub fn put_utxo(&mut self, outpoint: &OutPoint, utxo: &Utxo) {
-        self.put(CF_UTXO, &outpoint_key(outpoint), &encode_utxo(utxo));
-        self.put(
-            CF_ADDRESS_UTXO,
-            &address_utxo_key(&utxo.output.owner, outpoint),
-            &encode_address_utxo(utxo.output.amount, utxo.height),
-        );
-    }
-
-    /// Removes a UTXO and its address row.
-    pub fn delete_utxo(&mut self, outpoint: &OutPoint, utxo: &Utxo) {
-        self.delete(CF_UTXO, &outpoint_key(outpoint));
-        self.delete(
-            CF_ADDRESS_UTXO,
-            &address_utxo_key(&utxo.output.owner, outpoint),
-        );
-    }
-
-    pub fn put_address_stats(&mut self, owner: &PubKeyHash, stats: &AddressStats) {
-        if stats.is_empty() {
-            self.delete(CF_ADDRESS_STATS, &owner.0);
-        } else {
-            self.put(CF_ADDRESS_STATS, &owner.0, &stats.encode());
-        }
-    }
-
-    pub fn put_history(&mut self, owner: &PubKeyHash, height: u32, position: u32, txid: &Txid) {
-        self.put(
-            CF_ADDRESS_HISTORY,
-            &address_history_key(owner, height, position),
-            &encode_txid_value(txid),
-        );
-    }
-
-    pub fn delete_history(&mut self, owner: &PubKeyHash, height: u32, position: u32) {
-        self.delete(
-            CF_ADDRESS_HISTORY,
-            &address_history_key(owner, height, position),
-        );
-    }
-
-    pub fn put_tx_location(&mut self, txid: &Txid, location: &TxLocation) {
-        self.put(CF_TX_INDEX, &txid.0, &location.encode());
-    }
-
-    pub fn delete_tx_location(&mut self, txid: &Txid) {
-        self.delete(CF_TX_INDEX, &txid.0);
     }
 
     pub fn put_tip(&mut self, tip: &ChainTipRecord) {

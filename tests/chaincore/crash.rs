@@ -1,7 +1,9 @@
 //! Crash safety with real processes: the node is killed with SIGKILL at
 //! random moments while it connects blocks and reorganises, restarted each
 //! time, and `chaincore check` must pass every time with no block lost that
-//! the node had reported connected.
+//! the node had reported connected. And killed in the middle of a catch-up
+//! whose blocks are in its write-back cache: it restarts from its last
+//! flush, connects the stored blocks again and reaches the source's state.
 
 use std::time::Duration;
 
@@ -11,7 +13,9 @@ use chaincore::store::{Store, StoreOptions};
 use chaincore::testkit::key;
 use rand::Rng;
 
-use crate::common::{chain_with_spends, chaincore, log_field, prefix, NodeProcess};
+use crate::common::{
+    block_file, chain_with_spends, chaincore, log_field, prefix, stored_tip, NodeProcess,
+};
 
 /// Kills before the final, uninterrupted run.
 const KILLS: usize = 24;
@@ -118,4 +122,124 @@ fn sigkill_at_random_moments_never_corrupts_state_or_loses_connected_blocks() {
         "{}",
         String::from_utf8_lossy(&check.stdout)
     );
+}
+
+fn assert_check_passes(data_dir: &std::path::Path, when: &str) {
+    let check = chaincore()
+        .args(["check", "--data-dir"])
+        .arg(data_dir)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{when}: check failed:\n{}\n{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+}
+
+#[test]
+fn sigkill_during_a_cached_catch_up_restarts_from_the_last_flush_and_catches_up() {
+    const BLOCKS: usize = 600;
+    let chain = chaincore::testkit::busy_chain(BLOCKS, 20);
+    let tip_height = chain.height();
+    let dir = tempfile::tempdir().unwrap();
+    let file = block_file(dir.path(), "chain.dat", &chain.blocks[1..]);
+    let (a_dir, b_dir) = (dir.path().join("a"), dir.path().join("b"));
+    let (mut a, a_addr) = NodeProcess::start_p2p(
+        &a_dir,
+        &[
+            "--connect-only",
+            "--no-sync-writes",
+            "--import",
+            file.to_str().unwrap(),
+        ],
+    );
+    a.wait_for("import done", Duration::from_secs(300));
+    let a_peer = a_addr.to_string();
+
+    // B syncs from A and is killed twice: at a third of the chain with the
+    // default cache (450 MiB: the whole chain fits, nothing is written
+    // before the tip is near), at two thirds with a 1 MiB cache (written
+    // every few dozen blocks).
+    let mut flushed_before = 0;
+    for (kill_at, dbcache_mb) in [(tip_height / 3, "450"), (2 * tip_height / 3, "1")] {
+        let args = [
+            "--connect-only",
+            "--peer",
+            a_peer.as_str(),
+            "--dbcache-mb",
+            dbcache_mb,
+        ];
+        let mut b = NodeProcess::start(&b_dir, &args);
+        let mut connected = 0;
+        while connected < kill_at {
+            let line = b
+                .lines
+                .recv_timeout(Duration::from_secs(120))
+                .unwrap_or_else(|_| panic!("B stopped logging below height {kill_at}"));
+            if line.contains("block connected") {
+                connected = log_field(&line, "height").unwrap().parse().unwrap();
+            }
+            b.log.push(line);
+        }
+        let log = b.kill();
+        let connected = log
+            .iter()
+            .filter(|l| l.contains("block connected"))
+            .filter_map(|l| log_field(l, "height")?.parse::<u32>().ok())
+            .max()
+            .unwrap();
+        assert!(
+            connected + chaincore::chain::flush::CATCH_UP_DISTANCE < tip_height,
+            "the kill came too late: B had connected {connected} of {tip_height}, it was no longer catching up"
+        );
+
+        // On disk: the last flush, consistent, and behind what B had
+        // connected (with the large cache, the kill lost cached blocks; the
+        // small one was written on the way, and may just have been).
+        assert_check_passes(&b_dir, &format!("after the kill at {connected}"));
+        let flushed = stored_tip(&b_dir).height;
+        assert!(flushed <= connected);
+        if dbcache_mb == "450" {
+            assert!(
+                flushed < connected,
+                "nothing was cached at the kill: the stored tip is at {flushed}, B had connected {connected}"
+            );
+        } else {
+            assert!(
+                flushed > flushed_before,
+                "the 1 MiB cache was never written: the stored tip is still at {flushed}"
+            );
+        }
+        flushed_before = flushed;
+
+        // The restart connects the stored blocks again before anything
+        // else (no peer: B moves no further here).
+        let mut b = NodeProcess::start(&b_dir, &["--connect-only", "--dbcache-mb", dbcache_mb]);
+        let loaded = b.wait_for("chain state loaded", Duration::from_secs(120));
+        let loaded_height: u32 = log_field(&loaded, "height").unwrap().parse().unwrap();
+        eprintln!(
+            "{dbcache_mb} MiB cache: killed after {connected} of {tip_height} blocks; the store held {flushed}; restarted at {loaded_height}"
+        );
+        assert!(
+            loaded_height >= connected,
+            "B restarted at {loaded_height}, below the {connected} blocks it had connected: {loaded}"
+        );
+        b.stop();
+        assert_eq!(
+            stored_tip(&b_dir).height,
+            loaded_height,
+            "a clean stop writes the cache"
+        );
+    }
+
+    // Then B syncs the rest from A.
+    let mut b = NodeProcess::start(&b_dir, &["--connect-only", "--peer", a_peer.as_str()]);
+    let hash = b.wait_for_height(tip_height, Duration::from_secs(300));
+    assert_eq!(hash, chain.tip().hash().to_string());
+    b.stop();
+    a.stop();
+    assert_check_passes(&b_dir, "after the catch-up");
+    assert_eq!(stored_tip(&b_dir), stored_tip(&a_dir));
 }

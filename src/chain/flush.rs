@@ -1,0 +1,214 @@
+//! When the chain's write-back cache (`store::cache`) goes to disk.
+//!
+//! Connecting or disconnecting a block puts its rows in the cache. A flush
+//! writes the whole cache, the block index entries of the blocks it
+//! connected and the tip record as one atomic RocksDB batch, so the tip on
+//! disk always matches the state on disk. A crash loses at most the blocks
+//! connected since the last flush, and nothing of theirs: their data and
+//! index entries were written before they connected, so the next start
+//! connects them again (`Chain::open`).
+//!
+//! - At the tip (the best header at most `CATCH_UP_DISTANCE` blocks above
+//!   the tip), every block is flushed as it connects or disconnects, before
+//!   its event goes out, and every call that changes the state returns with
+//!   the cache empty: the store, and whatever reads it (REST, the mirror),
+//!   is never behind the chain, as before the cache.
+//! - A reorganisation is written block by block, as before the cache, from
+//!   its first disconnect (which flushes whatever catch-up had cached) to
+//!   its last connect: every block it reports connected is on disk. Deep
+//!   reorganisations are rare, and the kill tests hold the node to that.
+//! - In catch-up, blocks accumulate until the cache holds more than its
+//!   byte limit (`--dbcache-mb`) or is `CACHE_MAX_AGE` old; one batch then
+//!   writes them all. Meanwhile readers of the store see the state at the
+//!   last flush, whole and consistent; the chain itself (validation, the
+//!   mempool, block templates) reads through the cache.
+//! - A clean shutdown writes what is left (`Chain::flush`, and `Drop`).
+
+use std::time::{Duration, Instant};
+
+use super::{Chain, ChainError, ChainTip};
+
+/// Default byte limit of the cache: Bitcoin Core's `-dbcache` default
+/// (450 MiB). Catch-up writes in batches of about this size.
+pub const DEFAULT_CACHE_BYTES: usize = 450 << 20;
+
+/// The chain is catching up (and keeps blocks in the cache between flushes)
+/// while its best header is more than this many blocks above its tip.
+/// Closer than that, it is at the tip and writes every block as it
+/// connects: a few blocks' distance is the normal state of a node that has
+/// just learned headers (a block arrives after its header, a short reorg
+/// arrives as headers first), not a catch-up worth batching.
+pub const CATCH_UP_DISTANCE: u32 = 6;
+
+/// Even in catch-up, the cache is written at least this often (checked as
+/// blocks connect, and by the node's upkeep): a crash costs at most this
+/// long of connecting again, and readers of the store trail the chain by
+/// at most this long. Bitcoin Core writes hourly; our catch-ups are short
+/// and a wallet polling a syncing node should see it move.
+pub const CACHE_MAX_AGE: Duration = Duration::from_secs(300);
+
+/// The flush policy's own state.
+#[derive(Debug)]
+pub(super) struct Flushing {
+    /// Byte limit of the cache.
+    pub limit: usize,
+    /// Blocks connected or disconnected since the last flush.
+    pub blocks: u32,
+    /// A reorganisation is under way: every block is written.
+    pub reorganising: bool,
+    pub flushes: u64,
+    /// The tip the store holds (its tip record), once the chain is open.
+    pub flushed_tip: Option<ChainTip>,
+    pub last_flush: Instant,
+}
+
+impl Flushing {
+    pub fn new(limit: usize) -> Flushing {
+        Flushing {
+            limit,
+            blocks: 0,
+            reorganising: false,
+            flushes: 0,
+            flushed_tip: None,
+            last_flush: Instant::now(),
+        }
+    }
+}
+
+/// What the cache holds and has done, for logs, tests and benchmarks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct CacheUsage {
+    /// Memory held, by the cache's estimate.
+    pub bytes: usize,
+    /// The byte limit (`--dbcache-mb`).
+    pub limit: usize,
+    /// Rows held (puts and deletions).
+    pub rows: usize,
+    /// Blocks connected or disconnected since the last flush.
+    pub blocks: u32,
+    /// Flushes since the chain was opened.
+    pub flushes: u64,
+    /// Height of the tip on disk.
+    pub flushed_height: u32,
+}
+
+impl Chain {
+    /// Whether the chain is catching up: its best header is more than
+    /// `CATCH_UP_DISTANCE` blocks above its tip.
+    pub fn catching_up(&self) -> bool {
+        self.index
+            .get(&self.best_header)
+            .is_some_and(|e| e.height > self.tip.height.saturating_add(CATCH_UP_DISTANCE))
+    }
+
+    /// Called after a block's rows went into the cache and the tip moved,
+    /// before its event goes out: flushes at the tip, in a reorganisation,
+    /// over the byte limit, or when the cache is old.
+    pub(super) fn block_cached(&mut self) -> Result<(), ChainError> {
+        self.flushing.blocks += 1;
+        if self.flushing.reorganising
+            || !self.catching_up()
+            || self.cache.bytes() > self.flushing.limit
+            || self.flushing.last_flush.elapsed() >= CACHE_MAX_AGE
+        {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Called at the end of every call that may have changed the state: at
+    /// the tip, nothing stays in the cache.
+    pub(super) fn settle(&mut self) -> Result<(), ChainError> {
+        self.flushing.reorganising = false;
+        if !self.catching_up() {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Flushes if the cache holds blocks and is `CACHE_MAX_AGE` old (for a
+    /// catch-up whose blocks stopped coming). Says whether it flushed.
+    pub fn flush_if_old(&mut self) -> Result<bool, ChainError> {
+        if self.cache.is_empty() || self.flushing.last_flush.elapsed() < CACHE_MAX_AGE {
+            return Ok(false);
+        }
+        self.flush()?;
+        Ok(true)
+    }
+
+    /// Writes the cache, the block index entries of the blocks it connected
+    /// and the tip record in one atomic batch (synced as `sync_writes`
+    /// says). On failure the cache keeps everything, and a later flush
+    /// writes it.
+    pub fn flush(&mut self) -> Result<(), ChainError> {
+        if self.cache.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        // Room for the tip record too.
+        let mut batch = self
+            .store
+            .batch_with_capacity(self.cache.batch_bytes() + 256);
+        for hash in self.cache.index_changed() {
+            batch.put_block_index(hash, &self.index[hash]);
+        }
+        self.cache.write_to(&mut batch);
+        batch.put_tip(&self.tip);
+        let (bytes, rows, batch_bytes) =
+            (self.cache.bytes(), self.cache.len(), batch.size_in_bytes());
+        debug_assert!(batch_bytes <= self.cache.batch_bytes() + 256);
+        self.store.write(batch, self.sync_writes)?;
+        self.stages.writes += started.elapsed();
+        self.cache.clear();
+        let blocks = std::mem::take(&mut self.flushing.blocks);
+        self.flushing.flushes += 1;
+        self.flushing.flushed_tip = Some(self.tip());
+        self.flushing.last_flush = Instant::now();
+        let ms = started.elapsed().as_millis() as u64;
+        if blocks > 1 {
+            tracing::info!(
+                blocks,
+                rows,
+                cache_bytes = bytes,
+                batch_bytes,
+                height = self.tip.height,
+                ms,
+                "chain state cache flushed"
+            );
+        } else {
+            tracing::debug!(
+                blocks,
+                rows,
+                height = self.tip.height,
+                ms,
+                "chain state flushed"
+            );
+        }
+        Ok(())
+    }
+
+    pub fn cache_usage(&self) -> CacheUsage {
+        CacheUsage {
+            bytes: self.cache.bytes(),
+            limit: self.flushing.limit,
+            rows: self.cache.len(),
+            blocks: self.flushing.blocks,
+            flushes: self.flushing.flushes,
+            flushed_height: self.flushed_tip().height,
+        }
+    }
+
+    /// The tip the store holds: the state that readers of the store (and
+    /// of its snapshots) see. The chain's own tip at the tip; during
+    /// catch-up, the tip of the last flush.
+    pub fn flushed_tip(&self) -> ChainTip {
+        self.flushing.flushed_tip.unwrap_or_else(|| self.tip())
+    }
+
+    /// Drops the chain as a crash would: whatever the cache holds is lost
+    /// (the store keeps the last flush). Only for tests.
+    #[doc(hidden)]
+    pub fn crash_for_test(mut self) {
+        self.cache.clear();
+    }
+}

@@ -1,0 +1,502 @@
+//! The write-back cache of chain state, in front of RocksDB (Bitcoin Core's
+//! `-dbcache`).
+//!
+//! The chain writes the rows of every block it connects or disconnects (the
+//! state column families: UTXOs, address rows, tx index, undo data, active
+//! chain) here instead of into a RocksDB batch of their own. Entries are
+//! raw keys and values per column family, `None` meaning "deleted", so a
+//! flush is one plain `WriteBatch` that the chain completes with the block
+//! index entries it changed and the tip record: the tip on disk always
+//! matches the state on disk, whatever the number of blocks between two
+//! flushes. Reads of the chain look here first, then in the store.
+//!
+//! A row created since the last flush that the store does not hold (a new
+//! UTXO, a block's history, tx index, undo and height rows) is *fresh*:
+//! deleting it (the UTXO spent a few blocks later, the block disconnected)
+//! drops it from the cache instead of leaving a deletion to write, as the
+//! FRESH flag of Bitcoin Core's coins cache.
+//!
+//! The cache knows its size in bytes (keys, values, an estimate of the
+//! memory each entry costs beside them, and the copy a flush makes in its
+//! write batch), which the chain bounds.
+
+use std::collections::{HashMap, HashSet};
+
+use super::db::{Store, StoreError};
+use super::schema::*;
+use crate::consensus::address::PubKeyHash;
+use crate::consensus::hash::{BlockHash, Txid};
+use crate::consensus::transaction::OutPoint;
+use crate::consensus::validation::Utxo;
+use crate::encoding::DecodeError;
+
+/// The column families the cache holds: everything connecting a block
+/// changes except the block index (see `StateCache::mark_index_changed`).
+pub const STATE_CFS: [&str; 7] = [
+    CF_UTXO,
+    CF_ADDRESS_UTXO,
+    CF_ADDRESS_HISTORY,
+    CF_ADDRESS_STATS,
+    CF_TX_INDEX,
+    CF_UNDO,
+    CF_ACTIVE_CHAIN,
+];
+
+/// Memory an entry costs in the cache beyond its key and value bytes, for
+/// the byte count that `--dbcache-mb` bounds. A hash table slot holds a
+/// boxed key and a `Row` (40 bytes) plus a control byte, and the table is
+/// between 7/16 and 7/8 full (it doubles when full): up to 94 bytes per
+/// entry. The key and the value are two heap allocations, each with an
+/// 8-byte header rounded up to 16 bytes: about 16 more each. Measured with
+/// `cargo bench --profile dev --bench chain` (the "cache accounting"
+/// line): the resident memory the cache adds stays below the count.
+pub const ENTRY_OVERHEAD_BYTES: usize = 120;
+
+/// Bytes a row costs in a RocksDB write batch beside its key and value:
+/// a type tag, the column family id and two length varints.
+pub const BATCH_RECORD_BYTES: usize = 8;
+
+/// Memory a row costs while a flush sorts its column family's rows: a
+/// reference to its key and to its row.
+const SORT_BYTES: usize = 24;
+
+/// Memory a changed block index entry costs in the cache: its hash in a
+/// hash set (32 bytes and a control byte, up to twice over).
+const INDEX_ENTRY_BYTES: usize = 72;
+
+/// Its row in the flush's batch: hash, encoded entry (126 bytes), record.
+const INDEX_BATCH_BYTES: usize = 32 + 126 + BATCH_RECORD_BYTES;
+
+/// Typed writes of chain state, into a RocksDB batch (`StoreBatch`) or into
+/// the cache (`StateCache`): the same rows either way.
+pub trait StateWrites {
+    fn put(&mut self, cf: &'static str, key: &[u8], value: &[u8]);
+    fn delete(&mut self, cf: &'static str, key: &[u8]);
+
+    /// Writes a row that the state these writes apply to (the chain at its
+    /// tip) does not hold: a cache may then drop the row again if it is
+    /// deleted before a flush. The typed writes below that create rows use
+    /// it; it is true of each of them under the chain's rules: a block's
+    /// height, undo, history and tx index rows exist only while it is
+    /// connected, and a created UTXO's txid is unique on a chain (every
+    /// coinbase carries its height, every other transaction spends an
+    /// output, which only one transaction of a chain can).
+    fn put_new(&mut self, cf: &'static str, key: &[u8], value: &[u8]) {
+        self.put(cf, key, value);
+    }
+
+    fn put_active(&mut self, height: u32, hash: &BlockHash) {
+        self.put_new(CF_ACTIVE_CHAIN, &height_key(height), &hash.0);
+    }
+
+    fn delete_active(&mut self, height: u32) {
+        self.delete(CF_ACTIVE_CHAIN, &height_key(height));
+    }
+
+    fn put_undo(&mut self, hash: &BlockHash, spent: &[(OutPoint, Utxo)]) {
+        self.put_new(CF_UNDO, &hash.0, &encode_undo(spent));
+    }
+
+    fn delete_undo(&mut self, hash: &BlockHash) {
+        self.delete(CF_UNDO, &hash.0);
+    }
+
+    /// Adds a UTXO and its address row.
+    fn put_utxo(&mut self, outpoint: &OutPoint, utxo: &Utxo) {
+        self.put_new(CF_UTXO, &outpoint_key(outpoint), &encode_utxo(utxo));
+        self.put_new(
+            CF_ADDRESS_UTXO,
+            &address_utxo_key(&utxo.output.owner, outpoint),
+            &encode_address_utxo(utxo.output.amount, utxo.height),
+        );
+    }
+
+    /// Removes a UTXO and its address row.
+    fn delete_utxo(&mut self, outpoint: &OutPoint, utxo: &Utxo) {
+        self.delete(CF_UTXO, &outpoint_key(outpoint));
+        self.delete(
+            CF_ADDRESS_UTXO,
+            &address_utxo_key(&utxo.output.owner, outpoint),
+        );
+    }
+
+    /// Stores an address's stats; stats of nothing are no row at all.
+    fn put_address_stats(&mut self, owner: &PubKeyHash, stats: &AddressStats) {
+        if stats.is_empty() {
+            self.delete(CF_ADDRESS_STATS, &owner.0);
+        } else {
+            self.put(CF_ADDRESS_STATS, &owner.0, &stats.encode());
+        }
+    }
+
+    fn put_history(&mut self, owner: &PubKeyHash, height: u32, position: u32, txid: &Txid) {
+        self.put_new(
+            CF_ADDRESS_HISTORY,
+            &address_history_key(owner, height, position),
+            &encode_txid_value(txid),
+        );
+    }
+
+    fn delete_history(&mut self, owner: &PubKeyHash, height: u32, position: u32) {
+        self.delete(
+            CF_ADDRESS_HISTORY,
+            &address_history_key(owner, height, position),
+        );
+    }
+
+    fn put_tx_location(&mut self, txid: &Txid, location: &TxLocation) {
+        self.put_new(CF_TX_INDEX, &txid.0, &location.encode());
+    }
+
+    fn delete_tx_location(&mut self, txid: &Txid) {
+        self.delete(CF_TX_INDEX, &txid.0);
+    }
+}
+
+/// A changed row.
+struct Row {
+    /// The new value, or `None` if deleted.
+    value: Option<Box<[u8]>>,
+    /// The store does not hold the row: deleting it drops it from the cache.
+    fresh: bool,
+}
+
+/// One column family's changed rows.
+type Family = HashMap<Box<[u8]>, Row>;
+
+/// Rows written since the last flush, newest value per key.
+#[derive(Default)]
+pub struct StateCache {
+    /// One map per entry of `STATE_CFS`.
+    families: [Family; STATE_CFS.len()],
+    /// Block index entries changed by connecting blocks; the chain writes
+    /// their current value at the flush (the in-memory index is newer than
+    /// any value the cache could hold, and other writers of the index write
+    /// directly).
+    index_changed: HashSet<BlockHash>,
+    /// Keys and values of the rows held.
+    data_bytes: usize,
+    rows: usize,
+}
+
+fn family_of(cf: &str) -> usize {
+    STATE_CFS
+        .iter()
+        .position(|name| *name == cf)
+        .unwrap_or_else(|| panic!("column family {cf} is not chain state"))
+}
+
+fn corrupt(what: &'static str) -> impl FnOnce(DecodeError) -> StoreError {
+    move |error| StoreError::Corrupt { what, error }
+}
+
+impl StateCache {
+    /// The cached value of a row: `Some(None)` if the cache holds its
+    /// deletion, `None` if the cache does not know the row.
+    pub fn get(&self, cf: &str, key: &[u8]) -> Option<Option<&[u8]>> {
+        self.families[family_of(cf)]
+            .get(key)
+            .map(|row| row.value.as_deref())
+    }
+
+    /// Memory the cache takes at its peak, during a flush, by its estimate:
+    /// its rows (keys, values and `ENTRY_OVERHEAD_BYTES` each), their copy
+    /// in the flush's write batch (`batch_bytes`) and the list that sorts
+    /// them.
+    pub fn bytes(&self) -> usize {
+        self.data_bytes
+            + self.rows * (ENTRY_OVERHEAD_BYTES + SORT_BYTES)
+            + self.index_changed.len() * INDEX_ENTRY_BYTES
+            + self.batch_bytes()
+    }
+
+    /// Size of the write batch that a flush of the cache makes (for its
+    /// capacity: a batch grown by doubling would take up to twice that).
+    pub fn batch_bytes(&self) -> usize {
+        self.data_bytes
+            + self.rows * BATCH_RECORD_BYTES
+            + self.index_changed.len() * INDEX_BATCH_BYTES
+    }
+
+    /// Rows held (puts and deletions).
+    pub fn len(&self) -> usize {
+        self.rows
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0 && self.index_changed.is_empty()
+    }
+
+    /// Notes that the block index entry of `hash` changed with the state
+    /// (a connected block became valid), to be written at the flush.
+    pub fn mark_index_changed(&mut self, hash: BlockHash) {
+        self.index_changed.insert(hash);
+    }
+
+    /// Block index entries to write with the next flush.
+    pub fn index_changed(&self) -> impl Iterator<Item = &BlockHash> {
+        self.index_changed.iter()
+    }
+
+    /// Adds every row to `batch`, in key order per column family (RocksDB
+    /// inserts sorted keys into its memtable faster). The cache keeps them
+    /// until `clear`, so a failed write loses nothing.
+    pub fn write_to(&self, batch: &mut impl StateWrites) {
+        for (cf, family) in STATE_CFS.iter().zip(&self.families) {
+            let mut rows: Vec<(&[u8], &Row)> =
+                family.iter().map(|(k, row)| (&k[..], row)).collect();
+            rows.sort_unstable_by_key(|(key, _)| *key);
+            for (key, row) in rows {
+                match &row.value {
+                    Some(value) => batch.put(cf, key, value),
+                    None => batch.delete(cf, key),
+                }
+            }
+        }
+    }
+
+    /// Forgets everything: after a flush, or to simulate a crash in tests.
+    pub fn clear(&mut self) {
+        // New maps rather than `clear`: a cache of hundreds of MiB gives
+        // its memory back.
+        *self = StateCache::default();
+    }
+
+    /// Writes a row; `fresh` says the store does not hold it (meaningful
+    /// only for a row the cache does not have yet: a row keeps what it was).
+    fn set(&mut self, cf: &str, key: &[u8], value: Option<&[u8]>, fresh: bool) {
+        let family = &mut self.families[family_of(cf)];
+        let new_len = value.map_or(0, <[u8]>::len);
+        match family.get_mut(key) {
+            Some(row) if row.fresh && value.is_none() => {
+                // Created and deleted between two flushes: the store never
+                // saw it and needs no deletion.
+                let old_len = row.value.as_ref().map_or(0, |v| v.len());
+                family.remove(key);
+                self.data_bytes -= key.len() + old_len;
+                self.rows -= 1;
+            }
+            Some(row) => {
+                let old_len = row.value.as_ref().map_or(0, |v| v.len());
+                row.value = value.map(Box::from);
+                self.data_bytes = self.data_bytes - old_len + new_len;
+            }
+            None => {
+                family.insert(
+                    Box::from(key),
+                    Row {
+                        value: value.map(Box::from),
+                        fresh: fresh && value.is_some(),
+                    },
+                );
+                self.data_bytes += key.len() + new_len;
+                self.rows += 1;
+            }
+        }
+    }
+
+    /// A stored value as the chain sees it: the cache's if it has the row,
+    /// the store's otherwise.
+    fn read(
+        &self,
+        store: &Store,
+        cf: &'static str,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.get(cf, key) {
+            Some(value) => Ok(value.map(<[u8]>::to_vec)),
+            None => store.get_raw(cf, key),
+        }
+    }
+
+    /// Many UTXOs: those the cache knows from it, the rest in one multi-get.
+    pub fn utxos(
+        &self,
+        store: &Store,
+        outpoints: &[OutPoint],
+    ) -> Result<Vec<Option<Utxo>>, StoreError> {
+        let mut found = Vec::with_capacity(outpoints.len());
+        let mut missing = Vec::new();
+        for (i, outpoint) in outpoints.iter().enumerate() {
+            match self.get(CF_UTXO, &outpoint_key(outpoint)) {
+                Some(value) => found.push(
+                    value
+                        .map(|v| decode_utxo(v).map_err(corrupt("utxo")))
+                        .transpose()?,
+                ),
+                None => {
+                    found.push(None);
+                    missing.push((i, *outpoint));
+                }
+            }
+        }
+        if !missing.is_empty() {
+            let keys: Vec<OutPoint> = missing.iter().map(|(_, o)| *o).collect();
+            for ((i, _), utxo) in missing.iter().zip(store.utxos(&keys)?) {
+                found[*i] = utxo;
+            }
+        }
+        Ok(found)
+    }
+
+    pub fn utxo(&self, store: &Store, outpoint: &OutPoint) -> Result<Option<Utxo>, StoreError> {
+        self.read(store, CF_UTXO, &outpoint_key(outpoint))?
+            .map(|v| decode_utxo(&v).map_err(corrupt("utxo")))
+            .transpose()
+    }
+
+    pub fn address_stats(
+        &self,
+        store: &Store,
+        owner: &PubKeyHash,
+    ) -> Result<AddressStats, StoreError> {
+        Ok(self
+            .read(store, CF_ADDRESS_STATS, &owner.0)?
+            .map(|v| AddressStats::decode(&v).map_err(corrupt("address stats")))
+            .transpose()?
+            .unwrap_or_default())
+    }
+
+    pub fn undo(
+        &self,
+        store: &Store,
+        hash: &BlockHash,
+    ) -> Result<Option<Vec<(OutPoint, Utxo)>>, StoreError> {
+        self.read(store, CF_UNDO, &hash.0)?
+            .map(|v| decode_undo(&v).map_err(corrupt("undo data")))
+            .transpose()
+    }
+
+    pub fn tx_location(
+        &self,
+        store: &Store,
+        txid: &Txid,
+    ) -> Result<Option<TxLocation>, StoreError> {
+        self.read(store, CF_TX_INDEX, &txid.0)?
+            .map(|v| TxLocation::decode(&v).map_err(corrupt("tx location")))
+            .transpose()
+    }
+}
+
+impl StateWrites for StateCache {
+    fn put(&mut self, cf: &'static str, key: &[u8], value: &[u8]) {
+        self.set(cf, key, Some(value), false);
+    }
+
+    fn put_new(&mut self, cf: &'static str, key: &[u8], value: &[u8]) {
+        self.set(cf, key, Some(value), true);
+    }
+
+    fn delete(&mut self, cf: &'static str, key: &[u8]) {
+        self.set(cf, key, None, false);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consensus::amount::Amount;
+    use crate::consensus::hash::Hash256;
+    use crate::consensus::transaction::TxOut;
+
+    fn utxo(amount: u64) -> Utxo {
+        Utxo {
+            output: TxOut {
+                amount: Amount::from_units(amount),
+                owner: PubKeyHash([9; 20]),
+            },
+            height: 3,
+            is_coinbase: false,
+        }
+    }
+
+    fn row_bytes(key: usize, value: usize) -> usize {
+        2 * (key + value) + ENTRY_OVERHEAD_BYTES + SORT_BYTES + BATCH_RECORD_BYTES
+    }
+
+    #[test]
+    fn newest_value_wins_and_bytes_follow_it() {
+        let mut cache = StateCache::default();
+        assert!(cache.is_empty());
+        let owner = PubKeyHash([9; 20]);
+        let stats = AddressStats {
+            funded_txo_count: 1,
+            funded_txo_sum: 5,
+            ..AddressStats::default()
+        };
+        cache.put_address_stats(&owner, &stats);
+        assert_eq!(cache.len(), 1);
+        assert_eq!(cache.bytes(), row_bytes(20, 57));
+        assert_eq!(
+            cache.get(CF_ADDRESS_STATS, &owner.0),
+            Some(Some(&stats.encode()[..]))
+        );
+        // Stats of nothing: a deletion the store must see.
+        cache.put_address_stats(&owner, &AddressStats::default());
+        assert_eq!(cache.get(CF_ADDRESS_STATS, &owner.0), Some(None));
+        assert_eq!(cache.bytes(), row_bytes(20, 0));
+        cache.put_address_stats(&owner, &stats);
+        assert_eq!(cache.bytes(), row_bytes(20, 57));
+        cache.mark_index_changed(Hash256([2; 32]));
+        cache.mark_index_changed(Hash256([2; 32]));
+        assert_eq!(
+            cache.bytes(),
+            row_bytes(20, 57) + INDEX_ENTRY_BYTES + INDEX_BATCH_BYTES
+        );
+        cache.clear();
+        assert!(cache.is_empty());
+        assert_eq!(cache.bytes(), 0);
+    }
+
+    #[test]
+    fn a_row_created_and_deleted_between_flushes_leaves_nothing_to_write() {
+        let mut cache = StateCache::default();
+        let outpoint = OutPoint::new(Hash256([1; 32]), 0);
+        let key = outpoint_key(&outpoint);
+        // Created, then spent: gone, the store never held it.
+        cache.put_utxo(&outpoint, &utxo(5));
+        assert_eq!(cache.len(), 2);
+        assert_eq!(cache.bytes(), row_bytes(36, 34) + row_bytes(56, 13));
+        cache.delete_utxo(&outpoint, &utxo(5));
+        assert!(cache.is_empty());
+        assert_eq!(cache.bytes(), 0);
+        assert_eq!(cache.get(CF_UTXO, &key), None);
+        // Spent where the cache does not know it (the store holds it): a
+        // deletion to write, and a UTXO put back over it (a disconnect)
+        // overwrites the store's row, so it is not fresh.
+        cache.delete_utxo(&outpoint, &utxo(5));
+        assert_eq!(cache.get(CF_UTXO, &key), Some(None));
+        cache.put_utxo(&outpoint, &utxo(5));
+        cache.delete_utxo(&outpoint, &utxo(5));
+        assert_eq!(cache.get(CF_UTXO, &key), Some(None));
+        assert_eq!(cache.len(), 2);
+        let mut deletions = Vec::new();
+        struct Record<'a>(&'a mut Vec<(&'static str, Vec<u8>, bool)>);
+        impl StateWrites for Record<'_> {
+            fn put(&mut self, cf: &'static str, key: &[u8], _: &[u8]) {
+                self.0.push((cf, key.to_vec(), true));
+            }
+            fn delete(&mut self, cf: &'static str, key: &[u8]) {
+                self.0.push((cf, key.to_vec(), false));
+            }
+        }
+        cache.write_to(&mut Record(&mut deletions));
+        assert_eq!(
+            deletions,
+            vec![
+                (CF_UTXO, key.to_vec(), false),
+                (
+                    CF_ADDRESS_UTXO,
+                    address_utxo_key(&PubKeyHash([9; 20]), &outpoint).to_vec(),
+                    false
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "not chain state")]
+    fn only_state_families_are_cached() {
+        StateCache::default().put(CF_BLOCK_INDEX, b"k", b"v");
+    }
+}
