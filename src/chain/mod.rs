@@ -304,9 +304,10 @@ pub struct StageTimes {
     pub load: Duration,
     /// Looking up the outputs its inputs spend.
     pub utxo_reads: Duration,
-    /// Contextual checks and signatures (in parallel on rayon's pool).
+    /// Contextual checks and signatures (in parallel on rayon's pool), with
+    /// the reads of the address stats the block touches alongside.
     pub validation: Duration,
-    /// The UTXO-set digest.
+    /// The UTXO-set digest, with the new address stats computed alongside.
     pub digest: Duration,
     /// The delta, address stats, tx index, undo data and active chain rows.
     pub indexes: Duration,
@@ -1280,9 +1281,35 @@ impl Chain {
         delta: &BlockDelta,
         connect: bool,
     ) -> Result<Vec<(PubKeyHash, AddressStats)>, ChainError> {
+        self.delta_stats_prefetched(delta, connect, &HashMap::new())
+    }
+
+    /// As `delta_stats`, with the current stats of some owners already
+    /// read (`prefetched`, read through the cache like the rest).
+    fn delta_stats_prefetched(
+        &self,
+        delta: &BlockDelta,
+        connect: bool,
+        prefetched: &HashMap<PubKeyHash, AddressStats>,
+    ) -> Result<Vec<(PubKeyHash, AddressStats)>, ChainError> {
+        let missing: Vec<PubKeyHash> = delta
+            .stats
+            .keys()
+            .filter(|owner| !prefetched.contains_key(owner))
+            .copied()
+            .collect();
+        let read: HashMap<PubKeyHash, AddressStats> = missing
+            .iter()
+            .copied()
+            .zip(self.cache.addresses_stats(&self.store, &missing)?)
+            .collect();
         let mut out = Vec::with_capacity(delta.stats.len());
         for (owner, change) in &delta.stats {
-            let mut stats = self.cache.address_stats(&self.store, owner)?;
+            let mut stats = prefetched
+                .get(owner)
+                .or_else(|| read.get(owner))
+                .copied()
+                .unwrap_or_default();
             if connect {
                 change.apply(&mut stats, *owner)?;
             } else {
@@ -1320,21 +1347,37 @@ impl Chain {
         lap(&mut self.stages.load);
         let view = self.prefetch_inputs(&block)?;
         lap(&mut self.stages.utxo_reads);
-        let spends =
-            match check_block_contextual(&block, &ctx, self.params, &view, self.signature_checks) {
-                Ok(spends) => spends,
-                Err(BlockError::UtxoView(e)) => {
-                    return Err(ChainError::Inconsistent(e.to_string()))
-                }
-                Err(error) => return Ok(Err(error)),
-            };
+        // The address stats the block touches are read while its signatures
+        // are checked, so the serial reads overlap the parallel checks. Only
+        // the chain writes the cache: what is read now is what would be
+        // read after.
+        let owners = touched_owners(&block, &view);
+        let (checked, prefetched) = rayon::join(
+            || check_block_contextual(&block, &ctx, self.params, &view, self.signature_checks),
+            || self.cache.addresses_stats(&self.store, &owners),
+        );
+        let spends = match checked {
+            Ok(spends) => spends,
+            Err(BlockError::UtxoView(e)) => return Err(ChainError::Inconsistent(e.to_string())),
+            Err(error) => return Ok(Err(error)),
+        };
+        let prefetched: HashMap<PubKeyHash, AddressStats> =
+            owners.into_iter().zip(prefetched?).collect();
         lap(&mut self.stages.validation);
         let height = entry.height;
         let delta = BlockDelta::compute(&block, height, &spends.spent);
-        let stats = self.delta_stats(&delta, true)?;
         lap(&mut self.stages.indexes);
-        let mut digest = self.digest;
-        delta.update_digest(&mut digest, true);
+        // The digest (parallel) and the new address stats (serial) at once.
+        let before = self.digest;
+        let (stats, digest) = rayon::join(
+            || self.delta_stats_prefetched(&delta, true, &prefetched),
+            || {
+                let mut digest = before;
+                delta.update_digest(&mut digest, true);
+                digest
+            },
+        );
+        let stats = stats?;
         lap(&mut self.stages.digest);
         let tip = ChainTipRecord {
             hash,
@@ -1489,6 +1532,21 @@ impl UtxoView for Chain {
     fn utxo(&self, outpoint: &OutPoint) -> Result<Option<Utxo>, UtxoViewError> {
         Ok(Chain::utxo(self, outpoint)?)
     }
+}
+
+/// Every owner a block's outputs pay and its inputs spend from (those found
+/// in `spent`, the outputs its inputs spend that are in the UTXO set): whose
+/// address stats connecting it changes.
+fn touched_owners(
+    block: &Block,
+    spent: &HashMap<crate::consensus::transaction::OutPoint, crate::consensus::validation::Utxo>,
+) -> Vec<PubKeyHash> {
+    let mut owners: std::collections::HashSet<PubKeyHash> =
+        spent.values().map(|utxo| utxo.output.owner).collect();
+    for tx in &block.transactions {
+        owners.extend(tx.outputs.iter().map(|o| o.owner));
+    }
+    owners.into_iter().collect()
 }
 
 impl Drop for Chain {

@@ -357,6 +357,38 @@ impl StateCache {
             .unwrap_or_default())
     }
 
+    /// As `address_stats` for many owners: the cache's first, the rest in
+    /// one multi-get.
+    pub fn addresses_stats(
+        &self,
+        store: &Store,
+        owners: &[PubKeyHash],
+    ) -> Result<Vec<AddressStats>, StoreError> {
+        let mut found = Vec::with_capacity(owners.len());
+        let mut missing = Vec::new();
+        for (i, owner) in owners.iter().enumerate() {
+            match self.get(CF_ADDRESS_STATS, &owner.0) {
+                Some(value) => found.push(
+                    value
+                        .map(|v| AddressStats::decode(v).map_err(corrupt("address stats")))
+                        .transpose()?
+                        .unwrap_or_default(),
+                ),
+                None => {
+                    found.push(AddressStats::default());
+                    missing.push((i, *owner));
+                }
+            }
+        }
+        if !missing.is_empty() {
+            let keys: Vec<PubKeyHash> = missing.iter().map(|(_, o)| *o).collect();
+            for ((i, _), stats) in missing.iter().zip(store.addresses_stats(&keys)?) {
+                found[*i] = stats;
+            }
+        }
+        Ok(found)
+    }
+
     pub fn undo(
         &self,
         store: &Store,

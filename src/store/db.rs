@@ -385,6 +385,22 @@ impl Store {
             .unwrap_or_default())
     }
 
+    /// The stats of many addresses in one RocksDB call (a block touches
+    /// hundreds), in the order asked.
+    pub fn addresses_stats(&self, owners: &[PubKeyHash]) -> Result<Vec<AddressStats>, StoreError> {
+        let cf = self.cf(CF_ADDRESS_STATS);
+        self.db
+            .multi_get_cf_opt(owners.iter().map(|o| (cf, o.0)), &self.read_options())
+            .into_iter()
+            .map(|r| {
+                Ok(r.map_err(StoreError::from)?
+                    .map(|v| AddressStats::decode(&v).map_err(corrupt("address stats")))
+                    .transpose()?
+                    .unwrap_or_default())
+            })
+            .collect()
+    }
+
     fn owner_range(&self, owner: &PubKeyHash, after: Option<Vec<u8>>) -> ReadOptions {
         let mut opts = self.read_options();
         let mut upper = owner.0.to_vec();
