@@ -72,6 +72,7 @@ pub async fn status(State(state): State<ApiState>) -> Result<Json<Value>, ApiErr
                     "utxo_digest": tip.utxo_digest,
                 },
                 "orphan_blocks": chain.orphan_count(),
+                "dbcache": chain.published().cache,
                 "mining": { "hashrate": hashrate },
                 "mirror": mirror,
             })))
@@ -315,6 +316,10 @@ pub async fn metrics(
             gauge("chaincore_mempool_transactions", "Transactions in the mempool.", pool.len() as f64);
             gauge("chaincore_mempool_bytes", "Bytes of the mempool's transactions.", pool.bytes() as f64);
             gauge("chaincore_orphan_blocks", "Blocks waiting for their parent.", chain.orphan_count() as f64);
+            let cache = chain.published().cache;
+            gauge("chaincore_dbcache_bytes", "Bytes held by the chain state write-back cache (--dbcache-mb).", cache.bytes as f64);
+            gauge("chaincore_dbcache_blocks", "Blocks connected since the cache was last written to RocksDB.", f64::from(cache.blocks));
+            gauge("chaincore_flushed_height", "Height of the tip on disk, which REST answers from.", f64::from(cache.flushed_height));
             gauge("chaincore_utxo_count", "Unspent outputs.", tip.utxo_count as f64);
             gauge("chaincore_utxo_total_units", "Sum of all unspent outputs, base units.", tip.utxo_total as f64);
             gauge("chaincore_mining_hashrate", "Hashes per second of the node's own miner (0: not mining).", hashrate as f64);

@@ -75,8 +75,9 @@ impl Flushing {
     }
 }
 
-/// What the cache holds and has done, for logs, tests and benchmarks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+/// What the cache holds and has done, for logs, tests, benchmarks and
+/// `/status`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct CacheUsage {
     /// Memory held, by the cache's estimate.
     pub bytes: usize,

@@ -377,6 +377,7 @@ impl Chain {
                     best_header: (BlockHash::ZERO, 0),
                     orphans: Vec::new(),
                     index_len: 0,
+                    cache: flush::CacheUsage::default(),
                 },
             ),
             cache: StateCache::default(),
@@ -552,6 +553,7 @@ impl Chain {
             best_header: self.best_header(),
             orphans: self.orphans.hashes(),
             index_len: self.index.len(),
+            cache: self.cache_usage(),
         });
     }
 

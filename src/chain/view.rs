@@ -39,6 +39,9 @@ pub struct Published {
     pub orphans: Vec<BlockHash>,
     /// Headers in the block index.
     pub index_len: usize,
+    /// The write-back cache: what it holds, and the height the store (and
+    /// every view) is at.
+    pub cache: super::flush::CacheUsage,
 }
 
 /// The handle readers keep: the store, the parameters, and the writer's
