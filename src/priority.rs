@@ -1,4 +1,4 @@
-//! Thread priorities: bulk work (validating and connecting blocks, mining)
+//! Thread priorities: bulk work (signature checks on rayon's pool, mining)
 //! yields the CPU to threads that answer (the network, REST), so a wallet's
 //! request or a peer's ping waits for no block on a busy machine. On an idle
 //! machine bulk work still gets every core; the nice value only decides who

@@ -146,14 +146,29 @@ pub async fn submit_tx(
             format!("transaction does not decode: {e}"),
         )
     })?;
-    let txid = state
-        .with_state(move |chain, pool| {
-            pool.accept(chain, tx).map_err(|e| match e {
-                MempoolError::TipMoved => ApiError::unavailable(e.code(), e.to_string()),
-                e => ApiError::bad_request(e.code(), e.to_string()),
-            })
-        })
+    let attempt = tx.clone();
+    let first = state
+        .with_state(move |chain, pool| Ok(pool.accept(chain, attempt)))
         .await?;
+    let result = match first {
+        // The views keep missing the pool's tip (a catch-up writes the store
+        // in batches, so views trail the chain): check against the writer
+        // itself, as the protocol thread does for relayed transactions.
+        Err(MempoolError::TipMoved) => {
+            let (chain, mempool) = (state.chain.clone(), state.mempool.clone());
+            tokio::task::spawn_blocking(move || {
+                let chain = chain.lock().expect("chain lock");
+                let mut pool = mempool.lock().expect("mempool lock");
+                pool.accept(&*chain, tx)
+            })
+            .await?
+        }
+        other => other,
+    };
+    let txid = result.map_err(|e| match e {
+        MempoolError::TipMoved => ApiError::unavailable(e.code(), e.to_string()),
+        e => ApiError::bad_request(e.code(), e.to_string()),
+    })?;
     state.network.chain_changed().await;
     Ok(txid.to_string())
 }

@@ -93,6 +93,14 @@ pub async fn template(
     state
         .with_pool_permit(move |chain, pool| {
             let payout = super::explorer::address_of(chain, &address)?;
+            // A view behind the writer (a catch-up not yet written, or a
+            // block connecting now) would have miners work on a stale parent.
+            if chain.tip().hash != chain.published().tip.0 {
+                return Err(ApiError::unavailable(
+                    "not-at-tip",
+                    "the node is catching up or connecting a block: ask again shortly",
+                ));
+            }
             let NodeTemplate { block, fees, ctx } =
                 node_template(chain, pool, payout.hash, rand::random())
                     .map_err(ApiError::internal)?;

@@ -45,8 +45,9 @@ pub const MAX_SUBMIT_BODY_BYTES: usize = 2 * crate::consensus::limits::MAX_BLOCK
 pub struct ApiState {
     /// Where reads come from: consistent views, never the writer's lock.
     pub reader: ChainReader,
-    /// The writer, for the mining routes only (a block submitted goes
-    /// through the chain; a template is built at the writer's tip).
+    /// The writer, for what writes: a block submitted goes through the
+    /// chain, and `POST /tx` checks against it when the views keep missing
+    /// the pool's tip (a catch-up).
     pub chain: Arc<Mutex<Chain>>,
     pub mempool: Arc<Mutex<Mempool>>,
     pub network: NetworkHandle,
@@ -89,17 +90,20 @@ impl ApiState {
     /// routes whose work is a few point reads of the store (block-cache
     /// hits, microseconds) and the pool's entries of one address, where the
     /// hop to the blocking pool would cost more than the work. If the pool
-    /// is not at the view's tip, or owes a rebuild after a reorganisation,
-    /// the request takes the blocking path.
+    /// is locked, not at the view's tip, or owes a rebuild after a
+    /// reorganisation, the request takes the blocking path.
     pub async fn with_state_quick<T: Send + 'static>(
         &self,
         f: impl FnOnce(&ChainView, &mut Mempool) -> Result<T, ApiError> + Send + 'static,
     ) -> Result<T, ApiError> {
         {
             let view = self.reader.view().map_err(ApiError::internal)?;
-            let mut pool = self.mempool.lock().expect("mempool lock");
-            if pool.catch_up_without_rebuild(&view) {
-                return f(&view, &mut pool);
+            // Never wait for the pool's lock on an async worker: whoever holds
+            // it (a rebuild, a whole-pool view) may hold it long.
+            if let Ok(mut pool) = self.mempool.try_lock() {
+                if pool.catch_up_without_rebuild(&view) {
+                    return f(&view, &mut pool);
+                }
             }
         }
         self.with_state(f).await

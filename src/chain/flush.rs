@@ -40,6 +40,12 @@ pub const DEFAULT_CACHE_BYTES: usize = 450 << 20;
 /// arrives as headers first), not a catch-up worth batching.
 pub const CATCH_UP_DISTANCE: u32 = 6;
 
+/// A tip at least this old (seconds behind the clock) may be catching up; a
+/// younger one is at the tip whatever the headers say. An hour is 360
+/// blocks at the target spacing: a node that was off for longer catches up
+/// in batches, one that saw a block recently writes each one.
+pub const CATCH_UP_TIP_AGE: u32 = 3_600;
+
 /// Even in catch-up, the cache is written at least this often (checked as
 /// blocks connect, and by the node's upkeep): a crash costs at most this
 /// long of connecting again, and readers of the store trail the chain by
@@ -95,11 +101,19 @@ pub struct CacheUsage {
 
 impl Chain {
     /// Whether the chain is catching up: its best header is more than
-    /// `CATCH_UP_DISTANCE` blocks above its tip.
+    /// `CATCH_UP_DISTANCE` blocks above its tip, and its tip is older than
+    /// `CATCH_UP_TIP_AGE` (Bitcoin Core's initial-block-download test). The
+    /// age matters: headers alone are cheap to make look ahead (bodies that
+    /// never come, or come invalid, do not undo them), and without it a
+    /// peer could keep a node at the tip writing nothing to disk, its REST
+    /// answers `CACHE_MAX_AGE` old.
     pub fn catching_up(&self) -> bool {
-        self.index
-            .get(&self.best_header)
-            .is_some_and(|e| e.height > self.tip.height.saturating_add(CATCH_UP_DISTANCE))
+        let tip_time = self.index.get(&self.tip.hash).map_or(0, |e| e.header.time);
+        self.clock.now().saturating_sub(tip_time) > CATCH_UP_TIP_AGE
+            && self
+                .index
+                .get(&self.best_header)
+                .is_some_and(|e| e.height > self.tip.height.saturating_add(CATCH_UP_DISTANCE))
     }
 
     /// Called after a block's rows went into the cache and the tip moved,

@@ -378,6 +378,7 @@ impl Chain {
                     orphans: Vec::new(),
                     index_len: 0,
                     cache: flush::CacheUsage::default(),
+                    settled: true,
                 },
             ),
             cache: StateCache::default(),
@@ -530,6 +531,17 @@ impl Chain {
         self.cache.tx_location(&self.store, txid)
     }
 
+    /// Whether no stored branch with more work than the tip waits to be
+    /// connected: false in the middle of a reorganisation or a catch-up run
+    /// by `activate_step`.
+    pub fn settled(&self) -> bool {
+        let tip_work = self.tip_entry().chain_work;
+        self.candidates
+            .iter()
+            .next_back()
+            .is_none_or(|(work, _, _)| *work <= tip_work)
+    }
+
     /// Time spent per stage of taking in blocks since the chain opened.
     pub fn stage_times(&self) -> StageTimes {
         self.stages
@@ -554,6 +566,7 @@ impl Chain {
             orphans: self.orphans.hashes(),
             index_len: self.index.len(),
             cache: self.cache_usage(),
+            settled: self.settled(),
         });
     }
 

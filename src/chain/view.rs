@@ -42,6 +42,8 @@ pub struct Published {
     /// The write-back cache: what it holds, and the height the store (and
     /// every view) is at.
     pub cache: super::flush::CacheUsage,
+    /// No branch with more work waits to be connected (`Chain::settled`).
+    pub settled: bool,
 }
 
 /// The handle readers keep: the store, the parameters, and the writer's

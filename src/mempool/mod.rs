@@ -233,6 +233,11 @@ pub trait TipState {
     fn tip_context(&self) -> Result<BlockContext, ChainError>;
     /// The UTXO set at the tip, for checking a whole block.
     fn utxo_view(&self) -> &dyn UtxoView;
+    /// Whether this is the chain itself (the writer), not a reader's view.
+    fn is_writer(&self) -> bool;
+    /// Whether the tip is where the chain is going: no branch with more
+    /// work waits to be connected (no reorganisation under way).
+    fn settled(&self) -> bool;
 }
 
 impl TipState for Chain {
@@ -265,6 +270,12 @@ impl TipState for Chain {
     fn utxo_view(&self) -> &dyn UtxoView {
         self
     }
+    fn is_writer(&self) -> bool {
+        true
+    }
+    fn settled(&self) -> bool {
+        Chain::settled(self)
+    }
 }
 
 impl TipState for ChainView {
@@ -291,6 +302,12 @@ impl TipState for ChainView {
     }
     fn utxo_view(&self) -> &dyn UtxoView {
         self.store()
+    }
+    fn is_writer(&self) -> bool {
+        false
+    }
+    fn settled(&self) -> bool {
+        self.published().settled && self.published().tip.0 == self.tip().hash
     }
 }
 
@@ -367,7 +384,17 @@ impl Mempool {
     /// a reader's view a block behind must not judge the pool.
     pub fn catch_up(&mut self, chain: &dyn TipState) -> bool {
         self.apply_events(chain);
+        if self.missed_events && chain.is_writer() {
+            self.tip = chain.tip_hash();
+        }
         if self.tip != chain.tip_hash() {
+            return false;
+        }
+        let owes_rebuild = self.missed_events || !self.pending_readd.is_empty();
+        if owes_rebuild && !chain.settled() {
+            // In the middle of a reorganisation: judging the returning
+            // transactions at the fork point would drop some for good (a
+            // coinbase spend mature at the new tip, a lock time).
             return false;
         }
         if std::mem::take(&mut self.missed_events) || !self.pending_readd.is_empty() {
@@ -418,9 +445,15 @@ impl Mempool {
             }
         }
         if missed_events {
-            // The events left are newer than `chain` or already in it:
-            // trust the state's tip from here.
-            self.tip = chain.tip_hash();
+            // Which tip the pool is at is unknown now. The writer's tip is
+            // the truth (its events are sent before it returns); a reader's
+            // view may trail it, so with a view the pool waits for the
+            // writer's next catch-up.
+            self.tip = if chain.is_writer() {
+                chain.tip_hash()
+            } else {
+                BlockHash::ZERO
+            };
             self.missed_events = true;
         }
     }

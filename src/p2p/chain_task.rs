@@ -12,6 +12,7 @@
 //! or a deep reorganisation; readers never need the lock at all. Each
 //! outcome goes back to the protocol thread as an event.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 
@@ -35,6 +36,7 @@ pub struct BlockJob {
 /// The protocol thread's end of the queue.
 pub struct ChainTask {
     jobs: Sender<BlockJob>,
+    stopping: Arc<AtomicBool>,
     thread: std::thread::JoinHandle<()>,
 }
 
@@ -43,13 +45,19 @@ impl ChainTask {
     /// `Event::BlockProcessed`.
     pub fn start(chain: Arc<Mutex<Chain>>, events: mpsc::Sender<Event>) -> std::io::Result<Self> {
         let (jobs, queue) = channel();
+        let stopping = Arc::new(AtomicBool::new(false));
+        let stop = stopping.clone();
         let thread = std::thread::Builder::new()
             .name("chain".into())
-            .spawn(move || {
-                crate::priority::lower_current_thread();
-                run(chain, queue, events)
-            })?;
-        Ok(ChainTask { jobs, thread })
+            // Normal priority: this thread holds the chain's lock while it
+            // connects a block, and the protocol thread waits for that lock;
+            // only the signature checks it hands to rayon's pool run lower.
+            .spawn(move || run(chain, queue, events, stop))?;
+        Ok(ChainTask {
+            jobs,
+            stopping,
+            thread,
+        })
     }
 
     pub fn submit(&self, job: BlockJob) {
@@ -57,18 +65,37 @@ impl ChainTask {
         let _ = self.jobs.send(job);
     }
 
-    /// Stops after the blocks already queued; call once the receiver of
-    /// the events is dropped, so the task never waits on a full channel.
+    /// Stops after the block step under way: queued blocks are dropped
+    /// (asked for again after a restart), stored ones connect at the next
+    /// start (`Chain::open`), so a shutdown never waits for a backlog. Call
+    /// once the receiver of the events is dropped, so the task never waits
+    /// on a full channel.
     pub fn stop(self) {
+        self.stopping.store(true, Ordering::Relaxed);
         drop(self.jobs);
         let _ = self.thread.join();
     }
 }
 
-fn run(chain: Arc<Mutex<Chain>>, queue: Receiver<BlockJob>, events: mpsc::Sender<Event>) {
+fn run(
+    chain: Arc<Mutex<Chain>>,
+    queue: Receiver<BlockJob>,
+    events: mpsc::Sender<Event>,
+    stopping: Arc<AtomicBool>,
+) {
     while let Ok(job) = queue.recv() {
+        if stopping.load(Ordering::Relaxed) {
+            continue;
+        }
         let hash = job.block.hash();
-        let outcome = process(&chain, job.block, job.peer, job.requested, job.permit);
+        let outcome = process(
+            &chain,
+            job.block,
+            job.peer,
+            job.requested,
+            job.permit,
+            &stopping,
+        );
         let event = Event::BlockProcessed {
             peer: job.peer,
             hash,
@@ -90,6 +117,7 @@ fn process(
     peer: PeerId,
     requested: bool,
     permit: Option<InboundPermit>,
+    stopping: &AtomicBool,
 ) -> Result<crate::chain::BlockOutcome, crate::chain::ChainError> {
     let accepted =
         chain
@@ -98,7 +126,7 @@ fn process(
             .accept_new_block(block, Some(peer), requested)?;
     drop(permit);
     let mut failures = Vec::new();
-    loop {
+    while !stopping.load(Ordering::Relaxed) {
         match chain.lock().expect("chain lock").activate_step()? {
             ActivationStep::Done => break,
             ActivationStep::Failed(hash, error) => failures.push((hash, error)),
