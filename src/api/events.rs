@@ -136,7 +136,10 @@ pub async fn events(
                     if height > tip.height + 1 {
                         return Err(ApiError::bad_request(
                             "invalid-query",
-                            format!("from_height {height} is above the tip's height {} + 1", tip.height),
+                            format!(
+                                "from_height {height} is above the tip's height {} + 1",
+                                tip.height
+                            ),
                         ));
                     }
                     let below = view.hash_at(height - 1)?.ok_or_else(|| {
@@ -193,7 +196,10 @@ pub async fn events(
                 return None;
             }
             match queue.recv().await {
-                Some(event) => Some((Ok::<_, Infallible>(sse_event(&event)), (queue, close_reason, false))),
+                Some(event) => Some((
+                    Ok::<_, Infallible>(sse_event(&event)),
+                    (queue, close_reason, false),
+                )),
                 None => {
                     let reason = close_reason.lock().expect("close reason").take()?;
                     let last = sse_event(&StreamEvent {

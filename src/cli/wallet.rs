@@ -738,10 +738,7 @@ fn watch_line(event: &crate::client::ServerEvent, as_json: bool) -> Option<Strin
                         txids.join(" ")
                     ))
                 }
-                "pending" => Some(format!(
-                    "pending   {change} CC  {}",
-                    data["txid"].as_str()?
-                )),
+                "pending" => Some(format!("pending   {change} CC  {}", data["txid"].as_str()?)),
                 status => Some(format!(
                     "{status} {change} CC ({})  {}",
                     data["reason"].as_str().unwrap_or("?"),

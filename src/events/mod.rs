@@ -194,8 +194,7 @@ pub fn plan(
     active_at: impl Fn(u32) -> Result<Option<BlockHash>, ChainError>,
     entry_of: impl Fn(&BlockHash) -> Result<Option<(u32, BlockHash)>, ChainError>,
 ) -> Result<Plan, CatchUpError> {
-    let (height, _) =
-        entry_of(&position.hash)?.ok_or(CatchUpError::UnknownBlock(position.hash))?;
+    let (height, _) = entry_of(&position.hash)?.ok_or(CatchUpError::UnknownBlock(position.hash))?;
     if height != position.height {
         return Err(CatchUpError::WrongHeight {
             hash: position.hash,
@@ -261,7 +260,11 @@ pub fn catch_up(
         position,
         tip.height,
         |h| view.hash_at(h),
-        |hash| Ok(view.index_entry(hash)?.map(|e| (e.height, e.header.prev_hash))),
+        |hash| {
+            Ok(view
+                .index_entry(hash)?
+                .map(|e| (e.height, e.header.prev_hash)))
+        },
     )?;
     let mut events = Vec::new();
     if let Plan::Reorg {

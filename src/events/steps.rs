@@ -82,8 +82,8 @@ pub fn read_step(
             for (owner, net) in touched {
                 let change = changes.entry(owner).or_default();
                 // A block moves at most the money supply per address.
-                change.net = (change.net as i128 + net).clamp(i64::MIN as i128, i64::MAX as i128)
-                    as i64;
+                change.net =
+                    (change.net as i128 + net).clamp(i64::MIN as i128, i64::MAX as i128) as i64;
                 change.tx_count += 1;
                 if change.txids.len() < MAX_TXIDS_PER_EVENT {
                     change.txids.push(txid);

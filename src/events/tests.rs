@@ -83,11 +83,11 @@ fn an_active_position_goes_forward_from_the_next_event() {
     assert_eq!(replay_range(&plan, 10), Some((6, 10)));
     // Part of block 5's events seen: block 5 is read again (its events
     // after seq 1 are sent).
-    let partly = EventId {
-        seq: 1,
-        ..seen_all
-    };
-    assert_eq!(replay_range(&chains.plan(partly).unwrap(), 10), Some((5, 10)));
+    let partly = EventId { seq: 1, ..seen_all };
+    assert_eq!(
+        replay_range(&chains.plan(partly).unwrap(), 10),
+        Some((5, 10))
+    );
     // At the tip: nothing to send.
     let at_tip = EventId::end_of(10, hash(10));
     assert_eq!(replay_range(&chains.plan(at_tip).unwrap(), 10), None);

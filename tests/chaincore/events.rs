@@ -133,7 +133,11 @@ impl Drop for Subscriber {
 }
 
 fn tip_height(api: SocketAddr) -> u32 {
-    http(api, "GET", "/blocks/tip/height", "").1.trim().parse().unwrap()
+    http(api, "GET", "/blocks/tip/height", "")
+        .1
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 fn wait_tip(api: SocketAddr, height: u32) {
@@ -178,7 +182,7 @@ fn a_subscriber_sees_a_block_a_reorg_and_a_payment_in_order_and_resumes_without_
     // A block.
     let mut ours = base.clone();
     let b13 = ours.mine_empty(key(1).pubkey_hash()).clone();
-    send_blocks(&mut peer, &[b13.clone()]);
+    send_blocks(&mut peer, std::slice::from_ref(&b13));
     assert_block(&sub.next_chain(), 13, &b13.hash().to_string());
 
     // A reorg: two blocks from height 12, the second paying the watched
@@ -203,7 +207,10 @@ fn a_subscriber_sees_a_block_a_reorg_and_a_payment_in_order_and_resumes_without_
     assert_eq!(payment.data["height"], 14);
     assert_eq!(payment.data["change"], 1_000_000);
     assert_eq!(payment.data["balance"], 1_000_000);
-    assert_eq!(payment.data["txids"][0], alt14.transactions[1].txid().to_string());
+    assert_eq!(
+        payment.data["txids"][0],
+        alt14.transactions[1].txid().to_string()
+    );
     let last_id = payment.id.clone().expect("chain events have ids");
     assert_eq!(last_id, format!("14:{}:1", alt14.hash()));
     drop(sub);
@@ -229,7 +236,7 @@ fn a_subscriber_sees_a_block_a_reorg_and_a_payment_in_order_and_resumes_without_
     assert_block(&sub.next_chain(), 17, &b17.hash().to_string());
     sub.nothing_more_for(Duration::from_secs(1));
     let b18 = theirs.mine_empty(key(9).pubkey_hash()).clone();
-    send_blocks(&mut peer, &[b18.clone()]);
+    send_blocks(&mut peer, std::slice::from_ref(&b18));
     assert_block(&sub.next_chain(), 18, &b18.hash().to_string());
     sub.nothing_more_for(Duration::from_millis(500));
 
@@ -254,7 +261,11 @@ fn a_subscriber_sees_a_block_a_reorg_and_a_payment_in_order_and_resumes_without_
     for (path, id, code) in [
         ("/events?addresses=nope", None::<String>, "invalid-address"),
         ("/events", Some("garbage".to_string()), "invalid-event-id"),
-        ("/events", Some(format!("5:{}:end", b13.hash())), "unknown-event-id"),
+        (
+            "/events",
+            Some(format!("5:{}:end", b13.hash())),
+            "unknown-event-id",
+        ),
         ("/events?from_height=0", None, "invalid-query"),
         ("/events?from_height=99", None, "invalid-query"),
     ] {
@@ -265,8 +276,15 @@ fn a_subscriber_sees_a_block_a_reorg_and_a_payment_in_order_and_resumes_without_
         assert!(answer.starts_with("HTTP/1.1 400"), "{path}: {answer}");
         assert!(answer.contains(code), "{path}: {answer}");
     }
-    let many: Vec<String> = (1..=101u8).map(|i| key(i).address(net).to_string()).collect();
-    let (status, body) = http(api, "GET", &format!("/events?addresses={}", many.join(",")), "");
+    let many: Vec<String> = (1..=101u8)
+        .map(|i| key(i).address(net).to_string())
+        .collect();
+    let (status, body) = http(
+        api,
+        "GET",
+        &format!("/events?addresses={}", many.join(",")),
+        "",
+    );
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("too-many-addresses"), "{body}");
     node.fail_if_exited();
@@ -331,7 +349,11 @@ fn a_subscriber_that_never_reads_is_cut_off_while_the_node_and_another_go_on() {
     // The reader gets every block and the payee's every reward, in order.
     for height in 1..=BLOCKS as u32 {
         let block = reader.next_chain();
-        assert_block(&block, height, &chain.blocks[height as usize].hash().to_string());
+        assert_block(
+            &block,
+            height,
+            &chain.blocks[height as usize].hash().to_string(),
+        );
         let reward = reader.next_chain();
         assert_eq!(reward.name, "address");
         assert_eq!(reward.data["height"], height);
@@ -352,14 +374,28 @@ fn a_subscriber_that_never_reads_is_cut_off_while_the_node_and_another_go_on() {
     drain.join().unwrap();
     let last = received.last().expect("the sleeper got events");
     assert_eq!(last.name, "close", "{last:?}");
-    assert!(last.data["reason"].as_str().unwrap().starts_with("slow subscriber"), "{last:?}");
-    assert!(received.len() < 2 * BLOCKS, "the sleeper got {} events", received.len());
+    assert!(
+        last.data["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("slow subscriber"),
+        "{last:?}"
+    );
+    assert!(
+        received.len() < 2 * BLOCKS,
+        "the sleeper got {} events",
+        received.len()
+    );
     // The reader goes on.
     let next = chain.mine_empty(key(1).pubkey_hash()).clone();
     let mut peer = HostilePeer::connect(p2p, net).unwrap();
     peer.handshake(&Hello::default(), LONG).unwrap();
-    send_blocks(&mut peer, &[next.clone()]);
-    assert_block(&reader.next_chain(), BLOCKS as u32 + 1, &next.hash().to_string());
+    send_blocks(&mut peer, std::slice::from_ref(&next));
+    assert_block(
+        &reader.next_chain(),
+        BLOCKS as u32 + 1,
+        &next.hash().to_string(),
+    );
     node.fail_if_exited();
 }
 
@@ -388,7 +424,13 @@ fn wallet_watch_prints_a_payment() {
         .unwrap()
         .hash;
     let mut watch = chaincore()
-        .args(["wallet", "watch", "--node", &format!("http://{api}"), "--wallet"])
+        .args([
+            "wallet",
+            "watch",
+            "--node",
+            &format!("http://{api}"),
+            "--wallet",
+        ])
         .arg(&wallet)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
@@ -402,7 +444,7 @@ fn wallet_watch_prints_a_payment() {
     let paying = chain.mine_empty(owner).clone();
     let mut peer = HostilePeer::connect(p2p, net).unwrap();
     peer.handshake(&Hello::default(), LONG).unwrap();
-    send_blocks(&mut peer, &[paying.clone()]);
+    send_blocks(&mut peer, std::slice::from_ref(&paying));
     let line = lines.next().unwrap().unwrap();
     let _ = watch.kill();
     let _ = watch.wait();
