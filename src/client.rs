@@ -258,3 +258,156 @@ mod tests {
         assert_eq!(e.code(), Some("http-error"));
     }
 }
+
+/// Longest silence on an event stream before the client takes it for
+/// dropped: the node sends a keep-alive comment every 15 s.
+pub const EVENT_STREAM_IDLE: Duration = Duration::from_secs(60);
+/// Largest single event the client reads (the node's are a few KiB).
+pub const MAX_EVENT_BYTES: usize = 1 << 20;
+
+/// One Server-Sent Event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerEvent {
+    pub name: String,
+    pub id: Option<String>,
+    pub data: String,
+}
+
+/// An open `GET /events` stream.
+pub struct EventStream {
+    body: hyper::body::Incoming,
+    buffer: Vec<u8>,
+    path: String,
+}
+
+impl NodeClient {
+    /// Opens the node's event stream at `path` (`/events?...`), resuming
+    /// after `last_event_id` when given.
+    pub async fn events(
+        &self,
+        path: &str,
+        last_event_id: Option<&str>,
+    ) -> Result<EventStream, ClientError> {
+        let url = format!("{}{}", self.base, path);
+        let mut builder = Request::builder()
+            .method(Method::GET)
+            .uri(&url)
+            .header(hyper::header::ACCEPT, "text/event-stream");
+        if let Some(id) = last_event_id {
+            builder = builder.header("last-event-id", id);
+        }
+        let request = builder
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| ClientError::BadUrl {
+                url: url.clone(),
+                reason: e.to_string(),
+            })?;
+        let response = tokio::time::timeout(REQUEST_TIMEOUT, self.http.request(request))
+            .await
+            .map_err(|_| ClientError::Timeout {
+                url: self.base.clone(),
+            })?
+            .map_err(|e| ClientError::Unreachable {
+                url: self.base.clone(),
+                reason: error_chain(&e),
+            })?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = http_body_util::Limited::new(response.into_body(), MAX_EVENT_BYTES)
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            return Err(refusal(path, status, &body));
+        }
+        Ok(EventStream {
+            body: response.into_body(),
+            buffer: Vec::new(),
+            path: path.to_string(),
+        })
+    }
+}
+
+impl EventStream {
+    /// The next event, `None` when the node ended the stream; an error
+    /// when the connection broke or stayed silent for `EVENT_STREAM_IDLE`.
+    pub async fn next(&mut self) -> Result<Option<ServerEvent>, ClientError> {
+        loop {
+            if let Some(event) = self.take_event()? {
+                return Ok(Some(event));
+            }
+            let frame = tokio::time::timeout(EVENT_STREAM_IDLE, self.body.frame())
+                .await
+                .map_err(|_| ClientError::BadAnswer {
+                    path: self.path.clone(),
+                    reason: format!("no data for {EVENT_STREAM_IDLE:?}"),
+                })?;
+            match frame {
+                None => return Ok(None),
+                Some(Err(e)) => {
+                    return Err(ClientError::Unreachable {
+                        url: self.path.clone(),
+                        reason: error_chain(&e),
+                    })
+                }
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.buffer.extend_from_slice(&data);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Parses one complete event off the buffer (comments and events
+    /// without data are skipped).
+    fn take_event(&mut self) -> Result<Option<ServerEvent>, ClientError> {
+        loop {
+            let text = String::from_utf8_lossy(&self.buffer);
+            let Some(end) = text.find("\n\n") else {
+                if self.buffer.len() > MAX_EVENT_BYTES {
+                    return Err(ClientError::BadAnswer {
+                        path: self.path.clone(),
+                        reason: format!("an event over {MAX_EVENT_BYTES} bytes"),
+                    });
+                }
+                return Ok(None);
+            };
+            let block = text[..end].to_string();
+            let consumed = text[..end + 2].len();
+            drop(text);
+            self.buffer.drain(..consumed);
+            if let Some(event) = parse_event(&block) {
+                return Ok(Some(event));
+            }
+        }
+    }
+}
+
+/// One event's lines (`event:`, `id:`, `data:`; comments start with `:`).
+pub fn parse_event(block: &str) -> Option<ServerEvent> {
+    let mut name = "message".to_string();
+    let mut id = None;
+    let mut data: Option<String> = None;
+    for line in block.lines() {
+        let (field, value) = line.split_once(':').unwrap_or((line, ""));
+        let value = value.strip_prefix(' ').unwrap_or(value);
+        match field {
+            "event" => name = value.to_string(),
+            "id" => id = Some(value.to_string()),
+            "data" => match &mut data {
+                Some(d) => {
+                    d.push('\n');
+                    d.push_str(value);
+                }
+                None => data = Some(value.to_string()),
+            },
+            _ => {}
+        }
+    }
+    Some(ServerEvent {
+        name,
+        id,
+        data: data?,
+    })
+}

@@ -16,6 +16,8 @@ pub mod cli;
 pub mod client;
 pub mod consensus;
 pub mod encoding;
+#[cfg(feature = "node")]
+pub mod events;
 pub mod fuzzing;
 #[cfg(feature = "node")]
 pub mod mempool;

@@ -315,6 +315,7 @@ pub async fn metrics(
     let hashrate = state.hashrate.load(std::sync::atomic::Ordering::Relaxed);
     let latency = state.latency.clone();
     let mirror = state.mirror.clone();
+    let events = state.events.clone();
     let body = state
         .with_state(move |chain, pool| {
             use std::fmt::Write;
@@ -337,12 +338,14 @@ pub async fn metrics(
             gauge("chaincore_flushed_height", "Height of the tip on disk, which REST answers from.", f64::from(cache.flushed_height));
             gauge("chaincore_utxo_count", "Unspent outputs.", tip.utxo_count as f64);
             gauge("chaincore_utxo_total_units", "Sum of all unspent outputs, base units.", tip.utxo_total as f64);
+            gauge("chaincore_event_subscribers", "Subscribers of the event stream (GET /events).", events.subscribers() as f64);
             gauge("chaincore_mining_hashrate", "Hashes per second of the node's own miner (0: not mining).", hashrate as f64);
             if let Some(m) = &mirror {
                 gauge("chaincore_mirror_height", "Height of the PostgreSQL mirror's watermark (-1: none).", m.height.map_or(-1.0, f64::from));
                 gauge("chaincore_mirror_lag_blocks", "Blocks the mirror is behind the tip.", f64::from(m.lag));
                 gauge("chaincore_mirror_connected", "Whether the mirror is connected to PostgreSQL.", f64::from(u8::from(m.connected)));
             }
+            let _ = writeln!(out, "# HELP chaincore_event_subscribers_cut_off_total Event stream subscribers cut off for falling behind.\n# TYPE chaincore_event_subscribers_cut_off_total counter\nchaincore_event_subscribers_cut_off_total {}", events.cut_off());
             let _ = writeln!(out, "# HELP chaincore_misbehaviour_total Peers disconnected for a protocol violation, by reason.\n# TYPE chaincore_misbehaviour_total counter");
             let mut reasons: Vec<_> = network.counters.misbehaviour.iter().collect();
             reasons.sort();

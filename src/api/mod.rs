@@ -7,6 +7,7 @@
 
 mod admin;
 mod error;
+mod events;
 mod explorer;
 mod extract;
 mod handlers;
@@ -65,6 +66,8 @@ pub struct ApiState {
     pub latency: Arc<Latency>,
     /// The whole-mempool routes' concurrency limit and cache.
     pub pool_views: Arc<pool_views::PoolViews>,
+    /// The event stream's hub (`GET /events`).
+    pub events: crate::events::EventHub,
 }
 
 /// Views a reader takes before it answers from a pool that is not at the
@@ -188,6 +191,7 @@ pub fn router(state: ApiState) -> Router {
             post(mining::submit).layer(DefaultBodyLimit::max(MAX_SUBMIT_BODY_BYTES)),
         )
         .route("/metrics", get(handlers::metrics))
+        .route("/events", get(events::events))
         .route("/openapi.json", get(openapi))
         // The original ChainCore API's paths.
         .route("/balance/{address}", get(legacy::balance))

@@ -79,6 +79,11 @@ enum WalletCommand {
         #[arg(long, default_value_t = 25)]
         limit: usize,
     },
+    /// Follow the wallet's activity as it happens (the node's event
+    /// stream): one line per payment, confirmation, dropped transaction or
+    /// reorganisation; reconnects and resumes after a drop. Runs until
+    /// interrupted.
+    Watch,
     /// Pay an address; prints the txid on the last line.
     Send {
         /// Recipient address.
@@ -233,6 +238,7 @@ pub fn run(args: WalletArgs) -> Result<()> {
             WalletCommand::Balance => balance(&client, &wallet, args.json).await,
             WalletCommand::Utxos => utxos(&client, &wallet, args.json).await,
             WalletCommand::History { limit } => history(&client, &wallet, limit, args.json).await,
+            WalletCommand::Watch => watch(&client, &wallet, args.json).await,
             WalletCommand::Send {
                 to,
                 amount,
@@ -651,6 +657,107 @@ async fn history(client: &NodeClient, wallet: &Wallet, limit: usize, as_json: bo
         );
     }
     Ok(())
+}
+
+/// Pause before reconnecting to the event stream, doubled per failure up
+/// to `WATCH_BACKOFF_MAX`.
+const WATCH_BACKOFF_MIN: std::time::Duration = std::time::Duration::from_millis(500);
+const WATCH_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// `wallet watch`: the node's event stream for the wallet's address, one
+/// line per event, reconnecting with the last event id after a drop.
+async fn watch(client: &NodeClient, wallet: &Wallet, as_json: bool) -> Result<()> {
+    let address = wallet.address().to_string();
+    let path = format!("/events?addresses={address}&mempool=false");
+    let mut last_id: Option<String> = None;
+    let mut backoff = WATCH_BACKOFF_MIN;
+    eprintln!("watching {address} on {} (Ctrl-C stops)", client.base_url());
+    loop {
+        let ended = match client.events(&path, last_id.as_deref()).await {
+            Ok(mut stream) => loop {
+                match stream.next().await {
+                    Ok(Some(event)) => {
+                        backoff = WATCH_BACKOFF_MIN;
+                        if event.id.is_some() {
+                            last_id = event.id.clone();
+                        }
+                        if let Some(line) = watch_line(&event, as_json) {
+                            println!("{line}");
+                        }
+                        if event.name == "close" {
+                            break format!("the node closed the stream: {}", event.data);
+                        }
+                    }
+                    Ok(None) => break "the node ended the stream".to_string(),
+                    Err(e) => break e.to_string(),
+                }
+            },
+            Err(e) => {
+                if matches!(e.code(), Some("unknown-event-id" | "replay-too-long")) {
+                    // The node cannot resume there (another chain, or too
+                    // far back): start again from its tip.
+                    eprintln!("cannot resume after {last_id:?}: {e}; following from the tip");
+                    last_id = None;
+                    continue;
+                }
+                e.to_string()
+            }
+        };
+        eprintln!("event stream dropped ({ended}); reconnecting in {backoff:?}");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(WATCH_BACKOFF_MAX);
+    }
+}
+
+/// The line `wallet watch` prints for an event, if any.
+fn watch_line(event: &crate::client::ServerEvent, as_json: bool) -> Option<String> {
+    let data: serde_json::Value = serde_json::from_str(&event.data).ok()?;
+    if as_json {
+        return Some(json!({ "event": event.name, "id": event.id, "data": data }).to_string());
+    }
+    let units = |v: &serde_json::Value| v.as_i64().map(|u| signed_cc(i128::from(u)));
+    match event.name.as_str() {
+        "address" => {
+            let change = units(&data["change"]).unwrap_or_default();
+            match data["status"].as_str()? {
+                "confirmed" => {
+                    let txids: Vec<&str> = data["txids"]
+                        .as_array()?
+                        .iter()
+                        .filter_map(|t| t.as_str())
+                        .collect();
+                    let balance = data["balance"]
+                        .as_u64()
+                        .map(|b| format!(", balance {} CC", Amount::from_units(b)))
+                        .unwrap_or_default();
+                    Some(format!(
+                        "confirmed {change} CC at height {} ({} confirmation{}){balance}  {}",
+                        data["height"],
+                        data["confirmations"],
+                        if data["confirmations"] == 1 { "" } else { "s" },
+                        txids.join(" ")
+                    ))
+                }
+                "pending" => Some(format!("pending   {change} CC  {}", data["txid"].as_str()?)),
+                status => Some(format!(
+                    "{status} {change} CC ({})  {}",
+                    data["reason"].as_str().unwrap_or("?"),
+                    data["txid"].as_str()?
+                )),
+            }
+        }
+        "reorg" => Some(format!(
+            "reorg: blocks above height {} replaced (old tip {} at {}, new tip {} at {})",
+            data["fork_height"],
+            data["old_tip_hash"].as_str()?,
+            data["old_tip_height"],
+            data["new_tip_hash"].as_str()?,
+            data["new_tip_height"],
+        )),
+        "ready" => Some(format!("following from {}", data["position"].as_str()?)),
+        "close" => Some(format!("closed: {}", data["reason"].as_str()?)),
+        _ => None,
+    }
 }
 
 /// The passphrase of an existing wallet: from `--passphrase-file`, the

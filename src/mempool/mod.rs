@@ -76,6 +76,78 @@ pub const DUST_RELAY_FEE_RATE: u64 = 3 * MIN_RELAY_FEE_RATE;
 /// paid for by one cheap transaction.
 pub const DUST_LIMIT: u64 = (OUTPUT_LEN + SPEND_INPUT_LEN) as u64 * DUST_RELAY_FEE_RATE / 1000;
 
+/// Capacity of the channel of pool events (`Mempool::subscribe_events`):
+/// the event hub reads it at once, so it lags only if the node's runtime
+/// stalls; a lagging reader is told how many events it missed.
+pub const POOL_EVENT_CHANNEL_CAPACITY: usize = 4096;
+
+/// Why a transaction left the pool, as far as the pool can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemovalReason {
+    /// It is in a block that connected.
+    Confirmed,
+    /// A block spent one of its inputs (or an ancestor's).
+    Conflict,
+    /// Older than `MEMPOOL_EXPIRY_SECS`.
+    Expired,
+    /// The pool was full and its fee rate (or an ancestor's) was the lowest.
+    Evicted,
+    /// Not valid at the new tip after a reorganisation (it spent an output
+    /// the new chain lacks or spends).
+    ReorgDropped,
+    /// Found invalid when the pool was checked again (missed chain events, a
+    /// block template that failed validation).
+    Invalid,
+}
+
+impl RemovalReason {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RemovalReason::Confirmed => "confirmed",
+            RemovalReason::Conflict => "conflict",
+            RemovalReason::Expired => "expired",
+            RemovalReason::Evicted => "evicted",
+            RemovalReason::ReorgDropped => "reorg-dropped",
+            RemovalReason::Invalid => "invalid",
+        }
+    }
+}
+
+/// A transaction entered or left the pool, with what it does to each
+/// address it pays or spends from (net, in base units), for the event
+/// stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PoolEvent {
+    Added {
+        txid: Txid,
+        fee: u64,
+        size: usize,
+        owners: Vec<(PubKeyHash, i64)>,
+    },
+    Removed {
+        txid: Txid,
+        reason: RemovalReason,
+        owners: Vec<(PubKeyHash, i64)>,
+    },
+}
+
+/// Net change a transaction makes to each address it touches.
+fn owner_changes(outputs: &[TxOut], spent: &[TxOut]) -> Vec<(PubKeyHash, i64)> {
+    let mut changes: HashMap<PubKeyHash, i128> = HashMap::new();
+    for o in outputs {
+        *changes.entry(o.owner).or_default() += o.amount.units() as i128;
+    }
+    for o in spent {
+        *changes.entry(o.owner).or_default() -= o.amount.units() as i128;
+    }
+    let mut changes: Vec<(PubKeyHash, i64)> = changes
+        .into_iter()
+        .map(|(owner, net)| (owner, net.clamp(i64::MIN as i128, i64::MAX as i128) as i64))
+        .collect();
+    changes.sort();
+    changes
+}
+
 /// Why a transaction was not accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MempoolError {
@@ -218,6 +290,12 @@ pub struct Mempool {
     /// Pool transactions by every owner they pay or spend from, so address
     /// queries cost the address's own entries, not a scan of the pool.
     by_owner: HashMap<PubKeyHash, HashSet<Txid>>,
+    /// Where additions and removals are announced (the event stream).
+    /// Sending never blocks; with no receiver it costs nothing.
+    pool_events: broadcast::Sender<Arc<PoolEvent>>,
+    /// Set while `rebuild` empties and refills the pool: its own
+    /// additions and removals are not news; it reports the difference.
+    quiet: bool,
 }
 
 /// What the pool checks a transaction against: the chain at one tip.
@@ -326,6 +404,19 @@ impl Mempool {
             announce: Vec::new(),
             changes: 0,
             by_owner: HashMap::new(),
+            pool_events: broadcast::channel(POOL_EVENT_CHANNEL_CAPACITY).0,
+            quiet: false,
+        }
+    }
+
+    /// Receives every addition to and removal from the pool from now on.
+    pub fn subscribe_events(&self) -> broadcast::Receiver<Arc<PoolEvent>> {
+        self.pool_events.subscribe()
+    }
+
+    fn announce_event(&self, event: PoolEvent) {
+        if !self.quiet && self.pool_events.receiver_count() > 0 {
+            let _ = self.pool_events.send(Arc::new(event));
         }
     }
 
@@ -400,9 +491,14 @@ impl Mempool {
         if std::mem::take(&mut self.missed_events) || !self.pending_readd.is_empty() {
             let mut blocks = std::mem::take(&mut self.pending_readd);
             blocks.sort_by_key(|(height, _)| *height);
+            let reason = if blocks.is_empty() {
+                RemovalReason::Invalid
+            } else {
+                RemovalReason::ReorgDropped
+            };
             let returning: Vec<Transaction> = blocks.into_iter().flat_map(|(_, txs)| txs).collect();
             let offered = returning.len();
-            let (returned, dropped) = self.rebuild(chain, returning);
+            let (returned, dropped) = self.rebuild(chain, returning, reason);
             tracing::info!(
                 offered,
                 returned,
@@ -589,6 +685,14 @@ impl Mempool {
         for owner in owners(&tx.outputs, &spent) {
             self.by_owner.entry(owner).or_default().insert(txid);
         }
+        if !self.quiet && self.pool_events.receiver_count() > 0 {
+            self.announce_event(PoolEvent::Added {
+                txid,
+                fee: fee.units(),
+                size,
+                owners: owner_changes(&tx.outputs, &spent),
+            });
+        }
         self.entries.insert(
             txid,
             MempoolEntry {
@@ -640,9 +744,16 @@ impl Mempool {
     }
 
     /// Removes one entry (not its descendants).
-    fn remove_entry(&mut self, txid: &Txid) -> Option<MempoolEntry> {
+    fn remove_entry(&mut self, txid: &Txid, reason: RemovalReason) -> Option<MempoolEntry> {
         let entry = self.entries.remove(txid)?;
         self.changes += 1;
+        if !self.quiet && self.pool_events.receiver_count() > 0 {
+            self.announce_event(PoolEvent::Removed {
+                txid: *txid,
+                reason,
+                owners: owner_changes(&entry.tx.outputs, &entry.spent),
+            });
+        }
         for owner in owners(&entry.tx.outputs, &entry.spent) {
             if let Some(txids) = self.by_owner.get_mut(&owner) {
                 txids.remove(txid);
@@ -671,11 +782,12 @@ impl Mempool {
         Some(entry)
     }
 
-    /// Removes `txid` and every descendant; returns how many left.
-    pub fn remove_with_descendants(&mut self, txid: &Txid) -> usize {
+    /// Removes `txid` and every descendant, for `reason`; returns how many
+    /// left.
+    pub fn remove_with_descendants(&mut self, txid: &Txid, reason: RemovalReason) -> usize {
         let ids = self.with_descendants(txid);
         for id in &ids {
-            self.remove_entry(id);
+            self.remove_entry(id, reason);
         }
         ids.len()
     }
@@ -687,7 +799,7 @@ impl Mempool {
             let Some(&(_, lowest)) = self.by_rate.iter().next() else {
                 break;
             };
-            self.remove_with_descendants(&lowest);
+            self.remove_with_descendants(&lowest, RemovalReason::Evicted);
         }
     }
 
@@ -698,10 +810,10 @@ impl Mempool {
         for tx in &block.transactions[1..] {
             let txid = tx.txid();
             // Confirmed: its children stay, their parent is now in the chain.
-            self.remove_entry(&txid);
+            self.remove_entry(&txid, RemovalReason::Confirmed);
             for input in &tx.inputs {
                 if let Some(conflict) = self.spends.get(&input.prevout()).copied() {
-                    let removed = self.remove_with_descendants(&conflict);
+                    let removed = self.remove_with_descendants(&conflict, RemovalReason::Conflict);
                     tracing::info!(%conflict, removed, "removed mempool transactions conflicting with a block");
                 }
             }
@@ -713,7 +825,7 @@ impl Mempool {
     /// longer valid. Returns how many were dropped.
     pub fn revalidate(&mut self, chain: &dyn TipState) -> usize {
         self.catch_up(chain);
-        self.rebuild(chain, Vec::new()).1
+        self.rebuild(chain, Vec::new(), RemovalReason::Invalid).1
     }
 
     /// Empties the pool and accepts again `returning` (transactions of
@@ -724,8 +836,25 @@ impl Mempool {
     /// index is rebuilt from scratch. Former entries' signatures are not
     /// verified again (see `accept_inner`). Returns how many of `returning`
     /// entered, and how many former entries did not come back.
-    fn rebuild(&mut self, chain: &dyn TipState, returning: Vec<Transaction>) -> (usize, usize) {
+    /// Former entries that do not come back are announced as removed for
+    /// `reason`, returning transactions that enter as added.
+    fn rebuild(
+        &mut self,
+        chain: &dyn TipState,
+        returning: Vec<Transaction>,
+        reason: RemovalReason,
+    ) -> (usize, usize) {
         let mut former: Vec<MempoolEntry> = self.entries.drain().map(|(_, e)| e).collect();
+        let former_owners: Vec<(Txid, Vec<(PubKeyHash, i64)>)> =
+            if self.pool_events.receiver_count() > 0 {
+                former
+                    .iter()
+                    .map(|e| (e.txid, owner_changes(&e.tx.outputs, &e.spent)))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+        self.quiet = true;
         former.sort_by_key(|e| (e.time, e.txid));
         self.spends.clear();
         self.by_rate.clear();
@@ -747,8 +876,29 @@ impl Mempool {
         for (time, tx, signatures) in parents_first(candidates, |(_, tx, _)| tx) {
             let _ = self.accept_inner(chain, tx, time, signatures);
         }
+        self.quiet = false;
         let returned = returning_ids.iter().filter(|id| self.contains(id)).count();
         let dropped = former_ids.iter().filter(|id| !self.contains(id)).count();
+        for (txid, owners) in former_owners {
+            if !self.contains(&txid) {
+                self.announce_event(PoolEvent::Removed {
+                    txid,
+                    reason,
+                    owners,
+                });
+            }
+        }
+        for txid in &returning_ids {
+            if let Some(e) = self.entries.get(txid) {
+                let event = PoolEvent::Added {
+                    txid: *txid,
+                    fee: e.fee.units(),
+                    size: e.size,
+                    owners: owner_changes(&e.tx.outputs, &e.spent),
+                };
+                self.announce_event(event);
+            }
+        }
         (returned, dropped)
     }
 
@@ -761,7 +911,9 @@ impl Mempool {
             .filter(|e| now.saturating_sub(e.time) > MEMPOOL_EXPIRY_SECS)
             .map(|e| e.txid)
             .collect();
-        old.iter().map(|id| self.remove_with_descendants(id)).sum()
+        old.iter()
+            .map(|id| self.remove_with_descendants(id, RemovalReason::Expired))
+            .sum()
     }
 
     /// Transactions for a block template, by ancestor-package fee rate

@@ -208,7 +208,10 @@ fn chain_of_three_is_accepted_in_order_and_evicted_together() {
         pool.accept(&f.chain, tx.clone()).unwrap();
     }
     assert_eq!(pool.len(), 3);
-    assert_eq!(pool.remove_with_descendants(&chain[0].txid()), 3);
+    assert_eq!(
+        pool.remove_with_descendants(&chain[0].txid(), RemovalReason::Invalid),
+        3
+    );
     assert!(pool.is_empty());
     assert_eq!(pool.bytes(), 0);
     assert!(pool.spender_of(&chain[0].inputs[0].prevout()).is_none());
@@ -367,7 +370,10 @@ fn pending_address_stats_count_both_sides() {
     assert!(pool.address_entries(&key(9).pubkey_hash(), 50).is_empty());
     assert!(pool.address_entries(&key(1).pubkey_hash(), 0).is_empty());
     // Leaving the pool leaves the owner index too.
-    assert_eq!(pool.remove_with_descendants(&txid), 1);
+    assert_eq!(
+        pool.remove_with_descendants(&txid, RemovalReason::Invalid),
+        1
+    );
     assert!(pool.by_owner.is_empty());
     assert_eq!(
         pool.address_stats(&key(2).pubkey_hash()),

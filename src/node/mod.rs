@@ -90,6 +90,8 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     if saved > 0 {
         tracing::info!(loaded, saved, "mempool reloaded");
     }
+    let (event_hub, _event_hub_task) =
+        crate::events::EventHub::start(chain.subscribe(), pool.subscribe_events());
     let mempool = Arc::new(Mutex::new(pool));
     let chain = Arc::new(Mutex::new(chain));
     let stop = Arc::new(AtomicBool::new(false));
@@ -137,6 +139,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             latency: Default::default(),
             pool_views: Default::default(),
             admin_token: config.api_admin_token.clone(),
+            events: event_hub,
         },
     )
     .await?;

@@ -130,7 +130,8 @@ pub fn node_template(
             TemplateError::Invalid(BlockError::InvalidTransaction { index, txid, .. })
                 if index > 0 && pool.contains(&txid) =>
             {
-                let removed = pool.remove_with_descendants(&txid);
+                let removed =
+                    pool.remove_with_descendants(&txid, crate::mempool::RemovalReason::Invalid);
                 tracing::warn!(%txid, removed, "dropped a mempool transaction that made the template invalid");
                 repairs += 1;
             }

@@ -72,6 +72,11 @@ fn schemathesis_finds_no_server_error_and_no_answer_off_the_schema() {
             "/peers",
             "--exclude-path-regex",
             "^/peers/",
+            // The event stream answers a body that does not end while the
+            // node runs, which a request-response checker cannot read to
+            // its end; tests/chaincore/events.rs tests it, errors included.
+            "--exclude-path",
+            "/events",
             "--report-dir",
         ])
         .arg(&report)
