@@ -3,6 +3,7 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::sync::Mutex;
 
 use chaincore::consensus::amount::Amount;
 use chaincore::consensus::block::Block;
@@ -102,4 +103,16 @@ pub fn block_file(dir: &Path, name: &str, blocks: &[Block]) -> std::path::PathBu
     chaincore::chain::block_file::write_blocks(std::fs::File::create(&path).unwrap(), blocks)
         .unwrap();
     path
+}
+
+/// Held by the tests whose assertions are about responsiveness (a ping or a
+/// REST answer within a bound) and by the heaviest test, which saturates
+/// both cores for a minute: they never overlap, so a bound measures the
+/// node, not the rest of the suite running beside it.
+pub static LOAD_SENSITIVE: Mutex<()> = Mutex::new(());
+
+/// Takes [`LOAD_SENSITIVE`] (a test that panicked while holding it does
+/// not poison the others).
+pub fn load_sensitive() -> std::sync::MutexGuard<'static, ()> {
+    LOAD_SENSITIVE.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -316,6 +316,7 @@ fn metric(api: SocketAddr, name: &str) -> f64 {
 
 #[test]
 fn a_subscriber_that_never_reads_is_cut_off_while_the_node_and_another_go_on() {
+    let _alone = crate::common::load_sensitive();
     /// Blocks sent: two events each (about 750 bytes), 7.5 MB in all, more
     /// than what buffers them before the node's queue for the sleeper
     /// fills: the server's socket send buffer (autotuned up to

@@ -299,6 +299,7 @@ fn a_node_keeps_answering_pings_and_rest_while_a_100_block_reorg_runs() {
 
     const RESPONSIVE_LIMIT: Duration = Duration::from_millis(50);
     const POLL_EVERY: Duration = Duration::from_millis(10);
+    let _alone = crate::common::load_sensitive();
     let net = Network::Regtest;
     let dir = tempfile::tempdir().unwrap();
     // The node's chain: 100 blocks, 88 of them with 50 payments each.
