@@ -12,7 +12,6 @@
 
 use std::sync::{Arc, RwLock};
 
-use primitive_types::U256;
 use sha2::{Digest, Sha256};
 
 use super::{ChainError, ChainTip, Clock};
@@ -183,21 +182,6 @@ impl ChainView {
         Ok(self.store.block_index_entry(hash)?)
     }
 
-    /// Whether the block's body is stored.
-    pub fn has_block(&self, hash: &BlockHash) -> Result<bool, ChainError> {
-        Ok(self
-            .index_entry(hash)?
-            .is_some_and(|e| e.has(crate::store::schema::status::HAVE_DATA)))
-    }
-
-    /// Whether `hash` is on the active chain of this view.
-    pub fn is_active(&self, hash: &BlockHash) -> Result<bool, ChainError> {
-        Ok(match self.index_entry(hash)? {
-            Some(entry) => self.hash_at(entry.height)? == Some(*hash),
-            None => false,
-        })
-    }
-
     /// Confirmations of an active block at `height` (1 at the tip).
     pub fn confirmations(&self, height: u32) -> u32 {
         self.tip.height.saturating_sub(height) + 1
@@ -268,10 +252,5 @@ impl ChainView {
 
     pub fn orphan_hashes(&self) -> Vec<BlockHash> {
         self.published.orphans.clone()
-    }
-
-    /// Total work of the tip.
-    pub fn chain_work(&self) -> U256 {
-        self.tip.chain_work
     }
 }

@@ -140,6 +140,28 @@ fn tip_height(api: SocketAddr) -> u32 {
         .unwrap()
 }
 
+/// A node that imported `prefix(12)`: the process, its P2P and API
+/// addresses, and the chain it holds.
+fn node_at_height_12(
+    dir: &std::path::Path,
+) -> (
+    chaincore::testkit::process::Node,
+    SocketAddr,
+    SocketAddr,
+    TestChain,
+) {
+    let base = prefix(12);
+    let file = block_file(dir, "base.dat", &base.blocks[1..]);
+    let (mut node, p2p) = NodeProcess::start_p2p(
+        &dir.join("node"),
+        &["--connect-only", "--import", file.to_str().unwrap()],
+    );
+    node.wait_for("import done", LONG);
+    let api = node.api_addr();
+    wait_tip(api, 12);
+    (node, p2p, api, base)
+}
+
 fn wait_tip(api: SocketAddr, height: u32) {
     let deadline = Instant::now() + LONG;
     while tip_height(api) < height {
@@ -164,15 +186,7 @@ fn assert_block(e: &Ev, height: u32, hash: &str) {
 fn a_subscriber_sees_a_block_a_reorg_and_a_payment_in_order_and_resumes_without_a_gap() {
     let net = Network::Regtest;
     let dir = tempfile::tempdir().unwrap();
-    let base = prefix(12);
-    let file = block_file(dir.path(), "base.dat", &base.blocks[1..]);
-    let (mut node, p2p) = NodeProcess::start_p2p(
-        &dir.path().join("node"),
-        &["--connect-only", "--import", file.to_str().unwrap()],
-    );
-    node.wait_for("import done", LONG);
-    let api = node.api_addr();
-    wait_tip(api, 12);
+    let (mut node, p2p, api, base) = node_at_height_12(dir.path());
     let watched = key(2).address(net).to_string();
     let path = format!("/events?addresses={watched}");
     let sub = Subscriber::start(api, &path, None);
@@ -404,15 +418,7 @@ fn a_subscriber_that_never_reads_is_cut_off_while_the_node_and_another_go_on() {
 fn wallet_watch_prints_a_payment() {
     let net = Network::Regtest;
     let dir = tempfile::tempdir().unwrap();
-    let base = prefix(12);
-    let file = block_file(dir.path(), "base.dat", &base.blocks[1..]);
-    let (mut node, p2p) = NodeProcess::start_p2p(
-        &dir.path().join("node"),
-        &["--connect-only", "--import", file.to_str().unwrap()],
-    );
-    node.wait_for("import done", LONG);
-    let api = node.api_addr();
-    wait_tip(api, 12);
+    let (mut node, p2p, api, base) = node_at_height_12(dir.path());
     let wallet = dir.path().join("w.json");
     let made = chaincore()
         .args(["wallet", "new", "--network", "regtest", "--wallet"])
