@@ -744,7 +744,7 @@ impl Chain {
                 ActivationStep::Connected(_) | ActivationStep::Disconnected(_) => {}
             }
         }
-        self.publish();
+        // The `Done` step published the settled state.
         Ok(self.final_outcome(outcome, &failures))
     }
 
