@@ -11,7 +11,7 @@ use crate::consensus::params::Network;
 use crate::consensus::transaction::OutPoint;
 use crate::consensus::validation::Utxo;
 use crate::store::digest::UtxoDigest;
-use crate::store::schema::{AddressStats, TxLocation};
+use crate::store::schema::{script_hash, AddressStats, Spender, TxLocation};
 use crate::store::{Store, StoreOptions};
 
 use super::delta::BlockDelta;
@@ -65,6 +65,7 @@ pub fn check_store(store: &Store) -> Result<CheckReport, ChainError> {
     let mut utxos: HashMap<OutPoint, Utxo> = HashMap::new();
     let mut stats: HashMap<PubKeyHash, AddressStats> = HashMap::new();
     let mut previous = None;
+    let mut spender_rows = 0usize;
     for height in 0..=tip.height {
         let hash = store.hash_at_height(height)?.ok_or_else(|| {
             ChainError::Inconsistent(format!("no active block at height {height}"))
@@ -89,9 +90,21 @@ pub fn check_store(store: &Store) -> Result<CheckReport, ChainError> {
         let mut spent = Vec::new();
         let mut created_here: HashMap<OutPoint, Utxo> = HashMap::new();
         for (position, tx) in block.transactions.iter().enumerate() {
+            let txid = tx.txid();
             if position > 0 {
-                for input in &tx.inputs {
+                for (vin, input) in tx.inputs.iter().enumerate() {
                     let outpoint = input.prevout();
+                    spender_rows += 1;
+                    let expected = Spender {
+                        txid,
+                        vin: vin as u32,
+                    };
+                    match store.spender(&outpoint)? {
+                        Some(found) if found == expected => {}
+                        other => report.differ(format!(
+                            "spent-by row of {outpoint}: stored {other:?}, replay {expected:?}"
+                        )),
+                    }
                     match created_here
                         .remove(&outpoint)
                         .or_else(|| utxos.remove(&outpoint))
@@ -105,7 +118,6 @@ pub fn check_store(store: &Store) -> Result<CheckReport, ChainError> {
                     }
                 }
             }
-            let txid = tx.txid();
             for (vout, output) in tx.outputs.iter().enumerate() {
                 created_here.insert(
                     OutPoint::new(txid, vout as u32),
@@ -203,6 +215,29 @@ pub fn check_store(store: &Store) -> Result<CheckReport, ChainError> {
     for owner in stored_stats.keys().filter(|o| !stats.contains_key(o)) {
         report.differ(format!(
             "address stats of {owner:?} stored but not in the replay"
+        ));
+    }
+    let mut stored_spenders = 0usize;
+    store.for_each_spender(|_, _| stored_spenders += 1)?;
+    if stored_spenders != spender_rows {
+        report.differ(format!(
+            "{stored_spenders} spent-by rows, {spender_rows} inputs in the replay"
+        ));
+    }
+    let mut script_hashes = 0usize;
+    store.for_each_script_hash(|hash, owner| {
+        script_hashes += 1;
+        if hash != script_hash(&owner) || !stats.contains_key(&owner) {
+            report.differ(format!(
+                "script hash row {} of {owner:?} does not match the replay",
+                hex::encode(&hash)
+            ));
+        }
+    })?;
+    if script_hashes != stats.len() {
+        report.differ(format!(
+            "{script_hashes} script hash rows, {} addresses in the replay",
+            stats.len()
         ));
     }
     let mut address_rows = 0usize;

@@ -9,7 +9,7 @@ use crate::consensus::block::Block;
 use crate::consensus::hash::Txid;
 use crate::consensus::transaction::OutPoint;
 use crate::consensus::validation::Utxo;
-use crate::store::schema::AddressStats;
+use crate::store::schema::{AddressStats, Spender};
 
 /// Per-address change made by one block.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -108,6 +108,9 @@ pub struct BlockDelta {
     pub stats: HashMap<PubKeyHash, StatsDelta>,
     pub history: Vec<HistoryRow>,
     pub txids: Vec<Txid>,
+    /// Every input of the block and the output it spends (including
+    /// outputs of the block itself): the spent-by index rows.
+    pub spenders: Vec<(OutPoint, Spender)>,
 }
 
 impl BlockDelta {
@@ -126,10 +129,17 @@ impl BlockDelta {
         for (position, tx) in block.transactions.iter().enumerate() {
             let mut touched: Vec<PubKeyHash> = Vec::new();
             if position > 0 {
-                for _ in &tx.inputs {
+                for vin in 0..tx.inputs.len() {
                     let (outpoint, utxo) = *spent_iter
                         .next()
                         .expect("undo data holds one entry per spending input");
+                    delta.spenders.push((
+                        outpoint,
+                        Spender {
+                            txid: txids[position],
+                            vin: vin as u32,
+                        },
+                    ));
                     let s = delta.stats.entry(utxo.output.owner).or_default();
                     s.spent_txo_count += 1;
                     s.spent_txo_sum += u128::from(utxo.output.amount.units());

@@ -1512,6 +1512,9 @@ fn write_delta(
         for row in &delta.history {
             writes.put_history(&row.owner, height, row.position, &row.txid);
         }
+        for (outpoint, spender) in &delta.spenders {
+            writes.put_spender(outpoint, spender);
+        }
         for (position, txid) in delta.txids.iter().enumerate() {
             writes.put_tx_location(
                 txid,
@@ -1535,9 +1538,24 @@ fn write_delta(
         for txid in &delta.txids {
             writes.delete_tx_location(txid);
         }
+        for (outpoint, _) in &delta.spenders {
+            writes.delete_spender(outpoint);
+        }
     }
     for (owner, stats) in stats {
         writes.put_address_stats(owner, stats);
+        // The script hash row lives while the owner has stats: created with
+        // its first output, deleted when a disconnect takes that away.
+        if connect {
+            let first = delta.stats.get(owner).is_some_and(|d| {
+                d.funded_txo_count == stats.funded_txo_count && d.funded_txo_count > 0
+            });
+            if first {
+                writes.put_script_hash(owner);
+            }
+        } else if stats.is_empty() {
+            writes.delete_script_hash(owner);
+        }
     }
 }
 

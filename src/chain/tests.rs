@@ -9,17 +9,19 @@ use crate::consensus::transaction::{OutPoint, TxOut};
 use crate::consensus::validation::TxError;
 use crate::store::schema::{
     CF_ACTIVE_CHAIN, CF_ADDRESS_HISTORY, CF_ADDRESS_STATS, CF_ADDRESS_UTXO, CF_BLOCK_DATA,
-    CF_BLOCK_INDEX, CF_TX_INDEX, CF_UTXO,
+    CF_BLOCK_INDEX, CF_SCRIPT_HASH, CF_SPENT_BY, CF_TX_INDEX, CF_UTXO,
 };
 use crate::testkit::{key, signed_spend, TestChain};
 
 /// The column families that make up the ledger, compared byte for byte.
-const STATE_CFS: [&str; 6] = [
+const STATE_CFS: [&str; 8] = [
     CF_UTXO,
     CF_ADDRESS_UTXO,
     CF_ADDRESS_HISTORY,
     CF_ADDRESS_STATS,
     CF_TX_INDEX,
+    CF_SPENT_BY,
+    CF_SCRIPT_HASH,
     CF_ACTIVE_CHAIN,
 ];
 
@@ -831,4 +833,49 @@ fn a_crash_loses_only_cached_blocks_and_the_next_start_connects_them_again() {
         assert_eq!(state(&chain), state(&reference), "limit {limit}");
         assert!(check::check_store(chain.store()).unwrap().is_consistent());
     }
+}
+
+/// A format-1 data dir (no spent-by and script hash rows) is upgraded at
+/// open: the rows built from its blocks equal those a node writes while
+/// connecting the same blocks.
+#[test]
+fn a_format_1_store_is_upgraded_to_the_rows_a_node_writes() {
+    use crate::store::cache::StateWrites;
+    use crate::store::schema::{meta, CF_META};
+    let dir = tempfile::tempdir().unwrap();
+    let base = prefix();
+    let (_, blocks) = branch(&base, 4, &key(3), &key(4));
+    let expected = {
+        let mut chain = open(&dir);
+        feed(&mut chain, &base.blocks[1..]);
+        feed(&mut chain, &blocks);
+        chain.flush().unwrap();
+        state(&chain)
+    };
+    {
+        let store = crate::store::Store::open(
+            dir.path(),
+            Network::Regtest,
+            &crate::store::StoreOptions::default(),
+        )
+        .unwrap();
+        let mut batch = store.batch();
+        let mut removed = 0;
+        for cf in [CF_SPENT_BY, CF_SCRIPT_HASH] {
+            for (k, _) in store.dump_cf(cf).unwrap() {
+                batch.delete(cf, &k);
+                removed += 1;
+            }
+        }
+        assert_eq!(
+            removed,
+            4 + 4,
+            "4 spends; owners: genesis payout, key(1), key(3), key(4)"
+        );
+        batch.put(CF_META, meta::FORMAT_VERSION, &1u32.to_be_bytes());
+        store.write(batch, true).unwrap();
+    }
+    let chain = open(&dir);
+    assert_eq!(state(&chain), expected);
+    assert!(check::check_store(chain.store()).unwrap().is_consistent());
 }

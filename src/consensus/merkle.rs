@@ -67,6 +67,117 @@ pub fn root_from_branch(leaf: Hash256, mut index: usize, branch: &[Hash256]) -> 
     node
 }
 
+/// A partial merkle tree proving that the leaf at `index` is in the tree of
+/// `leaves`: Bitcoin's `CPartialMerkleTree` (BIP 37), whose `merkleblock`
+/// message esplora answers at `/tx/{txid}/merkleblock-proof`. Walks the
+/// tree depth first from the root: a flag bit per node visited (1: a
+/// matched leaf lies below it), and the hash of every node whose subtree
+/// holds no match, and of every matched leaf. `None` if `index` is out of
+/// range.
+pub fn partial_merkle_tree(leaves: &[Hash256], index: usize) -> Option<(Vec<Hash256>, Vec<bool>)> {
+    if index >= leaves.len() {
+        return None;
+    }
+    let mut levels = vec![leaves.to_vec()];
+    while levels.last().expect("one level").len() > 1 {
+        let next = levels
+            .last()
+            .expect("one level")
+            .chunks(2)
+            .map(|pair| hash_pair(&pair[0], pair.get(1).unwrap_or(&pair[0])))
+            .collect();
+        levels.push(next);
+    }
+    let mut hashes = Vec::new();
+    let mut bits = Vec::new();
+    build_partial(&levels, levels.len() - 1, 0, index, &mut hashes, &mut bits);
+    Some((hashes, bits))
+}
+
+fn build_partial(
+    levels: &[Vec<Hash256>],
+    height: usize,
+    pos: usize,
+    index: usize,
+    hashes: &mut Vec<Hash256>,
+    bits: &mut Vec<bool>,
+) {
+    let above_match = index >> height == pos;
+    bits.push(above_match);
+    if height == 0 || !above_match {
+        hashes.push(levels[height][pos]);
+        return;
+    }
+    build_partial(levels, height - 1, pos * 2, index, hashes, bits);
+    if pos * 2 + 1 < levels[height - 1].len() {
+        build_partial(levels, height - 1, pos * 2 + 1, index, hashes, bits);
+    }
+}
+
+/// Recomputes the root of a partial merkle tree over `leaf_count` leaves
+/// and returns it with the matched leaves and their indexes; `None` if the
+/// hashes and flags do not describe such a tree (all of them used, none
+/// missing).
+pub fn extract_partial(
+    leaf_count: usize,
+    hashes: &[Hash256],
+    bits: &[bool],
+) -> Option<(Hash256, Vec<(usize, Hash256)>)> {
+    if leaf_count == 0 {
+        return None;
+    }
+    let width = |height: usize| (leaf_count + (1 << height) - 1) >> height;
+    let mut height = 0;
+    while width(height) > 1 {
+        height += 1;
+    }
+    struct Walk<'a> {
+        hashes: &'a [Hash256],
+        bits: &'a [bool],
+        used_hashes: usize,
+        used_bits: usize,
+        matches: Vec<(usize, Hash256)>,
+    }
+    fn walk(
+        w: &mut Walk,
+        width: &dyn Fn(usize) -> usize,
+        height: usize,
+        pos: usize,
+    ) -> Option<Hash256> {
+        let above_match = *w.bits.get(w.used_bits)?;
+        w.used_bits += 1;
+        if height == 0 || !above_match {
+            let hash = *w.hashes.get(w.used_hashes)?;
+            w.used_hashes += 1;
+            if height == 0 && above_match {
+                w.matches.push((pos, hash));
+            }
+            return Some(hash);
+        }
+        let left = walk(w, width, height - 1, pos * 2)?;
+        let right = if pos * 2 + 1 < width(height - 1) {
+            let right = walk(w, width, height - 1, pos * 2 + 1)?;
+            if right == left {
+                return None;
+            }
+            right
+        } else {
+            left
+        };
+        Some(hash_pair(&left, &right))
+    }
+    let mut w = Walk {
+        hashes,
+        bits,
+        used_hashes: 0,
+        used_bits: 0,
+        matches: Vec::new(),
+    };
+    let root = walk(&mut w, &width, height, 0)?;
+    (w.used_hashes == hashes.len() && w.used_bits.div_ceil(8) == bits.len().div_ceil(8))
+        .then_some((root, w.matches))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,5 +247,36 @@ mod tests {
             }
             assert!(merkle_branch(&leaves, n as usize).is_none());
         }
+    }
+
+    #[test]
+    fn a_partial_tree_proves_each_leaf_and_only_it() {
+        for count in 1..=13usize {
+            let leaves: Vec<Hash256> = (0..count as u8).map(leaf).collect();
+            let (root, _) = merkle_root(&leaves);
+            for index in 0..count {
+                let (hashes, bits) = partial_merkle_tree(&leaves, index).unwrap();
+                let (found_root, matches) = extract_partial(count, &hashes, &bits).unwrap();
+                assert_eq!(found_root, root, "{count} leaves, index {index}");
+                assert_eq!(matches, vec![(index, leaves[index])]);
+            }
+            assert!(partial_merkle_tree(&leaves, count).is_none());
+        }
+    }
+
+    /// Bitcoin's own example: the only transaction of a one-transaction
+    /// block is proven by its hash and a single set flag.
+    #[test]
+    fn a_single_leaf_tree_is_the_leaf_and_one_flag() {
+        let (hashes, bits) = partial_merkle_tree(&[leaf(7)], 0).unwrap();
+        assert_eq!((hashes, bits), (vec![leaf(7)], vec![true]));
+    }
+
+    #[test]
+    fn a_truncated_partial_tree_is_refused() {
+        let leaves: Vec<Hash256> = (0..6u8).map(leaf).collect();
+        let (hashes, bits) = partial_merkle_tree(&leaves, 4).unwrap();
+        assert!(extract_partial(6, &hashes[..hashes.len() - 1], &bits).is_none());
+        assert!(extract_partial(6, &hashes, &bits[..2]).is_none());
     }
 }

@@ -45,6 +45,7 @@ use crate::consensus::validation::{
     SignatureChecks, TxError, Utxo, UtxoView,
 };
 use crate::encoding::Encode;
+use crate::store::schema::script_hash;
 
 /// Minimum fee rate, in base units per 1000 bytes: 1 unit per byte, so a
 /// typical 1-in-2-out transaction (about 200 bytes) pays at least 200 units.
@@ -290,6 +291,9 @@ pub struct Mempool {
     /// Pool transactions by every owner they pay or spend from, so address
     /// queries cost the address's own entries, not a scan of the pool.
     by_owner: HashMap<PubKeyHash, HashSet<Txid>>,
+    /// The owners of `by_owner` by their script hash (esplora's
+    /// `scripthash`), for owners the chain has not seen yet.
+    by_script_hash: HashMap<[u8; 32], PubKeyHash>,
     /// Where additions and removals are announced (the event stream).
     /// Sending never blocks; with no receiver it costs nothing.
     pool_events: broadcast::Sender<Arc<PoolEvent>>,
@@ -404,6 +408,7 @@ impl Mempool {
             announce: Vec::new(),
             changes: 0,
             by_owner: HashMap::new(),
+            by_script_hash: HashMap::new(),
             pool_events: broadcast::channel(POOL_EVENT_CHANNEL_CAPACITY).0,
             quiet: false,
         }
@@ -683,7 +688,13 @@ impl Mempool {
         self.changes += 1;
         let spent: Vec<TxOut> = spent.iter().map(|u| u.output).collect();
         for owner in owners(&tx.outputs, &spent) {
-            self.by_owner.entry(owner).or_default().insert(txid);
+            self.by_owner
+                .entry(owner)
+                .or_insert_with(|| {
+                    self.by_script_hash.insert(script_hash(&owner), owner);
+                    HashSet::new()
+                })
+                .insert(txid);
         }
         if !self.quiet && self.pool_events.receiver_count() > 0 {
             self.announce_event(PoolEvent::Added {
@@ -759,6 +770,7 @@ impl Mempool {
                 txids.remove(txid);
                 if txids.is_empty() {
                     self.by_owner.remove(&owner);
+                    self.by_script_hash.remove(&script_hash(&owner));
                 }
             }
         }
@@ -859,6 +871,7 @@ impl Mempool {
         self.spends.clear();
         self.by_rate.clear();
         self.by_owner.clear();
+        self.by_script_hash.clear();
         self.bytes = 0;
         self.changes += 1;
         let now = unix_now();
@@ -999,6 +1012,11 @@ impl Mempool {
             .into_iter()
             .flatten()
             .filter_map(|txid| self.entries.get(txid))
+    }
+
+    /// The owner of pool transactions whose script hash is `hash`.
+    pub fn owner_of_script_hash(&self, hash: &[u8; 32]) -> Option<PubKeyHash> {
+        self.by_script_hash.get(hash).copied()
     }
 
     /// Pending totals of `owner`: what pool transactions pay to and spend from it.

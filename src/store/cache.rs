@@ -32,12 +32,14 @@ use crate::encoding::DecodeError;
 
 /// The column families the cache holds: everything connecting a block
 /// changes except the block index (see `StateCache::mark_index_changed`).
-pub const STATE_CFS: [&str; 7] = [
+pub const STATE_CFS: [&str; 9] = [
     CF_UTXO,
     CF_ADDRESS_UTXO,
     CF_ADDRESS_HISTORY,
     CF_ADDRESS_STATS,
     CF_TX_INDEX,
+    CF_SPENT_BY,
+    CF_SCRIPT_HASH,
     CF_UNDO,
     CF_ACTIVE_CHAIN,
 ];
@@ -150,6 +152,30 @@ pub trait StateWrites {
 
     fn delete_tx_location(&mut self, txid: &Txid) {
         self.delete(CF_TX_INDEX, &txid.0);
+    }
+
+    /// Records who spent an output (a row that exists while the spending
+    /// block is connected).
+    fn put_spender(&mut self, outpoint: &OutPoint, spender: &Spender) {
+        self.put_new(CF_SPENT_BY, &outpoint_key(outpoint), &spender.encode());
+    }
+
+    fn delete_spender(&mut self, outpoint: &OutPoint) {
+        self.delete(CF_SPENT_BY, &outpoint_key(outpoint));
+    }
+
+    /// Maps an owner's script hash to it: written when its stats become
+    /// non-empty (its first output), deleted when they become empty again.
+    fn put_script_hash(&mut self, owner: &PubKeyHash) {
+        self.put_new(
+            CF_SCRIPT_HASH,
+            &script_hash(owner),
+            &encode_owner_value(owner),
+        );
+    }
+
+    fn delete_script_hash(&mut self, owner: &PubKeyHash) {
+        self.delete(CF_SCRIPT_HASH, &script_hash(owner));
     }
 }
 

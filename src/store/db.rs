@@ -135,7 +135,8 @@ fn cf_options(name: &str, cache: &Cache) -> Options {
             opts.set_memtable_prefix_bloom_ratio(0.1);
             opts.set_write_buffer_size(BUSY_WRITE_BUFFER_BYTES);
         }
-        CF_UTXO | CF_ADDRESS_STATS | CF_TX_INDEX | CF_BLOCK_INDEX => {
+        CF_UTXO | CF_ADDRESS_STATS | CF_TX_INDEX | CF_SPENT_BY | CF_SCRIPT_HASH
+        | CF_BLOCK_INDEX => {
             table.set_bloom_filter(BLOOM_BITS_PER_KEY, false);
             if name == CF_UTXO {
                 opts.set_write_buffer_size(BUSY_WRITE_BUFFER_BYTES);
@@ -146,6 +147,9 @@ fn cf_options(name: &str, cache: &Cache) -> Options {
     opts.set_block_based_table_factory(&table);
     opts
 }
+
+/// Rows per write batch of a format upgrade (bounds its memory: a few MB).
+const UPGRADE_BATCH_ROWS: usize = 50_000;
 
 impl Store {
     /// Opens (creating if needed) the store at `path` for `network`. A store
@@ -223,7 +227,9 @@ impl Store {
                     .get_cf(meta, meta::FORMAT_VERSION)?
                     .and_then(|v| v.try_into().ok().map(u32::from_be_bytes))
                     .unwrap_or(0);
-                if found != FORMAT_VERSION {
+                if found == 1 {
+                    self.upgrade_indexes()?;
+                } else if found != FORMAT_VERSION {
                     return Err(StoreError::WrongFormat {
                         expected: FORMAT_VERSION,
                         found,
@@ -231,6 +237,67 @@ impl Store {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Upgrades a format-1 store: builds the `spent_by` rows of the active
+    /// chain from its blocks and the `script_hash` rows from the address
+    /// stats, then records format 2. The rows are plain puts of what the
+    /// chain holds, so an upgrade cut short runs again from the start at
+    /// the next open; the format is written last.
+    fn upgrade_indexes(&self) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
+        let tip = self.tip()?.map_or(0, |t| t.height);
+        tracing::info!(
+            height = tip,
+            "upgrading the store to format {FORMAT_VERSION}: indexing who spent each output"
+        );
+        let mut batch = self.batch();
+        let mut rows = 0usize;
+        for height in 1..=tip {
+            let Some(hash) = self.hash_at_height(height)? else {
+                break;
+            };
+            let block = self.block(&hash)?.ok_or(StoreError::Corrupt {
+                what: "active block",
+                error: DecodeError::Invalid {
+                    what: "active block",
+                    reason: "no stored data",
+                },
+            })?;
+            for tx in block.transactions.iter().skip(1) {
+                let txid = tx.txid();
+                for (vin, input) in tx.inputs.iter().enumerate() {
+                    batch.put_spender(
+                        &input.prevout(),
+                        &Spender {
+                            txid,
+                            vin: vin as u32,
+                        },
+                    );
+                    rows += 1;
+                }
+            }
+            if rows >= UPGRADE_BATCH_ROWS {
+                self.write(std::mem::replace(&mut batch, self.batch()), false)?;
+                rows = 0;
+            }
+        }
+        let mut owners = Vec::new();
+        self.for_each_address_stats(|owner, _| owners.push(owner))?;
+        for chunk in owners.chunks(UPGRADE_BATCH_ROWS) {
+            for owner in chunk {
+                batch.put_script_hash(owner);
+            }
+            self.write(std::mem::replace(&mut batch, self.batch()), false)?;
+        }
+        batch.put(CF_META, meta::FORMAT_VERSION, &FORMAT_VERSION.to_be_bytes());
+        self.write(batch, true)?;
+        tracing::info!(
+            secs = started.elapsed().as_secs_f64(),
+            addresses = owners.len(),
+            "store upgraded to format {FORMAT_VERSION}"
+        );
         Ok(())
     }
 
@@ -482,6 +549,62 @@ impl Store {
         self.get(CF_TX_INDEX, &txid.0)?
             .map(|v| TxLocation::decode(&v).map_err(corrupt("tx location")))
             .transpose()
+    }
+
+    /// Who spent an output of the active chain, if a block of it did.
+    pub fn spender(&self, outpoint: &OutPoint) -> Result<Option<Spender>, StoreError> {
+        self.get(CF_SPENT_BY, &outpoint_key(outpoint))?
+            .map(|v| Spender::decode(&v).map_err(corrupt("spender")))
+            .transpose()
+    }
+
+    /// Looks up the spenders of many outputs in one RocksDB call.
+    pub fn spenders(&self, outpoints: &[OutPoint]) -> Result<Vec<Option<Spender>>, StoreError> {
+        let cf = self.cf(CF_SPENT_BY);
+        let keys: Vec<[u8; 36]> = outpoints.iter().map(outpoint_key).collect();
+        self.db
+            .multi_get_cf_opt(keys.iter().map(|k| (cf, k)), &self.read_options())
+            .into_iter()
+            .map(|r| {
+                r?.map(|v| Spender::decode(&v).map_err(corrupt("spender")))
+                    .transpose()
+            })
+            .collect()
+    }
+
+    /// The owner whose script form hashes to `hash` (esplora's
+    /// `scripthash`), if it has address stats.
+    pub fn owner_of_script_hash(&self, hash: &[u8; 32]) -> Result<Option<PubKeyHash>, StoreError> {
+        self.get(CF_SCRIPT_HASH, hash)?
+            .map(|v| decode_owner_value(&v).map_err(corrupt("script hash owner")))
+            .transpose()
+    }
+
+    /// Calls `f` for every spent-by row: (spent output, spender).
+    pub fn for_each_spender(&self, mut f: impl FnMut(OutPoint, Spender)) -> Result<(), StoreError> {
+        for item in self.iterator(CF_SPENT_BY, self.read_options(), IteratorMode::Start) {
+            let (key, value) = item?;
+            f(
+                outpoint_from_key(&key).map_err(corrupt("spent-by key"))?,
+                Spender::decode(&value).map_err(corrupt("spender"))?,
+            );
+        }
+        Ok(())
+    }
+
+    /// Calls `f` for every script hash row: (hash, owner).
+    pub fn for_each_script_hash(
+        &self,
+        mut f: impl FnMut(Vec<u8>, PubKeyHash),
+    ) -> Result<(), StoreError> {
+        for item in self.iterator(CF_SCRIPT_HASH, self.read_options(), IteratorMode::Start) {
+            let (key, value) = item?;
+            f(
+                key.to_vec(),
+                decode_owner_value(&value).map_err(corrupt("script hash owner"))?,
+            );
+        }
+        Ok(())
     }
 
     /// Calls `f` for every UTXO in outpoint order.

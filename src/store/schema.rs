@@ -16,6 +16,8 @@
 //! | `address_history` | owner (20) + height (u32 BE) + position (u32 BE) | txid (32) |
 //! | `address_stats` | owner (20)                              | `AddressStats` |
 //! | `tx_index`      | txid (32)                               | block hash, height, position |
+//! | `spent_by`      | txid (32) + vout (u32 BE)               | spending txid (32), input index |
+//! | `script_hash`   | SHA-256 of the owner's script (32)      | owner (20) |
 //! | `meta`          | ASCII name                              | see `meta` keys |
 
 use bytes::BufMut;
@@ -31,8 +33,10 @@ use crate::encoding::{read_array, read_u32, read_u64, read_u8, Decode, DecodeErr
 
 /// Version byte at the front of every stored value.
 pub const VALUE_VERSION: u8 = 1;
-/// Version of the whole layout, kept in `meta`; a mismatch refuses to open.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version of the whole layout, kept in `meta`. Version 1 (no `spent_by`
+/// or `script_hash` rows) is upgraded at open (`Store::upgrade_indexes`);
+/// any other mismatch refuses to open.
+pub const FORMAT_VERSION: u32 = 2;
 
 pub const CF_BLOCK_INDEX: &str = "block_index";
 pub const CF_ACTIVE_CHAIN: &str = "active_chain";
@@ -43,9 +47,15 @@ pub const CF_ADDRESS_UTXO: &str = "address_utxo";
 pub const CF_ADDRESS_HISTORY: &str = "address_history";
 pub const CF_ADDRESS_STATS: &str = "address_stats";
 pub const CF_TX_INDEX: &str = "tx_index";
+/// Which input of which transaction spent an output of the active chain
+/// (esplora's outspends).
+pub const CF_SPENT_BY: &str = "spent_by";
+/// From the SHA-256 of an owner's script form (esplora's `scripthash`) to
+/// the owner, for every owner with address stats.
+pub const CF_SCRIPT_HASH: &str = "script_hash";
 pub const CF_META: &str = "meta";
 
-pub const ALL_CFS: [&str; 10] = [
+pub const ALL_CFS: [&str; 12] = [
     CF_BLOCK_INDEX,
     CF_ACTIVE_CHAIN,
     CF_BLOCK_DATA,
@@ -55,6 +65,8 @@ pub const ALL_CFS: [&str; 10] = [
     CF_ADDRESS_HISTORY,
     CF_ADDRESS_STATS,
     CF_TX_INDEX,
+    CF_SPENT_BY,
+    CF_SCRIPT_HASH,
     CF_META,
 ];
 
@@ -417,6 +429,66 @@ impl TxLocation {
     }
 }
 
+/// Who spent an output: the input `vin` of transaction `txid`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Spender {
+    pub txid: Txid,
+    pub vin: u32,
+}
+
+impl Spender {
+    pub fn encode(&self) -> [u8; 37] {
+        let mut out = [0u8; 37];
+        let mut buf = &mut out[..];
+        buf.put_u8(VALUE_VERSION);
+        buf.put_slice(&self.txid.0);
+        buf.put_u32_le(self.vin);
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        const WHAT: &str = "spender";
+        let mut cursor = versioned(bytes, WHAT)?;
+        let spender = Spender {
+            txid: Hash256::decode_from(&mut cursor)?,
+            vin: read_u32(&mut cursor, WHAT)?,
+        };
+        finish(spender, cursor, WHAT)
+    }
+}
+
+/// An owner's script in Bitcoin's pay-to-public-key-hash form,
+/// `OP_DUP OP_HASH160 <20 bytes> OP_EQUALVERIFY OP_CHECKSIG`: what esplora
+/// calls an output's `scriptpubkey`. ChainCore's outputs name their owner's
+/// hash and nothing else, so this form is exact.
+pub fn p2pkh_script(owner: &PubKeyHash) -> [u8; 25] {
+    let mut script = [0u8; 25];
+    script[..3].copy_from_slice(&[0x76, 0xa9, 0x14]);
+    script[3..23].copy_from_slice(&owner.0);
+    script[23..].copy_from_slice(&[0x88, 0xac]);
+    script
+}
+
+/// esplora's `scripthash` of an owner: the SHA-256 of its script form.
+pub fn script_hash(owner: &PubKeyHash) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(p2pkh_script(owner)).into()
+}
+
+pub fn encode_owner_value(owner: &PubKeyHash) -> [u8; 21] {
+    let mut out = [0u8; 21];
+    out[0] = VALUE_VERSION;
+    out[1..].copy_from_slice(&owner.0);
+    out
+}
+
+pub fn decode_owner_value(bytes: &[u8]) -> Result<PubKeyHash, DecodeError> {
+    const WHAT: &str = "script hash owner";
+    let mut cursor = versioned(bytes, WHAT)?;
+    let owner = PubKeyHash::decode_from(&mut cursor)?;
+    finish(owner, cursor, WHAT)
+}
+
 /// The `meta` tip record: the active tip and the UTXO-set summary at it,
 /// written in the same batch as the block that made it the tip.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -569,6 +641,28 @@ mod tests {
         );
     }
 
+    /// The script form and its hash of a known owner, as Bitcoin tools
+    /// compute them (HASH160 of the secp256k1 generator's compressed key).
+    #[test]
+    fn script_form_and_hash_match_bitcoins() {
+        let owner = PubKeyHash(
+            hex::decode("751e76e8199196d454941c45d1b3a323f1433bd6")
+                .unwrap()
+                .try_into()
+                .unwrap(),
+        );
+        assert_eq!(
+            hex::encode(p2pkh_script(&owner)),
+            "76a914751e76e8199196d454941c45d1b3a323f1433bd688ac"
+        );
+        use sha2::Digest;
+        let expected: [u8; 32] = sha2::Sha256::digest(
+            hex::decode("76a914751e76e8199196d454941c45d1b3a323f1433bd688ac").unwrap(),
+        )
+        .into();
+        assert_eq!(script_hash(&owner), expected);
+    }
+
     proptest! {
         #[test]
         fn values_round_trip(
@@ -601,6 +695,9 @@ mod tests {
                 hash: header.hash(), height, utxo_count: 5, utxo_total: 6, digest: [7; 33],
             };
             prop_assert_eq!(ChainTipRecord::decode(&record.encode()).unwrap(), record);
+            let spender = Spender { txid: outpoint.txid, vin: height };
+            prop_assert_eq!(Spender::decode(&spender.encode()).unwrap(), spender);
+            prop_assert_eq!(decode_owner_value(&encode_owner_value(&owner)).unwrap(), owner);
         }
 
         #[test]
@@ -613,6 +710,8 @@ mod tests {
             let _ = ChainTipRecord::decode(&bytes);
             let _ = decode_address_utxo(&bytes);
             let _ = decode_txid_value(&bytes);
+            let _ = Spender::decode(&bytes);
+            let _ = decode_owner_value(&bytes);
         }
     }
 }
