@@ -93,6 +93,15 @@ impl NodeClient {
         parse(path, &body)
     }
 
+    /// `GET path`, the answer parsed as JSON, and the response's headers.
+    pub async fn get_with_headers<T: DeserializeOwned>(
+        &self,
+        path: &str,
+    ) -> Result<(T, hyper::HeaderMap), ClientError> {
+        let (body, headers) = self.exchange(Method::GET, path, None).await?;
+        Ok((parse(path, &body)?, headers))
+    }
+
     /// `GET path`, the answer as text.
     pub async fn get_text(&self, path: &str) -> Result<String, ClientError> {
         let body = self.request(Method::GET, path, None).await?;
@@ -127,6 +136,15 @@ impl NodeClient {
         path: &str,
         body: Option<String>,
     ) -> Result<Bytes, ClientError> {
+        Ok(self.exchange(method, path, body).await?.0)
+    }
+
+    async fn exchange(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<String>,
+    ) -> Result<(Bytes, hyper::HeaderMap), ClientError> {
         let url = format!("{}{}", self.base, path);
         let mut builder = Request::builder().method(method).uri(&url);
         if body.is_some() {
@@ -148,6 +166,7 @@ impl NodeClient {
                         reason: error_chain(&e),
                     })?;
             let status = response.status();
+            let headers = response.headers().clone();
             let limited = http_body_util::Limited::new(response.into_body(), MAX_RESPONSE_BYTES);
             let body = limited
                 .collect()
@@ -157,15 +176,15 @@ impl NodeClient {
                     reason: format!("reading the answer: {e}"),
                 })?
                 .to_bytes();
-            Ok::<_, ClientError>((status, body))
+            Ok::<_, ClientError>((status, headers, body))
         };
-        let (status, body) = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+        let (status, headers, body) = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
             .await
             .map_err(|_| ClientError::Timeout {
                 url: self.base.clone(),
             })??;
         if status.is_success() {
-            return Ok(body);
+            return Ok((body, headers));
         }
         Err(refusal(path, status, &body))
     }

@@ -1,5 +1,8 @@
 //! Blocks, transactions and addresses for explorers and wallets, in
-//! esplora's shapes, with cursor pagination for long lists.
+//! esplora's routes and shapes (see `esplora`). Lists are bare JSON arrays,
+//! as esplora's; ChainCore's own paging of them (a `limit` query parameter,
+//! larger pages) hands out the next page's address in a `Link` header
+//! (RFC 8288, `rel="next"`).
 
 use axum::extract::State;
 use axum::http::header;
@@ -8,53 +11,47 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::esplora::{
+    block_json, confirmed_status, stored_block_entry, tx_json, unconfirmed_status, ConfirmedBlock,
+    ConfirmedTxs,
+};
 use super::extract::{Path, Query};
 use super::{ApiError, ApiState};
 use crate::chain::ChainView;
-use crate::consensus::address::Address;
+use crate::consensus::address::{Address, PubKeyHash};
 use crate::consensus::amount::Amount;
-use crate::consensus::hash::{BlockHash, Hash256};
-use crate::consensus::merkle::merkle_branch;
+use crate::consensus::hash::{BlockHash, Hash256, Txid};
+use crate::consensus::merkle::{merkle_branch, partial_merkle_tree};
 use crate::consensus::transaction::OutPoint;
 use crate::encoding::Encode;
+use crate::mempool::Mempool;
 
-/// Blocks listed by `/blocks` by default, and at most.
+/// Blocks listed by `/blocks` by default (esplora's page), and at most.
 pub const DEFAULT_BLOCKS_PAGE: u32 = 10;
 pub const MAX_BLOCKS_PAGE: u32 = 100;
-/// Transactions per page of `/block/{hash}/txs`.
+/// Transactions per page of `/block/{hash}/txs/{start_index}` (esplora's).
 pub const BLOCK_TXS_PAGE: usize = 25;
-/// Entries per page of an address's UTXOs or history, by default and at most.
-pub const DEFAULT_ADDRESS_PAGE: usize = 100;
+/// Entries per page of an address's UTXOs: by default and at most. Without
+/// a `limit`, an address with more UTXOs is refused (as esplora's
+/// `utxos_limit`) rather than answered in part.
 pub const MAX_ADDRESS_PAGE: usize = 1000;
+/// Confirmed transactions per page of an address's history (esplora's),
+/// and at most with `limit`: each is a full transaction, read from its
+/// block.
+pub const CHAIN_TXS_PAGE: usize = 25;
+pub const MAX_CHAIN_TXS_PAGE: usize = 100;
 /// Addresses one `POST /addresses/balances` may ask about.
 pub const MAX_BATCH_ADDRESSES: usize = 1000;
+/// Transactions `/mempool/recent` lists (esplora's).
+pub const MEMPOOL_RECENT: usize = 10;
+
+/// The response header naming the tip a page was read at: a client paging
+/// through many UTXOs restarts when it changes between pages.
+pub const TIP_HEADER: &str = "chaincore-tip";
 
 fn parse_hash(s: &str, what: &'static str) -> Result<Hash256, ApiError> {
     s.parse()
         .map_err(|_| ApiError::bad_request(what, format!("{s:?} is not a 64-digit hex hash")))
-}
-
-fn block_json(chain: &ChainView, hash: &BlockHash) -> Result<Value, ApiError> {
-    let entry = chain
-        .index_entry(hash)?
-        .filter(|e| e.has(crate::store::schema::status::HAVE_DATA) && !e.is_failed())
-        .ok_or_else(|| ApiError::not_found(format!("block {hash} not found")))?;
-    let active = chain.hash_at(entry.height)? == Some(*hash);
-    Ok(json!({
-        "id": hash,
-        "height": entry.height,
-        "version": entry.header.version,
-        "timestamp": entry.header.time,
-        "tx_count": entry.tx_count,
-        "size": entry.size,
-        "merkle_root": entry.header.merkle_root,
-        "previousblockhash": entry.header.prev_hash,
-        "bits": entry.header.bits,
-        "nonce": entry.header.nonce,
-        "chain_work": format!("{:064x}", entry.chain_work),
-        "in_best_chain": active,
-        "confirmations": if active { chain.confirmations(entry.height) } else { 0 },
-    }))
 }
 
 /// What is named by its hash (a header, a block's transactions) never
@@ -68,9 +65,17 @@ fn with_cache_control(control: &'static str, body: impl IntoResponse) -> Respons
     ([(header::CACHE_CONTROL, control)], body).into_response()
 }
 
+/// `body` with a `Link` header to the next page, if there is one.
+fn with_next(next: Option<String>, body: impl IntoResponse) -> Response {
+    match next {
+        Some(next) => ([(header::LINK, format!("<{next}>; rel=\"next\""))], body).into_response(),
+        None => body.into_response(),
+    }
+}
+
 pub async fn tip_block(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
     state
-        .with_state(|chain, _| Ok(Json(block_json(chain, &chain.tip().hash)?)))
+        .with_view(|chain| Ok(Json(block_json(chain, &chain.tip().hash)?)))
         .await
 }
 
@@ -80,32 +85,62 @@ pub struct BlocksQuery {
     pub limit: Option<u32>,
 }
 
-/// `GET /blocks?start_height=&limit=`: blocks of the active chain from
-/// `start_height` (default: the tip) downwards.
-pub async fn blocks(
-    State(state): State<ApiState>,
-    Query(q): Query<BlocksQuery>,
-) -> Result<Json<Value>, ApiError> {
-    let limit = q.limit.unwrap_or(DEFAULT_BLOCKS_PAGE);
+fn blocks_page(
+    chain: &ChainView,
+    start: Option<u32>,
+    limit: Option<u32>,
+) -> Result<Response, ApiError> {
+    let limit = limit.unwrap_or(DEFAULT_BLOCKS_PAGE);
     if limit == 0 || limit > MAX_BLOCKS_PAGE {
         return Err(ApiError::bad_request(
             "invalid-limit",
             format!("limit must be 1 to {MAX_BLOCKS_PAGE}"),
         ));
     }
+    let start = start.unwrap_or(chain.height()).min(chain.height());
+    let lowest = start.saturating_sub(limit - 1);
+    let mut out = Vec::new();
+    for height in (lowest..=start).rev() {
+        let hash = chain
+            .hash_at(height)?
+            .ok_or_else(|| ApiError::internal(format!("active chain has no block at {height}")))?;
+        out.push(block_json(chain, &hash)?);
+    }
+    let next = (lowest > 0).then(|| format!("/blocks/{}?limit={limit}", lowest - 1));
+    Ok(with_next(next, Json(Value::Array(out))))
+}
+
+/// `GET /blocks?start_height=&limit=`: blocks of the active chain from
+/// `start_height` (default: the tip) downwards.
+pub async fn blocks(
+    State(state): State<ApiState>,
+    Query(q): Query<BlocksQuery>,
+) -> Result<Response, ApiError> {
     state
-        .with_state(move |chain, _| {
-            let start = q.start_height.unwrap_or(chain.height()).min(chain.height());
-            let mut out = Vec::new();
-            for height in (start.saturating_sub(limit - 1)..=start).rev() {
-                let hash = chain.hash_at(height)?.ok_or_else(|| {
-                    ApiError::internal(format!("active chain has no block at {height}"))
-                })?;
-                out.push(block_json(chain, &hash)?);
-            }
-            Ok(Json(Value::Array(out)))
-        })
+        .with_view(move |chain| blocks_page(chain, q.start_height, q.limit))
         .await
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LimitQuery {
+    pub limit: Option<u32>,
+}
+
+/// `GET /blocks/{start_height}`: esplora's form of the same.
+pub async fn blocks_from(
+    State(state): State<ApiState>,
+    Path(start): Path<String>,
+    Query(q): Query<LimitQuery>,
+) -> Result<Response, ApiError> {
+    let start = parse_height(&start)?;
+    state
+        .with_view(move |chain| blocks_page(chain, Some(start), q.limit))
+        .await
+}
+
+fn parse_height(s: &str) -> Result<u32, ApiError> {
+    s.parse()
+        .map_err(|_| ApiError::bad_request("invalid-height", format!("{s:?} is not a height")))
 }
 
 pub async fn block(
@@ -114,11 +149,35 @@ pub async fn block(
 ) -> Result<Response, ApiError> {
     let hash = parse_hash(&hash, "invalid-hash")?;
     state
-        .with_state(move |chain, _| {
+        .with_view(move |chain| {
             Ok(with_cache_control(
                 REVALIDATE,
                 Json(block_json(chain, &hash)?),
             ))
+        })
+        .await
+}
+
+/// `GET /block/{hash}/status`: `in_best_chain`, and for a block of the
+/// active chain its `height` and the `next_best` block above it.
+pub async fn block_status(
+    State(state): State<ApiState>,
+    Path(hash): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let hash = parse_hash(&hash, "invalid-hash")?;
+    state
+        .with_view(move |chain| {
+            let entry = chain
+                .index_entry(&hash)?
+                .ok_or_else(|| ApiError::not_found(format!("block {hash} not found")))?;
+            if chain.hash_at(entry.height)? != Some(hash) {
+                return Ok(Json(json!({ "in_best_chain": false })));
+            }
+            let mut status = json!({ "in_best_chain": true, "height": entry.height });
+            if let Some(next) = chain.hash_at(entry.height + 1)? {
+                status["next_best"] = json!(next);
+            }
+            Ok(Json(status))
         })
         .await
 }
@@ -129,14 +188,41 @@ pub async fn block_header(
 ) -> Result<Response, ApiError> {
     let hash = parse_hash(&hash, "invalid-hash")?;
     state
-        .with_state(move |chain, _| {
+        .with_view(move |chain| {
             let entry = chain
                 .index_entry(&hash)?
                 .ok_or_else(|| ApiError::not_found(format!("block {hash} not found")))?;
-            Ok(with_cache_control(
-                IMMUTABLE,
+            Ok((
+                [(header::CACHE_CONTROL, IMMUTABLE)],
                 hex::encode(entry.header.to_array()),
-            ))
+            )
+                .into_response())
+        })
+        .await
+}
+
+/// `GET /block/{hash}/raw`: the block in ChainCore's encoding (not
+/// Bitcoin's: its transactions differ).
+pub async fn block_raw(
+    State(state): State<ApiState>,
+    Path(hash): Path<String>,
+) -> Result<Response, ApiError> {
+    let hash = parse_hash(&hash, "invalid-hash")?;
+    state
+        .with_view(move |chain| {
+            stored_block_entry(chain, &hash)?;
+            let bytes = chain
+                .store()
+                .block_bytes(&hash)?
+                .ok_or_else(|| ApiError::not_found(format!("block {hash} not found")))?;
+            Ok((
+                [
+                    (header::CONTENT_TYPE, "application/octet-stream"),
+                    (header::CACHE_CONTROL, IMMUTABLE),
+                ],
+                bytes,
+            )
+                .into_response())
         })
         .await
 }
@@ -145,11 +231,9 @@ pub async fn block_at_height(
     State(state): State<ApiState>,
     Path(height): Path<String>,
 ) -> Result<String, ApiError> {
-    let height: u32 = height.parse().map_err(|_| {
-        ApiError::bad_request("invalid-height", format!("{height:?} is not a height"))
-    })?;
+    let height = parse_height(&height)?;
     state
-        .with_state(move |chain, _| {
+        .with_view(move |chain| {
             chain
                 .hash_at(height)?
                 .map(|h| h.to_string())
@@ -158,52 +242,128 @@ pub async fn block_at_height(
         .await
 }
 
-#[derive(Debug, Deserialize)]
-pub struct CursorQuery {
-    pub cursor: Option<String>,
-    pub limit: Option<usize>,
+/// A stored block whose transactions are asked for: it must be known and
+/// valid, and be on the active chain to carry statuses and spent outputs.
+fn active_block(chain: &ChainView, hash: &BlockHash) -> Result<ConfirmedBlock, ApiError> {
+    let entry = stored_block_entry(chain, hash)?;
+    if chain.hash_at(entry.height)? != Some(*hash) {
+        return Err(ApiError::not_found(format!(
+            "block {hash} is not on the active chain"
+        )));
+    }
+    ConfirmedBlock::load(chain, hash, entry.height)
 }
 
-/// `GET /block/{hash}/txs?cursor=N`: 25 transactions from index N, with
-/// `next_cursor` while more remain.
-pub async fn block_txs(
-    State(state): State<ApiState>,
-    Path(hash): Path<String>,
-    Query(q): Query<CursorQuery>,
-) -> Result<Response, ApiError> {
+fn block_txs_page(hash: String, start: Option<String>) -> Result<(BlockHash, usize), ApiError> {
     let hash = parse_hash(&hash, "invalid-hash")?;
-    let start: usize = match q.cursor.as_deref() {
-        None | Some("") => 0,
-        Some(c) => c.parse().map_err(|_| {
-            ApiError::bad_request("invalid-cursor", format!("{c:?} is not a cursor"))
+    let start = match start {
+        None => 0,
+        Some(s) => s.parse::<usize>().map_err(|_| {
+            ApiError::bad_request("invalid-start-index", format!("{s:?} is not an index"))
         })?,
     };
+    if start % BLOCK_TXS_PAGE != 0 {
+        return Err(ApiError::bad_request(
+            "invalid-start-index",
+            format!("start index must be a multiple of {BLOCK_TXS_PAGE}"),
+        ));
+    }
+    Ok((hash, start))
+}
+
+async fn block_txs_from(
+    state: ApiState,
+    hash: BlockHash,
+    start: usize,
+) -> Result<Response, ApiError> {
     state
-        .with_state(move |chain, _| {
-            let block = chain
-                .store()
-                .block(&hash)?
-                .ok_or_else(|| ApiError::not_found(format!("block {hash} not found")))?;
-            let txs: Vec<Value> = block
-                .transactions
-                .iter()
-                .skip(start)
-                .take(BLOCK_TXS_PAGE)
-                .map(|tx| json!({ "txid": tx.txid(), "size": tx.encoded_len(), "hex": hex::encode(tx.to_bytes()) }))
-                .collect();
-            let next = start + txs.len();
-            // A block's transactions are fixed by its hash.
-            Ok(with_cache_control(
-                IMMUTABLE,
-                Json(json!({
-                    "txs": txs,
-                    "next_cursor": (next < block.transactions.len()).then(|| next.to_string()),
-                })),
+        .with_view(move |chain| {
+            let block = active_block(chain, &hash)?;
+            let count = block.block.transactions.len();
+            if start >= count {
+                return Err(ApiError::not_found(format!(
+                    "block {hash} has {count} transactions"
+                )));
+            }
+            let end = (start + BLOCK_TXS_PAGE).min(count);
+            let network = chain.params().network;
+            let txs: Vec<Value> = (start..end).map(|i| block.tx_json(network, i)).collect();
+            let next = (end < count).then(|| format!("/block/{hash}/txs/{end}"));
+            // Statuses name the block, which is on the active chain now:
+            // revalidate.
+            Ok(with_next(
+                next,
+                with_cache_control(REVALIDATE, Json(Value::Array(txs))),
             ))
         })
         .await
 }
 
+/// `GET /block/{hash}/txs`: the first 25 transactions, in esplora's shape.
+pub async fn block_txs(
+    State(state): State<ApiState>,
+    Path(hash): Path<String>,
+) -> Result<Response, ApiError> {
+    let (hash, start) = block_txs_page(hash, None)?;
+    block_txs_from(state, hash, start).await
+}
+
+/// `GET /block/{hash}/txs/{start_index}`: 25 transactions from a multiple
+/// of 25.
+pub async fn block_txs_at(
+    State(state): State<ApiState>,
+    Path((hash, start)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let (hash, start) = block_txs_page(hash, Some(start))?;
+    block_txs_from(state, hash, start).await
+}
+
+/// `GET /block/{hash}/txids`: every txid of the block, in order.
+pub async fn block_txids(
+    State(state): State<ApiState>,
+    Path(hash): Path<String>,
+) -> Result<Response, ApiError> {
+    let hash = parse_hash(&hash, "invalid-hash")?;
+    state
+        .with_view(move |chain| {
+            stored_block_entry(chain, &hash)?;
+            let block = chain
+                .store()
+                .block(&hash)?
+                .ok_or_else(|| ApiError::not_found(format!("block {hash} not found")))?;
+            Ok(with_cache_control(IMMUTABLE, Json(json!(block.txids()))))
+        })
+        .await
+}
+
+/// `GET /block/{hash}/txid/{index}`: the txid at a position, as text.
+pub async fn block_txid_at(
+    State(state): State<ApiState>,
+    Path((hash, index)): Path<(String, String)>,
+) -> Result<String, ApiError> {
+    let hash = parse_hash(&hash, "invalid-hash")?;
+    let index: usize = index.parse().map_err(|_| {
+        ApiError::bad_request("invalid-index", format!("{index:?} is not an index"))
+    })?;
+    state
+        .with_view(move |chain| {
+            stored_block_entry(chain, &hash)?;
+            let block = chain
+                .store()
+                .block(&hash)?
+                .ok_or_else(|| ApiError::not_found(format!("block {hash} not found")))?;
+            block
+                .transactions
+                .get(index)
+                .map(|tx| tx.txid().to_string())
+                .ok_or_else(|| {
+                    ApiError::not_found(format!("block {hash} has no transaction {index}"))
+                })
+        })
+        .await
+}
+
+/// The status of a confirmed transaction and where it is.
 fn tx_status(
     chain: &ChainView,
     txid: &Hash256,
@@ -212,10 +372,7 @@ fn tx_status(
         return Ok(None);
     };
     let time = chain.index_entry(&loc.block)?.map_or(0, |e| e.header.time);
-    Ok(Some((
-        json!({ "confirmed": true, "block_height": loc.height, "block_hash": loc.block, "block_time": time }),
-        loc,
-    )))
+    Ok(Some((confirmed_status(loc.height, &loc.block, time), loc)))
 }
 
 pub async fn tx_status_handler(
@@ -226,10 +383,24 @@ pub async fn tx_status_handler(
     state
         .with_state(move |chain, pool| match tx_status(chain, &txid)? {
             Some((status, _)) => Ok(Json(status)),
-            None if pool.contains(&txid) => Ok(Json(json!({ "confirmed": false }))),
+            None if pool.contains(&txid) => Ok(Json(unconfirmed_status())),
             None => Err(ApiError::not_found(format!("transaction {txid} not found"))),
         })
         .await
+}
+
+/// A transaction's ChainCore encoding, from the pool or its block.
+fn tx_bytes(chain: &ChainView, pool: &Mempool, txid: &Txid) -> Result<Vec<u8>, ApiError> {
+    if let Some(entry) = pool.get(txid) {
+        return Ok(entry.tx.to_bytes());
+    }
+    let (_, loc) = tx_status(chain, txid)?
+        .ok_or_else(|| ApiError::not_found(format!("transaction {txid} not found")))?;
+    let block = chain
+        .store()
+        .block(&loc.block)?
+        .ok_or_else(|| ApiError::internal("indexed block missing"))?;
+    Ok(block.transactions[loc.position as usize].to_bytes())
 }
 
 pub async fn tx_hex(
@@ -238,21 +409,46 @@ pub async fn tx_hex(
 ) -> Result<String, ApiError> {
     let txid = parse_hash(&txid, "invalid-txid")?;
     state
+        .with_state(move |chain, pool| Ok(hex::encode(tx_bytes(chain, pool, &txid)?)))
+        .await
+}
+
+/// `GET /tx/{txid}/raw`: the transaction in ChainCore's encoding (not
+/// Bitcoin's).
+pub async fn tx_raw(
+    State(state): State<ApiState>,
+    Path(txid): Path<String>,
+) -> Result<Response, ApiError> {
+    let txid = parse_hash(&txid, "invalid-txid")?;
+    state
         .with_state(move |chain, pool| {
-            if let Some(entry) = pool.get(&txid) {
-                return Ok(hex::encode(entry.tx.to_bytes()));
-            }
-            let (_, loc) = tx_status(chain, &txid)?
-                .ok_or_else(|| ApiError::not_found(format!("transaction {txid} not found")))?;
-            let block = chain
-                .store()
-                .block(&loc.block)?
-                .ok_or_else(|| ApiError::internal("indexed block missing"))?;
-            Ok(hex::encode(
-                block.transactions[loc.position as usize].to_bytes(),
-            ))
+            Ok((
+                [(header::CONTENT_TYPE, "application/octet-stream")],
+                tx_bytes(chain, pool, &txid)?,
+            )
+                .into_response())
         })
         .await
+}
+
+/// A confirmed transaction's block, whole, and its position in it.
+fn confirmed_block_of(
+    chain: &ChainView,
+    txid: &Txid,
+) -> Result<
+    (
+        crate::consensus::block::Block,
+        crate::store::schema::TxLocation,
+    ),
+    ApiError,
+> {
+    let (_, loc) = tx_status(chain, txid)?
+        .ok_or_else(|| ApiError::not_found(format!("transaction {txid} is not confirmed")))?;
+    let block = chain
+        .store()
+        .block(&loc.block)?
+        .ok_or_else(|| ApiError::internal("indexed block missing"))?;
+    Ok((block, loc))
 }
 
 /// `GET /tx/{txid}/merkle-proof`: esplora's shape (`block_height`,
@@ -263,21 +459,589 @@ pub async fn tx_merkle_proof(
 ) -> Result<Json<Value>, ApiError> {
     let txid = parse_hash(&txid, "invalid-txid")?;
     state
-        .with_state(move |chain, _| {
-            let (_, loc) = tx_status(chain, &txid)?.ok_or_else(|| {
-                ApiError::not_found(format!("transaction {txid} is not confirmed"))
-            })?;
-            let block = chain
-                .store()
-                .block(&loc.block)?
-                .ok_or_else(|| ApiError::internal("indexed block missing"))?;
+        .with_view(move |chain| {
+            let (block, loc) = confirmed_block_of(chain, &txid)?;
             let branch = merkle_branch(&block.txids(), loc.position as usize)
-                .expect("position within the block");
+                .ok_or_else(|| ApiError::internal("tx index points past its block"))?;
             Ok(Json(
                 json!({ "block_height": loc.height, "merkle": branch, "pos": loc.position }),
             ))
         })
         .await
+}
+
+/// `GET /tx/{txid}/merkleblock-proof`: Bitcoin's `merkleblock` message
+/// (BIP 37) proving the transaction, in hex: the block header, the block's
+/// transaction count (u32), the partial merkle tree's hashes and its flag
+/// bits (least significant bit first). Exact: ChainCore's header and
+/// merkle tree are Bitcoin's.
+pub async fn tx_merkleblock_proof(
+    State(state): State<ApiState>,
+    Path(txid): Path<String>,
+) -> Result<String, ApiError> {
+    let txid = parse_hash(&txid, "invalid-txid")?;
+    state
+        .with_view(move |chain| {
+            let (block, loc) = confirmed_block_of(chain, &txid)?;
+            let txids = block.txids();
+            let (hashes, bits) = partial_merkle_tree(&txids, loc.position as usize)
+                .ok_or_else(|| ApiError::internal("tx index points past its block"))?;
+            let mut out =
+                Vec::with_capacity(80 + 4 + 9 + hashes.len() * 32 + 9 + bits.len() / 8 + 1);
+            out.extend_from_slice(&block.header.to_array());
+            out.extend_from_slice(&(txids.len() as u32).to_le_bytes());
+            crate::encoding::write_compact_size(&mut out, hashes.len() as u64);
+            for hash in &hashes {
+                out.extend_from_slice(&hash.0);
+            }
+            let mut flags = vec![0u8; bits.len().div_ceil(8)];
+            for (i, bit) in bits.iter().enumerate() {
+                flags[i / 8] |= u8::from(*bit) << (i % 8);
+            }
+            crate::encoding::write_compact_size(&mut out, flags.len() as u64);
+            out.extend_from_slice(&flags);
+            Ok(hex::encode(out))
+        })
+        .await
+}
+
+/// esplora's outspend of an output: who spends it, confirmed or in the
+/// pool.
+fn outspend_json(
+    chain: &ChainView,
+    pool: &Mempool,
+    outpoint: &OutPoint,
+    confirmed: Option<crate::store::schema::Spender>,
+) -> Result<Value, ApiError> {
+    if let Some(spender) = confirmed {
+        let (status, _) = tx_status(chain, &spender.txid)?.ok_or_else(|| {
+            ApiError::internal(format!(
+                "spender {} of {outpoint} is not indexed",
+                spender.txid
+            ))
+        })?;
+        return Ok(
+            json!({ "spent": true, "txid": spender.txid, "vin": spender.vin, "status": status }),
+        );
+    }
+    if let Some(txid) = pool.spender_of(outpoint) {
+        let vin = pool.get(&txid).and_then(|entry| {
+            entry
+                .tx
+                .inputs
+                .iter()
+                .position(|input| input.prevout() == *outpoint)
+        });
+        return Ok(
+            json!({ "spent": true, "txid": txid, "vin": vin, "status": unconfirmed_status() }),
+        );
+    }
+    Ok(json!({ "spent": false }))
+}
+
+/// The number of outputs of a transaction in the pool or the chain, and
+/// whether it is confirmed.
+fn output_count(chain: &ChainView, pool: &Mempool, txid: &Txid) -> Result<(usize, bool), ApiError> {
+    if let Some((_, loc)) = tx_status(chain, txid)? {
+        let block = chain
+            .store()
+            .block(&loc.block)?
+            .ok_or_else(|| ApiError::internal("indexed block missing"))?;
+        return Ok((
+            block.transactions[loc.position as usize].outputs.len(),
+            true,
+        ));
+    }
+    match pool.get(txid) {
+        Some(entry) => Ok((entry.tx.outputs.len(), false)),
+        None => Err(ApiError::not_found(format!("transaction {txid} not found"))),
+    }
+}
+
+/// `GET /tx/{txid}/outspend/{vout}`.
+pub async fn tx_outspend(
+    State(state): State<ApiState>,
+    Path((txid, vout)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let txid = parse_hash(&txid, "invalid-txid")?;
+    let vout: u32 = vout.parse().map_err(|_| {
+        ApiError::bad_request("invalid-vout", format!("{vout:?} is not an output index"))
+    })?;
+    state
+        .with_state(move |chain, pool| {
+            let (count, confirmed) = output_count(chain, pool, &txid)?;
+            if vout as usize >= count {
+                return Err(ApiError::not_found(format!(
+                    "transaction {txid} has {count} outputs"
+                )));
+            }
+            let outpoint = OutPoint::new(txid, vout);
+            let spender = if confirmed {
+                chain.store().spender(&outpoint)?
+            } else {
+                None
+            };
+            Ok(Json(outspend_json(chain, pool, &outpoint, spender)?))
+        })
+        .await
+}
+
+/// `GET /tx/{txid}/outspends`: the outspend of every output, in order.
+pub async fn tx_outspends(
+    State(state): State<ApiState>,
+    Path(txid): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let txid = parse_hash(&txid, "invalid-txid")?;
+    state
+        .with_state(move |chain, pool| {
+            let (count, confirmed) = output_count(chain, pool, &txid)?;
+            let outpoints: Vec<OutPoint> =
+                (0..count as u32).map(|v| OutPoint::new(txid, v)).collect();
+            let spenders = if confirmed {
+                chain.store().spenders(&outpoints)?
+            } else {
+                vec![None; count]
+            };
+            let out = outpoints
+                .iter()
+                .zip(spenders)
+                .map(|(o, s)| outspend_json(chain, pool, o, s))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Json(Value::Array(out)))
+        })
+        .await
+}
+
+/// Whose coins and history a route asks about: an address, or esplora's
+/// script hash (the SHA-256 of the owner's script form, in hex).
+#[derive(Clone, Debug)]
+pub enum Subject {
+    Address(String),
+    ScriptHash(String),
+}
+
+impl Subject {
+    /// The owner; `None` for a script hash that no output of the chain or
+    /// the pool pays (whose lists are empty).
+    fn owner(&self, chain: &ChainView, pool: &Mempool) -> Result<Option<PubKeyHash>, ApiError> {
+        match self {
+            Subject::Address(a) => Ok(Some(address_of(chain, a)?.hash)),
+            Subject::ScriptHash(h) => {
+                let hash = parse_script_hash(h)?;
+                Ok(match chain.store().owner_of_script_hash(&hash)? {
+                    Some(owner) => Some(owner),
+                    None => pool.owner_of_script_hash(&hash),
+                })
+            }
+        }
+    }
+
+    fn path(&self) -> String {
+        match self {
+            Subject::Address(a) => format!("/address/{a}"),
+            Subject::ScriptHash(h) => format!("/scripthash/{h}"),
+        }
+    }
+}
+
+fn parse_script_hash(s: &str) -> Result<[u8; 32], ApiError> {
+    let mut hash = [0u8; 32];
+    hex::decode_to_slice(s, &mut hash).map_err(|_| {
+        ApiError::bad_request(
+            "invalid-scripthash",
+            format!("{s:?} is not a 64-digit hex SHA-256"),
+        )
+    })?;
+    Ok(hash)
+}
+
+/// `GET /scripthash/{hash}`: esplora's stats of the owner.
+pub async fn scripthash_stats(
+    State(state): State<ApiState>,
+    Path(hash): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let subject = Subject::ScriptHash(hash.clone());
+    state
+        .with_state(move |chain, pool| {
+            let owner = subject.owner(chain, pool)?;
+            let chain_stats = match owner {
+                Some(owner) => chain.store().address_stats(&owner)?,
+                None => Default::default(),
+            };
+            let mempool_stats = owner.map(|o| pool.address_stats(&o)).unwrap_or_default();
+            Ok(Json(json!({
+                "scripthash": hash,
+                "chain_stats": serde_json::to_value(chain_stats).map_err(ApiError::internal)?,
+                "mempool_stats": serde_json::to_value(mempool_stats).map_err(ApiError::internal)?,
+            })))
+        })
+        .await
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CursorQuery {
+    pub cursor: Option<String>,
+    pub limit: Option<usize>,
+}
+
+fn parse_outpoint_cursor(c: &str) -> Result<OutPoint, ApiError> {
+    let bad = || ApiError::bad_request("invalid-cursor", format!("{c:?} is not TXID:VOUT"));
+    let (txid, vout) = c.split_once(':').ok_or_else(bad)?;
+    let vout = vout.parse().map_err(|_| bad())?;
+    Ok(OutPoint::new(txid.parse().map_err(|_| bad())?, vout))
+}
+
+async fn utxo_list(
+    state: ApiState,
+    subject: Subject,
+    q: CursorQuery,
+) -> Result<Response, ApiError> {
+    let explicit = q.limit.is_some() || q.cursor.is_some();
+    let limit = page_limit(q.limit)?;
+    let after = match q.cursor.as_deref() {
+        None | Some("") => None,
+        Some(c) => Some(parse_outpoint_cursor(c)?),
+    };
+    state
+        .with_state(move |chain, pool| {
+            let Some(owner) = subject.owner(chain, pool)? else {
+                return Ok(Json(json!([])).into_response());
+            };
+            let utxos = chain.store().address_utxos(&owner, after.as_ref(), limit + 1)?;
+            let more = utxos.len() > limit;
+            if more && !explicit {
+                return Err(ApiError::bad_request(
+                    "too-many-utxos",
+                    format!(
+                        "more than {MAX_ADDRESS_PAGE} unspent outputs: page through them with ?limit= (the Link header names the next page)"
+                    ),
+                ));
+            }
+            let utxos = &utxos[..utxos.len().min(limit)];
+            // The address index has no coinbase flag: one multi-get of the
+            // page's UTXOs tells which are immature block rewards, one of
+            // the index entries their block hashes and times.
+            let outpoints: Vec<OutPoint> = utxos.iter().map(|(o, _, _)| *o).collect();
+            let records = chain.store().utxos(&outpoints)?;
+            let next_height = chain.tip().height + 1;
+            let maturity = chain.params().coinbase_maturity;
+            let mut blocks: std::collections::HashMap<u32, (BlockHash, u32)> = Default::default();
+            let mut page: Vec<Value> = Vec::with_capacity(utxos.len());
+            if after.is_none() {
+                // Outputs of pool transactions that no other pool
+                // transaction spends come first, as esplora's.
+                for entry in pool.address_entries(&owner, usize::MAX) {
+                    for (vout, output) in entry.tx.outputs.iter().enumerate() {
+                        let outpoint = OutPoint::new(entry.txid, vout as u32);
+                        if output.owner == owner && pool.spender_of(&outpoint).is_none() {
+                            page.push(json!({
+                                "txid": entry.txid,
+                                "vout": vout,
+                                "value": output.amount.units(),
+                                "status": unconfirmed_status(),
+                                "coinbase": false,
+                                "mature": true,
+                            }));
+                        }
+                    }
+                }
+            }
+            for ((outpoint, amount, height), record) in utxos.iter().zip(records) {
+                // Spent by a pool transaction: not unspent any more.
+                if pool.spender_of(outpoint).is_some() {
+                    continue;
+                }
+                let (hash, time) = match blocks.get(height) {
+                    Some(found) => *found,
+                    None => {
+                        let hash = chain.hash_at(*height)?.ok_or_else(|| {
+                            ApiError::internal(format!("active chain has no block at {height}"))
+                        })?;
+                        let time = chain.index_entry(&hash)?.map_or(0, |e| e.header.time);
+                        blocks.insert(*height, (hash, time));
+                        (hash, time)
+                    }
+                };
+                let coinbase = record.is_some_and(|u| u.is_coinbase);
+                page.push(json!({
+                    "txid": outpoint.txid,
+                    "vout": outpoint.vout,
+                    "value": amount.units(),
+                    "status": confirmed_status(*height, &hash, time),
+                    "coinbase": coinbase,
+                    "mature": !coinbase || next_height - height >= maturity,
+                }));
+            }
+            let next = more.then(|| {
+                let (o, _, _) = utxos[limit - 1];
+                format!("{}/utxo?limit={limit}&cursor={}:{}", subject.path(), o.txid, o.vout)
+            });
+            let tip = chain.tip().hash.to_string();
+            Ok(with_next(next, ([(TIP_HEADER, tip)], Json(Value::Array(page)))))
+        })
+        .await
+}
+
+/// `GET /address/{address}/utxo`: esplora's list of unspent outputs:
+/// those created by pool transactions, then the confirmed ones (in
+/// outpoint order) that no pool transaction spends. `?limit=N&cursor=
+/// TXID:VOUT` pages through the confirmed ones.
+pub async fn address_utxo(
+    State(state): State<ApiState>,
+    Path(address): Path<String>,
+    Query(q): Query<CursorQuery>,
+) -> Result<Response, ApiError> {
+    utxo_list(state, Subject::Address(address), q).await
+}
+
+pub async fn scripthash_utxo(
+    State(state): State<ApiState>,
+    Path(hash): Path<String>,
+    Query(q): Query<CursorQuery>,
+) -> Result<Response, ApiError> {
+    utxo_list(state, Subject::ScriptHash(hash), q).await
+}
+
+/// Most transactions `/address/{address}/txs/mempool` lists (esplora's
+/// limit).
+pub const MAX_ADDRESS_MEMPOOL_TXS: usize = 50;
+
+#[derive(Debug, Deserialize)]
+pub struct MempoolTxsQuery {
+    /// `FIRST_SEEN:TXID` of the last transaction of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// The owner's pool transactions, newest first, after `before`.
+fn mempool_txs(
+    chain: &ChainView,
+    pool: &Mempool,
+    owner: &PubKeyHash,
+    before: Option<(u32, Hash256)>,
+) -> Vec<Value> {
+    let network = chain.params().network;
+    let mut entries = pool.address_entries(owner, usize::MAX);
+    entries.retain(|e| before.is_none_or(|key| (e.time, e.txid) < key));
+    entries.sort_by_key(|e| std::cmp::Reverse((e.time, e.txid)));
+    entries
+        .into_iter()
+        .take(MAX_ADDRESS_MEMPOOL_TXS)
+        .map(|entry| {
+            let mut tx = tx_json(network, &entry.tx, &entry.spent, unconfirmed_status());
+            tx["first_seen"] = json!(entry.time);
+            tx
+        })
+        .collect()
+}
+
+async fn mempool_txs_list(
+    state: ApiState,
+    subject: Subject,
+    q: MempoolTxsQuery,
+) -> Result<Json<Value>, ApiError> {
+    let before: Option<(u32, Hash256)> = match q.cursor.as_deref() {
+        None | Some("") => None,
+        Some(c) => Some(
+            c.split_once(':')
+                .and_then(|(time, txid)| Some((time.parse().ok()?, txid.parse().ok()?)))
+                .ok_or_else(|| {
+                    ApiError::bad_request("invalid-cursor", format!("{c:?} is not FIRST_SEEN:TXID"))
+                })?,
+        ),
+    };
+    state
+        .with_state(move |chain, pool| {
+            let txs = match subject.owner(chain, pool)? {
+                Some(owner) => mempool_txs(chain, pool, &owner, before),
+                None => Vec::new(),
+            };
+            Ok(Json(Value::Array(txs)))
+        })
+        .await
+}
+
+/// `GET /address/{address}/txs/mempool?cursor=FIRST_SEEN:TXID`: the
+/// address's unconfirmed transactions, newest first (as esplora), at most
+/// `MAX_ADDRESS_MEMPOOL_TXS`, plus `first_seen` (Unix seconds). A full page
+/// may be followed by the next one: pass the last entry's `first_seen` and
+/// `txid` as the cursor.
+pub async fn address_mempool_txs(
+    State(state): State<ApiState>,
+    Path(address): Path<String>,
+    Query(q): Query<MempoolTxsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    mempool_txs_list(state, Subject::Address(address), q).await
+}
+
+pub async fn scripthash_mempool_txs(
+    State(state): State<ApiState>,
+    Path(hash): Path<String>,
+    Query(q): Query<MempoolTxsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    mempool_txs_list(state, Subject::ScriptHash(hash), q).await
+}
+
+/// Confirmed history of `owner`, newest first, before `before` (height,
+/// position): `limit` full transactions, and whether more remain.
+fn chain_txs(
+    chain: &ChainView,
+    owner: &PubKeyHash,
+    before: Option<(u32, u32)>,
+    limit: usize,
+) -> Result<(Vec<Value>, Option<Txid>), ApiError> {
+    let rows = chain.store().address_history(owner, before, limit + 1)?;
+    let more = rows.len() > limit;
+    let mut loaded = ConfirmedTxs::default();
+    let mut txs = Vec::with_capacity(limit.min(rows.len()));
+    for (height, position, txid) in rows.iter().take(limit) {
+        let hash = chain
+            .hash_at(*height)?
+            .ok_or_else(|| ApiError::internal(format!("active chain has no block at {height}")))?;
+        let location = crate::store::schema::TxLocation {
+            block: hash,
+            height: *height,
+            position: *position,
+        };
+        let tx = loaded.tx_json(chain, &location)?;
+        if tx["txid"] != json!(txid) {
+            return Err(ApiError::internal(format!(
+                "address history of {txid} is out of step"
+            )));
+        }
+        txs.push(tx);
+    }
+    let last = more.then(|| rows[limit - 1].2);
+    Ok((txs, last))
+}
+
+fn chain_page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
+    match limit.unwrap_or(CHAIN_TXS_PAGE) {
+        n if n == 0 || n > MAX_CHAIN_TXS_PAGE => Err(ApiError::bad_request(
+            "invalid-limit",
+            format!("limit must be 1 to {MAX_CHAIN_TXS_PAGE}"),
+        )),
+        n => Ok(n),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ChainTxsQuery {
+    pub limit: Option<usize>,
+}
+
+/// `/…/txs`: up to 50 pool transactions, newest first, then the first
+/// page of confirmed ones.
+async fn txs_list(
+    state: ApiState,
+    subject: Subject,
+    q: ChainTxsQuery,
+) -> Result<Response, ApiError> {
+    let limit = chain_page_limit(q.limit)?;
+    state
+        .with_state(move |chain, pool| {
+            let Some(owner) = subject.owner(chain, pool)? else {
+                return Ok(Json(json!([])).into_response());
+            };
+            let mut txs = mempool_txs(chain, pool, &owner, None);
+            let (confirmed, last) = chain_txs(chain, &owner, None, limit)?;
+            txs.extend(confirmed);
+            let next = last.map(|t| format!("{}/txs/chain/{t}?limit={limit}", subject.path()));
+            Ok(with_next(next, Json(Value::Array(txs))))
+        })
+        .await
+}
+
+/// `/…/txs/chain[/{last_seen_txid}]`: confirmed transactions, newest
+/// first, after the one named.
+async fn chain_txs_list(
+    state: ApiState,
+    subject: Subject,
+    last_seen: Option<String>,
+    q: ChainTxsQuery,
+) -> Result<Response, ApiError> {
+    let limit = chain_page_limit(q.limit)?;
+    let last_seen = last_seen
+        .map(|t| parse_hash(&t, "invalid-txid"))
+        .transpose()?;
+    state
+        .with_view(move |chain| {
+            let before = match last_seen {
+                None => None,
+                Some(txid) => {
+                    let loc = chain.store().tx_location(&txid)?.ok_or_else(|| {
+                        ApiError::not_found(format!("transaction {txid} is not confirmed"))
+                    })?;
+                    Some((loc.height, loc.position))
+                }
+            };
+            let owner = match &subject {
+                Subject::Address(a) => Some(address_of(chain, a)?.hash),
+                Subject::ScriptHash(h) => {
+                    chain.store().owner_of_script_hash(&parse_script_hash(h)?)?
+                }
+            };
+            let Some(owner) = owner else {
+                return Ok(Json(json!([])).into_response());
+            };
+            let (txs, last) = chain_txs(chain, &owner, before, limit)?;
+            let next = last.map(|t| format!("{}/txs/chain/{t}?limit={limit}", subject.path()));
+            Ok(with_next(next, Json(Value::Array(txs))))
+        })
+        .await
+}
+
+/// `GET /address/{address}/txs`: esplora's history: up to 50 unconfirmed
+/// transactions, newest first, then up to 25 confirmed ones, newest first
+/// (`?limit=` up to 100); `/txs/chain/{last txid}` continues.
+pub async fn address_txs(
+    State(state): State<ApiState>,
+    Path(address): Path<String>,
+    Query(q): Query<ChainTxsQuery>,
+) -> Result<Response, ApiError> {
+    txs_list(state, Subject::Address(address), q).await
+}
+
+pub async fn scripthash_txs(
+    State(state): State<ApiState>,
+    Path(hash): Path<String>,
+    Query(q): Query<ChainTxsQuery>,
+) -> Result<Response, ApiError> {
+    txs_list(state, Subject::ScriptHash(hash), q).await
+}
+
+/// `GET /address/{address}/txs/chain`: the newest confirmed transactions.
+pub async fn address_chain_txs(
+    State(state): State<ApiState>,
+    Path(address): Path<String>,
+    Query(q): Query<ChainTxsQuery>,
+) -> Result<Response, ApiError> {
+    chain_txs_list(state, Subject::Address(address), None, q).await
+}
+
+/// `GET /address/{address}/txs/chain/{last_seen_txid}`: the confirmed
+/// transactions after (older than) the one named.
+pub async fn address_chain_txs_after(
+    State(state): State<ApiState>,
+    Path((address, last)): Path<(String, String)>,
+    Query(q): Query<ChainTxsQuery>,
+) -> Result<Response, ApiError> {
+    chain_txs_list(state, Subject::Address(address), Some(last), q).await
+}
+
+pub async fn scripthash_chain_txs(
+    State(state): State<ApiState>,
+    Path(hash): Path<String>,
+    Query(q): Query<ChainTxsQuery>,
+) -> Result<Response, ApiError> {
+    chain_txs_list(state, Subject::ScriptHash(hash), None, q).await
+}
+
+pub async fn scripthash_chain_txs_after(
+    State(state): State<ApiState>,
+    Path((hash, last)): Path<(String, String)>,
+    Query(q): Query<ChainTxsQuery>,
+) -> Result<Response, ApiError> {
+    chain_txs_list(state, Subject::ScriptHash(hash), Some(last), q).await
 }
 
 /// Parses an address of the node's network; a 400 says what is wrong.
@@ -293,7 +1057,7 @@ pub(super) fn address_of(chain: &ChainView, s: &str) -> Result<Address, ApiError
 }
 
 fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
-    match limit.unwrap_or(DEFAULT_ADDRESS_PAGE) {
+    match limit.unwrap_or(MAX_ADDRESS_PAGE) {
         0 => Err(ApiError::bad_request(
             "invalid-limit",
             format!("limit must be 1 to {MAX_ADDRESS_PAGE}"),
@@ -304,159 +1068,6 @@ fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
         )),
         n => Ok(n),
     }
-}
-
-/// `GET /address/{address}/utxo?cursor=TXID:VOUT&limit=N`: confirmed UTXOs
-/// in outpoint order, each marked if a mempool transaction spends it.
-pub async fn address_utxo(
-    State(state): State<ApiState>,
-    Path(address): Path<String>,
-    Query(q): Query<CursorQuery>,
-) -> Result<Json<Value>, ApiError> {
-    let limit = page_limit(q.limit)?;
-    let after = match q.cursor.as_deref() {
-        None | Some("") => None,
-        Some(c) => {
-            let (txid, vout) = c.split_once(':').ok_or_else(|| {
-                ApiError::bad_request("invalid-cursor", format!("{c:?} is not TXID:VOUT"))
-            })?;
-            let vout = vout.parse().map_err(|_| {
-                ApiError::bad_request("invalid-cursor", format!("{c:?} is not TXID:VOUT"))
-            })?;
-            Some(OutPoint::new(parse_hash(txid, "invalid-cursor")?, vout))
-        }
-    };
-    state
-        .with_state(move |chain, pool| {
-            let address = address_of(chain, &address)?;
-            let utxos = chain
-                .store()
-                .address_utxos(&address.hash, after.as_ref(), limit + 1)?;
-            let more = utxos.len() > limit;
-            let utxos = &utxos[..utxos.len().min(limit)];
-            // The address index has no coinbase flag: one multi-get of the
-            // page's UTXOs tells which are immature block rewards.
-            let outpoints: Vec<OutPoint> = utxos.iter().map(|(o, _, _)| *o).collect();
-            let records = chain.store().utxos(&outpoints)?;
-            let next_height = chain.tip().height + 1;
-            let maturity = chain.params().coinbase_maturity;
-            let page: Vec<Value> = utxos
-                .iter()
-                .zip(records)
-                .map(|((outpoint, amount, height), record)| {
-                    let coinbase = record.is_some_and(|u| u.is_coinbase);
-                    json!({
-                        "txid": outpoint.txid,
-                        "vout": outpoint.vout,
-                        "value": amount.units(),
-                        "status": { "confirmed": true, "block_height": height },
-                        "coinbase": coinbase,
-                        "mature": !coinbase || next_height - height >= maturity,
-                        "spent_in_mempool": pool.spender_of(outpoint).is_some(),
-                    })
-                })
-                .collect();
-            let next = more.then(|| {
-                let (o, _, _) = utxos[limit - 1];
-                format!("{}:{}", o.txid, o.vout)
-            });
-            // The tip this page was read at: a client paging through many
-            // UTXOs restarts when it changes between pages.
-            Ok(Json(
-                json!({ "utxos": page, "next_cursor": next, "tip": chain.tip().hash }),
-            ))
-        })
-        .await
-}
-
-/// Most transactions `/address/{address}/txs/mempool` lists (esplora's
-/// limit).
-pub const MAX_ADDRESS_MEMPOOL_TXS: usize = 50;
-
-#[derive(Debug, Deserialize)]
-pub struct MempoolTxsQuery {
-    /// `FIRST_SEEN:TXID` of the last transaction of the previous page.
-    pub cursor: Option<String>,
-}
-
-/// `GET /address/{address}/txs/mempool?cursor=FIRST_SEEN:TXID`: the
-/// address's unconfirmed transactions, newest first (as esplora), at most
-/// `MAX_ADDRESS_MEMPOOL_TXS`, in `/tx/{txid}`'s shape plus `first_seen`
-/// (Unix seconds). A full page may be followed by the next one: pass the
-/// last entry's `first_seen` and `txid` as the cursor.
-pub async fn address_mempool_txs(
-    State(state): State<ApiState>,
-    Path(address): Path<String>,
-    Query(q): Query<MempoolTxsQuery>,
-) -> Result<Json<Value>, ApiError> {
-    let before: Option<(u32, Hash256)> = match q.cursor.as_deref() {
-        None | Some("") => None,
-        Some(c) => Some(
-            c.split_once(':')
-                .and_then(|(time, txid)| Some((time.parse().ok()?, txid.parse().ok()?)))
-                .ok_or_else(|| {
-                    ApiError::bad_request("invalid-cursor", format!("{c:?} is not FIRST_SEEN:TXID"))
-                })?,
-        ),
-    };
-    state
-        .with_state(move |chain, pool| {
-            let address = address_of(chain, &address)?;
-            let network = chain.params().network;
-            let mut entries = pool.address_entries(&address.hash, usize::MAX);
-            entries.retain(|e| before.is_none_or(|key| (e.time, e.txid) < key));
-            entries.sort_by_key(|e| std::cmp::Reverse((e.time, e.txid)));
-            let txs: Vec<Value> = entries
-                .into_iter()
-                .take(MAX_ADDRESS_MEMPOOL_TXS)
-                .map(|entry| {
-                    let mut tx = super::handlers::tx_json(network, &entry.tx, &entry.spent);
-                    tx["status"] = json!({ "confirmed": false });
-                    tx["first_seen"] = json!(entry.time);
-                    tx
-                })
-                .collect();
-            Ok(Json(Value::Array(txs)))
-        })
-        .await
-}
-
-/// `GET /address/{address}/txs?cursor=HEIGHT:POS&limit=N`: confirmed
-/// history, newest first.
-pub async fn address_txs(
-    State(state): State<ApiState>,
-    Path(address): Path<String>,
-    Query(q): Query<CursorQuery>,
-) -> Result<Json<Value>, ApiError> {
-    let limit = page_limit(q.limit)?;
-    let before = match q.cursor.as_deref() {
-        None | Some("") => None,
-        Some(c) => {
-            let parsed = c
-                .split_once(':')
-                .and_then(|(h, p)| Some((h.parse().ok()?, p.parse().ok()?)));
-            Some(parsed.ok_or_else(|| {
-                ApiError::bad_request("invalid-cursor", format!("{c:?} is not HEIGHT:POS"))
-            })?)
-        }
-    };
-    state
-        .with_state(move |chain, _| {
-            let address = address_of(chain, &address)?;
-            let rows = chain.store().address_history(&address.hash, before, limit + 1)?;
-            let more = rows.len() > limit;
-            let page: Vec<Value> = rows
-                .iter()
-                .take(limit)
-                .map(|(height, position, txid)| json!({ "txid": txid, "block_height": height, "position": position }))
-                .collect();
-            let next = more.then(|| {
-                let (h, p, _) = rows[limit - 1];
-                format!("{h}:{p}")
-            });
-            Ok(Json(json!({ "txs": page, "next_cursor": next })))
-        })
-        .await
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,19 +1,16 @@
 //! Handlers. Shapes follow esplora where it has a counterpart.
 
-use std::collections::HashMap;
-
 use axum::extract::State;
 use axum::response::Response;
 use axum::Json;
 use serde_json::{json, Value};
 
+use super::esplora::{tx_json, unconfirmed_status, ConfirmedTxs};
 use super::extract::Path;
 use super::{ApiError, ApiState};
-use crate::consensus::address::Address;
 use crate::consensus::hash::Txid;
-use crate::consensus::params::Network;
-use crate::consensus::transaction::{OutPoint, Transaction, TxIn, TxOut};
-use crate::encoding::{Decode, Encode};
+use crate::consensus::transaction::Transaction;
+use crate::encoding::Decode;
 use crate::mempool::MempoolError;
 
 pub async fn not_found() -> ApiError {
@@ -114,6 +111,8 @@ pub async fn mempool_summary(State(state): State<ApiState>) -> Result<Response, 
             }
             Ok(json!({
                 "count": pool.len(),
+                // esplora's virtual size: bytes, as nothing is witness data.
+                "vsize": pool.bytes(),
                 "bytes": pool.bytes(),
                 "total_fee": total_fee,
                 "fee_histogram": histogram
@@ -121,6 +120,32 @@ pub async fn mempool_summary(State(state): State<ApiState>) -> Result<Response, 
                     .map(|(per_kb, size)| json!([per_kb as f64 / 1000.0, size]))
                     .collect::<Vec<_>>(),
             }))
+        })
+        .await
+}
+
+/// `GET /mempool/recent`: the last `MEMPOOL_RECENT` transactions to enter
+/// the pool, newest first, in esplora's short form.
+pub async fn mempool_recent(State(state): State<ApiState>) -> Result<Response, ApiError> {
+    state
+        .pool_json("/mempool/recent", |_, pool| {
+            let mut entries: Vec<_> = pool.entries().collect();
+            let count = super::explorer::MEMPOOL_RECENT.min(entries.len());
+            if count > 0 {
+                entries
+                    .select_nth_unstable_by_key(count - 1, |e| std::cmp::Reverse((e.time, e.txid)));
+            }
+            entries.truncate(count);
+            entries.sort_by_key(|e| std::cmp::Reverse((e.time, e.txid)));
+            Ok(json!(entries
+                .iter()
+                .map(|e| json!({
+                    "txid": e.txid,
+                    "fee": e.fee.units(),
+                    "vsize": e.size,
+                    "value": e.tx.outputs.iter().map(|o| o.amount.units()).sum::<u64>(),
+                }))
+                .collect::<Vec<_>>()))
         })
         .await
 }
@@ -182,95 +207,17 @@ pub async fn get_tx(
         .with_state(move |chain, pool| {
             let network = chain.params().network;
             if let Some(entry) = pool.get(&txid) {
-                let mut value = tx_json(network, &entry.tx, &entry.spent);
-                value["fee"] = json!(entry.fee.units());
-                value["status"] = json!({ "confirmed": false });
+                let mut value = tx_json(network, &entry.tx, &entry.spent, unconfirmed_status());
+                value["first_seen"] = json!(entry.time);
                 return Ok(Json(value));
             }
             let location = chain
                 .store()
                 .tx_location(&txid)?
                 .ok_or_else(|| ApiError::not_found(format!("transaction {txid} not found")))?;
-            let block = chain.store().block(&location.block)?.ok_or_else(|| {
-                ApiError::internal(format!("block {} of {txid} missing", location.block))
-            })?;
-            let tx = &block.transactions[location.position as usize];
-            // The outputs it spent are in its block's undo data.
-            let undo: HashMap<OutPoint, TxOut> = chain
-                .store()
-                .undo(&location.block)?
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(outpoint, utxo)| (outpoint, utxo.output))
-                .collect();
-            let spent = tx
-                .inputs
-                .iter()
-                .filter(|input| !matches!(input, TxIn::Coinbase { .. }))
-                .map(|input| {
-                    undo.get(&input.prevout()).copied().ok_or_else(|| {
-                        ApiError::internal(format!("undo data of {txid}'s block is missing"))
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let mut value = tx_json(network, tx, &spent);
-            value["status"] = json!({
-                "confirmed": true,
-                "block_height": location.height,
-                "block_hash": location.block,
-                "block_time": block.header.time,
-            });
-            Ok(Json(value))
+            Ok(Json(ConfirmedTxs::default().tx_json(chain, &location)?))
         })
         .await
-}
-
-/// A transaction in esplora's shape: `vin` with each input's previous
-/// output (`spent`, in input order; empty for a coinbase), `vout`, and the
-/// fee (0 for a coinbase). The caller adds `status`.
-pub fn tx_json(network: Network, tx: &Transaction, spent: &[TxOut]) -> Value {
-    let address = |out: &TxOut| Address::new(network, out.owner).to_string();
-    let vin: Vec<Value> = match tx.inputs.as_slice() {
-        [TxIn::Coinbase {
-            height,
-            extra_nonce,
-        }] => vec![json!({
-            "is_coinbase": true,
-            "height": height,
-            // A string: JSON numbers above 2^53 lose digits in JavaScript.
-            "extra_nonce": extra_nonce.to_string(),
-        })],
-        inputs => inputs
-            .iter()
-            .zip(spent)
-            .map(|(input, prev)| {
-                let prevout = input.prevout();
-                json!({
-                    "is_coinbase": false,
-                    "txid": prevout.txid,
-                    "vout": prevout.vout,
-                    "prevout": { "address": address(prev), "value": prev.amount.units() },
-                })
-            })
-            .collect(),
-    };
-    let vout: Vec<Value> = tx
-        .outputs
-        .iter()
-        .map(|out| json!({ "address": address(out), "value": out.amount.units() }))
-        .collect();
-    let inputs: u64 = spent.iter().map(|o| o.amount.units()).sum();
-    let outputs: u64 = tx.outputs.iter().map(|o| o.amount.units()).sum();
-    json!({
-        "txid": tx.txid(),
-        "version": tx.version,
-        "locktime": tx.lock_time,
-        "size": tx.encoded_len(),
-        "vin": vin,
-        "vout": vout,
-        "fee": if tx.is_coinbase() { 0 } else { inputs.saturating_sub(outputs) },
-        "hex": hex::encode(tx.to_bytes()),
-    })
 }
 
 /// The answer of `GET /address/{address}`. Typed rather than built with

@@ -7,6 +7,7 @@
 
 mod admin;
 mod error;
+mod esplora;
 mod events;
 mod explorer;
 mod extract;
@@ -28,6 +29,7 @@ use crate::chain::{Chain, ChainReader, ChainView};
 use crate::mempool::Mempool;
 use crate::p2p::NetworkHandle;
 pub use error::ApiError;
+pub use explorer::{MAX_CHAIN_TXS_PAGE, TIP_HEADER};
 pub use latency::Latency;
 pub use mining::Templates;
 pub use pool_views::{PoolViews, WHOLE_POOL_CONCURRENCY};
@@ -162,25 +164,65 @@ pub fn router(state: ApiState) -> Router {
         .route("/blocks/tip/hash", get(handlers::tip_hash))
         .route("/mempool", get(handlers::mempool_summary))
         .route("/mempool/txids", get(handlers::mempool_txids))
+        .route("/mempool/recent", get(handlers::mempool_recent))
         .route("/tx", post(handlers::submit_tx))
         .route("/tx/{txid}", get(handlers::get_tx))
+        .route("/tx/{txid}/status", get(explorer::tx_status_handler))
+        .route("/tx/{txid}/hex", get(explorer::tx_hex))
+        .route("/tx/{txid}/raw", get(explorer::tx_raw))
+        .route("/tx/{txid}/merkle-proof", get(explorer::tx_merkle_proof))
+        .route(
+            "/tx/{txid}/merkleblock-proof",
+            get(explorer::tx_merkleblock_proof),
+        )
+        .route("/tx/{txid}/outspend/{vout}", get(explorer::tx_outspend))
+        .route("/tx/{txid}/outspends", get(explorer::tx_outspends))
         .route("/address/{address}", get(handlers::address))
         .route("/address/{address}/utxo", get(explorer::address_utxo))
         .route("/address/{address}/txs", get(explorer::address_txs))
         .route(
+            "/address/{address}/txs/chain",
+            get(explorer::address_chain_txs),
+        )
+        .route(
+            "/address/{address}/txs/chain/{last_seen_txid}",
+            get(explorer::address_chain_txs_after),
+        )
+        .route(
             "/address/{address}/txs/mempool",
             get(explorer::address_mempool_txs),
+        )
+        .route("/scripthash/{hash}", get(explorer::scripthash_stats))
+        .route("/scripthash/{hash}/utxo", get(explorer::scripthash_utxo))
+        .route("/scripthash/{hash}/txs", get(explorer::scripthash_txs))
+        .route(
+            "/scripthash/{hash}/txs/chain",
+            get(explorer::scripthash_chain_txs),
+        )
+        .route(
+            "/scripthash/{hash}/txs/chain/{last_seen_txid}",
+            get(explorer::scripthash_chain_txs_after),
+        )
+        .route(
+            "/scripthash/{hash}/txs/mempool",
+            get(explorer::scripthash_mempool_txs),
         )
         .route("/addresses/balances", post(explorer::address_balances))
         .route("/blocks/tip", get(explorer::tip_block))
         .route("/blocks", get(explorer::blocks))
+        .route("/blocks/{start_height}", get(explorer::blocks_from))
         .route("/block/{hash}", get(explorer::block))
+        .route("/block/{hash}/status", get(explorer::block_status))
         .route("/block/{hash}/header", get(explorer::block_header))
+        .route("/block/{hash}/raw", get(explorer::block_raw))
         .route("/block/{hash}/txs", get(explorer::block_txs))
+        .route(
+            "/block/{hash}/txs/{start_index}",
+            get(explorer::block_txs_at),
+        )
+        .route("/block/{hash}/txids", get(explorer::block_txids))
+        .route("/block/{hash}/txid/{index}", get(explorer::block_txid_at))
         .route("/block-height/{height}", get(explorer::block_at_height))
-        .route("/tx/{txid}/status", get(explorer::tx_status_handler))
-        .route("/tx/{txid}/hex", get(explorer::tx_hex))
-        .route("/tx/{txid}/merkle-proof", get(explorer::tx_merkle_proof))
         .route("/chainstate", get(explorer::chainstate))
         .route("/peers", get(explorer::peers).post(admin::add_peer))
         .route("/peers/{addr}", axum::routing::delete(admin::remove_peer))

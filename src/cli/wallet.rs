@@ -128,45 +128,29 @@ struct Stats {
     tx_count: u64,
 }
 
-#[derive(Debug, Deserialize)]
-struct UtxoPage {
-    utxos: Vec<UtxoEntry>,
-    next_cursor: Option<String>,
-    /// The tip the page was read at.
-    tip: Option<Hash256>,
-}
-
+/// An entry of esplora's `/address/{a}/utxo`.
 #[derive(Debug, Deserialize)]
 struct UtxoEntry {
     txid: Hash256,
     vout: u32,
     value: u64,
     status: UtxoStatus,
+    /// ChainCore's own: a block reward, and whether it can be spent in the
+    /// next block.
     coinbase: bool,
     mature: bool,
-    spent_in_mempool: bool,
 }
 
 #[derive(Debug, Deserialize)]
 struct UtxoStatus {
-    block_height: u32,
-}
-
-#[derive(Debug, Deserialize)]
-struct TxsPage {
-    txs: Vec<TxRef>,
-    next_cursor: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct TxRef {
-    txid: Hash256,
-    block_height: u32,
+    confirmed: bool,
+    block_height: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
 struct TxInfo {
     txid: Hash256,
+    status: Option<UtxoStatus>,
     /// When an unconfirmed transaction entered the pool (its page cursor).
     first_seen: Option<u32>,
     vin: Vec<TxInput>,
@@ -183,6 +167,7 @@ struct TxInput {
 
 #[derive(Debug, Deserialize)]
 struct TxOutput {
+    #[serde(rename = "scriptpubkey_address")]
     address: String,
     value: u64,
 }
@@ -371,37 +356,47 @@ async fn estimated_fee_rate(client: &NodeClient) -> Result<u64> {
     Ok((rate.ceil() as u64).max(MIN_FEE_RATE_PER_BYTE))
 }
 
-/// `path` with the page cursor, if any.
-fn paged(mut path: String, cursor: &Option<String>) -> String {
-    if let Some(c) = cursor {
-        path.push_str("&cursor=");
-        path.push_str(c);
-    }
-    path
+/// The next page named by a response's `Link` header (RFC 8288), if any.
+fn next_page(headers: &hyper::HeaderMap) -> Option<String> {
+    let link = headers.get(hyper::header::LINK)?.to_str().ok()?;
+    link.split(',').find_map(|part| {
+        let (target, params) = part.trim().split_once(';')?;
+        params
+            .split(';')
+            .any(|p| p.trim() == "rel=\"next\"")
+            .then(|| {
+                target
+                    .trim()
+                    .trim_start_matches('<')
+                    .trim_end_matches('>')
+                    .to_string()
+            })
+    })
 }
 
-/// Every confirmed unspent output of `address`, page by page, all pages
-/// read at one tip: when a block arrives between two pages (a coin could be
-/// listed twice or not at all), the wallet reads them again.
+/// Every confirmed unspent output of `address` that no pool transaction
+/// spends, page by page, all pages read at one tip: when a block arrives
+/// between two pages (a coin could be listed twice or not at all), the
+/// wallet reads them again.
 async fn utxo_entries(client: &NodeClient, address: &Address) -> Result<Vec<UtxoEntry>> {
     'attempt: for _ in 0..UTXO_READ_ATTEMPTS {
         let mut all = Vec::new();
-        let mut cursor: Option<String> = None;
-        let mut anchor: Option<Hash256> = None;
+        let mut path = format!("/address/{address}/utxo?limit={UTXO_PAGE}");
+        let mut anchor: Option<String> = None;
         loop {
-            let path = paged(
-                format!("/address/{address}/utxo?limit={UTXO_PAGE}"),
-                &cursor,
-            );
-            let page: UtxoPage = client.get(&path).await?;
-            match (anchor, page.tip) {
+            let (page, headers): (Vec<UtxoEntry>, _) = client.get_with_headers(&path).await?;
+            let tip = headers
+                .get(crate::api::TIP_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            match (&anchor, tip) {
                 (None, tip) => anchor = tip,
-                (Some(before), Some(now)) if before != now => continue 'attempt,
+                (Some(before), Some(now)) if *before != now => continue 'attempt,
                 _ => {}
             }
-            all.extend(page.utxos);
-            match page.next_cursor {
-                Some(next) => cursor = Some(next),
+            all.extend(page.into_iter().filter(|u| u.status.confirmed));
+            match next_page(&headers) {
+                Some(next) => path = next,
                 None => return Ok(all),
             }
         }
@@ -452,7 +447,8 @@ async fn coins(client: &NodeClient, address: &Address) -> Result<Vec<Coin>> {
         .map(|u| Coin {
             outpoint: OutPoint::new(u.txid, u.vout),
             value: Amount::from_units(u.value),
-            spent_in_mempool: u.spent_in_mempool,
+            // The node lists no output a pool transaction spends.
+            spent_in_mempool: false,
             immature: !u.mature,
             confirmed: true,
         })
@@ -553,7 +549,7 @@ async fn utxos(client: &NodeClient, wallet: &Wallet, as_json: bool) -> Result<()
             .map(|u| {
                 json!({ "txid": u.txid, "vout": u.vout, "value": u.value,
                         "height": u.status.block_height, "coinbase": u.coinbase,
-                        "mature": u.mature, "spent_in_mempool": u.spent_in_mempool })
+                        "mature": u.mature })
             })
             .collect();
         println!("{}", serde_json::Value::Array(list));
@@ -568,15 +564,12 @@ async fn utxos(client: &NodeClient, wallet: &Wallet, as_json: bool) -> Result<()
                 "immature reward"
             });
         }
-        if u.spent_in_mempool {
-            notes.push("spent in mempool");
-        }
         println!(
             "{}:{}  {} CC  height {}{}",
             u.txid,
             u.vout,
             Amount::from_units(u.value),
-            u.status.block_height,
+            u.status.block_height.unwrap_or_default(),
             if notes.is_empty() {
                 String::new()
             } else {
@@ -619,18 +612,19 @@ async fn history(client: &NodeClient, wallet: &Wallet, limit: usize, as_json: bo
         .take(limit)
         .map(|tx| (tx.txid, None, net_change(tx, &mine), tx.fee))
         .collect();
-    let mut cursor: Option<String> = None;
+    let mut path = format!(
+        "/address/{address}/txs/chain?limit={}",
+        limit.clamp(1, crate::api::MAX_CHAIN_TXS_PAGE)
+    );
     while rows.len() < limit {
-        let page_size = (limit - rows.len()).min(UTXO_PAGE);
-        let path = paged(format!("/address/{address}/txs?limit={page_size}"), &cursor);
-        let page: TxsPage = client.get(&path).await?;
-        for r in &page.txs {
-            let tx: TxInfo = client.get(&format!("/tx/{}", r.txid)).await?;
-            rows.push((r.txid, Some(r.block_height), net_change(&tx, &mine), tx.fee));
+        let (page, headers): (Vec<TxInfo>, _) = client.get_with_headers(&path).await?;
+        for tx in &page {
+            let height = tx.status.as_ref().and_then(|s| s.block_height);
+            rows.push((tx.txid, height, net_change(tx, &mine), tx.fee));
         }
-        match page.next_cursor {
-            Some(next) => cursor = Some(next),
-            None => break,
+        match next_page(&headers) {
+            Some(next) if !page.is_empty() => path = next,
+            _ => break,
         }
     }
     rows.truncate(limit);

@@ -17,7 +17,11 @@ pub struct Node {
 
 impl Node {
     pub fn start(binary: &Path, data_dir: &Path, extra: &[&str]) -> Node {
-        let mut args = vec!["node", "--network", "regtest", "--p2p-bind", "127.0.0.1"];
+        let mut args = vec!["node", "--p2p-bind", "127.0.0.1"];
+        // Regtest unless the caller picks the network.
+        if !extra.contains(&"--network") {
+            args.extend(["--network", "regtest"]);
+        }
         // Ephemeral ports unless the caller picks its own.
         for flag in ["--p2p-port", "--api-port"] {
             if !extra.contains(&flag) {

@@ -61,6 +61,20 @@ fn get(api: SocketAddr, path: &str) -> (u16, Value) {
     (status, value)
 }
 
+/// The next page a response's `Link` header names (RFC 8288).
+fn next_link(headers: &[(String, String)]) -> Option<String> {
+    let (_, link) = headers.iter().find(|(k, _)| k == "link")?;
+    let (target, rel) = link.split_once(';')?;
+    assert_eq!(rel.trim(), "rel=\"next\"", "{link}");
+    Some(
+        target
+            .trim()
+            .trim_start_matches('<')
+            .trim_end_matches('>')
+            .to_string(),
+    )
+}
+
 fn error_code(api: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
     let (status, body) = http(api, method, path, body);
     let value: Value =
@@ -136,7 +150,10 @@ fn rest_endpoints_answer_and_refuse_as_documented() {
     let (_, headers, _) = http_with_headers(api, "GET", &format!("/block/{tip}"), "");
     assert_eq!(control(&headers), "no-cache", "{headers:?}");
     // What the hash fixes is immutable, however shallow.
-    for path in [format!("/block/{tip}/header"), format!("/block/{tip}/txs")] {
+    for path in [
+        format!("/block/{tip}/header"),
+        format!("/block/{tip}/txids"),
+    ] {
         let (status, headers, _) = http_with_headers(api, "GET", &path, "");
         assert_eq!(status, 200);
         assert!(
@@ -164,20 +181,60 @@ fn rest_endpoints_answer_and_refuse_as_documented() {
         hex::encode(busy.header.to_array())
     );
 
-    // A block's transactions, 25 per page.
-    let (_, first) = get(api, &format!("/block/{busy_hash}/txs"));
-    assert_eq!(first["txs"].as_array().unwrap().len(), 25);
-    let next = first["next_cursor"].as_str().unwrap().to_string();
-    let (_, second) = get(api, &format!("/block/{busy_hash}/txs?cursor={next}"));
-    assert_eq!(second["txs"].as_array().unwrap().len(), 6);
-    assert!(second["next_cursor"].is_null());
+    // A block's transactions, 25 per page, as esplora's.
+    let (_, headers, body) = http_with_headers(api, "GET", &format!("/block/{busy_hash}/txs"), "");
+    let first: Vec<Value> = serde_json::from_str(&body).unwrap();
+    assert_eq!(first.len(), 25);
+    let next = next_link(&headers).expect("a second page");
+    assert_eq!(next, format!("/block/{busy_hash}/txs/25"));
+    let (_, headers, body) = http_with_headers(api, "GET", &next, "");
+    let second: Vec<Value> = serde_json::from_str(&body).unwrap();
+    assert_eq!(second.len(), 6);
+    assert_eq!(next_link(&headers), None);
+    let txids: Vec<Value> = first
+        .iter()
+        .chain(&second)
+        .map(|t| t["txid"].clone())
+        .collect();
+    assert_eq!(
+        json!(txids),
+        get(api, &format!("/block/{busy_hash}/txids")).1
+    );
+    assert_eq!(json!(busy.txids()), json!(txids));
+    assert_eq!(
+        http(api, "GET", &format!("/block/{busy_hash}/txid/30"), "").1,
+        busy.transactions[30].txid().to_string()
+    );
     refuses(
         api,
         "GET",
-        &format!("/block/{busy_hash}/txs?cursor=x"),
+        &format!("/block/{busy_hash}/txid/31"),
+        "",
+        404,
+        "not-found",
+    );
+    refuses(
+        api,
+        "GET",
+        &format!("/block/{busy_hash}/txs/7"),
         "",
         400,
-        "invalid-cursor",
+        "invalid-start-index",
+    );
+    refuses(
+        api,
+        "GET",
+        &format!("/block/{busy_hash}/txs/50"),
+        "",
+        404,
+        "not-found",
+    );
+    let (_, status) = get(api, &format!("/block/{busy_hash}/status"));
+    assert_eq!(status["in_best_chain"], true);
+    assert_eq!(status["height"], height - 7);
+    assert_eq!(
+        status["next_best"],
+        json!(chain.blocks[(height - 6) as usize].hash())
     );
 
     // Transactions.
@@ -202,11 +259,15 @@ fn rest_endpoints_answer_and_refuse_as_documented() {
     for (output, entry) in spend.outputs.iter().zip(vout) {
         assert_eq!(entry["value"], output.amount.units());
         assert_eq!(
-            entry["address"],
+            entry["scriptpubkey_address"],
             json!(
                 chaincore::consensus::address::Address::new(Network::Regtest, output.owner)
                     .to_string()
             )
+        );
+        assert_eq!(
+            entry["scriptpubkey"],
+            json!(format!("76a914{}88ac", hex::encode(output.owner.0)))
         );
     }
     let paid: u64 = spend.outputs.iter().map(|o| o.amount.units()).sum();
@@ -253,18 +314,36 @@ fn rest_endpoints_answer_and_refuse_as_documented() {
     let utxo_count = summary["chain_stats"]["funded_txo_count"].as_u64().unwrap()
         - summary["chain_stats"]["spent_txo_count"].as_u64().unwrap();
     assert!(utxo_count > 1_000, "{summary}");
-    let (_, page1) = get(api, &format!("/address/{address}/utxo?limit=1000"));
-    let cursor = page1["next_cursor"].as_str().unwrap().to_string();
-    let (_, page2) = get(
+    refuses(
         api,
-        &format!("/address/{address}/utxo?limit=1000&cursor={cursor}"),
+        "GET",
+        &format!("/address/{address}/utxo"),
+        "",
+        400,
+        "too-many-utxos",
     );
-    assert!(page2["next_cursor"].is_null());
-    let all: HashSet<String> = page1["utxos"]
-        .as_array()
-        .unwrap()
+    let (_, headers1, body) = http_with_headers(
+        api,
+        "GET",
+        &format!("/address/{address}/utxo?limit=1000"),
+        "",
+    );
+    let page1: Vec<Value> = serde_json::from_str(&body).unwrap();
+    let next = next_link(&headers1).expect("a second page");
+    let (_, headers2, body) = http_with_headers(api, "GET", &next, "");
+    let page2: Vec<Value> = serde_json::from_str(&body).unwrap();
+    assert_eq!(next_link(&headers2), None);
+    let tip_of = |headers: &[(String, String)]| {
+        headers
+            .iter()
+            .find(|(k, _)| k == "chaincore-tip")
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(tip_of(&headers1), Some(tip.clone()));
+    assert_eq!(tip_of(&headers2), Some(tip.clone()));
+    let all: HashSet<String> = page1
         .iter()
-        .chain(page2["utxos"].as_array().unwrap())
+        .chain(&page2)
         .map(|u| format!("{}:{}", u["txid"].as_str().unwrap(), u["vout"]))
         .collect();
     assert_eq!(
@@ -272,18 +351,17 @@ fn rest_endpoints_answer_and_refuse_as_documented() {
         utxo_count,
         "every UTXO once across the pages"
     );
-    let sum: u64 = page1["utxos"]
-        .as_array()
-        .unwrap()
+    let sum: u64 = page1
         .iter()
-        .chain(page2["utxos"].as_array().unwrap())
+        .chain(&page2)
         .map(|u| u["value"].as_u64().unwrap())
         .sum();
     assert_eq!(json!(sum), summary["balance"]);
+    assert!(page1.iter().all(|u| u["status"]["confirmed"] == true
+        && u["status"]["block_hash"].is_string()
+        && u["status"]["block_time"].is_u64()));
     // Payments, not block rewards: all spendable.
-    assert!(page1["utxos"]
-        .as_array()
-        .unwrap()
+    assert!(page1
         .iter()
         .all(|u| u["coinbase"] == false && u["mature"] == true));
     assert_eq!(
@@ -305,21 +383,13 @@ fn rest_endpoints_answer_and_refuse_as_documented() {
         (400, "invalid-cursor".into())
     );
     let mut history = Vec::new();
-    let mut cursor = String::new();
+    let mut path = format!("/address/{address}/txs/chain?limit=10");
     loop {
-        let (_, page) = get(
-            api,
-            &format!("/address/{address}/txs?limit=10&cursor={cursor}"),
-        );
-        history.extend(
-            page["txs"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|t| t["txid"].as_str().unwrap().to_string()),
-        );
-        match page["next_cursor"].as_str() {
-            Some(next) => cursor = next.to_string(),
+        let (_, headers, body) = http_with_headers(api, "GET", &path, "");
+        let page: Vec<Value> = serde_json::from_str(&body).unwrap();
+        history.extend(page.iter().map(|t| t["txid"].as_str().unwrap().to_string()));
+        match next_link(&headers) {
+            Some(next) => path = next,
             None => break,
         }
     }
@@ -692,7 +762,12 @@ fn every_documented_path_answers_from_a_handler() {
             .replace("{address}", &address)
             .replace("{hash}", &tip)
             .replace("{txid}", &txid)
-            .replace("{height}", "1");
+            .replace("{last_seen_txid}", &txid)
+            .replace("{height}", "1")
+            .replace("{start_height}", "1")
+            .replace("{start_index}", "0")
+            .replace("{index}", "0")
+            .replace("{vout}", "0");
         let query: Vec<String> = op["parameters"]
             .as_array()
             .unwrap()
@@ -728,10 +803,10 @@ fn every_documented_path_answers_from_a_handler() {
             "{url} fell through to the fallback"
         );
         assert_eq!(status, 200, "{url}: {body}");
-        let text = op["responses"]["200"]["content"]
-            .get("text/plain")
+        let json = op["responses"]["200"]["content"]
+            .get("application/json")
             .is_some();
-        if !text {
+        if json {
             serde_json::from_str::<Value>(&body)
                 .unwrap_or_else(|e| panic!("{url}: not JSON ({e}): {body}"));
         }

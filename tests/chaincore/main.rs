@@ -7,6 +7,7 @@ mod clients;
 mod common;
 mod crash;
 mod dissector;
+mod esplora;
 mod events;
 mod hostile;
 mod mempool;
