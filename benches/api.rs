@@ -76,6 +76,30 @@ fn main() {
     )
     .unwrap();
 
+    // The same addresses' histories: esplora's `/address/{a}/txs`, each
+    // confirmed transaction read from its block with what it spent.
+    let history = dir.path().join("history.lua");
+    std::fs::write(
+        &history,
+        format!(
+            "local a = {{{}}}\nmath.randomseed(7)\nrequest = function()\n  \
+             return wrk.format(\"GET\", \"/address/\" .. a[math.random(#a)] .. \"/txs\")\nend\n",
+            list.join(",")
+        ),
+    )
+    .unwrap();
+    let (status, body) = http(api, "GET", &format!("/address/{probe}/txs"), "");
+    assert_eq!(status, 200, "{body}");
+    let txs: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+    println!(
+        "history of one address: {} transactions in {} blocks",
+        txs.len(),
+        txs.iter()
+            .map(|t| t["status"]["block_hash"].to_string())
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+    );
+
     // The reference, in the same run: the cheapest route (two point reads,
     // no JSON), so the figure shows what the HTTP stack and wrk themselves
     // cost on this machine.
@@ -89,6 +113,15 @@ fn main() {
             wrk(api, connections, Some(&script), "GET /address/{random}")
         );
     }
+    println!(
+        "{}",
+        wrk(
+            api,
+            WRK_CONNECTIONS[0],
+            Some(&history),
+            "GET /address/{random}/txs (esplora history)"
+        )
+    );
     std::thread::sleep(Duration::from_millis(100));
 }
 

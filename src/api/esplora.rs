@@ -11,19 +11,17 @@
 //! coinbase's pushes its height and extra nonce. There are no sequence
 //! numbers (every input is final: `0xffffffff`) and no witnesses.
 
-use std::collections::HashMap;
-
-use serde_json::{json, Map, Value};
+use serde::ser::{Serialize, SerializeStruct, Serializer};
+use serde_json::{json, Value};
 
 use super::ApiError;
 use crate::chain::ChainView;
-use crate::consensus::address::{Address, PubKeyHash};
 use crate::consensus::block::Block;
-use crate::consensus::hash::{BlockHash, Txid};
+use crate::consensus::hash::BlockHash;
 use crate::consensus::params::Network;
 use crate::consensus::transaction::{Transaction, TxIn, TxOut};
 use crate::encoding::Encode;
-use crate::store::schema::{p2pkh_script, status, BlockIndexEntry, TxLocation};
+use crate::store::schema::{p2pkh_script, status, BlockIndexEntry};
 
 /// The sequence number every input shows: ChainCore has none, and every
 /// input is final.
@@ -53,32 +51,51 @@ pub fn difficulty(bits: u32) -> f64 {
     value
 }
 
-/// An owner's output script fields: `scriptpubkey` (hex), its assembly,
-/// type and address.
-fn script_fields(network: Network, owner: &PubKeyHash, out: &mut Map<String, Value>) {
-    let script = p2pkh_script(owner);
-    out.insert("scriptpubkey".into(), hex::encode(script).into());
-    out.insert(
-        "scriptpubkey_asm".into(),
-        format!(
-            "OP_DUP OP_HASH160 OP_PUSHBYTES_20 {} OP_EQUALVERIFY OP_CHECKSIG",
-            hex::encode(owner.0)
-        )
-        .into(),
-    );
-    out.insert("scriptpubkey_type".into(), "p2pkh".into());
-    out.insert(
-        "scriptpubkey_address".into(),
-        Address::new(network, *owner).to_string().into(),
-    );
+/// The hex of `bytes` into `out` (twice their length), as a `&str`.
+fn hex_into<'a>(bytes: &[u8], out: &'a mut [u8]) -> &'a str {
+    hex::encode_to_slice(bytes, out).expect("an output buffer of twice the length");
+    std::str::from_utf8(out).expect("hex is ASCII")
 }
 
-/// An output: its script fields and `value` in base units.
-pub fn output_json(network: Network, output: &TxOut) -> Value {
-    let mut out = Map::new();
-    script_fields(network, &output.owner, &mut out);
-    out.insert("value".into(), output.amount.units().into());
-    Value::Object(out)
+/// An output in esplora's shape: its owner's script (`scriptpubkey`, its
+/// assembly, type and address) and `value` in base units. Serialized
+/// straight from the output, without building a JSON tree or allocating:
+/// a history page can hold tens of thousands of outputs.
+pub struct OutputJson<'a> {
+    pub network: Network,
+    pub output: &'a TxOut,
+}
+
+impl Serialize for OutputJson<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let owner = &self.output.owner;
+        let mut script = [0u8; 50];
+        let script = hex_into(&p2pkh_script(owner), &mut script);
+        const ASM_HEAD: &[u8] = b"OP_DUP OP_HASH160 OP_PUSHBYTES_20 ";
+        const ASM_TAIL: &[u8] = b" OP_EQUALVERIFY OP_CHECKSIG";
+        let mut asm = [0u8; ASM_HEAD.len() + 40 + ASM_TAIL.len()];
+        asm[..ASM_HEAD.len()].copy_from_slice(ASM_HEAD);
+        hex_into(&owner.0, &mut asm[ASM_HEAD.len()..ASM_HEAD.len() + 40]);
+        asm[ASM_HEAD.len() + 40..].copy_from_slice(ASM_TAIL);
+        let asm = std::str::from_utf8(&asm).expect("ASCII");
+        let mut payload = [0u8; 21];
+        payload[0] = self.network.params().address_version;
+        payload[1..].copy_from_slice(&owner.0);
+        // Base58Check of 21 bytes: at most 34 characters.
+        let mut address = [0u8; 40];
+        let len = bs58::encode(payload)
+            .with_check()
+            .onto(&mut address[..])
+            .map_err(serde::ser::Error::custom)?;
+        let address = std::str::from_utf8(&address[..len]).expect("Base58 is ASCII");
+        let mut out = serializer.serialize_struct("Output", 5)?;
+        out.serialize_field("scriptpubkey", script)?;
+        out.serialize_field("scriptpubkey_asm", asm)?;
+        out.serialize_field("scriptpubkey_type", "p2pkh")?;
+        out.serialize_field("scriptpubkey_address", address)?;
+        out.serialize_field("value", &self.output.amount.units())?;
+        out.end()
+    }
 }
 
 /// Pushes of `items` as script hex and assembly (each item below 76 bytes,
@@ -95,83 +112,188 @@ fn pushes(items: &[&[u8]]) -> (String, String) {
     (hex::encode(script), asm.join(" "))
 }
 
-/// esplora's `status` of a confirmed transaction.
-pub fn confirmed_status(height: u32, block: &BlockHash, time: u32) -> Value {
-    json!({ "confirmed": true, "block_height": height, "block_hash": block, "block_time": time })
+/// esplora's `status` of a transaction (and of an outspend).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TxStatus {
+    Confirmed {
+        height: u32,
+        block: BlockHash,
+        time: u32,
+    },
+    Unconfirmed,
 }
 
-pub fn unconfirmed_status() -> Value {
-    json!({ "confirmed": false })
+impl Serialize for TxStatus {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            TxStatus::Confirmed {
+                height,
+                block,
+                time,
+            } => {
+                let mut out = serializer.serialize_struct("Status", 4)?;
+                out.serialize_field("confirmed", &true)?;
+                out.serialize_field("block_height", height)?;
+                out.serialize_field("block_hash", block)?;
+                out.serialize_field("block_time", time)?;
+                out.end()
+            }
+            TxStatus::Unconfirmed => {
+                let mut out = serializer.serialize_struct("Status", 1)?;
+                out.serialize_field("confirmed", &false)?;
+                out.end()
+            }
+        }
+    }
+}
+
+/// An input in esplora's shape, with the output it spends (`None` for a
+/// coinbase).
+struct InputJson<'a> {
+    network: Network,
+    input: &'a TxIn,
+    spent: Option<&'a TxOut>,
+}
+
+impl Serialize for InputJson<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let prevout = self.input.prevout();
+        let (scriptsig, asm) = match self.input {
+            TxIn::Spend {
+                pubkey, signature, ..
+            } => pushes(&[signature, pubkey]),
+            TxIn::Coinbase {
+                height,
+                extra_nonce,
+            } => pushes(&[&height.to_le_bytes(), &extra_nonce.to_le_bytes()]),
+        };
+        let coinbase = matches!(self.input, TxIn::Coinbase { .. });
+        let mut out = serializer.serialize_struct("Input", 10)?;
+        out.serialize_field("txid", &prevout.txid)?;
+        out.serialize_field("vout", &prevout.vout)?;
+        out.serialize_field(
+            "prevout",
+            &self.spent.map(|output| OutputJson {
+                network: self.network,
+                output,
+            }),
+        )?;
+        out.serialize_field("scriptsig", &scriptsig)?;
+        out.serialize_field("scriptsig_asm", &asm)?;
+        out.serialize_field("witness", &[(); 0])?;
+        out.serialize_field("is_coinbase", &coinbase)?;
+        out.serialize_field("sequence", &FINAL_SEQUENCE)?;
+        if let TxIn::Coinbase {
+            height,
+            extra_nonce,
+        } = self.input
+        {
+            // ChainCore's own: the coinbase's height and extra nonce (a
+            // string: JSON numbers above 2^53 lose digits in JavaScript).
+            out.serialize_field("height", height)?;
+            out.serialize_field("extra_nonce", &extra_nonce.to_string())?;
+        }
+        out.end()
+    }
 }
 
 /// A transaction in esplora's shape, given the outputs its inputs spend
-/// (in input order; none for a coinbase) and its `status`.
-pub fn tx_json(network: Network, tx: &Transaction, spent: &[TxOut], status: Value) -> Value {
-    let vin: Vec<Value> = match tx.inputs.as_slice() {
-        [TxIn::Coinbase {
-            height,
-            extra_nonce,
-        }] => {
-            let (scriptsig, asm) = pushes(&[&height.to_le_bytes(), &extra_nonce.to_le_bytes()]);
-            vec![json!({
-                "txid": Txid::ZERO,
-                "vout": u32::MAX,
-                "prevout": null,
-                "scriptsig": scriptsig,
-                "scriptsig_asm": asm,
-                "witness": [],
-                "is_coinbase": true,
-                "sequence": FINAL_SEQUENCE,
-                // ChainCore's own: the coinbase's height and extra nonce
-                // (a string: JSON numbers above 2^53 lose digits in
-                // JavaScript).
-                "height": height,
-                "extra_nonce": extra_nonce.to_string(),
-            })]
+/// (in input order; none for a coinbase), its status and, for a pool
+/// transaction, when it entered the pool (ChainCore's `first_seen`).
+/// Serialized straight from the transaction.
+pub struct TxJson<'a> {
+    pub network: Network,
+    pub tx: &'a Transaction,
+    pub spent: &'a [TxOut],
+    pub status: TxStatus,
+    pub first_seen: Option<u32>,
+}
+
+impl Serialize for TxJson<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        struct Inputs<'a>(&'a TxJson<'a>);
+        impl Serialize for Inputs<'_> {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                let tx = self.0;
+                serializer.collect_seq(tx.tx.inputs.iter().enumerate().map(|(i, input)| {
+                    InputJson {
+                        network: tx.network,
+                        input,
+                        spent: tx.spent.get(i),
+                    }
+                }))
+            }
         }
-        inputs => inputs
-            .iter()
-            .zip(spent)
-            .map(|(input, prev)| {
-                let prevout = input.prevout();
-                let (scriptsig, asm) = match input {
-                    TxIn::Spend {
-                        pubkey, signature, ..
-                    } => pushes(&[signature, pubkey]),
-                    TxIn::Coinbase { .. } => (String::new(), String::new()),
-                };
-                json!({
-                    "txid": prevout.txid,
-                    "vout": prevout.vout,
-                    "prevout": output_json(network, prev),
-                    "scriptsig": scriptsig,
-                    "scriptsig_asm": asm,
-                    "witness": [],
-                    "is_coinbase": false,
-                    "sequence": FINAL_SEQUENCE,
-                })
-            })
-            .collect(),
-    };
-    let vout: Vec<Value> = tx
-        .outputs
-        .iter()
-        .map(|out| output_json(network, out))
-        .collect();
-    let inputs: u64 = spent.iter().map(|o| o.amount.units()).sum();
-    let outputs: u64 = tx.outputs.iter().map(|o| o.amount.units()).sum();
-    let size = tx.encoded_len();
-    json!({
-        "txid": tx.txid(),
-        "version": tx.version,
-        "locktime": tx.lock_time,
-        "vin": vin,
-        "vout": vout,
-        "size": size,
-        "weight": size * WITNESS_SCALE_FACTOR,
-        "fee": if tx.is_coinbase() { 0 } else { inputs.saturating_sub(outputs) },
-        "status": status,
-    })
+        struct Outputs<'a>(&'a TxJson<'a>);
+        impl Serialize for Outputs<'_> {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                let tx = self.0;
+                serializer.collect_seq(tx.tx.outputs.iter().map(|output| OutputJson {
+                    network: tx.network,
+                    output,
+                }))
+            }
+        }
+        let tx = self.tx;
+        let inputs: u64 = self.spent.iter().map(|o| o.amount.units()).sum();
+        let outputs: u64 = tx.outputs.iter().map(|o| o.amount.units()).sum();
+        let fee = if tx.is_coinbase() {
+            0
+        } else {
+            inputs.saturating_sub(outputs)
+        };
+        let size = tx.encoded_len();
+        let mut out = serializer.serialize_struct("Transaction", 10)?;
+        out.serialize_field("txid", &tx.txid())?;
+        out.serialize_field("version", &tx.version)?;
+        out.serialize_field("locktime", &tx.lock_time)?;
+        out.serialize_field("vin", &Inputs(self))?;
+        out.serialize_field("vout", &Outputs(self))?;
+        out.serialize_field("size", &size)?;
+        out.serialize_field("weight", &(size * WITNESS_SCALE_FACTOR))?;
+        out.serialize_field("fee", &fee)?;
+        out.serialize_field("status", &self.status)?;
+        if let Some(first_seen) = self.first_seen {
+            out.serialize_field("first_seen", &first_seen)?;
+        }
+        out.end()
+    }
+}
+
+/// A JSON array written element by element into one buffer: a list of
+/// transactions never exists as a JSON tree.
+#[derive(Default)]
+pub struct JsonList {
+    body: Vec<u8>,
+    len: usize,
+}
+
+impl JsonList {
+    pub fn push(&mut self, item: &impl Serialize) -> Result<(), ApiError> {
+        self.body.push(if self.len == 0 { b'[' } else { b',' });
+        serde_json::to_writer(&mut self.body, item).map_err(ApiError::internal)?;
+        self.len += 1;
+        Ok(())
+    }
+
+    /// The array as a JSON response.
+    pub fn into_response(mut self) -> axum::response::Response {
+        if self.len == 0 {
+            self.body.push(b'[');
+        }
+        self.body.push(b']');
+        json_bytes(self.body)
+    }
+}
+
+/// `body` (JSON) as a response.
+pub fn json_bytes(body: Vec<u8>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
 }
 
 /// Median of the times of the `MEDIAN_TIME_SPAN` blocks ending at `entry`
@@ -227,10 +349,8 @@ pub fn block_json(chain: &ChainView, hash: &BlockHash) -> Result<Value, ApiError
         "in_best_chain": active,
         "confirmations": if active { chain.confirmations(entry.height) } else { 0 },
     });
-    // As esplora's: genesis has no `previousblockhash` at all.
-    if entry.height > 0 {
-        block["previousblockhash"] = json!(header.prev_hash);
-    }
+    // As esplora's: null for genesis.
+    block["previousblockhash"] = json!((entry.height > 0).then_some(header.prev_hash));
     Ok(block)
 }
 
@@ -283,46 +403,24 @@ impl ConfirmedBlock {
     }
 
     /// The transaction at `position`, in esplora's shape.
-    pub fn tx_json(&self, network: Network, position: usize) -> Value {
+    pub fn tx_json(&self, network: Network, position: usize) -> TxJson<'_> {
         let tx = &self.block.transactions[position];
         let spent = if tx.is_coinbase() {
             &[][..]
         } else {
             &self.spent[self.starts[position]..self.starts[position] + tx.inputs.len()]
         };
-        tx_json(
+        TxJson {
             network,
             tx,
             spent,
-            confirmed_status(self.height, &self.hash, self.block.header.time),
-        )
-    }
-}
-
-/// Confirmed transactions of possibly many blocks, each block loaded once.
-#[derive(Default)]
-pub struct ConfirmedTxs {
-    blocks: HashMap<BlockHash, ConfirmedBlock>,
-}
-
-impl ConfirmedTxs {
-    pub fn tx_json(&mut self, chain: &ChainView, location: &TxLocation) -> Result<Value, ApiError> {
-        let block = match self.blocks.entry(location.block) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => e.insert(ConfirmedBlock::load(
-                chain,
-                &location.block,
-                location.height,
-            )?),
-        };
-        let position = location.position as usize;
-        if position >= block.block.transactions.len() {
-            return Err(ApiError::internal(format!(
-                "tx index points past block {}",
-                location.block
-            )));
+            status: TxStatus::Confirmed {
+                height: self.height,
+                block: self.hash,
+                time: self.block.header.time,
+            },
+            first_seen: None,
         }
-        Ok(block.tx_json(chain.params().network, position))
     }
 }
 

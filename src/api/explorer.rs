@@ -11,12 +11,9 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::esplora::{
-    block_json, confirmed_status, stored_block_entry, tx_json, unconfirmed_status, ConfirmedBlock,
-    ConfirmedTxs,
-};
+use super::esplora::{block_json, stored_block_entry, ConfirmedBlock, JsonList, TxJson, TxStatus};
 use super::extract::{Path, Query};
-use super::{ApiError, ApiState};
+use super::{ApiError, ApiState, PoolGate};
 use crate::chain::ChainView;
 use crate::consensus::address::{Address, PubKeyHash};
 use crate::consensus::amount::Amount;
@@ -39,7 +36,7 @@ pub const MAX_ADDRESS_PAGE: usize = 1000;
 /// and at most with `limit`: each is a full transaction, read from its
 /// block.
 pub const CHAIN_TXS_PAGE: usize = 25;
-pub const MAX_CHAIN_TXS_PAGE: usize = 100;
+pub const MAX_CHAIN_TXS_PAGE: usize = 25;
 /// Addresses one `POST /addresses/balances` may ask about.
 pub const MAX_BATCH_ADDRESSES: usize = 1000;
 /// Transactions `/mempool/recent` lists (esplora's).
@@ -167,17 +164,20 @@ pub async fn block_status(
     let hash = parse_hash(&hash, "invalid-hash")?;
     state
         .with_view(move |chain| {
-            let entry = chain
-                .index_entry(&hash)?
-                .ok_or_else(|| ApiError::not_found(format!("block {hash} not found")))?;
-            if chain.hash_at(entry.height)? != Some(hash) {
-                return Ok(Json(json!({ "in_best_chain": false })));
-            }
-            let mut status = json!({ "in_best_chain": true, "height": entry.height });
-            if let Some(next) = chain.hash_at(entry.height + 1)? {
-                status["next_best"] = json!(next);
-            }
-            Ok(Json(status))
+            // As esplora's: a block it does not know is not in the best
+            // chain, and has no height and no next block.
+            let entry = chain.index_entry(&hash)?;
+            let active = match &entry {
+                Some(entry) => chain.hash_at(entry.height)? == Some(hash),
+                None => false,
+            };
+            let (height, next) = match entry.filter(|_| active) {
+                Some(entry) => (Some(entry.height), chain.hash_at(entry.height + 1)?),
+                None => (None, None),
+            };
+            Ok(Json(
+                json!({ "in_best_chain": active, "height": height, "next_best": next }),
+            ))
         })
         .await
 }
@@ -209,7 +209,7 @@ pub async fn block_raw(
 ) -> Result<Response, ApiError> {
     let hash = parse_hash(&hash, "invalid-hash")?;
     state
-        .with_view(move |chain| {
+        .with_chain_reads(move |chain, _| {
             stored_block_entry(chain, &hash)?;
             let bytes = chain
                 .store()
@@ -277,7 +277,7 @@ async fn block_txs_from(
     start: usize,
 ) -> Result<Response, ApiError> {
     state
-        .with_view(move |chain| {
+        .with_chain_reads(move |chain, _| {
             let block = active_block(chain, &hash)?;
             let count = block.block.transactions.len();
             if start >= count {
@@ -287,13 +287,16 @@ async fn block_txs_from(
             }
             let end = (start + BLOCK_TXS_PAGE).min(count);
             let network = chain.params().network;
-            let txs: Vec<Value> = (start..end).map(|i| block.tx_json(network, i)).collect();
+            let mut txs = JsonList::default();
+            for i in start..end {
+                txs.push(&block.tx_json(network, i))?;
+            }
             let next = (end < count).then(|| format!("/block/{hash}/txs/{end}"));
             // Statuses name the block, which is on the active chain now:
             // revalidate.
             Ok(with_next(
                 next,
-                with_cache_control(REVALIDATE, Json(Value::Array(txs))),
+                with_cache_control(REVALIDATE, txs.into_response()),
             ))
         })
         .await
@@ -325,7 +328,7 @@ pub async fn block_txids(
 ) -> Result<Response, ApiError> {
     let hash = parse_hash(&hash, "invalid-hash")?;
     state
-        .with_view(move |chain| {
+        .with_chain_reads(move |chain, _| {
             stored_block_entry(chain, &hash)?;
             let block = chain
                 .store()
@@ -346,7 +349,7 @@ pub async fn block_txid_at(
         ApiError::bad_request("invalid-index", format!("{index:?} is not an index"))
     })?;
     state
-        .with_view(move |chain| {
+        .with_chain_reads(move |chain, _| {
             stored_block_entry(chain, &hash)?;
             let block = chain
                 .store()
@@ -367,40 +370,47 @@ pub async fn block_txid_at(
 fn tx_status(
     chain: &ChainView,
     txid: &Hash256,
-) -> Result<Option<(Value, crate::store::schema::TxLocation)>, ApiError> {
+) -> Result<Option<(TxStatus, crate::store::schema::TxLocation)>, ApiError> {
     let Some(loc) = chain.store().tx_location(txid)? else {
         return Ok(None);
     };
     let time = chain.index_entry(&loc.block)?.map_or(0, |e| e.header.time);
-    Ok(Some((confirmed_status(loc.height, &loc.block, time), loc)))
+    let status = TxStatus::Confirmed {
+        height: loc.height,
+        block: loc.block,
+        time,
+    };
+    Ok(Some((status, loc)))
 }
 
 pub async fn tx_status_handler(
     State(state): State<ApiState>,
     Path(txid): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TxStatus>, ApiError> {
     let txid = parse_hash(&txid, "invalid-txid")?;
+    // As esplora's: what is not confirmed (in the pool or unknown) is
+    // `{"confirmed": false}`.
     state
-        .with_state(move |chain, pool| match tx_status(chain, &txid)? {
-            Some((status, _)) => Ok(Json(status)),
-            None if pool.contains(&txid) => Ok(Json(unconfirmed_status())),
-            None => Err(ApiError::not_found(format!("transaction {txid} not found"))),
+        .with_view(move |chain| {
+            Ok(Json(
+                tx_status(chain, &txid)?.map_or(TxStatus::Unconfirmed, |(status, _)| status),
+            ))
         })
         .await
 }
 
-/// A transaction's ChainCore encoding, from the pool or its block.
-fn tx_bytes(chain: &ChainView, pool: &Mempool, txid: &Txid) -> Result<Vec<u8>, ApiError> {
-    if let Some(entry) = pool.get(txid) {
+/// A transaction's ChainCore encoding, from the pool or its block (the
+/// pool locked only to copy it out).
+fn tx_bytes(chain: &ChainView, pool: &PoolGate, txid: &Txid) -> Result<Vec<u8>, ApiError> {
+    if let Some(entry) = pool.lock().get(txid) {
         return Ok(entry.tx.to_bytes());
     }
-    let (_, loc) = tx_status(chain, txid)?
-        .ok_or_else(|| ApiError::not_found(format!("transaction {txid} not found")))?;
-    let block = chain
-        .store()
-        .block(&loc.block)?
-        .ok_or_else(|| ApiError::internal("indexed block missing"))?;
-    Ok(block.transactions[loc.position as usize].to_bytes())
+    let (block, loc) = confirmed_block_of(chain, txid)?;
+    block
+        .transactions
+        .get(loc.position as usize)
+        .map(Encode::to_bytes)
+        .ok_or_else(|| ApiError::internal(format!("tx index of {txid} points past its block")))
 }
 
 pub async fn tx_hex(
@@ -409,7 +419,7 @@ pub async fn tx_hex(
 ) -> Result<String, ApiError> {
     let txid = parse_hash(&txid, "invalid-txid")?;
     state
-        .with_state(move |chain, pool| Ok(hex::encode(tx_bytes(chain, pool, &txid)?)))
+        .with_chain_reads(move |chain, pool| Ok(hex::encode(tx_bytes(chain, pool, &txid)?)))
         .await
 }
 
@@ -421,7 +431,7 @@ pub async fn tx_raw(
 ) -> Result<Response, ApiError> {
     let txid = parse_hash(&txid, "invalid-txid")?;
     state
-        .with_state(move |chain, pool| {
+        .with_chain_reads(move |chain, pool| {
             Ok((
                 [(header::CONTENT_TYPE, "application/octet-stream")],
                 tx_bytes(chain, pool, &txid)?,
@@ -443,7 +453,7 @@ fn confirmed_block_of(
     ApiError,
 > {
     let (_, loc) = tx_status(chain, txid)?
-        .ok_or_else(|| ApiError::not_found(format!("transaction {txid} is not confirmed")))?;
+        .ok_or_else(|| ApiError::not_found(format!("transaction {txid} not found")))?;
     let block = chain
         .store()
         .block(&loc.block)?
@@ -459,7 +469,7 @@ pub async fn tx_merkle_proof(
 ) -> Result<Json<Value>, ApiError> {
     let txid = parse_hash(&txid, "invalid-txid")?;
     state
-        .with_view(move |chain| {
+        .with_chain_reads(move |chain, _| {
             let (block, loc) = confirmed_block_of(chain, &txid)?;
             let branch = merkle_branch(&block.txids(), loc.position as usize)
                 .ok_or_else(|| ApiError::internal("tx index points past its block"))?;
@@ -481,7 +491,7 @@ pub async fn tx_merkleblock_proof(
 ) -> Result<String, ApiError> {
     let txid = parse_hash(&txid, "invalid-txid")?;
     state
-        .with_view(move |chain| {
+        .with_chain_reads(move |chain, _| {
             let (block, loc) = confirmed_block_of(chain, &txid)?;
             let txids = block.txids();
             let (hashes, bits) = partial_merkle_tree(&txids, loc.position as usize)
@@ -505,54 +515,86 @@ pub async fn tx_merkleblock_proof(
         .await
 }
 
-/// esplora's outspend of an output: who spends it, confirmed or in the
-/// pool.
-fn outspend_json(
+/// The outspends of outputs `0..count` of `txid`: confirmed spenders from
+/// the spent-by index (each spender block's time read once), then, with
+/// the pool locked only for that, pool spenders of the rest.
+fn outspends(
     chain: &ChainView,
-    pool: &Mempool,
-    outpoint: &OutPoint,
-    confirmed: Option<crate::store::schema::Spender>,
-) -> Result<Value, ApiError> {
-    if let Some(spender) = confirmed {
-        let (status, _) = tx_status(chain, &spender.txid)?.ok_or_else(|| {
-            ApiError::internal(format!(
-                "spender {} of {outpoint} is not indexed",
-                spender.txid
-            ))
-        })?;
-        return Ok(
+    pool: &PoolGate,
+    txid: &Txid,
+    vouts: std::ops::Range<u32>,
+    confirmed: bool,
+) -> Result<Vec<Value>, ApiError> {
+    let outpoints: Vec<OutPoint> = vouts.map(|v| OutPoint::new(*txid, v)).collect();
+    let spenders = if confirmed {
+        chain.store().spenders(&outpoints)?
+    } else {
+        vec![None; outpoints.len()]
+    };
+    let mut statuses: std::collections::HashMap<Txid, TxStatus> = Default::default();
+    let mut out = Vec::with_capacity(outpoints.len());
+    for (outpoint, spender) in outpoints.iter().zip(&spenders) {
+        let Some(spender) = spender else {
+            out.push(None);
+            continue;
+        };
+        let status = match statuses.get(&spender.txid) {
+            Some(status) => *status,
+            None => {
+                let (status, _) = tx_status(chain, &spender.txid)?.ok_or_else(|| {
+                    ApiError::internal(format!(
+                        "spender {} of {outpoint} is not indexed",
+                        spender.txid
+                    ))
+                })?;
+                statuses.insert(spender.txid, status);
+                status
+            }
+        };
+        out.push(Some(
             json!({ "spent": true, "txid": spender.txid, "vin": spender.vin, "status": status }),
-        );
-    }
-    if let Some(txid) = pool.spender_of(outpoint) {
-        let vin = pool.get(&txid).and_then(|entry| {
-            entry
-                .tx
-                .inputs
-                .iter()
-                .position(|input| input.prevout() == *outpoint)
-        });
-        return Ok(
-            json!({ "spent": true, "txid": txid, "vin": vin, "status": unconfirmed_status() }),
-        );
-    }
-    Ok(json!({ "spent": false }))
-}
-
-/// The number of outputs of a transaction in the pool or the chain, and
-/// whether it is confirmed.
-fn output_count(chain: &ChainView, pool: &Mempool, txid: &Txid) -> Result<(usize, bool), ApiError> {
-    if let Some((_, loc)) = tx_status(chain, txid)? {
-        let block = chain
-            .store()
-            .block(&loc.block)?
-            .ok_or_else(|| ApiError::internal("indexed block missing"))?;
-        return Ok((
-            block.transactions[loc.position as usize].outputs.len(),
-            true,
         ));
     }
-    match pool.get(txid) {
+    let pool = pool.lock();
+    Ok(out
+        .into_iter()
+        .zip(&outpoints)
+        .map(|(found, outpoint)| {
+            found.unwrap_or_else(|| match pool.spender_of(outpoint) {
+                Some(spender) => {
+                    let vin = pool.get(&spender).and_then(|entry| {
+                        entry
+                            .tx
+                            .inputs
+                            .iter()
+                            .position(|input| input.prevout() == *outpoint)
+                    });
+                    json!({ "spent": true, "txid": spender, "vin": vin, "status": TxStatus::Unconfirmed })
+                }
+                None => json!({ "spent": false }),
+            })
+        })
+        .collect())
+}
+
+/// The number of outputs of a confirmed transaction or, failing that, of a
+/// pool one, and whether it is confirmed.
+fn output_count(
+    chain: &ChainView,
+    pool: &PoolGate,
+    txid: &Txid,
+) -> Result<(usize, bool), ApiError> {
+    if chain.store().tx_location(txid)?.is_some() {
+        let (block, loc) = confirmed_block_of(chain, txid)?;
+        let tx = block
+            .transactions
+            .get(loc.position as usize)
+            .ok_or_else(|| {
+                ApiError::internal(format!("tx index of {txid} points past its block"))
+            })?;
+        return Ok((tx.outputs.len(), true));
+    }
+    match pool.lock().get(txid) {
         Some(entry) => Ok((entry.tx.outputs.len(), false)),
         None => Err(ApiError::not_found(format!("transaction {txid} not found"))),
     }
@@ -568,20 +610,15 @@ pub async fn tx_outspend(
         ApiError::bad_request("invalid-vout", format!("{vout:?} is not an output index"))
     })?;
     state
-        .with_state(move |chain, pool| {
+        .with_chain_reads(move |chain, pool| {
             let (count, confirmed) = output_count(chain, pool, &txid)?;
             if vout as usize >= count {
                 return Err(ApiError::not_found(format!(
                     "transaction {txid} has {count} outputs"
                 )));
             }
-            let outpoint = OutPoint::new(txid, vout);
-            let spender = if confirmed {
-                chain.store().spender(&outpoint)?
-            } else {
-                None
-            };
-            Ok(Json(outspend_json(chain, pool, &outpoint, spender)?))
+            let mut found = outspends(chain, pool, &txid, vout..vout + 1, confirmed)?;
+            Ok(Json(found.pop().expect("one output asked for")))
         })
         .await
 }
@@ -593,21 +630,10 @@ pub async fn tx_outspends(
 ) -> Result<Json<Value>, ApiError> {
     let txid = parse_hash(&txid, "invalid-txid")?;
     state
-        .with_state(move |chain, pool| {
+        .with_chain_reads(move |chain, pool| {
             let (count, confirmed) = output_count(chain, pool, &txid)?;
-            let outpoints: Vec<OutPoint> =
-                (0..count as u32).map(|v| OutPoint::new(txid, v)).collect();
-            let spenders = if confirmed {
-                chain.store().spenders(&outpoints)?
-            } else {
-                vec![None; count]
-            };
-            let out = outpoints
-                .iter()
-                .zip(spenders)
-                .map(|(o, s)| outspend_json(chain, pool, o, s))
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(Json(Value::Array(out)))
+            let found = outspends(chain, pool, &txid, 0..count as u32, confirmed)?;
+            Ok(Json(Value::Array(found)))
         })
         .await
 }
@@ -622,15 +648,20 @@ pub enum Subject {
 
 impl Subject {
     /// The owner; `None` for a script hash that no output of the chain or
-    /// the pool pays (whose lists are empty).
-    fn owner(&self, chain: &ChainView, pool: &Mempool) -> Result<Option<PubKeyHash>, ApiError> {
+    /// the pool pays (whose lists are empty). `in_pool` finds the owner of
+    /// a script hash among the pool's.
+    fn owner(
+        &self,
+        chain: &ChainView,
+        in_pool: impl FnOnce(&[u8; 32]) -> Option<PubKeyHash>,
+    ) -> Result<Option<PubKeyHash>, ApiError> {
         match self {
             Subject::Address(a) => Ok(Some(address_of(chain, a)?.hash)),
             Subject::ScriptHash(h) => {
                 let hash = parse_script_hash(h)?;
                 Ok(match chain.store().owner_of_script_hash(&hash)? {
                     Some(owner) => Some(owner),
-                    None => pool.owner_of_script_hash(&hash),
+                    None => in_pool(&hash),
                 })
             }
         }
@@ -663,7 +694,7 @@ pub async fn scripthash_stats(
     let subject = Subject::ScriptHash(hash.clone());
     state
         .with_state(move |chain, pool| {
-            let owner = subject.owner(chain, pool)?;
+            let owner = subject.owner(chain, |h| pool.owner_of_script_hash(h))?;
             let chain_stats = match owner {
                 Some(owner) => chain.store().address_stats(&owner)?,
                 None => Default::default(),
@@ -691,6 +722,15 @@ fn parse_outpoint_cursor(c: &str) -> Result<OutPoint, ApiError> {
     Ok(OutPoint::new(txid.parse().map_err(|_| bad())?, vout))
 }
 
+fn too_many_utxos(what: &str) -> ApiError {
+    ApiError::bad_request(
+        "too-many-utxos",
+        format!(
+            "more than {MAX_ADDRESS_PAGE} {what}: page through the confirmed ones with ?limit= (the Link header names the next page)"
+        ),
+    )
+}
+
 async fn utxo_list(
     state: ApiState,
     subject: Subject,
@@ -703,81 +743,106 @@ async fn utxo_list(
         Some(c) => Some(parse_outpoint_cursor(c)?),
     };
     state
-        .with_state(move |chain, pool| {
-            let Some(owner) = subject.owner(chain, pool)? else {
+        .with_chain_reads(move |chain, gate| {
+            let Some(owner) = subject.owner(chain, |h| gate.lock().owner_of_script_hash(h))? else {
                 return Ok(Json(json!([])).into_response());
             };
-            let utxos = chain.store().address_utxos(&owner, after.as_ref(), limit + 1)?;
+            let utxos = chain
+                .store()
+                .address_utxos(&owner, after.as_ref(), limit + 1)?;
             let more = utxos.len() > limit;
             if more && !explicit {
-                return Err(ApiError::bad_request(
-                    "too-many-utxos",
-                    format!(
-                        "more than {MAX_ADDRESS_PAGE} unspent outputs: page through them with ?limit= (the Link header names the next page)"
-                    ),
-                ));
+                return Err(too_many_utxos("unspent outputs"));
             }
             let utxos = &utxos[..utxos.len().min(limit)];
             // The address index has no coinbase flag: one multi-get of the
-            // page's UTXOs tells which are immature block rewards, one of
-            // the index entries their block hashes and times.
+            // page's UTXOs tells which are immature block rewards, and each
+            // height's block hash and time are read once.
             let outpoints: Vec<OutPoint> = utxos.iter().map(|(o, _, _)| *o).collect();
             let records = chain.store().utxos(&outpoints)?;
             let next_height = chain.tip().height + 1;
             let maturity = chain.params().coinbase_maturity;
             let mut blocks: std::collections::HashMap<u32, (BlockHash, u32)> = Default::default();
-            let mut page: Vec<Value> = Vec::with_capacity(utxos.len());
-            if after.is_none() {
-                // Outputs of pool transactions that no other pool
-                // transaction spends come first, as esplora's.
-                for entry in pool.address_entries(&owner, usize::MAX) {
-                    for (vout, output) in entry.tx.outputs.iter().enumerate() {
-                        let outpoint = OutPoint::new(entry.txid, vout as u32);
-                        if output.owner == owner && pool.spender_of(&outpoint).is_none() {
-                            page.push(json!({
-                                "txid": entry.txid,
-                                "vout": vout,
-                                "value": output.amount.units(),
-                                "status": unconfirmed_status(),
-                                "coinbase": false,
-                                "mature": true,
-                            }));
-                        }
-                    }
-                }
-            }
+            let mut confirmed = Vec::with_capacity(utxos.len());
             for ((outpoint, amount, height), record) in utxos.iter().zip(records) {
-                // Spent by a pool transaction: not unspent any more.
-                if pool.spender_of(outpoint).is_some() {
-                    continue;
-                }
                 let (hash, time) = match blocks.get(height) {
                     Some(found) => *found,
                     None => {
                         let hash = chain.hash_at(*height)?.ok_or_else(|| {
                             ApiError::internal(format!("active chain has no block at {height}"))
                         })?;
-                        let time = chain.index_entry(&hash)?.map_or(0, |e| e.header.time);
+                        let time = chain
+                            .index_entry(&hash)?
+                            .ok_or_else(|| {
+                                ApiError::internal(format!("block {hash} is not indexed"))
+                            })?
+                            .header
+                            .time;
                         blocks.insert(*height, (hash, time));
                         (hash, time)
                     }
                 };
                 let coinbase = record.is_some_and(|u| u.is_coinbase);
-                page.push(json!({
-                    "txid": outpoint.txid,
-                    "vout": outpoint.vout,
-                    "value": amount.units(),
-                    "status": confirmed_status(*height, &hash, time),
-                    "coinbase": coinbase,
-                    "mature": !coinbase || next_height - height >= maturity,
-                }));
+                confirmed.push((
+                    *outpoint,
+                    json!({
+                        "txid": outpoint.txid,
+                        "vout": outpoint.vout,
+                        "value": amount.units(),
+                        "status": TxStatus::Confirmed { height: *height, block: hash, time },
+                        "coinbase": coinbase,
+                        "mature": !coinbase || next_height - height >= maturity,
+                    }),
+                ));
             }
+            // The pool, locked for this alone: as esplora's, confirmed
+            // outputs a pool transaction spends are left out, and the first
+            // page ends with the outputs of pool transactions that no other
+            // pool transaction spends (at most `MAX_ADDRESS_PAGE`).
+            let pool = gate.lock();
+            let mut page: Vec<Value> = confirmed
+                .into_iter()
+                .filter(|(outpoint, _)| pool.spender_of(outpoint).is_none())
+                .map(|(_, entry)| entry)
+                .collect();
+            if after.is_none() {
+                let mut unconfirmed = 0usize;
+                for entry in pool.address_entries(&owner, usize::MAX) {
+                    for (vout, output) in entry.tx.outputs.iter().enumerate() {
+                        let outpoint = OutPoint::new(entry.txid, vout as u32);
+                        if output.owner != owner || pool.spender_of(&outpoint).is_some() {
+                            continue;
+                        }
+                        unconfirmed += 1;
+                        if unconfirmed > MAX_ADDRESS_PAGE {
+                            return Err(too_many_utxos("unconfirmed unspent outputs"));
+                        }
+                        page.push(json!({
+                            "txid": entry.txid,
+                            "vout": vout,
+                            "value": output.amount.units(),
+                            "status": TxStatus::Unconfirmed,
+                            "coinbase": false,
+                            "mature": true,
+                        }));
+                    }
+                }
+            }
+            drop(pool);
             let next = more.then(|| {
                 let (o, _, _) = utxos[limit - 1];
-                format!("{}/utxo?limit={limit}&cursor={}:{}", subject.path(), o.txid, o.vout)
+                format!(
+                    "{}/utxo?limit={limit}&cursor={}:{}",
+                    subject.path(),
+                    o.txid,
+                    o.vout
+                )
             });
             let tip = chain.tip().hash.to_string();
-            Ok(with_next(next, ([(TIP_HEADER, tip)], Json(Value::Array(page)))))
+            Ok(with_next(
+                next,
+                ([(TIP_HEADER, tip)], Json(Value::Array(page))),
+            ))
         })
         .await
 }
@@ -812,33 +877,41 @@ pub struct MempoolTxsQuery {
     pub cursor: Option<String>,
 }
 
-/// The owner's pool transactions, newest first, after `before`.
+/// The owner's pool transactions, newest first, after `before`, into
+/// `out`: at most `MAX_ADDRESS_MEMPOOL_TXS`, picked without sorting all of
+/// the owner's entries.
 fn mempool_txs(
-    chain: &ChainView,
+    network: crate::consensus::params::Network,
     pool: &Mempool,
     owner: &PubKeyHash,
     before: Option<(u32, Hash256)>,
-) -> Vec<Value> {
-    let network = chain.params().network;
+    out: &mut JsonList,
+) -> Result<(), ApiError> {
     let mut entries = pool.address_entries(owner, usize::MAX);
     entries.retain(|e| before.is_none_or(|key| (e.time, e.txid) < key));
-    entries.sort_by_key(|e| std::cmp::Reverse((e.time, e.txid)));
-    entries
-        .into_iter()
-        .take(MAX_ADDRESS_MEMPOOL_TXS)
-        .map(|entry| {
-            let mut tx = tx_json(network, &entry.tx, &entry.spent, unconfirmed_status());
-            tx["first_seen"] = json!(entry.time);
-            tx
-        })
-        .collect()
+    let newest_first = |e: &&crate::mempool::MempoolEntry| std::cmp::Reverse((e.time, e.txid));
+    if entries.len() > MAX_ADDRESS_MEMPOOL_TXS {
+        entries.select_nth_unstable_by_key(MAX_ADDRESS_MEMPOOL_TXS - 1, newest_first);
+        entries.truncate(MAX_ADDRESS_MEMPOOL_TXS);
+    }
+    entries.sort_by_key(newest_first);
+    for entry in entries {
+        out.push(&TxJson {
+            network,
+            tx: &entry.tx,
+            spent: &entry.spent,
+            status: TxStatus::Unconfirmed,
+            first_seen: Some(entry.time),
+        })?;
+    }
+    Ok(())
 }
 
 async fn mempool_txs_list(
     state: ApiState,
     subject: Subject,
     q: MempoolTxsQuery,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let before: Option<(u32, Hash256)> = match q.cursor.as_deref() {
         None | Some("") => None,
         Some(c) => Some(
@@ -851,11 +924,11 @@ async fn mempool_txs_list(
     };
     state
         .with_state(move |chain, pool| {
-            let txs = match subject.owner(chain, pool)? {
-                Some(owner) => mempool_txs(chain, pool, &owner, before),
-                None => Vec::new(),
-            };
-            Ok(Json(Value::Array(txs)))
+            let mut txs = JsonList::default();
+            if let Some(owner) = subject.owner(chain, |h| pool.owner_of_script_hash(h))? {
+                mempool_txs(chain.params().network, pool, &owner, before, &mut txs)?;
+            }
+            Ok(txs.into_response())
         })
         .await
 }
@@ -869,7 +942,7 @@ pub async fn address_mempool_txs(
     State(state): State<ApiState>,
     Path(address): Path<String>,
     Query(q): Query<MempoolTxsQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     mempool_txs_list(state, Subject::Address(address), q).await
 }
 
@@ -877,41 +950,46 @@ pub async fn scripthash_mempool_txs(
     State(state): State<ApiState>,
     Path(hash): Path<String>,
     Query(q): Query<MempoolTxsQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     mempool_txs_list(state, Subject::ScriptHash(hash), q).await
 }
 
 /// Confirmed history of `owner`, newest first, before `before` (height,
-/// position): `limit` full transactions, and whether more remain.
+/// position): `limit` full transactions into `out`, and the last one's
+/// txid if more remain. Rows come newest first, so one block at a time is
+/// held.
 fn chain_txs(
     chain: &ChainView,
     owner: &PubKeyHash,
     before: Option<(u32, u32)>,
     limit: usize,
-) -> Result<(Vec<Value>, Option<Txid>), ApiError> {
+    out: &mut JsonList,
+) -> Result<Option<Txid>, ApiError> {
     let rows = chain.store().address_history(owner, before, limit + 1)?;
     let more = rows.len() > limit;
-    let mut loaded = ConfirmedTxs::default();
-    let mut txs = Vec::with_capacity(limit.min(rows.len()));
+    let network = chain.params().network;
+    let mut current: Option<ConfirmedBlock> = None;
     for (height, position, txid) in rows.iter().take(limit) {
-        let hash = chain
-            .hash_at(*height)?
-            .ok_or_else(|| ApiError::internal(format!("active chain has no block at {height}")))?;
-        let location = crate::store::schema::TxLocation {
-            block: hash,
-            height: *height,
-            position: *position,
-        };
-        let tx = loaded.tx_json(chain, &location)?;
-        if tx["txid"] != json!(txid) {
+        if current.as_ref().is_none_or(|b| b.height != *height) {
+            let hash = chain.hash_at(*height)?.ok_or_else(|| {
+                ApiError::internal(format!("active chain has no block at {height}"))
+            })?;
+            current = Some(ConfirmedBlock::load(chain, &hash, *height)?);
+        }
+        let block = current.as_ref().expect("loaded above");
+        let found = block
+            .block
+            .transactions
+            .get(*position as usize)
+            .map(|t| t.txid());
+        if found != Some(*txid) {
             return Err(ApiError::internal(format!(
                 "address history of {txid} is out of step"
             )));
         }
-        txs.push(tx);
+        out.push(&block.tx_json(network, *position as usize))?;
     }
-    let last = more.then(|| rows[limit - 1].2);
-    Ok((txs, last))
+    Ok(more.then(|| rows[limit - 1].2))
 }
 
 fn chain_page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
@@ -929,8 +1007,8 @@ pub struct ChainTxsQuery {
     pub limit: Option<usize>,
 }
 
-/// `/…/txs`: up to 50 pool transactions, newest first, then the first
-/// page of confirmed ones.
+/// `/…/txs`: up to 50 pool transactions, newest first (the pool locked
+/// for them alone), then the first page of confirmed ones.
 async fn txs_list(
     state: ApiState,
     subject: Subject,
@@ -938,21 +1016,27 @@ async fn txs_list(
 ) -> Result<Response, ApiError> {
     let limit = chain_page_limit(q.limit)?;
     state
-        .with_state(move |chain, pool| {
-            let Some(owner) = subject.owner(chain, pool)? else {
-                return Ok(Json(json!([])).into_response());
+        .with_chain_reads(move |chain, gate| {
+            let mut txs = JsonList::default();
+            let owner = {
+                let pool = gate.lock();
+                let Some(owner) = subject.owner(chain, |h| pool.owner_of_script_hash(h))? else {
+                    return Ok(txs.into_response());
+                };
+                mempool_txs(chain.params().network, &pool, &owner, None, &mut txs)?;
+                owner
             };
-            let mut txs = mempool_txs(chain, pool, &owner, None);
-            let (confirmed, last) = chain_txs(chain, &owner, None, limit)?;
-            txs.extend(confirmed);
+            let last = chain_txs(chain, &owner, None, limit, &mut txs)?;
             let next = last.map(|t| format!("{}/txs/chain/{t}?limit={limit}", subject.path()));
-            Ok(with_next(next, Json(Value::Array(txs))))
+            Ok(with_next(next, txs.into_response()))
         })
         .await
 }
 
 /// `/…/txs/chain[/{last_seen_txid}]`: confirmed transactions, newest
-/// first, after the one named.
+/// first, after the one named. As esplora's, a `last_seen_txid` that is
+/// not in the owner's confirmed history (unconfirmed, unknown, dropped by
+/// a reorganisation) ends the history: an empty page.
 async fn chain_txs_list(
     state: ApiState,
     subject: Subject,
@@ -964,28 +1048,30 @@ async fn chain_txs_list(
         .map(|t| parse_hash(&t, "invalid-txid"))
         .transpose()?;
     state
-        .with_view(move |chain| {
+        .with_chain_reads(move |chain, gate| {
+            let owner = subject.owner(chain, |h| gate.lock().owner_of_script_hash(h))?;
+            let mut txs = JsonList::default();
+            let Some(owner) = owner else {
+                return Ok(txs.into_response());
+            };
             let before = match last_seen {
                 None => None,
                 Some(txid) => {
-                    let loc = chain.store().tx_location(&txid)?.ok_or_else(|| {
-                        ApiError::not_found(format!("transaction {txid} is not confirmed"))
-                    })?;
-                    Some((loc.height, loc.position))
+                    let Some(loc) = chain.store().tx_location(&txid)? else {
+                        return Ok(txs.into_response());
+                    };
+                    let key = (loc.height, loc.position);
+                    let next_key = (loc.height, loc.position.saturating_add(1));
+                    let row = chain.store().address_history(&owner, Some(next_key), 1)?;
+                    if row.first() != Some(&(key.0, key.1, txid)) {
+                        return Ok(txs.into_response());
+                    }
+                    Some(key)
                 }
             };
-            let owner = match &subject {
-                Subject::Address(a) => Some(address_of(chain, a)?.hash),
-                Subject::ScriptHash(h) => {
-                    chain.store().owner_of_script_hash(&parse_script_hash(h)?)?
-                }
-            };
-            let Some(owner) = owner else {
-                return Ok(Json(json!([])).into_response());
-            };
-            let (txs, last) = chain_txs(chain, &owner, before, limit)?;
+            let last = chain_txs(chain, &owner, before, limit, &mut txs)?;
             let next = last.map(|t| format!("{}/txs/chain/{t}?limit={limit}", subject.path()));
-            Ok(with_next(next, Json(Value::Array(txs))))
+            Ok(with_next(next, txs.into_response()))
         })
         .await
 }

@@ -5,7 +5,7 @@ use axum::response::Response;
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::esplora::{tx_json, unconfirmed_status, ConfirmedTxs};
+use super::esplora::{json_bytes, ConfirmedBlock, TxJson, TxStatus};
 use super::extract::Path;
 use super::{ApiError, ApiState};
 use crate::consensus::hash::Txid;
@@ -97,31 +97,47 @@ pub async fn mempool_summary(State(state): State<ApiState>) -> Result<Response, 
     state
         .pool_json("/mempool", |_, pool| {
             let total_fee: u64 = pool.entries().map(|e| e.fee.units()).sum();
-            // esplora's histogram: [fee rate, bytes] buckets, highest rate
-            // first; rates in units per byte, as `/fee-estimates`.
-            let mut rates: Vec<(u64, usize)> =
-                pool.entries().map(|e| (e.fee_rate(), e.size)).collect();
-            rates.sort_by_key(|r| std::cmp::Reverse(r.0));
-            let mut histogram: Vec<(u64, usize)> = Vec::new();
-            for (rate, size) in rates {
-                match histogram.last_mut() {
-                    Some((r, s)) if *r == rate => *s += size,
-                    _ => histogram.push((rate, size)),
-                }
-            }
+            let histogram = fee_histogram(pool.entries().map(|e| (e.fee_rate(), e.size)));
             Ok(json!({
                 "count": pool.len(),
                 // esplora's virtual size: bytes, as nothing is witness data.
                 "vsize": pool.bytes(),
                 "bytes": pool.bytes(),
                 "total_fee": total_fee,
-                "fee_histogram": histogram
-                    .into_iter()
-                    .map(|(per_kb, size)| json!([per_kb as f64 / 1000.0, size]))
-                    .collect::<Vec<_>>(),
+                "fee_histogram": histogram,
             }))
         })
         .await
+}
+
+/// Width of a bin of the mempool's fee histogram, in virtual bytes
+/// (esplora's `VSIZE_BIN_WIDTH`): the histogram has at most one bin per
+/// this many bytes of the pool, whatever the number of distinct rates.
+pub const FEE_HISTOGRAM_BIN_BYTES: usize = 50_000;
+
+/// esplora's fee histogram of `(rate per 1000 bytes, size)` entries:
+/// `[rate in units per byte, bytes]` bins, highest rate first. Entries are
+/// taken from the highest rate down into the current bin until it holds
+/// more than `FEE_HISTOGRAM_BIN_BYTES`; the bin is then closed with the
+/// rate of its last (lowest) entry.
+pub fn fee_histogram(entries: impl Iterator<Item = (u64, usize)>) -> Vec<(f64, usize)> {
+    let mut rates: Vec<(u64, usize)> = entries.collect();
+    rates.sort_unstable_by_key(|r| std::cmp::Reverse(r.0));
+    let mut histogram = Vec::new();
+    let mut bin = 0usize;
+    let mut last_rate = None;
+    for (rate, size) in rates {
+        if bin > FEE_HISTOGRAM_BIN_BYTES && last_rate != Some(rate) {
+            histogram.push((last_rate.unwrap_or(rate) as f64 / 1000.0, bin));
+            bin = 0;
+        }
+        bin += size;
+        last_rate = Some(rate);
+    }
+    if let Some(rate) = last_rate {
+        histogram.push((rate as f64 / 1000.0, bin));
+    }
+    histogram
 }
 
 /// `GET /mempool/recent`: the last `MEMPOOL_RECENT` transactions to enter
@@ -201,21 +217,38 @@ pub async fn submit_tx(
 pub async fn get_tx(
     State(state): State<ApiState>,
     Path(txid): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let txid = parse_txid(&txid)?;
     state
-        .with_state(move |chain, pool| {
+        .with_chain_reads(move |chain, pool| {
             let network = chain.params().network;
-            if let Some(entry) = pool.get(&txid) {
-                let mut value = tx_json(network, &entry.tx, &entry.spent, unconfirmed_status());
-                value["first_seen"] = json!(entry.time);
-                return Ok(Json(value));
-            }
-            let location = chain
-                .store()
-                .tx_location(&txid)?
-                .ok_or_else(|| ApiError::not_found(format!("transaction {txid} not found")))?;
-            Ok(Json(ConfirmedTxs::default().tx_json(chain, &location)?))
+            // The pool, locked only to write its entry out.
+            let pending = pool.lock().get(&txid).map(|entry| {
+                serde_json::to_vec(&TxJson {
+                    network,
+                    tx: &entry.tx,
+                    spent: &entry.spent,
+                    status: TxStatus::Unconfirmed,
+                    first_seen: Some(entry.time),
+                })
+            });
+            let body = match pending {
+                Some(body) => body,
+                None => {
+                    let location = chain.store().tx_location(&txid)?.ok_or_else(|| {
+                        ApiError::not_found(format!("transaction {txid} not found"))
+                    })?;
+                    let block = ConfirmedBlock::load(chain, &location.block, location.height)?;
+                    let position = location.position as usize;
+                    if position >= block.block.transactions.len() {
+                        return Err(ApiError::internal(format!(
+                            "tx index of {txid} points past its block"
+                        )));
+                    }
+                    serde_json::to_vec(&block.tx_json(network, position))
+                }
+            };
+            Ok(json_bytes(body.map_err(ApiError::internal)?))
         })
         .await
 }
@@ -400,4 +433,33 @@ pub async fn fee_estimates(State(state): State<ApiState>) -> Result<Response, Ap
             Ok(Value::Object(out))
         })
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// esplora's binning: bins close after more than
+    /// `FEE_HISTOGRAM_BIN_BYTES`, never between two entries of one rate,
+    /// and carry their lowest rate.
+    #[test]
+    fn the_fee_histogram_bins_by_size_as_esploras() {
+        let entries = vec![
+            (5_000, 30_000),
+            (9_000, 30_000),
+            (5_000, 30_000),
+            (2_000, 10_000),
+            (1_000, 60_000),
+        ];
+        assert_eq!(
+            fee_histogram(entries.into_iter()),
+            vec![(5.0, 90_000), (1.0, 70_000)]
+        );
+        assert!(fee_histogram(std::iter::empty()).is_empty());
+        let many = (0..10_000u64).map(|r| (1_000 + r, 250));
+        assert_eq!(
+            fee_histogram(many).len(),
+            10_000 * 250 / (FEE_HISTOGRAM_BIN_BYTES + 250) + 1
+        );
+    }
 }

@@ -32,7 +32,7 @@ pub use error::ApiError;
 pub use explorer::{MAX_CHAIN_TXS_PAGE, TIP_HEADER};
 pub use latency::Latency;
 pub use mining::Templates;
-pub use pool_views::{PoolViews, WHOLE_POOL_CONCURRENCY};
+pub use pool_views::{PoolGate, PoolViews, CHAIN_READ_CONCURRENCY, WHOLE_POOL_CONCURRENCY};
 
 /// Largest request body of every route but block submission: a
 /// maximum-size standard transaction in hex (`POST /tx`), with room to

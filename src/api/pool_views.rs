@@ -27,6 +27,13 @@ pub const WHOLE_POOL_CONCURRENCY: usize = 2;
 /// out a burst, short enough that a client is told rather than hung.
 pub const WHOLE_POOL_WAIT: Duration = Duration::from_secs(10);
 
+/// Requests that read whole blocks (a block's transactions or txids, a
+/// proof, a transaction from its block, an address's history of full
+/// transactions, outspends, UTXO pages) served at once: each reads and
+/// decodes up to 25 blocks of 1 MB one after the other, so four bound the
+/// memory and disk reads they hold at once whatever the number of clients.
+pub const CHAIN_READ_CONCURRENCY: usize = 4;
+
 /// One route's last answer and the state it was built from.
 struct Cached {
     tip: BlockHash,
@@ -38,6 +45,8 @@ struct Cached {
 pub struct PoolViews {
     permits: Semaphore,
     cache: Mutex<HashMap<&'static str, Cached>>,
+    /// `CHAIN_READ_CONCURRENCY` permits for the routes that read blocks.
+    chain_reads: Semaphore,
 }
 
 impl Default for PoolViews {
@@ -45,7 +54,25 @@ impl Default for PoolViews {
         PoolViews {
             permits: Semaphore::new(WHOLE_POOL_CONCURRENCY),
             cache: Mutex::new(HashMap::new()),
+            chain_reads: Semaphore::new(CHAIN_READ_CONCURRENCY),
         }
+    }
+}
+
+/// The mempool as a route that reads blocks reaches it: locked only while
+/// the route holds the guard, never while it reads the store.
+pub struct PoolGate<'a> {
+    mempool: &'a Mutex<Mempool>,
+    view: &'a ChainView,
+}
+
+impl PoolGate<'_> {
+    /// The pool, caught up with the view's tip where it can be (as
+    /// `with_state` after its last attempt).
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, Mempool> {
+        let mut pool = self.mempool.lock().expect("mempool lock");
+        pool.catch_up(self.view);
+        pool
     }
 }
 
@@ -60,6 +87,37 @@ fn busy() -> ApiError {
 }
 
 impl ApiState {
+    /// Runs `f` on a blocking thread with a view of the chain and a gate to
+    /// the mempool, once one of the `CHAIN_READ_CONCURRENCY` permits is
+    /// free (503 `busy` after `WHOLE_POOL_WAIT`).
+    pub async fn with_chain_reads<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&ChainView, &PoolGate) -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let _permit = tokio::time::timeout(WHOLE_POOL_WAIT, self.pool_views.chain_reads.acquire())
+            .await
+            .map_err(|_| ApiError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                code: "busy",
+                message: format!(
+                    "too many requests reading blocks at once (at most {CHAIN_READ_CONCURRENCY}); retry shortly"
+                ),
+            })?
+            .expect("the semaphore is never closed");
+        let (reader, mempool) = (self.reader.clone(), self.mempool.clone());
+        tokio::task::spawn_blocking(move || {
+            let view = reader.view().map_err(ApiError::internal)?;
+            f(
+                &view,
+                &PoolGate {
+                    mempool: &mempool,
+                    view: &view,
+                },
+            )
+        })
+        .await?
+    }
+
     /// Runs `f` like `with_state`, once a whole-pool permit is free.
     pub async fn with_pool_permit<T: Send + 'static>(
         &self,

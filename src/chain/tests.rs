@@ -324,6 +324,50 @@ fn state_survives_reopen_and_check_finds_planted_damage() {
     );
 }
 
+/// `chaincore check` sees a spent-by row or a script hash row gone.
+#[test]
+fn check_finds_a_missing_spender_and_a_missing_script_hash() {
+    use crate::store::cache::StateWrites;
+    let base = prefix();
+    let (_, blocks) = branch(&base, 3, &key(3), &key(4));
+    let dir = tempfile::tempdir().unwrap();
+    let mut chain = open(&dir);
+    feed(&mut chain, &base.blocks[1..]);
+    feed(&mut chain, &blocks);
+    chain.flush().unwrap();
+    assert!(check::check_store(chain.store()).unwrap().is_consistent());
+    let spent = blocks[1].transactions[1].inputs[0].prevout();
+    assert!(chain.store().spender(&spent).unwrap().is_some());
+    let mut batch = chain.store().batch();
+    batch.delete_spender(&spent);
+    chain.store().write(batch, false).unwrap();
+    let report = check::check_store(chain.store()).unwrap();
+    assert!(
+        report
+            .differences
+            .iter()
+            .any(|d| d.contains("spent-by row of")),
+        "{report:?}"
+    );
+    let owner = key(3).pubkey_hash();
+    let hash = crate::store::schema::script_hash(&owner);
+    assert_eq!(
+        chain.store().owner_of_script_hash(&hash).unwrap(),
+        Some(owner)
+    );
+    let mut batch = chain.store().batch();
+    batch.delete_script_hash(&owner);
+    chain.store().write(batch, false).unwrap();
+    let report = check::check_store(chain.store()).unwrap();
+    assert!(
+        report
+            .differences
+            .iter()
+            .any(|d| d.contains("script hash rows")),
+        "{report:?}"
+    );
+}
+
 #[test]
 fn address_index_answers_balances_utxos_and_history() {
     let base = prefix();

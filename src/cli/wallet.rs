@@ -22,6 +22,9 @@ use crate::wallet::Wallet;
 
 /// UTXOs asked for per page when the wallet lists its coins.
 const UTXO_PAGE: usize = 1000;
+/// Most coins the wallet reads before it stops paging: a node that pages
+/// without end is refused rather than followed.
+const MAX_WALLET_UTXOS: usize = 1_000_000;
 /// Unconfirmed transactions the node lists per page of
 /// `/address/{a}/txs/mempool`: a shorter page is the last.
 const MEMPOOL_PAGE: usize = 50;
@@ -357,9 +360,16 @@ async fn estimated_fee_rate(client: &NodeClient) -> Result<u64> {
 }
 
 /// The next page named by a response's `Link` header (RFC 8288), if any.
-fn next_page(headers: &hyper::HeaderMap) -> Option<String> {
-    let link = headers.get(hyper::header::LINK)?.to_str().ok()?;
-    link.split(',').find_map(|part| {
+/// Only a path on the same node is followed: a target that could name
+/// another host (`//host`, `@host`, a scheme) is refused.
+fn next_page(headers: &hyper::HeaderMap) -> Result<Option<String>> {
+    let Some(link) = headers.get(hyper::header::LINK) else {
+        return Ok(None);
+    };
+    let link = link
+        .to_str()
+        .context("the node's Link header is not text")?;
+    let target = link.split(',').find_map(|part| {
         let (target, params) = part.trim().split_once(';')?;
         params
             .split(';')
@@ -371,7 +381,14 @@ fn next_page(headers: &hyper::HeaderMap) -> Option<String> {
                     .trim_end_matches('>')
                     .to_string()
             })
-    })
+    });
+    match target {
+        Some(t) if t.starts_with('/') && !t.starts_with("//") && !t.contains(['@', '\\']) => {
+            Ok(Some(t))
+        }
+        Some(t) => bail!("the node's next page {t:?} is not a path on the node"),
+        None => Ok(None),
+    }
 }
 
 /// Every confirmed unspent output of `address` that no pool transaction
@@ -395,7 +412,13 @@ async fn utxo_entries(client: &NodeClient, address: &Address) -> Result<Vec<Utxo
                 _ => {}
             }
             all.extend(page.into_iter().filter(|u| u.status.confirmed));
-            match next_page(&headers) {
+            if all.len() > MAX_WALLET_UTXOS {
+                bail!(
+                    "the node at {} lists more than {MAX_WALLET_UTXOS} coins for {address}",
+                    client.base_url()
+                );
+            }
+            match next_page(&headers)? {
                 Some(next) => path = next,
                 None => return Ok(all),
             }
@@ -622,7 +645,7 @@ async fn history(client: &NodeClient, wallet: &Wallet, limit: usize, as_json: bo
             let height = tx.status.as_ref().and_then(|s| s.block_height);
             rows.push((tx.txid, height, net_change(tx, &mine), tx.fee));
         }
-        match next_page(&headers) {
+        match next_page(&headers)? {
             Some(next) if !page.is_empty() => path = next,
             _ => break,
         }

@@ -115,10 +115,13 @@ fn build_partial(
 }
 
 /// Recomputes the root of a partial merkle tree over `leaf_count` leaves
+/// (the tests' check of `partial_merkle_tree`; clients verify with their
+/// own, e.g. the `bitcoin` crate's `MerkleBlock::extract_matches`)
 /// and returns it with the matched leaves and their indexes; `None` if the
 /// hashes and flags do not describe such a tree (all of them used, none
 /// missing).
-pub fn extract_partial(
+#[cfg(test)]
+fn extract_partial(
     leaf_count: usize,
     hashes: &[Hash256],
     bits: &[bool],

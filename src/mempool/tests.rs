@@ -419,6 +419,11 @@ fn assert_consistent(pool: &Mempool, chain: &Chain) {
     }
     assert_eq!(pool.spends, spends);
     assert_eq!(pool.by_owner, by_owner);
+    let by_script_hash: HashMap<[u8; 32], PubKeyHash> = by_owner
+        .keys()
+        .map(|owner| (crate::store::schema::script_hash(owner), *owner))
+        .collect();
+    assert_eq!(pool.by_script_hash, by_script_hash);
     assert_eq!(pool.bytes, bytes);
     let by_rate: BTreeSet<(u64, Txid)> = pool
         .entries

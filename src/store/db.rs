@@ -255,9 +255,13 @@ impl Store {
         let mut batch = self.batch();
         let mut rows = 0usize;
         for height in 1..=tip {
-            let Some(hash) = self.hash_at_height(height)? else {
-                break;
-            };
+            let hash = self.hash_at_height(height)?.ok_or(StoreError::Corrupt {
+                what: "active chain",
+                error: DecodeError::Invalid {
+                    what: "active chain",
+                    reason: "no block at a height below the tip",
+                },
+            })?;
             let block = self.block(&hash)?.ok_or(StoreError::Corrupt {
                 what: "active block",
                 error: DecodeError::Invalid {
@@ -283,19 +287,31 @@ impl Store {
                 rows = 0;
             }
         }
-        let mut owners = Vec::new();
-        self.for_each_address_stats(|owner, _| owners.push(owner))?;
-        for chunk in owners.chunks(UPGRADE_BATCH_ROWS) {
-            for owner in chunk {
-                batch.put_script_hash(owner);
+        // The address stats are read through a snapshot while their script
+        // hash rows are written, a batch at a time.
+        let mut owners = 0usize;
+        let stats = self.snapshot();
+        let mut failed = None;
+        stats.for_each_address_stats(|owner, _| {
+            if failed.is_some() {
+                return;
             }
-            self.write(std::mem::replace(&mut batch, self.batch()), false)?;
+            batch.put_script_hash(&owner);
+            owners += 1;
+            if owners.is_multiple_of(UPGRADE_BATCH_ROWS) {
+                if let Err(e) = self.write(std::mem::replace(&mut batch, self.batch()), false) {
+                    failed = Some(e);
+                }
+            }
+        })?;
+        if let Some(e) = failed {
+            return Err(e);
         }
         batch.put(CF_META, meta::FORMAT_VERSION, &FORMAT_VERSION.to_be_bytes());
         self.write(batch, true)?;
         tracing::info!(
             secs = started.elapsed().as_secs_f64(),
-            addresses = owners.len(),
+            addresses = owners,
             "store upgraded to format {FORMAT_VERSION}"
         );
         Ok(())

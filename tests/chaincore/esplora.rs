@@ -385,6 +385,39 @@ fn bdk_esplora_client_reads_spends_and_pending_payments_by_script() {
     assert_eq!(recent[0].vsize, pending.encoded_len());
     assert_eq!(recent[0].value.to_sat(), pending.outputs[0].amount.units());
     assert!(!esplora.get_fee_estimates().unwrap().is_empty());
+
+    // 30 pending payments to a new address: the history's first page is
+    // all unconfirmed, and a wallet asking for what follows its last entry
+    // (as BDK's scan does with any full page) is told there is nothing.
+    let newcomer = key(7);
+    for (outpoint, utxo) in chain.spendable(owner.pubkey_hash())[1..31].iter() {
+        let payment = signed_spend(
+            &[(*outpoint, utxo.output, &owner)],
+            vec![TxOut {
+                amount: Amount::from_units(utxo.output.amount.units() - 5_000),
+                owner: newcomer.pubkey_hash(),
+            }],
+        );
+        let (status, body) = http(api, "POST", "/tx", &hex::encode(payment.to_bytes()));
+        assert_eq!(status, 200, "{body}");
+    }
+    let script = script_of(&newcomer.pubkey_hash());
+    let page = esplora.get_scripthash_txs(&script, None).unwrap();
+    assert_eq!(page.len(), 30);
+    assert!(page.iter().all(|t| !t.status.confirmed));
+    let after = esplora
+        .get_scripthash_txs(&script, Some(page.last().unwrap().txid))
+        .unwrap();
+    assert!(after.is_empty());
+    assert_eq!(esplora.get_scripthash_utxos(&script).unwrap().len(), 30);
+    assert_eq!(
+        esplora
+            .get_scripthash_stats(&script)
+            .unwrap()
+            .mempool_stats
+            .tx_count,
+        30
+    );
 }
 
 /// The output `outpoint` names in `chain`'s UTXO set.
