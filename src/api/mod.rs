@@ -10,6 +10,7 @@ mod error;
 mod esplora;
 mod events;
 mod explorer;
+pub mod explorer_site;
 mod extract;
 mod handlers;
 mod latency;
@@ -159,6 +160,10 @@ async fn openapi() -> (
 pub fn router(state: ApiState) -> Router {
     let latency = state.latency.clone();
     Router::new()
+        // The explorer in the browser: static files (see `explorer_site`).
+        .route("/", get(explorer_site::index))
+        .route("/explorer/app.js", get(explorer_site::app_js))
+        .route("/explorer/style.css", get(explorer_site::style_css))
         .route("/status", get(handlers::status))
         .route("/blocks/tip/height", get(handlers::tip_height))
         .route("/blocks/tip/hash", get(handlers::tip_hash))
