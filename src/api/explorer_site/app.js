@@ -393,7 +393,7 @@ async function blockPage(hash, startText) {
       ['Bits', formatBits(block.bits)],
       ['Nonce', String(block.nonce)],
       ['Difficulty', formatDifficulty(block.difficulty)],
-      ['Chain work', h('span', { class: 'hash' }, String(block.chain_work).replace(/^0+(?=.)/, ''))],
+      ['Chain work', h('span', { class: 'hash' }, `0x${String(block.chain_work).replace(/^0+(?=.)/, '')}`)],
       ['Merkle root', h('span', { class: 'hash' }, block.merkle_root)],
       ['Previous block', block.previousblockhash
         ? hashLink(blockHref(block.previousblockhash), block.previousblockhash, { full: true, testid: 'block-prev' })
