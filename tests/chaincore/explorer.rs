@@ -291,9 +291,14 @@ fn api_cors_answers_only_the_origins_given() {
     }
 }
 
+/// Outputs of key(6) that block 15 creates: block 16 spends 30 of them,
+/// and the 101 left fill more than the address page's 100 per page.
+const FAN_OUT: u32 = 131;
+
 /// The browser test's chain: 12 blocks mined to key(1); 13 and 14 with two
-/// payments each to key(2); 15 fans a coin out to 30 outputs of key(6);
-/// 16 spends them, paying key(7) 30 times (31 transactions: two pages).
+/// payments each to key(2); 15 fans a coin out to `FAN_OUT` outputs of
+/// key(6); 16 spends 30 of them, paying key(7) 30 times (31 transactions:
+/// two pages).
 struct Fixture {
     chain: TestChain,
     /// Block 13: a coinbase and two payments to key(2).
@@ -313,10 +318,10 @@ fn fixture() -> Fixture {
             amount: Amount::from_units(PAYMENT),
             owner: key(6).pubkey_hash(),
         };
-        30
+        FAN_OUT as usize
     ];
     outputs.push(TxOut {
-        amount: Amount::from_units(coin.output.amount.units() - 30 * PAYMENT - FEE),
+        amount: Amount::from_units(coin.output.amount.units() - u64::from(FAN_OUT) * PAYMENT - FEE),
         owner: key(1).pubkey_hash(),
     });
     let fan = signed_spend(&[(outpoint, coin.output, &key(1))], outputs);
@@ -669,6 +674,33 @@ fn explorer_pages_show_the_nodes_data_in_headless_chromium() {
     paid_to.sort();
     assert_eq!(all, paid_to, "every payment once, no page repeated");
     x.shot("address-paged");
+    // Unspent outputs 100 at a time (the node's Link header names the next
+    // page): key(6) keeps 101 of block 15's outputs.
+    let fanned = key(6).address(net).to_string();
+    x.open(&format!("/address/{fanned}"));
+    assert_eq!(x.data("utxo-row", "txid").len(), 100);
+    x.browser.click("[data-testid=utxo-more]");
+    x.browser.wait_for(
+        "the next page of unspent outputs",
+        "return document.querySelectorAll('[data-testid=utxo-row]').length === 101
+            && document.querySelector('[data-testid=utxo-more]').hidden",
+        json!([]),
+    );
+    let mut listed: Vec<String> = x
+        .data("utxo-row", "txid")
+        .into_iter()
+        .zip(x.data("utxo-row", "vout"))
+        .map(|(t, v)| format!("{t}:{v}"))
+        .collect();
+    let mut expected: Vec<String> = get_json(api, &format!("/address/{fanned}/utxo"))
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| format!("{}:{}", u["txid"].as_str().unwrap(), u["vout"]))
+        .collect();
+    listed.sort();
+    expected.sort();
+    assert_eq!(listed, expected, "every unspent output once");
 
     // The mempool: count, size, fees and the fee histogram.
     x.open("/mempool");

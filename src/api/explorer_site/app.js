@@ -16,8 +16,9 @@ const BLOCK_TXS_PAGE = 25;
 const ADDRESS_TXS_PAGE = 25;
 /** Inputs or outputs listed per transaction in a list before "more". */
 const LIST_IO = 8;
-/** UTXOs listed before "show all". */
-const UTXOS_SHOWN = 100;
+/** Unspent outputs per page of the address page (the node's own paging,
+ *  `?limit=`; without it an address with over 1 000 gets a 400). */
+const UTXOS_PAGE = 100;
 /** How often the mempool and peers pages read their figures again. */
 const POLL_MS = 10000;
 
@@ -41,12 +42,10 @@ class ApiError extends Error {
   }
 }
 
-/** GET `path` from the node: JSON (or text with `{text: true}`); a non-2xx
- *  answer throws an ApiError with the node's own message. */
-async function api(path, { text = false } = {}) {
-  const response = await fetch(path, {
-    headers: { Accept: text ? 'text/plain' : 'application/json' },
-  });
+/** GET `path` from the node; a non-2xx answer throws an ApiError with the
+ *  node's own message. */
+async function get(path, accept) {
+  const response = await fetch(path, { headers: { Accept: accept } });
   const body = await response.text();
   if (!response.ok) {
     let message = `${response.status} ${response.statusText}`;
@@ -62,7 +61,22 @@ async function api(path, { text = false } = {}) {
     }
     throw new ApiError(response.status, message, code);
   }
+  return { response, body };
+}
+
+/** GET `path`: JSON, or text with `{text: true}`. */
+async function api(path, { text = false } = {}) {
+  const { body } = await get(path, text ? 'text/plain' : 'application/json');
   return text ? body.trim() : parseJson(body);
+}
+
+/** GET a page of a list: its items, and the next page's path from the
+ *  `Link: <...>; rel="next"` header (RFC 8288), if the node names one on
+ *  this origin. */
+async function apiPage(path) {
+  const { response, body } = await get(path, 'application/json');
+  const link = /<(\/[^>]*)>\s*;\s*rel="?next"?/.exec(response.headers.get('Link') || '');
+  return { items: parseJson(body), next: link && !link[1].startsWith('//') ? link[1] : null };
 }
 
 /** Whether `path` exists (404: no; any other failure throws). */
@@ -480,9 +494,9 @@ async function txPage(txid) {
 }
 
 async function addressPage(address) {
-  const [info, utxos, txs] = await Promise.all([
+  const [info, utxoPage, txs] = await Promise.all([
     api(`/address/${encodeURIComponent(address)}`),
-    api(`/address/${encodeURIComponent(address)}/utxo`),
+    apiPage(`/address/${encodeURIComponent(address)}/utxo?limit=${UTXOS_PAGE}`),
     api(`/address/${encodeURIComponent(address)}/txs`),
   ]);
   const chain = info.chain_stats;
@@ -515,18 +529,30 @@ async function addressPage(address) {
       more.disabled = false;
     }
   });
-  const utxoRows = utxos.map((utxo) => h('tr', { testid: 'utxo-row', data: { txid: utxo.txid, vout: String(utxo.vout) } },
+  const utxoRow = (utxo) => h('tr', { testid: 'utxo-row', data: { txid: utxo.txid, vout: String(utxo.vout) } },
     h('td', {}, link(txHref(utxo.txid), h('span', { class: 'hash', title: utxo.txid }, `${short(utxo.txid)}:${utxo.vout}`))),
     h('td', { class: 'num' }, amount(utxo.value)),
     h('td', {}, utxo.status && utxo.status.confirmed
       ? ['block ', formatCount(utxo.status.block_height), ' · ', confirmations(utxo.status.block_height), ' conf.']
-      : h('span', { class: 'badge pending' }, 'unconfirmed'))));
-  const utxoTable = table([['Output'], ['Value', 'num'], ['Status']], utxoRows.slice(0, UTXOS_SHOWN),
+      : h('span', { class: 'badge pending' }, 'unconfirmed')));
+  const utxoTable = table([['Output'], ['Value', 'num'], ['Status']], utxoPage.items.map(utxoRow),
     { testid: 'utxos', empty: 'No unspent outputs.' });
-  const showAll = utxoRows.length > UTXOS_SHOWN
-    ? h('button', { type: 'button', class: 'more', onclick: (e) => { $('tbody', utxoTable).append(...utxoRows.slice(UTXOS_SHOWN)); e.target.remove(); } },
-      `Show all ${formatCount(utxoRows.length)}`)
-    : null;
+  let nextUtxos = utxoPage.next;
+  const moreUtxos = h('button', { type: 'button', class: 'more', testid: 'utxo-more' }, 'More unspent outputs');
+  moreUtxos.hidden = !nextUtxos;
+  moreUtxos.addEventListener('click', async () => {
+    moreUtxos.disabled = true;
+    try {
+      const page = await apiPage(nextUtxos);
+      $('tbody', utxoTable).append(...page.items.map(utxoRow));
+      nextUtxos = page.next;
+      moreUtxos.hidden = !nextUtxos;
+    } catch (e) {
+      moreUtxos.replaceWith(errorBox(e));
+    } finally {
+      moreUtxos.disabled = false;
+    }
+  });
   const view = [
     h('h1', {}, 'Address'),
     h('p', { class: 'hash big', testid: 'address' }, info.address),
@@ -535,7 +561,7 @@ async function addressPage(address) {
       stat('Pending', amount(pending, { signed: true, testid: 'addr-pending' })),
       stat('Received in all', amount(chain.funded_txo_sum, { testid: 'addr-received' })),
       stat('Transactions', formatCount(Number(chain.tx_count) + Number(pool.tx_count)), 'addr-tx-count')),
-    section(`Unspent outputs (${formatCount(utxos.length)})`, utxoTable, showAll),
+    section(nextUtxos ? 'Unspent outputs' : `Unspent outputs (${formatCount(utxoPage.items.length)})`, utxoTable, moreUtxos),
     section('History', history.childElementCount ? history : h('p', { class: 'muted' }, 'No transactions.'), more),
   ];
   return {
