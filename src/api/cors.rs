@@ -81,7 +81,13 @@ impl CorsOrigins {
                     header::CONTENT_TYPE,
                     HeaderName::from_static("last-event-id"),
                 ])
-                .expose_headers([header::LINK, header::ETAG])
+                // What a page may read of an answer beyond the safelisted
+                // headers: the next page of a list, and the tip it was read at.
+                .expose_headers([
+                    header::LINK,
+                    header::ETAG,
+                    HeaderName::from_static(super::explorer::TIP_HEADER),
+                ])
                 .max_age(PREFLIGHT_MAX_AGE),
         )
     }

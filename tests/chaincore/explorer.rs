@@ -208,6 +208,10 @@ fn api_cors_answers_only_the_origins_given() {
         Some(origin),
         "{headers:?}"
     );
+    let exposed = header(&headers, "access-control-expose-headers").unwrap_or_default();
+    for name in ["link", "chaincore-tip"] {
+        assert!(exposed.contains(name), "{name} not exposed: {exposed}");
+    }
     assert!(
         header(&headers, "vary").is_some_and(|v| v.contains("origin")),
         "a cache must not hand one origin's answer to another: {headers:?}"
