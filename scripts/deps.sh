@@ -27,3 +27,14 @@ install_build_deps() {
     apt_install "${missing[@]}"
   fi
 }
+
+# What the explorer's browser test needs: Debian's Chromium and its WebDriver
+# (chromedriver), at the paths the test looks for.
+install_browser_deps() {
+  local missing=()
+  [ -x /usr/bin/chromium ] || missing+=(chromium)
+  [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
+  if [ "${#missing[@]}" -gt 0 ]; then
+    apt_install "${missing[@]}"
+  fi
+}

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Runs ChainCore's whole test suite on a fresh Debian machine: installs what is
 # missing (a C toolchain and libclang for RocksDB's bindings, tshark for the
-# dissector tests, schemathesis for the REST contract test, a PostgreSQL
-# server when none answers), then runs the
-# tests, clippy and rustfmt.
+# dissector tests, schemathesis for the REST contract test, headless Chromium
+# and chromedriver for the explorer's browser test, a PostgreSQL server when
+# none answers), then runs the tests, clippy and rustfmt.
 # `.ci/run` calls exactly this script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +13,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/chaincore-target}"
 export CHAINCORE_TEST_DATABASE_URL="${CHAINCORE_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 source scripts/deps.sh
 install_build_deps
+install_browser_deps
 command -v pg_isready >/dev/null 2>&1 || apt_install postgresql-client
 if ! command -v tshark >/dev/null 2>&1; then
   # tshark asks whether non-root users may capture: answer no, quietly.

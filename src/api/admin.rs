@@ -5,8 +5,10 @@
 //!
 //! A loopback connection alone proves little: a web page can reach the API
 //! through DNS rebinding (the browser connects to 127.0.0.1 but sends
-//! `Host: attacker.example`), and a local reverse proxy makes every remote
-//! client look local. Both are refused without the token.
+//! `Host: attacker.example`), a page of another site can send a request
+//! to 127.0.0.1 itself (its browser names that site in `Origin`; with
+//! `--api-cors` the preflight may even succeed), and a local reverse proxy
+//! makes every remote client look local. All are refused without the token.
 
 use std::net::SocketAddr;
 
@@ -54,8 +56,9 @@ const PROXY_HEADERS: [&str; 4] = [
 ];
 
 /// Whether a request may use admin endpoints: it carries the configured
-/// token, or it comes from loopback, names a loopback host and carries no
-/// proxy header.
+/// token, or it comes from loopback, names a loopback host, was not sent by
+/// a page of another site (an `Origin` header, if any, names loopback too)
+/// and carries no proxy header.
 pub fn is_admin(peer: &SocketAddr, headers: &HeaderMap, token: Option<&str>) -> bool {
     let has_token = token.filter(|t| !t.is_empty()).is_some_and(|token| {
         headers
@@ -73,7 +76,21 @@ pub fn is_admin(peer: &SocketAddr, headers: &HeaderMap, token: Option<&str>) -> 
         .is_some_and(is_loopback_host);
     peer.ip().is_loopback()
         && host_is_loopback
+        && origin_is_loopback(headers)
         && !PROXY_HEADERS.iter().any(|h| headers.contains_key(*h))
+}
+
+/// Whether the request's `Origin` (sent by browsers) is absent or names a
+/// loopback host: a web page of any other origin is not the local operator.
+fn origin_is_loopback(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(axum::http::header::ORIGIN) else {
+        return true;
+    };
+    origin
+        .to_str()
+        .ok()
+        .and_then(|o| o.split_once("://"))
+        .is_some_and(|(_, authority)| is_loopback_host(authority))
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -87,7 +104,7 @@ fn require_admin(state: &ApiState, peer: &SocketAddr, headers: &HeaderMap) -> Re
         Err(ApiError {
             status: StatusCode::FORBIDDEN,
             code: "admin-only",
-            message: "this endpoint needs the admin token, or a loopback client naming a loopback host (Host: 127.0.0.1, [::1] or localhost) without a proxy".into(),
+            message: "this endpoint needs the admin token, or a loopback client naming a loopback host (Host: 127.0.0.1, [::1] or localhost) without a proxy, not sent by a web page of another origin".into(),
         })
     }
 }
@@ -205,5 +222,35 @@ mod tests {
             ("authorization", "Bearer s3cret"),
         ]);
         assert!(is_admin(&local, &proxied_with_token, Some("s3cret")));
+    }
+
+    /// A page of another site (allowed to read by `--api-cors` or not)
+    /// sending a request to the node on loopback needs the token.
+    #[test]
+    fn a_page_of_another_origin_needs_the_token() {
+        let local: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        for origin in [
+            "http://127.0.0.1:18444",
+            "http://localhost:8080",
+            "http://[::1]:1",
+        ] {
+            let same = headers(&[("host", "127.0.0.1:18444"), ("origin", origin)]);
+            assert!(is_admin(&local, &same, None), "{origin}");
+        }
+        for origin in [
+            "https://explorer.example",
+            "null",
+            "http://127.0.0.1.nip.io",
+            "",
+        ] {
+            let foreign = headers(&[("host", "127.0.0.1:18444"), ("origin", origin)]);
+            assert!(!is_admin(&local, &foreign, None), "{origin:?}");
+            let with_token = headers(&[
+                ("host", "127.0.0.1:18444"),
+                ("origin", origin),
+                ("authorization", "Bearer s3cret"),
+            ]);
+            assert!(is_admin(&local, &with_token, Some("s3cret")), "{origin:?}");
+        }
     }
 }

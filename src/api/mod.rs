@@ -6,10 +6,12 @@
 //! every other source.
 
 mod admin;
+pub mod cors;
 mod error;
 mod esplora;
 mod events;
 mod explorer;
+pub mod explorer_site;
 mod extract;
 mod handlers;
 mod latency;
@@ -70,6 +72,8 @@ pub struct ApiState {
     pub pool_views: Arc<pool_views::PoolViews>,
     /// The event stream's hub (`GET /events`).
     pub events: crate::events::EventHub,
+    /// Other origins whose web pages may read the API (`--api-cors`).
+    pub cors: cors::CorsOrigins,
 }
 
 /// Views a reader takes before it answers from a pool that is not at the
@@ -158,7 +162,12 @@ async fn openapi() -> (
 
 pub fn router(state: ApiState) -> Router {
     let latency = state.latency.clone();
-    Router::new()
+    let cors = state.cors.layer();
+    let router = Router::new()
+        // The explorer in the browser: static files (see `explorer_site`).
+        .route("/", get(explorer_site::index))
+        .route("/explorer/app.js", get(explorer_site::app_js))
+        .route("/explorer/style.css", get(explorer_site::style_css))
         .route("/status", get(handlers::status))
         .route("/blocks/tip/height", get(handlers::tip_height))
         .route("/blocks/tip/hash", get(handlers::tip_hash))
@@ -252,7 +261,11 @@ pub fn router(state: ApiState) -> Router {
             latency::track,
         ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(state)
+        .with_state(state);
+    match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
 }
 
 /// Binds the API listener and serves until the task is dropped.

@@ -122,6 +122,13 @@ pub struct NodeArgs {
     /// hosts than loopback, as `Authorization: Bearer TOKEN`.
     #[arg(long, env = "CHAINCORE_API_ADMIN_TOKEN")]
     pub api_admin_token: Option<String>,
+    /// Let web pages of this origin (scheme://host[:port]) read the REST
+    /// API from a browser (CORS); repeatable or comma-separated; '*' allows
+    /// every origin and must be given alone. Without it the node sends no
+    /// CORS headers and browsers refuse cross-origin reads. The admin
+    /// endpoints keep their own rule either way.
+    #[arg(long = "api-cors", value_name = "ORIGIN")]
+    pub api_cors: Vec<String>,
     /// Byte limit of the mempool, in megabytes.
     #[arg(long, default_value_t = 64)]
     pub mempool_max_mb: usize,
@@ -222,6 +229,8 @@ pub fn run(cli: Cli) -> Result<()> {
                 mempool_max_bytes: args.mempool_max_mb << 20,
                 postgres_url: args.postgres_url,
                 api_admin_token: args.api_admin_token,
+                api_cors: crate::api::cors::CorsOrigins::parse(&args.api_cors)
+                    .map_err(anyhow::Error::msg)?,
                 api_bind: std::net::SocketAddr::new(
                     args.api_bind,
                     args.api_port

@@ -43,6 +43,8 @@ pub struct NodeConfig {
     pub postgres_url: Option<String>,
     /// Token for admin endpoints from other hosts than loopback.
     pub api_admin_token: Option<String>,
+    /// Other origins whose web pages may read the REST API (`--api-cors`).
+    pub api_cors: crate::api::cors::CorsOrigins,
     /// Where the REST API listens.
     pub api_bind: std::net::SocketAddr,
     /// Where the P2P listener binds.
@@ -140,6 +142,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             pool_views: Default::default(),
             admin_token: config.api_admin_token.clone(),
             events: event_hub,
+            cors: config.api_cors.clone(),
         },
     )
     .await?;
