@@ -126,7 +126,7 @@ impl ApiState {
         loop {
             let view = self.reader.view().map_err(ApiError::internal)?;
             let mut pool = self.mempool.lock().expect("mempool lock");
-            if pool.catch_up(&view) || attempt == VIEW_ATTEMPTS {
+            if pool.catch_up_step(&view) || attempt == VIEW_ATTEMPTS {
                 return f(&view, &mut pool);
             }
             drop(pool);

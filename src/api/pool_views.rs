@@ -71,7 +71,7 @@ impl PoolGate<'_> {
     /// `with_state` after its last attempt).
     pub fn lock(&self) -> std::sync::MutexGuard<'_, Mempool> {
         let mut pool = self.mempool.lock().expect("mempool lock");
-        pool.catch_up(self.view);
+        pool.catch_up_step(self.view);
         pool
     }
 }

@@ -47,6 +47,23 @@ use crate::consensus::validation::{
 use crate::encoding::Encode;
 use crate::store::schema::script_hash;
 
+/// Transactions a `catch_up_step` judges at most: about 5 ms of UTXO
+/// reads (and, for transactions returning from disconnected blocks,
+/// signature checks) on this project's 2-core reference machine, so the
+/// protocol thread and REST readers never hold the pool's lock long.
+pub const REBUILD_STEP_CANDIDATES: usize = 128;
+
+/// A rebuild of the pool under way: what is left to judge, parents first,
+/// and what its end reports.
+struct Rebuild {
+    queue: std::vec::IntoIter<(u32, Transaction, SignatureChecks)>,
+    returning_ids: Vec<Txid>,
+    former_ids: Vec<Txid>,
+    former_owners: Vec<(Txid, Vec<(PubKeyHash, i64)>)>,
+    reason: RemovalReason,
+    offered: usize,
+}
+
 /// Minimum fee rate, in base units per 1000 bytes: 1 unit per byte, so a
 /// typical 1-in-2-out transaction (about 200 bytes) pays at least 200 units.
 pub const MIN_RELAY_FEE_RATE: u64 = 1_000;
@@ -297,6 +314,8 @@ pub struct Mempool {
     /// Where additions and removals are announced (the event stream).
     /// Sending never blocks; with no receiver it costs nothing.
     pool_events: broadcast::Sender<Arc<PoolEvent>>,
+    /// A rebuild under way, judged a step at a time (see `catch_up_step`).
+    rebuild: Option<Rebuild>,
     /// Set while `rebuild` empties and refills the pool: its own
     /// additions and removals are not news; it reports the difference.
     quiet: bool,
@@ -411,6 +430,7 @@ impl Mempool {
             by_script_hash: HashMap::new(),
             pool_events: broadcast::channel(POOL_EVENT_CHANNEL_CAPACITY).0,
             quiet: false,
+            rebuild: None,
         }
     }
 
@@ -493,6 +513,59 @@ impl Mempool {
             // coinbase spend mature at the new tip, a lock time).
             return false;
         }
+        loop {
+            self.start_owed_rebuild();
+            while !self.rebuild_step(chain, usize::MAX) {}
+            if !self.missed_events && self.pending_readd.is_empty() {
+                return true;
+            }
+        }
+    }
+
+    /// As `catch_up`, but judges at most `REBUILD_STEP_CANDIDATES`
+    /// transactions of a rebuild owed after a reorganisation (the pool is
+    /// emptied and refilled with what is still valid: a 100-block
+    /// reorganisation can return thousands), so that whoever holds the
+    /// pool's lock holds it for milliseconds; the pool answers from what is
+    /// back so far in between. True once the pool is at `chain`'s tip with
+    /// nothing left to judge.
+    pub fn catch_up_step(&mut self, chain: &dyn TipState) -> bool {
+        self.apply_events(chain);
+        if self.missed_events && chain.is_writer() {
+            self.tip = chain.tip_hash();
+        }
+        if self.tip != chain.tip_hash() {
+            return false;
+        }
+        let owes_rebuild = self.missed_events || !self.pending_readd.is_empty();
+        if owes_rebuild && !chain.settled() {
+            return false;
+        }
+        if self.rebuild.is_none() {
+            self.start_owed_rebuild();
+        }
+        self.rebuild_step(chain, REBUILD_STEP_CANDIDATES)
+    }
+
+    /// A `catch_up_step`, then whether the pool is at `chain`'s tip with no
+    /// rebuild owed that has not started: what a transaction is judged
+    /// against is the tip, while the pool may still be refilling.
+    fn step_to_tip(&mut self, chain: &dyn TipState) -> bool {
+        self.catch_up_step(chain);
+        self.tip == chain.tip_hash() && !self.missed_events && self.pending_readd.is_empty()
+    }
+
+    /// Whether a rebuild is under way or owed: a `catch_up_step` has work.
+    pub fn rebuild_pending(&self) -> bool {
+        self.rebuild.is_some() || self.missed_events || !self.pending_readd.is_empty()
+    }
+
+    /// Starts the rebuild that missed events or disconnected blocks call
+    /// for, unless one is under way (it finishes first).
+    fn start_owed_rebuild(&mut self) {
+        if self.rebuild.is_some() {
+            return;
+        }
         if std::mem::take(&mut self.missed_events) || !self.pending_readd.is_empty() {
             let mut blocks = std::mem::take(&mut self.pending_readd);
             blocks.sort_by_key(|(height, _)| *height);
@@ -502,16 +575,8 @@ impl Mempool {
                 RemovalReason::ReorgDropped
             };
             let returning: Vec<Transaction> = blocks.into_iter().flat_map(|(_, txs)| txs).collect();
-            let offered = returning.len();
-            let (returned, dropped) = self.rebuild(chain, returning, reason);
-            tracing::info!(
-                offered,
-                returned,
-                dropped,
-                "mempool rebuilt on the new tip: disconnected transactions returned, invalid ones dropped"
-            );
+            self.start_rebuild(returning, reason);
         }
-        true
     }
 
     /// As `catch_up` when that is cheap: applies the events, and says
@@ -520,7 +585,10 @@ impl Mempool {
     /// long work may run.
     pub fn catch_up_without_rebuild(&mut self, chain: &dyn TipState) -> bool {
         self.apply_events(chain);
-        self.tip == chain.tip_hash() && !self.missed_events && self.pending_readd.is_empty()
+        self.tip == chain.tip_hash()
+            && !self.missed_events
+            && self.pending_readd.is_empty()
+            && self.rebuild.is_none()
     }
 
     /// Applies the chain's pending events: removals now, the transactions
@@ -566,7 +634,7 @@ impl Mempool {
 
     /// Validates and adds a transaction. Returns its txid.
     pub fn accept(&mut self, chain: &dyn TipState, tx: Transaction) -> Result<Txid, MempoolError> {
-        if !self.catch_up(chain) {
+        if !self.step_to_tip(chain) {
             return Err(MempoolError::TipMoved);
         }
         let txid = self.accept_inner(chain, tx, unix_now(), SignatureChecks::On)?;
@@ -856,6 +924,21 @@ impl Mempool {
         returning: Vec<Transaction>,
         reason: RemovalReason,
     ) -> (usize, usize) {
+        // One under way finishes first, with its own returning set.
+        while !self.rebuild_step(chain, usize::MAX) {}
+        self.start_rebuild(returning, reason);
+        let mut outcome = (0, 0);
+        while self.rebuild.is_some() {
+            if let Some(done) = self.rebuild_step_counted(chain, usize::MAX) {
+                outcome = done;
+            }
+        }
+        outcome
+    }
+
+    /// Empties the pool into a rebuild's queue: the returning transactions
+    /// and the former entries, parents first.
+    fn start_rebuild(&mut self, returning: Vec<Transaction>, reason: RemovalReason) {
         let mut former: Vec<MempoolEntry> = self.entries.drain().map(|(_, e)| e).collect();
         let former_owners: Vec<(Txid, Vec<(PubKeyHash, i64)>)> =
             if self.pool_events.receiver_count() > 0 {
@@ -866,7 +949,6 @@ impl Mempool {
             } else {
                 Vec::new()
             };
-        self.quiet = true;
         former.sort_by_key(|e| (e.time, e.txid));
         self.spends.clear();
         self.by_rate.clear();
@@ -886,22 +968,60 @@ impl Mempool {
                     .map(|e| (e.time, Arc::unwrap_or_clone(e.tx), SignatureChecks::Off)),
             )
             .collect();
-        for (time, tx, signatures) in parents_first(candidates, |(_, tx, _)| tx) {
+        let offered = returning_ids.len();
+        self.rebuild = Some(Rebuild {
+            queue: parents_first(candidates, |(_, tx, _)| tx).into_iter(),
+            returning_ids,
+            former_ids,
+            former_owners,
+            reason,
+            offered,
+        });
+    }
+
+    /// Judges up to `budget` candidates of the rebuild under way; true when
+    /// none is left (or none was under way).
+    fn rebuild_step(&mut self, chain: &dyn TipState, budget: usize) -> bool {
+        self.rebuild_step_counted(chain, budget);
+        self.rebuild.is_none()
+    }
+
+    /// As `rebuild_step`; the (returned, dropped) counts when it finishes.
+    fn rebuild_step_counted(
+        &mut self,
+        chain: &dyn TipState,
+        budget: usize,
+    ) -> Option<(usize, usize)> {
+        let mut rebuild = self.rebuild.take()?;
+        self.quiet = true;
+        for (time, tx, signatures) in rebuild.queue.by_ref().take(budget) {
             let _ = self.accept_inner(chain, tx, time, signatures);
         }
         self.quiet = false;
-        let returned = returning_ids.iter().filter(|id| self.contains(id)).count();
-        let dropped = former_ids.iter().filter(|id| !self.contains(id)).count();
-        for (txid, owners) in former_owners {
+        if rebuild.queue.len() > 0 {
+            self.rebuild = Some(rebuild);
+            return None;
+        }
+        let returned = rebuild
+            .returning_ids
+            .iter()
+            .filter(|id| self.contains(id))
+            .count();
+        let dropped = rebuild
+            .former_ids
+            .iter()
+            .filter(|id| !self.contains(id))
+            .count();
+        for (txid, owners) in std::mem::take(&mut rebuild.former_owners) {
             if !self.contains(&txid) {
                 self.announce_event(PoolEvent::Removed {
                     txid,
-                    reason,
+                    reason: rebuild.reason,
                     owners,
                 });
             }
         }
-        for txid in &returning_ids {
+        for txid in &rebuild.returning_ids {
             if let Some(e) = self.entries.get(txid) {
                 let event = PoolEvent::Added {
                     txid: *txid,
@@ -912,12 +1032,18 @@ impl Mempool {
                 self.announce_event(event);
             }
         }
-        (returned, dropped)
+        tracing::info!(
+            offered = rebuild.offered,
+            returned,
+            dropped,
+            "mempool rebuilt on the new tip: disconnected transactions returned, invalid ones dropped"
+        );
+        Some((returned, dropped))
     }
 
     /// Drops entries older than `MEMPOOL_EXPIRY_SECS`.
     pub fn expire(&mut self, chain: &dyn TipState, now: u32) -> usize {
-        self.catch_up(chain);
+        self.step_to_tip(chain);
         let old: Vec<Txid> = self
             .entries
             .values()
@@ -940,7 +1066,7 @@ impl Mempool {
         max_bytes: usize,
     ) -> (Vec<Transaction>, Amount) {
         use std::collections::BinaryHeap;
-        self.catch_up(chain);
+        self.step_to_tip(chain);
         let mut in_block: HashSet<Txid> = HashSet::new();
         let mut version: HashMap<Txid, u32> = HashMap::new();
         let package_of = |txid: &Txid, in_block: &HashSet<Txid>| {

@@ -823,3 +823,59 @@ fn parents_first_orders_spends_and_keeps_the_rest_in_place() {
         ]
     );
 }
+
+/// After a reorganisation returns 300 transactions, `catch_up_step` judges
+/// at most `REBUILD_STEP_CANDIDATES` of them per call (the pool answers
+/// from what is back so far) and ends where a whole `catch_up` does.
+#[test]
+fn a_rebuild_runs_a_bounded_step_at_a_time() {
+    const RETURNING: usize = 300;
+    let mut f = fixture();
+    let (outpoint, utxo) = f.test.spendable(key(1).pubkey_hash())[0];
+    let mut outputs = vec![pay(&key(1), 10_000); RETURNING];
+    outputs.push(pay(
+        &key(1),
+        utxo.output.amount.units() - 10_000 * RETURNING as u64 - 100_000,
+    ));
+    let fan_out = signed_spend(&[(outpoint, utxo.output, &key(1))], outputs);
+    mine(&mut f, vec![fan_out.clone()]);
+    let fork = f.test.clone();
+    let fork_height = f.test.height();
+    let spends: Vec<Transaction> = (0..RETURNING)
+        .map(|i| {
+            signed_spend(
+                &[(
+                    OutPoint::new(fan_out.txid(), i as u32),
+                    fan_out.outputs[i],
+                    &key(1),
+                )],
+                vec![pay(&key(2), 9_000)],
+            )
+        })
+        .collect();
+    mine(&mut f, spends.clone());
+    let mut stepped = Mempool::new(&f.chain, DEFAULT_MAX_MEMPOOL_BYTES);
+    let mut whole = Mempool::new(&f.chain, DEFAULT_MAX_MEMPOOL_BYTES);
+    let mut branch = fork;
+    branch.mine_empty(key(8).pubkey_hash());
+    branch.mine_empty(key(8).pubkey_hash());
+    switch_to(&mut f, &branch, fork_height);
+
+    let mut steps = 0;
+    while !stepped.catch_up_step(&f.chain) {
+        steps += 1;
+        assert!(stepped.len() <= steps * REBUILD_STEP_CANDIDATES);
+        assert!(stepped.rebuild_pending());
+        assert_consistent(&stepped, &f.chain);
+    }
+    assert_eq!(steps + 1, RETURNING.div_ceil(REBUILD_STEP_CANDIDATES));
+    assert!(!stepped.rebuild_pending());
+    assert!(whole.catch_up(&f.chain));
+    let mut a = stepped.txids();
+    let mut b = whole.txids();
+    a.sort();
+    b.sort();
+    assert_eq!(a.len(), RETURNING);
+    assert_eq!(a, b);
+    assert_consistent(&stepped, &f.chain);
+}

@@ -18,6 +18,12 @@ use crate::mempool::{persist as mempool_file, Mempool};
 
 /// How often the mempool is caught up with the chain and expired.
 const MEMPOOL_UPKEEP_INTERVAL: Duration = Duration::from_secs(10);
+/// How often the node looks for a mempool rebuild to drive (one lock of the
+/// pool when there is none).
+const MEMPOOL_REBUILD_POLL: Duration = Duration::from_millis(20);
+/// Pause between two steps of a mempool rebuild, in which the threads
+/// waiting for the chain's or the pool's lock get them.
+const MEMPOOL_REBUILD_PAUSE: Duration = Duration::from_millis(1);
 /// Save the mempool every this many upkeep rounds (5 minutes).
 const MEMPOOL_SAVE_EVERY: u64 = 30;
 
@@ -193,6 +199,41 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         }));
     }
 
+    // A rebuild of the mempool after a reorganisation (thousands of
+    // transactions judged again) runs here a step at a time, each step
+    // holding the chain's and the pool's locks for milliseconds, so the
+    // protocol thread and REST readers interleave with it.
+    let rebuild_driver = {
+        let (chain, mempool) = (chain.clone(), mempool.clone());
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(MEMPOOL_REBUILD_POLL);
+            loop {
+                ticker.tick().await;
+                if !mempool.lock().expect("mempool lock").rebuild_pending() {
+                    continue;
+                }
+                let (chain, mempool) = (chain.clone(), mempool.clone());
+                let _ = tokio::task::spawn_blocking(move || loop {
+                    {
+                        let chain = chain.lock().expect("chain lock");
+                        let mut pool = mempool.lock().expect("mempool lock");
+                        if pool.catch_up_step(&*chain) || !pool.rebuild_pending() {
+                            break;
+                        }
+                        if !chain.settled() {
+                            // Mid-reorganisation: the next poll goes on.
+                            break;
+                        }
+                    }
+                    // The locks are not fair: a thread taking them again at
+                    // once would keep a waiting protocol thread out.
+                    std::thread::sleep(MEMPOOL_REBUILD_PAUSE);
+                })
+                .await;
+            }
+        })
+    };
+
     let upkeep = {
         let (chain, mempool, dir) = (chain.clone(), mempool.clone(), config.data_dir.clone());
         tokio::spawn(async move {
@@ -228,6 +269,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     shutdown.recv().await;
     tracing::info!("shutting down");
     upkeep.abort();
+    rebuild_driver.abort();
     api_task.abort();
     stop.store(true, Ordering::Relaxed);
     p2p.shutdown().await;

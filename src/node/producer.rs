@@ -188,7 +188,7 @@ impl WorkSource for NodeWork<'_> {
     fn template(&mut self) -> anyhow::Result<Block> {
         let chain = self.chain.lock().expect("chain lock");
         let mut pool = self.mempool.lock().expect("mempool lock");
-        pool.catch_up(&*chain);
+        pool.catch_up_step(&*chain);
         self.extra_nonce = self.extra_nonce.wrapping_add(1);
         let block = node_template(&*chain, &mut pool, self.payout, self.extra_nonce)?.block;
         self.pool_changes = pool.changes();

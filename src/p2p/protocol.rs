@@ -424,7 +424,7 @@ impl Protocol {
                 let txids = {
                     let chain = self.chain.lock().expect("chain lock");
                     let mut pool = self.mempool.lock().expect("mempool lock");
-                    pool.catch_up(&*chain);
+                    pool.catch_up_step(&*chain);
                     pool.txids()
                 };
                 let peer = self.peers.get_mut(&id).expect("checked");
@@ -555,7 +555,10 @@ impl Protocol {
         self.tx_requests.retain(|_, r| !r.announcers.is_empty());
         {
             let chain = self.chain.lock().expect("chain lock");
-            self.mempool.lock().expect("mempool lock").catch_up(&*chain);
+            self.mempool
+                .lock()
+                .expect("mempool lock")
+                .catch_up_step(&*chain);
         }
         self.request_blocks(now, &mut actions);
         self.request_txs(now, &mut actions);
