@@ -530,6 +530,12 @@ impl Mempool {
     /// back so far in between. True once the pool is at `chain`'s tip with
     /// nothing left to judge.
     pub fn catch_up_step(&mut self, chain: &dyn TipState) -> bool {
+        // Blocks connected or disconnected while a rebuild is under way
+        // apply to the whole pool, as without steps: the rebuild finishes
+        // first (rare: a rebuild lasts a fraction of a second).
+        if self.rebuild.is_some() && !self.events.is_empty() {
+            self.finish_rebuild(chain);
+        }
         self.apply_events(chain);
         if self.missed_events && chain.is_writer() {
             self.tip = chain.tip_hash();
@@ -541,10 +547,23 @@ impl Mempool {
         if owes_rebuild && !chain.settled() {
             return false;
         }
+        if self.rebuild.is_some() && owes_rebuild {
+            // Another rebuild is owed (missed events): finish both now.
+            return self.catch_up(chain);
+        }
         if self.rebuild.is_none() {
             self.start_owed_rebuild();
         }
         self.rebuild_step(chain, REBUILD_STEP_CANDIDATES)
+    }
+
+    /// Judges what is left of a rebuild under way, whatever the chain's
+    /// state: before a transaction from outside is judged (first seen
+    /// stays first: a queued transaction comes back before a double spend
+    /// of it, a child finds its queued parent), and before the pool is
+    /// saved.
+    pub fn finish_rebuild(&mut self, chain: &dyn TipState) {
+        while !self.rebuild_step(chain, usize::MAX) {}
     }
 
     /// A `catch_up_step`, then whether the pool is at `chain`'s tip with no
@@ -553,6 +572,14 @@ impl Mempool {
     fn step_to_tip(&mut self, chain: &dyn TipState) -> bool {
         self.catch_up_step(chain);
         self.tip == chain.tip_hash() && !self.missed_events && self.pending_readd.is_empty()
+    }
+
+    /// The transactions a rebuild under way has yet to judge, with their
+    /// times (what `mempool.dat` keeps beside the entries).
+    pub fn queued(&self) -> impl Iterator<Item = (u32, &Transaction)> {
+        self.rebuild
+            .iter()
+            .flat_map(|r| r.queue.as_slice().iter().map(|(time, tx, _)| (*time, tx)))
     }
 
     /// Whether a rebuild is under way or owed: a `catch_up_step` has work.
@@ -637,6 +664,7 @@ impl Mempool {
         if !self.step_to_tip(chain) {
             return Err(MempoolError::TipMoved);
         }
+        self.finish_rebuild(chain);
         let txid = self.accept_inner(chain, tx, unix_now(), SignatureChecks::On)?;
         self.announce.push(txid);
         Ok(txid)
@@ -1043,7 +1071,7 @@ impl Mempool {
 
     /// Drops entries older than `MEMPOOL_EXPIRY_SECS`.
     pub fn expire(&mut self, chain: &dyn TipState, now: u32) -> usize {
-        self.step_to_tip(chain);
+        self.catch_up(chain);
         let old: Vec<Txid> = self
             .entries
             .values()

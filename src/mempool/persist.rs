@@ -23,14 +23,20 @@ const MIN_ENTRY_LEN: usize = 4 + crate::consensus::limits::MIN_TX_LEN;
 /// share its parent's time, or even be older after a reorganisation
 /// returned its parent).
 pub fn save(pool: &Mempool, data_dir: &Path) -> std::io::Result<usize> {
-    let mut entries: Vec<_> = pool.entries().collect();
-    entries.sort_by_key(|e| (e.time, e.txid));
-    let entries = parents_first(entries, |e| &e.tx);
+    // The entries, and what a rebuild under way has yet to judge (the
+    // next start judges everything again).
+    let mut entries: Vec<(u32, &Transaction)> = pool
+        .entries()
+        .map(|e| (e.time, &*e.tx))
+        .chain(pool.queued())
+        .collect();
+    entries.sort_by_key(|(time, tx)| (*time, tx.txid()));
+    let entries = parents_first(entries, |(_, tx)| tx);
     let mut out = vec![FILE_VERSION];
     write_compact_size(&mut out, entries.len() as u64);
-    for entry in &entries {
-        out.extend_from_slice(&entry.time.to_le_bytes());
-        entry.tx.encode_to(&mut out);
+    for (time, tx) in &entries {
+        out.extend_from_slice(&time.to_le_bytes());
+        tx.encode_to(&mut out);
     }
     let path = data_dir.join(MEMPOOL_FILE);
     let tmp = path.with_extension("dat.tmp");

@@ -824,24 +824,23 @@ fn parents_first_orders_spends_and_keeps_the_rest_in_place() {
     );
 }
 
-/// After a reorganisation returns 300 transactions, `catch_up_step` judges
-/// at most `REBUILD_STEP_CANDIDATES` of them per call (the pool answers
-/// from what is back so far) and ends where a whole `catch_up` does.
-#[test]
-fn a_rebuild_runs_a_bounded_step_at_a_time() {
-    const RETURNING: usize = 300;
+/// A chain whose last block holds `count` independent spends of a fan-out
+/// transaction's outputs, switched to a longer branch without that block:
+/// the fixture, the spends (returning to the pool) and two pools that saw
+/// the reorganisation, not yet caught up.
+fn reorg_returning(count: usize) -> (Fixture, Vec<Transaction>, Mempool, Mempool) {
     let mut f = fixture();
     let (outpoint, utxo) = f.test.spendable(key(1).pubkey_hash())[0];
-    let mut outputs = vec![pay(&key(1), 10_000); RETURNING];
+    let mut outputs = vec![pay(&key(1), 10_000); count];
     outputs.push(pay(
         &key(1),
-        utxo.output.amount.units() - 10_000 * RETURNING as u64 - 100_000,
+        utxo.output.amount.units() - 10_000 * count as u64 - 100_000,
     ));
     let fan_out = signed_spend(&[(outpoint, utxo.output, &key(1))], outputs);
     mine(&mut f, vec![fan_out.clone()]);
     let fork = f.test.clone();
     let fork_height = f.test.height();
-    let spends: Vec<Transaction> = (0..RETURNING)
+    let spends: Vec<Transaction> = (0..count)
         .map(|i| {
             signed_spend(
                 &[(
@@ -854,13 +853,70 @@ fn a_rebuild_runs_a_bounded_step_at_a_time() {
         })
         .collect();
     mine(&mut f, spends.clone());
-    let mut stepped = Mempool::new(&f.chain, DEFAULT_MAX_MEMPOOL_BYTES);
-    let mut whole = Mempool::new(&f.chain, DEFAULT_MAX_MEMPOOL_BYTES);
+    let pool = Mempool::new(&f.chain, DEFAULT_MAX_MEMPOOL_BYTES);
+    let other = Mempool::new(&f.chain, DEFAULT_MAX_MEMPOOL_BYTES);
     let mut branch = fork;
     branch.mine_empty(key(8).pubkey_hash());
     branch.mine_empty(key(8).pubkey_hash());
     switch_to(&mut f, &branch, fork_height);
+    (f, spends, pool, other)
+}
 
+/// A transaction from outside while a rebuild is under way is judged
+/// against the whole pool: a double spend of a queued transaction is a
+/// conflict (first seen stays first), a child of one finds its parent, and
+/// a save keeps what is still queued.
+#[test]
+fn a_rebuild_under_way_keeps_first_seen_parents_and_the_saved_file() {
+    let (f, spends, mut pool, _) = reorg_returning(300);
+    assert!(!pool.catch_up_step(&f.chain));
+    let last = spends.last().unwrap();
+    assert!(!pool.contains(&last.txid()), "still queued");
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(
+        super::persist::save(&pool, dir.path()).unwrap(),
+        300,
+        "the file keeps the queued transactions"
+    );
+    let TxIn::Spend { prevout, .. } = last.inputs[0] else {
+        panic!("a spend")
+    };
+    let double = signed_spend(
+        &[(
+            prevout,
+            TxOut {
+                amount: Amount::from_units(10_000),
+                owner: key(1).pubkey_hash(),
+            },
+            &key(1),
+        )],
+        vec![pay(&key(3), 8_000)],
+    );
+    assert!(matches!(
+        pool.accept(&f.chain, double),
+        Err(MempoolError::Conflict { .. })
+    ));
+    let parent = &spends[RETURNING_CHILD_PARENT];
+    let child = signed_spend(
+        &[(OutPoint::new(parent.txid(), 0), parent.outputs[0], &key(2))],
+        vec![pay(&key(4), 8_000)],
+    );
+    pool.accept(&f.chain, child.clone()).unwrap();
+    assert!(!pool.rebuild_pending());
+    assert_eq!(pool.len(), 301);
+    assert_consistent(&pool, &f.chain);
+}
+
+/// A returning transaction near the end of the queue.
+const RETURNING_CHILD_PARENT: usize = 290;
+
+/// After a reorganisation returns 300 transactions, `catch_up_step` judges
+/// at most `REBUILD_STEP_CANDIDATES` of them per call (the pool answers
+/// from what is back so far) and ends where a whole `catch_up` does.
+#[test]
+fn a_rebuild_runs_a_bounded_step_at_a_time() {
+    const RETURNING: usize = 300;
+    let (f, _, mut stepped, mut whole) = reorg_returning(RETURNING);
     let mut steps = 0;
     while !stepped.catch_up_step(&f.chain) {
         steps += 1;

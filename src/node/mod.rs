@@ -207,10 +207,14 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         let (chain, mempool) = (chain.clone(), mempool.clone());
         tokio::spawn(async move {
             let mut ticker = tokio::time::interval(MEMPOOL_REBUILD_POLL);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 ticker.tick().await;
-                if !mempool.lock().expect("mempool lock").rebuild_pending() {
-                    continue;
+                // Never wait for the pool's lock on an async worker: whoever
+                // holds it may hold it long.
+                match mempool.try_lock() {
+                    Ok(pool) if pool.rebuild_pending() => {}
+                    _ => continue,
                 }
                 let (chain, mempool) = (chain.clone(), mempool.clone());
                 let _ = tokio::task::spawn_blocking(move || loop {
