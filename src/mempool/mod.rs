@@ -499,18 +499,7 @@ impl Mempool {
     /// (`rebuild`), but only once `chain` is at the tip the events reached:
     /// a reader's view a block behind must not judge the pool.
     pub fn catch_up(&mut self, chain: &dyn TipState) -> bool {
-        self.apply_events(chain);
-        if self.missed_events && chain.is_writer() {
-            self.tip = chain.tip_hash();
-        }
-        if self.tip != chain.tip_hash() {
-            return false;
-        }
-        let owes_rebuild = self.missed_events || !self.pending_readd.is_empty();
-        if owes_rebuild && !chain.settled() {
-            // In the middle of a reorganisation: judging the returning
-            // transactions at the fork point would drop some for good (a
-            // coinbase spend mature at the new tip, a lock time).
+        if !self.ready_at_tip(chain) {
             return false;
         }
         loop {
@@ -536,6 +525,22 @@ impl Mempool {
         if self.rebuild.is_some() && !self.events.is_empty() {
             self.finish_rebuild(chain);
         }
+        if !self.ready_at_tip(chain) {
+            return false;
+        }
+        if self.rebuild.is_some() && (self.missed_events || !self.pending_readd.is_empty()) {
+            // Another rebuild is owed (missed events): finish both now.
+            return self.catch_up(chain);
+        }
+        if self.rebuild.is_none() {
+            self.start_owed_rebuild();
+        }
+        self.rebuild_step(chain, REBUILD_STEP_CANDIDATES)
+    }
+
+    /// Applies the chain's events, and says whether the pool is at
+    /// `chain`'s tip where a rebuild it owes may run.
+    fn ready_at_tip(&mut self, chain: &dyn TipState) -> bool {
         self.apply_events(chain);
         if self.missed_events && chain.is_writer() {
             self.tip = chain.tip_hash();
@@ -544,17 +549,10 @@ impl Mempool {
             return false;
         }
         let owes_rebuild = self.missed_events || !self.pending_readd.is_empty();
-        if owes_rebuild && !chain.settled() {
-            return false;
-        }
-        if self.rebuild.is_some() && owes_rebuild {
-            // Another rebuild is owed (missed events): finish both now.
-            return self.catch_up(chain);
-        }
-        if self.rebuild.is_none() {
-            self.start_owed_rebuild();
-        }
-        self.rebuild_step(chain, REBUILD_STEP_CANDIDATES)
+        // In the middle of a reorganisation, judging the returning
+        // transactions at the fork point would drop some for good (a
+        // coinbase spend mature at the new tip, a lock time).
+        !owes_rebuild || chain.settled()
     }
 
     /// Judges what is left of a rebuild under way, whatever the chain's

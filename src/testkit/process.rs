@@ -256,19 +256,37 @@ pub fn http_with_headers(
     path: &str,
     body: &str,
 ) -> (u16, Vec<(String, String)>, String) {
-    use std::io::{Read, Write};
     let content_type = if body.trim_start().starts_with(['{', '[']) {
         "application/json"
     } else {
         "text/plain"
     };
+    http_request(
+        addr,
+        method,
+        path,
+        &format!("Content-Type: {content_type}\r\n"),
+        body,
+    )
+}
+
+/// One request with `extra` header lines (each ending in CRLF): status,
+/// headers (lower-cased names) and body.
+pub fn http_request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    extra: &str,
+    body: &str,
+) -> (u16, Vec<(String, String)>, String) {
+    use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr).expect("connect to the REST API");
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .expect("set timeout");
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra}Content-Length: {}\r\n\r\n{body}",
         body.len()
     )
     // A server may answer (413) and close before a large body is sent:
