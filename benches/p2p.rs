@@ -12,7 +12,8 @@
 //! idle.
 //!
 //! Run: `cargo bench --profile dev --bench p2p` (`-- quick` for small sizes,
-//! `-- sync` for the sync figures alone, `-- sync-cost` for the in-process
+//! `-- sync` for the sync figures alone, `-- sync-small` or `-- sync-big`
+//! for one of its two chains, `-- sync-cost` for the in-process
 //! scheduling figure alone).
 
 use std::path::Path;
@@ -175,43 +176,45 @@ fn bench_sync(blocks: usize, txs: usize) -> f64 {
 }
 
 /// The chain's time per stage (its `chain stage times` log line, in
-/// microseconds) as shares of the whole.
+/// microseconds) as shares of the whole; then, within the signatures
+/// stage, the busy time of each of its overlapping halves (the signature
+/// checks; the rows' preparation, of which the UTXO-set digest) as shares
+/// of the same whole.
 fn stage_shares(line: &str) -> String {
     const STAGES: [&str; 7] = [
         "accept_us",
         "load_us",
         "utxo_reads_us",
         "validation_us",
-        "digest_us",
+        "signatures_us",
         "indexes_us",
         "writes_us",
     ];
-    let values: Vec<(&str, f64)> = STAGES
-        .iter()
-        .map(|s| {
-            (
-                *s,
-                log_field(line, s)
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0.0),
-            )
-        })
-        .collect();
-    let total: f64 = values.iter().map(|(_, v)| v).sum::<f64>().max(1.0);
-    let shares: Vec<String> = values
-        .iter()
-        .map(|(name, v)| {
-            format!(
-                "{} {:.0}%",
-                name.trim_end_matches("_us").replace('_', " "),
-                100.0 * v / total
-            )
-        })
-        .collect();
+    const ALONGSIDE: [&str; 3] = ["signatures_busy_us", "prepare_busy_us", "digest_busy_us"];
+    let field = |name: &str| -> f64 {
+        log_field(line, name)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let total: f64 = STAGES.iter().map(|s| field(s)).sum::<f64>().max(1.0);
+    let shares = |names: &[&str]| -> String {
+        names
+            .iter()
+            .map(|name| {
+                format!(
+                    "{} {:.0}%",
+                    name.trim_end_matches("_us").replace('_', " "),
+                    100.0 * field(name) / total
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     format!(
-        "chain task time {:.1} s: {}",
+        "chain task time {:.1} s: {}\n  within signatures, busy: {}",
         total / 1e6,
-        shares.join(", ")
+        shares(&STAGES),
+        shares(&ALONGSIDE)
     )
 }
 
@@ -475,6 +478,8 @@ fn main() {
         bench_propagation(10, 5);
     } else if std::env::args().any(|a| a == "sync-big") {
         report("sync 100 x 2000", bench_sync(100, 2_000));
+    } else if std::env::args().any(|a| a == "sync-small") {
+        report("sync 2000 x 100", bench_sync(2_000, 100));
     } else if std::env::args().any(|a| a == "sync") {
         report("sync 2000 x 100", bench_sync(2_000, 100));
         report("sync 100 x 2000", bench_sync(100, 2_000));

@@ -194,8 +194,15 @@ pub fn check_store(store: &Store) -> Result<CheckReport, ChainError> {
     }
     let mut digest = UtxoDigest::default();
     digest.apply(utxos.iter().collect::<Vec<_>>(), Vec::new());
-    if digest.to_bytes() != tip.digest {
-        report.differ("stored UTXO digest differs from the digest of the replayed set".into());
+    if digest.fingerprint() != tip.digest {
+        report.differ(
+            "the tip record's UTXO digest differs from the digest of the replayed set".into(),
+        );
+    }
+    match store.utxo_digest()? {
+        Some(stored) if stored == digest => {}
+        Some(_) => report.differ("stored UTXO digest state differs from the replayed set's".into()),
+        None => report.differ("the store has no UTXO digest state".into()),
     }
 
     // The address index.

@@ -53,6 +53,10 @@ pub const CATCH_UP_TIP_AGE: u32 = 3_600;
 /// and a wallet polling a syncing node should see it move.
 pub const CACHE_MAX_AGE: Duration = Duration::from_secs(300);
 
+/// Batch bytes of the rows every flush writes beside the cache's: the tip
+/// record and the UTXO digest's 2 KiB state, with RocksDB's framing.
+const TIP_ROWS_BYTES: usize = 256 + crate::store::digest::STATE_LEN;
+
 /// The flush policy's own state.
 #[derive(Debug)]
 pub(super) struct Flushing {
@@ -160,18 +164,18 @@ impl Chain {
             return Ok(());
         }
         let started = Instant::now();
-        // Room for the tip record too.
+        // Room for the tip record and the digest's state too.
         let mut batch = self
             .store
-            .batch_with_capacity(self.cache.batch_bytes() + 256);
+            .batch_with_capacity(self.cache.batch_bytes() + TIP_ROWS_BYTES);
         for hash in self.cache.index_changed() {
             batch.put_block_index(hash, &self.index[hash]);
         }
         self.cache.write_to(&mut batch);
-        batch.put_tip(&self.tip);
+        batch.put_tip(&self.tip, &self.digest);
         let (bytes, rows, batch_bytes) =
             (self.cache.bytes(), self.cache.len(), batch.size_in_bytes());
-        debug_assert!(batch_bytes <= self.cache.batch_bytes() + 256);
+        debug_assert!(batch_bytes <= self.cache.batch_bytes() + TIP_ROWS_BYTES);
         self.store.write(batch, self.sync_writes)?;
         self.stages.writes += started.elapsed();
         self.cache.clear();

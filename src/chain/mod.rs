@@ -35,13 +35,14 @@ use tokio::sync::broadcast;
 use crate::consensus::address::PubKeyHash;
 use crate::consensus::block::Block;
 use crate::consensus::hash::{BlockHash, Txid};
+use crate::consensus::keys::{verify_signature, SignatureVerifier};
 use crate::consensus::limits::MEDIAN_TIME_SPAN;
 use crate::consensus::params::{ChainParams, Network};
 use crate::consensus::pow::{median_time_past, next_work_required, work_from_compact};
 use crate::consensus::transaction::OutPoint;
 use crate::consensus::validation::{
-    check_block, check_block_contextual, check_header_contextual, BlockContext, BlockError,
-    SignatureChecks, Utxo, UtxoView, UtxoViewError,
+    check_block, check_block_spends, check_header_contextual, verify_block_signatures,
+    BlockContext, BlockError, SignatureChecks, Utxo, UtxoView, UtxoViewError,
 };
 use crate::encoding::Encode;
 use crate::store::digest::UtxoDigest;
@@ -304,15 +305,23 @@ pub struct StageTimes {
     pub load: Duration,
     /// Looking up the outputs its inputs spend.
     pub utxo_reads: Duration,
-    /// Contextual checks and signatures (in parallel on rayon's pool), with
-    /// the reads of the address stats the block touches alongside.
+    /// Contextual checks but signatures: spends, maturity, owners, amounts.
     pub validation: Duration,
-    /// The UTXO-set digest, with the new address stats computed alongside.
-    pub digest: Duration,
-    /// The delta, address stats, tx index, undo data and active chain rows.
+    /// Signature checks, with the block's rows prepared alongside (the
+    /// delta, the address stats it changes, the UTXO-set digest): the wall
+    /// time of both, on rayon's pool.
+    pub signatures: Duration,
+    /// Rows into the write-back cache: UTXOs, address index, tx index,
+    /// undo data, active chain.
     pub indexes: Duration,
     /// Writing to RocksDB (flushes of the cache).
     pub writes: Duration,
+    /// Busy time within `signatures`, per half: the signature checks, and
+    /// the rows' preparation, of which the digest (they overlap, so these
+    /// are not shares of the wall time).
+    pub signatures_busy: Duration,
+    pub prepare_busy: Duration,
+    pub digest_busy: Duration,
 }
 
 impl StageTimes {
@@ -324,9 +333,12 @@ impl StageTimes {
             load_us = self.load.as_micros() as u64,
             utxo_reads_us = self.utxo_reads.as_micros() as u64,
             validation_us = self.validation.as_micros() as u64,
-            digest_us = self.digest.as_micros() as u64,
+            signatures_us = self.signatures.as_micros() as u64,
             indexes_us = self.indexes.as_micros() as u64,
             writes_us = self.writes.as_micros() as u64,
+            signatures_busy_us = self.signatures_busy.as_micros() as u64,
+            prepare_busy_us = self.prepare_busy.as_micros() as u64,
+            digest_busy_us = self.digest_busy.as_micros() as u64,
             "chain stage times"
         );
     }
@@ -360,7 +372,7 @@ impl Chain {
                 height: 0,
                 utxo_count: 0,
                 utxo_total: 0,
-                digest: [0u8; 33],
+                digest: crate::consensus::hash::Hash256::default(),
             },
             digest: UtxoDigest::default(),
             candidates: BTreeSet::new(),
@@ -420,7 +432,7 @@ impl Chain {
             height: 0,
             utxo_count: delta.created.len() as u64,
             utxo_total: delta.created_sum(),
-            digest: digest.to_bytes(),
+            digest: digest.fingerprint(),
         };
         let stats = self.delta_stats(&delta, true)?;
         let mut batch = self.store.batch();
@@ -429,7 +441,7 @@ impl Chain {
         write_delta(&mut batch, &delta, &stats, hash, 0, true);
         batch.put_undo(&hash, &[]);
         batch.put_active(0, &hash);
-        batch.put_tip(&tip);
+        batch.put_tip(&tip, &digest);
         self.store.write(batch, true)?;
         self.add_to_index(hash, entry);
         self.index.set_linked(&hash, true);
@@ -452,8 +464,15 @@ impl Chain {
             }
             self.add_to_index(hash, entry);
         }
-        self.digest = UtxoDigest::from_bytes(&tip.digest)
-            .ok_or_else(|| ChainError::Inconsistent("stored UTXO digest is not a point".into()))?;
+        self.digest = self
+            .store
+            .utxo_digest()?
+            .ok_or_else(|| ChainError::Inconsistent("the store has no UTXO digest".into()))?;
+        if self.digest.fingerprint() != tip.digest {
+            return Err(ChainError::Inconsistent(
+                "the stored UTXO digest is not the one the tip record names".into(),
+            ));
+        }
         // Rebuild the active chain by walking back from the tip in memory.
         let mut active = Vec::with_capacity(tip.height as usize + 1);
         let mut cursor = tip.hash;
@@ -583,7 +602,7 @@ impl Chain {
             time: entry.header.time,
             utxo_count: self.tip.utxo_count,
             utxo_total: self.tip.utxo_total,
-            utxo_digest: self.digest.fingerprint(),
+            utxo_digest: self.tip.digest,
         }
     }
 
@@ -1296,35 +1315,11 @@ impl Chain {
         delta: &BlockDelta,
         connect: bool,
     ) -> Result<Vec<(PubKeyHash, AddressStats)>, ChainError> {
-        self.delta_stats_prefetched(delta, connect, &HashMap::new())
-    }
-
-    /// As `delta_stats`, with the current stats of some owners already
-    /// read (`prefetched`, read through the cache like the rest).
-    fn delta_stats_prefetched(
-        &self,
-        delta: &BlockDelta,
-        connect: bool,
-        prefetched: &HashMap<PubKeyHash, AddressStats>,
-    ) -> Result<Vec<(PubKeyHash, AddressStats)>, ChainError> {
-        let missing: Vec<PubKeyHash> = delta
-            .stats
-            .keys()
-            .filter(|owner| !prefetched.contains_key(owner))
-            .copied()
-            .collect();
-        let read: HashMap<PubKeyHash, AddressStats> = missing
-            .iter()
-            .copied()
-            .zip(self.cache.addresses_stats(&self.store, &missing)?)
-            .collect();
+        let owners: Vec<PubKeyHash> = delta.stats.keys().copied().collect();
+        let read = self.cache.addresses_stats(&self.store, &owners)?;
         let mut out = Vec::with_capacity(delta.stats.len());
-        for (owner, change) in &delta.stats {
-            let mut stats = prefetched
-                .get(owner)
-                .or_else(|| read.get(owner))
-                .copied()
-                .unwrap_or_default();
+        for ((owner, change), current) in delta.stats.iter().zip(read) {
+            let mut stats = current;
             if connect {
                 change.apply(&mut stats, *owner)?;
             } else {
@@ -1362,44 +1357,61 @@ impl Chain {
         lap(&mut self.stages.load);
         let view = self.prefetch_inputs(&block)?;
         lap(&mut self.stages.utxo_reads);
-        // The address stats the block touches are read while its signatures
-        // are checked, so the serial reads overlap the parallel checks. Only
-        // the chain writes the cache: what is read now is what would be
-        // read after.
-        let owners = touched_owners(&block, &view);
-        let (checked, prefetched) = rayon::join(
-            || check_block_contextual(&block, &ctx, self.params, &view, self.signature_checks),
-            || self.cache.addresses_stats(&self.store, &owners),
-        );
-        let spends = match checked {
-            Ok(spends) => spends,
+        let checked = match check_block_spends(&block, &ctx, self.params, &view) {
+            Ok(checked) => checked,
             Err(BlockError::UtxoView(e)) => return Err(ChainError::Inconsistent(e.to_string())),
             Err(error) => return Ok(Err(error)),
         };
-        let prefetched: HashMap<PubKeyHash, AddressStats> =
-            owners.into_iter().zip(prefetched?).collect();
         lap(&mut self.stages.validation);
         let height = entry.height;
-        let delta = BlockDelta::compute(&block, height, &spends.spent);
-        lap(&mut self.stages.indexes);
-        // The digest (parallel) and the new address stats (serial) at once.
-        let before = self.digest;
-        let (stats, digest) = rayon::join(
-            || self.delta_stats_prefetched(&delta, true, &prefetched),
+        // The signatures are checked while the block's rows are prepared:
+        // the delta, the address stats it changes (read through the cache)
+        // and the digest, all pure until written below. Both halves run on
+        // rayon's pool, so the serial index work fills the core that the
+        // signature checks would leave idle between blocks.
+        let verify = match self.signature_checks {
+            SignatureChecks::On => Some(verify_signature as SignatureVerifier),
+            SignatureChecks::Off => None,
+        };
+        let (verified, prepared) = rayon::join(
             || {
-                let mut digest = before;
-                delta.update_digest(&mut digest, true);
-                digest
+                let started = Instant::now();
+                let verdict =
+                    verify.map_or(Ok(()), |v| verify_block_signatures(&block, &checked, v));
+                (verdict, started.elapsed())
+            },
+            || {
+                let started = Instant::now();
+                let delta = BlockDelta::compute(&block, height, &checked.spends.spent);
+                let (stats, (digest, digest_time)) = rayon::join(
+                    || self.delta_stats(&delta, true),
+                    || {
+                        let started = Instant::now();
+                        let mut digest = self.digest.clone();
+                        delta.update_digest(&mut digest, true);
+                        (digest, started.elapsed())
+                    },
+                );
+                (delta, stats, digest, digest_time, started.elapsed())
             },
         );
+        lap(&mut self.stages.signatures);
+        let (verdict, signatures_busy) = verified;
+        let (delta, stats, digest, digest_busy, prepare_busy) = prepared;
+        self.stages.signatures_busy += signatures_busy;
+        self.stages.prepare_busy += prepare_busy;
+        self.stages.digest_busy += digest_busy;
+        if let Err(error) = verdict {
+            return Ok(Err(error));
+        }
         let stats = stats?;
-        lap(&mut self.stages.digest);
+        let spends = checked.spends;
         let tip = ChainTipRecord {
             hash,
             height,
             utxo_count: self.tip.utxo_count + delta.created.len() as u64 - delta.spent.len() as u64,
             utxo_total: self.tip.utxo_total + delta.created_sum() - delta.spent_sum(),
-            digest: digest.to_bytes(),
+            digest: digest.fingerprint(),
         };
         let mut connected = entry;
         connected.status |= status::VALID;
@@ -1463,7 +1475,7 @@ impl Chain {
         let height = entry.height;
         let delta = BlockDelta::compute(&block, height, &undo);
         let stats = self.delta_stats(&delta, false)?;
-        let mut digest = self.digest;
+        let mut digest = self.digest.clone();
         delta.update_digest(&mut digest, false);
         let parent = entry.header.prev_hash;
         let tip = ChainTipRecord {
@@ -1471,7 +1483,7 @@ impl Chain {
             height: height - 1,
             utxo_count: self.tip.utxo_count + delta.spent.len() as u64 - delta.created.len() as u64,
             utxo_total: self.tip.utxo_total + delta.spent_sum() - delta.created_sum(),
-            digest: digest.to_bytes(),
+            digest: digest.fingerprint(),
         };
         write_delta(&mut self.cache, &delta, &stats, hash, height, false);
         self.cache.delete_undo(&hash);
@@ -1565,21 +1577,6 @@ impl UtxoView for Chain {
     fn utxo(&self, outpoint: &OutPoint) -> Result<Option<Utxo>, UtxoViewError> {
         Ok(Chain::utxo(self, outpoint)?)
     }
-}
-
-/// Every owner a block's outputs pay and its inputs spend from (those found
-/// in `spent`, the outputs its inputs spend that are in the UTXO set): whose
-/// address stats connecting it changes.
-fn touched_owners(
-    block: &Block,
-    spent: &HashMap<crate::consensus::transaction::OutPoint, crate::consensus::validation::Utxo>,
-) -> Vec<PubKeyHash> {
-    let mut owners: std::collections::HashSet<PubKeyHash> =
-        spent.values().map(|utxo| utxo.output.owner).collect();
-    for tx in &block.transactions {
-        owners.extend(tx.outputs.iter().map(|o| o.owner));
-    }
-    owners.into_iter().collect()
 }
 
 impl Drop for Chain {

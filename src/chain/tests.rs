@@ -34,10 +34,22 @@ fn state(chain: &Chain) -> Vec<Vec<(Vec<u8>, Vec<u8>)>> {
         .iter()
         .map(|cf| chain.store().dump_cf(cf).unwrap())
         .collect();
-    out.push(vec![(
-        b"tip".to_vec(),
-        chain.store().tip().unwrap().unwrap().encode(),
-    )]);
+    out.push(vec![
+        (
+            b"tip".to_vec(),
+            chain.store().tip().unwrap().unwrap().encode(),
+        ),
+        (
+            b"utxo_digest".to_vec(),
+            chain
+                .store()
+                .utxo_digest()
+                .unwrap()
+                .unwrap()
+                .to_bytes()
+                .to_vec(),
+        ),
+    ]);
     out
 }
 
@@ -321,6 +333,31 @@ fn state_survives_reopen_and_check_finds_planted_damage() {
             .iter()
             .any(|d| d.contains("UTXOs stored")),
         "{report:?}"
+    );
+}
+
+/// `chaincore check` sees a digest state that is not the UTXO set's, even
+/// when the tip record's fingerprint still names the right one.
+#[test]
+fn check_finds_a_damaged_digest_state() {
+    use crate::store::cache::StateWrites;
+    use crate::store::schema::{encode_digest_state, meta, CF_META};
+    let base = prefix();
+    let dir = tempfile::tempdir().unwrap();
+    let mut chain = open(&dir);
+    feed(&mut chain, &base.blocks[1..]);
+    chain.flush().unwrap();
+    assert!(check::check_store(chain.store()).unwrap().is_consistent());
+    let mut bytes = chain.store().utxo_digest().unwrap().unwrap().to_bytes();
+    bytes[100] ^= 1;
+    let damaged = crate::store::digest::UtxoDigest::from_bytes(&bytes);
+    let mut batch = chain.store().batch();
+    batch.put(CF_META, meta::UTXO_DIGEST, &encode_digest_state(&damaged));
+    chain.store().write(batch, false).unwrap();
+    let report = check::check_store(chain.store()).unwrap();
+    assert_eq!(
+        report.differences,
+        vec!["stored UTXO digest state differs from the replayed set's".to_string()]
     );
 }
 
@@ -755,9 +792,11 @@ fn the_chain_reads_through_the_cache_while_the_store_keeps_the_last_flush() {
     assert_eq!(chain.flushed_tip().height, 0);
     assert_eq!(
         chain.flushed_tip().utxo_digest,
-        crate::store::digest::UtxoDigest::from_bytes(&chain.store().tip().unwrap().unwrap().digest)
-            .unwrap()
-            .fingerprint()
+        chain.store().utxo_digest().unwrap().unwrap().fingerprint()
+    );
+    assert_eq!(
+        chain.flushed_tip().utxo_digest,
+        chain.store().tip().unwrap().unwrap().digest
     );
     assert!(check::check_store(chain.store()).unwrap().is_consistent());
     // The chain sees its tip: the payment of block 13 is unspent, confirmed.
@@ -916,10 +955,66 @@ fn a_format_1_store_is_upgraded_to_the_rows_a_node_writes() {
             4 + 4,
             "4 spends; owners: genesis payout, key(1), key(3), key(4)"
         );
+        downgrade_tip_record(&store, &mut batch);
         batch.put(CF_META, meta::FORMAT_VERSION, &1u32.to_be_bytes());
         store.write(batch, true).unwrap();
     }
     let chain = open(&dir);
     assert_eq!(state(&chain), expected);
+    assert!(check::check_store(chain.store()).unwrap().is_consistent());
+}
+
+/// Puts the tip record back in its format-2 layout (a 33-byte curve point
+/// where format 3 has the fingerprint) and deletes the digest's state.
+fn downgrade_tip_record(store: &crate::store::Store, batch: &mut crate::store::StoreBatch<'_>) {
+    use crate::store::cache::StateWrites;
+    use crate::store::schema::{meta, CF_META};
+    let mut old = store.tip().unwrap().unwrap().encode();
+    old.truncate(old.len() - 32);
+    old.extend([0x02; 33]);
+    batch.put(CF_META, meta::TIP, &old);
+    batch.delete(CF_META, meta::UTXO_DIGEST);
+}
+
+/// A format-2 data dir (a curve multiset hash in the tip record) is
+/// upgraded at open to the lattice digest a node computes while connecting
+/// the same blocks; the rest of the store is untouched.
+#[test]
+fn a_format_2_store_is_upgraded_to_the_digest_a_node_computes() {
+    use crate::store::cache::StateWrites;
+    use crate::store::schema::{meta, CF_META};
+    let dir = tempfile::tempdir().unwrap();
+    let base = prefix();
+    let (_, blocks) = branch(&base, 4, &key(3), &key(4));
+    let (expected, expected_tip) = {
+        let mut chain = open(&dir);
+        feed(&mut chain, &base.blocks[1..]);
+        feed(&mut chain, &blocks);
+        chain.flush().unwrap();
+        (state(&chain), chain.tip())
+    };
+    {
+        let store = crate::store::Store::open(
+            dir.path(),
+            Network::Regtest,
+            &crate::store::StoreOptions::default(),
+        )
+        .unwrap();
+        let mut batch = store.batch();
+        downgrade_tip_record(&store, &mut batch);
+        batch.put(CF_META, meta::FORMAT_VERSION, &2u32.to_be_bytes());
+        store.write(batch, true).unwrap();
+        assert!(
+            store.tip().is_err(),
+            "the old record no longer reads as format 3"
+        );
+    }
+    let chain = open(&dir);
+    assert_eq!(chain.tip(), expected_tip);
+    assert_eq!(state(&chain), expected);
+    assert_eq!(
+        chain.store().utxo_digest().unwrap().unwrap().fingerprint(),
+        expected_tip.utxo_digest
+    );
     assert!(check::check_store(chain.store()).unwrap().is_consistent());
 }

@@ -12,10 +12,8 @@
 
 use std::sync::{Arc, RwLock};
 
-use sha2::{Digest, Sha256};
-
 use super::{ChainError, ChainTip, Clock};
-use crate::consensus::hash::{BlockHash, Hash256};
+use crate::consensus::hash::BlockHash;
 use crate::consensus::limits::MEDIAN_TIME_SPAN;
 use crate::consensus::params::ChainParams;
 use crate::consensus::pow::median_time_past;
@@ -137,7 +135,7 @@ impl ChainView {
             time: tip_entry.header.time,
             utxo_count: record.utxo_count,
             utxo_total: record.utxo_total,
-            utxo_digest: Hash256(Sha256::digest(record.digest).into()),
+            utxo_digest: record.digest,
         };
         Ok(ChainView {
             store,

@@ -9,6 +9,7 @@ use rocksdb::{
 };
 
 use super::cache::StateWrites;
+use super::digest::UtxoDigest;
 use super::schema::*;
 use crate::consensus::address::PubKeyHash;
 use crate::consensus::amount::Amount;
@@ -227,8 +228,13 @@ impl Store {
                     .get_cf(meta, meta::FORMAT_VERSION)?
                     .and_then(|v| v.try_into().ok().map(u32::from_be_bytes))
                     .unwrap_or(0);
+                let mut found = found;
                 if found == 1 {
                     self.upgrade_indexes()?;
+                    found = 2;
+                }
+                if found == 2 {
+                    self.upgrade_digest()?;
                 } else if found != FORMAT_VERSION {
                     return Err(StoreError::WrongFormat {
                         expected: FORMAT_VERSION,
@@ -247,10 +253,10 @@ impl Store {
     /// the next open; the format is written last.
     fn upgrade_indexes(&self) -> Result<(), StoreError> {
         let started = std::time::Instant::now();
-        let tip = self.tip()?.map_or(0, |t| t.height);
+        let tip = self.format2_tip()?.map_or(0, |t| t.height);
         tracing::info!(
             height = tip,
-            "upgrading the store to format {FORMAT_VERSION}: indexing who spent each output"
+            "upgrading the store to format 2: indexing who spent each output"
         );
         let mut batch = self.batch();
         let mut rows = 0usize;
@@ -307,11 +313,60 @@ impl Store {
         if let Some(e) = failed {
             return Err(e);
         }
-        batch.put(CF_META, meta::FORMAT_VERSION, &FORMAT_VERSION.to_be_bytes());
+        batch.put(CF_META, meta::FORMAT_VERSION, &2u32.to_be_bytes());
         self.write(batch, true)?;
         tracing::info!(
             secs = started.elapsed().as_secs_f64(),
             addresses = owners,
+            "store upgraded to format 2"
+        );
+        Ok(())
+    }
+
+    /// The tip record of a format-1 or format-2 store.
+    fn format2_tip(&self) -> Result<Option<ChainTipRecord>, StoreError> {
+        self.get(CF_META, meta::TIP)?
+            .map(|v| ChainTipRecord::decode_format2(&v).map_err(corrupt("tip record")))
+            .transpose()
+    }
+
+    /// Upgrades a format-2 store: computes the lattice digest of the UTXO
+    /// set (a pass over it, read through a snapshot), then writes the tip
+    /// record with its fingerprint, the digest's state and format 3 in one
+    /// batch, so a crash leaves either format whole.
+    fn upgrade_digest(&self) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
+        let mut batch = self.batch();
+        let mut utxos = 0u64;
+        if let Some(mut tip) = self.format2_tip()? {
+            tracing::info!(
+                height = tip.height,
+                utxos = tip.utxo_count,
+                "upgrading the store to format {FORMAT_VERSION}: the UTXO-set digest becomes a lattice hash"
+            );
+            let snapshot = self.snapshot();
+            let mut digest = UtxoDigest::default();
+            snapshot.for_each_utxo(|outpoint, utxo| {
+                digest.insert(&outpoint, &utxo);
+                utxos += 1;
+            })?;
+            if utxos != tip.utxo_count {
+                return Err(StoreError::Corrupt {
+                    what: "UTXO set",
+                    error: DecodeError::Invalid {
+                        what: "UTXO set",
+                        reason: "the tip record counts another number of UTXOs",
+                    },
+                });
+            }
+            tip.digest = digest.fingerprint();
+            batch.put_tip(&tip, &digest);
+        }
+        batch.put(CF_META, meta::FORMAT_VERSION, &FORMAT_VERSION.to_be_bytes());
+        self.write(batch, true)?;
+        tracing::info!(
+            secs = started.elapsed().as_secs_f64(),
+            utxos,
             "store upgraded to format {FORMAT_VERSION}"
         );
         Ok(())
@@ -392,6 +447,13 @@ impl Store {
     pub fn tip(&self) -> Result<Option<ChainTipRecord>, StoreError> {
         self.get(CF_META, meta::TIP)?
             .map(|v| ChainTipRecord::decode(&v).map_err(corrupt("tip record")))
+            .transpose()
+    }
+
+    /// The UTXO-set digest's state at the tip record's tip.
+    pub fn utxo_digest(&self) -> Result<Option<UtxoDigest>, StoreError> {
+        self.get(CF_META, meta::UTXO_DIGEST)?
+            .map(|v| decode_digest_state(&v).map_err(corrupt("UTXO digest state")))
             .transpose()
     }
 
@@ -742,7 +804,10 @@ impl StoreBatch<'_> {
         self.put(CF_BLOCK_DATA, &hash.0, &block.to_bytes());
     }
 
-    pub fn put_tip(&mut self, tip: &ChainTipRecord) {
+    /// The tip record and the digest's state, which always go together.
+    pub fn put_tip(&mut self, tip: &ChainTipRecord, digest: &UtxoDigest) {
+        debug_assert_eq!(tip.digest, digest.fingerprint());
         self.put(CF_META, meta::TIP, &tip.encode());
+        self.put(CF_META, meta::UTXO_DIGEST, &encode_digest_state(digest));
     }
 }

@@ -30,13 +30,17 @@ use crate::consensus::hash::{BlockHash, Hash256, Txid};
 use crate::consensus::transaction::{OutPoint, TxOut};
 use crate::consensus::validation::Utxo;
 use crate::encoding::{read_array, read_u32, read_u64, read_u8, Decode, DecodeError, Encode};
+use crate::store::digest::{UtxoDigest, STATE_LEN};
 
 /// Version byte at the front of every stored value.
 pub const VALUE_VERSION: u8 = 1;
-/// Version of the whole layout, kept in `meta`. Version 1 (no `spent_by`
-/// or `script_hash` rows) is upgraded at open (`Store::upgrade_indexes`);
-/// any other mismatch refuses to open.
-pub const FORMAT_VERSION: u32 = 2;
+/// Version of the whole layout, kept in `meta`. Older versions are
+/// upgraded at open: version 1 had no `spent_by` or `script_hash` rows
+/// (`Store::upgrade_indexes`), version 2 kept a curve multiset hash of the
+/// UTXO set in the tip record where 3 keeps the lattice hash's state in
+/// its own row (`Store::upgrade_digest`). Any other mismatch refuses to
+/// open.
+pub const FORMAT_VERSION: u32 = 3;
 
 pub const CF_BLOCK_INDEX: &str = "block_index";
 pub const CF_ACTIVE_CHAIN: &str = "active_chain";
@@ -76,6 +80,9 @@ pub mod meta {
     pub const NETWORK: &[u8] = b"network";
     /// `ChainTipRecord`: the tip and the UTXO-set summary at it.
     pub const TIP: &[u8] = b"tip";
+    /// The UTXO-set digest's state (`digest::UtxoDigest`, 2 048 bytes)
+    /// at the tip record's tip, written in the same batch as the record.
+    pub const UTXO_DIGEST: &[u8] = b"utxo_digest";
 }
 
 /// Checks and strips the version byte of a stored value.
@@ -498,19 +505,20 @@ pub struct ChainTipRecord {
     pub utxo_count: u64,
     /// Sum of all UTXO amounts, in base units.
     pub utxo_total: u64,
-    /// `digest::UtxoDigest` bytes.
-    pub digest: [u8; crate::store::digest::DIGEST_LEN],
+    /// The UTXO-set digest's fingerprint (`UtxoDigest::fingerprint`); its
+    /// state is the `meta::UTXO_DIGEST` row.
+    pub digest: Hash256,
 }
 
 impl ChainTipRecord {
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(1 + 32 + 4 + 8 + 8 + 33);
+        let mut out = Vec::with_capacity(1 + 32 + 4 + 8 + 8 + 32);
         out.put_u8(VALUE_VERSION);
         out.put_slice(&self.hash.0);
         out.put_u32_le(self.height);
         out.put_u64_le(self.utxo_count);
         out.put_u64_le(self.utxo_total);
-        out.put_slice(&self.digest);
+        out.put_slice(&self.digest.0);
         out
     }
 
@@ -522,10 +530,43 @@ impl ChainTipRecord {
             height: read_u32(&mut cursor, WHAT)?,
             utxo_count: read_u64(&mut cursor, WHAT)?,
             utxo_total: read_u64(&mut cursor, WHAT)?,
-            digest: read_array(&mut cursor, WHAT)?,
+            digest: Hash256::decode_from(&mut cursor)?,
         };
         finish(record, cursor, WHAT)
     }
+}
+
+impl ChainTipRecord {
+    /// Reads a format-2 tip record (its last 33 bytes were a curve point),
+    /// keeping everything but the old digest, which the upgrade recomputes.
+    pub fn decode_format2(bytes: &[u8]) -> Result<Self, DecodeError> {
+        const WHAT: &str = "format-2 chain tip record";
+        let mut cursor = versioned(bytes, WHAT)?;
+        let record = ChainTipRecord {
+            hash: Hash256::decode_from(&mut cursor)?,
+            height: read_u32(&mut cursor, WHAT)?,
+            utxo_count: read_u64(&mut cursor, WHAT)?,
+            utxo_total: read_u64(&mut cursor, WHAT)?,
+            digest: Hash256::default(),
+        };
+        let _old_digest: [u8; 33] = read_array(&mut cursor, WHAT)?;
+        finish(record, cursor, WHAT)
+    }
+}
+
+/// The `meta::UTXO_DIGEST` row: the digest's state.
+pub fn encode_digest_state(digest: &UtxoDigest) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + STATE_LEN);
+    out.put_u8(VALUE_VERSION);
+    out.put_slice(&digest.to_bytes());
+    out
+}
+
+pub fn decode_digest_state(bytes: &[u8]) -> Result<UtxoDigest, DecodeError> {
+    const WHAT: &str = "UTXO digest state";
+    let mut cursor = versioned(bytes, WHAT)?;
+    let state: [u8; STATE_LEN] = read_array(&mut cursor, WHAT)?;
+    finish(UtxoDigest::from_bytes(&state), cursor, WHAT)
 }
 
 /// Encoded size of one undo entry: outpoint (36), output (28), height (4),
@@ -692,7 +733,7 @@ mod tests {
             let undo = vec![(outpoint, utxo), (outpoint, utxo)];
             prop_assert_eq!(decode_undo(&encode_undo(&undo)).unwrap(), undo);
             let record = ChainTipRecord {
-                hash: header.hash(), height, utxo_count: 5, utxo_total: 6, digest: [7; 33],
+                hash: header.hash(), height, utxo_count: 5, utxo_total: 6, digest: Hash256([7; 32]),
             };
             prop_assert_eq!(ChainTipRecord::decode(&record.encode()).unwrap(), record);
             let spender = Spender { txid: outpoint.txid, vin: height };

@@ -476,6 +476,37 @@ fn check_block_contextual_inner(
     view: &dyn UtxoView,
     verify: Option<SignatureVerifier>,
 ) -> Result<BlockSpends, BlockError> {
+    let checked = check_block_spends(block, ctx, params, view)?;
+    if let Some(verify) = verify {
+        verify_block_signatures(block, &checked, verify)?;
+    }
+    Ok(checked.spends)
+}
+
+/// A block checked in everything `check_block_contextual` checks but its
+/// signatures, with what verifying them needs.
+#[derive(Debug, Clone)]
+pub struct CheckedSpends {
+    pub spends: BlockSpends,
+    /// The outputs each transaction spends, in input order (none for the
+    /// coinbase).
+    per_tx_spent: Vec<Vec<Utxo>>,
+    txids: Vec<Txid>,
+}
+
+/// The first half of `check_block_contextual`: header context, coinbase
+/// height and value, lock times, and every input's existence, maturity,
+/// owner and amounts. A block that passes is valid if and only if
+/// `verify_block_signatures` then passes, so the signatures can be checked
+/// alongside other work on the block (the chain computes its index rows
+/// and digest meanwhile) without changing any verdict: every error this
+/// half finds is reported before any signature error, as in one pass.
+pub fn check_block_spends(
+    block: &Block,
+    ctx: &BlockContext,
+    params: &ChainParams,
+    view: &dyn UtxoView,
+) -> Result<CheckedSpends, BlockError> {
     check_header_contextual(&block.header, ctx, params)?;
     let coinbase = &block.transactions[0];
     let coinbase_height = coinbase.coinbase_height().unwrap_or(u32::MAX);
@@ -551,36 +582,48 @@ fn check_block_contextual_inner(
         });
     }
 
-    if let Some(verify) = verify {
-        let jobs: Vec<SignatureJob<'_>> = block
-            .transactions
-            .par_iter()
-            .zip(per_tx_spent.par_iter())
-            .enumerate()
-            .skip(1)
-            .flat_map_iter(|(i, (tx, spent))| signature_jobs(i, tx, spent))
-            .collect();
-        let failure = jobs.par_iter().find_map_first(|job| {
-            verify(job.pubkey, job.signature, &job.digest.0)
-                .err()
-                .map(|reason| (job.tx_index, job.input_index, reason))
-        });
-        if let Some((index, input_index, reason)) = failure {
-            return Err(BlockError::InvalidTransaction {
-                index,
-                txid: txids[index],
-                error: TxError::BadSignature {
-                    index: input_index,
-                    reason,
-                },
-            });
-        }
-    }
-
-    Ok(BlockSpends {
-        spent: all_spent,
-        fees,
+    Ok(CheckedSpends {
+        spends: BlockSpends {
+            spent: all_spent,
+            fees,
+        },
+        per_tx_spent,
+        txids,
     })
+}
+
+/// The second half of `check_block_contextual`: every input signature of
+/// a block that passed `check_block_spends`, in parallel on rayon's pool.
+/// Reports the first failing input in block order.
+pub fn verify_block_signatures(
+    block: &Block,
+    checked: &CheckedSpends,
+    verify: SignatureVerifier,
+) -> Result<(), BlockError> {
+    let jobs: Vec<SignatureJob<'_>> = block
+        .transactions
+        .par_iter()
+        .zip(checked.per_tx_spent.par_iter())
+        .enumerate()
+        .skip(1)
+        .flat_map_iter(|(i, (tx, spent))| signature_jobs(i, tx, spent))
+        .collect();
+    let failure = jobs.par_iter().find_map_first(|job| {
+        verify(job.pubkey, job.signature, &job.digest.0)
+            .err()
+            .map(|reason| (job.tx_index, job.input_index, reason))
+    });
+    match failure {
+        Some((index, input_index, reason)) => Err(BlockError::InvalidTransaction {
+            index,
+            txid: checked.txids[index],
+            error: TxError::BadSignature {
+                index: input_index,
+                reason,
+            },
+        }),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]
