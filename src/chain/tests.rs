@@ -806,9 +806,15 @@ fn the_chain_reads_through_the_cache_while_the_store_keeps_the_last_flush() {
     assert!(chain.store().utxo(&outpoint).unwrap().is_none());
     assert_eq!(chain.tx_location(&payment).unwrap().unwrap().height, 13);
     assert!(chain.store().tx_location(&payment).unwrap().is_none());
+    // A reader's view says it trails blocks the writer holds, so REST
+    // answers at once instead of waiting for a flush.
+    let view = chain.reader().view().unwrap();
+    assert_eq!(view.height(), 0);
+    assert!(view.trails_cached_blocks());
     // Reaching the tip writes everything; nothing stays behind.
     feed(&mut chain, &all[14..]);
     assert!(!chain.catching_up());
+    assert!(!chain.reader().view().unwrap().trails_cached_blocks());
     assert_eq!(chain.cache_usage().rows, 0);
     assert_eq!(chain.store().tip().unwrap().unwrap().height, 22);
     assert_eq!(chain.flushed_tip(), chain.tip());

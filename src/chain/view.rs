@@ -164,6 +164,14 @@ impl ChainView {
         &self.tip_entry
     }
 
+    /// Whether the writer held connected blocks that the store (and so
+    /// this view) lacks when the view was taken: during a catch-up, until
+    /// the next flush of its write-back cache. At the tip every block is
+    /// written as it connects, and this is false.
+    pub fn trails_cached_blocks(&self) -> bool {
+        self.published.cache.blocks > 0
+    }
+
     pub fn height(&self) -> u32 {
         self.tip.height
     }

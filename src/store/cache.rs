@@ -188,7 +188,12 @@ struct Row {
 }
 
 /// One column family's changed rows.
-type Family = HashMap<Box<[u8]>, Row>;
+/// Rows of one column family. The hasher is foldhash's, seeded per
+/// process: SipHash (std's default) was the chain task's largest cost in a
+/// catch-up (a quarter of its own time went to hashing and probing these
+/// maps), and a seeded hash keeps a miner who grinds txids from choosing
+/// which rows collide.
+type Family = HashMap<Box<[u8]>, Row, foldhash::fast::RandomState>;
 
 /// Rows written since the last flush, newest value per key.
 #[derive(Default)]
@@ -199,7 +204,7 @@ pub struct StateCache {
     /// their current value at the flush (the in-memory index is newer than
     /// any value the cache could hold, and other writers of the index write
     /// directly).
-    index_changed: HashSet<BlockHash>,
+    index_changed: HashSet<BlockHash, foldhash::fast::RandomState>,
     /// Keys and values of the rows held.
     data_bytes: usize,
     rows: usize,
