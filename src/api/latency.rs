@@ -22,17 +22,24 @@ pub struct RouteLatency {
     pub sum_secs: f64,
 }
 
-/// Histograms by (method, route pattern). Routes are the router's patterns
-/// (`/tx/{txid}`), never raw paths, so the table stays small.
+/// Histograms by route pattern, then method. Routes are the router's
+/// patterns (`/tx/{txid}`), never raw paths, so the table stays small; a
+/// request looks its entry up by `&str`, allocating nothing once its route
+/// has been seen.
 #[derive(Debug, Default)]
-pub struct Latency(Mutex<BTreeMap<(String, String), RouteLatency>>);
+pub struct Latency(Mutex<BTreeMap<String, BTreeMap<String, RouteLatency>>>);
 
 impl Latency {
     pub fn record(&self, method: &str, route: &str, secs: f64) {
         let mut table = self.0.lock().expect("latency lock");
-        let entry = table
-            .entry((method.to_string(), route.to_string()))
-            .or_default();
+        if !table.contains_key(route) {
+            table.insert(route.to_string(), BTreeMap::new());
+        }
+        let methods = table.get_mut(route).expect("inserted above");
+        if !methods.contains_key(method) {
+            methods.insert(method.to_string(), RouteLatency::default());
+        }
+        let entry = methods.get_mut(method).expect("inserted above");
         entry.count += 1;
         entry.sum_secs += secs;
         for (bucket, bound) in entry.buckets.iter_mut().zip(LATENCY_BUCKETS) {
@@ -42,22 +49,33 @@ impl Latency {
         }
     }
 
+    /// Every histogram, by (method, route).
     pub fn snapshot(&self) -> BTreeMap<(String, String), RouteLatency> {
-        self.0.lock().expect("latency lock").clone()
+        let table = self.0.lock().expect("latency lock");
+        table
+            .iter()
+            .flat_map(|(route, methods)| {
+                methods
+                    .iter()
+                    .map(|(method, entry)| ((method.clone(), route.clone()), entry.clone()))
+            })
+            .collect()
     }
 }
 
 /// Middleware: times every request that matched a route.
 pub async fn track(State(latency): State<Arc<Latency>>, request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|m| m.as_str().to_string());
-    let method = request.method().to_string();
+    // Both are reference-counted or static: no allocation per request.
+    let route = request.extensions().get::<MatchedPath>().cloned();
+    let method = request.method().clone();
     let started = Instant::now();
     let response = next.run(request).await;
     if let Some(route) = route {
-        latency.record(&method, &route, started.elapsed().as_secs_f64());
+        latency.record(
+            method.as_str(),
+            route.as_str(),
+            started.elapsed().as_secs_f64(),
+        );
     }
     response
 }

@@ -199,7 +199,7 @@ pub fn check_store(store: &Store) -> Result<CheckReport, ChainError> {
             "the tip record's UTXO digest differs from the digest of the replayed set".into(),
         );
     }
-    match store.utxo_digest()? {
+    match store.utxo_digest_state()? {
         Some(stored) if stored == digest => {}
         Some(_) => report.differ("stored UTXO digest state differs from the replayed set's".into()),
         None => report.differ("the store has no UTXO digest state".into()),

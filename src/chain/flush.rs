@@ -152,6 +152,9 @@ impl Chain {
             return Ok(false);
         }
         self.flush()?;
+        // No block step follows to publish it: readers learn of the flush
+        // (`ChainView::trails_cached_blocks`, `/metrics`) now.
+        self.publish();
         Ok(true)
     }
 

@@ -466,7 +466,7 @@ impl Chain {
         }
         self.digest = self
             .store
-            .utxo_digest()?
+            .utxo_digest_state()?
             .ok_or_else(|| ChainError::Inconsistent("the store has no UTXO digest".into()))?;
         if self.digest.fingerprint() != tip.digest {
             return Err(ChainError::Inconsistent(

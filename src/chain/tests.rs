@@ -43,7 +43,7 @@ fn state(chain: &Chain) -> Vec<Vec<(Vec<u8>, Vec<u8>)>> {
             b"utxo_digest".to_vec(),
             chain
                 .store()
-                .utxo_digest()
+                .utxo_digest_state()
                 .unwrap()
                 .unwrap()
                 .to_bytes()
@@ -348,7 +348,12 @@ fn check_finds_a_damaged_digest_state() {
     feed(&mut chain, &base.blocks[1..]);
     chain.flush().unwrap();
     assert!(check::check_store(chain.store()).unwrap().is_consistent());
-    let mut bytes = chain.store().utxo_digest().unwrap().unwrap().to_bytes();
+    let mut bytes = chain
+        .store()
+        .utxo_digest_state()
+        .unwrap()
+        .unwrap()
+        .to_bytes();
     bytes[100] ^= 1;
     let damaged = crate::store::digest::UtxoDigest::from_bytes(&bytes);
     let mut batch = chain.store().batch();
@@ -792,7 +797,12 @@ fn the_chain_reads_through_the_cache_while_the_store_keeps_the_last_flush() {
     assert_eq!(chain.flushed_tip().height, 0);
     assert_eq!(
         chain.flushed_tip().utxo_digest,
-        chain.store().utxo_digest().unwrap().unwrap().fingerprint()
+        chain
+            .store()
+            .utxo_digest_state()
+            .unwrap()
+            .unwrap()
+            .fingerprint()
     );
     assert_eq!(
         chain.flushed_tip().utxo_digest,
@@ -1019,8 +1029,134 @@ fn a_format_2_store_is_upgraded_to_the_digest_a_node_computes() {
     assert_eq!(chain.tip(), expected_tip);
     assert_eq!(state(&chain), expected);
     assert_eq!(
-        chain.store().utxo_digest().unwrap().unwrap().fingerprint(),
+        chain
+            .store()
+            .utxo_digest_state()
+            .unwrap()
+            .unwrap()
+            .fingerprint(),
         expected_tip.utxo_digest
     );
     assert!(check::check_store(chain.store()).unwrap().is_consistent());
+}
+
+/// A block whose only fault is a signature (checked alongside the
+/// preparation of its rows) is refused with that error and leaves nothing
+/// behind: not in the store, not in the cache, not in the digest.
+#[test]
+fn a_block_failing_only_its_signature_changes_no_state() {
+    use crate::consensus::transaction::TxIn;
+    let base = prefix();
+    let dir = tempfile::tempdir().unwrap();
+    let mut chain = open(&dir);
+    feed(&mut chain, &base.blocks[1..]);
+    let (before_tip, before) = (chain.tip(), state(&chain));
+    let owner = key(1);
+    let (outpoint, utxo) = base.spendable(owner.pubkey_hash())[0];
+    let mut tx = signed_spend(
+        &[(outpoint, utxo.output, &owner)],
+        vec![pay(&key(3), 1_000_000)],
+    );
+    let TxIn::Spend { signature, .. } = &mut tx.inputs[0] else {
+        panic!("a spend")
+    };
+    signature[10] ^= 1;
+    let block = base.clone().build_block(key(2).pubkey_hash(), vec![tx]);
+    let outcome = chain.process_block(Arc::new(block), None).unwrap();
+    assert!(
+        matches!(
+            outcome,
+            BlockOutcome::Invalid(BlockError::InvalidTransaction {
+                index: 1,
+                error: TxError::BadSignature { index: 0, .. },
+                ..
+            })
+        ),
+        "{outcome:?}"
+    );
+    assert_eq!(chain.tip(), before_tip);
+    assert_eq!(chain.cache_usage().rows, 0);
+    assert_eq!(state(&chain), before);
+    assert!(check::check_store(chain.store()).unwrap().is_consistent());
+}
+
+/// A store whose digest state is gone, or is not the one its tip record
+/// names, does not open: the chain would go on from a wrong digest.
+#[test]
+fn a_store_without_its_digest_state_does_not_open() {
+    use crate::store::cache::StateWrites;
+    use crate::store::schema::{encode_digest_state, meta, CF_META};
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut chain = open(&dir);
+        feed(&mut chain, &prefix().blocks[1..]);
+    }
+    let damage = |write: &dyn Fn(&mut crate::store::StoreBatch<'_>)| {
+        let store = crate::store::Store::open(
+            dir.path(),
+            Network::Regtest,
+            &crate::store::StoreOptions::default(),
+        )
+        .unwrap();
+        let mut batch = store.batch();
+        write(&mut batch);
+        store.write(batch, true).unwrap();
+    };
+    let good = {
+        let chain = open(&dir);
+        chain.store().utxo_digest_state().unwrap().unwrap()
+    };
+    damage(&|batch| batch.delete(CF_META, meta::UTXO_DIGEST));
+    let opened = Chain::open(dir.path(), Network::Regtest, ChainOptions::default());
+    assert!(
+        matches!(&opened, Err(ChainError::Inconsistent(m)) if m.contains("no UTXO digest")),
+        "{:?}",
+        opened.err()
+    );
+    let mut other = good.clone();
+    other.insert(
+        &OutPoint::new(crate::consensus::hash::Hash256([9; 32]), 0),
+        &base_utxo(),
+    );
+    damage(&|batch| batch.put(CF_META, meta::UTXO_DIGEST, &encode_digest_state(&other)));
+    let opened = Chain::open(dir.path(), Network::Regtest, ChainOptions::default());
+    assert!(
+        matches!(&opened, Err(ChainError::Inconsistent(m)) if m.contains("not the one the tip record names")),
+        "{:?}",
+        opened.err()
+    );
+    damage(&|batch| batch.put(CF_META, meta::UTXO_DIGEST, &encode_digest_state(&good)));
+    let chain = open(&dir);
+    assert!(check::check_store(chain.store()).unwrap().is_consistent());
+}
+
+fn base_utxo() -> Utxo {
+    Utxo {
+        output: pay(&key(5), 1),
+        height: 1,
+        is_coinbase: false,
+    }
+}
+
+/// Readers share one view between writes, and never keep it past one: a
+/// block written, or a raw write, is in the next view at once.
+#[test]
+fn a_shared_view_lasts_until_the_next_write() {
+    let base = prefix();
+    let dir = tempfile::tempdir().unwrap();
+    let mut chain = open(&dir);
+    feed(&mut chain, &base.blocks[1..5]);
+    let reader = chain.reader();
+    let first = reader.view().unwrap();
+    assert_eq!(first.height(), 4);
+    assert_eq!(reader.view().unwrap().tip(), first.tip());
+    feed(&mut chain, &base.blocks[5..6]);
+    assert_eq!(reader.view().unwrap().height(), 5);
+    assert_eq!(first.height(), 4, "a view already taken stays where it was");
+    let hash = reader.view().unwrap().hash_at(5).unwrap().unwrap();
+    chain
+        .store()
+        .damage_for_test(CF_ACTIVE_CHAIN, &crate::store::schema::height_key(5))
+        .unwrap();
+    assert_ne!(reader.view().unwrap().hash_at(5).unwrap(), Some(hash));
 }

@@ -51,6 +51,16 @@ pub struct ChainReader {
     params: &'static ChainParams,
     clock: Clock,
     published: Arc<RwLock<Arc<Published>>>,
+    /// The last view taken, shared by readers until the store is written
+    /// or the writer publishes (see `view`).
+    latest: Arc<RwLock<Option<SharedView>>>,
+}
+
+/// A view with what it was taken at.
+struct SharedView {
+    generation: u64,
+    published: Arc<Published>,
+    view: ChainView,
 }
 
 impl ChainReader {
@@ -65,6 +75,7 @@ impl ChainReader {
             params,
             clock,
             published: Arc::new(RwLock::new(Arc::new(first))),
+            latest: Arc::new(RwLock::new(None)),
         }
     }
 
@@ -90,14 +101,39 @@ impl ChainReader {
         self.published.read().expect("published lock").clone()
     }
 
-    /// A consistent view of the chain as of now.
+    /// A consistent view of the chain as of now. Readers share one view
+    /// between two writes of the store: a view taken when the store's write
+    /// counter was even holds every write it counts, so while the counter
+    /// and the published value stay the same, the last view answers as a
+    /// fresh one would (a RocksDB snapshot and two reads saved per request).
+    /// While a write is under way (the counter odd) every reader takes its
+    /// own, as before.
     pub fn view(&self) -> Result<ChainView, ChainError> {
-        ChainView::at(
+        let generation = self.store.write_generation();
+        let published = self.published();
+        let shareable = generation.is_multiple_of(2);
+        if shareable {
+            let latest = self.latest.read().expect("latest view lock");
+            if let Some(shared) = latest.as_ref() {
+                if shared.generation == generation && Arc::ptr_eq(&shared.published, &published) {
+                    return Ok(shared.view.clone());
+                }
+            }
+        }
+        let view = ChainView::at(
             self.store.snapshot(),
             self.params,
             self.clock.clone(),
-            self.published(),
-        )
+            published.clone(),
+        )?;
+        if shareable {
+            *self.latest.write().expect("latest view lock") = Some(SharedView {
+                generation,
+                published,
+                view: view.clone(),
+            });
+        }
+        Ok(view)
     }
 }
 
@@ -164,12 +200,16 @@ impl ChainView {
         &self.tip_entry
     }
 
-    /// Whether the writer held connected blocks that the store (and so
-    /// this view) lacks when the view was taken: during a catch-up, until
-    /// the next flush of its write-back cache. At the tip every block is
-    /// written as it connects, and this is false.
+    /// Whether the writer holds connected blocks that the store (and so
+    /// this view) lacks, to be written together at a later flush of its
+    /// write-back cache: during a catch-up. At the tip every block is
+    /// written as it connects, and this is false. The writer publishes a
+    /// little after it writes, so a view of a flush just written may come
+    /// with the value from before it: only a value whose flushed height is
+    /// this view's own says so (a stale one says no, and the reader waits
+    /// as it would at the tip).
     pub fn trails_cached_blocks(&self) -> bool {
-        self.published.cache.blocks > 0
+        self.published.cache.blocks > 0 && self.published.cache.flushed_height == self.tip.height
     }
 
     pub fn height(&self) -> u32 {

@@ -135,7 +135,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let reader = chain.lock().expect("chain lock").reader();
     let (api_addr, api_task) = crate::api::serve(
         config.api_bind,
-        crate::api::ApiState {
+        crate::api::ApiState::new(crate::api::ApiShared {
             reader: reader.clone(),
             chain: chain.clone(),
             mempool: mempool.clone(),
@@ -149,7 +149,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             admin_token: config.api_admin_token.clone(),
             events: event_hub,
             cors: config.api_cors.clone(),
-        },
+        }),
     )
     .await?;
     tracing::debug!(%api_addr, "REST API ready");

@@ -187,12 +187,11 @@ struct Row {
     fresh: bool,
 }
 
-/// One column family's changed rows.
-/// Rows of one column family. The hasher is foldhash's, seeded per
+/// One column family's changed rows. The hasher is foldhash's, seeded per
 /// process: SipHash (std's default) was the chain task's largest cost in a
-/// catch-up (a quarter of its own time went to hashing and probing these
-/// maps), and a seeded hash keeps a miner who grinds txids from choosing
-/// which rows collide.
+/// catch-up (hashing and probing these maps). foldhash calls itself
+/// minimally DoS-resistant: its per-process random seed keeps a miner who
+/// grinds txids from aiming at one bucket with rows computed offline.
 type Family = HashMap<Box<[u8]>, Row, foldhash::fast::RandomState>;
 
 /// Rows written since the last flush, newest value per key.

@@ -1,6 +1,7 @@
 //! The RocksDB-backed store (feature `node`).
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use rocksdb::{
@@ -91,6 +92,9 @@ impl Default for StoreOptions {
 pub struct Store {
     db: Arc<DB>,
     snapshot: Option<Arc<OwnedSnapshot>>,
+    /// Writes through any handle of this database, counted twice each:
+    /// odd while one is under way, even between two (`write_generation`).
+    writes: Arc<AtomicU64>,
 }
 
 /// A RocksDB snapshot that owns a handle to its database.
@@ -202,6 +206,7 @@ impl Store {
         Ok(Store {
             db: Arc::new(db),
             snapshot: None,
+            writes: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -383,6 +388,7 @@ impl Store {
     pub fn snapshot(&self) -> Store {
         Store {
             db: self.db.clone(),
+            writes: self.writes.clone(),
             snapshot: Some(Arc::new(OwnedSnapshot::new(&self.db))),
         }
     }
@@ -423,8 +429,25 @@ impl Store {
         );
         let mut opts = WriteOptions::default();
         opts.set_sync(sync);
-        self.db.write_opt(batch.batch, &opts)?;
-        Ok(())
+        self.counted(|db| db.write_opt(batch.batch, &opts))
+    }
+
+    /// Runs one write, with the write counter odd while it runs.
+    fn counted(
+        &self,
+        write: impl FnOnce(&DB) -> Result<(), rocksdb::Error>,
+    ) -> Result<(), StoreError> {
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        let written = write(&self.db);
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        Ok(written?)
+    }
+
+    /// The write counter: even when no write is under way. A snapshot taken
+    /// after reading an even value holds every write that value counts, so
+    /// readers may share it until the value changes (`ChainReader::view`).
+    pub fn write_generation(&self) -> u64 {
+        self.writes.load(Ordering::SeqCst)
     }
 
     /// A new, empty batch over this store's column families.
@@ -451,7 +474,7 @@ impl Store {
     }
 
     /// The UTXO-set digest's state at the tip record's tip.
-    pub fn utxo_digest(&self) -> Result<Option<UtxoDigest>, StoreError> {
+    pub fn utxo_digest_state(&self) -> Result<Option<UtxoDigest>, StoreError> {
         self.get(CF_META, meta::UTXO_DIGEST)?
             .map(|v| decode_digest_state(&v).map_err(corrupt("UTXO digest state")))
             .transpose()
@@ -764,7 +787,7 @@ impl Store {
     /// plant damage for `check` to find.
     #[doc(hidden)]
     pub fn damage_for_test(&self, cf: &str, key: &[u8]) -> Result<(), StoreError> {
-        Ok(self.db.delete_cf(self.cf(cf), key)?)
+        self.counted(|db| db.delete_cf(self.cf(cf), key))
     }
 }
 

@@ -187,7 +187,10 @@ mod tests {
 
     #[test]
     fn order_does_not_matter_and_removal_undoes_insertion() {
-        let items: Vec<_> = (0..200).map(item).collect();
+        // More elements than one rayon task takes, so `apply` sums several
+        // partial vectors.
+        let items: Vec<_> = (0..1_000).map(item).collect();
+        assert!(items.len() > 3 * ELEMENTS_PER_TASK);
         let mut forward = UtxoDigest::default();
         for (o, u) in &items {
             forward.insert(o, u);
@@ -202,21 +205,47 @@ mod tests {
         batched.apply(items.par_iter().map(|(o, u)| (o, u)), Vec::new());
         assert_eq!(batched, forward);
 
-        // A block that spends the first half and creates nothing: the same
-        // as a set that only ever held the second half.
-        let mut spent = batched.clone();
-        spent.apply(Vec::new(), items[..100].par_iter().map(|(o, u)| (o, u)));
-        let mut second_half = UtxoDigest::default();
-        for (o, u) in &items[100..] {
-            second_half.insert(o, u);
+        // One block that spends the first 600 and creates 400 new: the same
+        // as a set that only ever held what is left.
+        let created: Vec<_> = (1_000..1_400).map(item).collect();
+        let mut moved = batched.clone();
+        moved.apply(
+            created.par_iter().map(|(o, u)| (o, u)),
+            items[..600].par_iter().map(|(o, u)| (o, u)),
+        );
+        let mut rest = UtxoDigest::default();
+        for (o, u) in items[600..].iter().chain(&created) {
+            rest.insert(o, u);
         }
-        assert_eq!(spent, second_half);
+        assert_eq!(moved, rest);
+        // And the block undone, as a disconnection does.
+        moved.apply(
+            items[..600].par_iter().map(|(o, u)| (o, u)),
+            created.par_iter().map(|(o, u)| (o, u)),
+        );
+        assert_eq!(moved, forward);
 
         for (o, u) in &items {
             forward.remove(o, u);
         }
         assert_eq!(forward, UtxoDigest::default());
         assert_eq!(forward.to_bytes(), [0u8; STATE_LEN]);
+    }
+
+    /// The digest of a fixed set, written down: any change to the
+    /// construction (element bytes, context, lane order, fingerprint)
+    /// changes it, and every node's published digest with it.
+    #[test]
+    fn a_known_set_has_a_known_fingerprint() {
+        let mut digest = UtxoDigest::default();
+        for n in 0..3 {
+            let (o, u) = item(n);
+            digest.insert(&o, &u);
+        }
+        assert_eq!(
+            digest.fingerprint().to_string(),
+            "59cc84eda9d712dd617fa0ff5a4594057bfc6efcd015fcb1cc0a987a4370ca4a"
+        );
     }
 
     #[test]
