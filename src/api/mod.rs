@@ -111,7 +111,7 @@ const VIEW_ATTEMPTS: usize = 4;
 /// one. Other quick requests hold it for a microsecond or two (one
 /// address's pool entries), so a short spin nearly always gets it, where a
 /// miss costs a hop to the blocking pool; a long holder (a rebuild step, a
-/// whole-pool view) is left alone after about a microsecond. With two REST
+/// whole-pool view) is left alone after a few microseconds. With two REST
 /// workers on two cores, a single try missed often enough to hold
 /// `GET /address` at 0.5x the reference route.
 const QUICK_LOCK_TRIES: usize = 64;

@@ -52,7 +52,7 @@ pub struct ChainReader {
     clock: Clock,
     published: Arc<RwLock<Arc<Published>>>,
     /// The last view taken, shared by readers until the store is written
-    /// or the writer publishes (see `view`).
+    /// (see `view`); dropped when the writer publishes.
     latest: Arc<RwLock<Option<SharedView>>>,
 }
 
@@ -84,6 +84,11 @@ impl ChainReader {
     pub(super) fn publish(&self, value: Published) {
         let value = Arc::new(value);
         *self.published.write().expect("published lock") = value;
+        // The shared view no longer matches: let go of its snapshot now,
+        // not at the next reader's request (an idle node catching up for
+        // hours would keep RocksDB from compacting away what it pins).
+        let stale = self.latest.write().expect("latest view lock").take();
+        drop(stale);
     }
 
     pub fn params(&self) -> &'static ChainParams {
@@ -127,11 +132,22 @@ impl ChainReader {
             published.clone(),
         )?;
         if shareable {
-            *self.latest.write().expect("latest view lock") = Some(SharedView {
+            let fresh = Some(SharedView {
                 generation,
                 published,
                 view: view.clone(),
             });
+            // A reader that read the generation before a write must not put
+            // its view over a newer one. The view replaced is dropped after
+            // the lock (releasing a snapshot takes RocksDB's mutex).
+            let mut latest = self.latest.write().expect("latest view lock");
+            let replaced = if latest.as_ref().is_none_or(|l| l.generation <= generation) {
+                std::mem::replace(&mut *latest, fresh)
+            } else {
+                None
+            };
+            drop(latest);
+            drop(replaced);
         }
         Ok(view)
     }
@@ -281,7 +297,7 @@ impl ChainView {
         })
     }
 
-    /// The writer's published value read just after the store's snapshot:
+    /// The writer's published value read just before the store's snapshot:
     /// it may be a block older or newer than the snapshot (it describes
     /// headers and orphans, never the state answers are built from).
     pub fn published(&self) -> &Published {

@@ -94,7 +94,10 @@ pub struct Store {
     snapshot: Option<Arc<OwnedSnapshot>>,
     /// Writes through any handle of this database, counted twice each:
     /// odd while one is under way, even between two (`write_generation`).
+    /// Held by `writing` for the whole of each write, so two writes never
+    /// overlap and the count means what it says.
     writes: Arc<AtomicU64>,
+    writing: Arc<std::sync::Mutex<()>>,
 }
 
 /// A RocksDB snapshot that owns a handle to its database.
@@ -207,6 +210,7 @@ impl Store {
             db: Arc::new(db),
             snapshot: None,
             writes: Arc::new(AtomicU64::new(0)),
+            writing: Arc::new(std::sync::Mutex::new(())),
         })
     }
 
@@ -219,7 +223,7 @@ impl Store {
                 batch.put_cf(meta, meta::FORMAT_VERSION, FORMAT_VERSION.to_be_bytes());
                 let mut opts = WriteOptions::default();
                 opts.set_sync(true);
-                self.db.write_opt(batch, &opts)?;
+                self.counted(|db| db.write_opt(batch, &opts))?;
             }
             Some(found) if found != network.name().as_bytes() => {
                 return Err(StoreError::WrongNetwork {
@@ -389,6 +393,7 @@ impl Store {
         Store {
             db: self.db.clone(),
             writes: self.writes.clone(),
+            writing: self.writing.clone(),
             snapshot: Some(Arc::new(OwnedSnapshot::new(&self.db))),
         }
     }
@@ -432,15 +437,25 @@ impl Store {
         self.counted(|db| db.write_opt(batch.batch, &opts))
     }
 
-    /// Runs one write, with the write counter odd while it runs.
+    /// Runs one write, alone, with the write counter odd while it runs
+    /// (even again however it ends, a panic included).
     fn counted(
         &self,
         write: impl FnOnce(&DB) -> Result<(), rocksdb::Error>,
     ) -> Result<(), StoreError> {
+        struct Odd<'a>(&'a AtomicU64);
+        impl Drop for Odd<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let _alone = self
+            .writing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         self.writes.fetch_add(1, Ordering::SeqCst);
-        let written = write(&self.db);
-        self.writes.fetch_add(1, Ordering::SeqCst);
-        Ok(written?)
+        let _odd = Odd(&self.writes);
+        Ok(write(&self.db)?)
     }
 
     /// The write counter: even when no write is under way. A snapshot taken
@@ -787,7 +802,8 @@ impl Store {
     /// plant damage for `check` to find.
     #[doc(hidden)]
     pub fn damage_for_test(&self, cf: &str, key: &[u8]) -> Result<(), StoreError> {
-        self.counted(|db| db.delete_cf(self.cf(cf), key))
+        let cf = self.cf(cf);
+        self.counted(|db| db.delete_cf(cf, key))
     }
 }
 
