@@ -47,7 +47,7 @@ use crate::consensus::validation::{
 use crate::encoding::Encode;
 use crate::store::digest::UtxoDigest;
 use crate::store::schema::{status, AddressStats, BlockIndexEntry, ChainTipRecord, TxLocation};
-use crate::store::{StateCache, StateWrites, Store, StoreError, StoreOptions};
+use crate::store::{BlockRows, StateCache, StateWrites, Store, StoreError, StoreOptions};
 use block_index::BlockIndex;
 use delta::{BlockDelta, StatsOutOfRange};
 use flush::Flushing;
@@ -308,11 +308,11 @@ pub struct StageTimes {
     /// Contextual checks but signatures: spends, maturity, owners, amounts.
     pub validation: Duration,
     /// Signature checks, with the block's rows prepared alongside (the
-    /// delta, the address stats it changes, the UTXO-set digest): the wall
-    /// time of both, on rayon's pool.
+    /// delta, the address stats it changes, the UTXO-set digest, the rows
+    /// encoded): the wall time of both, on rayon's pool.
     pub signatures: Duration,
-    /// Rows into the write-back cache: UTXOs, address index, tx index,
-    /// undo data, active chain.
+    /// The prepared rows into the write-back cache (UTXOs, address index,
+    /// tx index, undo data, active chain), and a disconnected block's.
     pub indexes: Duration,
     /// Writing to RocksDB (flushes of the cache).
     pub writes: Duration,
@@ -1365,10 +1365,10 @@ impl Chain {
         lap(&mut self.stages.validation);
         let height = entry.height;
         // The signatures are checked while the block's rows are prepared:
-        // the delta, the address stats it changes (read through the cache)
-        // and the digest, all pure until written below. Both halves run on
-        // rayon's pool, so the serial index work fills the core that the
-        // signature checks would leave idle between blocks.
+        // the delta, the address stats it changes (read through the cache),
+        // the digest and the encoded rows, all pure until inserted below.
+        // Both halves run on rayon's pool, so the index work fills the core
+        // that the signature checks would leave idle between blocks.
         let verify = match self.signature_checks {
             SignatureChecks::On => Some(verify_signature as SignatureVerifier),
             SignatureChecks::Off => None,
@@ -1392,20 +1392,28 @@ impl Chain {
                         (digest, started.elapsed())
                     },
                 );
-                (delta, stats, digest, digest_time, started.elapsed())
+                // The rows, encoded here; the chain's thread only inserts
+                // them once the signatures are known good.
+                let rows = stats.map(|stats| {
+                    let mut rows = BlockRows::default();
+                    write_delta(&mut rows, &delta, &stats, hash, height, true);
+                    rows.put_undo(&hash, &checked.spends.spent);
+                    rows.put_active(height, &hash);
+                    rows
+                });
+                (delta, rows, digest, digest_time, started.elapsed())
             },
         );
         lap(&mut self.stages.signatures);
         let (verdict, signatures_busy) = verified;
-        let (delta, stats, digest, digest_busy, prepare_busy) = prepared;
+        let (delta, rows, digest, digest_busy, prepare_busy) = prepared;
         self.stages.signatures_busy += signatures_busy;
         self.stages.prepare_busy += prepare_busy;
         self.stages.digest_busy += digest_busy;
         if let Err(error) = verdict {
             return Ok(Err(error));
         }
-        let stats = stats?;
-        let spends = checked.spends;
+        let rows = rows?;
         let tip = ChainTipRecord {
             hash,
             height,
@@ -1415,9 +1423,7 @@ impl Chain {
         };
         let mut connected = entry;
         connected.status |= status::VALID;
-        write_delta(&mut self.cache, &delta, &stats, hash, height, true);
-        self.cache.put_undo(&hash, &spends.spent);
-        self.cache.put_active(height, &hash);
+        self.cache.take_rows(rows);
         self.cache.mark_index_changed(hash);
         self.index.update(&hash, |e| *e = connected);
         self.active.push(hash);

@@ -11,6 +11,6 @@ pub mod cache;
 #[cfg(feature = "node")]
 mod db;
 #[cfg(feature = "node")]
-pub use cache::{StateCache, StateWrites};
+pub use cache::{BlockRows, StateCache, StateWrites};
 #[cfg(feature = "node")]
 pub use db::*;

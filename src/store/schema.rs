@@ -523,34 +523,37 @@ impl ChainTipRecord {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        const WHAT: &str = "chain tip record";
-        let mut cursor = versioned(bytes, WHAT)?;
-        let record = ChainTipRecord {
-            hash: Hash256::decode_from(&mut cursor)?,
-            height: read_u32(&mut cursor, WHAT)?,
-            utxo_count: read_u64(&mut cursor, WHAT)?,
-            utxo_total: read_u64(&mut cursor, WHAT)?,
-            digest: Hash256::decode_from(&mut cursor)?,
-        };
-        finish(record, cursor, WHAT)
+        Self::decode_with(bytes, "chain tip record", |cursor| {
+            Hash256::decode_from(cursor)
+        })
     }
-}
 
-impl ChainTipRecord {
     /// Reads a format-2 tip record (its last 33 bytes were a curve point),
     /// keeping everything but the old digest, which the upgrade recomputes.
     pub fn decode_format2(bytes: &[u8]) -> Result<Self, DecodeError> {
         const WHAT: &str = "format-2 chain tip record";
-        let mut cursor = versioned(bytes, WHAT)?;
+        Self::decode_with(bytes, WHAT, |cursor| {
+            let _old_digest: [u8; 33] = read_array(cursor, WHAT)?;
+            Ok(Hash256::default())
+        })
+    }
+
+    /// The fields every layout shares, then the digest as `read_digest`
+    /// reads it.
+    fn decode_with(
+        bytes: &[u8],
+        what: &'static str,
+        read_digest: impl FnOnce(&mut &[u8]) -> Result<Hash256, DecodeError>,
+    ) -> Result<Self, DecodeError> {
+        let mut cursor = versioned(bytes, what)?;
         let record = ChainTipRecord {
             hash: Hash256::decode_from(&mut cursor)?,
-            height: read_u32(&mut cursor, WHAT)?,
-            utxo_count: read_u64(&mut cursor, WHAT)?,
-            utxo_total: read_u64(&mut cursor, WHAT)?,
-            digest: Hash256::default(),
+            height: read_u32(&mut cursor, what)?,
+            utxo_count: read_u64(&mut cursor, what)?,
+            utxo_total: read_u64(&mut cursor, what)?,
+            digest: read_digest(&mut cursor)?,
         };
-        let _old_digest: [u8; 33] = read_array(&mut cursor, WHAT)?;
-        finish(record, cursor, WHAT)
+        finish(record, cursor, what)
     }
 }
 
