@@ -29,8 +29,16 @@ pub struct RouteLatency {
 #[derive(Debug, Default)]
 pub struct Latency(Mutex<BTreeMap<String, BTreeMap<String, RouteLatency>>>);
 
+/// Methods the table keeps apart; any other (HTTP allows a client to name
+/// its own) counts as `OTHER`, so no client can grow the table.
+const METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"];
+
 impl Latency {
     pub fn record(&self, method: &str, route: &str, secs: f64) {
+        let method = METHODS
+            .into_iter()
+            .find(|m| *m == method)
+            .unwrap_or("OTHER");
         let mut table = self.0.lock().expect("latency lock");
         if !table.contains_key(route) {
             table.insert(route.to_string(), BTreeMap::new());
@@ -97,5 +105,20 @@ mod tests {
         assert_eq!(status.buckets[4], 2); // <= 5 ms
         assert_eq!(status.buckets[LATENCY_BUCKETS.len() - 1], 2);
         assert!((status.sum_secs - 9.0031).abs() < 1e-9);
+    }
+
+    #[test]
+    fn methods_a_client_makes_up_share_one_entry() {
+        let latency = Latency::default();
+        for i in 0..100 {
+            latency.record(&format!("X-{i}"), "/status", 0.001);
+        }
+        latency.record("GET", "/status", 0.001);
+        let table = latency.snapshot();
+        assert_eq!(table.len(), 2);
+        assert_eq!(
+            table[&("OTHER".to_string(), "/status".to_string())].count,
+            100
+        );
     }
 }

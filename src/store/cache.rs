@@ -20,6 +20,7 @@
 //! memory each entry costs beside them, and the copy a flush makes in its
 //! write batch), which the chain bounds.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
 use super::db::{Store, StoreError};
@@ -295,7 +296,12 @@ impl StateCache {
     /// Writes a row; `fresh` says the store does not hold it (meaningful
     /// only for a row the cache does not have yet: a row keeps what it was).
     fn set(&mut self, cf: &str, key: &[u8], value: Option<&[u8]>, fresh: bool) {
-        self.set_owned(family_of(cf), Box::from(key), value.map(Box::from), fresh);
+        self.set_row(
+            family_of(cf),
+            Cow::Borrowed(key),
+            value.map(Box::from),
+            fresh,
+        );
     }
 
     /// Takes a block's rows, encoded ahead (`BlockRows`), in the order they
@@ -303,19 +309,33 @@ impl StateCache {
     /// allocating on the caller's thread.
     pub fn take_rows(&mut self, rows: BlockRows) {
         for row in rows.0 {
-            self.set_owned(row.family, row.key, row.value, row.fresh);
+            self.set_row(
+                row.family,
+                Cow::Owned(row.key.into_vec()),
+                row.value,
+                row.fresh,
+            );
         }
     }
 
-    fn set_owned(&mut self, family: usize, key: Box<[u8]>, value: Option<Box<[u8]>>, fresh: bool) {
+    /// Writes one row. The key is copied only if the row is new (a borrowed
+    /// key); an owned one moves in (`into_boxed_slice` of an exact-size
+    /// vector does not reallocate).
+    fn set_row(
+        &mut self,
+        family: usize,
+        key: Cow<'_, [u8]>,
+        value: Option<Box<[u8]>>,
+        fresh: bool,
+    ) {
         let family = &mut self.families[family];
         let new_len = value.as_ref().map_or(0, |v| v.len());
-        match family.get_mut(&key) {
+        match family.get_mut(&*key) {
             Some(row) if row.fresh && value.is_none() => {
                 // Created and deleted between two flushes: the store never
                 // saw it and needs no deletion.
                 let old_len = row.value.as_ref().map_or(0, |v| v.len());
-                family.remove(&key);
+                family.remove(&*key);
                 self.data_bytes -= key.len() + old_len;
                 self.rows -= 1;
             }
@@ -327,7 +347,7 @@ impl StateCache {
             None => {
                 let key_len = key.len();
                 let fresh = fresh && value.is_some();
-                family.insert(key, Row { value, fresh });
+                family.insert(key.into_owned().into_boxed_slice(), Row { value, fresh });
                 self.data_bytes += key_len + new_len;
                 self.rows += 1;
             }
