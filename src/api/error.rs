@@ -38,6 +38,11 @@ impl ApiError {
         }
     }
 
+    /// The chain task has stopped: the node is shutting down.
+    pub fn stopped(e: crate::chain::ChainStopped) -> ApiError {
+        ApiError::unavailable("shutting-down", e.to_string())
+    }
+
     pub fn internal(message: impl std::fmt::Display) -> ApiError {
         tracing::error!(error = %message, "API internal error");
         ApiError {

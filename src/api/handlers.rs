@@ -193,16 +193,15 @@ pub async fn submit_tx(
         .await?;
     let result = match first {
         // The views keep missing the pool's tip (a catch-up writes the store
-        // in batches, so views trail the chain): check against the writer
-        // itself, as the protocol thread does for relayed transactions.
+        // in batches, so views trail the chain): the chain task judges it
+        // against its own tip, as for relayed transactions.
         Err(MempoolError::TipMoved) => {
-            let (chain, mempool) = (state.chain.clone(), state.mempool.clone());
-            tokio::task::spawn_blocking(move || {
-                let chain = chain.lock().expect("chain lock");
-                let mut pool = mempool.lock().expect("mempool lock");
-                pool.accept(&*chain, tx)
-            })
-            .await?
+            let mempool = state.mempool.clone();
+            state
+                .chain
+                .call_async(move |chain| mempool.lock().expect("mempool lock").accept(chain, tx))
+                .await
+                .map_err(ApiError::stopped)?
         }
         other => other,
     };

@@ -160,15 +160,14 @@ pub async fn submit(
         })?
     };
     let hash = block.hash();
-    let chain = state.chain.clone();
-    let outcome = tokio::task::spawn_blocking(move || {
-        chain
-            .lock()
-            .expect("chain lock")
-            .process_block(Arc::new(block), None)
-    })
-    .await?
-    .map_err(ApiError::internal)?;
+    // On the chain task, the only writer: the block is judged against its
+    // tip, between two blocks of any catch-up under way.
+    let outcome = state
+        .chain
+        .call_async(move |chain| chain.process_block(Arc::new(block), None))
+        .await
+        .map_err(ApiError::stopped)?
+        .map_err(ApiError::internal)?;
     let answer = match outcome {
         BlockOutcome::Accepted { height, .. } => {
             json!({ "hash": hash, "height": height, "result": "accepted" })

@@ -1,9 +1,9 @@
 //! The REST API: an adapter over the node's own state for wallets, miners
-//! and explorers (peers never use it). Reads never take the chain's lock:
+//! and explorers (peers never use it). Reads never wait for the chain task:
 //! each request reads one `ChainView` (a RocksDB snapshot at a block
-//! boundary) and the mempool, locked for the request's own bounded work,
-//! on a blocking thread. Writes go through the mempool and the chain like
-//! every other source.
+//! boundary) and the mempool, locked for the request's own bounded work.
+//! Writes go through the mempool, or to the chain task (a submitted block)
+//! like every other source.
 
 mod admin;
 pub mod cors;
@@ -27,7 +27,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
 
-use crate::chain::{Chain, ChainReader, ChainView};
+use crate::chain::{ChainHandle, ChainReader, ChainView};
 use crate::mempool::Mempool;
 use crate::p2p::NetworkHandle;
 pub use error::ApiError;
@@ -74,7 +74,9 @@ pub struct ApiShared {
     /// The writer, for what writes: a block submitted goes through the
     /// chain, and `POST /tx` checks against it when the views keep missing
     /// the pool's tip (a catch-up).
-    pub chain: Arc<Mutex<Chain>>,
+    /// The chain task, for the writes REST asks for (a submitted block, a
+    /// transaction no view can judge); reads go through `reader`.
+    pub chain: ChainHandle,
     pub mempool: Arc<Mutex<Mempool>>,
     pub network: NetworkHandle,
     pub started: Instant,

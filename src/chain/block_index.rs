@@ -16,7 +16,7 @@ use crate::store::schema::{status, BlockIndexEntry};
 
 /// One indexed block.
 #[derive(Debug, Clone, Copy)]
-struct Node {
+pub struct Node {
     entry: BlockIndexEntry,
     /// An ancestor at `skip_height(entry.height)` (genesis points at itself).
     skip: BlockHash,
@@ -55,6 +55,9 @@ pub struct BlockIndex {
     next_sequence: u64,
     /// Index entries visited by ancestor searches since start.
     steps: AtomicU64,
+    /// Blocks whose node was added or changed since `take_changed` (a hash
+    /// may appear more than once): what a copy needs to catch up.
+    changed: Vec<BlockHash>,
 }
 
 impl BlockIndex {
@@ -78,6 +81,7 @@ impl BlockIndex {
     /// indexed block never change, so its position in the tree stays put.
     pub fn update(&mut self, hash: &BlockHash, f: impl FnOnce(&mut BlockIndexEntry)) {
         if let Some(node) = self.nodes.get_mut(hash) {
+            self.changed.push(*hash);
             let (header, height) = (node.entry.header, node.entry.height);
             f(&mut node.entry);
             debug_assert!(node.entry.header == header && node.entry.height == height);
@@ -119,7 +123,25 @@ impl BlockIndex {
                 sequence: 0,
             },
         );
+        self.changed.push(hash);
         true
+    }
+
+    /// The blocks added or changed since the last call.
+    pub fn take_changed(&mut self) -> Vec<BlockHash> {
+        std::mem::take(&mut self.changed)
+    }
+
+    /// A block's node, to copy into another index (`put_node`).
+    pub fn node(&self, hash: &BlockHash) -> Option<Node> {
+        self.nodes.get(hash).copied()
+    }
+
+    /// Sets a node copied from another index, whose parent this one holds
+    /// or gets in the same catch-up. Children lists are not kept: a copy
+    /// answers ancestor and status questions, the writer alone walks down.
+    pub fn put_node(&mut self, hash: BlockHash, node: Node) {
+        self.nodes.insert(hash, node);
     }
 
     /// The ancestor of `hash` at `height` (`hash` itself at its own height),
@@ -186,7 +208,10 @@ impl BlockIndex {
     /// Marks a block as linked (see `is_linked`).
     pub fn set_linked(&mut self, hash: &BlockHash, linked: bool) {
         if let Some(node) = self.nodes.get_mut(hash) {
-            node.linked = linked;
+            if node.linked != linked {
+                node.linked = linked;
+                self.changed.push(*hash);
+            }
         }
     }
 

@@ -112,11 +112,16 @@ impl Chain {
     /// peer could keep a node at the tip writing nothing to disk, its REST
     /// answers `CACHE_MAX_AGE` old.
     pub fn catching_up(&self) -> bool {
-        let tip_time = self.index.get(&self.tip.hash).map_or(0, |e| e.header.time);
+        let tip_time = self
+            .tree
+            .index
+            .get(&self.tip.hash)
+            .map_or(0, |e| e.header.time);
         self.clock.now().saturating_sub(tip_time) > CATCH_UP_TIP_AGE
             && self
+                .tree
                 .index
-                .get(&self.best_header)
+                .get(&self.tree.best_header)
                 .is_some_and(|e| e.height > self.tip.height.saturating_add(CATCH_UP_DISTANCE))
     }
 
@@ -172,7 +177,7 @@ impl Chain {
             .store
             .batch_with_capacity(self.cache.batch_bytes() + TIP_ROWS_BYTES);
         for hash in self.cache.index_changed() {
-            batch.put_block_index(hash, &self.index[hash]);
+            batch.put_block_index(hash, &self.tree.index[hash]);
         }
         self.cache.write_to(&mut batch);
         batch.put_tip(&self.tip, &self.digest);

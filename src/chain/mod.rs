@@ -13,13 +13,21 @@
 //! connected is marked invalid (with its descendants) and the chain returns
 //! to the best valid branch. Blocks with an unknown parent wait in the
 //! orphan pool.
+//!
+//! In a node the chain lives on its own thread (`task::ChainTask`), moved
+//! there at start: nothing else can reach its state. Readers read what it
+//! publishes after each change (`view`: store snapshots and the published
+//! tip; `headers`: a copy of the block index and active chain); writers
+//! hand it blocks or closures through a `ChainHandle`.
 
 pub mod block_file;
 pub mod block_index;
 pub mod check;
 pub mod delta;
 pub mod flush;
+pub mod headers;
 pub mod orphans;
+pub mod task;
 pub mod view;
 
 use std::cmp::Reverse;
@@ -51,7 +59,9 @@ use crate::store::{BlockRows, StateCache, StateWrites, Store, StoreError, StoreO
 use block_index::BlockIndex;
 use delta::{BlockDelta, StatsOutOfRange};
 use flush::Flushing;
+pub use headers::{HeaderTree, HeaderView};
 use orphans::{OrphanPool, Source};
+pub use task::{BlockJob, ChainHandle, ChainStopped, ChainTask};
 pub use view::{ChainReader, ChainView, Published};
 
 /// Capacity of the event channel. A subscriber that falls further behind
@@ -80,6 +90,15 @@ pub enum ChainError {
     Store(#[from] StoreError),
     #[error("store is inconsistent: {0}")]
     Inconsistent(String),
+    /// The chain task has stopped (the node is shutting down).
+    #[error("the chain task has stopped")]
+    Stopped,
+}
+
+impl From<task::ChainStopped> for ChainError {
+    fn from(_: task::ChainStopped) -> Self {
+        ChainError::Stopped
+    }
 }
 
 impl From<StatsOutOfRange> for ChainError {
@@ -270,17 +289,14 @@ pub struct Chain {
     sync_writes: bool,
     signature_checks: SignatureChecks,
     clock: Clock,
-    minimum_chain_work: U256,
-    index: BlockIndex,
-    /// Active chain: `active[h]` is the hash at height h.
-    active: Vec<BlockHash>,
+    /// The block index, the active chain (with blocks connected but not
+    /// flushed) and the best header: the writer's copy.
+    tree: HeaderTree,
     tip: ChainTipRecord,
     digest: UtxoDigest,
     /// Stored blocks, all of whose ancestors are stored and none invalid,
     /// with at least the tip's work: the branches worth trying.
     candidates: BTreeSet<Candidate>,
-    /// The most-work valid header known (with or without its block).
-    best_header: BlockHash,
     orphans: OrphanPool,
     events: broadcast::Sender<ChainEvent>,
     /// Readers' handle: published to after every change.
@@ -361,12 +377,12 @@ impl Chain {
             store: store.clone(),
             sync_writes: options.sync_writes,
             signature_checks: options.signature_checks,
-            minimum_chain_work: options
-                .minimum_chain_work
-                .unwrap_or(params.minimum_chain_work),
             clock: options.clock.clone(),
-            index: BlockIndex::default(),
-            active: Vec::new(),
+            tree: HeaderTree::new(
+                options
+                    .minimum_chain_work
+                    .unwrap_or(params.minimum_chain_work),
+            ),
             tip: ChainTipRecord {
                 hash: BlockHash::ZERO,
                 height: 0,
@@ -376,7 +392,6 @@ impl Chain {
             },
             digest: UtxoDigest::default(),
             candidates: BTreeSet::new(),
-            best_header: BlockHash::ZERO,
             orphans: OrphanPool::default(),
             events,
             reader: ChainReader::new(
@@ -444,8 +459,8 @@ impl Chain {
         batch.put_tip(&tip, &digest);
         self.store.write(batch, true)?;
         self.add_to_index(hash, entry);
-        self.index.set_linked(&hash, true);
-        self.active = vec![hash];
+        self.tree.index.set_linked(&hash, true);
+        self.tree.active = vec![hash];
         self.tip = tip;
         self.digest = digest;
         Ok(())
@@ -457,7 +472,7 @@ impl Chain {
         let mut entries = self.store.all_block_index()?;
         entries.sort_by_key(|(_, e)| e.height);
         for (hash, entry) in entries {
-            if entry.height > 0 && !self.index.contains(&entry.header.prev_hash) {
+            if entry.height > 0 && !self.tree.index.contains(&entry.header.prev_hash) {
                 return Err(ChainError::Inconsistent(format!(
                     "indexed block {hash} has no indexed parent"
                 )));
@@ -477,7 +492,7 @@ impl Chain {
         let mut active = Vec::with_capacity(tip.height as usize + 1);
         let mut cursor = tip.hash;
         loop {
-            let entry = self.index.get(&cursor).ok_or_else(|| {
+            let entry = self.tree.index.get(&cursor).ok_or_else(|| {
                 ChainError::Inconsistent(format!("active block {cursor} missing from the index"))
             })?;
             active.push(cursor);
@@ -492,7 +507,7 @@ impl Chain {
                 "active chain does not reach genesis".into(),
             ));
         }
-        self.active = active;
+        self.tree.active = active;
         self.tip = tip;
         self.rebuild_candidates();
         Ok(())
@@ -503,15 +518,15 @@ impl Chain {
     /// tip candidates.
     fn rebuild_candidates(&mut self) {
         let mut by_height: Vec<(BlockHash, BlockIndexEntry)> =
-            self.index.iter().map(|(h, e)| (*h, *e)).collect();
+            self.tree.index.iter().map(|(h, e)| (*h, *e)).collect();
         by_height.sort_by_key(|(_, e)| e.height);
         let tip_work = self.tip_entry().chain_work;
         for (hash, entry) in by_height {
-            let linked = self.is_active(&hash)
+            let linked = self.tree.is_active(&hash)
                 || (BlockIndex::may_link(&entry)
                     && entry.height > 0
-                    && self.index.is_linked(&entry.header.prev_hash));
-            self.index.set_linked(&hash, linked);
+                    && self.tree.index.is_linked(&entry.header.prev_hash));
+            self.tree.index.set_linked(&hash, linked);
             if linked && entry.chain_work > tip_work {
                 self.candidates.insert(self.candidate(&hash));
             }
@@ -520,8 +535,8 @@ impl Chain {
 
     fn candidate(&self, hash: &BlockHash) -> Candidate {
         (
-            self.index[hash].chain_work,
-            Reverse(self.index.sequence(hash)),
+            self.tree.index[hash].chain_work,
+            Reverse(self.tree.index.sequence(hash)),
             Reverse(*hash),
         )
     }
@@ -577,20 +592,21 @@ impl Chain {
 
     /// Publishes what readers cannot find in the store. Called at the end
     /// of every public method that changes the chain.
-    fn publish(&self) {
+    fn publish(&mut self) {
+        self.reader.headers().catch_up_with(&mut self.tree);
         self.reader.publish(Published {
             tip: (self.tip.hash, self.tip.height),
             tip_header: self.tip_entry().header,
             best_header: self.best_header(),
             orphans: self.orphans.hashes(),
-            index_len: self.index.len(),
+            index_len: self.tree.index.len(),
             cache: self.cache_usage(),
             settled: self.settled(),
         });
     }
 
     fn tip_entry(&self) -> &BlockIndexEntry {
-        &self.index[&self.tip.hash]
+        &self.tree.index[&self.tip.hash]
     }
 
     pub fn tip(&self) -> ChainTip {
@@ -611,77 +627,27 @@ impl Chain {
     }
 
     pub fn hash_at(&self, height: u32) -> Option<BlockHash> {
-        self.active.get(height as usize).copied()
+        self.tree.hash_at(height)
     }
 
     pub fn index_entry(&self, hash: &BlockHash) -> Option<&BlockIndexEntry> {
-        self.index.get(hash)
+        self.tree.index.get(hash)
     }
 
     /// Number of indexed headers.
     pub fn index_len(&self) -> usize {
-        self.index.len()
+        self.tree.index.len()
     }
 
-    /// Index entries visited by ancestor searches since start: what walking
-    /// the index has cost, for tests and benchmarks.
-    pub fn index_steps(&self) -> u64 {
-        self.index.steps()
+    /// The writer's block index and active chain (readers have
+    /// `ChainReader::headers`).
+    pub fn tree(&self) -> &HeaderTree {
+        &self.tree
     }
 
     /// The clock the chain judges block times by.
     pub fn clock(&self) -> &Clock {
         &self.clock
-    }
-
-    /// The least total work a chain must have before the node downloads
-    /// blocks for it (Bitcoin Core's `nMinimumChainWork`).
-    pub fn minimum_chain_work(&self) -> U256 {
-        self.minimum_chain_work
-    }
-
-    /// `hash` as the start of a header chain, with the times of up to
-    /// `history` blocks ending at it.
-    pub fn header_anchor(&self, hash: &BlockHash, history: usize) -> Option<HeaderAnchor> {
-        let entry = self.index.get(hash)?;
-        let mut times = Vec::with_capacity(history);
-        let mut cursor = *hash;
-        while times.len() < history {
-            let e = &self.index[&cursor];
-            times.push(e.header.time);
-            if e.height == 0 {
-                break;
-            }
-            cursor = e.header.prev_hash;
-        }
-        times.reverse();
-        Some(HeaderAnchor {
-            hash: *hash,
-            height: entry.height,
-            bits: entry.header.bits,
-            chain_work: entry.chain_work,
-            times,
-        })
-    }
-
-    /// The work a chain of headers must show before its headers are indexed:
-    /// at least the minimum chain work, and no less than the tip's work minus
-    /// `NEAR_TIP_MARGIN_BLOCKS` blocks at the tip's difficulty, so competing
-    /// branches near the tip are tracked but a long low-work chain costs no
-    /// memory or disk (Bitcoin Core's `GetAntiDoSWorkThreshold`).
-    pub fn headers_work_threshold(&self) -> U256 {
-        let tip = self.tip_entry();
-        let margin =
-            work_from_compact(tip.header.bits).saturating_mul(U256::from(NEAR_TIP_MARGIN_BLOCKS));
-        tip.chain_work
-            .saturating_sub(margin)
-            .max(self.minimum_chain_work)
-    }
-
-    pub fn is_active(&self, hash: &BlockHash) -> bool {
-        self.index
-            .get(hash)
-            .is_some_and(|e| self.hash_at(e.height) == Some(*hash))
     }
 
     pub fn orphan_count(&self) -> usize {
@@ -692,22 +658,9 @@ impl Chain {
         self.orphans.hashes()
     }
 
-    /// The ancestor of `hash` at `height` (which must not exceed its
-    /// height): a lookup on the active chain, O(log n) elsewhere.
-    fn ancestor(&self, hash: &BlockHash, height: u32) -> Option<BlockHash> {
-        let entry = self.index.get(hash)?;
-        if entry.height < height {
-            return None;
-        }
-        if self.hash_at(entry.height) == Some(*hash) {
-            return self.hash_at(height);
-        }
-        self.index.ancestor(hash, height)
-    }
-
     /// The context a child of `parent` is validated in.
     pub fn context_after(&self, parent: &BlockHash) -> Option<BlockContext> {
-        let parent_entry = self.index.get(parent)?;
+        let parent_entry = self.tree.index.get(parent)?;
         let height = parent_entry.height + 1;
         let mut times = Vec::with_capacity(MEDIAN_TIME_SPAN);
         let mut cursor = Some(*parent);
@@ -715,14 +668,15 @@ impl Chain {
             if times.len() == MEDIAN_TIME_SPAN {
                 break;
             }
-            let entry = &self.index[&hash];
+            let entry = &self.tree.index[&hash];
             times.push(entry.header.time);
             cursor = (entry.height > 0).then_some(entry.header.prev_hash);
         }
         let expected_bits =
             next_work_required(self.params, height, parent_entry.header.bits, |h| {
-                self.ancestor(parent, h)
-                    .map_or(0, |a| self.index[&a].header.time)
+                self.tree
+                    .ancestor(parent, h)
+                    .map_or(0, |a| self.tree.index[&a].header.time)
             });
         Some(BlockContext {
             height,
@@ -813,6 +767,7 @@ impl Chain {
             return BlockOutcome::Invalid(error.clone());
         }
         if self
+            .tree
             .index
             .get(&hash)
             .is_some_and(BlockIndexEntry::is_failed)
@@ -836,8 +791,9 @@ impl Chain {
             self.publish();
             return Ok(ActivationStep::Done);
         };
-        let step = if self.is_ancestor(&self.tip.hash, &best) {
+        let step = if self.tree.is_ancestor(&self.tip.hash, &best) {
             let next = self
+                .tree
                 .ancestor(&best, self.tip.height + 1)
                 .expect("a descendant of the tip has an ancestor one above it");
             match self.connect_tip(next)? {
@@ -879,7 +835,7 @@ impl Chain {
         requested: bool,
     ) -> Result<BlockOutcome, ChainError> {
         let hash = block.hash();
-        if let Some(entry) = self.index.get(&hash) {
+        if let Some(entry) = self.tree.index.get(&hash) {
             if entry.is_failed() {
                 return Ok(BlockOutcome::InvalidAncestor);
             }
@@ -895,7 +851,7 @@ impl Chain {
         if let Err(error) = check_block(&block, self.params) {
             return Ok(BlockOutcome::Invalid(error));
         }
-        let Some(parent) = self.index.get(&block.header.prev_hash).copied() else {
+        let Some(parent) = self.tree.index.get(&block.header.prev_hash).copied() else {
             // Only blocks the node asked for or produced wait for their
             // parent; a stranger's block that connects to nothing is not
             // kept (the peer is asked for headers instead).
@@ -943,12 +899,12 @@ impl Chain {
         batch.put_block(&hash, &block);
         batch.put_block_index(&hash, &entry);
         self.store.write(batch, self.sync_writes)?;
-        if self.index.contains(&hash) {
-            self.index.update(&hash, |e| *e = entry);
+        if self.tree.index.contains(&hash) {
+            self.tree.index.update(&hash, |e| *e = entry);
         } else {
             self.add_to_index(hash, entry);
         }
-        self.index.mark_received(&hash);
+        self.tree.index.mark_received(&hash);
         self.link_descendants(hash);
         Ok(BlockOutcome::Accepted { hash, height })
     }
@@ -959,7 +915,7 @@ impl Chain {
     fn worth_storing_unrequested(&self, entry: &BlockIndexEntry) -> bool {
         let tip = self.tip_entry();
         entry.chain_work >= tip.chain_work
-            && entry.chain_work >= self.minimum_chain_work
+            && entry.chain_work >= self.tree.minimum_chain_work
             && entry.height <= tip.height.saturating_add(MAX_UNREQUESTED_BLOCKS_AHEAD)
     }
 
@@ -968,7 +924,7 @@ impl Chain {
     /// chain disconnects down to its parent and moves to the best other
     /// valid branch.
     pub fn invalidate_block(&mut self, hash: &BlockHash) -> Result<(), ChainError> {
-        let Some(entry) = self.index.get(hash).copied() else {
+        let Some(entry) = self.tree.index.get(hash).copied() else {
             return Err(ChainError::Inconsistent(format!("unknown block {hash}")));
         };
         if entry.height == 0 {
@@ -976,7 +932,7 @@ impl Chain {
                 "genesis cannot be invalidated".into(),
             ));
         }
-        if self.is_active(hash) {
+        if self.tree.is_active(hash) {
             self.flushing.reorganising = true;
             while self.tip.height >= entry.height {
                 let h = self.disconnect_tip()?;
@@ -994,16 +950,21 @@ impl Chain {
     }
 
     fn add_to_index(&mut self, hash: BlockHash, entry: BlockIndexEntry) {
-        self.index.insert(hash, entry);
-        let best = self.index.get(&self.best_header).map(|e| e.chain_work);
+        self.tree.index.insert(hash, entry);
+        let best = self
+            .tree
+            .index
+            .get(&self.tree.best_header)
+            .map(|e| e.chain_work);
         if !entry.is_failed() && best.is_none_or(|w| entry.chain_work > w) {
-            self.best_header = hash;
+            self.tree.best_header = hash;
         }
     }
 
     /// Recomputes the best header after blocks were marked invalid.
     fn recompute_best_header(&mut self) {
-        self.best_header = self
+        self.tree.best_header = self
+            .tree
             .index
             .iter()
             .filter(|(_, e)| !e.is_failed())
@@ -1011,7 +972,7 @@ impl Chain {
                 (
                     e.chain_work,
                     e.has(status::HAVE_DATA),
-                    Reverse(self.index.sequence(h)),
+                    Reverse(self.tree.index.sequence(h)),
                     Reverse(**h),
                 )
             })
@@ -1021,7 +982,7 @@ impl Chain {
 
     /// The most-work valid header known, and its height.
     pub fn best_header(&self) -> (BlockHash, u32) {
-        (self.best_header, self.index[&self.best_header].height)
+        self.tree.best_header()
     }
 
     /// Validates and indexes headers (headers-first sync). Each header must
@@ -1035,7 +996,7 @@ impl Chain {
         let mut batch = store.batch();
         for header in headers {
             let hash = header.hash();
-            if let Some(entry) = self.index.get(&hash) {
+            if let Some(entry) = self.tree.index.get(&hash) {
                 if entry.is_failed() {
                     outcome.invalid = Some(HeaderRejection::InvalidAncestor);
                     break;
@@ -1047,7 +1008,7 @@ impl Chain {
                 outcome.invalid = Some(HeaderRejection::Invalid(error));
                 break;
             }
-            let Some(parent) = self.index.get(&header.prev_hash).copied() else {
+            let Some(parent) = self.tree.index.get(&header.prev_hash).copied() else {
                 outcome.unconnected = true;
                 break;
             };
@@ -1088,160 +1049,12 @@ impl Chain {
         Ok(outcome)
     }
 
-    /// A block locator for the best header chain starting at the best
-    /// header's parent, so that a peer at the same tip still answers with one
-    /// header and so tells us what it has (as Bitcoin Core does): the last ten
-    /// hashes, then exponentially sparser ones, ending with genesis.
-    pub fn locator(&self) -> Vec<BlockHash> {
-        let (best, best_height) = self.best_header();
-        let height = best_height.saturating_sub(1);
-        let mut locator = Vec::new();
-        let mut step = 1u32;
-        let mut h = height;
-        loop {
-            locator.push(
-                self.ancestor(&best, h)
-                    .expect("ancestors of an indexed block exist"),
-            );
-            if h == 0 || locator.len() >= crate::wire::constants::MAX_LOCATOR_HASHES - 1 {
-                break;
-            }
-            if locator.len() >= 10 {
-                step = step.saturating_mul(2);
-            }
-            h = h.saturating_sub(step);
-        }
-        if *locator.last().expect("not empty") != self.active[0] {
-            locator.push(self.active[0]);
-        }
-        locator
-    }
-
-    /// Headers of the active chain after the first locator hash that is on
-    /// it (genesis if none), up to and including `stop`, at most `max`.
-    pub fn headers_after(
-        &self,
-        locator: &[BlockHash],
-        stop: &BlockHash,
-        max: usize,
-    ) -> Vec<crate::consensus::block::BlockHeader> {
-        let start = locator
-            .iter()
-            .find_map(|h| self.is_active(h).then(|| self.index[h].height))
-            .unwrap_or(0);
-        let mut headers = Vec::new();
-        for height in start + 1..=self.tip.height {
-            let hash = self.active[height as usize];
-            headers.push(self.index[&hash].header);
-            if headers.len() >= max || hash == *stop {
-                break;
-            }
-        }
-        headers
-    }
-
-    /// Whether the block's data is stored.
-    pub fn has_block(&self, hash: &BlockHash) -> bool {
-        self.index
-            .get(hash)
-            .is_some_and(|e| e.has(status::HAVE_DATA))
-    }
-
-    /// Whether `ancestor` is `descendant` or one of its ancestors.
-    pub fn is_ancestor(&self, ancestor: &BlockHash, descendant: &BlockHash) -> bool {
-        match (self.index.get(ancestor), self.index.get(descendant)) {
-            (Some(a), Some(d)) if a.height <= d.height => {
-                self.ancestor(descendant, a.height) == Some(*ancestor)
-            }
-            _ => false,
-        }
-    }
-
-    /// Blocks to ask of a peer whose best known block is `peer_best`: those
-    /// of its chain that we lack, lowest first, at most `window` heights
-    /// above the last block we have in common with it, at most `max`,
-    /// leaving out those `skip` says (already asked of someone).
-    ///
-    /// `last_common` is the peer's last common block, kept by the caller
-    /// between calls (Bitcoin Core's `pindexLastCommonBlock`): the search
-    /// starts there, so its cost depends on the window, never on how far
-    /// the headers run ahead of the blocks or how long the chain is.
-    pub fn blocks_to_download(
-        &self,
-        peer_best: &BlockHash,
-        last_common: &mut Option<BlockHash>,
-        window: u32,
-        max: usize,
-        skip: &dyn Fn(&BlockHash) -> bool,
-    ) -> Vec<(BlockHash, u32)> {
-        let mut wanted = Vec::new();
-        let Some(best) = self.index.get(peer_best) else {
-            return wanted;
-        };
-        let tip_work = self.tip_entry().chain_work;
-        if max == 0
-            || best.is_failed()
-            || best.chain_work <= tip_work
-            || best.chain_work < self.minimum_chain_work
-        {
-            return wanted;
-        }
-        let start = last_common
-            .filter(|h| self.index.contains(h))
-            .unwrap_or_else(|| self.active[best.height.min(self.tip.height) as usize]);
-        let Some(common) = self.index.last_common_ancestor(&start, peer_best) else {
-            return wanted;
-        };
-        *last_common = Some(common);
-        let common_height = self.index[&common].height;
-        let max_height = common_height.saturating_add(window).min(best.height);
-        let mut walked = common_height;
-        let mut batch = Vec::new();
-        while walked < max_height && wanted.len() < max {
-            // Fetch the next stretch of the peer's chain: one O(log n)
-            // ancestor search, then parent links within the stretch.
-            let stretch = (max_height - walked).min(DOWNLOAD_SCAN_STRETCH);
-            let top = self
-                .index
-                .ancestor(peer_best, walked + stretch)
-                .expect("below the peer's best block");
-            batch.clear();
-            self.index.record_steps(u64::from(stretch));
-            let mut cursor = top;
-            for _ in 0..stretch {
-                batch.push(cursor);
-                cursor = self.index[&cursor].header.prev_hash;
-            }
-            walked += stretch;
-            for hash in batch.iter().rev() {
-                let entry = &self.index[hash];
-                if entry.is_failed() {
-                    return wanted;
-                }
-                if entry.has(status::HAVE_DATA) || self.is_active(hash) {
-                    if self.index.is_linked(hash) {
-                        *last_common = Some(*hash);
-                    }
-                    continue;
-                }
-                if skip(hash) {
-                    continue;
-                }
-                wanted.push((*hash, entry.height));
-                if wanted.len() == max {
-                    return wanted;
-                }
-            }
-        }
-        wanted
-    }
-
     fn store_entry(&mut self, hash: BlockHash, entry: BlockIndexEntry) -> Result<(), ChainError> {
         let mut batch = self.store.batch();
         batch.put_block_index(&hash, &entry);
         self.store.write(batch, self.sync_writes)?;
-        if self.index.contains(&hash) {
-            self.index.update(&hash, |e| *e = entry);
+        if self.tree.index.contains(&hash) {
+            self.tree.index.update(&hash, |e| *e = entry);
         } else {
             self.add_to_index(hash, entry);
         }
@@ -1251,22 +1064,22 @@ impl Chain {
     /// Marks `hash` and its stored descendants linked if its parent is, and
     /// makes those with more work than the tip candidates.
     fn link_descendants(&mut self, hash: BlockHash) {
-        let entry = self.index[&hash];
-        if entry.height == 0 || !self.index.is_linked(&entry.header.prev_hash) {
+        let entry = self.tree.index[&hash];
+        if entry.height == 0 || !self.tree.index.is_linked(&entry.header.prev_hash) {
             return;
         }
         let tip_work = self.tip_entry().chain_work;
         let mut queue = vec![hash];
         while let Some(h) = queue.pop() {
-            let entry = self.index[&h];
+            let entry = self.tree.index[&h];
             if !BlockIndex::may_link(&entry) {
                 continue;
             }
-            self.index.set_linked(&h, true);
-            if entry.chain_work > tip_work && !self.is_active(&h) {
+            self.tree.index.set_linked(&h, true);
+            if entry.chain_work > tip_work && !self.tree.is_active(&h) {
                 self.candidates.insert(self.candidate(&h));
             }
-            queue.extend_from_slice(self.index.children(&h));
+            queue.extend_from_slice(self.tree.index.children(&h));
         }
     }
 
@@ -1275,15 +1088,16 @@ impl Chain {
         let mut batch = self.store.batch();
         let mut queue = vec![(hash, status::FAILED)];
         while let Some((h, flag)) = queue.pop() {
-            if !self.index.contains(&h) {
+            if !self.tree.index.contains(&h) {
                 continue;
             }
             self.candidates.remove(&self.candidate(&h));
-            self.index.update(&h, |e| e.status |= flag);
-            self.index.set_linked(&h, false);
-            batch.put_block_index(&h, &self.index[&h]);
+            self.tree.index.update(&h, |e| e.status |= flag);
+            self.tree.index.set_linked(&h, false);
+            batch.put_block_index(&h, &self.tree.index[&h]);
             queue.extend(
-                self.index
+                self.tree
+                    .index
                     .children(&h)
                     .iter()
                     .map(|c| (*c, status::FAILED_PARENT)),
@@ -1345,7 +1159,7 @@ impl Chain {
                 .block(&hash)?
                 .ok_or_else(|| ChainError::Inconsistent(format!("block {hash} has no data")))?,
         );
-        let entry = self.index[&hash];
+        let entry = self.tree.index[&hash];
         if entry.header.prev_hash != self.tip.hash {
             return Err(ChainError::Inconsistent(format!(
                 "block {hash} does not extend the tip"
@@ -1425,8 +1239,8 @@ impl Chain {
         connected.status |= status::VALID;
         self.cache.take_rows(rows);
         self.cache.mark_index_changed(hash);
-        self.index.update(&hash, |e| *e = connected);
-        self.active.push(hash);
+        self.tree.index.update(&hash, |e| *e = connected);
+        self.tree.active.push(hash);
         self.tip = tip;
         self.digest = digest;
         lap(&mut self.stages.indexes);
@@ -1465,7 +1279,7 @@ impl Chain {
     /// rows go to the cache, as a connected block's). Returns its hash.
     fn disconnect_tip(&mut self) -> Result<BlockHash, ChainError> {
         let hash = self.tip.hash;
-        let entry = self.index[&hash];
+        let entry = self.tree.index[&hash];
         if entry.height == 0 {
             return Err(ChainError::Inconsistent("cannot disconnect genesis".into()));
         }
@@ -1494,7 +1308,7 @@ impl Chain {
         write_delta(&mut self.cache, &delta, &stats, hash, height, false);
         self.cache.delete_undo(&hash);
         self.cache.delete_active(height);
-        self.active.pop();
+        self.tree.active.pop();
         self.tip = tip;
         self.digest = digest;
         tracing::info!(%hash, height, "disconnected block");

@@ -60,6 +60,23 @@ fn feed(chain: &mut Chain, blocks: &[Block]) -> Vec<BlockOutcome> {
         .collect()
 }
 
+/// The readers' copy of the header tree is the writer's as of the last
+/// publish: every entry, its links, the active chain and the best header.
+fn assert_readers_tree_matches(chain: &Chain) {
+    let reader = chain.reader();
+    let copy = reader.headers().read();
+    let writer = chain.tree();
+    assert_eq!(copy.active, writer.active, "active chains differ");
+    assert_eq!(copy.best_header(), writer.best_header());
+    assert_eq!(copy.index_len(), writer.index_len());
+    for (hash, entry) in writer.index.iter() {
+        assert_eq!(copy.index_entry(hash), Some(entry), "entry of {hash}");
+        assert_eq!(copy.index.is_linked(hash), writer.index.is_linked(hash));
+        let height = entry.height / 2;
+        assert_eq!(copy.ancestor(hash, height), writer.ancestor(hash, height));
+    }
+}
+
 fn pay(to: &PrivateKey, units: u64) -> TxOut {
     TxOut {
         amount: Amount::from_units(units),
@@ -156,6 +173,7 @@ fn reorg_to_a_longer_branch_matches_a_node_that_only_saw_it() {
     feed(&mut x, &base.blocks[1..]);
     feed(&mut x, &a);
     assert_eq!(x.tip().hash, a[4].hash());
+    assert_readers_tree_matches(&x);
     assert!(
         x.store()
             .address_stats(&key(3).pubkey_hash())
@@ -192,6 +210,7 @@ fn reorg_to_a_longer_branch_matches_a_node_that_only_saw_it() {
     );
     for chain in [&x, &y, &z] {
         assert!(check::check_store(chain.store()).unwrap().is_consistent());
+        assert_readers_tree_matches(chain);
     }
 
     // The events tell the story: a's 5 blocks disconnected, b's 6 connected.
@@ -248,6 +267,7 @@ fn reorg_onto_a_branch_with_an_invalid_block_ends_on_the_best_valid_chain() {
     feed(&mut reference, &a);
     assert_eq!(state(&chain), state(&reference));
     assert!(check::check_store(chain.store()).unwrap().is_consistent());
+    assert_readers_tree_matches(&chain);
 
     // The invalid block itself, sent again, is refused at once.
     assert_eq!(
@@ -545,7 +565,7 @@ fn unrequested_blocks_are_stored_only_on_a_chain_with_the_tips_work() {
             .unwrap(),
         BlockOutcome::Accepted { .. }
     ));
-    assert!(chain.has_block(&low.hash()));
+    assert!(chain.tree().has_block(&low.hash()));
     assert_eq!(chain.height(), 12);
 
     // An unrequested block extending the tip is welcome.
@@ -622,19 +642,22 @@ fn download_scheduling_and_locators_cost_the_same_at_any_distance() {
             assert_eq!(chain.process_headers(batch).unwrap().new, batch.len());
         }
         let best = headers.last().unwrap().hash();
-        let before = chain.index_steps();
+        // The readers' copy, which the protocol asks.
+        let reader = chain.reader();
+        let tree = reader.headers().read();
+        let before = tree.index_steps();
         let mut last_common = None;
-        let first = chain.blocks_to_download(&best, &mut last_common, 1_024, 16, &|_| false);
-        let second = chain.blocks_to_download(&best, &mut last_common, 1_024, 16, &|h| {
+        let first = tree.blocks_to_download(&best, &mut last_common, 1_024, 16, &|_| false);
+        let second = tree.blocks_to_download(&best, &mut last_common, 1_024, 16, &|h| {
             first.iter().any(|(f, _)| f == h)
         });
         assert_eq!(first.len(), 16);
         assert_eq!(first[0].1, 1);
         assert_eq!(second[0].1, 17);
-        let scheduling = chain.index_steps() - before;
-        let before = chain.index_steps();
-        let locator = chain.locator();
-        (scheduling, chain.index_steps() - before, locator.len())
+        let scheduling = tree.index_steps() - before;
+        let before = tree.index_steps();
+        let locator = tree.locator();
+        (scheduling, tree.index_steps() - before, locator.len())
     }
     let (near_sched, near_loc, _) = steps_with(1_000);
     let (far_sched, far_loc, far_len) = steps_with(100_000);

@@ -51,6 +51,8 @@ pub struct ChainReader {
     params: &'static ChainParams,
     clock: Clock,
     published: Arc<RwLock<Arc<Published>>>,
+    /// The block index and active chain as of the last publish.
+    headers: super::HeaderView,
     /// The last view taken, shared by readers until the store is written
     /// (see `view`); dropped when the writer publishes.
     latest: Arc<RwLock<Option<SharedView>>>,
@@ -75,6 +77,7 @@ impl ChainReader {
             params,
             clock,
             published: Arc::new(RwLock::new(Arc::new(first))),
+            headers: super::HeaderView::default(),
             latest: Arc::new(RwLock::new(None)),
         }
     }
@@ -95,10 +98,22 @@ impl ChainReader {
         self.params
     }
 
+    /// The clock the chain judges block times by.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
     /// The live store, for what never changes once written (a block's body
     /// by its hash); anything that moves with the tip comes from a `view`.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The block index and the active chain (with the writer's unflushed
+    /// blocks) as of the writer's last publish: for header questions, not
+    /// for state (which views answer).
+    pub fn headers(&self) -> &super::HeaderView {
+        &self.headers
     }
 
     /// The writer's latest published value.

@@ -11,7 +11,7 @@
 //! reconnect is the same code run from an older position, so a resumed
 //! stream has no gap and no duplicate by construction, and a hub that
 //! lagged behind the chain's channel loses nothing: the next view has
-//! every block. Nobody here takes the chain's lock.
+//! every block. Nothing here waits for the chain task.
 //!
 //! Ids: every chain event carries `HEIGHT:BLOCK_HASH:SEQ` ([`EventId`]):
 //! the block it belongs to and its place among that block's events (`0`

@@ -11,7 +11,7 @@ use anyhow::Context;
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::chain::block_file::read_blocks;
-use crate::chain::{BlockOutcome, Chain, ChainEvent, ChainOptions};
+use crate::chain::{BlockOutcome, Chain, ChainEvent, ChainHandle, ChainOptions};
 use crate::consensus::address::PubKeyHash;
 use crate::consensus::params::Network;
 use crate::mempool::{persist as mempool_file, Mempool};
@@ -21,8 +21,8 @@ const MEMPOOL_UPKEEP_INTERVAL: Duration = Duration::from_secs(10);
 /// How often the node looks for a mempool rebuild to drive (one lock of the
 /// pool when there is none).
 const MEMPOOL_REBUILD_POLL: Duration = Duration::from_millis(20);
-/// Pause between two steps of a mempool rebuild, in which the threads
-/// waiting for the chain's or the pool's lock get them.
+/// Pause between two steps of a mempool rebuild, in which blocks queued for
+/// the chain task and threads waiting for the pool's lock go first.
 const MEMPOOL_REBUILD_PAUSE: Duration = Duration::from_millis(1);
 /// Save the mempool every this many upkeep rounds (5 minutes).
 const MEMPOOL_SAVE_EVERY: u64 = 30;
@@ -101,7 +101,12 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let (event_hub, _event_hub_task) =
         crate::events::EventHub::start(chain.subscribe(), pool.subscribe_events());
     let mempool = Arc::new(Mutex::new(pool));
-    let chain = Arc::new(Mutex::new(chain));
+    let reader = chain.reader();
+    let store = chain.store().clone();
+    // From here on the chain lives on its task: everything else reads what
+    // it publishes or asks the task.
+    let chain_task = crate::chain::ChainTask::start(chain)?;
+    let chain = chain_task.handle();
     let stop = Arc::new(AtomicBool::new(false));
     let hashrate = Arc::new(AtomicU64::new(0));
 
@@ -121,18 +126,16 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let mirror_wake = Arc::new(tokio::sync::Notify::new());
     let mirror_status = config.postgres_url.clone().map(|url| {
         let status = Arc::new(Mutex::new(crate::mirror::MirrorStatus::default()));
-        let store = chain.lock().expect("chain lock").store().clone();
         tokio::spawn(crate::mirror::run(
             url,
             config.network,
-            store,
+            store.clone(),
             mirror_wake.clone(),
             status.clone(),
         ));
         status
     });
 
-    let reader = chain.lock().expect("chain lock").reader();
     let (api_addr, api_task) = crate::api::serve(
         config.api_bind,
         crate::api::ApiState::new(crate::api::ApiShared {
@@ -200,8 +203,8 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     }
 
     // A rebuild of the mempool after a reorganisation (thousands of
-    // transactions judged again) runs here a step at a time, each step
-    // holding the chain's and the pool's locks for milliseconds, so the
+    // transactions judged again) runs on the chain task a step at a time,
+    // each step holding the pool's lock for milliseconds, so blocks, the
     // protocol thread and REST readers interleave with it.
     let rebuild_driver = {
         let (chain, mempool) = (chain.clone(), mempool.clone());
@@ -216,24 +219,22 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
                     Ok(pool) if pool.rebuild_pending() => {}
                     _ => continue,
                 }
-                let (chain, mempool) = (chain.clone(), mempool.clone());
-                let _ = tokio::task::spawn_blocking(move || loop {
-                    {
-                        let chain = chain.lock().expect("chain lock");
-                        let mut pool = mempool.lock().expect("mempool lock");
-                        if pool.catch_up_step(&*chain) || !pool.rebuild_pending() {
-                            break;
-                        }
-                        if !chain.settled() {
-                            // Mid-reorganisation: the next poll goes on.
-                            break;
-                        }
+                loop {
+                    let mempool = mempool.clone();
+                    let more = chain
+                        .call_async(move |chain| {
+                            let mut pool = mempool.lock().expect("mempool lock");
+                            // Mid-reorganisation (not settled): the next
+                            // poll goes on.
+                            !pool.catch_up_step(chain) && pool.rebuild_pending() && chain.settled()
+                        })
+                        .await;
+                    if more != Ok(true) {
+                        break;
                     }
-                    // The locks are not fair: a thread taking them again at
-                    // once would keep a waiting protocol thread out.
-                    std::thread::sleep(MEMPOOL_REBUILD_PAUSE);
-                })
-                .await;
+                    // Blocks waiting for the task go first between steps.
+                    tokio::time::sleep(MEMPOOL_REBUILD_PAUSE).await;
+                }
             }
         })
     };
@@ -246,26 +247,33 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             loop {
                 ticker.tick().await;
                 rounds += 1;
-                let (chain, mempool, dir) = (chain.clone(), mempool.clone(), dir.clone());
-                let _ = tokio::task::spawn_blocking(move || {
-                    let mut chain = chain.lock().expect("chain lock");
-                    // A catch-up whose blocks stopped coming still reaches
-                    // the disk (and the store's readers).
-                    if let Err(e) = chain.flush_if_old() {
-                        tracing::warn!(error = %e, "writing the chain state cache failed");
-                    }
-                    let mut pool = mempool.lock().expect("mempool lock");
-                    let expired = pool.expire(&*chain, crate::chain::unix_now());
-                    if expired > 0 {
-                        tracing::info!(expired, "expired mempool transactions");
-                    }
-                    if rounds.is_multiple_of(MEMPOOL_SAVE_EVERY) {
+                let pool = mempool.clone();
+                let _ = chain
+                    .call_async(move |chain| {
+                        // A catch-up whose blocks stopped coming still
+                        // reaches the disk (and the store's readers).
+                        if let Err(e) = chain.flush_if_old() {
+                            tracing::warn!(error = %e, "writing the chain state cache failed");
+                        }
+                        let mut pool = pool.lock().expect("mempool lock");
+                        let expired = pool.expire(chain, crate::chain::unix_now());
+                        if expired > 0 {
+                            tracing::info!(expired, "expired mempool transactions");
+                        }
+                    })
+                    .await;
+                if rounds.is_multiple_of(MEMPOOL_SAVE_EVERY) {
+                    // Off the chain task: the file is written under the
+                    // pool's lock only.
+                    let (mempool, dir) = (mempool.clone(), dir.clone());
+                    let _ = tokio::task::spawn_blocking(move || {
+                        let pool = mempool.lock().expect("mempool lock");
                         if let Err(e) = mempool_file::save(&pool, &dir) {
                             tracing::warn!(error = %e, "saving the mempool failed");
                         }
-                    }
-                })
-                .await;
+                    })
+                    .await;
+                }
             }
         })
     };
@@ -284,15 +292,21 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         .await?
         .map_err(|_| anyhow::anyhow!("the p2p thread panicked"))?;
     let saved = {
-        let mut chain = chain.lock().expect("chain lock");
-        if let Err(e) = chain.flush() {
-            tracing::warn!(error = %e, "writing the chain state cache at shutdown failed");
-        }
-        chain.stage_times().log();
-        let mut pool = mempool.lock().expect("mempool lock");
-        pool.catch_up(&*chain);
-        mempool_file::save(&pool, &config.data_dir)
+        let mempool = mempool.clone();
+        let dir = config.data_dir.clone();
+        chain
+            .call_async(move |chain| {
+                if let Err(e) = chain.flush() {
+                    tracing::warn!(error = %e, "writing the chain state cache at shutdown failed");
+                }
+                chain.stage_times().log();
+                let mut pool = mempool.lock().expect("mempool lock");
+                pool.catch_up(chain);
+                mempool_file::save(&pool, &dir)
+            })
+            .await?
     };
+    tokio::task::spawn_blocking(move || chain_task.stop()).await?;
     match saved {
         Ok(count) => tracing::info!(transactions = count, "mempool saved"),
         Err(e) => tracing::warn!(error = %e, "saving the mempool failed"),
@@ -300,22 +314,20 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn import(chain: &Mutex<Chain>, path: &std::path::Path) -> anyhow::Result<()> {
+fn import(chain: &ChainHandle, path: &std::path::Path) -> anyhow::Result<()> {
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let blocks = read_blocks(std::io::BufReader::new(file))?;
     let total = blocks.len();
     for block in blocks {
-        let outcome = chain
-            .lock()
-            .expect("chain lock")
-            .process_block(Arc::new(block), None)?;
+        let block = Arc::new(block);
+        let outcome = chain.call(move |chain| chain.process_block(block, None))??;
         match outcome {
             BlockOutcome::Accepted { .. } | BlockOutcome::Duplicate | BlockOutcome::Orphan => {}
             other => tracing::warn!(?other, "imported block rejected"),
         }
     }
-    let tip = chain.lock().expect("chain lock").tip();
-    tracing::info!(blocks = total, height = tip.height, tip = %tip.hash, "import done");
+    let (hash, height) = chain.reader().published().tip;
+    tracing::info!(blocks = total, height, tip = %hash, "import done");
     Ok(())
 }
 

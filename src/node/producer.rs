@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::chain::{unix_now, BlockOutcome, Chain};
+use crate::chain::{unix_now, BlockOutcome, ChainHandle};
 use crate::consensus::address::PubKeyHash;
 use crate::consensus::amount::Amount;
 use crate::consensus::block::Block;
@@ -173,10 +173,11 @@ pub struct NodeTemplate {
     pub ctx: BlockContext,
 }
 
-/// Work from the node's own chain and mempool.
+/// Work from the node's own chain and mempool: templates are built and
+/// blocks submitted on the chain task, whose tip they extend.
 struct NodeWork<'a> {
-    chain: &'a Mutex<Chain>,
-    mempool: &'a Mutex<Mempool>,
+    chain: &'a ChainHandle,
+    mempool: &'a Arc<Mutex<Mempool>>,
     payout: PubKeyHash,
     interval: Duration,
     extra_nonce: u64,
@@ -186,17 +187,20 @@ struct NodeWork<'a> {
 
 impl WorkSource for NodeWork<'_> {
     fn template(&mut self) -> anyhow::Result<Block> {
-        let chain = self.chain.lock().expect("chain lock");
-        let mut pool = self.mempool.lock().expect("mempool lock");
-        pool.catch_up_step(&*chain);
         self.extra_nonce = self.extra_nonce.wrapping_add(1);
-        let block = node_template(&*chain, &mut pool, self.payout, self.extra_nonce)?.block;
-        self.pool_changes = pool.changes();
+        let (mempool, payout, extra_nonce) = (self.mempool.clone(), self.payout, self.extra_nonce);
+        let (block, changes) = self.chain.call(move |chain| {
+            let mut pool = mempool.lock().expect("mempool lock");
+            pool.catch_up_step(chain);
+            let template = node_template(chain, &mut pool, payout, extra_nonce)?;
+            Ok::<_, anyhow::Error>((template.block, pool.changes()))
+        })??;
+        self.pool_changes = changes;
         Ok(block)
     }
 
     fn freshness(&mut self, work: &Block, since: Instant) -> anyhow::Result<Freshness> {
-        if self.chain.lock().expect("chain lock").tip().hash != work.header.prev_hash {
+        if self.chain.reader().published().tip.0 != work.header.prev_hash {
             return Ok(Freshness::TipChanged);
         }
         if since.elapsed() >= TEMPLATE_REFRESH
@@ -208,11 +212,10 @@ impl WorkSource for NodeWork<'_> {
     }
 
     fn submit(&mut self, block: Block) -> anyhow::Result<bool> {
+        let block = Arc::new(block);
         let outcome = self
             .chain
-            .lock()
-            .expect("chain lock")
-            .process_block(Arc::new(block), None)?;
+            .call(move |chain| chain.process_block(block, None))??;
         let accepted = matches!(outcome, BlockOutcome::Accepted { .. });
         if !accepted {
             tracing::warn!(?outcome, "own block was not accepted");
@@ -230,8 +233,8 @@ impl WorkSource for NodeWork<'_> {
 /// number of blocks mined.
 #[allow(clippy::too_many_arguments)]
 pub fn produce_blocks(
-    chain: &Mutex<Chain>,
-    mempool: &Mutex<Mempool>,
+    chain: &ChainHandle,
+    mempool: &Arc<Mutex<Mempool>>,
     payout: PubKeyHash,
     count: Option<u64>,
     interval: Duration,
@@ -277,6 +280,7 @@ pub fn produce_blocks(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chain::Chain;
     use crate::consensus::hash::{sha256d, Txid};
     use crate::consensus::params::Network;
     use crate::consensus::transaction::{OutPoint, TxOut};

@@ -2,7 +2,7 @@
 //! of it is indexed (in the spirit of Bitcoin Core's `HeadersSyncState`).
 //!
 //! When a peer offers a full batch of headers whose chain does not reach the
-//! work threshold (`Chain::headers_work_threshold`), the node does not index
+//! work threshold (`HeaderTree::headers_work_threshold`), the node does not index
 //! them. It downloads the peer's chain once, validating every header
 //! (continuity, proof of work, difficulty, timestamps) and adding up its
 //! work, while keeping only a constant-size cursor and one salted bit per

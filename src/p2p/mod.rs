@@ -1,8 +1,10 @@
 //! The peer-to-peer network: a listener, outbound dialing, one task per
 //! connection (`connection`), one thread that owns the protocol state
-//! (`protocol::Protocol`), and the chain task (`chain_task`) that validates
-//! and connects the blocks peers send, so the protocol thread keeps
-//! answering while a block connects.
+//! (`protocol::Protocol`). The protocol never touches the chain's writer
+//! state: it reads what the chain publishes (`ChainReader`) and hands
+//! blocks, headers and transactions the views cannot judge to the chain
+//! task (`chain::ChainTask`), learning outcomes as events, so it keeps
+//! answering while a block connects or a reorganisation runs.
 //!
 //! The protocol thread serves peers fairly: received messages wait in one
 //! queue per peer (bounded in bytes by the connection tasks) and are handled
@@ -12,7 +14,6 @@
 
 pub mod addr_rate;
 pub mod addrbook;
-pub mod chain_task;
 pub mod connection;
 pub mod eviction;
 pub mod headers_sync;
@@ -31,7 +32,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, Semaphore};
 
-use crate::chain::Chain;
+use crate::chain::{BlockJob, ChainHandle};
 use crate::consensus::params::Network;
 use crate::wire::constants::{
     INBOUND_QUEUE_BYTES, PEER_SEND_BUFFER_MAX_BYTES, PEER_SEND_BUFFER_SOFT_BYTES,
@@ -76,6 +77,18 @@ pub enum Event {
         peer: PeerId,
         hash: crate::consensus::hash::BlockHash,
         outcome: Result<crate::chain::BlockOutcome, String>,
+    },
+    /// The chain task indexed headers a peer sent.
+    HeadersProcessed {
+        peer: PeerId,
+        outcome: Result<crate::chain::HeadersOutcome, String>,
+        ask_more: bool,
+    },
+    /// The chain task judged a transaction a peer relayed.
+    TxProcessed {
+        peer: PeerId,
+        txid: crate::consensus::hash::Txid,
+        result: Result<crate::consensus::hash::Txid, crate::mempool::MempoolError>,
     },
     /// The operator added or removed a peer (REST).
     AddPeer(SocketAddr),
@@ -139,7 +152,7 @@ static NEXT_PEER_ID: AtomicU64 = AtomicU64::new(1);
 /// listener is bound; `join` finishes when the network has shut down.
 pub async fn start(
     config: NetworkConfig,
-    chain: Arc<Mutex<Chain>>,
+    chain: ChainHandle,
     mempool: Arc<Mutex<crate::mempool::Mempool>>,
 ) -> anyhow::Result<(NetworkHandle, std::thread::JoinHandle<()>)> {
     let listener = TcpListener::bind(config.bind)
@@ -180,10 +193,9 @@ pub async fn start(
         }
     });
 
-    let chain_task = chain_task::ChainTask::start(chain.clone(), events_tx.clone())?;
     let protocol = Protocol::new(
-        chain,
-        mempool,
+        chain.reader().clone(),
+        mempool.clone(),
         config.network,
         local_addr.port(),
         AddrBook::open(&config.data_dir, config.network),
@@ -199,7 +211,7 @@ pub async fn start(
         .spawn(move || {
             run_protocol(
                 protocol,
-                chain_task,
+                ChainSide { chain, mempool },
                 events_rx,
                 thread_events,
                 thread_status,
@@ -283,10 +295,80 @@ fn enqueue(link: &PeerLink, message: &Message) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// Where the protocol's chain actions go: the chain task, and the pool its
+/// closures judge relayed transactions into.
+struct ChainSide {
+    chain: ChainHandle,
+    mempool: Arc<Mutex<crate::mempool::Mempool>>,
+}
+
+impl ChainSide {
+    /// Hands a chain action to the chain task, whose outcome comes back as
+    /// an event; gives any other action back. `permit` is the inbound
+    /// budget a block still holds until stored.
+    fn dispatch(
+        &self,
+        action: Action,
+        permit: Option<InboundPermit>,
+        events: &mpsc::Sender<Event>,
+    ) -> Option<Action> {
+        let events = events.clone();
+        // The task never waits on the protocol thread (which only reads
+        // what the chain publishes); with the protocol stopped the send
+        // fails and the outcome goes nowhere.
+        match action {
+            Action::ProcessBlock {
+                peer,
+                block,
+                requested,
+            } => {
+                let hash = block.hash();
+                self.chain.submit_block(BlockJob {
+                    source: Some(peer),
+                    block,
+                    requested,
+                    hold: permit.map(|p| Box::new(p) as Box<dyn Send>),
+                    done: Box::new(move |outcome| {
+                        let _ = events.blocking_send(Event::BlockProcessed {
+                            peer,
+                            hash,
+                            outcome: outcome.map_err(|e| e.to_string()),
+                        });
+                    }),
+                });
+            }
+            Action::ProcessHeaders {
+                peer,
+                headers,
+                ask_more,
+            } => {
+                let _ = self.chain.run(move |chain| {
+                    let outcome = chain.process_headers(&headers).map_err(|e| e.to_string());
+                    let _ = events.blocking_send(Event::HeadersProcessed {
+                        peer,
+                        outcome,
+                        ask_more,
+                    });
+                });
+            }
+            Action::AcceptTx { peer, tx } => {
+                let mempool = self.mempool.clone();
+                let _ = self.chain.run(move |chain| {
+                    let txid = tx.txid();
+                    let result = mempool.lock().expect("mempool lock").accept(chain, *tx);
+                    let _ = events.blocking_send(Event::TxProcessed { peer, txid, result });
+                });
+            }
+            other => return Some(other),
+        }
+        None
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn run_protocol(
     mut protocol: Protocol,
-    chain_task: chain_task::ChainTask,
+    chain_side: ChainSide,
     mut events: mpsc::Receiver<Event>,
     events_tx: mpsc::Sender<Event>,
     status: Arc<Mutex<NetworkStatus>>,
@@ -352,6 +434,14 @@ fn run_protocol(
                     hash,
                     outcome,
                 } => actions.extend(protocol.on_block_processed(peer, hash, outcome, now)),
+                Event::HeadersProcessed {
+                    peer,
+                    outcome,
+                    ask_more,
+                } => actions.extend(protocol.on_headers_processed(peer, outcome, ask_more, now)),
+                Event::TxProcessed { peer, txid, result } => {
+                    actions.extend(protocol.on_tx_processed(peer, txid, result, now))
+                }
                 Event::AddPeer(addr) => actions.extend(protocol.add_peer(addr, now)),
                 Event::RemovePeer(addr) => actions.extend(protocol.remove_peer(addr)),
                 Event::Shutdown => shutdown = true,
@@ -367,19 +457,11 @@ fn run_protocol(
             // A block keeps its permit until the chain task has stored it.
             let mut permit = Some(permit);
             for action in protocol.on_message(id, message, now) {
-                match action {
-                    Action::ProcessBlock {
-                        peer,
-                        block,
-                        requested,
-                    } => chain_task.submit(chain_task::BlockJob {
-                        peer,
-                        block,
-                        requested,
-                        permit: permit.take(),
-                    }),
-                    other => actions.push(other),
-                }
+                let permit = match action {
+                    Action::ProcessBlock { .. } => permit.take(),
+                    _ => None,
+                };
+                actions.extend(chain_side.dispatch(action, permit, &events_tx));
             }
         }
         // `getdata`, a bounded share per peer, while its send buffer has room.
@@ -411,17 +493,10 @@ fn run_protocol(
                     _ => None,
                 },
                 Action::Disconnect(id, reason) => Some((id, reason)),
-                Action::ProcessBlock {
-                    peer,
-                    block,
-                    requested,
-                } => {
-                    chain_task.submit(chain_task::BlockJob {
-                        peer,
-                        block,
-                        requested,
-                        permit: None,
-                    });
+                action @ (Action::ProcessBlock { .. }
+                | Action::ProcessHeaders { .. }
+                | Action::AcceptTx { .. }) => {
+                    chain_side.dispatch(action, None, &events_tx);
                     None
                 }
                 Action::Connect(addr) => {
@@ -466,10 +541,9 @@ fn run_protocol(
     for link in links.values() {
         link.close.cancel();
     }
-    // The chain task finishes the blocks it has; with the events' receiver
-    // gone it never waits to report them.
+    // The chain task finishes what it has; with the events' receiver gone
+    // it never waits to report it.
     drop(events);
-    chain_task.stop();
     protocol.save_addrbook();
     tracing::info!("p2p stopped");
 }

@@ -21,7 +21,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::chain::{unix_now, BlockOutcome, Chain, ChainReader, HeaderRejection};
+use crate::chain::{unix_now, BlockOutcome, Chain, ChainReader, HeaderRejection, HeadersOutcome};
+use crate::consensus::hash::Txid;
 use crate::consensus::hash::{BlockHash, Hash256};
 use crate::consensus::params::Network;
 use crate::consensus::pow::work_from_compact;
@@ -112,6 +113,20 @@ pub enum Action {
         block: Arc<crate::consensus::block::Block>,
         requested: bool,
     },
+    /// Hand headers to the chain task to index; the outcome comes back
+    /// through `on_headers_processed`, which asks for more if `ask_more`.
+    ProcessHeaders {
+        peer: PeerId,
+        headers: Vec<crate::consensus::block::BlockHeader>,
+        ask_more: bool,
+    },
+    /// Judge a relayed transaction against the chain task's tip (the
+    /// readers' views trail it during a catch-up); the outcome comes back
+    /// through `on_tx_processed`.
+    AcceptTx {
+        peer: PeerId,
+        tx: Box<crate::consensus::transaction::Transaction>,
+    },
 }
 
 /// A set that forgets its oldest members past a bound.
@@ -167,7 +182,7 @@ struct Peer {
     getdata: VecDeque<InvItem>,
     getdata_queued: HashSet<InvItem>,
     /// The last block we know we have in common with the peer's best chain,
-    /// where the next download search starts (see `Chain::blocks_to_download`).
+    /// where the next download search starts (see `HeaderTree::blocks_to_download`).
     last_common: Option<BlockHash>,
     /// A headers pre-sync in progress: the peer's chain has not yet shown
     /// enough work to be indexed.
@@ -239,8 +254,9 @@ pub struct ProtocolCounters {
 }
 
 pub struct Protocol {
-    chain: Arc<Mutex<Chain>>,
-    /// What the chain published, and its store for immutable reads: no lock.
+    /// What the chain published (its header tree, its tip, views of its
+    /// store): the protocol never touches the chain task's state, it asks
+    /// the task with actions and learns outcomes as events.
     reader: ChainReader,
     mempool: Arc<Mutex<Mempool>>,
     tx_requests: HashMap<Hash256, TxRequest>,
@@ -287,7 +303,7 @@ fn is_local(ip: &IpAddr) -> bool {
 impl Protocol {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        chain: Arc<Mutex<Chain>>,
+        reader: ChainReader,
         mempool: Arc<Mutex<Mempool>>,
         network: Network,
         listen_port: u16,
@@ -296,12 +312,9 @@ impl Protocol {
         discover: bool,
         now: Instant,
     ) -> Protocol {
-        let (announced_tip, height, reader) = {
-            let chain = chain.lock().expect("chain lock");
-            (chain.tip().hash, chain.height(), chain.reader())
-        };
+        let published = reader.published();
+        let (announced_tip, height) = published.tip;
         Protocol {
-            chain,
             reader,
             mempool,
             tx_requests: HashMap::new(),
@@ -400,7 +413,7 @@ impl Protocol {
             Message::GetData(items) => self.on_getdata(id, items),
             Message::NotFound(items) => self.on_notfound(id, items, now, &mut actions),
             Message::GetHeaders(request) => {
-                let headers = self.chain.lock().expect("chain lock").headers_after(
+                let headers = self.reader.headers().read().headers_after(
                     &request.locator,
                     &request.stop,
                     MAX_HEADERS,
@@ -421,10 +434,12 @@ impl Protocol {
             }
             Message::Tx(tx) => self.on_tx(id, *tx, now, &mut actions),
             Message::Mempool => {
+                let view = self.reader.view();
                 let txids = {
-                    let chain = self.chain.lock().expect("chain lock");
                     let mut pool = self.mempool.lock().expect("mempool lock");
-                    pool.catch_up_step(&*chain);
+                    if let Ok(view) = &view {
+                        pool.catch_up_step(view);
+                    }
                     pool.txids()
                 };
                 let peer = self.peers.get_mut(&id).expect("checked");
@@ -553,12 +568,14 @@ impl Protocol {
             }
         }
         self.tx_requests.retain(|_, r| !r.announcers.is_empty());
-        {
-            let chain = self.chain.lock().expect("chain lock");
+        // The pool takes in the chain's events and, when a view meets its
+        // tip, a step of a rebuild owed; a rebuild a view cannot meet (in
+        // a catch-up) is the node's rebuild driver's, on the chain task.
+        if let Ok(view) = self.reader.view() {
             self.mempool
                 .lock()
                 .expect("mempool lock")
-                .catch_up_step(&*chain);
+                .catch_up_step(&view);
         }
         self.request_blocks(now, &mut actions);
         self.request_txs(now, &mut actions);

@@ -41,11 +41,51 @@ impl Protocol {
                 }
             }
         }
-        let result = {
-            let chain = self.chain.lock().expect("chain lock");
-            let mut pool = self.mempool.lock().expect("mempool lock");
-            pool.accept(&*chain, tx)
+        // Judged against a view of the chain; a view trailing the pool's
+        // tip (a catch-up writes the store in batches) cannot judge it, and
+        // the chain task does, against its own tip.
+        let result = match self.reader.view() {
+            Ok(view) => {
+                let attempt = tx.clone();
+                self.mempool
+                    .lock()
+                    .expect("mempool lock")
+                    .accept(&view, attempt)
+            }
+            Err(_) => Err(MempoolError::TipMoved),
         };
+        if matches!(result, Err(MempoolError::TipMoved)) {
+            actions.push(Action::AcceptTx {
+                peer: id,
+                tx: Box::new(tx),
+            });
+            return;
+        }
+        self.after_tx(id, txid, result, now);
+        self.request_txs(now, actions);
+    }
+
+    /// What the chain task made of a relayed transaction (`AcceptTx`).
+    pub fn on_tx_processed(
+        &mut self,
+        id: PeerId,
+        txid: Txid,
+        result: Result<Txid, MempoolError>,
+        now: Instant,
+    ) -> Vec<Action> {
+        let mut actions = Vec::new();
+        self.after_tx(id, txid, result, now);
+        self.request_txs(now, &mut actions);
+        actions
+    }
+
+    fn after_tx(
+        &mut self,
+        id: PeerId,
+        txid: Txid,
+        result: Result<Txid, MempoolError>,
+        now: Instant,
+    ) {
         match result {
             Ok(_) => {
                 tracing::debug!(peer = id, %txid, "transaction accepted");
@@ -64,7 +104,6 @@ impl Protocol {
                 self.recent_rejects.insert_bounded(txid, MAX_RECENT_REJECTS);
             }
         }
-        self.request_txs(now, actions);
     }
 
     /// Asks announcers for the transactions we want, within per-peer caps.
@@ -124,21 +163,21 @@ impl Protocol {
 
     pub(super) fn on_inv(&mut self, id: PeerId, items: Vec<InvItem>, actions: &mut Vec<Action>) {
         let now = Instant::now();
-        let mut ask_headers = false;
+        // One lock at a time: the header tree's, then the pool's.
+        let ask_headers = {
+            let tree = self.reader.headers().read();
+            items
+                .iter()
+                .any(|item| item.kind == InvKind::Block && tree.index_entry(&item.hash).is_none())
+        };
         {
-            let chain = self.chain.lock().expect("chain lock");
             let pool = self.mempool.lock().expect("mempool lock");
             let peer = self.peers.get_mut(&id).expect("checked");
             for item in &items {
                 peer.known.insert(item.hash);
                 match item.kind {
-                    InvKind::Block => {
-                        if chain.index_entry(&item.hash).is_none() {
-                            ask_headers = true;
-                        }
-                    }
                     // Kinds of later protocol versions: ignored.
-                    InvKind::Other(_) => {}
+                    InvKind::Block | InvKind::Other(_) => {}
                     InvKind::Tx => {
                         if pool.contains(&item.hash)
                             || self.recent_rejects.contains(&item.hash)

@@ -4,7 +4,7 @@ use super::*;
 
 impl Protocol {
     pub(super) fn send_getheaders(&mut self, id: PeerId, now: Instant, actions: &mut Vec<Action>) {
-        let locator = self.chain.lock().expect("chain lock").locator();
+        let locator = self.reader.headers().read().locator();
         self.headers_request = Some((id, now));
         actions.push(Action::Send(
             id,
@@ -57,7 +57,7 @@ impl Protocol {
         // Headers are indexed only if their chain has enough work; a full
         // batch below that starts a pre-sync, a short one is ignored.
         let presync = {
-            let chain = self.chain.lock().expect("chain lock");
+            let chain = self.reader.headers().read();
             let known_last = chain
                 .index_entry(&hashes[hashes.len() - 1])
                 .is_some_and(|e| !e.is_failed());
@@ -79,10 +79,10 @@ impl Protocol {
                             .header_anchor(&headers[0].prev_hash, TIME_HISTORY)
                             .map(|anchor| {
                                 HeadersSync::new(
-                                    chain.params(),
+                                    self.reader.params(),
                                     &anchor,
                                     threshold,
-                                    chain.clock().now(),
+                                    clock_now,
                                 )
                             })
                     } else {
@@ -107,33 +107,49 @@ impl Protocol {
             self.on_sync_step(id, step, now, actions);
             return;
         }
-        self.index_headers(id, &headers, full, now, actions);
+        self.index_headers(id, headers, full, actions);
     }
 
     pub(super) fn chain_clock_now(&self) -> u32 {
-        self.chain.lock().expect("chain lock").clock().now()
+        self.reader.clock().now()
     }
 
-    /// Indexes headers whose chain has enough work, then asks for more or
-    /// for the blocks.
+    /// Hands headers whose chain has enough work to the chain task to
+    /// index; `on_headers_processed` goes on from there.
     pub(super) fn index_headers(
         &mut self,
         id: PeerId,
-        headers: &[crate::consensus::block::BlockHeader],
+        headers: Vec<crate::consensus::block::BlockHeader>,
         ask_more: bool,
-        now: Instant,
         actions: &mut Vec<Action>,
     ) {
-        let outcome = match self
-            .chain
-            .lock()
-            .expect("chain lock")
-            .process_headers(headers)
-        {
+        actions.push(Action::ProcessHeaders {
+            peer: id,
+            headers,
+            ask_more,
+        });
+    }
+
+    /// What the chain task made of headers `id` sent: punish what was
+    /// invalid, then ask for more headers (a full batch, or a gap before
+    /// an announcement) and for the blocks.
+    pub fn on_headers_processed(
+        &mut self,
+        id: PeerId,
+        outcome: Result<HeadersOutcome, String>,
+        ask_more: bool,
+        now: Instant,
+    ) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if !self.peers.get(&id).is_some_and(|p| p.ready()) {
+            self.request_blocks(now, &mut actions);
+            return actions;
+        }
+        let outcome = match outcome {
             Ok(outcome) => outcome,
             Err(e) => {
                 tracing::error!(error = %e, "storing headers failed");
-                return;
+                return actions;
             }
         };
         if let Some(rejection) = outcome.invalid {
@@ -141,8 +157,8 @@ impl Protocol {
                 HeaderRejection::Invalid(_) => "invalid_header",
                 HeaderRejection::InvalidAncestor => "header_on_invalid_chain",
             };
-            self.misbehaving(id, reason, actions);
-            return;
+            self.misbehaving(id, reason, &mut actions);
+            return actions;
         }
         let peer = self.peers.get_mut(&id).expect("checked");
         if let Some(last) = outcome.last {
@@ -160,9 +176,10 @@ impl Protocol {
         } else if outcome.unconnected || ask_more {
             // An announcement whose parent we lack asks for the gap; a full
             // batch asks for the next one.
-            self.send_getheaders(id, now, actions);
+            self.send_getheaders(id, now, &mut actions);
         }
-        self.request_blocks(now, actions);
+        self.request_blocks(now, &mut actions);
+        actions
     }
 
     /// Acts on what the peer's headers pre-sync decided.
@@ -183,15 +200,19 @@ impl Protocol {
                     );
                     self.peers.get_mut(&id).expect("checked").headers_sync = None;
                 }
-                if !headers.is_empty() {
-                    self.index_headers(id, &headers, false, now, actions);
-                }
-                if !self.peers.contains_key(&id) {
-                    return;
-                }
+                // The next request goes out at once while the pre-sync
+                // goes on (its locator is its own); once it is done, the
+                // next `getheaders` waits for the headers to be indexed, so
+                // its locator starts from them.
                 match next {
-                    Some(locator) => self.send_locator(id, locator, now, actions),
-                    None => self.send_getheaders(id, now, actions),
+                    Some(locator) => {
+                        if !headers.is_empty() {
+                            self.index_headers(id, headers, false, actions);
+                        }
+                        self.send_locator(id, locator, now, actions);
+                    }
+                    None if headers.is_empty() => self.send_getheaders(id, now, actions),
+                    None => self.index_headers(id, headers, true, actions),
                 }
             }
             SyncStep::Abandoned(reason) => {
@@ -315,8 +336,8 @@ impl Protocol {
             Ok(BlockOutcome::Accepted { .. } | BlockOutcome::Duplicate) => {
                 let peer = self.peers.get_mut(&id).expect("checked");
                 let better = {
-                    let chain = self.chain.lock().expect("chain lock");
-                    peer.best_known.is_none_or(|b| chain.is_ancestor(&b, &hash))
+                    let tree = self.reader.headers().read();
+                    peer.best_known.is_none_or(|b| tree.is_ancestor(&b, &hash))
                 };
                 if better {
                     peer.best_known = Some(hash);
@@ -326,10 +347,16 @@ impl Protocol {
         }
     }
 
-    /// Runs `ProcessBlock` actions at once, on this thread, as the chain task
-    /// would, feeding each outcome back: for tests that drive the protocol
-    /// without threads. Returns every other action.
-    pub fn process_blocks_inline(&mut self, actions: Vec<Action>, now: Instant) -> Vec<Action> {
+    /// Runs the chain task's actions (`ProcessBlock`, `ProcessHeaders`,
+    /// `AcceptTx`) at once on `chain`, on this thread, as the task would,
+    /// feeding each outcome back: for tests and benchmarks that drive the
+    /// protocol without threads. Returns every other action.
+    pub fn process_inline(
+        &mut self,
+        chain: &mut Chain,
+        actions: Vec<Action>,
+        now: Instant,
+    ) -> Vec<Action> {
         let mut queue: VecDeque<Action> = actions.into();
         let mut rest = Vec::new();
         while let Some(action) = queue.pop_front() {
@@ -340,13 +367,27 @@ impl Protocol {
                     requested,
                 } => {
                     let hash = block.hash();
-                    let outcome = self
-                        .chain
-                        .lock()
-                        .expect("chain lock")
+                    let outcome = chain
                         .process_new_block(block, Some(peer), requested)
                         .map_err(|e| e.to_string());
                     queue.extend(self.on_block_processed(peer, hash, outcome, now));
+                }
+                Action::ProcessHeaders {
+                    peer,
+                    headers,
+                    ask_more,
+                } => {
+                    let outcome = chain.process_headers(&headers).map_err(|e| e.to_string());
+                    queue.extend(self.on_headers_processed(peer, outcome, ask_more, now));
+                }
+                Action::AcceptTx { peer, tx } => {
+                    let txid = tx.txid();
+                    let result = self
+                        .mempool
+                        .lock()
+                        .expect("mempool lock")
+                        .accept(chain, *tx);
+                    queue.extend(self.on_tx_processed(peer, txid, result, now));
                 }
                 other => rest.push(other),
             }
@@ -382,7 +423,7 @@ impl Protocol {
             return;
         }
         ids.sort_by_key(|id| (self.peers[id].in_flight.len(), self.peers[id].stalls, *id));
-        let chain = self.chain.lock().expect("chain lock");
+        let chain = self.reader.headers().read();
         for peer_id in ids {
             let peer = self.peers.get_mut(&peer_id).expect("listed above");
             let best = peer.best_known.expect("filtered above");

@@ -5,8 +5,24 @@ use crate::testkit::{key, TestChain};
 
 struct Harness {
     protocol: Protocol,
+    /// The chain the protocol's chain actions run on, inline (the chain
+    /// task's part).
+    chain: crate::chain::Chain,
     _dir: tempfile::TempDir,
     now: Instant,
+}
+
+impl Harness {
+    /// A message from peer `id`, with the chain actions it leads to run at
+    /// once: what is left to send, connect or disconnect.
+    fn message(&mut self, id: PeerId, message: Message, now: Instant) -> Vec<Action> {
+        let actions = self.protocol.on_message(id, message, now);
+        self.protocol.process_inline(&mut self.chain, actions, now)
+    }
+
+    fn inline(&mut self, actions: Vec<Action>, now: Instant) -> Vec<Action> {
+        self.protocol.process_inline(&mut self.chain, actions, now)
+    }
 }
 
 fn harness(blocks: &[crate::consensus::block::Block]) -> Harness {
@@ -36,7 +52,7 @@ fn harness_with(
         crate::mempool::DEFAULT_MAX_MEMPOOL_BYTES,
     )));
     let protocol = Protocol::new(
-        Arc::new(Mutex::new(chain)),
+        chain.reader(),
         mempool,
         Network::Regtest,
         27333,
@@ -47,6 +63,7 @@ fn harness_with(
     );
     Harness {
         protocol,
+        chain,
         _dir: dir,
         now,
     }
@@ -85,9 +102,9 @@ fn disconnected(actions: &[Action], id: PeerId) -> Option<&'static str> {
 fn ready_inbound(h: &mut Harness, id: PeerId) {
     let addr = "127.0.0.1:40000".parse().unwrap();
     assert!(h.protocol.on_connected(id, addr, None, h.now).is_empty());
-    let actions = h.protocol.on_message(id, their_version(id, 0), h.now);
+    let actions = h.message(id, their_version(id, 0), h.now);
     assert_eq!(sent(&actions, id), vec!["version", "verack"]);
-    let actions = h.protocol.on_message(id, Message::Verack, h.now);
+    let actions = h.message(id, Message::Verack, h.now);
     assert_eq!(
         sent(&actions, id),
         vec!["sendheaders", "getheaders", "mempool"]
@@ -106,7 +123,7 @@ fn messages_before_the_handshake_are_a_violation() {
     let mut h = harness(&[]);
     h.protocol
         .on_connected(1, "127.0.0.1:40000".parse().unwrap(), None, h.now);
-    let actions = h.protocol.on_message(1, Message::Ping(1), h.now);
+    let actions = h.message(1, Message::Ping(1), h.now);
     assert_eq!(disconnected(&actions, 1), Some("message_before_handshake"));
     assert_eq!(
         h.protocol.counters().misbehaviour["message_before_handshake"],
@@ -138,7 +155,7 @@ fn remote_misbehaviour_discourages_the_address() {
 fn duplicate_version_and_self_connection_are_refused() {
     let mut h = harness(&[]);
     ready_inbound(&mut h, 1);
-    let actions = h.protocol.on_message(1, their_version(5, 0), h.now);
+    let actions = h.message(1, their_version(5, 0), h.now);
     assert_eq!(disconnected(&actions, 1), Some("duplicate_version"));
 
     // Dial out, then receive our own nonce on an inbound connection.
@@ -153,7 +170,7 @@ fn duplicate_version_and_self_connection_are_refused() {
     };
     h.protocol
         .on_connected(3, "127.0.0.1:50000".parse().unwrap(), None, h.now);
-    let actions = h.protocol.on_message(3, their_version(v.nonce, 0), h.now);
+    let actions = h.message(3, their_version(v.nonce, 0), h.now);
     assert_eq!(disconnected(&actions, 3), Some("self_connection"));
 }
 
@@ -180,7 +197,7 @@ fn getheaders_is_answered_from_the_locator_and_blocks_are_served() {
         locator: vec![chain.blocks[2].hash()],
         stop: Hash256::ZERO,
     });
-    let actions = h.protocol.on_message(1, request, h.now);
+    let actions = h.message(1, request, h.now);
     let Some(Action::Send(_, Message::Headers(headers))) = actions.first() else {
         panic!("{actions:?}")
     };
@@ -202,7 +219,7 @@ fn getheaders_is_answered_from_the_locator_and_blocks_are_served() {
             hash: Hash256([9; 32]),
         },
     ];
-    let actions = h.protocol.on_message(1, Message::GetData(wanted), h.now);
+    let actions = h.message(1, Message::GetData(wanted), h.now);
     assert!(sent(&actions, 1).is_empty(), "served as the socket drains");
     let actions = h.protocol.serve_getdata(1, 1 << 20);
     assert_eq!(sent(&actions, 1), vec!["block", "notfound"]);
@@ -217,9 +234,7 @@ fn headers_from_a_peer_lead_to_block_requests_and_invalid_headers_to_disconnect(
     let mut h = harness(&[]);
     ready_inbound(&mut h, 1);
     let headers: Vec<_> = chain.blocks[1..].iter().map(|b| b.header).collect();
-    let actions = h
-        .protocol
-        .on_message(1, Message::Headers(headers.clone()), h.now);
+    let actions = h.message(1, Message::Headers(headers.clone()), h.now);
     let requested: Vec<Hash256> = actions
         .iter()
         .flat_map(|a| match a {
@@ -241,7 +256,7 @@ fn headers_from_a_peer_lead_to_block_requests_and_invalid_headers_to_disconnect(
     while crate::consensus::validation::check_header(&bad, Network::Regtest.params()).is_ok() {
         bad.nonce = bad.nonce.wrapping_add(1);
     }
-    let actions = h.protocol.on_message(1, Message::Headers(vec![bad]), h.now);
+    let actions = h.message(1, Message::Headers(vec![bad]), h.now);
     assert_eq!(disconnected(&actions, 1), Some("invalid_header"));
 }
 
@@ -252,23 +267,21 @@ fn stalled_block_requests_go_to_another_peer() {
     let mut h = harness(&[]);
     ready_inbound(&mut h, 1);
     let headers: Vec<_> = chain.blocks[1..].iter().map(|b| b.header).collect();
-    let actions = h
-        .protocol
-        .on_message(1, Message::Headers(headers.clone()), h.now);
+    let actions = h.message(1, Message::Headers(headers.clone()), h.now);
     assert!(sent(&actions, 1).contains(&"getdata"));
     // A second peer that also has the block.
     let addr = "127.0.0.1:40001".parse().unwrap();
     h.protocol.on_connected(2, addr, None, h.now);
-    h.protocol.on_message(2, their_version(2, 1), h.now);
-    h.protocol.on_message(2, Message::Verack, h.now);
-    h.protocol.on_message(2, Message::Headers(headers), h.now);
+    h.message(2, their_version(2, 1), h.now);
+    h.message(2, Message::Verack, h.now);
+    h.message(2, Message::Headers(headers), h.now);
     let later = h.now + BLOCK_STALL_TIMEOUT + Duration::from_secs(1);
     let actions = h.protocol.on_tick(later);
     assert!(sent(&actions, 2).contains(&"getdata"), "{actions:?}");
 }
 
 fn index_len(h: &Harness) -> usize {
-    h.protocol.chain.lock().unwrap().index_len()
+    h.chain.index_len()
 }
 
 fn getheaders_locator(actions: &[Action], id: PeerId) -> Option<Vec<BlockHash>> {
@@ -299,9 +312,7 @@ fn a_long_low_work_header_chain_costs_no_index_and_bounded_memory() {
     let headers = regtest_headers(40_000, 1);
     let mut peak = 0;
     for batch in headers.chunks(MAX_HEADERS) {
-        let actions = h
-            .protocol
-            .on_message(1, Message::Headers(batch.to_vec()), h.now);
+        let actions = h.message(1, Message::Headers(batch.to_vec()), h.now);
         assert_eq!(disconnected(&actions, 1), None);
         assert_eq!(
             getheaders_locator(&actions, 1),
@@ -323,7 +334,7 @@ fn a_long_low_work_header_chain_costs_no_index_and_bounded_memory() {
         10,
         1,
     );
-    let actions = h.protocol.on_message(1, Message::Headers(short), h.now);
+    let actions = h.message(1, Message::Headers(short), h.now);
     assert_eq!(disconnected(&actions, 1), None);
     assert_eq!(h.protocol.headers_sync_bytes(), 0);
     assert_eq!(index_len(&h), 1);
@@ -337,16 +348,12 @@ fn a_chain_with_enough_work_is_indexed_after_its_presync() {
     let headers = regtest_headers(4_000, 2);
     let genesis = Network::Regtest.params().genesis_hash();
     let batches: Vec<_> = headers.chunks(MAX_HEADERS).collect();
-    let actions = h
-        .protocol
-        .on_message(1, Message::Headers(batches[0].to_vec()), h.now);
+    let actions = h.message(1, Message::Headers(batches[0].to_vec()), h.now);
     assert_eq!(
         getheaders_locator(&actions, 1),
         Some(vec![batches[0][1_999].hash()])
     );
-    let actions = h
-        .protocol
-        .on_message(1, Message::Headers(batches[1].to_vec()), h.now);
+    let actions = h.message(1, Message::Headers(batches[1].to_vec()), h.now);
     assert_eq!(
         getheaders_locator(&actions, 1),
         Some(vec![genesis]),
@@ -354,11 +361,8 @@ fn a_chain_with_enough_work_is_indexed_after_its_presync() {
     );
     assert_eq!(index_len(&h), 1);
     // The same chain again: checked against the commitments and indexed.
-    h.protocol
-        .on_message(1, Message::Headers(batches[0].to_vec()), h.now);
-    let actions = h
-        .protocol
-        .on_message(1, Message::Headers(batches[1].to_vec()), h.now);
+    h.message(1, Message::Headers(batches[0].to_vec()), h.now);
+    let actions = h.message(1, Message::Headers(batches[1].to_vec()), h.now);
     assert_eq!(index_len(&h), 4_001);
     assert_eq!(h.protocol.headers_sync_bytes(), 0);
     assert!(
@@ -375,9 +379,7 @@ fn a_header_too_far_ahead_is_retried_later_and_its_sender_stays() {
     let genesis = params.genesis_block();
     let too_new = unix_now() + params.max_future_block_time_secs + 100;
     let header = crate::testkit::header_chain(genesis.hash(), too_new - 10, 1, 10, 3)[0];
-    let actions = h
-        .protocol
-        .on_message(1, Message::Headers(vec![header]), h.now);
+    let actions = h.message(1, Message::Headers(vec![header]), h.now);
     assert_eq!(disconnected(&actions, 1), None);
     assert!(h.protocol.counters().misbehaviour.is_empty());
     assert_eq!(index_len(&h), 1, "nothing cached against the header");
@@ -397,13 +399,11 @@ fn an_unrequested_low_work_block_is_dropped_without_blame() {
     ready_inbound(&mut h, 1);
     let mut fork = TestChain::new(Network::Regtest);
     let block = fork.mine_empty(key(2).pubkey_hash()).clone();
-    let actions = h
-        .protocol
-        .on_message(1, Message::Block(Box::new(block.clone())), h.now);
-    let actions = h.protocol.process_blocks_inline(actions, h.now);
+    let actions = h.message(1, Message::Block(Box::new(block.clone())), h.now);
+    let actions = h.inline(actions, h.now);
     assert_eq!(disconnected(&actions, 1), None);
     assert_eq!(index_len(&h), 21);
-    assert!(!h.protocol.chain.lock().unwrap().has_block(&block.hash()));
+    assert!(!h.chain.tree().has_block(&block.hash()));
 }
 
 fn block_items(blocks: &[crate::consensus::block::Block]) -> Vec<InvItem> {
@@ -439,13 +439,8 @@ fn getdata_is_served_lazily_once_per_item_within_the_room_given() {
     // The same block asked 1 000 times in one message, then 4 others.
     let one = block_items(&chain.blocks[1..2]);
     let request: Vec<InvItem> = std::iter::repeat_n(one[0], 1_000).collect();
-    assert!(sent(
-        &h.protocol.on_message(1, Message::GetData(request), h.now),
-        1
-    )
-    .is_empty());
-    h.protocol
-        .on_message(1, Message::GetData(block_items(&chain.blocks[2..])), h.now);
+    assert!(sent(&h.message(1, Message::GetData(request), h.now), 1).is_empty());
+    h.message(1, Message::GetData(block_items(&chain.blocks[2..])), h.now);
     assert!(h.protocol.has_pending_getdata());
     // Each turn serves what the room allows (at least one item).
     let mut blocks = Vec::new();
@@ -470,23 +465,21 @@ fn a_block_notfound_goes_to_another_peer_and_a_peer_that_cannot_serve_is_dropped
     let headers: Vec<_> = chain.blocks[1..].iter().map(|b| b.header).collect();
     let mut h = harness(&[]);
     ready_inbound(&mut h, 1);
-    let actions = h
-        .protocol
-        .on_message(1, Message::Headers(headers.clone()), h.now);
+    let actions = h.message(1, Message::Headers(headers.clone()), h.now);
     let asked_of_1 = getdata_hashes(&actions, 1);
     assert!(!asked_of_1.is_empty());
     let addr = "127.0.0.1:40001".parse().unwrap();
     h.protocol.on_connected(2, addr, None, h.now);
-    h.protocol.on_message(2, their_version(2, 1), h.now);
-    h.protocol.on_message(2, Message::Verack, h.now);
-    h.protocol.on_message(2, Message::Headers(headers), h.now);
+    h.message(2, their_version(2, 1), h.now);
+    h.message(2, Message::Verack, h.now);
+    h.message(2, Message::Headers(headers), h.now);
     // Peer 1 lacks the first block: it goes to peer 2 at once, never again
     // to peer 1.
     let first = vec![InvItem {
         kind: InvKind::Block,
         hash: asked_of_1[0],
     }];
-    let actions = h.protocol.on_message(1, Message::NotFound(first), h.now);
+    let actions = h.message(1, Message::NotFound(first), h.now);
     assert!(
         getdata_hashes(&actions, 2).contains(&asked_of_1[0]),
         "{actions:?}"
@@ -500,7 +493,7 @@ fn a_block_notfound_goes_to_another_peer_and_a_peer_that_cannot_serve_is_dropped
             hash: *hash,
         })
         .collect();
-    let actions = h.protocol.on_message(1, Message::NotFound(rest), h.now);
+    let actions = h.message(1, Message::NotFound(rest), h.now);
     assert_eq!(disconnected(&actions, 1), Some("block_notfound"));
 }
 
@@ -514,14 +507,13 @@ fn a_peer_that_answered_thousands_of_tx_notfound_is_still_asked() {
     };
     for n in 0..(MAX_PEER_TX_ANNOUNCEMENTS as u32 + 100) {
         let item = tx_item(n);
-        let actions = h.protocol.on_message(1, Message::Inv(vec![item]), h.now);
+        let actions = h.message(1, Message::Inv(vec![item]), h.now);
         assert_eq!(
             getdata_hashes(&actions, 1),
             vec![item.hash],
             "announcement {n}"
         );
-        h.protocol
-            .on_message(1, Message::NotFound(vec![item]), h.now);
+        h.message(1, Message::NotFound(vec![item]), h.now);
     }
 }
 
@@ -532,7 +524,7 @@ fn a_block_that_arrived_is_not_a_stall_however_late_it_is_handled() {
     let mut h = harness(&[]);
     ready_inbound(&mut h, 1);
     let headers: Vec<_> = chain.blocks[1..].iter().map(|b| b.header).collect();
-    h.protocol.on_message(1, Message::Headers(headers), h.now);
+    h.message(1, Message::Headers(headers), h.now);
     h.protocol.on_block_arrived(1, chain.blocks[1].hash());
     let later = h.now + BLOCK_STALL_TIMEOUT * 4;
     for step in 1..=MAX_STALLS {
@@ -541,16 +533,14 @@ fn a_block_that_arrived_is_not_a_stall_however_late_it_is_handled() {
             .on_tick(later + Duration::from_secs(u64::from(step)));
         assert_eq!(disconnected(&actions, 1), None);
     }
-    let actions = h.protocol.on_message(
+    let actions = h.message(
         1,
         Message::Block(Box::new(chain.blocks[1].clone())),
         later + Duration::from_secs(10),
     );
-    let actions = h
-        .protocol
-        .process_blocks_inline(actions, later + Duration::from_secs(10));
+    let actions = h.inline(actions, later + Duration::from_secs(10));
     assert_eq!(disconnected(&actions, 1), None);
-    assert_eq!(h.protocol.chain.lock().unwrap().height(), 1);
+    assert_eq!(h.chain.height(), 1);
 }
 
 #[test]
@@ -566,7 +556,7 @@ fn inventory_of_unknown_kinds_is_ignored() {
         Message::GetData(items.clone()),
         Message::NotFound(items),
     ] {
-        let actions = h.protocol.on_message(1, message, h.now);
+        let actions = h.message(1, message, h.now);
         assert_eq!(disconnected(&actions, 1), None);
         assert!(sent(&actions, 1).is_empty(), "{actions:?}");
     }
@@ -581,9 +571,7 @@ fn non_continuous_headers_are_a_violation_and_index_nothing() {
     // pass as "already known".
     let low = regtest_headers(1, 4)[0];
     let genesis = Network::Regtest.params().genesis_block().header;
-    let actions = h
-        .protocol
-        .on_message(1, Message::Headers(vec![low, genesis]), h.now);
+    let actions = h.message(1, Message::Headers(vec![low, genesis]), h.now);
     assert_eq!(disconnected(&actions, 1), Some("non_continuous_headers"));
     assert_eq!(index_len(&h), 1);
 }
@@ -607,9 +595,7 @@ fn headers_claiming_absurd_work_are_refused_without_a_panic() {
         prev_hash: first.hash(),
         ..first
     };
-    let actions = h
-        .protocol
-        .on_message(1, Message::Headers(vec![first, second]), h.now);
+    let actions = h.message(1, Message::Headers(vec![first, second]), h.now);
     assert_eq!(disconnected(&actions, 1), Some("invalid_header"));
     assert_eq!(index_len(&h), 1);
 }

@@ -28,18 +28,16 @@ fn version_listening_on(nonce: u64, listen_port: u16) -> Message {
 /// `getaddr`).
 fn ready_outbound(h: &mut Harness, id: PeerId, addr: SocketAddr) {
     h.protocol.on_connected(id, addr, Some(addr), h.now);
-    h.protocol
-        .on_message(id, their_version(1_000_000 + id, 0), h.now);
-    let actions = h.protocol.on_message(id, Message::Verack, h.now);
+    h.message(id, their_version(1_000_000 + id, 0), h.now);
+    let actions = h.message(id, Message::Verack, h.now);
     assert!(sent(&actions, id).contains(&"getaddr"), "{actions:?}");
 }
 
 /// An inbound peer at `addr` that completed the handshake.
 fn ready_inbound_from(h: &mut Harness, id: PeerId, addr: SocketAddr) {
     h.protocol.on_connected(id, addr, None, h.now);
-    h.protocol
-        .on_message(id, their_version(1_000_000 + id, 0), h.now);
-    h.protocol.on_message(id, Message::Verack, h.now);
+    h.message(id, their_version(1_000_000 + id, 0), h.now);
+    h.message(id, Message::Verack, h.now);
     assert!(h.protocol.peers[&id].ready());
 }
 
@@ -67,19 +65,16 @@ fn addresses_past_a_peers_rate_limit_are_dropped_and_counted() {
     let first: Vec<SocketAddr> = spread(1000, 1).collect();
     let second: Vec<SocketAddr> = spread(1000, 2).collect();
     // The answer to our getaddr is welcome...
-    h.protocol
-        .on_message(1, addr_message(first.iter().copied(), unix_now()), h.now);
+    h.message(1, addr_message(first.iter().copied(), unix_now()), h.now);
     assert_eq!(h.protocol.counters().addr_rate_limited, 0);
     assert!(first.iter().any(|a| h.protocol.addrbook.contains(a)));
     // ...1000 more at once are not.
-    h.protocol
-        .on_message(1, addr_message(second.iter().copied(), unix_now()), h.now);
+    h.message(1, addr_message(second.iter().copied(), unix_now()), h.now);
     assert_eq!(h.protocol.counters().addr_rate_limited, 1000);
     assert!(!second.iter().any(|a| h.protocol.addrbook.contains(a)));
     // An inbound peer we never asked gets one address through.
     ready_inbound_from(&mut h, 2, v4(9, 9, 9, 9, 50000));
-    h.protocol
-        .on_message(2, addr_message(spread(1000, 3), unix_now()), h.now);
+    h.message(2, addr_message(spread(1000, 3), unix_now()), h.now);
     assert_eq!(h.protocol.counters().addr_rate_limited, 1999);
 }
 
@@ -90,8 +85,7 @@ fn a_getaddr_answer_after_a_flood_is_mostly_honest_and_never_from_the_future() {
     for n in 0..10u8 {
         let id = PeerId::from(n) + 1;
         ready_outbound(&mut h, id, v4(60 + n, 1, 1, 1, 8333));
-        h.protocol
-            .on_message(id, addr_message(spread(100, n), unix_now() - 3600), h.now);
+        h.message(id, addr_message(spread(100, n), unix_now() - 3600), h.now);
     }
     // Ten attacker connections from one /16 answer with 1000 addresses of
     // one /16 each, stamped 0xffffffff.
@@ -102,11 +96,10 @@ fn a_getaddr_answer_after_a_flood_is_mostly_honest_and_never_from_the_future() {
             let [_, _, c, d] = (n * 1000 + i).to_be_bytes();
             v4(45, 34, c, d, 8333)
         });
-        h.protocol
-            .on_message(id, addr_message(flood, u32::MAX), h.now);
+        h.message(id, addr_message(flood, u32::MAX), h.now);
     }
     ready_inbound_from(&mut h, 500, v4(77, 1, 1, 1, 50000));
-    let actions = h.protocol.on_message(500, Message::GetAddr, h.now);
+    let actions = h.message(500, Message::GetAddr, h.now);
     let answer = actions
         .iter()
         .find_map(|a| match a {
@@ -143,7 +136,7 @@ fn a_full_inbound_table_evicts_from_the_largest_group_never_a_protected_peer() {
     let actions = h.protocol.on_tick(ping_at);
     for action in &actions {
         if let Action::Send(id, Message::Ping(nonce)) = action {
-            h.protocol.on_message(
+            h.message(
                 *id,
                 Message::Pong(*nonce),
                 ping_at + Duration::from_millis(20),
@@ -244,7 +237,7 @@ fn an_address_that_is_ourselves_is_not_dialed_for_an_hour() {
     // Our own version arrives on the inbound side of the same connection.
     h.protocol
         .on_connected(3, v4(8, 8, 4, 4, 50000), None, h.now);
-    let actions = h.protocol.on_message(3, their_version(v.nonce, 0), h.now);
+    let actions = h.message(3, their_version(v.nonce, 0), h.now);
     assert_eq!(disconnected(&actions, 3), Some("self_connection"));
     assert_eq!(disconnected(&actions, 2), Some("self_connection"));
     h.protocol.on_disconnected(2, h.now);
@@ -278,9 +271,8 @@ fn a_peer_connected_inbound_is_not_dialed_again() {
     h.protocol.discover = true;
     let from = v4(8, 8, 8, 8, 50000);
     h.protocol.on_connected(1, from, None, h.now);
-    h.protocol
-        .on_message(1, version_listening_on(77, 27333), h.now);
-    h.protocol.on_message(1, Message::Verack, h.now);
+    h.message(1, version_listening_on(77, 27333), h.now);
+    h.message(1, Message::Verack, h.now);
     let listening = v4(8, 8, 8, 8, 27333);
     assert!(h.protocol.addrbook.contains(&listening));
     for tick in 0..10u64 {
