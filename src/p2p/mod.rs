@@ -305,7 +305,8 @@ struct ChainSide {
 impl ChainSide {
     /// Hands a chain action to the chain task, whose outcome comes back as
     /// an event; gives any other action back. `permit` is the inbound
-    /// budget a block still holds until stored.
+    /// budget the message that led to it still holds: released once the
+    /// block is stored, the headers indexed or the transaction judged.
     fn dispatch(
         &self,
         action: Action,
@@ -344,6 +345,7 @@ impl ChainSide {
             } => {
                 let _ = self.chain.run(move |chain| {
                     let outcome = chain.process_headers(&headers).map_err(|e| e.to_string());
+                    drop(permit);
                     let _ = events.blocking_send(Event::HeadersProcessed {
                         peer,
                         outcome,
@@ -356,6 +358,7 @@ impl ChainSide {
                 let _ = self.chain.run(move |chain| {
                     let txid = tx.txid();
                     let result = mempool.lock().expect("mempool lock").accept(chain, *tx);
+                    drop(permit);
                     let _ = events.blocking_send(Event::TxProcessed { peer, txid, result });
                 });
             }
@@ -457,8 +460,15 @@ fn run_protocol(
             // A block keeps its permit until the chain task has stored it.
             let mut permit = Some(permit);
             for action in protocol.on_message(id, message, now) {
+                // Work handed to the chain task keeps counting against the
+                // peer's and the node's inbound budgets until the task has
+                // taken it in: a peer whose headers, blocks or transactions
+                // queue up there stops being read, as if they still waited
+                // in its inbound queue.
                 let permit = match action {
-                    Action::ProcessBlock { .. } => permit.take(),
+                    Action::ProcessBlock { .. }
+                    | Action::ProcessHeaders { .. }
+                    | Action::AcceptTx { .. } => permit.take(),
                     _ => None,
                 };
                 actions.extend(chain_side.dispatch(action, permit, &events_tx));
@@ -577,5 +587,78 @@ mod tests {
         assert!(queues.turns.is_empty(), "a forgotten peer keeps no turn");
         assert!(queues.pop().is_none());
         assert!(queues.is_empty());
+    }
+
+    /// Headers, a transaction and a block handed to a busy chain task keep
+    /// their message's inbound budget until the task has taken each in.
+    #[test]
+    fn work_queued_for_the_chain_task_keeps_its_inbound_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let chain = crate::testkit::regtest_chain(dir.path());
+        let pool = crate::mempool::Mempool::new(&chain, crate::mempool::DEFAULT_MAX_MEMPOOL_BYTES);
+        let task = crate::chain::ChainTask::start(chain).unwrap();
+        let handle = task.handle();
+        let (release, wait) = std::sync::mpsc::channel::<()>();
+        handle
+            .run(move |_| {
+                let _ = wait.recv();
+            })
+            .unwrap();
+        let side = ChainSide {
+            chain: handle.clone(),
+            mempool: Arc::new(Mutex::new(pool)),
+        };
+        let budget = Arc::new(Semaphore::new(1_000));
+        let permit = |bytes: u32| {
+            Some(InboundPermit::new(
+                budget.clone().try_acquire_many_owned(bytes).unwrap(),
+                Arc::new(Semaphore::new(bytes as usize))
+                    .try_acquire_many_owned(bytes)
+                    .unwrap(),
+            ))
+        };
+        let mut test = crate::testkit::TestChain::new(Network::Regtest);
+        let block = Arc::new(
+            test.mine_empty(crate::testkit::key(1).pubkey_hash())
+                .clone(),
+        );
+        let spend = crate::testkit::signed_spend(
+            &[(
+                crate::consensus::transaction::OutPoint {
+                    txid: block.transactions[0].txid(),
+                    vout: 0,
+                },
+                block.transactions[0].outputs[0],
+                &crate::testkit::key(1),
+            )],
+            vec![],
+        );
+        let (events, mut outcomes) = mpsc::channel(8);
+        let actions = [
+            Action::ProcessHeaders {
+                peer: 1,
+                headers: vec![block.header],
+                ask_more: false,
+            },
+            Action::AcceptTx {
+                peer: 1,
+                tx: Box::new(spend),
+            },
+            Action::ProcessBlock {
+                peer: 1,
+                block: block.clone(),
+                requested: true,
+            },
+        ];
+        for action in actions {
+            assert!(side.dispatch(action, permit(300), &events).is_none());
+        }
+        assert_eq!(budget.available_permits(), 100, "all three still held");
+        release.send(()).unwrap();
+        for _ in 0..3 {
+            outcomes.blocking_recv().expect("an outcome");
+        }
+        assert_eq!(budget.available_permits(), 1_000, "all released");
+        task.stop();
     }
 }
