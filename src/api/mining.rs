@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 
 use super::extract::Query;
 use super::{ApiError, ApiState};
-use crate::chain::BlockOutcome;
+use crate::chain::{BlockOutcome, ChainError};
 use crate::consensus::address::PubKeyHash;
 use crate::consensus::block::{Block, BlockHeader, HEADER_LEN};
 use crate::consensus::hash::Hash256;
@@ -160,14 +160,16 @@ pub async fn submit(
         })?
     };
     let hash = block.hash();
-    // On the chain task, the only writer: the block is judged against its
-    // tip, between two blocks of any catch-up under way.
-    let outcome = state
-        .chain
-        .call_async(move |chain| chain.process_block(Arc::new(block), None))
-        .await
-        .map_err(ApiError::stopped)?
-        .map_err(ApiError::internal)?;
+    // Through the chain task, the only writer, like a block from a peer.
+    let outcome = match state.chain.process_block_async(Arc::new(block)).await {
+        Err(ChainError::Stopped) => {
+            return Err(ApiError::unavailable(
+                "shutting-down",
+                "the node is shutting down",
+            ))
+        }
+        other => other.map_err(ApiError::internal)?,
+    };
     let answer = match outcome {
         BlockOutcome::Accepted { height, .. } => {
             json!({ "hash": hash, "height": height, "result": "accepted" })

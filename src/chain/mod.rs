@@ -149,6 +149,16 @@ pub enum HeaderRejection {
     InvalidAncestor,
 }
 
+impl HeaderRejection {
+    /// The misbehaviour its sender is counted for.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            HeaderRejection::Invalid(_) => "invalid_header",
+            HeaderRejection::InvalidAncestor => "header_on_invalid_chain",
+        }
+    }
+}
+
 /// What became of a batch of headers.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HeadersOutcome {

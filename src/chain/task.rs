@@ -6,15 +6,16 @@
 //! writes through a [`ChainHandle`]:
 //! - blocks from peers (`submit_block`), stored and then connected one block
 //!   step at a time (`Chain::activate_step`);
-//! - anything else that needs the writer (headers to index, a mined or
-//!   submitted block, an import, the mempool's checks against the writer's
-//!   tip, a flush of the cache): a closure run on the task (`run`, `call`,
-//!   `call_async`).
+//! - blocks the node mined, was given over REST or imports
+//!   (`process_block`), the same way, behind those already queued;
+//! - anything else that needs the writer (headers to index, the mempool's
+//!   checks against the writer's tip, a flush of the cache, templates): a
+//!   closure run on the task (`run`, `call`, `call_async`).
 //!
 //! Closures jump the queue of blocks: between two block steps of a long
-//! catch-up or a deep reorganisation the task runs every closure waiting,
-//! so a submitted block or a batch of headers waits for one block to
-//! connect, never for a backlog. Blocks keep their order.
+//! catch-up or a deep reorganisation the task runs the closures waiting (at
+//! most `MAX_CALLS_PER_STEP`), so a batch of headers waits for one block
+//! step, never for a backlog. Blocks keep their order.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -48,6 +49,11 @@ pub struct BlockJob {
 
 type Closure = Box<dyn FnOnce(&mut Chain) + Send>;
 
+/// Closures run between two block steps at most: a stream of them (peers'
+/// headers and transactions, each holding its message's inbound budget
+/// until run) delays a block step, never starves it.
+pub const MAX_CALLS_PER_STEP: usize = 32;
+
 enum Job {
     Block(BlockJob),
     Run(Closure),
@@ -73,6 +79,39 @@ impl ChainHandle {
     /// the caller's own queue, which the caller would then wait on).
     pub fn submit_block(&self, job: BlockJob) {
         let _ = self.jobs.send(Job::Block(job));
+    }
+
+    /// `Chain::process_block` for a block the node produced, was given
+    /// (REST) or imported: queued behind the blocks already waiting, and
+    /// connected a step at a time like theirs. Waits for the outcome (a
+    /// thread that may block; see `process_block_async`).
+    pub fn process_block(&self, block: Arc<Block>) -> Result<BlockOutcome, ChainError> {
+        let (reply, result) = std::sync::mpsc::sync_channel(1);
+        self.submit_block(BlockJob {
+            source: None,
+            block,
+            requested: true,
+            hold: None,
+            done: Box::new(move |outcome| {
+                let _ = reply.send(outcome);
+            }),
+        });
+        result.recv().map_err(|_| ChainError::Stopped)?
+    }
+
+    /// As `process_block`, for async code.
+    pub async fn process_block_async(&self, block: Arc<Block>) -> Result<BlockOutcome, ChainError> {
+        let (reply, result) = tokio::sync::oneshot::channel();
+        self.submit_block(BlockJob {
+            source: None,
+            block,
+            requested: true,
+            hold: None,
+            done: Box::new(move |outcome| {
+                let _ = reply.send(outcome);
+            }),
+        });
+        result.await.map_err(|_| ChainError::Stopped)?
     }
 
     /// Runs `f` on the task, ahead of queued blocks, without waiting for
@@ -137,6 +176,11 @@ impl ChainTask {
         self.handle.clone()
     }
 
+    /// Whether the thread has ended: stopped, or died of a panic.
+    pub fn is_finished(&self) -> bool {
+        self.thread.is_finished()
+    }
+
     /// Stops after the block step under way: closures already queued still
     /// run, queued blocks are answered `ChainError::Stopped` (stored ones
     /// connect at the next start, in `Chain::open`; the rest are asked for
@@ -150,15 +194,23 @@ impl ChainTask {
 }
 
 fn run(mut chain: Chain, queue: Receiver<Job>, stopping: &AtomicBool) {
-    // Blocks that arrived while another connected, in order.
-    let mut backlog: VecDeque<BlockJob> = VecDeque::new();
+    // What arrived while a block connected: closures first, then blocks in
+    // their order.
+    let mut pending = Pending::default();
     loop {
-        let job = match backlog.pop_front() {
-            Some(block) => Job::Block(block),
-            None => match queue.recv() {
+        let job = if let Some(f) = pending.calls.pop_front() {
+            Job::Run(f)
+        } else if let Some(block) = pending.blocks.pop_front() {
+            Job::Block(block)
+        } else if stopping.load(Ordering::Relaxed) {
+            // `Job::Stop` may have been taken between two steps: never
+            // wait for more (other handles keep the queue open).
+            break;
+        } else {
+            match queue.recv() {
                 Ok(job) => job,
                 Err(_) => break,
-            },
+            }
         };
         match job {
             Job::Run(f) => f(&mut chain),
@@ -168,13 +220,12 @@ fn run(mut chain: Chain, queue: Receiver<Job>, stopping: &AtomicBool) {
             }
             Job::Block(job) => {
                 let mut between = |chain: &mut Chain| {
-                    // Between two block steps: closures now, blocks later.
-                    while let Ok(job) = queue.try_recv() {
-                        match job {
-                            Job::Run(f) => f(chain),
-                            Job::Block(block) => backlog.push_back(block),
-                            Job::Stop => stopping.store(true, Ordering::Relaxed),
-                        }
+                    pending.take_in(&queue, stopping);
+                    for f in pending
+                        .calls
+                        .drain(..pending.calls.len().min(MAX_CALLS_PER_STEP))
+                    {
+                        f(chain);
                     }
                 };
                 let outcome = process(
@@ -192,14 +243,34 @@ fn run(mut chain: Chain, queue: Receiver<Job>, stopping: &AtomicBool) {
     }
     // Whatever is still queued: closures run (a shutdown's last save),
     // blocks are refused.
-    for job in backlog.into_iter().map(Job::Block).chain(queue.try_iter()) {
-        match job {
-            Job::Run(f) => f(&mut chain),
-            Job::Block(job) => (job.done)(Err(ChainError::Stopped)),
-            Job::Stop => {}
-        }
+    pending.take_in(&queue, stopping);
+    for f in pending.calls {
+        f(&mut chain);
+    }
+    for job in pending.blocks {
+        (job.done)(Err(ChainError::Stopped));
     }
     drop(chain);
+}
+
+/// Jobs taken off the queue and not yet run.
+#[derive(Default)]
+struct Pending {
+    calls: VecDeque<Closure>,
+    blocks: VecDeque<BlockJob>,
+}
+
+impl Pending {
+    /// Everything queued now; a `Stop` sets `stopping`.
+    fn take_in(&mut self, queue: &Receiver<Job>, stopping: &AtomicBool) {
+        while let Ok(job) = queue.try_recv() {
+            match job {
+                Job::Run(f) => self.calls.push_back(f),
+                Job::Block(block) => self.blocks.push_back(block),
+                Job::Stop => stopping.store(true, Ordering::Relaxed),
+            }
+        }
+    }
 }
 
 /// `Chain::process_new_block`, one block step at a time, with `between`
@@ -349,6 +420,41 @@ mod tests {
             "blocks queued at the stop are refused"
         );
         assert_eq!(handle.call(|chain| chain.height()), Err(ChainStopped));
+        assert_eq!(handle.run(|_| {}), Err(ChainStopped));
+    }
+
+    #[test]
+    fn a_stop_taken_between_two_block_steps_ends_the_task() {
+        let (_dir, task, handle, release) = held_task();
+        let done = Arc::new(Mutex::new(Vec::new()));
+        submit_all(&handle, &blocks(3), &done);
+        // `stop` arriving while the first block connects: its `Stop` is
+        // taken in between two steps, with the other blocks.
+        let jobs = handle.jobs.clone();
+        handle
+            .run(move |_| {
+                let _ = jobs.send(Job::Stop);
+            })
+            .unwrap();
+        release.send(()).unwrap();
+        // `handle` stays alive, as handles elsewhere in a node do: the task
+        // must end with nothing more queued.
+        let ChainTask { thread, .. } = task;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !thread.is_finished() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the task waits for a job after its stop"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        thread.join().unwrap();
+        let outcomes = done.lock().unwrap().clone();
+        assert!(matches!(
+            outcomes[0],
+            Ok(BlockOutcome::Accepted { height: 1, .. })
+        ));
+        assert_eq!(outcomes[1..], vec![Err(ChainError::Stopped.to_string()); 2]);
         assert_eq!(handle.run(|_| {}), Err(ChainStopped));
     }
 }

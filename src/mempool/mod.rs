@@ -657,6 +657,13 @@ impl Mempool {
         self.tip
     }
 
+    /// Whether `accept` can judge a transaction against `chain` now: the
+    /// pool has caught up to its tip with no rebuild owed (else it answers
+    /// `TipMoved`). Takes a step of a rebuild under way, as `accept` would.
+    pub fn can_judge_at(&mut self, chain: &dyn TipState) -> bool {
+        self.step_to_tip(chain)
+    }
+
     /// Validates and adds a transaction. Returns its txid.
     pub fn accept(&mut self, chain: &dyn TipState, tx: Transaction) -> Result<Txid, MempoolError> {
         if !self.step_to_tip(chain) {

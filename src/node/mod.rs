@@ -24,6 +24,8 @@ const MEMPOOL_REBUILD_POLL: Duration = Duration::from_millis(20);
 /// Pause between two steps of a mempool rebuild, in which blocks queued for
 /// the chain task and threads waiting for the pool's lock go first.
 const MEMPOOL_REBUILD_PAUSE: Duration = Duration::from_millis(1);
+/// How often the node checks that its chain task still runs.
+const CHAIN_TASK_WATCH: Duration = Duration::from_secs(1);
 /// Save the mempool every this many upkeep rounds (5 minutes).
 const MEMPOOL_SAVE_EVERY: u64 = 30;
 
@@ -278,8 +280,17 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         })
     };
 
-    shutdown.recv().await;
-    tracing::info!("shutting down");
+    // A node whose chain task has died (a panic) has no writer: it stops,
+    // and says so, rather than serve a chain that no longer moves.
+    let chain_died = async {
+        while !chain_task.is_finished() {
+            tokio::time::sleep(CHAIN_TASK_WATCH).await;
+        }
+    };
+    tokio::select! {
+        _ = shutdown.recv() => tracing::info!("shutting down"),
+        _ = chain_died => tracing::error!("the chain task has stopped: shutting down"),
+    }
     upkeep.abort();
     rebuild_driver.abort();
     api_task.abort();
@@ -320,7 +331,7 @@ fn import(chain: &ChainHandle, path: &std::path::Path) -> anyhow::Result<()> {
     let total = blocks.len();
     for block in blocks {
         let block = Arc::new(block);
-        let outcome = chain.call(move |chain| chain.process_block(block, None))??;
+        let outcome = chain.process_block(block)?;
         match outcome {
             BlockOutcome::Accepted { .. } | BlockOutcome::Duplicate | BlockOutcome::Orphan => {}
             other => tracing::warn!(?other, "imported block rejected"),

@@ -212,10 +212,7 @@ impl WorkSource for NodeWork<'_> {
     }
 
     fn submit(&mut self, block: Block) -> anyhow::Result<bool> {
-        let block = Arc::new(block);
-        let outcome = self
-            .chain
-            .call(move |chain| chain.process_block(block, None))??;
+        let outcome = self.chain.process_block(Arc::new(block))?;
         let accepted = matches!(outcome, BlockOutcome::Accepted { .. });
         if !accepted {
             tracing::warn!(?outcome, "own block was not accepted");

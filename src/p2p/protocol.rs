@@ -21,7 +21,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::chain::{unix_now, BlockOutcome, Chain, ChainReader, HeaderRejection, HeadersOutcome};
+use crate::chain::{unix_now, BlockOutcome, Chain, ChainReader, HeadersOutcome};
 use crate::consensus::hash::Txid;
 use crate::consensus::hash::{BlockHash, Hash256};
 use crate::consensus::params::Network;
@@ -276,8 +276,15 @@ pub struct Protocol {
     /// Blocks handed to the chain task and not yet processed, by sender:
     /// never requested again meanwhile.
     processing: HashMap<BlockHash, PeerId>,
-    /// When we last sent `getheaders`, and to whom.
+    /// When we last sent `getheaders`, and to whom. Stays set while the
+    /// answer is being indexed by the chain task, so the tick asks no one
+    /// else meanwhile.
     headers_request: Option<(PeerId, Instant)>,
+    /// Header batches handed to the chain task and not yet indexed, by
+    /// sender: its address (a sender gone by then is still discouraged if
+    /// they were invalid) and how many. Bounded by the inbound budgets the
+    /// batches hold until indexed.
+    headers_indexing: HashMap<PeerId, (IpAddr, u32)>,
     addrbook: AddrBook,
     /// Peers given with `--peer`: always reconnected, with backoff; the
     /// value is when the next attempt is due.
@@ -327,6 +334,7 @@ impl Protocol {
             in_flight: HashMap::new(),
             processing: HashMap::new(),
             headers_request: None,
+            headers_indexing: HashMap::new(),
             addrbook,
             manual: manual.into_iter().map(|a| (a, now)).collect(),
             manual_failures: HashMap::new(),

@@ -9,22 +9,27 @@ impl Protocol {
         reason: &'static str,
         actions: &mut Vec<Action>,
     ) {
+        let ip = self.peers.get(&id).map(|peer| {
+            tracing::info!(peer = id, addr = %peer.addr, reason, "peer misbehaved: disconnecting");
+            peer.addr.ip()
+        });
+        self.record_misbehaviour(ip, reason);
+        actions.push(Action::Disconnect(id, reason));
+    }
+
+    /// Counts `reason` and discourages `ip`, if known. As Bitcoin Core:
+    /// local peers are disconnected but never discouraged, or every local
+    /// peer would be refused.
+    pub(super) fn record_misbehaviour(&mut self, ip: Option<IpAddr>, reason: &'static str) {
         *self
             .counters
             .misbehaviour
             .entry(reason.to_string())
             .or_default() += 1;
-        if let Some(peer) = self.peers.get(&id) {
-            let ip = peer.addr.ip();
-            tracing::info!(peer = id, addr = %peer.addr, reason, "peer misbehaved: disconnecting");
-            // As Bitcoin Core: local peers are disconnected but never
-            // discouraged, or every local peer would be refused.
-            if !is_local(&ip) {
-                self.discouraged
-                    .insert(ip, Instant::now() + DISCOURAGE_DURATION);
-            }
+        if let Some(ip) = ip.filter(|ip| !is_local(ip)) {
+            self.discouraged
+                .insert(ip, Instant::now() + DISCOURAGE_DURATION);
         }
-        actions.push(Action::Disconnect(id, reason));
     }
 
     /// A socket task reported a framing error or a malformed message.

@@ -46,21 +46,23 @@ impl Protocol {
         // the chain task does, against its own tip.
         let result = match self.reader.view() {
             Ok(view) => {
-                let attempt = tx.clone();
-                self.mempool
-                    .lock()
-                    .expect("mempool lock")
-                    .accept(&view, attempt)
+                let mut pool = self.mempool.lock().expect("mempool lock");
+                if pool.can_judge_at(&view) {
+                    Some(pool.accept(&view, tx))
+                } else {
+                    drop(pool);
+                    actions.push(Action::AcceptTx {
+                        peer: id,
+                        tx: Box::new(tx),
+                    });
+                    None
+                }
             }
-            Err(_) => Err(MempoolError::TipMoved),
+            Err(e) => Some(Err(MempoolError::Store(e.to_string()))),
         };
-        if matches!(result, Err(MempoolError::TipMoved)) {
-            actions.push(Action::AcceptTx {
-                peer: id,
-                tx: Box::new(tx),
-            });
+        let Some(result) = result else {
             return;
-        }
+        };
         self.after_tx(id, txid, result, now);
         self.request_txs(now, actions);
     }

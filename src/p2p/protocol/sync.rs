@@ -107,7 +107,7 @@ impl Protocol {
             self.on_sync_step(id, step, now, actions);
             return;
         }
-        self.index_headers(id, headers, full, actions);
+        self.index_headers(id, headers, full, now, actions);
     }
 
     pub(super) fn chain_clock_now(&self) -> u32 {
@@ -121,8 +121,14 @@ impl Protocol {
         id: PeerId,
         headers: Vec<crate::consensus::block::BlockHeader>,
         ask_more: bool,
+        now: Instant,
         actions: &mut Vec<Action>,
     ) {
+        let ip = self.peers[&id].addr.ip();
+        self.headers_indexing.entry(id).or_insert((ip, 0)).1 += 1;
+        if self.headers_request.is_none() {
+            self.headers_request = Some((id, now));
+        }
         actions.push(Action::ProcessHeaders {
             peer: id,
             headers,
@@ -141,7 +147,29 @@ impl Protocol {
         now: Instant,
     ) -> Vec<Action> {
         let mut actions = Vec::new();
+        let sender = match self.headers_indexing.get_mut(&id) {
+            Some((ip, count)) => {
+                let ip = *ip;
+                *count -= 1;
+                if *count == 0 {
+                    self.headers_indexing.remove(&id);
+                }
+                Some(ip)
+            }
+            None => None,
+        };
+        if self.headers_request.is_some_and(|(p, _)| p == id) {
+            self.headers_request = None;
+        }
         if !self.peers.get(&id).is_some_and(|p| p.ready()) {
+            // Gone meanwhile: invalid headers still cost its address.
+            if let Ok(HeadersOutcome {
+                invalid: Some(rejection),
+                ..
+            }) = &outcome
+            {
+                self.record_misbehaviour(sender, rejection.reason());
+            }
             self.request_blocks(now, &mut actions);
             return actions;
         }
@@ -153,11 +181,7 @@ impl Protocol {
             }
         };
         if let Some(rejection) = outcome.invalid {
-            let reason = match rejection {
-                HeaderRejection::Invalid(_) => "invalid_header",
-                HeaderRejection::InvalidAncestor => "header_on_invalid_chain",
-            };
-            self.misbehaving(id, reason, &mut actions);
+            self.misbehaving(id, rejection.reason(), &mut actions);
             return actions;
         }
         let peer = self.peers.get_mut(&id).expect("checked");
@@ -207,12 +231,12 @@ impl Protocol {
                 match next {
                     Some(locator) => {
                         if !headers.is_empty() {
-                            self.index_headers(id, headers, false, actions);
+                            self.index_headers(id, headers, false, now, actions);
                         }
                         self.send_locator(id, locator, now, actions);
                     }
                     None if headers.is_empty() => self.send_getheaders(id, now, actions),
-                    None => self.index_headers(id, headers, true, actions),
+                    None => self.index_headers(id, headers, true, now, actions),
                 }
             }
             SyncStep::Abandoned(reason) => {

@@ -260,6 +260,44 @@ fn headers_from_a_peer_lead_to_block_requests_and_invalid_headers_to_disconnect(
     assert_eq!(disconnected(&actions, 1), Some("invalid_header"));
 }
 
+/// Headers wait for the chain task to index them: meanwhile the tick asks
+/// no other peer for headers, and a sender that leaves before its headers
+/// are found invalid is still discouraged.
+#[test]
+fn headers_being_indexed_hold_the_request_and_still_cost_a_sender_that_left() {
+    let mut chain = TestChain::new(Network::Regtest);
+    chain.mine_empty(key(1).pubkey_hash());
+    let mut h = harness(&[]);
+    let remote: std::net::SocketAddr = "203.0.113.7:8333".parse().unwrap();
+    h.protocol.on_connected(1, remote, None, h.now);
+    h.message(1, their_version(1, 5), h.now);
+    h.message(1, Message::Verack, h.now);
+    ready_inbound(&mut h, 2);
+    let mut bad = chain.blocks[1].header;
+    while crate::consensus::validation::check_header(&bad, Network::Regtest.params()).is_ok() {
+        bad.nonce = bad.nonce.wrapping_add(1);
+    }
+    // Not run yet: the chain task is busy.
+    let queued = h.protocol.on_message(1, Message::Headers(vec![bad]), h.now);
+    assert!(queued
+        .iter()
+        .any(|a| matches!(a, Action::ProcessHeaders { peer: 1, .. })));
+    let tick = h.protocol.on_tick(h.now + Duration::from_secs(1));
+    assert!(
+        getheaders_locator(&tick, 1).is_none() && getheaders_locator(&tick, 2).is_none(),
+        "a second headers request while the first answer is indexed: {tick:?}"
+    );
+    h.protocol.on_disconnected(1, h.now);
+    assert!(!h.protocol.discouraged.contains_key(&remote.ip()));
+    h.inline(queued, h.now);
+    assert!(
+        h.protocol.discouraged.contains_key(&remote.ip()),
+        "a sender gone before its headers were indexed escapes"
+    );
+    assert_eq!(h.protocol.counters().misbehaviour["invalid_header"], 1);
+    assert!(h.protocol.headers_indexing.is_empty());
+}
+
 #[test]
 fn stalled_block_requests_go_to_another_peer() {
     let mut chain = TestChain::new(Network::Regtest);
