@@ -38,42 +38,48 @@ pub async fn status(State(state): State<ApiState>) -> Result<Json<Value>, ApiErr
     let uptime = state.started.elapsed().as_secs();
     let hashrate = state.hashrate.load(std::sync::atomic::Ordering::Relaxed);
     let mirror = state.mirror.clone();
+    // A few fields of the view and two of the pool: no blocking hop.
     state
-        .with_state(move |chain, pool| {
-            let tip = chain.tip();
-            // The lag against this very tip, whatever the mirror is doing.
-            let mirror = mirror.map(|m| {
-                m.lock()
-                    .expect("mirror status lock")
-                    .clone()
-                    .at_tip(tip.height)
-            });
-            let (best_header, header_height) = chain.best_header();
-            Ok(Json(json!({
-                "network": chain.params().network,
-                "version": env!("CARGO_PKG_VERSION"),
-                "uptime_secs": uptime,
-                "tip": {
-                    "height": tip.height,
-                    "hash": tip.hash,
-                    "time": tip.time,
-                    "chain_work": format!("{:064x}", tip.chain_work),
-                },
-                "best_header": { "height": header_height, "hash": best_header },
-                "sync": network.sync,
-                "peers": network.peers.iter().filter(|p| p.ready).count(),
-                "mempool": { "count": pool.len(), "bytes": pool.bytes() },
-                "chainstate": {
-                    "utxo_count": tip.utxo_count,
-                    "total_amount": tip.utxo_total,
-                    "utxo_digest": tip.utxo_digest,
-                },
-                "orphan_blocks": chain.orphan_count(),
-                "dbcache": chain.published().cache,
-                "mining": { "hashrate": hashrate },
-                "mirror": mirror,
-            })))
-        })
+        .with_state_quick(
+            move |chain| {
+                let tip = chain.tip();
+                // The lag against this very tip, whatever the mirror is doing.
+                let mirror = mirror.as_ref().map(|m| {
+                    m.lock()
+                        .expect("mirror status lock")
+                        .clone()
+                        .at_tip(tip.height)
+                });
+                let (best_header, header_height) = chain.best_header();
+                Ok(json!({
+                    "network": chain.params().network,
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "uptime_secs": uptime,
+                    "tip": {
+                        "height": tip.height,
+                        "hash": tip.hash,
+                        "time": tip.time,
+                        "chain_work": format!("{:064x}", tip.chain_work),
+                    },
+                    "best_header": { "height": header_height, "hash": best_header },
+                    "sync": network.sync,
+                    "peers": network.peers.iter().filter(|p| p.ready).count(),
+                    "chainstate": {
+                        "utxo_count": tip.utxo_count,
+                        "total_amount": tip.utxo_total,
+                        "utxo_digest": tip.utxo_digest,
+                    },
+                    "orphan_blocks": chain.orphan_count(),
+                    "dbcache": chain.published().cache,
+                    "mining": { "hashrate": hashrate },
+                    "mirror": mirror,
+                }))
+            },
+            |_, pool, mut status| {
+                status["mempool"] = json!({ "count": pool.len(), "bytes": pool.bytes() });
+                Ok(Json(status))
+            },
+        )
         .await
 }
 
@@ -272,17 +278,21 @@ pub async fn address(
     // Two point reads and the address's own pool entries: cheaper than a
     // hop to the blocking pool.
     state
-        .with_state_quick(move |chain, pool| {
-            let address = super::explorer::address_of(chain, &address)?;
-            let stats = chain.store().address_stats(&address.hash)?;
-            let pending = pool.address_stats(&address.hash);
-            Ok(Json(AddressInfo {
-                address: address.to_string(),
-                chain_stats: stats,
-                mempool_stats: pending,
-                balance: stats.balance(),
-            }))
-        })
+        .with_state_quick(
+            move |chain| {
+                let address = super::explorer::address_of(chain, &address)?;
+                let stats = chain.store().address_stats(&address.hash)?;
+                Ok((address, stats))
+            },
+            |_, pool, (address, stats)| {
+                Ok(Json(AddressInfo {
+                    address: address.to_string(),
+                    chain_stats: stats,
+                    mempool_stats: pool.address_stats(&address.hash),
+                    balance: stats.balance(),
+                }))
+            },
+        )
         .await
 }
 

@@ -132,28 +132,41 @@ impl ApiState {
 
     /// As `with_state`, on the calling async worker when that is cheap: for
     /// routes whose work is a few point reads of the store (block-cache
-    /// hits, microseconds) and the pool's entries of one address, where the
-    /// hop to the blocking pool would cost more than the work. If the pool
-    /// is locked, owes a rebuild after a reorganisation, or is not at the
-    /// view's tip while the view could still meet it (at the tip, not in a
-    /// catch-up: `ChainView::trails_cached_blocks`), the request takes the
-    /// blocking path.
-    pub async fn with_state_quick<T: Send + 'static>(
+    /// hits, microseconds) and a few lookups in the pool, where the hop to
+    /// the blocking pool would cost more than the work. The store part
+    /// (`read`) runs before the pool is locked, so the pool's lock is held
+    /// for the pool part (`overlay`) alone: a worker preempted while holding
+    /// it stalls the others for less. If the pool is locked, owes a rebuild
+    /// after a reorganisation, or is not at the view's tip while the view
+    /// could still meet it (at the tip, not in a catch-up:
+    /// `ChainView::trails_cached_blocks`), the request takes the blocking
+    /// path, where `read` runs again on the view the pool is caught up to.
+    pub async fn with_state_quick<A, T>(
         &self,
-        f: impl FnOnce(&ChainView, &mut Mempool) -> Result<T, ApiError> + Send + 'static,
-    ) -> Result<T, ApiError> {
+        read: impl Fn(&ChainView) -> Result<A, ApiError> + Send + 'static,
+        overlay: impl FnOnce(&ChainView, &Mempool, A) -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError>
+    where
+        A: Send + 'static,
+        T: Send + 'static,
+    {
         {
             let view = self.reader.view().map_err(ApiError::internal)?;
+            let part = read(&view)?;
             // Never wait for the pool's lock on an async worker: whoever holds
             // it (a rebuild, a whole-pool view) may hold it long.
             if let Some(mut pool) = self.try_lock_pool_briefly() {
                 let at_tip = pool.catch_up_without_rebuild(&view);
                 if at_tip || (view.trails_cached_blocks() && !pool.rebuild_pending()) {
-                    return f(&view, &mut pool);
+                    return overlay(&view, &pool, part);
                 }
             }
         }
-        self.with_state(f).await
+        self.with_state(move |view, pool| {
+            let part = read(view)?;
+            overlay(view, pool, part)
+        })
+        .await
     }
 
     /// The pool's lock if it comes within `QUICK_LOCK_TRIES` tries.
