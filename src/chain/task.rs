@@ -13,9 +13,10 @@
 //!   closure run on the task (`run`, `call`, `call_async`).
 //!
 //! Closures jump the queue of blocks: between two block steps of a long
-//! catch-up or a deep reorganisation the task runs the closures waiting (at
-//! most `MAX_CALLS_PER_STEP`), so a batch of headers waits for one block
-//! step, never for a backlog. Blocks keep their order.
+//! catch-up or a deep reorganisation the task runs the closures waiting, at
+//! most `MAX_CALLS_PER_STEP` of them, first come first served (between two
+//! blocks, all of them). A batch of headers waits for the closures ahead of
+//! it, never for the blocks queued. Blocks keep their order.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -657,22 +657,30 @@ impl Mempool {
         self.tip
     }
 
-    /// Whether `accept` can judge a transaction against `chain` now: the
-    /// pool has caught up to its tip with no rebuild owed (else it answers
-    /// `TipMoved`). Takes a step of a rebuild under way, as `accept` would.
-    pub fn can_judge_at(&mut self, chain: &dyn TipState) -> bool {
-        self.step_to_tip(chain)
-    }
-
     /// Validates and adds a transaction. Returns its txid.
     pub fn accept(&mut self, chain: &dyn TipState, tx: Transaction) -> Result<Txid, MempoolError> {
+        self.try_accept(chain, tx)
+            .unwrap_or(Err(MempoolError::TipMoved))
+    }
+
+    /// As `accept`, but hands the transaction back (`Err`) when the pool
+    /// cannot judge it against `chain` now (not at its tip, or a rebuild
+    /// owed), for a caller with another judge to ask: the protocol thread,
+    /// whose views trail the chain task's tip during a catch-up.
+    pub fn try_accept(
+        &mut self,
+        chain: &dyn TipState,
+        tx: Transaction,
+    ) -> Result<Result<Txid, MempoolError>, Transaction> {
         if !self.step_to_tip(chain) {
-            return Err(MempoolError::TipMoved);
+            return Err(tx);
         }
         self.finish_rebuild(chain);
-        let txid = self.accept_inner(chain, tx, unix_now(), SignatureChecks::On)?;
-        self.announce.push(txid);
-        Ok(txid)
+        let result = self.accept_inner(chain, tx, unix_now(), SignatureChecks::On);
+        if let Ok(txid) = result {
+            self.announce.push(txid);
+        }
+        Ok(result)
     }
 
     /// Validates and adds `tx` as having entered the pool at `time`.

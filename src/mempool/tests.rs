@@ -935,3 +935,22 @@ fn a_rebuild_runs_a_bounded_step_at_a_time() {
     assert_eq!(a, b);
     assert_consistent(&stepped, &f.chain);
 }
+
+#[test]
+fn a_view_behind_the_pool_gets_the_transaction_handed_back() {
+    let mut f = fixture();
+    let mut pool = Mempool::new(&f.chain, DEFAULT_MAX_MEMPOOL_BYTES);
+    let behind = f.chain.reader().view().unwrap();
+    mine(&mut f, Vec::new());
+    assert!(pool.catch_up(&f.chain));
+    let tx = spend_coinbase(&f, 0, 1_000_000, 10_000);
+    let txid = tx.txid();
+    let back = match pool.try_accept(&behind, tx) {
+        Err(back) => back,
+        Ok(result) => panic!("judged against a view a block behind: {result:?}"),
+    };
+    assert_eq!(back.txid(), txid, "the same transaction, whole");
+    assert!(!pool.contains(&txid));
+    assert_eq!(pool.try_accept(&f.chain, back).unwrap().unwrap(), txid);
+    assert!(pool.contains(&txid));
+}

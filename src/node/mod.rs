@@ -303,24 +303,39 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         .await?
         .map_err(|_| anyhow::anyhow!("the p2p thread panicked"))?;
     let saved = {
-        let mempool = mempool.clone();
-        let dir = config.data_dir.clone();
-        chain
+        let (pool, dir) = (mempool.clone(), config.data_dir.clone());
+        let last = chain
             .call_async(move |chain| {
                 if let Err(e) = chain.flush() {
                     tracing::warn!(error = %e, "writing the chain state cache at shutdown failed");
                 }
                 chain.stage_times().log();
-                let mut pool = mempool.lock().expect("mempool lock");
+                let mut pool = pool.lock().expect("mempool lock");
                 pool.catch_up(chain);
                 mempool_file::save(&pool, &dir)
             })
-            .await?
+            .await;
+        match last {
+            Ok(saved) => saved,
+            // The chain task is gone: the pool is saved as it is (the next
+            // start judges every entry again anyway).
+            Err(_) => {
+                let (pool, dir) = (mempool.clone(), config.data_dir.clone());
+                tokio::task::spawn_blocking(move || {
+                    mempool_file::save(&pool.lock().expect("mempool lock"), &dir)
+                })
+                .await?
+            }
+        }
     };
+    let died = chain_task.is_finished();
     tokio::task::spawn_blocking(move || chain_task.stop()).await?;
     match saved {
         Ok(count) => tracing::info!(transactions = count, "mempool saved"),
         Err(e) => tracing::warn!(error = %e, "saving the mempool failed"),
+    }
+    if died {
+        anyhow::bail!("the chain task stopped on its own (see the log)");
     }
     Ok(())
 }

@@ -276,14 +276,13 @@ pub struct Protocol {
     /// Blocks handed to the chain task and not yet processed, by sender:
     /// never requested again meanwhile.
     processing: HashMap<BlockHash, PeerId>,
-    /// When we last sent `getheaders`, and to whom. Stays set while the
-    /// answer is being indexed by the chain task, so the tick asks no one
-    /// else meanwhile.
+    /// When we last sent `getheaders`, and to whom.
     headers_request: Option<(PeerId, Instant)>,
     /// Header batches handed to the chain task and not yet indexed, by
     /// sender: its address (a sender gone by then is still discouraged if
-    /// they were invalid) and how many. Bounded by the inbound budgets the
-    /// batches hold until indexed.
+    /// they were invalid) and how many. While any wait, the tick starts no
+    /// headers request of its own (its locator would miss them). Bounded
+    /// by the inbound budgets the batches hold until indexed.
     headers_indexing: HashMap<PeerId, (IpAddr, u32)>,
     addrbook: AddrBook,
     /// Peers given with `--peer`: always reconnected, with backoff; the
@@ -546,7 +545,7 @@ impl Protocol {
         {
             self.headers_request = None;
         }
-        if self.headers_request.is_none() {
+        if self.headers_request.is_none() && self.headers_indexing.is_empty() {
             let our_best = self.reader.published().best_header.1;
             let ahead = self
                 .peers

@@ -44,24 +44,23 @@ impl Protocol {
         // Judged against a view of the chain; a view trailing the pool's
         // tip (a catch-up writes the store in batches) cannot judge it, and
         // the chain task does, against its own tip.
-        let result = match self.reader.view() {
-            Ok(view) => {
-                let mut pool = self.mempool.lock().expect("mempool lock");
-                if pool.can_judge_at(&view) {
-                    Some(pool.accept(&view, tx))
-                } else {
-                    drop(pool);
-                    actions.push(Action::AcceptTx {
-                        peer: id,
-                        tx: Box::new(tx),
-                    });
-                    None
-                }
-            }
-            Err(e) => Some(Err(MempoolError::Store(e.to_string()))),
+        let judged = match self.reader.view() {
+            Ok(view) => self
+                .mempool
+                .lock()
+                .expect("mempool lock")
+                .try_accept(&view, tx),
+            Err(_) => Err(tx),
         };
-        let Some(result) = result else {
-            return;
+        let result = match judged {
+            Ok(result) => result,
+            Err(tx) => {
+                actions.push(Action::AcceptTx {
+                    peer: id,
+                    tx: Box::new(tx),
+                });
+                return;
+            }
         };
         self.after_tx(id, txid, result, now);
         self.request_txs(now, actions);

@@ -107,7 +107,7 @@ impl Protocol {
             self.on_sync_step(id, step, now, actions);
             return;
         }
-        self.index_headers(id, headers, full, now, actions);
+        self.index_headers(id, headers, full, actions);
     }
 
     pub(super) fn chain_clock_now(&self) -> u32 {
@@ -121,14 +121,10 @@ impl Protocol {
         id: PeerId,
         headers: Vec<crate::consensus::block::BlockHeader>,
         ask_more: bool,
-        now: Instant,
         actions: &mut Vec<Action>,
     ) {
         let ip = self.peers[&id].addr.ip();
         self.headers_indexing.entry(id).or_insert((ip, 0)).1 += 1;
-        if self.headers_request.is_none() {
-            self.headers_request = Some((id, now));
-        }
         actions.push(Action::ProcessHeaders {
             peer: id,
             headers,
@@ -158,9 +154,6 @@ impl Protocol {
             }
             None => None,
         };
-        if self.headers_request.is_some_and(|(p, _)| p == id) {
-            self.headers_request = None;
-        }
         if !self.peers.get(&id).is_some_and(|p| p.ready()) {
             // Gone meanwhile: invalid headers still cost its address.
             if let Ok(HeadersOutcome {
@@ -231,12 +224,12 @@ impl Protocol {
                 match next {
                     Some(locator) => {
                         if !headers.is_empty() {
-                            self.index_headers(id, headers, false, now, actions);
+                            self.index_headers(id, headers, false, actions);
                         }
                         self.send_locator(id, locator, now, actions);
                     }
                     None if headers.is_empty() => self.send_getheaders(id, now, actions),
-                    None => self.index_headers(id, headers, true, now, actions),
+                    None => self.index_headers(id, headers, true, actions),
                 }
             }
             SyncStep::Abandoned(reason) => {

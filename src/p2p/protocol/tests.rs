@@ -261,10 +261,10 @@ fn headers_from_a_peer_lead_to_block_requests_and_invalid_headers_to_disconnect(
 }
 
 /// Headers wait for the chain task to index them: meanwhile the tick asks
-/// no other peer for headers, and a sender that leaves before its headers
-/// are found invalid is still discouraged.
+/// no peer for headers (however long it takes), and a sender that leaves
+/// before its headers are found invalid is still discouraged.
 #[test]
-fn headers_being_indexed_hold_the_request_and_still_cost_a_sender_that_left() {
+fn headers_being_indexed_hold_back_the_tick_and_still_cost_a_sender_that_left() {
     let mut chain = TestChain::new(Network::Regtest);
     chain.mine_empty(key(1).pubkey_hash());
     let mut h = harness(&[]);
@@ -282,11 +282,13 @@ fn headers_being_indexed_hold_the_request_and_still_cost_a_sender_that_left() {
     assert!(queued
         .iter()
         .any(|a| matches!(a, Action::ProcessHeaders { peer: 1, .. })));
-    let tick = h.protocol.on_tick(h.now + Duration::from_secs(1));
-    assert!(
-        getheaders_locator(&tick, 1).is_none() && getheaders_locator(&tick, 2).is_none(),
-        "a second headers request while the first answer is indexed: {tick:?}"
-    );
+    for later in [Duration::from_secs(1), HEADERS_RESPONSE_TIMEOUT * 2] {
+        let tick = h.protocol.on_tick(h.now + later);
+        assert!(
+            getheaders_locator(&tick, 1).is_none() && getheaders_locator(&tick, 2).is_none(),
+            "a second headers request while the first answer is indexed: {tick:?}"
+        );
+    }
     h.protocol.on_disconnected(1, h.now);
     assert!(!h.protocol.discouraged.contains_key(&remote.ip()));
     h.inline(queued, h.now);
@@ -407,6 +409,37 @@ fn a_chain_with_enough_work_is_indexed_after_its_presync() {
         sent(&actions, 1).contains(&"getdata"),
         "blocks are requested"
     );
+}
+
+/// A pre-sync's redownload indexes what passed while it asks for the
+/// next batch: once indexed, that request stays open, so the tick sends no
+/// plain `getheaders` (whose answer would restart the pre-sync).
+#[test]
+fn indexing_during_a_redownload_keeps_the_next_request_open() {
+    let mut h = harness_with(&[], requiring_work_of(17_000));
+    ready_inbound(&mut h, 1);
+    let headers = regtest_headers(18_000, 4);
+    let batches: Vec<_> = headers.chunks(MAX_HEADERS).collect();
+    for batch in &batches {
+        h.message(1, Message::Headers(batch.to_vec()), h.now);
+    }
+    assert_eq!(index_len(&h), 1, "first pass: nothing indexed");
+    let mut checked = 0;
+    for batch in &batches {
+        let actions = h.message(1, Message::Headers(batch.to_vec()), h.now);
+        if index_len(&h) > 1 && h.protocol.headers_sync_bytes() > 0 {
+            assert!(getheaders_locator(&actions, 1).is_some());
+            assert!(h.protocol.headers_request.is_some_and(|(p, _)| p == 1));
+            let tick = h.protocol.on_tick(h.now + Duration::from_secs(1));
+            assert!(getheaders_locator(&tick, 1).is_none(), "{tick:?}");
+            checked += 1;
+        }
+    }
+    assert!(
+        checked > 0,
+        "no batch was indexed while the redownload went on"
+    );
+    assert_eq!(index_len(&h), 18_001);
 }
 
 #[test]
