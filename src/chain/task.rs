@@ -88,14 +88,8 @@ impl ChainHandle {
     /// thread that may block; see `process_block_async`).
     pub fn process_block(&self, block: Arc<Block>) -> Result<BlockOutcome, ChainError> {
         let (reply, result) = std::sync::mpsc::sync_channel(1);
-        self.submit_block(BlockJob {
-            source: None,
-            block,
-            requested: true,
-            hold: None,
-            done: Box::new(move |outcome| {
-                let _ = reply.send(outcome);
-            }),
+        self.submit_own_block(block, move |outcome| {
+            let _ = reply.send(outcome);
         });
         result.recv().map_err(|_| ChainError::Stopped)?
     }
@@ -103,16 +97,37 @@ impl ChainHandle {
     /// As `process_block`, for async code.
     pub async fn process_block_async(&self, block: Arc<Block>) -> Result<BlockOutcome, ChainError> {
         let (reply, result) = tokio::sync::oneshot::channel();
+        self.submit_own_block(block, move |outcome| {
+            let _ = reply.send(outcome);
+        });
+        result.await.map_err(|_| ChainError::Stopped)?
+    }
+
+    /// Queues a block of the node's own (no peer, as if requested).
+    fn submit_own_block(
+        &self,
+        block: Arc<Block>,
+        done: impl FnOnce(Result<BlockOutcome, ChainError>) + Send + 'static,
+    ) {
         self.submit_block(BlockJob {
             source: None,
             block,
             requested: true,
             hold: None,
-            done: Box::new(move |outcome| {
-                let _ = reply.send(outcome);
-            }),
+            done: Box::new(done),
         });
-        result.await.map_err(|_| ChainError::Stopped)?
+    }
+
+    /// Holds the task in a closure until the returned sender sends (or is
+    /// dropped), so what a test queues meanwhile waits.
+    #[cfg(test)]
+    pub(crate) fn hold(&self) -> std::sync::mpsc::Sender<()> {
+        let (release, wait) = std::sync::mpsc::channel::<()>();
+        self.run(move |_| {
+            let _ = wait.recv();
+        })
+        .expect("the task runs");
+        release
     }
 
     /// Runs `f` on the task, ahead of queued blocks, without waiting for
@@ -327,12 +342,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let task = ChainTask::start(regtest_chain(dir.path())).unwrap();
         let handle = task.handle();
-        let (release, wait) = std::sync::mpsc::channel::<()>();
-        handle
-            .run(move |_| {
-                let _ = wait.recv();
-            })
-            .unwrap();
+        let release = handle.hold();
         (dir, task, handle, release)
     }
 

@@ -840,13 +840,15 @@ pub async fn run(
             });
         if let Err(error) = result {
             refresh_lag(&status, tip_height(&store));
-            let lag = status.lock().expect("status lock").lag;
-            tracing::warn!(%error, lag, retry_in_ms = delay.as_millis() as u64, "mirror failed; the node carries on");
-            {
+            // The status first, then the log: whoever reads the log line
+            // finds the error in `/status` already.
+            let lag = {
                 let mut s = status.lock().expect("status lock");
                 s.connected = false;
                 s.last_error = Some(error.to_string());
-            }
+                s.lag
+            };
+            tracing::warn!(%error, lag, retry_in_ms = delay.as_millis() as u64, "mirror failed; the node carries on");
             // Wait out the backoff, keeping the lag true as blocks arrive.
             let until = Instant::now() + delay;
             while Instant::now() < until {

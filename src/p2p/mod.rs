@@ -598,12 +598,7 @@ mod tests {
         let pool = crate::mempool::Mempool::new(&chain, crate::mempool::DEFAULT_MAX_MEMPOOL_BYTES);
         let task = crate::chain::ChainTask::start(chain).unwrap();
         let handle = task.handle();
-        let (release, wait) = std::sync::mpsc::channel::<()>();
-        handle
-            .run(move |_| {
-                let _ = wait.recv();
-            })
-            .unwrap();
+        let release = handle.hold();
         let side = ChainSide {
             chain: handle.clone(),
             mempool: Arc::new(Mutex::new(pool)),
