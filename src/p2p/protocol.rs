@@ -273,9 +273,10 @@ pub struct Protocol {
     self_addrs: HashMap<SocketAddr, Instant>,
     /// Which peer each requested block was asked of.
     in_flight: HashMap<BlockHash, PeerId>,
-    /// Blocks handed to the chain task and not yet processed, by sender:
-    /// never requested again meanwhile.
-    processing: HashMap<BlockHash, PeerId>,
+    /// Blocks handed to the chain task and not yet processed, by sender
+    /// and its address (a sender gone by then is still discouraged if the
+    /// block was invalid): never requested again meanwhile.
+    processing: HashMap<BlockHash, (PeerId, IpAddr)>,
     /// When we last sent `getheaders`, and to whom.
     headers_request: Option<(PeerId, Instant)>,
     /// Header batches handed to the chain task and not yet indexed, by

@@ -288,7 +288,8 @@ impl Protocol {
         if self.in_flight.get(&hash) == Some(&id) {
             self.in_flight.remove(&hash);
         }
-        self.processing.insert(hash, id);
+        let ip = peer.addr.ip();
+        self.processing.insert(hash, (id, ip));
         actions.push(Action::ProcessBlock {
             peer: id,
             block: Arc::new(block),
@@ -309,13 +310,27 @@ impl Protocol {
         now: Instant,
     ) -> Vec<Action> {
         let mut actions = Vec::new();
-        if self.processing.get(&hash) == Some(&id) {
-            self.processing.remove(&hash);
-        }
+        let sender_ip = match self.processing.get(&hash) {
+            Some(&(sender, ip)) if sender == id => {
+                self.processing.remove(&hash);
+                Some(ip)
+            }
+            _ => None,
+        };
         if self.peers.get(&id).is_some_and(|p| p.ready()) {
             self.after_block(id, hash, outcome, now, &mut actions);
-        } else if let Err(e) = outcome {
-            tracing::error!(error = %e, %hash, "storing a block failed");
+        } else {
+            // Gone meanwhile: an invalid block still costs its address.
+            match outcome {
+                Ok(BlockOutcome::Invalid(_)) => {
+                    self.record_misbehaviour(sender_ip, "invalid_block")
+                }
+                Ok(BlockOutcome::InvalidAncestor) => {
+                    self.record_misbehaviour(sender_ip, "block_on_invalid_chain")
+                }
+                Err(e) => tracing::error!(error = %e, %hash, "storing a block failed"),
+                Ok(_) => {}
+            }
         }
         self.request_blocks(now, &mut actions);
         self.announce_tip(&mut actions);

@@ -300,6 +300,35 @@ fn headers_being_indexed_hold_back_the_tick_and_still_cost_a_sender_that_left() 
     assert!(h.protocol.headers_indexing.is_empty());
 }
 
+/// A block waits for the chain task to judge it: a sender that leaves
+/// before its block is found invalid is still discouraged.
+#[test]
+fn an_invalid_block_still_costs_a_sender_that_left_before_it_was_judged() {
+    let mut chain = TestChain::new(Network::Regtest);
+    let mut block = chain.mine_empty(key(1).pubkey_hash()).clone();
+    // The header (and its work) stays valid; the body no longer matches it.
+    block.transactions[0].outputs[0].amount = crate::consensus::amount::Amount::from_units(1);
+    let mut h = harness(&[]);
+    let remote: std::net::SocketAddr = "203.0.113.9:8333".parse().unwrap();
+    h.protocol.on_connected(1, remote, None, h.now);
+    h.message(1, their_version(1, 1), h.now);
+    h.message(1, Message::Verack, h.now);
+    let queued = h
+        .protocol
+        .on_message(1, Message::Block(Box::new(block)), h.now);
+    assert!(queued
+        .iter()
+        .any(|a| matches!(a, Action::ProcessBlock { peer: 1, .. })));
+    h.protocol.on_disconnected(1, h.now);
+    h.inline(queued, h.now);
+    assert!(
+        h.protocol.discouraged.contains_key(&remote.ip()),
+        "a sender gone before its block was judged escapes"
+    );
+    assert_eq!(h.protocol.counters().misbehaviour["invalid_block"], 1);
+    assert!(h.protocol.processing.is_empty());
+}
+
 #[test]
 fn stalled_block_requests_go_to_another_peer() {
     let mut chain = TestChain::new(Network::Regtest);
