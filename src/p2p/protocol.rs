@@ -21,6 +21,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::chain::flush::CATCH_UP_DISTANCE;
 use crate::chain::{unix_now, BlockOutcome, Chain, ChainReader, HeadersOutcome};
 use crate::consensus::hash::Txid;
 use crate::consensus::hash::{BlockHash, Hash256};

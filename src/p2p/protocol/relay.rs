@@ -41,9 +41,17 @@ impl Protocol {
                 }
             }
         }
-        // Judged against a view of the chain; a view trailing the pool's
-        // tip (a catch-up writes the store in batches) cannot judge it, and
-        // the chain task does, against its own tip.
+        // Judged against a view of the chain. A view a block behind the
+        // pool's tip cannot judge it, and the chain task does, against its
+        // own tip; in a catch-up (where views trail by thousands of blocks)
+        // the transaction is ignored, as Bitcoin Core does in its initial
+        // block download: it would spend outputs the node lacks, and the
+        // chain task has blocks to connect. Peers' pools are asked for
+        // once the node has caught up.
+        if self.catching_up() {
+            tracing::debug!(peer = id, %txid, "transaction ignored while catching up");
+            return;
+        }
         let judged = match self.reader.view() {
             Ok(view) => self
                 .mempool
@@ -162,8 +170,17 @@ impl Protocol {
         }
     }
 
+    /// Whether the node is catching up: its best header more than
+    /// `CATCH_UP_DISTANCE` blocks above its tip. Transactions are neither
+    /// asked for nor judged meanwhile.
+    pub(super) fn catching_up(&self) -> bool {
+        let published = self.reader.published();
+        published.best_header.1 > published.tip.1.saturating_add(CATCH_UP_DISTANCE)
+    }
+
     pub(super) fn on_inv(&mut self, id: PeerId, items: Vec<InvItem>, actions: &mut Vec<Action>) {
         let now = Instant::now();
+        let catching_up = self.catching_up();
         // One lock at a time: the header tree's, then the pool's.
         let ask_headers = {
             let tree = self.reader.headers().read();
@@ -180,7 +197,8 @@ impl Protocol {
                     // Kinds of later protocol versions: ignored.
                     InvKind::Block | InvKind::Other(_) => {}
                     InvKind::Tx => {
-                        if pool.contains(&item.hash)
+                        if catching_up
+                            || pool.contains(&item.hash)
                             || self.recent_rejects.contains(&item.hash)
                             || peer.tx_announced >= MAX_PEER_TX_ANNOUNCEMENTS
                         {

@@ -329,6 +329,60 @@ fn an_invalid_block_still_costs_a_sender_that_left_before_it_was_judged() {
     assert!(h.protocol.processing.is_empty());
 }
 
+/// While the node catches up (its best header far above its tip), it
+/// neither asks for announced transactions nor judges relayed ones; at the
+/// tip it asks.
+#[test]
+fn transactions_wait_until_the_node_has_caught_up() {
+    let mut chain = TestChain::new(Network::Regtest);
+    for _ in 0..(CATCH_UP_DISTANCE + 4) {
+        chain.mine_empty(key(1).pubkey_hash());
+    }
+    let spend = crate::testkit::signed_spend(
+        &[(
+            crate::consensus::transaction::OutPoint {
+                txid: chain.blocks[1].transactions[0].txid(),
+                vout: 0,
+            },
+            chain.blocks[1].transactions[0].outputs[0],
+            &key(1),
+        )],
+        vec![],
+    );
+    let announce = || {
+        Message::Inv(vec![InvItem {
+            kind: InvKind::Tx,
+            hash: spend.txid(),
+        }])
+    };
+    let asked_for_tx = |actions: &[Action]| {
+        actions.iter().any(|a| {
+            matches!(a, Action::Send(1, Message::GetData(items))
+                if items.iter().any(|i| i.kind == InvKind::Tx))
+        })
+    };
+    // At the tip: asked for.
+    let mut h = harness(&[]);
+    ready_inbound(&mut h, 1);
+    assert!(asked_for_tx(&h.message(1, announce(), h.now)));
+
+    // Behind the headers: neither asked for nor judged.
+    let mut h = harness(&[]);
+    ready_inbound(&mut h, 1);
+    let headers: Vec<_> = chain.blocks[1..].iter().map(|b| b.header).collect();
+    h.message(1, Message::Headers(headers), h.now);
+    assert!(h.protocol.catching_up());
+    assert!(!asked_for_tx(&h.message(1, announce(), h.now)));
+    let actions = h
+        .protocol
+        .on_message(1, Message::Tx(Box::new(spend.clone())), h.now);
+    assert!(
+        !actions.iter().any(|a| matches!(a, Action::AcceptTx { .. })),
+        "a transaction went to the chain task during a catch-up"
+    );
+    assert_eq!(disconnected(&actions, 1), None);
+}
+
 #[test]
 fn stalled_block_requests_go_to_another_peer() {
     let mut chain = TestChain::new(Network::Regtest);
