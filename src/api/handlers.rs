@@ -198,9 +198,9 @@ pub async fn submit_tx(
         .with_state(move |chain, pool| Ok(pool.accept(chain, attempt)))
         .await?;
     let result = match first {
-        // The views keep missing the pool's tip (a catch-up writes the store
-        // in batches, so views trail the chain): the chain task judges it
-        // against its own tip, as for relayed transactions.
+        // No view met the pool's tip (a catch-up writes the store in
+        // batches, so views trail the chain): the chain task judges it
+        // against its own tip.
         Err(MempoolError::TipMoved) => {
             let mempool = state.mempool.clone();
             state

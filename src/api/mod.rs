@@ -71,9 +71,6 @@ impl std::ops::Deref for ApiState {
 pub struct ApiShared {
     /// Where reads come from: consistent views, never the writer's lock.
     pub reader: ChainReader,
-    /// The writer, for what writes: a block submitted goes through the
-    /// chain, and `POST /tx` checks against it when the views keep missing
-    /// the pool's tip (a catch-up).
     /// The chain task, for the writes REST asks for (a submitted block, a
     /// transaction no view can judge); reads go through `reader`.
     pub chain: ChainHandle,

@@ -416,6 +416,7 @@ impl Chain {
                     index_len: 0,
                     cache: flush::CacheUsage::default(),
                     settled: true,
+                    catching_up: false,
                 },
             ),
             cache: StateCache::default(),
@@ -612,6 +613,7 @@ impl Chain {
             index_len: self.tree.index.len(),
             cache: self.cache_usage(),
             settled: self.settled(),
+            catching_up: self.catching_up(),
         });
     }
 

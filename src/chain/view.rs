@@ -41,6 +41,9 @@ pub struct Published {
     pub cache: super::flush::CacheUsage,
     /// No branch with more work waits to be connected (`Chain::settled`).
     pub settled: bool,
+    /// The chain is catching up (`Chain::catching_up`: an old tip and the
+    /// best header far above it).
+    pub catching_up: bool,
 }
 
 /// The handle readers keep: the store, the parameters, and the writer's

@@ -21,7 +21,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::chain::flush::CATCH_UP_DISTANCE;
 use crate::chain::{unix_now, BlockOutcome, Chain, ChainReader, HeadersOutcome};
 use crate::consensus::hash::Txid;
 use crate::consensus::hash::{BlockHash, Hash256};
@@ -128,6 +127,14 @@ pub enum Action {
         peer: PeerId,
         tx: Box<crate::consensus::transaction::Transaction>,
     },
+}
+
+/// What one peer handed to the chain task and awaits its judgement of.
+#[derive(Debug, Clone, Copy)]
+struct Awaiting {
+    ip: IpAddr,
+    headers: u32,
+    blocks: u32,
 }
 
 /// A set that forgets its oldest members past a bound.
@@ -274,18 +281,17 @@ pub struct Protocol {
     self_addrs: HashMap<SocketAddr, Instant>,
     /// Which peer each requested block was asked of.
     in_flight: HashMap<BlockHash, PeerId>,
-    /// Blocks handed to the chain task and not yet processed, by sender
-    /// and its address (a sender gone by then is still discouraged if the
-    /// block was invalid): never requested again meanwhile.
-    processing: HashMap<BlockHash, (PeerId, IpAddr)>,
+    /// Blocks handed to the chain task and not yet processed, by sender:
+    /// never requested again meanwhile.
+    processing: HashMap<BlockHash, PeerId>,
     /// When we last sent `getheaders`, and to whom.
     headers_request: Option<(PeerId, Instant)>,
-    /// Header batches handed to the chain task and not yet indexed, by
-    /// sender: its address (a sender gone by then is still discouraged if
-    /// they were invalid) and how many. While any wait, the tick starts no
-    /// headers request of its own (its locator would miss them). Bounded
-    /// by the inbound budgets the batches hold until indexed.
-    headers_indexing: HashMap<PeerId, (IpAddr, u32)>,
+    /// What each peer handed to the chain task that is not judged yet, with
+    /// its address: a sender gone by then is still discouraged if it was
+    /// invalid. While any header batch waits, the tick starts no headers
+    /// request of its own (its locator would miss them). Bounded by the
+    /// inbound budgets the work holds until judged.
+    awaiting: HashMap<PeerId, Awaiting>,
     addrbook: AddrBook,
     /// Peers given with `--peer`: always reconnected, with backoff; the
     /// value is when the next attempt is due.
@@ -335,7 +341,7 @@ impl Protocol {
             in_flight: HashMap::new(),
             processing: HashMap::new(),
             headers_request: None,
-            headers_indexing: HashMap::new(),
+            awaiting: HashMap::new(),
             addrbook,
             manual: manual.into_iter().map(|a| (a, now)).collect(),
             manual_failures: HashMap::new(),
@@ -547,7 +553,7 @@ impl Protocol {
         {
             self.headers_request = None;
         }
-        if self.headers_request.is_none() && self.headers_indexing.is_empty() {
+        if self.headers_request.is_none() && !self.headers_being_indexed() {
             let our_best = self.reader.published().best_header.1;
             let ahead = self
                 .peers

@@ -117,6 +117,9 @@ impl Protocol {
 
     /// Asks announcers for the transactions we want, within per-peer caps.
     pub(super) fn request_txs(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        if self.catching_up() {
+            return;
+        }
         let mut batches: HashMap<PeerId, Vec<InvItem>> = HashMap::new();
         for (txid, request) in &mut self.tx_requests {
             if request.asked.is_some() {
@@ -170,12 +173,13 @@ impl Protocol {
         }
     }
 
-    /// Whether the node is catching up: its best header more than
-    /// `CATCH_UP_DISTANCE` blocks above its tip. Transactions are neither
-    /// asked for nor judged meanwhile.
+    /// Whether the node is catching up, as the chain publishes it
+    /// (`Chain::catching_up`): a tip over an hour old and the best header
+    /// more than `CATCH_UP_DISTANCE` blocks above it. Headers alone cannot
+    /// make it so: a node whose tip is recent is never catching up.
+    /// Transactions are neither asked for nor judged meanwhile.
     pub(super) fn catching_up(&self) -> bool {
-        let published = self.reader.published();
-        published.best_header.1 > published.tip.1.saturating_add(CATCH_UP_DISTANCE)
+        self.reader.published().catching_up
     }
 
     pub(super) fn on_inv(&mut self, id: PeerId, items: Vec<InvItem>, actions: &mut Vec<Action>) {

@@ -2,6 +2,13 @@
 
 use super::*;
 
+/// Work handed to the chain task that judges its sender.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Work {
+    Headers,
+    Block,
+}
+
 impl Protocol {
     pub(super) fn send_getheaders(&mut self, id: PeerId, now: Instant, actions: &mut Vec<Action>) {
         let locator = self.reader.headers().read().locator();
@@ -123,8 +130,7 @@ impl Protocol {
         ask_more: bool,
         actions: &mut Vec<Action>,
     ) {
-        let ip = self.peers[&id].addr.ip();
-        self.headers_indexing.entry(id).or_insert((ip, 0)).1 += 1;
+        self.await_judgement(id, Work::Headers);
         actions.push(Action::ProcessHeaders {
             peer: id,
             headers,
@@ -143,25 +149,20 @@ impl Protocol {
         now: Instant,
     ) -> Vec<Action> {
         let mut actions = Vec::new();
-        let sender = match self.headers_indexing.get_mut(&id) {
-            Some((ip, count)) => {
-                let ip = *ip;
-                *count -= 1;
-                if *count == 0 {
-                    self.headers_indexing.remove(&id);
-                }
-                Some(ip)
-            }
-            None => None,
-        };
+        let sender = self.judged(id, Work::Headers);
         if !self.peers.get(&id).is_some_and(|p| p.ready()) {
             // Gone meanwhile: invalid headers still cost its address.
-            if let Ok(HeadersOutcome {
-                invalid: Some(rejection),
-                ..
-            }) = &outcome
+            if let (
+                Ok(HeadersOutcome {
+                    invalid: Some(rejection),
+                    ..
+                }),
+                Some(ip),
+            ) = (&outcome, sender)
             {
-                self.record_misbehaviour(sender, rejection.reason());
+                let reason = rejection.reason();
+                tracing::info!(peer = id, %ip, reason, "peer gone before its headers were judged");
+                self.record_misbehaviour(Some(ip), reason);
             }
             self.request_blocks(now, &mut actions);
             return actions;
@@ -288,8 +289,8 @@ impl Protocol {
         if self.in_flight.get(&hash) == Some(&id) {
             self.in_flight.remove(&hash);
         }
-        let ip = peer.addr.ip();
-        self.processing.insert(hash, (id, ip));
+        self.processing.insert(hash, id);
+        self.await_judgement(id, Work::Block);
         actions.push(Action::ProcessBlock {
             peer: id,
             block: Arc::new(block),
@@ -310,26 +311,26 @@ impl Protocol {
         now: Instant,
     ) -> Vec<Action> {
         let mut actions = Vec::new();
-        let sender_ip = match self.processing.get(&hash) {
-            Some(&(sender, ip)) if sender == id => {
-                self.processing.remove(&hash);
-                Some(ip)
-            }
-            _ => None,
-        };
+        if self.processing.get(&hash) == Some(&id) {
+            self.processing.remove(&hash);
+        }
+        let sender_ip = self.judged(id, Work::Block);
         if self.peers.get(&id).is_some_and(|p| p.ready()) {
             self.after_block(id, hash, outcome, now, &mut actions);
         } else {
             // Gone meanwhile: an invalid block still costs its address.
-            match outcome {
-                Ok(BlockOutcome::Invalid(_)) => {
-                    self.record_misbehaviour(sender_ip, "invalid_block")
+            let reason = match outcome {
+                Ok(BlockOutcome::Invalid(_)) => Some("invalid_block"),
+                Ok(BlockOutcome::InvalidAncestor) => Some("block_on_invalid_chain"),
+                Err(e) => {
+                    tracing::error!(error = %e, %hash, "storing a block failed");
+                    None
                 }
-                Ok(BlockOutcome::InvalidAncestor) => {
-                    self.record_misbehaviour(sender_ip, "block_on_invalid_chain")
-                }
-                Err(e) => tracing::error!(error = %e, %hash, "storing a block failed"),
-                Ok(_) => {}
+                Ok(_) => None,
+            };
+            if let (Some(reason), Some(ip)) = (reason, sender_ip) {
+                tracing::info!(peer = id, %ip, reason, "peer gone before its block was judged");
+                self.record_misbehaviour(Some(ip), reason);
             }
         }
         self.request_blocks(now, &mut actions);
@@ -511,6 +512,40 @@ impl Protocol {
             };
             actions.push(Action::Send(*id, message));
         }
+    }
+
+    /// Counts work `id` handed to the chain task.
+    fn await_judgement(&mut self, id: PeerId, work: Work) {
+        let ip = self.peers[&id].addr.ip();
+        let entry = self.awaiting.entry(id).or_insert(Awaiting {
+            ip,
+            headers: 0,
+            blocks: 0,
+        });
+        match work {
+            Work::Headers => entry.headers += 1,
+            Work::Block => entry.blocks += 1,
+        }
+    }
+
+    /// Counts work of `id` the chain task judged; its sender's address.
+    fn judged(&mut self, id: PeerId, work: Work) -> Option<IpAddr> {
+        let entry = self.awaiting.get_mut(&id)?;
+        let count = match work {
+            Work::Headers => &mut entry.headers,
+            Work::Block => &mut entry.blocks,
+        };
+        *count = count.saturating_sub(1);
+        let ip = entry.ip;
+        if entry.headers == 0 && entry.blocks == 0 {
+            self.awaiting.remove(&id);
+        }
+        Some(ip)
+    }
+
+    /// Whether any header batch waits for the chain task.
+    pub(super) fn headers_being_indexed(&self) -> bool {
+        self.awaiting.values().any(|a| a.headers > 0)
     }
 
     pub(super) fn update_progress(&mut self, now: Instant) {

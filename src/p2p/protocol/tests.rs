@@ -1,6 +1,7 @@
 //! The protocol's rules, driven without sockets.
 
 use super::*;
+use crate::chain::flush::CATCH_UP_DISTANCE;
 use crate::testkit::{key, TestChain};
 
 struct Harness {
@@ -297,7 +298,7 @@ fn headers_being_indexed_hold_back_the_tick_and_still_cost_a_sender_that_left() 
         "a sender gone before its headers were indexed escapes"
     );
     assert_eq!(h.protocol.counters().misbehaviour["invalid_header"], 1);
-    assert!(h.protocol.headers_indexing.is_empty());
+    assert!(h.protocol.awaiting.is_empty());
 }
 
 /// A block waits for the chain task to judge it: a sender that leaves
@@ -327,6 +328,7 @@ fn an_invalid_block_still_costs_a_sender_that_left_before_it_was_judged() {
     );
     assert_eq!(h.protocol.counters().misbehaviour["invalid_block"], 1);
     assert!(h.protocol.processing.is_empty());
+    assert!(h.protocol.awaiting.is_empty());
 }
 
 /// While the node catches up (its best header far above its tip), it
@@ -373,6 +375,8 @@ fn transactions_wait_until_the_node_has_caught_up() {
     h.message(1, Message::Headers(headers), h.now);
     assert!(h.protocol.catching_up());
     assert!(!asked_for_tx(&h.message(1, announce(), h.now)));
+    // A transaction any judge would refuse (it pays nothing) is not
+    // judged: not refused, not sent to the chain task.
     let actions = h
         .protocol
         .on_message(1, Message::Tx(Box::new(spend.clone())), h.now);
@@ -380,6 +384,7 @@ fn transactions_wait_until_the_node_has_caught_up() {
         !actions.iter().any(|a| matches!(a, Action::AcceptTx { .. })),
         "a transaction went to the chain task during a catch-up"
     );
+    assert!(!h.protocol.recent_rejects.contains(&spend.txid()));
     assert_eq!(disconnected(&actions, 1), None);
 }
 
