@@ -306,21 +306,41 @@ impl StateCache {
 
     /// Takes a block's rows, encoded ahead (`BlockRows`), in the order they
     /// were written: the same as writing each here, without encoding or
-    /// allocating on the caller's thread.
+    /// allocating on the caller's thread. Column families are independent
+    /// maps, so a block's worth of rows goes in one family per rayon task
+    /// (the pool is idle then: the block's signatures are checked).
     pub fn take_rows(&mut self, rows: BlockRows) {
-        for row in rows.0 {
-            self.set_row(
-                row.family,
-                Cow::Owned(row.key.into_vec()),
-                row.value,
-                row.fresh,
-            );
+        use rayon::prelude::*;
+        let deltas: Vec<RowDelta> = if rows.len() >= PARALLEL_ROWS {
+            self.families
+                .par_iter_mut()
+                .zip(rows.0.into_par_iter())
+                .map(|(family, rows)| insert_rows(family, rows))
+                .collect()
+        } else {
+            self.families
+                .iter_mut()
+                .zip(rows.0)
+                .map(|(family, rows)| insert_rows(family, rows))
+                .collect()
+        };
+        for delta in deltas {
+            self.apply(delta);
         }
     }
 
-    /// Writes one row. The key is copied only if the row is new (a borrowed
-    /// key); an owned one moves in (`into_boxed_slice` of an exact-size
-    /// vector does not reallocate).
+    fn apply(&mut self, delta: RowDelta) {
+        self.data_bytes = self
+            .data_bytes
+            .checked_add_signed(delta.bytes)
+            .expect("the cache's byte count stays whole");
+        self.rows = self
+            .rows
+            .checked_add_signed(delta.rows)
+            .expect("the cache's row count stays whole");
+    }
+
+    /// Writes one row (see `set_row_in`).
     fn set_row(
         &mut self,
         family: usize,
@@ -328,30 +348,8 @@ impl StateCache {
         value: Option<Box<[u8]>>,
         fresh: bool,
     ) {
-        let family = &mut self.families[family];
-        let new_len = value.as_ref().map_or(0, |v| v.len());
-        match family.get_mut(&*key) {
-            Some(row) if row.fresh && value.is_none() => {
-                // Created and deleted between two flushes: the store never
-                // saw it and needs no deletion.
-                let old_len = row.value.as_ref().map_or(0, |v| v.len());
-                family.remove(&*key);
-                self.data_bytes -= key.len() + old_len;
-                self.rows -= 1;
-            }
-            Some(row) => {
-                let old_len = row.value.as_ref().map_or(0, |v| v.len());
-                row.value = value;
-                self.data_bytes = self.data_bytes - old_len + new_len;
-            }
-            None => {
-                let key_len = key.len();
-                let fresh = fresh && value.is_some();
-                family.insert(key.into_owned().into_boxed_slice(), Row { value, fresh });
-                self.data_bytes += key_len + new_len;
-                self.rows += 1;
-            }
-        }
+        let delta = set_row_in(&mut self.families[family], key, value, fresh);
+        self.apply(delta);
     }
 
     /// A stored value as the chain sees it: the cache's if it has the row,
@@ -469,14 +467,77 @@ impl StateCache {
     }
 }
 
+/// Rows at least this many in one block go into the cache one column family
+/// per rayon task.
+const PARALLEL_ROWS: usize = 256;
+
+/// What writing rows changed in a family: key and value bytes, rows.
+#[derive(Default)]
+struct RowDelta {
+    bytes: isize,
+    rows: isize,
+}
+
+/// Writes `rows` into `family`, in order.
+fn insert_rows(family: &mut Family, rows: Vec<OwnedRow>) -> RowDelta {
+    let mut total = RowDelta::default();
+    for row in rows {
+        let delta = set_row_in(family, Cow::Owned(row.key.into_vec()), row.value, row.fresh);
+        total.bytes += delta.bytes;
+        total.rows += delta.rows;
+    }
+    total
+}
+
+/// Writes one row into `family`. The key is copied only if the row is new
+/// (a borrowed key); an owned one moves in (`into_boxed_slice` of an
+/// exact-size vector does not reallocate).
+fn set_row_in(
+    family: &mut Family,
+    key: Cow<'_, [u8]>,
+    value: Option<Box<[u8]>>,
+    fresh: bool,
+) -> RowDelta {
+    let new_len = value.as_ref().map_or(0, |v| v.len()) as isize;
+    match family.get_mut(&*key) {
+        Some(row) if row.fresh && value.is_none() => {
+            // Created and deleted between two flushes: the store never saw
+            // it and needs no deletion.
+            let old_len = row.value.as_ref().map_or(0, |v| v.len()) as isize;
+            family.remove(&*key);
+            RowDelta {
+                bytes: -(key.len() as isize + old_len),
+                rows: -1,
+            }
+        }
+        Some(row) => {
+            let old_len = row.value.as_ref().map_or(0, |v| v.len()) as isize;
+            row.value = value;
+            RowDelta {
+                bytes: new_len - old_len,
+                rows: 0,
+            }
+        }
+        None => {
+            let key_len = key.len() as isize;
+            let fresh = fresh && value.is_some();
+            family.insert(key.into_owned().into_boxed_slice(), Row { value, fresh });
+            RowDelta {
+                bytes: key_len + new_len,
+                rows: 1,
+            }
+        }
+    }
+}
+
 /// A block's rows for the cache, encoded into their own allocations where
 /// the block is prepared (on rayon's pool, beside its signature checks),
-/// so the chain's thread only inserts them (`StateCache::take_rows`).
+/// so the chain's thread only inserts them (`StateCache::take_rows`). Kept
+/// per column family, each in write order.
 #[derive(Default)]
-pub struct BlockRows(Vec<OwnedRow>);
+pub struct BlockRows([Vec<OwnedRow>; STATE_CFS.len()]);
 
 struct OwnedRow {
-    family: usize,
     key: Box<[u8]>,
     value: Option<Box<[u8]>>,
     fresh: bool,
@@ -484,12 +545,15 @@ struct OwnedRow {
 
 impl BlockRows {
     fn push(&mut self, cf: &str, key: &[u8], value: Option<&[u8]>, fresh: bool) {
-        self.0.push(OwnedRow {
-            family: family_of(cf),
+        self.0[family_of(cf)].push(OwnedRow {
             key: Box::from(key),
             value: value.map(Box::from),
             fresh,
         });
+    }
+
+    fn len(&self) -> usize {
+        self.0.iter().map(Vec::len).sum()
     }
 }
 
@@ -548,7 +612,23 @@ mod tests {
     /// stored rows stay, newest value wins.
     #[test]
     fn block_rows_taken_equal_rows_written() {
+        // A few rows (taken one family after another) and many (one family
+        // per rayon task).
+        for extra in [0, PARALLEL_ROWS] {
+            block_rows_taken_equal_rows_written_with(extra);
+        }
+    }
+
+    fn block_rows_taken_equal_rows_written_with(extra: usize) {
         let writes = |w: &mut dyn StateWrites| {
+            for n in 0..extra {
+                // Created, some spent again, in several families.
+                let o = OutPoint::new(Hash256([4; 32]), n as u32);
+                w.put_utxo(&o, &utxo(n as u64 + 1));
+                if n % 3 == 0 {
+                    w.delete_utxo(&o, &utxo(n as u64 + 1));
+                }
+            }
             let a = OutPoint::new(Hash256([1; 32]), 0);
             let b = OutPoint::new(Hash256([2; 32]), 1);
             let stored = OutPoint::new(Hash256([3; 32]), 2);
@@ -585,11 +665,19 @@ mod tests {
                 assert_eq!((&row.value, row.fresh), (&other.value, other.fresh));
             }
         }
-        assert_eq!(
-            direct.len(),
-            5,
-            "b's two rows, a deletion of each of stored's, stats"
-        );
+        if extra == 0 {
+            assert_eq!(
+                direct.len(),
+                5,
+                "b's two rows, a deletion of each of stored's, stats"
+            );
+        } else {
+            assert!(rows_len_of(&direct) > PARALLEL_ROWS);
+        }
+    }
+
+    fn rows_len_of(cache: &StateCache) -> usize {
+        cache.families.iter().map(|f| f.len()).sum()
     }
 
     #[test]
