@@ -79,10 +79,6 @@ impl HeaderTree {
             .is_some_and(|e| e.has(status::HAVE_DATA))
     }
 
-    pub fn minimum_chain_work(&self) -> U256 {
-        self.minimum_chain_work
-    }
-
     /// `hash` as the start of a header chain, with the times of up to
     /// `history` blocks ending at it.
     pub fn header_anchor(&self, hash: &BlockHash, history: usize) -> Option<HeaderAnchor> {
