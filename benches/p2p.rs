@@ -178,8 +178,8 @@ fn bench_sync(blocks: usize, txs: usize) -> f64 {
 /// The chain's time per stage (its `chain stage times` log line, in
 /// microseconds) as shares of the whole; then, within the signatures
 /// stage, the busy time of each of its overlapping halves (the signature
-/// checks; the rows' preparation, of which the UTXO-set digest) as shares
-/// of the same whole.
+/// checks; the rows' preparation, of which the UTXO-set digest) and of the
+/// background flushes on their own thread, as shares of the same whole.
 fn stage_shares(line: &str) -> String {
     const STAGES: [&str; 7] = [
         "accept_us",
@@ -190,7 +190,12 @@ fn stage_shares(line: &str) -> String {
         "indexes_us",
         "writes_us",
     ];
-    const ALONGSIDE: [&str; 3] = ["signatures_busy_us", "prepare_busy_us", "digest_busy_us"];
+    const ALONGSIDE: [&str; 4] = [
+        "signatures_busy_us",
+        "prepare_busy_us",
+        "digest_busy_us",
+        "background_writes_us",
+    ];
     let field = |name: &str| -> f64 {
         log_field(line, name)
             .and_then(|v| v.parse().ok())
@@ -211,7 +216,7 @@ fn stage_shares(line: &str) -> String {
             .join(", ")
     };
     format!(
-        "chain task time {:.1} s: {}\n  within signatures, busy: {}",
+        "chain task time {:.1} s: {}\n  alongside, busy: {}",
         total / 1e6,
         shares(&STAGES),
         shares(&ALONGSIDE)

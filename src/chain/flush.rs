@@ -17,16 +17,28 @@
 //!   its first disconnect (which flushes whatever catch-up had cached) to
 //!   its last connect: every block it reports connected is on disk. Deep
 //!   reorganisations are rare, and the kill tests hold the node to that.
-//! - In catch-up, blocks accumulate until the cache holds more than its
-//!   byte limit (`--dbcache-mb`) or is `CACHE_MAX_AGE` old; one batch then
-//!   writes them all. Meanwhile readers of the store see the state at the
-//!   last flush, whole and consistent; the chain itself (validation, the
-//!   mempool, block templates) reads through the cache.
+//! - In catch-up, blocks accumulate until the cache holds an eighth of its
+//!   byte limit (`--dbcache-mb`, `BACKGROUND_FLUSH_DIVISOR`) or is
+//!   `CACHE_MAX_AGE` old. The chain then freezes them (`StateCache::freeze`)
+//!   and a writer thread puts them in one batch, with the index entries
+//!   and tip record as of the freeze, while the chain connects the next
+//!   blocks into an empty cache in front (reading through both). One such
+//!   write runs at a time, and every other flush waits for it first, so
+//!   batches land in order; a cache over its limit waits for it too. The
+//!   write uses the core that the chain's serial work leaves idle, and the
+//!   flush at the end of a catch-up finds an eighth of the limit at most.
+//!   If the write fails, its layer stays behind the cache and the next
+//!   flush writes both in one batch. Meanwhile readers of the store see
+//!   the state at the last flush that landed, whole and consistent; the
+//!   chain itself (validation, the mempool, block templates) reads through
+//!   the cache.
 //! - A clean shutdown writes what is left (`Chain::flush`, and `Drop`).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{Chain, ChainError, ChainTip};
+use crate::store::{StateCache, StoreError};
 
 /// Default byte limit of the cache: Bitcoin Core's `-dbcache` default
 /// (450 MiB). Catch-up writes in batches of about this size.
@@ -53,6 +65,13 @@ pub const CATCH_UP_TIP_AGE: u32 = 3_600;
 /// and a wallet polling a syncing node should see it move.
 pub const CACHE_MAX_AGE: Duration = Duration::from_secs(300);
 
+/// In catch-up the cache is written in the background once it holds this
+/// fraction of its limit: small enough that a write overlaps the blocks
+/// after it and that little is left when the catch-up ends, large enough
+/// that most outputs created and spent within a few blocks never reach
+/// the disk.
+pub const BACKGROUND_FLUSH_DIVISOR: usize = 8;
+
 /// A flushed cache at least this large is freed on rayon's pool, not on the
 /// chain's thread (a cache of one block at the tip is freed at once).
 const FREE_ELSEWHERE_BYTES: usize = 4 << 20;
@@ -74,6 +93,21 @@ pub(super) struct Flushing {
     /// The tip the store holds (its tip record), once the chain is open.
     pub flushed_tip: Option<ChainTip>,
     pub last_flush: Instant,
+    /// The write of a frozen layer under way, if any.
+    pub background: Option<Background>,
+}
+
+/// A frozen layer being written by its own thread.
+#[derive(Debug)]
+pub(super) struct Background {
+    /// Returns how long the write took.
+    thread: std::thread::JoinHandle<Result<Duration, StoreError>>,
+    /// The tip the frozen layer ends at: the store's once written.
+    tip: ChainTip,
+    /// Blocks the layer holds.
+    blocks: u32,
+    rows: usize,
+    bytes: usize,
 }
 
 impl Flushing {
@@ -85,6 +119,7 @@ impl Flushing {
             flushes: 0,
             flushed_tip: None,
             last_flush: Instant::now(),
+            background: None,
         }
     }
 }
@@ -130,17 +165,115 @@ impl Chain {
     }
 
     /// Called after a block's rows went into the cache and the tip moved,
-    /// before its event goes out: flushes at the tip, in a reorganisation,
-    /// over the byte limit, or when the cache is old.
+    /// before its event goes out: flushes at the tip, in a reorganisation
+    /// and without a cache; in catch-up, starts a background write when
+    /// the cache holds an eighth of its limit or is old, and waits for the
+    /// one under way when over the limit.
     pub(super) fn block_cached(&mut self) -> Result<(), ChainError> {
         self.flushing.blocks += 1;
-        if self.flushing.reorganising
-            || !self.catching_up()
-            || self.cache.bytes() > self.flushing.limit
-            || self.flushing.last_flush.elapsed() >= CACHE_MAX_AGE
-        {
-            self.flush()?;
+        self.finish_background(false)?;
+        if self.flushing.reorganising || !self.catching_up() || self.flushing.limit == 0 {
+            return self.flush();
         }
+        if self.cache.bytes() > self.flushing.limit {
+            self.finish_background(true)?;
+        }
+        if self.flushing.background.is_none()
+            && (self.cache.own_bytes() >= self.flushing.limit / BACKGROUND_FLUSH_DIVISOR
+                || self.flushing.last_flush.elapsed() >= CACHE_MAX_AGE)
+        {
+            if self.cache.has_behind() {
+                // A failed background write left its layer: both now.
+                return self.flush();
+            }
+            self.start_background_flush();
+        }
+        Ok(())
+    }
+
+    /// Freezes the cache and writes it on a thread of its own, with the
+    /// block index entries it changed and the tip record as they are now.
+    fn start_background_flush(&mut self) {
+        debug_assert!(self.flushing.background.is_none() && !self.cache.has_behind());
+        if self.cache.is_empty() {
+            return;
+        }
+        let entries: Vec<_> = self
+            .cache
+            .index_changed()
+            .map(|hash| (*hash, self.tree.index[hash]))
+            .collect();
+        let (rows, bytes) = (self.cache.len(), self.cache.bytes());
+        let frozen = self.cache.freeze();
+        let store = self.store.clone();
+        let (tip, digest, sync) = (self.tip, self.digest.clone(), self.sync_writes);
+        let spawned = std::thread::Builder::new()
+            .name("chain-flush".into())
+            .spawn(move || {
+                // Bulk work: a REST request or a ping goes first.
+                crate::priority::lower_current_thread();
+                let started = Instant::now();
+                let mut batch = store.batch_with_capacity(frozen.batch_bytes() + TIP_ROWS_BYTES);
+                for (hash, entry) in &entries {
+                    batch.put_block_index(hash, entry);
+                }
+                frozen.write_to(&mut batch);
+                batch.put_tip(&tip, &digest);
+                store.write(batch, sync)?;
+                Ok(started.elapsed())
+            });
+        match spawned {
+            Ok(thread) => {
+                self.flushing.background = Some(Background {
+                    thread,
+                    tip: self.tip(),
+                    blocks: self.flushing.blocks,
+                    rows,
+                    bytes,
+                });
+                self.flushing.last_flush = Instant::now();
+            }
+            // The layer stays behind the cache: the next flush writes it.
+            Err(error) => tracing::warn!(%error, "could not start a background flush"),
+        }
+    }
+
+    /// Takes the outcome of the background write, if one is under way and
+    /// has ended (or, with `wait`, once it ends). Written: the store holds
+    /// its tip and the frozen layer goes. Failed: the layer stays behind the
+    /// cache for the next flush, and the error is returned.
+    pub(super) fn finish_background(&mut self, wait: bool) -> Result<(), ChainError> {
+        match &self.flushing.background {
+            Some(background) if wait || background.thread.is_finished() => {}
+            _ => return Ok(()),
+        }
+        let background = self.flushing.background.take().expect("checked above");
+        let started = Instant::now();
+        let outcome = background.thread.join();
+        self.stages.writes += started.elapsed();
+        let took = match outcome {
+            Ok(written) => written?,
+            Err(_) => {
+                return Err(ChainError::Inconsistent(
+                    "the background flush thread panicked".into(),
+                ))
+            }
+        };
+        self.stages.background_writes += took;
+        if let Some(frozen) = self.cache.drop_behind() {
+            free_elsewhere(frozen);
+        }
+        self.flushing.blocks -= background.blocks;
+        self.flushing.flushes += 1;
+        self.flushing.flushed_tip = Some(background.tip);
+        tracing::info!(
+            blocks = background.blocks,
+            rows = background.rows,
+            cache_bytes = background.bytes,
+            height = background.tip.height,
+            ms = took.as_millis() as u64,
+            "chain state cache flushed in the background"
+        );
         Ok(())
     }
 
@@ -157,8 +290,17 @@ impl Chain {
     /// Flushes if the cache holds blocks and is `CACHE_MAX_AGE` old (for a
     /// catch-up whose blocks stopped coming). Says whether it flushed.
     pub fn flush_if_old(&mut self) -> Result<bool, ChainError> {
+        let landed = self
+            .flushing
+            .background
+            .as_ref()
+            .is_some_and(|b| b.thread.is_finished());
+        self.finish_background(false)?;
         if self.cache.is_empty() || self.flushing.last_flush.elapsed() < CACHE_MAX_AGE {
-            return Ok(false);
+            if landed {
+                self.publish();
+            }
+            return Ok(landed);
         }
         self.flush()?;
         // No block step follows to publish it: readers learn of the flush
@@ -169,9 +311,13 @@ impl Chain {
 
     /// Writes the cache, the block index entries of the blocks it connected
     /// and the tip record in one atomic batch (synced as `sync_writes`
-    /// says). On failure the cache keeps everything, and a later flush
-    /// writes it.
+    /// says), after the background write under way, if any. On failure the
+    /// cache keeps everything, and a later flush writes it.
     pub fn flush(&mut self) -> Result<(), ChainError> {
+        if let Err(error) = self.finish_background(true) {
+            // Its layer stays behind the cache: written below with it.
+            tracing::warn!(%error, "background flush failed; writing its blocks again");
+        }
         if self.cache.is_empty() {
             return Ok(());
         }
@@ -193,10 +339,7 @@ impl Chain {
         // Freeing a catch-up's cache (millions of rows, each its own
         // allocation) took a fifth of its final flush: a large one is freed
         // on rayon's pool while the chain goes on.
-        let flushed = std::mem::take(&mut self.cache);
-        if flushed.batch_bytes() >= FREE_ELSEWHERE_BYTES {
-            rayon::spawn(move || drop(flushed));
-        }
+        free_elsewhere(Arc::new(std::mem::take(&mut self.cache)));
         let blocks = std::mem::take(&mut self.flushing.blocks);
         self.flushing.flushes += 1;
         self.flushing.flushed_tip = Some(self.tip());
@@ -243,9 +386,22 @@ impl Chain {
     }
 
     /// Drops the chain as a crash would: whatever the cache holds is lost
-    /// (the store keeps the last flush). Only for tests.
+    /// (the store keeps the last flush). A background write under way
+    /// ends first (a real crash may or may not let it land). Returns the
+    /// tip on disk. Only for tests.
     #[doc(hidden)]
-    pub fn crash_for_test(mut self) {
+    pub fn crash_for_test(mut self) -> ChainTip {
+        let _ = self.finish_background(true);
         self.cache.clear();
+        self.flushed_tip()
+    }
+}
+
+/// Frees a written cache: a large one (millions of rows, each its own
+/// allocation; it took a fifth of a catch-up's final flush) on rayon's
+/// pool while the chain goes on, a small one at once.
+fn free_elsewhere(cache: Arc<StateCache>) {
+    if cache.batch_bytes() >= FREE_ELSEWHERE_BYTES {
+        rayon::spawn(move || drop(cache));
     }
 }

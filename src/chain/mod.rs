@@ -340,8 +340,12 @@ pub struct StageTimes {
     /// The prepared rows into the write-back cache (UTXOs, address index,
     /// tx index, undo data, active chain), and a disconnected block's.
     pub indexes: Duration,
-    /// Writing to RocksDB (flushes of the cache).
+    /// Writing to RocksDB (flushes of the cache), and waiting for a
+    /// background flush.
     pub writes: Duration,
+    /// Busy time of background flushes, on their own thread (alongside
+    /// the stages, so not a share of their time).
+    pub background_writes: Duration,
     /// Busy time within `signatures`, per half: the signature checks, and
     /// the rows' preparation, of which the digest (they overlap, so these
     /// are not shares of the wall time).
@@ -365,6 +369,7 @@ impl StageTimes {
             signatures_busy_us = self.signatures_busy.as_micros() as u64,
             prepare_busy_us = self.prepare_busy.as_micros() as u64,
             digest_busy_us = self.digest_busy.as_micros() as u64,
+            background_writes_us = self.background_writes.as_micros() as u64,
             "chain stage times"
         );
     }
@@ -1097,6 +1102,9 @@ impl Chain {
 
     /// Marks `hash` invalid and every descendant as having an invalid parent.
     fn mark_failed(&mut self, hash: BlockHash) -> Result<(), ChainError> {
+        // A background write may hold an older copy of an entry marked
+        // here: it must land first, not over this one.
+        self.finish_background(true)?;
         let mut batch = self.store.batch();
         let mut queue = vec![(hash, status::FAILED)];
         while let Some((h, flag)) = queue.pop() {

@@ -19,9 +19,19 @@
 //! The cache knows its size in bytes (keys, values, an estimate of the
 //! memory each entry costs beside them, and the copy a flush makes in its
 //! write batch), which the chain bounds.
+//!
+//! During a catch-up the chain writes the cache in the background: it
+//! freezes the rows into a layer of their own (`freeze`), which a writer
+//! thread puts in one batch while new blocks go to an empty cache in front
+//! of it. Reads look in the front, then in the frozen layer, then in the
+//! store; a row the frozen layer holds is not fresh for the front (its
+//! deletion must be written). Once the frozen layer is on disk the chain
+//! lets it go (`drop_behind`); if its write failed, it stays, and the next
+//! flush writes both layers in one batch, the older first.
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use super::db::{Store, StoreError};
 use super::schema::*;
@@ -208,6 +218,9 @@ pub struct StateCache {
     /// Keys and values of the rows held.
     data_bytes: usize,
     rows: usize,
+    /// The rows frozen for a background flush, until they are on disk:
+    /// read after this cache's own, before the store's.
+    behind: Option<Arc<StateCache>>,
 }
 
 fn family_of(cf: &str) -> usize {
@@ -225,37 +238,72 @@ impl StateCache {
     /// The cached value of a row: `Some(None)` if the cache holds its
     /// deletion, `None` if the cache does not know the row.
     pub fn get(&self, cf: &str, key: &[u8]) -> Option<Option<&[u8]>> {
-        self.families[family_of(cf)]
+        let family = family_of(cf);
+        self.families[family]
             .get(key)
+            .or_else(|| self.behind.as_ref()?.families[family].get(key))
             .map(|row| row.value.as_deref())
     }
 
     /// Memory the cache takes at its peak, during a flush, by its estimate:
     /// its rows (keys, values and `ENTRY_OVERHEAD_BYTES` each), their copy
     /// in the flush's write batch (`batch_bytes`) and the list that sorts
-    /// them.
+    /// them; the frozen layer's too.
     pub fn bytes(&self) -> usize {
+        self.own_bytes() + self.behind.as_ref().map_or(0, |b| b.own_bytes())
+    }
+
+    /// As `bytes`, without the frozen layer: what the next freeze takes.
+    pub fn own_bytes(&self) -> usize {
         self.data_bytes
             + self.rows * (ENTRY_OVERHEAD_BYTES + SORT_BYTES)
             + self.index_changed.len() * INDEX_ENTRY_BYTES
-            + self.batch_bytes()
+            + self.own_batch_bytes()
     }
 
-    /// Size of the write batch that a flush of the cache makes (for its
-    /// capacity: a batch grown by doubling would take up to twice that).
+    /// Size of the write batch that a flush of the cache (both layers)
+    /// makes (for its capacity: a batch grown by doubling would take up to
+    /// twice that).
     pub fn batch_bytes(&self) -> usize {
+        self.own_batch_bytes() + self.behind.as_ref().map_or(0, |b| b.own_batch_bytes())
+    }
+
+    fn own_batch_bytes(&self) -> usize {
         self.data_bytes
             + self.rows * BATCH_RECORD_BYTES
             + self.index_changed.len() * INDEX_BATCH_BYTES
     }
 
-    /// Rows held (puts and deletions).
+    /// Rows held (puts and deletions), in both layers.
     pub fn len(&self) -> usize {
-        self.rows
+        self.rows + self.behind.as_ref().map_or(0, |b| b.rows)
     }
 
+    /// Nothing to write: no rows and no index entries in either layer.
     pub fn is_empty(&self) -> bool {
-        self.rows == 0 && self.index_changed.is_empty()
+        self.rows == 0 && self.index_changed.is_empty() && self.behind.is_none()
+    }
+
+    /// Moves every row into a frozen layer, returned for a background
+    /// flush to write, and keeps reading through it until `drop_behind`.
+    /// Panics if a frozen layer is already behind (one at a time).
+    pub fn freeze(&mut self) -> Arc<StateCache> {
+        assert!(self.behind.is_none(), "one frozen layer at a time");
+        let frozen = Arc::new(std::mem::take(self));
+        self.behind = Some(frozen.clone());
+        frozen
+    }
+
+    /// Whether a frozen layer is behind this cache (being written, or
+    /// left by a failed background write).
+    pub fn has_behind(&self) -> bool {
+        self.behind.is_some()
+    }
+
+    /// Forgets the frozen layer, once it is on disk; returns it, to be
+    /// freed where it suits the caller.
+    pub fn drop_behind(&mut self) -> Option<Arc<StateCache>> {
+        self.behind.take()
     }
 
     /// Notes that the block index entry of `hash` changed with the state
@@ -264,15 +312,23 @@ impl StateCache {
         self.index_changed.insert(hash);
     }
 
-    /// Block index entries to write with the next flush.
+    /// Block index entries to write with the next flush (both layers'; an
+    /// entry may come twice).
     pub fn index_changed(&self) -> impl Iterator<Item = &BlockHash> {
-        self.index_changed.iter()
+        self.behind
+            .iter()
+            .flat_map(|b| b.index_changed.iter())
+            .chain(self.index_changed.iter())
     }
 
     /// Adds every row to `batch`, in key order per column family (RocksDB
-    /// inserts sorted keys into its memtable faster). The cache keeps them
-    /// until `clear`, so a failed write loses nothing.
+    /// inserts sorted keys into its memtable faster): the frozen layer's
+    /// first, so this cache's newer values come later in the batch and win.
+    /// The cache keeps them until `clear`, so a failed write loses nothing.
     pub fn write_to(&self, batch: &mut impl StateWrites) {
+        if let Some(behind) = &self.behind {
+            behind.write_to(batch);
+        }
         for (cf, family) in STATE_CFS.iter().zip(&self.families) {
             let mut rows: Vec<(&[u8], &Row)> =
                 family.iter().map(|(k, row)| (&k[..], row)).collect();
@@ -311,17 +367,24 @@ impl StateCache {
     /// (the pool is idle then: the block's signatures are checked).
     pub fn take_rows(&mut self, rows: BlockRows) {
         use rayon::prelude::*;
+        let behind = self.behind.as_deref();
         let deltas: Vec<RowDelta> = if rows.len() >= PARALLEL_ROWS {
             self.families
                 .par_iter_mut()
                 .zip(rows.0.into_par_iter())
-                .map(|(family, rows)| insert_rows(family, rows))
+                .enumerate()
+                .map(|(i, (family, rows))| {
+                    insert_rows(family, behind.map(|b| &b.families[i]), rows)
+                })
                 .collect()
         } else {
             self.families
                 .iter_mut()
                 .zip(rows.0)
-                .map(|(family, rows)| insert_rows(family, rows))
+                .enumerate()
+                .map(|(i, (family, rows))| {
+                    insert_rows(family, behind.map(|b| &b.families[i]), rows)
+                })
                 .collect()
         };
         for delta in deltas {
@@ -348,7 +411,8 @@ impl StateCache {
         value: Option<Box<[u8]>>,
         fresh: bool,
     ) {
-        let delta = set_row_in(&mut self.families[family], key, value, fresh);
+        let behind = self.behind.as_deref().map(|b| &b.families[family]);
+        let delta = set_row_in(&mut self.families[family], behind, key, value, fresh);
         self.apply(delta);
     }
 
@@ -479,10 +543,16 @@ struct RowDelta {
 }
 
 /// Writes `rows` into `family`, in order.
-fn insert_rows(family: &mut Family, rows: Vec<OwnedRow>) -> RowDelta {
+fn insert_rows(family: &mut Family, behind: Option<&Family>, rows: Vec<OwnedRow>) -> RowDelta {
     let mut total = RowDelta::default();
     for row in rows {
-        let delta = set_row_in(family, Cow::Owned(row.key.into_vec()), row.value, row.fresh);
+        let delta = set_row_in(
+            family,
+            behind,
+            Cow::Owned(row.key.into_vec()),
+            row.value,
+            row.fresh,
+        );
         total.bytes += delta.bytes;
         total.rows += delta.rows;
     }
@@ -494,6 +564,7 @@ fn insert_rows(family: &mut Family, rows: Vec<OwnedRow>) -> RowDelta {
 /// exact-size vector does not reallocate).
 fn set_row_in(
     family: &mut Family,
+    behind: Option<&Family>,
     key: Cow<'_, [u8]>,
     value: Option<Box<[u8]>>,
     fresh: bool,
@@ -520,7 +591,11 @@ fn set_row_in(
         }
         None => {
             let key_len = key.len() as isize;
-            let fresh = fresh && value.is_some();
+            // A value the frozen layer writes is in the store by the time
+            // this row is: its deletion must be written too.
+            let fresh = fresh
+                && value.is_some()
+                && behind.is_none_or(|b| b.get(&*key).is_none_or(|r| r.value.is_none()));
             family.insert(key.into_owned().into_boxed_slice(), Row { value, fresh });
             RowDelta {
                 bytes: key_len + new_len,
@@ -737,15 +812,6 @@ mod tests {
         assert_eq!(cache.get(CF_UTXO, &key), Some(None));
         assert_eq!(cache.len(), 2);
         let mut deletions = Vec::new();
-        struct Record<'a>(&'a mut Vec<(&'static str, Vec<u8>, bool)>);
-        impl StateWrites for Record<'_> {
-            fn put(&mut self, cf: &'static str, key: &[u8], _: &[u8]) {
-                self.0.push((cf, key.to_vec(), true));
-            }
-            fn delete(&mut self, cf: &'static str, key: &[u8]) {
-                self.0.push((cf, key.to_vec(), false));
-            }
-        }
         cache.write_to(&mut Record(&mut deletions));
         assert_eq!(
             deletions,
@@ -758,6 +824,104 @@ mod tests {
                 ),
             ]
         );
+    }
+
+    /// Records what a flush would write: family, key, put (or deletion).
+    struct Record<'a>(&'a mut Vec<(&'static str, Vec<u8>, bool)>);
+    impl StateWrites for Record<'_> {
+        fn put(&mut self, cf: &'static str, key: &[u8], _: &[u8]) {
+            self.0.push((cf, key.to_vec(), true));
+        }
+        fn delete(&mut self, cf: &'static str, key: &[u8]) {
+            self.0.push((cf, key.to_vec(), false));
+        }
+    }
+
+    #[test]
+    fn a_frozen_layer_is_read_behind_the_cache_and_written_before_it() {
+        let mut cache = StateCache::default();
+        let (a, b, c) = (
+            OutPoint::new(Hash256([1; 32]), 0),
+            OutPoint::new(Hash256([2; 32]), 0),
+            OutPoint::new(Hash256([3; 32]), 0),
+        );
+        let gone = OutPoint::new(Hash256([4; 32]), 0);
+        cache.put_utxo(&a, &utxo(5));
+        cache.put_utxo(&b, &utxo(6));
+        cache.delete_utxo(&gone, &utxo(7));
+        let (rows, bytes, batch) = (cache.len(), cache.bytes(), cache.batch_bytes());
+        let frozen = cache.freeze();
+        assert!(cache.has_behind() && !cache.is_empty());
+        assert_eq!(frozen.len(), rows);
+        // The layer behind still counts, and is still read.
+        assert_eq!(
+            (cache.len(), cache.bytes(), cache.batch_bytes()),
+            (rows, bytes, batch)
+        );
+        assert_eq!(cache.own_bytes(), 0);
+        let store = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            store.path(),
+            crate::consensus::params::Network::Regtest,
+            &crate::store::StoreOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(cache.utxo(&store, &a).unwrap(), Some(utxo(5)));
+        assert_eq!(cache.utxo(&store, &gone).unwrap(), None);
+        // Spent in front: the frozen layer writes the UTXO, so its deletion
+        // must be written after it, not dropped as fresh.
+        cache.delete_utxo(&a, &utxo(5));
+        assert_eq!(cache.utxo(&store, &a).unwrap(), None);
+        // Put again as new over the frozen layer's row, then deleted: the
+        // deletion stays too.
+        cache.put_utxo(&b, &utxo(8));
+        cache.delete_utxo(&b, &utxo(8));
+        assert_eq!(cache.get(CF_UTXO, &outpoint_key(&b)), Some(None));
+        // Created and spent in front alone: nothing to write.
+        cache.put_utxo(&c, &utxo(9));
+        cache.delete_utxo(&c, &utxo(9));
+        assert_eq!(cache.get(CF_UTXO, &outpoint_key(&c)), None);
+
+        let mut written = Vec::new();
+        cache.write_to(&mut Record(&mut written));
+        let utxo_rows: Vec<_> = written
+            .iter()
+            .filter(|(cf, _, _)| *cf == CF_UTXO)
+            .map(|(_, key, put)| (key.clone(), *put))
+            .collect();
+        let key = |o: &OutPoint| outpoint_key(o).to_vec();
+        assert_eq!(
+            utxo_rows,
+            vec![
+                (key(&a), true),
+                (key(&b), true),
+                (key(&gone), false),
+                (key(&a), false),
+                (key(&b), false),
+            ],
+            "the frozen layer first, in key order, then the front"
+        );
+
+        // Once the frozen layer is on disk the cache lets it go; reads go
+        // to the store.
+        let behind = cache.drop_behind().expect("a frozen layer");
+        assert!(Arc::ptr_eq(&behind, &frozen));
+        assert!(!cache.has_behind());
+        assert_eq!(cache.get(CF_UTXO, &outpoint_key(&gone)), None);
+        assert_eq!(
+            cache.len(),
+            4,
+            "a's and b's deletions, with their address rows"
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "one frozen layer at a time")]
+    fn one_frozen_layer_at_a_time() {
+        let mut cache = StateCache::default();
+        cache.put_utxo(&OutPoint::new(Hash256([1; 32]), 0), &utxo(5));
+        let _frozen = cache.freeze();
+        cache.freeze();
     }
 
     #[test]
