@@ -26,7 +26,8 @@
 //!   write runs at a time, and every other flush waits for it first, so
 //!   batches land in order; a cache over its limit waits for it too. The
 //!   write uses the core that the chain's serial work leaves idle, and the
-//!   flush at the end of a catch-up finds an eighth of the limit at most.
+//!   flush at the end of a catch-up finds little left (what came in front
+//!   since the last freeze).
 //!   If the write fails, its layer stays behind the cache and the next
 //!   flush writes both in one batch. Meanwhile readers of the store see
 //!   the state at the last flush that landed, whole and consistent; the
@@ -41,7 +42,8 @@ use super::{Chain, ChainError, ChainTip};
 use crate::store::{StateCache, StoreError};
 
 /// Default byte limit of the cache: Bitcoin Core's `-dbcache` default
-/// (450 MiB). Catch-up writes in batches of about this size.
+/// (450 MiB). Catch-up writes in background batches of about an eighth of
+/// it (`BACKGROUND_FLUSH_DIVISOR`).
 pub const DEFAULT_CACHE_BYTES: usize = 450 << 20;
 
 /// The chain is catching up (and keeps blocks in the cache between flushes)
@@ -171,15 +173,17 @@ impl Chain {
     /// one under way when over the limit.
     pub(super) fn block_cached(&mut self) -> Result<(), ChainError> {
         self.flushing.blocks += 1;
-        self.finish_background(false)?;
+        self.finish_background(false);
         if self.flushing.reorganising || !self.catching_up() || self.flushing.limit == 0 {
             return self.flush();
         }
-        if self.cache.bytes() > self.flushing.limit {
-            self.finish_background(true)?;
+        let over = self.cache.bytes() > self.flushing.limit;
+        if over {
+            self.finish_background(true);
         }
         if self.flushing.background.is_none()
-            && (self.cache.own_bytes() >= self.flushing.limit / BACKGROUND_FLUSH_DIVISOR
+            && (over
+                || self.cache.own_bytes() >= self.flushing.limit / BACKGROUND_FLUSH_DIVISOR
                 || self.flushing.last_flush.elapsed() >= CACHE_MAX_AGE)
         {
             if self.cache.has_behind() {
@@ -240,23 +244,30 @@ impl Chain {
 
     /// Takes the outcome of the background write, if one is under way and
     /// has ended (or, with `wait`, once it ends). Written: the store holds
-    /// its tip and the frozen layer goes. Failed: the layer stays behind the
-    /// cache for the next flush, and the error is returned.
-    pub(super) fn finish_background(&mut self, wait: bool) -> Result<(), ChainError> {
+    /// its tip and the frozen layer goes. Failed: the error is logged and
+    /// the layer stays behind the cache; the next flush writes it (and
+    /// says if that fails too), so whoever needs a flush still gets one.
+    pub(super) fn finish_background(&mut self, wait: bool) {
         match &self.flushing.background {
             Some(background) if wait || background.thread.is_finished() => {}
-            _ => return Ok(()),
+            _ => return,
         }
         let background = self.flushing.background.take().expect("checked above");
         let started = Instant::now();
         let outcome = background.thread.join();
         self.stages.writes += started.elapsed();
         let took = match outcome {
-            Ok(written) => written?,
+            Ok(Ok(took)) => took,
+            Ok(Err(error)) => {
+                tracing::warn!(%error, height = background.tip.height, "background flush failed; the next flush writes its blocks");
+                return;
+            }
             Err(_) => {
-                return Err(ChainError::Inconsistent(
-                    "the background flush thread panicked".into(),
-                ))
+                tracing::warn!(
+                    height = background.tip.height,
+                    "background flush thread panicked; the next flush writes its blocks"
+                );
+                return;
             }
         };
         self.stages.background_writes += took;
@@ -274,7 +285,6 @@ impl Chain {
             ms = took.as_millis() as u64,
             "chain state cache flushed in the background"
         );
-        Ok(())
     }
 
     /// Called at the end of every call that may have changed the state: at
@@ -295,7 +305,7 @@ impl Chain {
             .background
             .as_ref()
             .is_some_and(|b| b.thread.is_finished());
-        self.finish_background(false)?;
+        self.finish_background(false);
         if self.cache.is_empty() || self.flushing.last_flush.elapsed() < CACHE_MAX_AGE {
             if landed {
                 self.publish();
@@ -314,10 +324,8 @@ impl Chain {
     /// says), after the background write under way, if any. On failure the
     /// cache keeps everything, and a later flush writes it.
     pub fn flush(&mut self) -> Result<(), ChainError> {
-        if let Err(error) = self.finish_background(true) {
-            // Its layer stays behind the cache: written below with it.
-            tracing::warn!(%error, "background flush failed; writing its blocks again");
-        }
+        // A failed one leaves its layer behind the cache: written below.
+        self.finish_background(true);
         if self.cache.is_empty() {
             return Ok(());
         }
@@ -391,7 +399,7 @@ impl Chain {
     /// tip on disk. Only for tests.
     #[doc(hidden)]
     pub fn crash_for_test(mut self) -> ChainTip {
-        let _ = self.finish_background(true);
+        self.finish_background(true);
         self.cache.clear();
         self.flushed_tip()
     }

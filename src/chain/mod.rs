@@ -311,8 +311,10 @@ pub struct Chain {
     events: broadcast::Sender<ChainEvent>,
     /// Readers' handle: published to after every change.
     reader: ChainReader,
-    /// Rows of the blocks connected or disconnected since the last flush:
-    /// `tip`, `digest` and `active` include them, the store does not yet.
+    /// Rows of the blocks connected or disconnected since the last flush
+    /// the chain took in: `tip`, `digest` and `active` include them; the
+    /// store does not yet, but for a frozen layer whose background write
+    /// has landed and is not taken in yet (`flush::finish_background`).
     cache: StateCache,
     flushing: Flushing,
     /// Where connecting blocks has spent its time.
@@ -1103,8 +1105,9 @@ impl Chain {
     /// Marks `hash` invalid and every descendant as having an invalid parent.
     fn mark_failed(&mut self, hash: BlockHash) -> Result<(), ChainError> {
         // A background write may hold an older copy of an entry marked
-        // here: it must land first, not over this one.
-        self.finish_background(true)?;
+        // here: it must land first, not over this one (a failed one's
+        // layer is written with the current entries).
+        self.finish_background(true);
         let mut batch = self.store.batch();
         let mut queue = vec![(hash, status::FAILED)];
         while let Some((h, flag)) = queue.pop() {
