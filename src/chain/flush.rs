@@ -39,6 +39,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{Chain, ChainError, ChainTip};
+use crate::consensus::block::Block;
+use crate::consensus::hash::BlockHash;
+use crate::store::schema::{status, BlockIndexEntry};
 use crate::store::{StateCache, StoreError};
 
 /// Default byte limit of the cache: Bitcoin Core's `-dbcache` default
@@ -97,6 +100,18 @@ pub(super) struct Flushing {
     pub last_flush: Instant,
     /// The write of a frozen layer under way, if any.
     pub background: Option<Background>,
+    /// Blocks stored while a background write was under way: their bodies
+    /// and index entries wait here, not behind the writer's batch, and are
+    /// written once it has landed (or with the next flush's batch). The
+    /// chain reads their bodies from here meanwhile.
+    pub deferred: Vec<DeferredBlock>,
+}
+
+/// A received block whose body and index entry are not written yet.
+#[derive(Debug)]
+pub(super) struct DeferredBlock {
+    pub hash: BlockHash,
+    pub block: Arc<Block>,
 }
 
 /// A frozen layer being written by its own thread.
@@ -122,6 +137,7 @@ impl Flushing {
             flushed_tip: None,
             last_flush: Instant::now(),
             background: None,
+            deferred: Vec::new(),
         }
     }
 }
@@ -242,6 +258,70 @@ impl Chain {
         }
     }
 
+    /// Stores a received block's body and index entry: at once, or, while
+    /// a background write holds the store, after it (the chain thread does
+    /// not wait behind the writer's batch). Either way they reach the disk
+    /// no later than any state that includes the block: every flush writes
+    /// deferred blocks first or in its own batch.
+    pub(super) fn store_block(
+        &mut self,
+        hash: BlockHash,
+        block: &Arc<Block>,
+        entry: BlockIndexEntry,
+    ) -> Result<(), ChainError> {
+        if self.flushing.background.is_some() {
+            self.flushing.deferred.push(DeferredBlock {
+                hash,
+                block: block.clone(),
+            });
+            self.stages.deferred_blocks += 1;
+            return Ok(());
+        }
+        let mut batch = self.store.batch();
+        batch.put_block(&hash, block);
+        batch.put_block_index(&hash, &entry);
+        self.store.write(batch, self.sync_writes)?;
+        Ok(())
+    }
+
+    /// A stored block's body: a deferred one's, or the store's.
+    pub(super) fn stored_block(&self, hash: &BlockHash) -> Result<Option<Arc<Block>>, ChainError> {
+        if let Some(deferred) = self
+            .flushing
+            .deferred
+            .iter()
+            .rev()
+            .find(|d| d.hash == *hash)
+        {
+            return Ok(Some(deferred.block.clone()));
+        }
+        Ok(self.store.block(hash)?.map(Arc::new))
+    }
+
+    /// Writes the deferred blocks in one batch, each with its index entry
+    /// as the chain holds it but for the VALID flag: a block connected
+    /// since is valid on disk only with the state that connects it (the
+    /// next flush writes that entry). On failure they stay, and the next
+    /// flush writes them in its own batch.
+    fn write_deferred(&mut self) {
+        if self.flushing.deferred.is_empty() {
+            return;
+        }
+        let mut batch = self.store.batch();
+        for d in &self.flushing.deferred {
+            let mut entry = self.tree.index[&d.hash];
+            entry.status &= !status::VALID;
+            batch.put_block(&d.hash, &d.block);
+            batch.put_block_index(&d.hash, &entry);
+        }
+        match self.store.write(batch, self.sync_writes) {
+            Ok(()) => self.flushing.deferred.clear(),
+            Err(error) => {
+                tracing::warn!(%error, "writing deferred blocks failed; the next flush writes them")
+            }
+        }
+    }
+
     /// Takes the outcome of the background write, if one is under way and
     /// has ended (or, with `wait`, once it ends). Written: the store holds
     /// its tip and the frozen layer goes. Failed: the error is logged and
@@ -256,6 +336,7 @@ impl Chain {
         let started = Instant::now();
         let outcome = background.thread.join();
         self.stages.writes += started.elapsed();
+        self.write_deferred();
         let took = match outcome {
             Ok(Ok(took)) => took,
             Ok(Err(error)) => {
@@ -327,6 +408,7 @@ impl Chain {
         // A failed one leaves its layer behind the cache: written below.
         self.finish_background(true);
         if self.cache.is_empty() {
+            self.write_deferred();
             return Ok(());
         }
         let started = Instant::now();
@@ -334,6 +416,13 @@ impl Chain {
         let mut batch = self
             .store
             .batch_with_capacity(self.cache.batch_bytes() + TIP_ROWS_BYTES);
+        // Deferred blocks (normally none: written when the background
+        // write landed), with their entries as the chain holds them: this
+        // batch holds the state those entries describe.
+        for d in &self.flushing.deferred {
+            batch.put_block(&d.hash, &d.block);
+            batch.put_block_index(&d.hash, &self.tree.index[&d.hash]);
+        }
         for hash in self.cache.index_changed() {
             batch.put_block_index(hash, &self.tree.index[hash]);
         }
@@ -348,6 +437,7 @@ impl Chain {
         // allocation) took a fifth of its final flush: a large one is freed
         // on rayon's pool while the chain goes on.
         free_elsewhere(Arc::new(std::mem::take(&mut self.cache)));
+        self.flushing.deferred.clear();
         let blocks = std::mem::take(&mut self.flushing.blocks);
         self.flushing.flushes += 1;
         self.flushing.flushed_tip = Some(self.tip());
