@@ -105,6 +105,8 @@ pub(super) struct Flushing {
     /// written once it has landed (or with the next flush's batch). The
     /// chain reads their bodies from here meanwhile.
     pub deferred: Vec<DeferredBlock>,
+    /// Encoded size of the deferred blocks, at most an eighth of the limit.
+    pub deferred_bytes: usize,
 }
 
 /// A received block whose body and index entry are not written yet.
@@ -138,6 +140,7 @@ impl Flushing {
             last_flush: Instant::now(),
             background: None,
             deferred: Vec::new(),
+            deferred_bytes: 0,
         }
     }
 }
@@ -202,8 +205,10 @@ impl Chain {
                 || self.cache.own_bytes() >= self.flushing.limit / BACKGROUND_FLUSH_DIVISOR
                 || self.flushing.last_flush.elapsed() >= CACHE_MAX_AGE)
         {
-            if self.cache.has_behind() {
-                // A failed background write left its layer: both now.
+            if self.cache.has_behind() || !self.flushing.deferred.is_empty() {
+                // A failed background write left its layer, or a failed
+                // write its deferred blocks: all now, in one batch (a
+                // block's state must not reach the disk before its body).
                 return self.flush();
             }
             self.start_background_flush();
@@ -214,7 +219,11 @@ impl Chain {
     /// Freezes the cache and writes it on a thread of its own, with the
     /// block index entries it changed and the tip record as they are now.
     fn start_background_flush(&mut self) {
-        debug_assert!(self.flushing.background.is_none() && !self.cache.has_behind());
+        debug_assert!(
+            self.flushing.background.is_none()
+                && !self.cache.has_behind()
+                && self.flushing.deferred.is_empty()
+        );
         if self.cache.is_empty() {
             return;
         }
@@ -262,18 +271,27 @@ impl Chain {
     /// a background write holds the store, after it (the chain thread does
     /// not wait behind the writer's batch). Either way they reach the disk
     /// no later than any state that includes the block: every flush writes
-    /// deferred blocks first or in its own batch.
+    /// deferred blocks first or in its own batch. Only a block whose header
+    /// is already indexed (on disk) waits, so no entry written meanwhile
+    /// (a child's header) can reach the disk before its parent's; and the
+    /// blocks waiting take at most an eighth of the cache's limit.
     pub(super) fn store_block(
         &mut self,
         hash: BlockHash,
         block: &Arc<Block>,
         entry: BlockIndexEntry,
+        header_stored: bool,
     ) -> Result<(), ChainError> {
-        if self.flushing.background.is_some() {
+        let size = entry.size as usize;
+        if self.flushing.background.is_some()
+            && header_stored
+            && self.flushing.deferred_bytes + size <= self.flushing.limit / BACKGROUND_FLUSH_DIVISOR
+        {
             self.flushing.deferred.push(DeferredBlock {
                 hash,
                 block: block.clone(),
             });
+            self.flushing.deferred_bytes += size;
             self.stages.deferred_blocks += 1;
             return Ok(());
         }
@@ -303,7 +321,7 @@ impl Chain {
     /// since is valid on disk only with the state that connects it (the
     /// next flush writes that entry). On failure they stay, and the next
     /// flush writes them in its own batch.
-    fn write_deferred(&mut self) {
+    pub(super) fn write_deferred(&mut self) {
         if self.flushing.deferred.is_empty() {
             return;
         }
@@ -315,7 +333,10 @@ impl Chain {
             batch.put_block_index(&d.hash, &entry);
         }
         match self.store.write(batch, self.sync_writes) {
-            Ok(()) => self.flushing.deferred.clear(),
+            Ok(()) => {
+                self.flushing.deferred.clear();
+                self.flushing.deferred_bytes = 0;
+            }
             Err(error) => {
                 tracing::warn!(%error, "writing deferred blocks failed; the next flush writes them")
             }
@@ -438,6 +459,7 @@ impl Chain {
         // on rayon's pool while the chain goes on.
         free_elsewhere(Arc::new(std::mem::take(&mut self.cache)));
         self.flushing.deferred.clear();
+        self.flushing.deferred_bytes = 0;
         let blocks = std::mem::take(&mut self.flushing.blocks);
         self.flushing.flushes += 1;
         self.flushing.flushed_tip = Some(self.tip());

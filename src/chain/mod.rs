@@ -918,7 +918,9 @@ impl Chain {
             }
         }
         entry.status |= status::HAVE_DATA;
-        self.store_block(hash, &block, entry)?;
+        // Indexed here means its header is on disk (headers-first).
+        let header_stored = self.tree.index.contains(&hash);
+        self.store_block(hash, &block, entry, header_stored)?;
         if self.tree.index.contains(&hash) {
             self.tree.index.update(&hash, |e| *e = entry);
         } else {
@@ -1107,8 +1109,10 @@ impl Chain {
     fn mark_failed(&mut self, hash: BlockHash) -> Result<(), ChainError> {
         // A background write may hold an older copy of an entry marked
         // here: it must land first, not over this one (a failed one's
-        // layer is written with the current entries).
+        // layer is written with the current entries); so must deferred
+        // blocks' bodies, before any entry of theirs says FAILED.
         self.finish_background(true);
+        self.write_deferred();
         let mut batch = self.store.batch();
         let mut queue = vec![(hash, status::FAILED)];
         while let Some((h, flag)) = queue.pop() {
