@@ -866,6 +866,38 @@ fn catch_up_writes_its_cache_in_the_background_while_blocks_connect() {
 }
 
 #[test]
+fn a_failed_background_write_loses_nothing() {
+    let test = crate::testkit::busy_chain(40, 8);
+    let blocks = &test.blocks[1..];
+    let dir = tempfile::tempdir().unwrap();
+    let mut chain = open_cached(&dir, 256 << 10);
+    // Every background write fails: each frozen layer stays behind the
+    // cache, and the next flush writes it with the chain's own thread.
+    chain.store().fail_writes_from("chain-flush", 1_000);
+    catch_up(&mut chain, blocks);
+    assert!(
+        chain.store().failures_left() < 1_000,
+        "background writes were tried"
+    );
+    assert!(
+        chain.stage_times().background_writes.is_zero(),
+        "no background write landed"
+    );
+    assert!(chain.cache_usage().flushes > 1 + u64::from(flush::CATCH_UP_DISTANCE));
+    assert_eq!(chain.flushed_tip(), chain.tip());
+    assert_eq!(chain.cache_usage().rows, 0);
+    assert!(check::check_store(chain.store()).unwrap().is_consistent());
+    for block in blocks {
+        assert!(chain.store().block(&block.hash()).unwrap().is_some());
+    }
+    let reference_dir = tempfile::tempdir().unwrap();
+    let mut reference = open_cached(&reference_dir, 0);
+    feed(&mut reference, blocks);
+    assert_eq!(state(&chain), state(&reference));
+    assert_eq!(full_state(&chain), full_state(&reference));
+}
+
+#[test]
 fn the_chain_reads_through_the_cache_while_the_store_keeps_the_last_flush() {
     let base = prefix();
     let (_, blocks) = branch(&base, 10, &key(3), &key(4));

@@ -52,6 +52,10 @@ pub enum StoreError {
     Missing(String),
     #[error("data dir has store format {found}, this build reads format {expected}")]
     WrongFormat { expected: u32, found: u32 },
+    /// A write failed on purpose (tests only).
+    #[cfg(test)]
+    #[error("injected write failure")]
+    Injected,
 }
 
 impl From<StoreError> for UtxoViewError {
@@ -98,6 +102,9 @@ pub struct Store {
     /// overlap and the count means what it says.
     writes: Arc<AtomicU64>,
     writing: Arc<std::sync::Mutex<()>>,
+    /// Tests: writes made from a thread of this name fail, this many times.
+    #[cfg(test)]
+    fail_writes: Arc<std::sync::Mutex<Option<(String, u32)>>>,
 }
 
 /// A RocksDB snapshot that owns a handle to its database.
@@ -211,6 +218,8 @@ impl Store {
             snapshot: None,
             writes: Arc::new(AtomicU64::new(0)),
             writing: Arc::new(std::sync::Mutex::new(())),
+            #[cfg(test)]
+            fail_writes: Default::default(),
         })
     }
 
@@ -394,6 +403,8 @@ impl Store {
             db: self.db.clone(),
             writes: self.writes.clone(),
             writing: self.writing.clone(),
+            #[cfg(test)]
+            fail_writes: self.fail_writes.clone(),
             snapshot: Some(Arc::new(OwnedSnapshot::new(&self.db))),
         }
     }
@@ -432,9 +443,39 @@ impl Store {
             self.snapshot.is_none(),
             "a snapshot handle is read-only: write through the chain's own store"
         );
+        #[cfg(test)]
+        self.injected_failure()?;
         let mut opts = WriteOptions::default();
         opts.set_sync(sync);
         self.counted(|db| db.write_opt(batch.batch, &opts))
+    }
+
+    /// Tests: makes the next `times` writes from threads named `thread`
+    /// fail (with nothing written).
+    #[cfg(test)]
+    pub fn fail_writes_from(&self, thread: &str, times: u32) {
+        *self.fail_writes.lock().unwrap() = Some((thread.to_string(), times));
+    }
+
+    /// Tests: how many of the failures `fail_writes_from` asked for are
+    /// left.
+    #[cfg(test)]
+    pub fn failures_left(&self) -> u32 {
+        self.fail_writes.lock().unwrap().as_ref().map_or(0, |f| f.1)
+    }
+
+    #[cfg(test)]
+    fn injected_failure(&self) -> Result<(), StoreError> {
+        let mut fail = self.fail_writes.lock().unwrap();
+        match fail.as_mut() {
+            Some((thread, times))
+                if *times > 0 && std::thread::current().name() == Some(thread.as_str()) =>
+            {
+                *times -= 1;
+                Err(StoreError::Injected)
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Runs one write, alone, with the write counter odd while it runs
