@@ -42,7 +42,7 @@ use super::{Chain, ChainError, ChainTip};
 use crate::consensus::block::Block;
 use crate::consensus::hash::BlockHash;
 use crate::store::schema::{status, BlockIndexEntry};
-use crate::store::{StateCache, StoreError};
+use crate::store::{StateCache, StoreBatch, StoreError};
 
 /// Default byte limit of the cache: Bitcoin Core's `-dbcache` default
 /// (450 MiB). Catch-up writes in background batches of about an eighth of
@@ -321,25 +321,29 @@ impl Chain {
     /// since is valid on disk only with the state that connects it (the
     /// next flush writes that entry). On failure they stay, and the next
     /// flush writes them in its own batch.
-    pub(super) fn write_deferred(&mut self) {
+    pub(super) fn write_deferred(&mut self) -> Result<(), ChainError> {
         if self.flushing.deferred.is_empty() {
-            return;
+            return Ok(());
         }
         let mut batch = self.store.batch();
+        self.put_deferred(&mut batch, false);
+        self.store.write(batch, self.sync_writes)?;
+        self.flushing.deferred.clear();
+        self.flushing.deferred_bytes = 0;
+        Ok(())
+    }
+
+    /// Adds the deferred blocks' bodies and index entries to `batch`, the
+    /// entries as the chain holds them, VALID only `with_valid` (when the
+    /// batch holds the state that connects them).
+    fn put_deferred(&self, batch: &mut StoreBatch<'_>, with_valid: bool) {
         for d in &self.flushing.deferred {
             let mut entry = self.tree.index[&d.hash];
-            entry.status &= !status::VALID;
+            if !with_valid {
+                entry.status &= !status::VALID;
+            }
             batch.put_block(&d.hash, &d.block);
             batch.put_block_index(&d.hash, &entry);
-        }
-        match self.store.write(batch, self.sync_writes) {
-            Ok(()) => {
-                self.flushing.deferred.clear();
-                self.flushing.deferred_bytes = 0;
-            }
-            Err(error) => {
-                tracing::warn!(%error, "writing deferred blocks failed; the next flush writes them")
-            }
         }
     }
 
@@ -357,7 +361,9 @@ impl Chain {
         let started = Instant::now();
         let outcome = background.thread.join();
         self.stages.writes += started.elapsed();
-        self.write_deferred();
+        if let Err(error) = self.write_deferred() {
+            tracing::warn!(%error, "writing deferred blocks failed; the next flush writes them");
+        }
         let took = match outcome {
             Ok(Ok(took)) => took,
             Ok(Err(error)) => {
@@ -429,8 +435,7 @@ impl Chain {
         // A failed one leaves its layer behind the cache: written below.
         self.finish_background(true);
         if self.cache.is_empty() {
-            self.write_deferred();
-            return Ok(());
+            return self.write_deferred();
         }
         let started = Instant::now();
         // Room for the tip record and the digest's state too.
@@ -440,10 +445,7 @@ impl Chain {
         // Deferred blocks (normally none: written when the background
         // write landed), with their entries as the chain holds them: this
         // batch holds the state those entries describe.
-        for d in &self.flushing.deferred {
-            batch.put_block(&d.hash, &d.block);
-            batch.put_block_index(&d.hash, &self.tree.index[&d.hash]);
-        }
+        self.put_deferred(&mut batch, true);
         for hash in self.cache.index_changed() {
             batch.put_block_index(hash, &self.tree.index[hash]);
         }

@@ -1112,7 +1112,7 @@ impl Chain {
         // layer is written with the current entries); so must deferred
         // blocks' bodies, before any entry of theirs says FAILED.
         self.finish_background(true);
-        self.write_deferred();
+        self.write_deferred()?;
         let mut batch = self.store.batch();
         let mut queue = vec![(hash, status::FAILED)];
         while let Some((h, flag)) = queue.pop() {
