@@ -39,10 +39,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{Chain, ChainError, ChainTip};
-use crate::consensus::block::Block;
-use crate::consensus::hash::BlockHash;
-use crate::store::schema::{status, BlockIndexEntry};
-use crate::store::{StateCache, StoreBatch, StoreError};
+use crate::store::{StateCache, StoreError};
 
 /// Default byte limit of the cache: Bitcoin Core's `-dbcache` default
 /// (450 MiB). Catch-up writes in background batches of about an eighth of
@@ -100,20 +97,6 @@ pub(super) struct Flushing {
     pub last_flush: Instant,
     /// The write of a frozen layer under way, if any.
     pub background: Option<Background>,
-    /// Blocks stored while a background write was under way: their bodies
-    /// and index entries wait here, not behind the writer's batch, and are
-    /// written once it has landed (or with the next flush's batch). The
-    /// chain reads their bodies from here meanwhile.
-    pub deferred: Vec<DeferredBlock>,
-    /// Encoded size of the deferred blocks, at most an eighth of the limit.
-    pub deferred_bytes: usize,
-}
-
-/// A received block whose body and index entry are not written yet.
-#[derive(Debug)]
-pub(super) struct DeferredBlock {
-    pub hash: BlockHash,
-    pub block: Arc<Block>,
 }
 
 /// A frozen layer being written by its own thread.
@@ -139,8 +122,6 @@ impl Flushing {
             flushed_tip: None,
             last_flush: Instant::now(),
             background: None,
-            deferred: Vec::new(),
-            deferred_bytes: 0,
         }
     }
 }
@@ -205,10 +186,8 @@ impl Chain {
                 || self.cache.own_bytes() >= self.flushing.limit / BACKGROUND_FLUSH_DIVISOR
                 || self.flushing.last_flush.elapsed() >= CACHE_MAX_AGE)
         {
-            if self.cache.has_behind() || !self.flushing.deferred.is_empty() {
-                // A failed background write left its layer, or a failed
-                // write its deferred blocks: all now, in one batch (a
-                // block's state must not reach the disk before its body).
+            if self.cache.has_behind() {
+                // A failed background write left its layer: both now.
                 return self.flush();
             }
             self.start_background_flush();
@@ -219,11 +198,7 @@ impl Chain {
     /// Freezes the cache and writes it on a thread of its own, with the
     /// block index entries it changed and the tip record as they are now.
     fn start_background_flush(&mut self) {
-        debug_assert!(
-            self.flushing.background.is_none()
-                && !self.cache.has_behind()
-                && self.flushing.deferred.is_empty()
-        );
+        debug_assert!(self.flushing.background.is_none() && !self.cache.has_behind());
         if self.cache.is_empty() {
             return;
         }
@@ -267,86 +242,6 @@ impl Chain {
         }
     }
 
-    /// Stores a received block's body and index entry: at once, or, while
-    /// a background write holds the store, after it (the chain thread does
-    /// not wait behind the writer's batch). Either way they reach the disk
-    /// no later than any state that includes the block: every flush writes
-    /// deferred blocks first or in its own batch. Only a block whose header
-    /// is already indexed (on disk) waits, so no entry written meanwhile
-    /// (a child's header) can reach the disk before its parent's; and the
-    /// blocks waiting take at most an eighth of the cache's limit.
-    pub(super) fn store_block(
-        &mut self,
-        hash: BlockHash,
-        block: &Arc<Block>,
-        entry: BlockIndexEntry,
-        header_stored: bool,
-    ) -> Result<(), ChainError> {
-        let size = entry.size as usize;
-        if self.flushing.background.is_some()
-            && header_stored
-            && self.flushing.deferred_bytes + size <= self.flushing.limit / BACKGROUND_FLUSH_DIVISOR
-        {
-            self.flushing.deferred.push(DeferredBlock {
-                hash,
-                block: block.clone(),
-            });
-            self.flushing.deferred_bytes += size;
-            self.stages.deferred_blocks += 1;
-            return Ok(());
-        }
-        let mut batch = self.store.batch();
-        batch.put_block(&hash, block);
-        batch.put_block_index(&hash, &entry);
-        self.store.write(batch, self.sync_writes)?;
-        Ok(())
-    }
-
-    /// A stored block's body: a deferred one's, or the store's.
-    pub(super) fn stored_block(&self, hash: &BlockHash) -> Result<Option<Arc<Block>>, ChainError> {
-        if let Some(deferred) = self
-            .flushing
-            .deferred
-            .iter()
-            .rev()
-            .find(|d| d.hash == *hash)
-        {
-            return Ok(Some(deferred.block.clone()));
-        }
-        Ok(self.store.block(hash)?.map(Arc::new))
-    }
-
-    /// Writes the deferred blocks in one batch, each with its index entry
-    /// as the chain holds it but for the VALID flag: a block connected
-    /// since is valid on disk only with the state that connects it (the
-    /// next flush writes that entry). On failure they stay, and the next
-    /// flush writes them in its own batch.
-    pub(super) fn write_deferred(&mut self) -> Result<(), ChainError> {
-        if self.flushing.deferred.is_empty() {
-            return Ok(());
-        }
-        let mut batch = self.store.batch();
-        self.put_deferred(&mut batch, false);
-        self.store.write(batch, self.sync_writes)?;
-        self.flushing.deferred.clear();
-        self.flushing.deferred_bytes = 0;
-        Ok(())
-    }
-
-    /// Adds the deferred blocks' bodies and index entries to `batch`, the
-    /// entries as the chain holds them, VALID only `with_valid` (when the
-    /// batch holds the state that connects them).
-    fn put_deferred(&self, batch: &mut StoreBatch<'_>, with_valid: bool) {
-        for d in &self.flushing.deferred {
-            let mut entry = self.tree.index[&d.hash];
-            if !with_valid {
-                entry.status &= !status::VALID;
-            }
-            batch.put_block(&d.hash, &d.block);
-            batch.put_block_index(&d.hash, &entry);
-        }
-    }
-
     /// Takes the outcome of the background write, if one is under way and
     /// has ended (or, with `wait`, once it ends). Written: the store holds
     /// its tip and the frozen layer goes. Failed: the error is logged and
@@ -361,9 +256,6 @@ impl Chain {
         let started = Instant::now();
         let outcome = background.thread.join();
         self.stages.writes += started.elapsed();
-        if let Err(error) = self.write_deferred() {
-            tracing::warn!(%error, "writing deferred blocks failed; the next flush writes them");
-        }
         let took = match outcome {
             Ok(Ok(took)) => took,
             Ok(Err(error)) => {
@@ -435,17 +327,13 @@ impl Chain {
         // A failed one leaves its layer behind the cache: written below.
         self.finish_background(true);
         if self.cache.is_empty() {
-            return self.write_deferred();
+            return Ok(());
         }
         let started = Instant::now();
         // Room for the tip record and the digest's state too.
         let mut batch = self
             .store
             .batch_with_capacity(self.cache.batch_bytes() + TIP_ROWS_BYTES);
-        // Deferred blocks (normally none: written when the background
-        // write landed), with their entries as the chain holds them: this
-        // batch holds the state those entries describe.
-        self.put_deferred(&mut batch, true);
         for hash in self.cache.index_changed() {
             batch.put_block_index(hash, &self.tree.index[hash]);
         }
@@ -460,8 +348,6 @@ impl Chain {
         // allocation) took a fifth of its final flush: a large one is freed
         // on rayon's pool while the chain goes on.
         free_elsewhere(Arc::new(std::mem::take(&mut self.cache)));
-        self.flushing.deferred.clear();
-        self.flushing.deferred_bytes = 0;
         let blocks = std::mem::take(&mut self.flushing.blocks);
         self.flushing.flushes += 1;
         self.flushing.flushed_tip = Some(self.tip());

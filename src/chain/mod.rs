@@ -348,9 +348,6 @@ pub struct StageTimes {
     /// Busy time of background flushes, on their own thread (alongside
     /// the stages, so not a share of their time).
     pub background_writes: Duration,
-    /// Blocks stored while a background flush held the store, written
-    /// after it (`flush::Chain::store_block`).
-    pub deferred_blocks: u64,
     /// Busy time within `signatures`, per half: the signature checks, and
     /// the rows' preparation, of which the digest (they overlap, so these
     /// are not shares of the wall time).
@@ -375,7 +372,6 @@ impl StageTimes {
             prepare_busy_us = self.prepare_busy.as_micros() as u64,
             digest_busy_us = self.digest_busy.as_micros() as u64,
             background_writes_us = self.background_writes.as_micros() as u64,
-            deferred_blocks = self.deferred_blocks,
             "chain stage times"
         );
     }
@@ -918,9 +914,10 @@ impl Chain {
             }
         }
         entry.status |= status::HAVE_DATA;
-        // Indexed here means its header is on disk (headers-first).
-        let header_stored = self.tree.index.contains(&hash);
-        self.store_block(hash, &block, entry, header_stored)?;
+        let mut batch = self.store.batch();
+        batch.put_block(&hash, &block);
+        batch.put_block_index(&hash, &entry);
+        self.store.write(batch, self.sync_writes)?;
         if self.tree.index.contains(&hash) {
             self.tree.index.update(&hash, |e| *e = entry);
         } else {
@@ -1109,10 +1106,8 @@ impl Chain {
     fn mark_failed(&mut self, hash: BlockHash) -> Result<(), ChainError> {
         // A background write may hold an older copy of an entry marked
         // here: it must land first, not over this one (a failed one's
-        // layer is written with the current entries); so must deferred
-        // blocks' bodies, before any entry of theirs says FAILED.
+        // layer is written with the current entries).
         self.finish_background(true);
-        self.write_deferred()?;
         let mut batch = self.store.batch();
         let mut queue = vec![(hash, status::FAILED)];
         while let Some((h, flag)) = queue.pop() {
@@ -1182,9 +1177,11 @@ impl Chain {
             *stage += now - clock;
             clock = now;
         };
-        let block = self
-            .stored_block(&hash)?
-            .ok_or_else(|| ChainError::Inconsistent(format!("block {hash} has no data")))?;
+        let block = Arc::new(
+            self.store
+                .block(&hash)?
+                .ok_or_else(|| ChainError::Inconsistent(format!("block {hash} has no data")))?,
+        );
         let entry = self.tree.index[&hash];
         if entry.header.prev_hash != self.tip.hash {
             return Err(ChainError::Inconsistent(format!(
@@ -1309,9 +1306,11 @@ impl Chain {
         if entry.height == 0 {
             return Err(ChainError::Inconsistent("cannot disconnect genesis".into()));
         }
-        let block = self
-            .stored_block(&hash)?
-            .ok_or_else(|| ChainError::Inconsistent(format!("tip {hash} has no data")))?;
+        let block = Arc::new(
+            self.store
+                .block(&hash)?
+                .ok_or_else(|| ChainError::Inconsistent(format!("tip {hash} has no data")))?,
+        );
         let undo = self
             .cache
             .undo(&self.store, &hash)?
