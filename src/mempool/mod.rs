@@ -56,7 +56,9 @@ pub const REBUILD_STEP_CANDIDATES: usize = 128;
 /// A rebuild of the pool under way: what is left to judge, parents first,
 /// and what its end reports.
 struct Rebuild {
+    /// The `offered` returning transactions first, then the former entries.
     queue: std::vec::IntoIter<(u32, Transaction, SignatureChecks)>,
+    /// The returning transactions judged so far (all of them at the end).
     returning_ids: Vec<Txid>,
     former_ids: Vec<Txid>,
     former_owners: Vec<(Txid, Vec<(PubKeyHash, i64)>)>,
@@ -1006,20 +1008,29 @@ impl Mempool {
         self.changes += 1;
         let now = unix_now();
         let former_ids: Vec<Txid> = former.iter().map(|e| e.txid).collect();
-        let returning_ids: Vec<Txid> = returning.iter().map(Transaction::txid).collect();
+        // Only the former entries need ordering. The returning transactions
+        // come in block order, blocks by height: each spends only what
+        // comes before it (a block's spends are in order), and none spends
+        // a former entry (those were valid on top of them). This runs under
+        // the pool's lock: ordering (and hashing) the 4 400 transactions a
+        // 100-block reorganisation returns took 30 ms there, the rest of
+        // the rebuild is judged in steps (`catch_up_step`).
+        let former = parents_first(
+            former
+                .into_iter()
+                .map(|e| (e.time, Arc::unwrap_or_clone(e.tx), SignatureChecks::Off))
+                .collect(),
+            |(_, tx, _)| tx,
+        );
+        let offered = returning.len();
         let candidates: Vec<(u32, Transaction, SignatureChecks)> = returning
             .into_iter()
             .map(|tx| (now, tx, SignatureChecks::On))
-            .chain(
-                former
-                    .into_iter()
-                    .map(|e| (e.time, Arc::unwrap_or_clone(e.tx), SignatureChecks::Off)),
-            )
+            .chain(former)
             .collect();
-        let offered = returning_ids.len();
         self.rebuild = Some(Rebuild {
-            queue: parents_first(candidates, |(_, tx, _)| tx).into_iter(),
-            returning_ids,
+            queue: candidates.into_iter(),
+            returning_ids: Vec::with_capacity(offered),
             former_ids,
             former_owners,
             reason,
@@ -1043,6 +1054,9 @@ impl Mempool {
         let mut rebuild = self.rebuild.take()?;
         self.quiet = true;
         for (time, tx, signatures) in rebuild.queue.by_ref().take(budget) {
+            if rebuild.returning_ids.len() < rebuild.offered {
+                rebuild.returning_ids.push(tx.txid());
+            }
             let _ = self.accept_inner(chain, tx, time, signatures);
         }
         self.quiet = false;
