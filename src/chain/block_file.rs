@@ -36,22 +36,33 @@ pub fn write_blocks<'a>(
 /// Reads every block of a block file; a truncated last record is an error.
 pub fn read_blocks(mut input: impl Read) -> Result<Vec<Block>, BlockFileError> {
     let mut blocks = Vec::new();
-    loop {
-        let mut len = [0u8; 4];
-        match input.read_exact(&mut len) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(blocks),
+    while let Some(block) = read_block(&mut input, blocks.len())? {
+        blocks.push(block);
+    }
+    Ok(blocks)
+}
+
+/// Reads the next record (record number `index`, for errors); `None` at
+/// the end of the file. A record cut short, length included, is an error.
+pub fn read_block(mut input: impl Read, index: usize) -> Result<Option<Block>, BlockFileError> {
+    let mut len = [0u8; 4];
+    let mut got = 0;
+    while got < len.len() {
+        match input.read(&mut len[got..]) {
+            Ok(0) if got == 0 => return Ok(None),
+            Ok(0) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into()),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e.into()),
         }
-        let len = u32::from_le_bytes(len) as usize;
-        let index = blocks.len();
-        if len > MAX_BLOCK_SIZE {
-            return Err(BlockFileError::TooLong { index, len });
-        }
-        let mut bytes = vec![0u8; len];
-        input.read_exact(&mut bytes)?;
-        blocks.push(
-            Block::from_bytes(&bytes).map_err(|error| BlockFileError::Decode { index, error })?,
-        );
     }
+    let len = u32::from_le_bytes(len) as usize;
+    if len > MAX_BLOCK_SIZE {
+        return Err(BlockFileError::TooLong { index, len });
+    }
+    let mut bytes = vec![0u8; len];
+    input.read_exact(&mut bytes)?;
+    Block::from_bytes(&bytes)
+        .map(Some)
+        .map_err(|error| BlockFileError::Decode { index, error })
 }

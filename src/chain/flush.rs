@@ -35,11 +35,16 @@
 //!   the cache.
 //! - A clean shutdown writes what is left (`Chain::flush`, and `Drop`).
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::pending::PendingFile;
 use super::{Chain, ChainError, ChainTip};
-use crate::store::{StateCache, StoreError};
+use crate::consensus::block::Block;
+use crate::consensus::hash::BlockHash;
+use crate::store::schema::{status, BlockIndexEntry};
+use crate::store::{StateCache, StoreBatch, StoreError};
 
 /// Default byte limit of the cache: Bitcoin Core's `-dbcache` default
 /// (450 MiB). Catch-up writes in background batches of about an eighth of
@@ -97,6 +102,24 @@ pub(super) struct Flushing {
     pub last_flush: Instant,
     /// The write of a frozen layer under way, if any.
     pub background: Option<Background>,
+    /// Blocks stored while a background write was under way: their bodies
+    /// and index entries wait here, not behind the writer's batch, and are
+    /// written once it has landed (or with the next flush's batch). The
+    /// chain reads their bodies from here meanwhile, and `pending` holds
+    /// them on disk until the store does.
+    pub deferred: Vec<DeferredBlock>,
+    /// Encoded size of the deferred blocks, at most an eighth of the limit.
+    pub deferred_bytes: usize,
+    /// The deferred bodies, appended to a file of their own before their
+    /// blocks connect (`pending`).
+    pub pending: PendingFile,
+}
+
+/// A received block whose body and index entry are not written yet.
+#[derive(Debug)]
+pub(super) struct DeferredBlock {
+    pub hash: BlockHash,
+    pub block: Arc<Block>,
 }
 
 /// A frozen layer being written by its own thread.
@@ -113,7 +136,7 @@ pub(super) struct Background {
 }
 
 impl Flushing {
-    pub fn new(limit: usize) -> Flushing {
+    pub fn new(limit: usize, data_dir: &Path) -> Flushing {
         Flushing {
             limit,
             blocks: 0,
@@ -122,6 +145,9 @@ impl Flushing {
             flushed_tip: None,
             last_flush: Instant::now(),
             background: None,
+            deferred: Vec::new(),
+            deferred_bytes: 0,
+            pending: PendingFile::new(data_dir),
         }
     }
 }
@@ -186,8 +212,10 @@ impl Chain {
                 || self.cache.own_bytes() >= self.flushing.limit / BACKGROUND_FLUSH_DIVISOR
                 || self.flushing.last_flush.elapsed() >= CACHE_MAX_AGE)
         {
-            if self.cache.has_behind() {
-                // A failed background write left its layer: both now.
+            if self.cache.has_behind() || !self.flushing.deferred.is_empty() {
+                // A failed background write left its layer, or a failed
+                // write its deferred blocks: all now, in one batch (a
+                // block's state must not reach the disk before its body).
                 return self.flush();
             }
             self.start_background_flush();
@@ -198,7 +226,11 @@ impl Chain {
     /// Freezes the cache and writes it on a thread of its own, with the
     /// block index entries it changed and the tip record as they are now.
     fn start_background_flush(&mut self) {
-        debug_assert!(self.flushing.background.is_none() && !self.cache.has_behind());
+        debug_assert!(
+            self.flushing.background.is_none()
+                && !self.cache.has_behind()
+                && self.flushing.deferred.is_empty()
+        );
         if self.cache.is_empty() {
             return;
         }
@@ -242,6 +274,116 @@ impl Chain {
         }
     }
 
+    /// Stores a received block's body and index entry: at once, or, while
+    /// a background write holds the store, after it (the chain thread does
+    /// not wait behind the writer's batch). Either way they reach the store
+    /// no later than any state that includes the block: every flush writes
+    /// deferred blocks first or in its own batch. A deferred body is on
+    /// disk before its block connects all the same, in the pending file,
+    /// which the next start reads back (`Chain::recover_pending`). Only a block
+    /// whose header is already indexed (on disk) waits, so no entry written
+    /// meanwhile (a child's header) can reach the disk before its parent's;
+    /// and the blocks waiting take at most an eighth of the cache's limit.
+    pub(super) fn store_block(
+        &mut self,
+        hash: BlockHash,
+        block: &Arc<Block>,
+        entry: BlockIndexEntry,
+        header_stored: bool,
+    ) -> Result<(), ChainError> {
+        let size = entry.size as usize;
+        if self.flushing.background.is_some()
+            && header_stored
+            && self.flushing.deferred_bytes + size <= self.flushing.limit / BACKGROUND_FLUSH_DIVISOR
+            && self.flushing.pending.usable()
+        {
+            if let Err(error) = self.flushing.pending.append(block, self.sync_writes) {
+                tracing::warn!(%error, "could not append to the pending-blocks file; the block is written to the store");
+                return self.write_block(hash, block, entry);
+            }
+            self.flushing.deferred.push(DeferredBlock {
+                hash,
+                block: block.clone(),
+            });
+            self.flushing.deferred_bytes += size;
+            self.stages.deferred_blocks += 1;
+            return Ok(());
+        }
+        self.write_block(hash, block, entry)
+    }
+
+    fn write_block(
+        &self,
+        hash: BlockHash,
+        block: &Block,
+        entry: BlockIndexEntry,
+    ) -> Result<(), ChainError> {
+        let mut batch = self.store.batch();
+        batch.put_block(&hash, block);
+        batch.put_block_index(&hash, &entry);
+        self.store.write(batch, self.sync_writes)?;
+        Ok(())
+    }
+
+    /// A stored block's body: a deferred one's, or the store's.
+    pub(super) fn stored_block(&self, hash: &BlockHash) -> Result<Option<Arc<Block>>, ChainError> {
+        if let Some(deferred) = self
+            .flushing
+            .deferred
+            .iter()
+            .rev()
+            .find(|d| d.hash == *hash)
+        {
+            return Ok(Some(deferred.block.clone()));
+        }
+        Ok(self.store.block(hash)?.map(Arc::new))
+    }
+
+    /// Writes the deferred blocks in one batch, each with its index entry
+    /// as the chain holds it but for the VALID flag: a block connected
+    /// since is valid on disk only with the state that connects it (the
+    /// next flush writes that entry). On failure they stay, and the next
+    /// flush writes them in its own batch.
+    pub(super) fn write_deferred(&mut self) -> Result<(), ChainError> {
+        if self.flushing.deferred.is_empty() {
+            if !self.flushing.pending.usable() {
+                // Emptying it failed before: again (deferral waits on it).
+                self.deferred_written();
+            }
+            return Ok(());
+        }
+        let mut batch = self.store.batch();
+        self.put_deferred(&mut batch, false);
+        self.store.write(batch, self.sync_writes)?;
+        self.deferred_written();
+        Ok(())
+    }
+
+    /// The deferred blocks are in the store: they and their file go.
+    fn deferred_written(&mut self) {
+        self.flushing.deferred.clear();
+        self.flushing.deferred_bytes = 0;
+        if let Err(error) = self.flushing.pending.clear() {
+            // Harmless but for its size: the next start skips bodies the
+            // store holds. No more appends until it is emptied.
+            tracing::warn!(%error, "could not empty the pending-blocks file");
+        }
+    }
+
+    /// Adds the deferred blocks' bodies and index entries to `batch`, the
+    /// entries as the chain holds them, VALID only `with_valid` (when the
+    /// batch holds the state that connects them).
+    fn put_deferred(&self, batch: &mut StoreBatch<'_>, with_valid: bool) {
+        for d in &self.flushing.deferred {
+            let mut entry = self.tree.index[&d.hash];
+            if !with_valid {
+                entry.status &= !status::VALID;
+            }
+            batch.put_block(&d.hash, &d.block);
+            batch.put_block_index(&d.hash, &entry);
+        }
+    }
+
     /// Takes the outcome of the background write, if one is under way and
     /// has ended (or, with `wait`, once it ends). Written: the store holds
     /// its tip and the frozen layer goes. Failed: the error is logged and
@@ -256,6 +398,9 @@ impl Chain {
         let started = Instant::now();
         let outcome = background.thread.join();
         self.stages.writes += started.elapsed();
+        if let Err(error) = self.write_deferred() {
+            tracing::warn!(%error, "writing deferred blocks failed; the next flush writes them");
+        }
         let took = match outcome {
             Ok(Ok(took)) => took,
             Ok(Err(error)) => {
@@ -327,13 +472,17 @@ impl Chain {
         // A failed one leaves its layer behind the cache: written below.
         self.finish_background(true);
         if self.cache.is_empty() {
-            return Ok(());
+            return self.write_deferred();
         }
         let started = Instant::now();
         // Room for the tip record and the digest's state too.
         let mut batch = self
             .store
             .batch_with_capacity(self.cache.batch_bytes() + TIP_ROWS_BYTES);
+        // Deferred blocks (normally none: written when the background
+        // write landed), with their entries as the chain holds them: this
+        // batch holds the state those entries describe.
+        self.put_deferred(&mut batch, true);
         for hash in self.cache.index_changed() {
             batch.put_block_index(hash, &self.tree.index[hash]);
         }
@@ -348,6 +497,9 @@ impl Chain {
         // allocation) took a fifth of its final flush: a large one is freed
         // on rayon's pool while the chain goes on.
         free_elsewhere(Arc::new(std::mem::take(&mut self.cache)));
+        if !self.flushing.deferred.is_empty() {
+            self.deferred_written();
+        }
         let blocks = std::mem::take(&mut self.flushing.blocks);
         self.flushing.flushes += 1;
         self.flushing.flushed_tip = Some(self.tip());
@@ -394,11 +546,14 @@ impl Chain {
     }
 
     /// Drops the chain as a crash would: whatever the cache holds is lost
-    /// (the store keeps the last flush). A background write under way
-    /// ends first (a real crash may or may not let it land). Returns the
-    /// tip on disk. Only for tests.
+    /// (the store keeps the last flush), and so are deferred blocks but
+    /// for the pending file. A background write under way ends first (a
+    /// real crash may or may not let it land). Returns the tip on disk.
+    /// Only for tests.
     #[doc(hidden)]
     pub fn crash_for_test(mut self) -> ChainTip {
+        self.flushing.deferred.clear();
+        self.flushing.deferred_bytes = 0;
         self.finish_background(true);
         self.cache.clear();
         self.flushed_tip()

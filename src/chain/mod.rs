@@ -27,6 +27,7 @@ pub mod delta;
 pub mod flush;
 pub mod headers;
 pub mod orphans;
+pub mod pending;
 pub mod task;
 pub mod view;
 
@@ -90,6 +91,10 @@ pub enum ChainError {
     Store(#[from] StoreError),
     #[error("store is inconsistent: {0}")]
     Inconsistent(String),
+    /// The file of bodies waiting for the store could not be read or
+    /// removed (`pending`).
+    #[error("pending-blocks.dat: {0}")]
+    Pending(std::io::Error),
     /// The chain task has stopped (the node is shutting down).
     #[error("the chain task has stopped")]
     Stopped,
@@ -348,6 +353,9 @@ pub struct StageTimes {
     /// Busy time of background flushes, on their own thread (alongside
     /// the stages, so not a share of their time).
     pub background_writes: Duration,
+    /// Blocks stored while a background flush held the store, written
+    /// after it (`flush::Chain::store_block`).
+    pub deferred_blocks: u64,
     /// Busy time within `signatures`, per half: the signature checks, and
     /// the rows' preparation, of which the digest (they overlap, so these
     /// are not shares of the wall time).
@@ -372,6 +380,7 @@ impl StageTimes {
             prepare_busy_us = self.prepare_busy.as_micros() as u64,
             digest_busy_us = self.digest_busy.as_micros() as u64,
             background_writes_us = self.background_writes.as_micros() as u64,
+            deferred_blocks = self.deferred_blocks,
             "chain stage times"
         );
     }
@@ -427,7 +436,7 @@ impl Chain {
                 },
             ),
             cache: StateCache::default(),
-            flushing: Flushing::new(options.cache_bytes),
+            flushing: Flushing::new(options.cache_bytes, data_dir),
             stages: StageTimes::default(),
         };
         match chain.store.tip()? {
@@ -435,6 +444,7 @@ impl Chain {
             Some(tip) => chain.load(tip)?,
         }
         chain.flushing.flushed_tip = Some(chain.tip());
+        chain.recover_pending(data_dir)?;
         // Blocks stored above the tip on disk (connected after the last
         // flush before a crash, or never connected) connect here.
         let failures = chain.activate_best_chain()?;
@@ -444,6 +454,26 @@ impl Chain {
         chain.settle()?;
         chain.publish();
         Ok(chain)
+    }
+
+    /// Bodies a kill kept from the store (received while a background
+    /// flush ran, `pending`): accepted again as received blocks, so they
+    /// are checked against their headers and stored with their index
+    /// entries before the chain connects what is stored above its tip.
+    fn recover_pending(&mut self, data_dir: &Path) -> Result<(), ChainError> {
+        let recovered = pending::drain(data_dir, |block| {
+            let outcome = self.accept_block(Arc::new(block), None, true)?;
+            Ok(matches!(outcome, BlockOutcome::Accepted { .. }))
+        })?;
+        if recovered != pending::Recovered::default() {
+            tracing::info!(
+                stored = recovered.stored,
+                skipped = recovered.skipped,
+                torn = recovered.torn.as_deref().unwrap_or("no"),
+                "blocks read back from the pending-blocks file"
+            );
+        }
+        Ok(())
     }
 
     fn init_genesis(&mut self) -> Result<(), ChainError> {
@@ -914,10 +944,9 @@ impl Chain {
             }
         }
         entry.status |= status::HAVE_DATA;
-        let mut batch = self.store.batch();
-        batch.put_block(&hash, &block);
-        batch.put_block_index(&hash, &entry);
-        self.store.write(batch, self.sync_writes)?;
+        // Indexed here means its header is on disk (headers-first).
+        let header_stored = self.tree.index.contains(&hash);
+        self.store_block(hash, &block, entry, header_stored)?;
         if self.tree.index.contains(&hash) {
             self.tree.index.update(&hash, |e| *e = entry);
         } else {
@@ -1106,8 +1135,10 @@ impl Chain {
     fn mark_failed(&mut self, hash: BlockHash) -> Result<(), ChainError> {
         // A background write may hold an older copy of an entry marked
         // here: it must land first, not over this one (a failed one's
-        // layer is written with the current entries).
+        // layer is written with the current entries); so must deferred
+        // blocks' bodies, before any entry of theirs says FAILED.
         self.finish_background(true);
+        self.write_deferred()?;
         let mut batch = self.store.batch();
         let mut queue = vec![(hash, status::FAILED)];
         while let Some((h, flag)) = queue.pop() {
@@ -1177,11 +1208,9 @@ impl Chain {
             *stage += now - clock;
             clock = now;
         };
-        let block = Arc::new(
-            self.store
-                .block(&hash)?
-                .ok_or_else(|| ChainError::Inconsistent(format!("block {hash} has no data")))?,
-        );
+        let block = self
+            .stored_block(&hash)?
+            .ok_or_else(|| ChainError::Inconsistent(format!("block {hash} has no data")))?;
         let entry = self.tree.index[&hash];
         if entry.header.prev_hash != self.tip.hash {
             return Err(ChainError::Inconsistent(format!(
@@ -1306,11 +1335,9 @@ impl Chain {
         if entry.height == 0 {
             return Err(ChainError::Inconsistent("cannot disconnect genesis".into()));
         }
-        let block = Arc::new(
-            self.store
-                .block(&hash)?
-                .ok_or_else(|| ChainError::Inconsistent(format!("tip {hash} has no data")))?,
-        );
+        let block = self
+            .stored_block(&hash)?
+            .ok_or_else(|| ChainError::Inconsistent(format!("tip {hash} has no data")))?;
         let undo = self
             .cache
             .undo(&self.store, &hash)?

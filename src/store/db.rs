@@ -105,6 +105,9 @@ pub struct Store {
     /// Tests: writes made from a thread of this name fail, this many times.
     #[cfg(test)]
     fail_writes: Arc<std::sync::Mutex<Option<(String, u32)>>>,
+    /// Tests: writes made from a thread of this name first sleep this long.
+    #[cfg(test)]
+    slow_writes: Arc<std::sync::Mutex<Option<(String, std::time::Duration)>>>,
 }
 
 /// A RocksDB snapshot that owns a handle to its database.
@@ -220,6 +223,8 @@ impl Store {
             writing: Arc::new(std::sync::Mutex::new(())),
             #[cfg(test)]
             fail_writes: Default::default(),
+            #[cfg(test)]
+            slow_writes: Default::default(),
         })
     }
 
@@ -405,6 +410,8 @@ impl Store {
             writing: self.writing.clone(),
             #[cfg(test)]
             fail_writes: self.fail_writes.clone(),
+            #[cfg(test)]
+            slow_writes: self.slow_writes.clone(),
             snapshot: Some(Arc::new(OwnedSnapshot::new(&self.db))),
         }
     }
@@ -444,7 +451,7 @@ impl Store {
             "a snapshot handle is read-only: write through the chain's own store"
         );
         #[cfg(test)]
-        self.injected_failure()?;
+        self.injected_fault()?;
         let mut opts = WriteOptions::default();
         opts.set_sync(sync);
         self.counted(|db| db.write_opt(batch.batch, &opts))
@@ -464,8 +471,21 @@ impl Store {
         self.fail_writes.lock().unwrap().as_ref().map_or(0, |f| f.1)
     }
 
+    /// Tests: makes every write from threads named `thread` sleep for
+    /// `delay` first (a slow disk, as that thread sees it).
     #[cfg(test)]
-    fn injected_failure(&self) -> Result<(), StoreError> {
+    pub fn slow_writes_from(&self, thread: &str, delay: std::time::Duration) {
+        *self.slow_writes.lock().unwrap() = Some((thread.to_string(), delay));
+    }
+
+    #[cfg(test)]
+    fn injected_fault(&self) -> Result<(), StoreError> {
+        let slow = self.slow_writes.lock().unwrap().clone();
+        if let Some((thread, delay)) = slow {
+            if std::thread::current().name() == Some(thread.as_str()) {
+                std::thread::sleep(delay);
+            }
+        }
         let mut fail = self.fail_writes.lock().unwrap();
         match fail.as_mut() {
             Some((thread, times))
