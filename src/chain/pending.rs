@@ -77,10 +77,11 @@ impl PendingFile {
                 self.file.insert(file)
             }
         };
-        let bytes = block.to_bytes();
-        let mut record = Vec::with_capacity(4 + bytes.len());
-        record.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-        record.extend_from_slice(&bytes);
+        // One record, encoded once, written by one call.
+        let len = block.encoded_len();
+        let mut record = Vec::with_capacity(4 + len);
+        record.extend_from_slice(&(len as u32).to_le_bytes());
+        block.encode_to(&mut record);
         let written =
             file.write_all(&record)
                 .and_then(|()| if sync { file.sync_data() } else { Ok(()) });
