@@ -1236,7 +1236,7 @@ impl Chain {
         // Both halves run on rayon's pool, so the index work fills the core
         // that the signature checks would leave idle between blocks.
         let verify = match self.signature_checks {
-            SignatureChecks::On => Some(verify_signature_sharing_cpu as SignatureVerifier),
+            SignatureChecks::On => Some(verify_signature as SignatureVerifier),
             SignatureChecks::Off => None,
         };
         let (verified, prepared) = rayon::join(
@@ -1463,17 +1463,5 @@ impl Drop for Chain {
     }
 }
 
-/// `verify_signature` for a block's checks on rayon's pool: the pool's
-/// threads offer the CPU between checks ([`crate::priority::bulk_checkpoint`]).
-fn verify_signature_sharing_cpu(
-    pubkey: &[u8; crate::consensus::keys::PUBKEY_LEN],
-    signature: &[u8; crate::consensus::keys::SIGNATURE_LEN],
-    digest: &[u8; 32],
-) -> Result<(), crate::consensus::keys::SignatureError> {
-    crate::priority::bulk_checkpoint();
-    verify_signature(pubkey, signature, digest)
-}
-
 #[cfg(test)]
 mod tests;
-

@@ -117,7 +117,6 @@ impl UtxoDigest {
         let sum = signed
             .par_chunks(ELEMENTS_PER_TASK)
             .map(|chunk| {
-                crate::priority::bulk_checkpoint();
                 let mut lanes = Box::new([0u16; LANES]);
                 for (add, element) in chunk {
                     accumulate(&mut lanes, element, *add);
