@@ -102,20 +102,53 @@ fn main() {
 
     // The reference, in the same run: the cheapest route (two point reads,
     // no JSON), so the figure shows what the HTTP stack and wrk themselves
-    // cost on this machine.
+    // cost on this machine. Once as a fixed URL, and once built per request
+    // by a script as the address requests are, which costs wrk itself more
+    // of the two cores it shares with the node.
+    let tip = dir.path().join("tip.lua");
+    std::fs::write(
+        &tip,
+        "request = function()\n  return wrk.format(\"GET\", \"/blocks/tip/height\")\nend\n",
+    )
+    .unwrap();
     for connections in WRK_CONNECTIONS {
         println!(
             "{}",
-            wrk(api, connections, None, "GET /blocks/tip/height (reference)")
+            wrk(
+                &node,
+                api,
+                connections,
+                None,
+                "GET /blocks/tip/height (reference)"
+            )
         );
+        if connections == WRK_CONNECTIONS[0] {
+            println!(
+                "{}",
+                wrk(
+                    &node,
+                    api,
+                    connections,
+                    Some(&tip),
+                    "GET /blocks/tip/height (reference, scripted)"
+                )
+            );
+        }
         println!(
             "{}",
-            wrk(api, connections, Some(&script), "GET /address/{random}")
+            wrk(
+                &node,
+                api,
+                connections,
+                Some(&script),
+                "GET /address/{random}"
+            )
         );
     }
     println!(
         "{}",
         wrk(
+            &node,
             api,
             WRK_CONNECTIONS[0],
             Some(&history),
@@ -125,9 +158,11 @@ fn main() {
     std::thread::sleep(Duration::from_millis(100));
 }
 
-/// Runs wrk against `api` (at `/blocks/tip/height`, or with `script`'s
-/// requests) and returns a line with req/s, p50 and p99.
+/// Runs wrk against the node's API (at `/blocks/tip/height`, or with
+/// `script`'s requests) and returns a line with req/s, p50, p99 and the
+/// node's CPU time per request (all its threads, user and system).
 fn wrk(
+    node: &Node,
     api: std::net::SocketAddr,
     connections: u32,
     script: Option<&std::path::Path>,
@@ -145,13 +180,25 @@ fn wrk(
         }
         None => format!("http://{api}/blocks/tip/height"),
     };
+    let cpu_before = node.cpu();
     let out = command.arg(url).output().expect("run wrk");
+    let cpu = node.cpu().saturating_sub(cpu_before);
     let text = String::from_utf8_lossy(&out.stdout);
     let field = |prefix: &str| {
         text.lines()
             .find(|l| l.trim_start().starts_with(prefix))
             .map(|l| l.split_whitespace().nth(1).unwrap_or("?").to_string())
             .unwrap_or_else(|| "?".into())
+    };
+    // "  123456 requests in 15.00s, ..."
+    let requests = text
+        .lines()
+        .find(|l| l.contains(" requests in "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse::<u64>().ok());
+    let per_request = match requests {
+        Some(n) if n > 0 => format!("{:.1} µs", cpu.as_secs_f64() * 1e6 / n as f64),
+        _ => "?".into(),
     };
     let errors = text
         .lines()
@@ -160,10 +207,11 @@ fn wrk(
         .join("; ");
     format!(
         "{label} ({connections} connections, wrk {WRK_THREADS} threads, {WRK_SECONDS} s): \
-         {} req/s, p50 {}, p99 {}{}",
+         {} req/s, p50 {}, p99 {}, node CPU {per_request} per request ({:.1} s in all){}",
         field("Requests/sec:"),
         field("50%"),
         field("99%"),
+        cpu.as_secs_f64(),
         if errors.is_empty() {
             String::new()
         } else {

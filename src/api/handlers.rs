@@ -276,19 +276,23 @@ pub async fn address(
     Path(address): Path<String>,
 ) -> Result<Json<AddressInfo>, ApiError> {
     // Two point reads and the address's own pool entries: cheaper than a
-    // hop to the blocking pool.
+    // hop to the blocking pool. A Base58Check string that parses is the one
+    // its payload encodes to (one '1' per leading zero byte, then the digits
+    // without leading zeros), so the answer echoes it rather than encoding
+    // it again (a double SHA-256 and Base58).
+    let echo = address.clone();
     state
         .with_state_quick(
             move |chain| {
-                let address = super::explorer::address_of(chain, &address)?;
-                let stats = chain.store().address_stats(&address.hash)?;
-                Ok((address, stats))
+                let parsed = super::explorer::address_of(chain, &address)?;
+                let stats = chain.store().address_stats(&parsed.hash)?;
+                Ok((parsed, stats))
             },
-            |_, pool, (address, stats)| {
+            move |_, pool, (parsed, stats)| {
                 Ok(Json(AddressInfo {
-                    address: address.to_string(),
+                    address: echo,
                     chain_stats: stats,
-                    mempool_stats: pool.address_stats(&address.hash),
+                    mempool_stats: pool.address_stats(&parsed.hash),
                     balance: stats.balance(),
                 }))
             },

@@ -183,4 +183,27 @@ mod tests {
             Err(AddressError::BadLength { .. })
         ));
     }
+
+    /// REST echoes the address it was asked about instead of encoding it
+    /// again: that holds only if every string that parses is the one its
+    /// payload encodes to. Leading zero bytes (main's version byte, hashes
+    /// that start with zeros) are where Base58 could have had two spellings.
+    #[test]
+    fn a_parsed_address_is_spelled_as_it_encodes() {
+        for network in Network::ALL {
+            for zeros in 0..=20 {
+                let mut hash = [0xA5u8; 20];
+                hash[..zeros].fill(0);
+                let text = Address::new(network, PubKeyHash(hash)).to_string();
+                let parsed = Address::parse(&text, network).unwrap();
+                assert_eq!(parsed.to_string(), text);
+                // One '1' more or fewer is another payload, never the same.
+                let longer = format!("1{text}");
+                assert!(Address::parse_any(&longer).is_err(), "{longer}");
+                if let Some(shorter) = text.strip_prefix('1') {
+                    assert!(Address::parse_any(shorter).is_err(), "{shorter}");
+                }
+            }
+        }
+    }
 }

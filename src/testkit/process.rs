@@ -128,6 +128,22 @@ pub fn process_memory(pid: u32) -> Option<Memory> {
     })
 }
 
+/// CPU time process `pid` has used so far, user and system, over all its
+/// threads (`/proc/<pid>/stat`, in clock ticks of 10 ms on Linux), or
+/// `None` if it is gone.
+pub fn process_cpu(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces: count from after it.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf reads a constant of the C library.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let per_second = u64::try_from(per_second).ok().filter(|&t| t > 0)?;
+    Some(Duration::from_nanos(ticks * 1_000_000_000 / per_second))
+}
+
 impl Node {
     /// The node's resident memory now and at its peak.
     pub fn memory(&self) -> Memory {
@@ -140,6 +156,11 @@ impl Node {
     pub fn reset_peak_memory(&self) {
         std::fs::write(format!("/proc/{}/clear_refs", self.child.id()), "5")
             .expect("reset the node's peak resident memory");
+    }
+
+    /// The node's CPU time so far (user and system, all threads).
+    pub fn cpu(&self) -> Duration {
+        process_cpu(self.child.id()).expect("the node's /proc stat is readable")
     }
 }
 
