@@ -115,6 +115,7 @@ fn bench_sync(blocks: usize, txs: usize) -> f64 {
     let mut rates = Vec::new();
     for dbcache_mb in ["0", "450"] {
         let b_dir = dir.path().join(format!("b-{dbcache_mb}"));
+        let a_cpu_before = a.cpu();
         let start = Instant::now();
         let mut b = Node::start(
             binary,
@@ -131,6 +132,10 @@ fn bench_sync(blocks: usize, txs: usize) -> f64 {
         let polled = (dbcache_mb != "0").then(|| Poller::start(b.api_addr(), wallet.clone()));
         b.wait_for_height(chain.height(), LONG);
         let secs = start.elapsed().as_secs_f64();
+        // CPU time is steadier than wall time on a shared machine: what the
+        // sync cost each node, whatever else ran beside it.
+        let b_cpu = b.cpu().as_secs_f64();
+        let a_cpu = a.cpu().saturating_sub(a_cpu_before).as_secs_f64();
         let during = polled.map(Poller::stop);
         let idle = during.as_ref().map(|_| {
             let idle = Poller::start(b.api_addr(), wallet.clone());
@@ -148,6 +153,14 @@ fn bench_sync(blocks: usize, txs: usize) -> f64 {
             f64::from(chain.height()) / secs,
             tx_count as f64 / secs,
             bytes as f64 / 1e6 / secs
+        );
+        println!(
+            "  CPU: syncing node {:.1} s ({:.1} µs per tx), serving node {:.1} s ({:.1} µs per tx), {:.0}% of two cores",
+            b_cpu,
+            b_cpu * 1e6 / tx_count as f64,
+            a_cpu,
+            a_cpu * 1e6 / tx_count as f64,
+            (a_cpu + b_cpu) * 100.0 / (2.0 * secs)
         );
         if let Some(line) = log.iter().find(|l| l.contains("chain stage times")) {
             println!("  {}", stage_shares(line));

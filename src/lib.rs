@@ -14,6 +14,7 @@ pub mod chain;
 pub mod cli;
 #[cfg(feature = "node")]
 pub mod client;
+pub mod collections;
 pub mod consensus;
 pub mod encoding;
 #[cfg(feature = "node")]

@@ -146,7 +146,7 @@ pub fn check_store(store: &Store) -> Result<CheckReport, ChainError> {
                 "height {height}: undo data differs from the replay"
             )),
         }
-        let delta = BlockDelta::compute(&block, height, &spent);
+        let delta = BlockDelta::compute(&block, block.txids(), height, &spent);
         for (owner, change) in &delta.stats {
             change
                 .apply(stats.entry(*owner).or_default(), *owner)

@@ -32,7 +32,7 @@ pub mod task;
 pub mod view;
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -41,6 +41,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use primitive_types::U256;
 use tokio::sync::broadcast;
 
+use crate::collections::FastHashMap;
 use crate::consensus::address::PubKeyHash;
 use crate::consensus::block::Block;
 use crate::consensus::hash::{BlockHash, Txid};
@@ -487,7 +488,7 @@ impl Chain {
             tx_count: genesis.transactions.len() as u32,
             size: genesis.encoded_len() as u32,
         };
-        let delta = BlockDelta::compute(&genesis, 0, &[]);
+        let delta = BlockDelta::compute(&genesis, genesis.txids(), 0, &[]);
         let mut digest = UtxoDigest::default();
         delta.update_digest(&mut digest, true);
         let tip = ChainTipRecord {
@@ -1248,7 +1249,12 @@ impl Chain {
             },
             || {
                 let started = Instant::now();
-                let delta = BlockDelta::compute(&block, height, &checked.spends.spent);
+                let delta = BlockDelta::compute(
+                    &block,
+                    checked.txids().to_vec(),
+                    height,
+                    &checked.spends.spent,
+                );
                 let (stats, (digest, digest_time)) = rayon::join(
                     || self.delta_stats(&delta, true),
                     || {
@@ -1312,7 +1318,7 @@ impl Chain {
 
     /// The UTXOs a block's inputs refer to: from the cache, the rest read
     /// in one multi-get.
-    fn prefetch_inputs(&self, block: &Block) -> Result<HashMap<OutPoint, Utxo>, ChainError> {
+    fn prefetch_inputs(&self, block: &Block) -> Result<FastHashMap<OutPoint, Utxo>, ChainError> {
         let outpoints: Vec<_> = block
             .transactions
             .iter()
@@ -1343,7 +1349,7 @@ impl Chain {
             .undo(&self.store, &hash)?
             .ok_or_else(|| ChainError::Inconsistent(format!("tip {hash} has no undo data")))?;
         let height = entry.height;
-        let delta = BlockDelta::compute(&block, height, &undo);
+        let delta = BlockDelta::compute(&block, block.txids(), height, &undo);
         let stats = self.delta_stats(&delta, false)?;
         let mut digest = self.digest.clone();
         delta.update_digest(&mut digest, false);

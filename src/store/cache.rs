@@ -29,8 +29,8 @@
 //! lets it go (`drop_behind`); if its write failed, it stays, and the next
 //! flush writes both layers in one batch, the older first.
 
+use crate::collections::{FastHashMap, FastHashSet};
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use super::db::{Store, StoreError};
@@ -198,12 +198,9 @@ struct Row {
     fresh: bool,
 }
 
-/// One column family's changed rows. The hasher is foldhash's, seeded per
-/// process: SipHash (std's default) was the chain task's largest cost in a
-/// catch-up (hashing and probing these maps). foldhash calls itself
-/// minimally DoS-resistant: its per-process random seed keeps a miner who
-/// grinds txids from aiming at one bucket with rows computed offline.
-type Family = HashMap<Box<[u8]>, Row, foldhash::fast::RandomState>;
+/// One column family's changed rows (seeded foldhash: see `collections`;
+/// SipHash was the chain task's largest cost in a catch-up here).
+type Family = FastHashMap<Box<[u8]>, Row>;
 
 /// Rows written since the last flush, newest value per key.
 #[derive(Default)]
@@ -214,7 +211,7 @@ pub struct StateCache {
     /// their current value at the flush (the in-memory index is newer than
     /// any value the cache could hold, and other writers of the index write
     /// directly).
-    index_changed: HashSet<BlockHash, foldhash::fast::RandomState>,
+    index_changed: FastHashSet<BlockHash>,
     /// Keys and values of the rows held.
     data_bytes: usize,
     rows: usize,

@@ -11,7 +11,8 @@
 //! the UTXO view itself (`BlockError::UtxoView`) is not a consensus failure:
 //! the block may be valid and must not be marked invalid because of it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::hash::BuildHasher;
 
 use rayon::prelude::*;
 
@@ -24,6 +25,7 @@ use super::limits::{LOCKTIME_THRESHOLD, MAX_BLOCK_SIZE, MAX_TX_SIZE};
 use super::params::ChainParams;
 use super::pow::{block_subsidy, meets_target, target_from_compact, CompactTargetError};
 use super::transaction::{sighash, OutPoint, Transaction, TxIn, TxOut};
+use crate::collections::{FastHashMap, FastHashSet};
 use crate::encoding::Encode;
 
 /// An unspent output with what consensus needs to spend it.
@@ -45,7 +47,7 @@ pub trait UtxoView {
     fn utxo(&self, outpoint: &OutPoint) -> Result<Option<Utxo>, UtxoViewError>;
 }
 
-impl UtxoView for HashMap<OutPoint, Utxo> {
+impl<S: BuildHasher> UtxoView for HashMap<OutPoint, Utxo, S> {
     fn utxo(&self, outpoint: &OutPoint) -> Result<Option<Utxo>, UtxoViewError> {
         Ok(self.get(outpoint).copied())
     }
@@ -247,7 +249,7 @@ pub fn check_transaction(tx: &Transaction) -> Result<(), TxError> {
     if tx.is_coinbase() {
         return Ok(());
     }
-    let mut seen = HashSet::with_capacity(tx.inputs.len());
+    let mut seen = FastHashSet::with_capacity_and_hasher(tx.inputs.len(), Default::default());
     for (index, input) in tx.inputs.iter().enumerate() {
         match input {
             TxIn::Coinbase { .. } => return Err(TxError::UnexpectedCoinbaseInput { index }),
@@ -305,7 +307,7 @@ pub fn check_block_body(block: &Block) -> Result<(), BlockError> {
     if mutated {
         return Err(BlockError::MutatedMerkle);
     }
-    let mut seen = HashSet::with_capacity(txids.len());
+    let mut seen = FastHashSet::with_capacity_and_hasher(txids.len(), Default::default());
     for txid in &txids {
         if !seen.insert(*txid) {
             return Err(BlockError::DuplicateTransaction { txid: *txid });
@@ -494,6 +496,13 @@ pub struct CheckedSpends {
     txids: Vec<Txid>,
 }
 
+impl CheckedSpends {
+    /// The block's txids, in block order.
+    pub fn txids(&self) -> &[Txid] {
+        &self.txids
+    }
+}
+
 /// The first half of `check_block_contextual`: header context, coinbase
 /// height and value, lock times, and every input's existence, maturity,
 /// owner and amounts. A block that passes is valid if and only if
@@ -518,8 +527,8 @@ pub fn check_block_spends(
     }
 
     let txids = block.txids();
-    let mut created: HashMap<OutPoint, Utxo> = HashMap::new();
-    let mut spent_in_block: HashSet<OutPoint> = HashSet::new();
+    let mut created: FastHashMap<OutPoint, Utxo> = FastHashMap::default();
+    let mut spent_in_block: FastHashSet<OutPoint> = FastHashSet::default();
     let mut all_spent = Vec::new();
     let mut per_tx_spent: Vec<Vec<Utxo>> = Vec::with_capacity(block.transactions.len());
     let mut fees = Amount::ZERO;

@@ -1,0 +1,16 @@
+//! Hash maps and sets for the block path, keyed by hashes a peer or miner
+//! chose (txids, outpoints, owners).
+//!
+//! The hasher is foldhash's, seeded per process: std's SipHash was the
+//! largest single cost of the maps a catch-up fills and probes for every
+//! transaction (the write-back cache's rows, a block's delta, its spends).
+//! foldhash calls itself minimally DoS-resistant: the random per-process
+//! seed keeps a miner who grinds txids from aiming rows computed offline at
+//! one bucket. Iteration order is random per process, as it was with
+//! SipHash's random keys: nothing that reaches the ledger may depend on it.
+
+/// A `HashMap` with the per-process seeded foldhash.
+pub type FastHashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
+/// A `HashSet` with the per-process seeded foldhash.
+pub type FastHashSet<T> = std::collections::HashSet<T, foldhash::fast::RandomState>;
