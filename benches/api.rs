@@ -111,49 +111,23 @@ fn main() {
         "request = function()\n  return wrk.format(\"GET\", \"/blocks/tip/height\")\nend\n",
     )
     .unwrap();
+    let run =
+        |connections, script, label| println!("{}", wrk(&node, api, connections, script, label));
     for connections in WRK_CONNECTIONS {
-        println!(
-            "{}",
-            wrk(
-                &node,
-                api,
-                connections,
-                None,
-                "GET /blocks/tip/height (reference)"
-            )
-        );
+        run(connections, None, "GET /blocks/tip/height (reference)");
         if connections == WRK_CONNECTIONS[0] {
-            println!(
-                "{}",
-                wrk(
-                    &node,
-                    api,
-                    connections,
-                    Some(&tip),
-                    "GET /blocks/tip/height (reference, scripted)"
-                )
+            run(
+                connections,
+                Some(&tip),
+                "GET /blocks/tip/height (reference, scripted)",
             );
         }
-        println!(
-            "{}",
-            wrk(
-                &node,
-                api,
-                connections,
-                Some(&script),
-                "GET /address/{random}"
-            )
-        );
+        run(connections, Some(&script), "GET /address/{random}");
     }
-    println!(
-        "{}",
-        wrk(
-            &node,
-            api,
-            WRK_CONNECTIONS[0],
-            Some(&history),
-            "GET /address/{random}/txs (esplora history)"
-        )
+    run(
+        WRK_CONNECTIONS[0],
+        Some(&history),
+        "GET /address/{random}/txs (esplora history)",
     );
     std::thread::sleep(Duration::from_millis(100));
 }

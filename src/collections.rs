@@ -1,13 +1,15 @@
 //! Hash maps and sets for the block path, keyed by hashes a peer or miner
 //! chose (txids, outpoints, owners).
 //!
-//! The hasher is foldhash's, seeded per process: std's SipHash was the
-//! largest single cost of the maps a catch-up fills and probes for every
-//! transaction (the write-back cache's rows, a block's delta, its spends).
-//! foldhash calls itself minimally DoS-resistant: the random per-process
+//! The hasher is foldhash's, seeded at random per process and per map:
+//! std's SipHash was the largest single cost of the maps a catch-up fills
+//! and probes for every transaction (the write-back cache's rows, a
+//! block's delta, its spends). foldhash calls itself minimally
+//! DoS-resistant, weaker than SipHash against an attacker who can observe
+//! hashes or map order (nothing here shows either to a peer): the random
 //! seed keeps a miner who grinds txids from aiming rows computed offline at
-//! one bucket. Iteration order is random per process, as it was with
-//! SipHash's random keys: nothing that reaches the ledger may depend on it.
+//! one bucket. Iteration order is random, as it was with SipHash's random
+//! keys: nothing that reaches the ledger may depend on it.
 
 /// A `HashMap` with the per-process seeded foldhash.
 pub type FastHashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;

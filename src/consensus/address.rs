@@ -49,6 +49,11 @@ pub struct Address {
     pub hash: PubKeyHash,
 }
 
+/// The longest Base58Check spelling of a 21-byte payload and its 4-byte
+/// checksum: 25 bytes need at most 35 Base58 digits (25 x 8 / log2 58 =
+/// 34.1, rounded up), and leading zero bytes take one '1' each, never more.
+pub const MAX_ADDRESS_CHARS: usize = 35;
+
 /// Why an address string was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AddressError {
@@ -58,6 +63,8 @@ pub enum AddressError {
     BadChecksum { input: String },
     #[error("address {input:?} has {len} payload bytes, expected 21")]
     BadLength { input: String, len: usize },
+    #[error("address {input:?}... is {len} characters long, at most {MAX_ADDRESS_CHARS}")]
+    TooLong { input: String, len: usize },
     #[error("address {input:?} has unknown version byte {version:#04x}")]
     UnknownVersion { input: String, version: u8 },
     #[error("address {input:?} belongs to network {found}, not {expected}")]
@@ -76,6 +83,15 @@ impl Address {
     /// Parses an address of any known network.
     pub fn parse_any(s: &str) -> Result<Address, AddressError> {
         let input = || s.chars().take(100).collect::<String>();
+        // Base58 decoding costs the square of the length: 65 000 characters
+        // (a URL hyper accepts) took 2.1 s of a REST worker here. Nothing
+        // longer than an address's longest spelling is decoded.
+        if s.len() > MAX_ADDRESS_CHARS {
+            return Err(AddressError::TooLong {
+                input: s.chars().take(40).collect(),
+                len: s.len(),
+            });
+        }
         let payload = bs58::decode(s)
             .with_check(None)
             .into_vec()
@@ -186,8 +202,11 @@ mod tests {
 
     /// REST echoes the address it was asked about instead of encoding it
     /// again: that holds only if every string that parses is the one its
-    /// payload encodes to. Leading zero bytes (main's version byte, hashes
-    /// that start with zeros) are where Base58 could have had two spellings.
+    /// payload encodes to. A number has one spelling in base 58 but for
+    /// leading zero digits ('1'), which Base58Check reads as leading zero
+    /// bytes: a '1' more or fewer is another payload, refused. Leading zero
+    /// bytes (main's version byte, hashes that start with zeros) are where
+    /// that could go wrong.
     #[test]
     fn a_parsed_address_is_spelled_as_it_encodes() {
         for network in Network::ALL {
@@ -205,5 +224,29 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The longest address there is fits the bound, and a longer string is
+    /// refused before its Base58 is decoded (quadratic in the length).
+    #[test]
+    fn addresses_longer_than_any_spelling_are_refused_before_decoding() {
+        let longest = Network::ALL
+            .into_iter()
+            .map(|n| Address::new(n, PubKeyHash([0xFF; 20])).to_string().len())
+            .max()
+            .unwrap();
+        assert!(longest <= MAX_ADDRESS_CHARS, "{longest}");
+        let all_zero = Address::new(Network::Main, PubKeyHash([0; 20])).to_string();
+        assert!(all_zero.len() <= MAX_ADDRESS_CHARS, "{all_zero}");
+        let huge = "z".repeat(65_000);
+        assert!(matches!(
+            Address::parse_any(&huge),
+            Err(AddressError::TooLong { len: 65_000, .. })
+        ));
+        let one_over = "2".repeat(MAX_ADDRESS_CHARS + 1);
+        assert!(matches!(
+            Address::parse_any(&one_over),
+            Err(AddressError::TooLong { .. })
+        ));
     }
 }

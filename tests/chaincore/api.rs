@@ -411,6 +411,19 @@ fn rest_endpoints_answer_and_refuse_as_documented() {
         400,
         "bad-checksum",
     );
+    // A URL-long "address" is refused before its Base58 is decoded (that
+    // took seconds of a worker per request).
+    let huge = "z".repeat(60_000);
+    for path in ["", "/utxo", "/txs"] {
+        refuses(
+            api,
+            "GET",
+            &format!("/address/{huge}{path}"),
+            "",
+            400,
+            "invalid-address",
+        );
+    }
     let mainnet = rich.address(Network::Main).to_string();
     for path in ["", "/utxo", "/txs", "/txs/mempool"] {
         refuses(
