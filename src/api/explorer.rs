@@ -1175,12 +1175,25 @@ pub async fn address_balances(
     }
     state
         .with_state(move |chain, pool| {
+            // Each owner is looked up once, however often the request names
+            // it: an owner's pool figures walk all its pool transactions,
+            // under the pool's lock, and one busy address named a thousand
+            // times would walk them a thousand times.
+            let mut seen: crate::collections::FastHashMap<_, (u64, i64)> =
+                crate::collections::FastHashMap::default();
             let mut out = Vec::with_capacity(request.addresses.len());
             for a in &request.addresses {
                 let address = address_of(chain, a)?;
-                let stats = chain.store().address_stats(&address.hash)?;
-                let pending = pool.address_stats(&address.hash);
-                out.push(json!({ "address": a, "balance": stats.balance(), "unconfirmed": pending.net() }));
+                let (balance, unconfirmed) = match seen.get(&address.hash) {
+                    Some(known) => *known,
+                    None => {
+                        let stats = chain.store().address_stats(&address.hash)?;
+                        let known = (stats.balance(), pool.address_stats(&address.hash).net());
+                        seen.insert(address.hash, known);
+                        known
+                    }
+                };
+                out.push(json!({ "address": a, "balance": balance, "unconfirmed": unconfirmed }));
             }
             Ok(Json(Value::Array(out)))
         })

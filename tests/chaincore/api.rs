@@ -454,12 +454,15 @@ fn rest_endpoints_answer_and_refuse_as_documented() {
         api,
         "POST",
         "/addresses/balances",
-        &json!({"addresses": [address, other]}).to_string(),
+        &json!({"addresses": [address, other, address]}).to_string(),
     );
     assert_eq!(status, 200, "{body}");
     let balances: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(balances[0]["balance"], summary["balance"]);
     assert_eq!(balances[1]["balance"], json!(30 * 800));
+    // An address named twice is answered twice, in the request's order.
+    assert_eq!(balances.as_array().unwrap().len(), 3);
+    assert_eq!(balances[2], balances[0]);
     assert_eq!(
         error_code(api, "POST", "/addresses/balances", "{\"addresses\": 5}").0,
         422
