@@ -1,5 +1,6 @@
-//! Hash maps and sets for the block path, keyed by hashes a peer or miner
-//! chose (txids, outpoints, owners).
+//! Hash maps and sets keyed by hashes a peer, a miner or a REST client
+//! chose (txids, outpoints, owners): the block path's, and lookups per
+//! request.
 //!
 //! The hasher is foldhash's, seeded at random per process and per map:
 //! std's SipHash was the largest single cost of the maps a catch-up fills
@@ -11,8 +12,8 @@
 //! one bucket. Iteration order is random, as it was with SipHash's random
 //! keys: nothing that reaches the ledger may depend on it.
 
-/// A `HashMap` with the per-process seeded foldhash.
+/// A `HashMap` with randomly seeded foldhash (see above).
 pub type FastHashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
-/// A `HashSet` with the per-process seeded foldhash.
+/// A `HashSet` with randomly seeded foldhash (see above).
 pub type FastHashSet<T> = std::collections::HashSet<T, foldhash::fast::RandomState>;

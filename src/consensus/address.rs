@@ -63,7 +63,7 @@ pub enum AddressError {
     BadChecksum { input: String },
     #[error("address {input:?} has {len} payload bytes, expected 21")]
     BadLength { input: String, len: usize },
-    #[error("address {input:?}... is {len} characters long, at most {MAX_ADDRESS_CHARS}")]
+    #[error("address {input:?}... is {len} bytes long, at most {MAX_ADDRESS_CHARS}")]
     TooLong { input: String, len: usize },
     #[error("address {input:?} has unknown version byte {version:#04x}")]
     UnknownVersion { input: String, version: u8 },
