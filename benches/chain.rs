@@ -1,11 +1,12 @@
 //! Chain-state figures: connect throughput (signatures on and off), the
 //! same as a catch-up (headers first) with the write-back cache off and on,
 //! what the cache's byte count says against the memory it takes, balance
-//! lookups from the address index, reorganisation time, and restart time
-//! with a long chain on disk.
+//! lookups from the address index, reading one transaction of a full
+//! block, reorganisation time, and restart time with a long chain on disk.
 //!
 //! Run: `cargo bench --profile dev --bench chain` (add `-- quick` for smaller
-//! sizes while developing, `-- cache` for the cache's figures alone).
+//! sizes while developing, `-- cache` for the cache's figures alone,
+//! `-- reads` for the transaction reads alone).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,12 +14,18 @@ use std::time::{Duration, Instant};
 use chaincore::chain::{Chain, ChainOptions};
 use chaincore::consensus::amount::Amount;
 use chaincore::consensus::block::Block;
+use chaincore::consensus::hash::BlockHash;
 use chaincore::consensus::params::Network;
 use chaincore::consensus::transaction::{OutPoint, Transaction, TxOut};
 use chaincore::consensus::validation::SignatureChecks;
+use chaincore::encoding::Encode;
 use chaincore::mining::{assemble_block, solve_block, BlockTemplateHeader};
 use chaincore::testkit::{busy_chain, fan_out_chain, key, payee, signed_spend, TestChain};
 use rayon::prelude::*;
+
+/// Transactions of the blocks read by `bench_transaction_reads`: one
+/// input and two outputs each (199 bytes), so about 1 MB blocks.
+const TRANSACTION_READ_BLOCK_TXS: usize = 4_800;
 
 struct Sizes {
     connect_blocks: usize,
@@ -248,6 +255,78 @@ fn bench_balance_lookups(sizes: &Sizes) {
     }
 }
 
+/// Reads the transaction at a position of a stored block, with the
+/// outputs it spent.
+type TransactionRead<'a> = dyn Fn(&BlockHash, usize) -> (Transaction, Vec<TxOut>) + 'a;
+
+/// Reading one confirmed transaction with the outputs it spent (what
+/// `GET /tx/{txid}` and each row of an address's history need), from
+/// blocks of `txs_per_block` transactions: walking the stored block to it
+/// (`Store::block_transaction`) beside decoding the whole block and its
+/// undo data, the way before, in the same run on the same store.
+fn bench_transaction_reads(blocks: usize, txs_per_block: usize) {
+    let test = busy_chain(blocks, txs_per_block);
+    let dir = tempfile::tempdir().unwrap();
+    let mut chain = open(&dir, SignatureChecks::Off);
+    feed(&mut chain, &test.blocks[1..]);
+    let store = chain.store().clone();
+    let tip = chain.height();
+    let busy: Vec<_> = (tip + 1 - blocks as u32..=tip)
+        .map(|h| store.hash_at_height(h).unwrap().unwrap())
+        .collect();
+    let size = test.blocks.last().unwrap().encoded_len();
+    // Positions spread over each block, the last one included.
+    let positions: Vec<usize> = (1..=8).map(|k| k * txs_per_block / 8).collect();
+    let whole = |hash: &BlockHash, position: usize| {
+        let block = store.block(hash).unwrap().unwrap();
+        let undo = store.undo(hash).unwrap().unwrap();
+        let before: usize = block.transactions[1..position]
+            .iter()
+            .map(|t| t.inputs.len())
+            .sum();
+        let tx = block.transactions[position].clone();
+        let spent: Vec<TxOut> = undo[before..before + tx.inputs.len()]
+            .iter()
+            .map(|(_, u)| u.output)
+            .collect();
+        (tx, spent)
+    };
+    let walked = |hash: &BlockHash, position: usize| {
+        let found = store.block_transaction(hash, position).unwrap().unwrap();
+        (found.tx, found.spent)
+    };
+    for hash in &busy {
+        for &p in &positions {
+            assert_eq!(walked(hash, p), whole(hash, p), "both read the same");
+        }
+    }
+    let time = |read: &TransactionRead| {
+        let start = Instant::now();
+        let mut reads = 0u32;
+        for _ in 0..3 {
+            for hash in &busy {
+                for &p in &positions {
+                    std::hint::black_box(read(hash, p));
+                    reads += 1;
+                }
+            }
+        }
+        start.elapsed() / reads
+    };
+    let (old, new) = (time(&whole), time(&walked));
+    println!(
+        "one transaction of a {txs_per_block}-tx block ({} KB): walked to {:.1} µs, \
+         whole block and undo decoded {:.1} µs ({:.1}x); a history page of 25 rows \
+         in 25 blocks: {:.1} ms against {:.1} ms",
+        size / 1000,
+        new.as_secs_f64() * 1e6,
+        old.as_secs_f64() * 1e6,
+        old.as_secs_f64() / new.as_secs_f64(),
+        new.as_secs_f64() * 25e3,
+        old.as_secs_f64() * 25e3,
+    );
+}
+
 fn bench_reorg(txs_per_block: usize) {
     for depth in [10usize, 100] {
         // Two branches from the same busy prefix: a of `depth` blocks, then b
@@ -381,6 +460,11 @@ fn main() {
             accounting_rows: 2_000_000,
         }
     };
+    let read_blocks = if quick { 4 } else { 25 };
+    if std::env::args().any(|a| a == "reads") {
+        bench_transaction_reads(read_blocks, TRANSACTION_READ_BLOCK_TXS);
+        return;
+    }
     // First, while the heap is fresh: memory freed by the other figures
     // would be reused and hide what the cache takes.
     bench_cache_accounting(sizes.accounting_rows);
@@ -393,5 +477,6 @@ fn main() {
     bench_catch_up_cache(&sizes);
     bench_reorg(sizes.txs_per_block);
     bench_balance_lookups(&sizes);
+    bench_transaction_reads(read_blocks, TRANSACTION_READ_BLOCK_TXS);
     bench_restart(&sizes);
 }

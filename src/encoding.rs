@@ -114,6 +114,13 @@ pub fn read_array<const N: usize>(
     Ok(out)
 }
 
+/// Moves past `n` bytes without reading them.
+pub fn skip(buf: &mut &[u8], n: usize, what: &'static str) -> Result<(), DecodeError> {
+    need(buf, n, what)?;
+    *buf = &buf[n..];
+    Ok(())
+}
+
 /// Number of bytes the compact-size encoding of `n` takes.
 pub fn compact_size_len(n: u64) -> usize {
     match n {

@@ -110,6 +110,21 @@ pub fn message_payload(data: &[u8]) {
 }
 
 pub fn transaction(data: &[u8]) {
+    // Passing over a transaction accepts and consumes exactly what
+    // decoding it does (a block's other transactions are skipped so).
+    let (mut skipping, mut decoding) = (data, data);
+    let skipped = crate::consensus::transaction::skip_transaction(&mut skipping);
+    let decoded = Transaction::decode_from(&mut decoding);
+    assert_eq!(skipped.is_ok(), decoded.is_ok(), "skip and decode disagree");
+    if let (Ok(skipped), Ok(tx)) = (skipped, &decoded) {
+        assert_eq!(
+            skipping.len(),
+            decoding.len(),
+            "skip and decode consume differently"
+        );
+        assert_eq!(skipped.inputs, tx.inputs.len());
+        assert_eq!(skipped.is_coinbase, tx.is_coinbase());
+    }
     if let Ok(tx) = Transaction::from_bytes(data) {
         assert_eq!(tx.to_bytes(), data, "transaction encoding is not canonical");
         assert_eq!(tx.encoded_len(), data.len());
@@ -121,6 +136,19 @@ pub fn transaction(data: &[u8]) {
 pub fn block(data: &[u8]) {
     if let Ok(block) = Block::from_bytes(data) {
         assert_eq!(block.to_bytes(), data, "block encoding is not canonical");
+        // Each transaction read alone is the one the whole decode has.
+        let mut spent_before = 0;
+        for (position, tx) in block.transactions.iter().enumerate() {
+            let found = crate::consensus::block::decode_block_transaction(data, position)
+                .expect("a block that decodes whole decodes by transaction")
+                .expect("within the block");
+            assert_eq!(&found.tx, tx);
+            assert_eq!(found.header, block.header);
+            assert_eq!(found.spent_before, spent_before);
+            if !tx.is_coinbase() {
+                spent_before += tx.inputs.len();
+            }
+        }
         let _ = crate::consensus::validation::check_block(&block, Network::Regtest.params());
     }
 }
@@ -144,6 +172,12 @@ pub fn store_values(data: &[u8]) {
         2 => {
             if let Ok(spent) = schema::decode_undo(value) {
                 assert_eq!(schema::encode_undo(&spent), value);
+                // Any range of rows read alone is that range of the whole.
+                let (start, len) = (spent.len() / 3, spent.len() / 2);
+                assert_eq!(
+                    schema::decode_undo_range(value, start, len).as_deref(),
+                    Ok(&spent[start..start + len])
+                );
             }
         }
         3 => {

@@ -14,7 +14,7 @@ use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::extract::Query;
-use super::{ApiError, ApiState};
+use super::{ApiError, ApiState, PoolViews};
 use crate::chain::ChainReader;
 use crate::consensus::address::{Address, AddressError};
 use crate::events::{
@@ -127,8 +127,11 @@ pub async fn events(
     })?;
     let from_height = q.from_height;
     let first_watch = watch.clone();
+    // A replay reads up to `MAX_CATCH_UP_BLOCKS` blocks: it waits for one
+    // of the permits of the routes that read blocks (503 when they stay
+    // taken), so reconnecting clients cannot hold every core.
     let (start, replayed, position) = state
-        .with_view(move |view| {
+        .with_chain_reads(move |view, _| {
             let tip = view.tip();
             let start = match (resume, from_height) {
                 (Some(id), _) => id,
@@ -178,6 +181,7 @@ pub async fn events(
     };
     let subscriber = Subscriber {
         reader: state.reader.clone(),
+        reads: state.pool_views.clone(),
         hub: state.events.clone(),
         watch,
         position,
@@ -231,6 +235,10 @@ fn sse_event(event: &StreamEvent) -> Event {
 /// hub's mempool messages, into its bounded queue.
 struct Subscriber {
     reader: ChainReader,
+    /// Whose permits the reading of new blocks takes, as the REST routes
+    /// that read blocks do: sixty-four subscribers watching an address of
+    /// every block cannot decode each block sixty-four times at once.
+    reads: Arc<PoolViews>,
     hub: crate::events::EventHub,
     watch: Watch,
     position: EventId,
@@ -298,7 +306,22 @@ impl Subscriber {
             let reader = self.reader.clone();
             let watch = self.watch.clone();
             let position = self.position;
+            // A permit only for reading blocks: a subscriber watching no
+            // address reads index entries alone. Waited for while watching
+            // for the client to leave.
+            let permit = if watch.addresses.is_empty() {
+                None
+            } else {
+                tokio::select! {
+                    permit = self.reads.chain_read_permit() => Some(permit),
+                    _ = self.outbox.closed() => return Err(Closed::Gone),
+                }
+            };
+            // The permit goes with the reading and is released when it
+            // ends, before the events are sent: a reader slow to take them
+            // holds none.
             let read = tokio::task::spawn_blocking(move || {
+                let _permit = permit;
                 let view = reader.view()?;
                 let (events, position) = catch_up(&view, &watch, position)?;
                 Ok::<_, CatchUpError>((events, position, view.height()))

@@ -32,6 +32,11 @@ pub const BLOCK_TXS_PAGE: usize = 25;
 /// a `limit`, an address with more UTXOs is refused (as esplora's
 /// `utxos_limit`) rather than answered in part.
 pub const MAX_ADDRESS_PAGE: usize = 1000;
+/// Most pool transactions of one address that `/address/{a}/utxo` walks
+/// (under the pool's lock) for the unconfirmed outputs of its first page:
+/// about a millisecond's work. Past it the request is a 400 that names the
+/// paged list of the address's pool transactions.
+pub const MAX_ADDRESS_POOL_WALK: usize = 10 * MAX_ADDRESS_PAGE;
 /// Confirmed transactions per page of an address's history (esplora's),
 /// and at most with `limit`: each is a full transaction, read from its
 /// block.
@@ -806,8 +811,21 @@ async fn utxo_list(
                 .map(|(_, entry)| entry)
                 .collect();
             if after.is_none() {
+                // The walk holds the pool's lock: an owner with more pool
+                // transactions than this is told to page them instead.
+                if pool.address_entry_count(&owner) > MAX_ADDRESS_POOL_WALK {
+                    return Err(ApiError::bad_request(
+                        "too-many-pool-transactions",
+                        format!(
+                            "more than {MAX_ADDRESS_POOL_WALK} pool transactions touch this address: page them with {}/txs/mempool",
+                            subject.path()
+                        ),
+                    ));
+                }
                 let mut unconfirmed = 0usize;
-                for entry in pool.address_entries(&owner, usize::MAX) {
+                // Walks the owner's entries in first-seen order (no sort);
+                // a page of outputs ends the walk.
+                for entry in pool.address_entries(&owner, None) {
                     for (vout, output) in entry.tx.outputs.iter().enumerate() {
                         let outpoint = OutPoint::new(entry.txid, vout as u32);
                         if output.owner != owner || pool.spender_of(&outpoint).is_some() {
@@ -878,8 +896,8 @@ pub struct MempoolTxsQuery {
 }
 
 /// The owner's pool transactions, newest first, after `before`, into
-/// `out`: at most `MAX_ADDRESS_MEMPOOL_TXS`, picked without sorting all of
-/// the owner's entries.
+/// `out`: at most `MAX_ADDRESS_MEMPOOL_TXS`, read in order from the
+/// pool's owner index (the page costs its own length, not the owner's).
 fn mempool_txs(
     network: crate::consensus::params::Network,
     pool: &Mempool,
@@ -887,15 +905,11 @@ fn mempool_txs(
     before: Option<(u32, Hash256)>,
     out: &mut JsonList,
 ) -> Result<(), ApiError> {
-    let mut entries = pool.address_entries(owner, usize::MAX);
-    entries.retain(|e| before.is_none_or(|key| (e.time, e.txid) < key));
-    let newest_first = |e: &&crate::mempool::MempoolEntry| std::cmp::Reverse((e.time, e.txid));
-    if entries.len() > MAX_ADDRESS_MEMPOOL_TXS {
-        entries.select_nth_unstable_by_key(MAX_ADDRESS_MEMPOOL_TXS - 1, newest_first);
-        entries.truncate(MAX_ADDRESS_MEMPOOL_TXS);
-    }
-    entries.sort_by_key(newest_first);
-    for entry in entries {
+    for entry in pool
+        .address_entries(owner, before)
+        .rev()
+        .take(MAX_ADDRESS_MEMPOOL_TXS)
+    {
         out.push(&TxJson {
             network,
             tx: &entry.tx,
@@ -968,26 +982,29 @@ fn chain_txs(
     let rows = chain.store().address_history(owner, before, limit + 1)?;
     let more = rows.len() > limit;
     let network = chain.params().network;
-    let mut current: Option<ConfirmedBlock> = None;
+    // Each row's transaction alone: its block is walked, not decoded.
     for (height, position, txid) in rows.iter().take(limit) {
-        if current.as_ref().is_none_or(|b| b.height != *height) {
-            let hash = chain.hash_at(*height)?.ok_or_else(|| {
-                ApiError::internal(format!("active chain has no block at {height}"))
+        let hash = chain
+            .hash_at(*height)?
+            .ok_or_else(|| ApiError::internal(format!("active chain has no block at {height}")))?;
+        let found = chain
+            .store()
+            .block_transaction(&hash, *position as usize)?
+            .filter(|found| found.tx.txid() == *txid)
+            .ok_or_else(|| {
+                ApiError::internal(format!("address history of {txid} is out of step"))
             })?;
-            current = Some(ConfirmedBlock::load(chain, &hash, *height)?);
-        }
-        let block = current.as_ref().expect("loaded above");
-        let found = block
-            .block
-            .transactions
-            .get(*position as usize)
-            .map(|t| t.txid());
-        if found != Some(*txid) {
-            return Err(ApiError::internal(format!(
-                "address history of {txid} is out of step"
-            )));
-        }
-        out.push(&block.tx_json(network, *position as usize))?;
+        out.push(&TxJson {
+            network,
+            tx: &found.tx,
+            spent: &found.spent,
+            status: TxStatus::Confirmed {
+                height: *height,
+                block: hash,
+                time: found.header.time,
+            },
+            first_seen: None,
+        })?;
     }
     Ok(more.then(|| rows[limit - 1].2))
 }
@@ -1078,7 +1095,7 @@ async fn chain_txs_list(
 
 /// `GET /address/{address}/txs`: esplora's history: up to 50 unconfirmed
 /// transactions, newest first, then up to 25 confirmed ones, newest first
-/// (`?limit=` up to 100); `/txs/chain/{last txid}` continues.
+/// (`?limit=` up to `MAX_CHAIN_TXS_PAGE`, 25); `/txs/chain/{last txid}` continues.
 pub async fn address_txs(
     State(state): State<ApiState>,
     Path(address): Path<String>,
@@ -1173,28 +1190,36 @@ pub async fn address_balances(
             format!("at most {MAX_BATCH_ADDRESSES} addresses"),
         ));
     }
+    // Up to a thousand index reads: one of the permits of the routes that
+    // read the store at length, and the pool locked only for its part.
     state
-        .with_state(move |chain, pool| {
-            // Each owner is looked up once, however often the request names
-            // it: an owner's pool figures walk all its pool transactions,
-            // under the pool's lock, and one busy address named a thousand
-            // times would walk them a thousand times.
-            let mut seen: crate::collections::FastHashMap<_, (u64, i64)> =
-                crate::collections::FastHashMap::default();
-            let mut out = Vec::with_capacity(request.addresses.len());
-            for a in &request.addresses {
-                let address = address_of(chain, a)?;
-                let (balance, unconfirmed) = match seen.get(&address.hash) {
-                    Some(known) => *known,
-                    None => {
-                        let stats = chain.store().address_stats(&address.hash)?;
-                        let known = (stats.balance(), pool.address_stats(&address.hash).net());
-                        seen.insert(address.hash, known);
-                        known
-                    }
-                };
-                out.push(json!({ "address": a, "balance": balance, "unconfirmed": unconfirmed }));
-            }
+        .with_chain_reads(move |chain, gate| {
+            let owners = request
+                .addresses
+                .iter()
+                .map(|a| Ok(address_of(chain, a)?.hash))
+                .collect::<Result<Vec<PubKeyHash>, ApiError>>()?;
+            // Each owner is read once, however often the request names it.
+            let mut distinct = owners.clone();
+            distinct.sort_unstable();
+            distinct.dedup();
+            let confirmed = chain.store().addresses_stats(&distinct)?;
+            let pool = gate.lock();
+            let known: crate::collections::FastHashMap<PubKeyHash, (u64, i64)> = distinct
+                .iter()
+                .zip(&confirmed)
+                .map(|(owner, stats)| (*owner, (stats.balance(), pool.address_stats(owner).net())))
+                .collect();
+            drop(pool);
+            let out: Vec<Value> = request
+                .addresses
+                .iter()
+                .zip(&owners)
+                .map(|(a, owner)| {
+                    let (balance, unconfirmed) = known[owner];
+                    json!({ "address": a, "balance": balance, "unconfirmed": unconfirmed })
+                })
+                .collect();
             Ok(Json(Value::Array(out)))
         })
         .await

@@ -5,7 +5,7 @@ use axum::response::Response;
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::esplora::{json_bytes, ConfirmedBlock, TxJson, TxStatus};
+use super::esplora::{json_bytes, TxJson, TxStatus};
 use super::extract::Path;
 use super::{ApiError, ApiState};
 use crate::consensus::hash::Txid;
@@ -243,14 +243,27 @@ pub async fn get_tx(
                     let location = chain.store().tx_location(&txid)?.ok_or_else(|| {
                         ApiError::not_found(format!("transaction {txid} not found"))
                     })?;
-                    let block = ConfirmedBlock::load(chain, &location.block, location.height)?;
-                    let position = location.position as usize;
-                    if position >= block.block.transactions.len() {
-                        return Err(ApiError::internal(format!(
-                            "tx index of {txid} points past its block"
-                        )));
-                    }
-                    serde_json::to_vec(&block.tx_json(network, position))
+                    // The transaction alone: its block is walked, not decoded.
+                    let found = chain
+                        .store()
+                        .block_transaction(&location.block, location.position as usize)?
+                        .filter(|found| found.tx.txid() == txid)
+                        .ok_or_else(|| {
+                            ApiError::internal(format!(
+                                "tx index of {txid} is out of step with its block"
+                            ))
+                        })?;
+                    serde_json::to_vec(&TxJson {
+                        network,
+                        tx: &found.tx,
+                        spent: &found.spent,
+                        status: TxStatus::Confirmed {
+                            height: location.height,
+                            block: location.block,
+                            time: found.header.time,
+                        },
+                        first_seen: None,
+                    })
                 }
             };
             Ok(json_bytes(body.map_err(ApiError::internal)?))

@@ -12,7 +12,7 @@ use std::time::Duration;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{ApiError, ApiState};
 use crate::chain::ChainView;
@@ -27,11 +27,14 @@ pub const WHOLE_POOL_CONCURRENCY: usize = 2;
 /// out a burst, short enough that a client is told rather than hung.
 pub const WHOLE_POOL_WAIT: Duration = Duration::from_secs(10);
 
-/// Requests that read whole blocks (a block's transactions or txids, a
-/// proof, a transaction from its block, an address's history of full
-/// transactions, outspends, UTXO pages) served at once: each reads and
-/// decodes up to 25 blocks of 1 MB one after the other, so four bound the
-/// memory and disk reads they hold at once whatever the number of clients.
+/// Requests that read blocks (a block's transactions or txids, a proof, a
+/// transaction from its block, an address's history of full transactions,
+/// outspends, UTXO pages, an event stream's replay and each subscriber's
+/// reading of new blocks, a balance batch of up to 1 000 addresses) served
+/// at once: one may decode a block of 1 MB or walk 25, and a replay up to
+/// `MAX_CATCH_UP_BLOCKS` of them, so four
+/// bound the CPU, memory and disk reads they hold at once whatever the
+/// number of clients.
 pub const CHAIN_READ_CONCURRENCY: usize = 4;
 
 /// One route's last answer and the state it was built from.
@@ -43,19 +46,35 @@ struct Cached {
 
 /// The concurrency limit and the per-route cache.
 pub struct PoolViews {
-    permits: Semaphore,
+    /// Permits are owned (`acquire_owned`) and moved into the blocking
+    /// work they bound: a client that hangs up releases its permit when
+    /// the work ends, not while it still runs.
+    permits: Arc<Semaphore>,
     cache: Mutex<HashMap<&'static str, Cached>>,
     /// `CHAIN_READ_CONCURRENCY` permits for the routes that read blocks.
-    chain_reads: Semaphore,
+    chain_reads: Arc<Semaphore>,
 }
 
 impl Default for PoolViews {
     fn default() -> PoolViews {
         PoolViews {
-            permits: Semaphore::new(WHOLE_POOL_CONCURRENCY),
+            permits: Arc::new(Semaphore::new(WHOLE_POOL_CONCURRENCY)),
             cache: Mutex::new(HashMap::new()),
-            chain_reads: Semaphore::new(CHAIN_READ_CONCURRENCY),
+            chain_reads: Arc::new(Semaphore::new(CHAIN_READ_CONCURRENCY)),
         }
+    }
+}
+
+impl PoolViews {
+    /// One of the `CHAIN_READ_CONCURRENCY` permits, waited for as long as
+    /// it takes: for work no client waits on with a timeout (an event
+    /// subscriber following the chain falls behind instead).
+    pub async fn chain_read_permit(&self) -> OwnedSemaphorePermit {
+        self.chain_reads
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed")
     }
 }
 
@@ -94,7 +113,8 @@ impl ApiState {
         &self,
         f: impl FnOnce(&ChainView, &PoolGate) -> Result<T, ApiError> + Send + 'static,
     ) -> Result<T, ApiError> {
-        let _permit = tokio::time::timeout(WHOLE_POOL_WAIT, self.pool_views.chain_reads.acquire())
+        let chain_reads = self.pool_views.chain_reads.clone();
+        let permit = tokio::time::timeout(WHOLE_POOL_WAIT, chain_reads.acquire_owned())
             .await
             .map_err(|_| ApiError {
                 status: StatusCode::SERVICE_UNAVAILABLE,
@@ -106,6 +126,7 @@ impl ApiState {
             .expect("the semaphore is never closed");
         let (reader, mempool) = (self.reader.clone(), self.mempool.clone());
         tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let view = reader.view().map_err(ApiError::internal)?;
             f(
                 &view,
@@ -123,11 +144,16 @@ impl ApiState {
         &self,
         f: impl FnOnce(&ChainView, &mut Mempool) -> Result<T, ApiError> + Send + 'static,
     ) -> Result<T, ApiError> {
-        let _permit = tokio::time::timeout(WHOLE_POOL_WAIT, self.pool_views.permits.acquire())
+        let permits = self.pool_views.permits.clone();
+        let permit = tokio::time::timeout(WHOLE_POOL_WAIT, permits.acquire_owned())
             .await
             .map_err(|_| busy())?
             .expect("the semaphore is never closed");
-        self.with_state(f).await
+        self.with_state(move |chain, pool| {
+            let _permit = permit;
+            f(chain, pool)
+        })
+        .await
     }
 
     /// `route`'s value for the current tip and pool: the cached one, or

@@ -1387,3 +1387,36 @@ fn a_shared_view_lasts_until_the_next_write() {
         .unwrap();
     assert_ne!(reader.view().unwrap().hash_at(5).unwrap(), Some(hash));
 }
+
+#[test]
+fn address_heights_name_each_height_with_history_once() {
+    let base = prefix();
+    // key(3) is paid twice in each block of the branch: its coinbase and a
+    // spend (two history rows per height).
+    let (_, blocks) = branch(&base, 4, &key(3), &key(3));
+    let dir = tempfile::tempdir().unwrap();
+    let mut chain = open(&dir);
+    feed(&mut chain, &base.blocks[1..]);
+    feed(&mut chain, &blocks);
+    assert_eq!(chain.height(), 16);
+    let store = chain.store();
+    let heights = |k: u8, first, last| {
+        store
+            .address_heights(&key(k).pubkey_hash(), first, last)
+            .unwrap()
+    };
+    assert_eq!(heights(3, 0, u32::MAX), vec![13, 14, 15, 16]);
+    assert_eq!(heights(3, 14, 15), vec![14, 15]);
+    assert_eq!(heights(3, 16, 16), vec![16]);
+    assert_eq!(heights(3, 0, 12), Vec::<u32>::new());
+    assert_eq!(heights(3, 15, 14), Vec::<u32>::new());
+    assert_eq!(heights(1, 10, 14), vec![10, 11, 12, 13, 14]);
+    assert_eq!(heights(9, 0, u32::MAX), Vec::<u32>::new());
+    // Every height found has a row, and none between them was skipped.
+    let owner = key(3).pubkey_hash();
+    let rows = store.address_history(&owner, None, 100).unwrap();
+    let mut from_rows: Vec<u32> = rows.iter().map(|(h, _, _)| *h).collect();
+    from_rows.sort_unstable();
+    from_rows.dedup();
+    assert_eq!(from_rows, heights(3, 0, u32::MAX));
+}

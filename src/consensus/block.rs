@@ -9,8 +9,10 @@ use bytes::BufMut;
 use super::hash::{sha256d, BlockHash, Hash256, Txid};
 use super::limits::{MAX_BLOCK_TXS, MIN_TX_LEN};
 use super::merkle::merkle_root;
-use super::transaction::Transaction;
-use crate::encoding::{read_seq, read_u32, seq_len, write_seq, Decode, DecodeError, Encode};
+use super::transaction::{skip_transaction, Transaction};
+use crate::encoding::{
+    read_count, read_seq, read_u32, seq_len, write_seq, Decode, DecodeError, Encode,
+};
 
 /// Encoded size of a block header.
 pub const HEADER_LEN: usize = 80;
@@ -115,6 +117,47 @@ impl Decode for Block {
     }
 }
 
+/// One transaction of an encoded block, decoded without the others.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockTransaction {
+    pub header: BlockHeader,
+    pub tx: Transaction,
+    /// Inputs of the non-coinbase transactions before it: where its rows
+    /// start in the block's undo data (which lists the outputs every
+    /// input but the coinbase's spent, in block order).
+    pub spent_before: usize,
+}
+
+/// The header and the transaction at `position` of an encoded block
+/// (`None` past its last). The transactions before it are passed over
+/// (`skip_transaction` reads only their counts and outpoints), those after
+/// it are not read: a reader after one transaction pays for a walk, not
+/// for decoding up to `MAX_BLOCK_SIZE` bytes of transactions.
+pub fn decode_block_transaction(
+    bytes: &[u8],
+    position: usize,
+) -> Result<Option<BlockTransaction>, DecodeError> {
+    let mut cursor = bytes;
+    let header = BlockHeader::decode_from(&mut cursor)?;
+    let count = read_count(&mut cursor, Transaction::NAME, MAX_BLOCK_TXS, MIN_TX_LEN)?;
+    if position >= count {
+        return Ok(None);
+    }
+    let mut spent_before = 0usize;
+    for _ in 0..position {
+        let skipped = skip_transaction(&mut cursor)?;
+        if !skipped.is_coinbase {
+            spent_before += skipped.inputs;
+        }
+    }
+    let tx = Transaction::decode_from(&mut cursor)?;
+    Ok(Some(BlockTransaction {
+        header,
+        tx,
+        spent_before,
+    }))
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -158,6 +201,32 @@ pub(crate) mod tests {
             let bytes = block.to_bytes();
             prop_assert_eq!(bytes.len(), block.encoded_len());
             prop_assert_eq!(Block::from_bytes(&bytes).unwrap(), block);
+        }
+
+        #[test]
+        fn one_transaction_of_a_block_decodes_as_the_whole_block_has_it(
+            header in arb_header(),
+            txs in proptest::collection::vec(arb_transaction(), 0..6),
+        ) {
+            let block = Block { header, transactions: txs };
+            let bytes = block.to_bytes();
+            let mut spent_before = 0;
+            for (position, tx) in block.transactions.iter().enumerate() {
+                let found = decode_block_transaction(&bytes, position).unwrap();
+                prop_assert_eq!(found, Some(BlockTransaction {
+                    header,
+                    tx: tx.clone(),
+                    spent_before,
+                }));
+                if !tx.is_coinbase() {
+                    spent_before += tx.inputs.len();
+                }
+            }
+            prop_assert_eq!(decode_block_transaction(&bytes, block.transactions.len()).unwrap(), None);
+            // A block cut short fails where the whole decode would.
+            if let Some(last) = block.transactions.len().checked_sub(1) {
+                prop_assert!(decode_block_transaction(&bytes[..bytes.len() - 1], last).is_err());
+            }
         }
 
         #[test]

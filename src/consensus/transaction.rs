@@ -15,7 +15,8 @@ use super::hash::{sha256d, Hash256, Txid};
 use super::keys::{PrivateKey, PUBKEY_LEN, SIGNATURE_LEN};
 use super::limits::{COINBASE_INPUT_LEN, MAX_TX_INPUTS, MAX_TX_OUTPUTS, OUTPUT_LEN};
 use crate::encoding::{
-    read_array, read_seq, read_u32, read_u64, seq_len, write_seq, Decode, DecodeError, Encode,
+    read_array, read_count, read_seq, read_u32, read_u64, seq_len, skip, write_seq, Decode,
+    DecodeError, Encode,
 };
 
 /// A reference to one output of an earlier transaction.
@@ -321,6 +322,40 @@ impl Decode for Transaction {
     }
 }
 
+/// What passing over one encoded transaction tells of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SkippedTx {
+    pub inputs: usize,
+    pub is_coinbase: bool,
+}
+
+/// Passes over one encoded transaction without building it: reads its
+/// counts and each input's outpoint (a null one marks the shorter coinbase
+/// input), and moves past everything else. Accepts exactly the encodings
+/// `Transaction::decode_from` accepts, with the same limits, so a reader
+/// can go straight to the `n`th transaction of a block.
+pub fn skip_transaction(buf: &mut &[u8]) -> Result<SkippedTx, DecodeError> {
+    const WHAT: &str = "transaction";
+    skip(buf, 4, "transaction version")?;
+    let inputs = read_count(buf, TxIn::NAME, MAX_TX_INPUTS, COINBASE_INPUT_LEN)?;
+    let mut coinbase_inputs = 0;
+    for _ in 0..inputs {
+        if OutPoint::decode_from(buf)?.is_null() {
+            coinbase_inputs += 1;
+            skip(buf, COINBASE_INPUT_LEN - 36, WHAT)?;
+        } else {
+            skip(buf, super::limits::SPEND_INPUT_LEN - 36, WHAT)?;
+        }
+    }
+    let outputs = read_count(buf, TxOut::NAME, MAX_TX_OUTPUTS, OUTPUT_LEN)?;
+    skip(buf, outputs * OUTPUT_LEN, TxOut::NAME)?;
+    skip(buf, 4, "lock time")?;
+    Ok(SkippedTx {
+        inputs,
+        is_coinbase: inputs == 1 && coinbase_inputs == 1,
+    })
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -516,6 +551,34 @@ pub(crate) mod tests {
             Err(DecodeError::TrailingBytes { .. })
         ));
         assert_eq!(Transaction::from_bytes(&bytes).unwrap(), tx);
+    }
+
+    proptest! {
+        #[test]
+        fn skipping_a_transaction_accepts_and_consumes_what_decoding_does(
+            tx in arb_transaction(),
+            noise in proptest::collection::vec(any::<u8>(), 0..300),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let bytes = tx.to_bytes();
+            let mut cursor = &bytes[..];
+            let skipped = skip_transaction(&mut cursor).unwrap();
+            prop_assert!(cursor.is_empty());
+            prop_assert_eq!(skipped, SkippedTx {
+                inputs: tx.inputs.len(),
+                is_coinbase: tx.is_coinbase(),
+            });
+            // Cut short, or arbitrary bytes: both fail or both consume the same.
+            for input in [&bytes[..cut.index(bytes.len())], &noise[..]] {
+                let (mut decoding, mut skipping) = (input, input);
+                let decoded = Transaction::decode_from(&mut decoding);
+                let skipped = skip_transaction(&mut skipping);
+                prop_assert_eq!(decoded.is_ok(), skipped.is_ok());
+                if decoded.is_ok() {
+                    prop_assert_eq!(decoding.len(), skipping.len());
+                }
+            }
+        }
     }
 
     proptest! {

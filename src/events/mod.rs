@@ -53,7 +53,8 @@ pub const MAX_QUEUED_EVENTS: usize = 256;
 pub const SLOW_SUBSCRIBER_GRACE: Duration = Duration::from_secs(5);
 /// Most blocks one catch-up reads from one view, and most blocks a resume
 /// may replay (`Last-Event-ID` or `from_height` further back is a 400):
-/// each block is read from the store with its undo data, so this bounds
+/// each block is read from the store with its undo data when a watched
+/// address has history in it (an index read otherwise), so this bounds
 /// the work and memory one request can cause. A client further behind
 /// reads history from the REST routes and subscribes from the tip.
 pub const MAX_CATCH_UP_BLOCKS: u32 = 2_000;
@@ -306,9 +307,16 @@ pub fn catch_up(
         };
         return Ok((events, position));
     };
+    let touched = steps::touched_heights(view, &watch.addresses, first, last)?;
+    let untouched = BTreeSet::new();
     let mut steps = Vec::with_capacity((last - first + 1) as usize);
     for height in first..=last {
-        steps.push(steps::read_step(view, height, &watch.addresses)?);
+        let watched = if touched.contains(&height) {
+            &watch.addresses
+        } else {
+            &untouched
+        };
+        steps.push(steps::read_step(view, height, watched)?);
     }
     // Balances after each block: the view's (at the tip) minus what the
     // blocks above changed; unknown when this pass stops below the tip.

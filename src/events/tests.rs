@@ -213,3 +213,69 @@ fn pool_events_reach_watched_addresses_and_respect_the_mempool_switch() {
     assert_eq!(events[0].data["reason"], "evicted");
     assert_eq!(events[1].data["status"], "dropped");
 }
+
+#[test]
+fn a_block_no_watched_address_touches_reads_as_the_whole_block_does() {
+    use crate::consensus::amount::Amount;
+    use crate::consensus::transaction::TxOut;
+    use crate::testkit::{key, signed_spend, TestChain};
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut chain = crate::testkit::regtest_chain(dir.path());
+    let mut test = TestChain::new(Network::Regtest);
+    for _ in 0..14 {
+        test.mine_empty(key(1).pubkey_hash());
+    }
+    // Six more blocks; every other one pays key(2) (from key(1)'s coins).
+    let mut paying = BTreeSet::new();
+    for i in 0..6 {
+        let txs = if i % 2 == 0 {
+            let (outpoint, utxo) = test.spendable(key(1).pubkey_hash())[0];
+            let change = utxo.output.amount.units() - 1_000_000 - 10_000;
+            paying.insert(test.height() + 1);
+            vec![signed_spend(
+                &[(outpoint, utxo.output, &key(1))],
+                vec![
+                    TxOut {
+                        amount: Amount::from_units(1_000_000),
+                        owner: key(2).pubkey_hash(),
+                    },
+                    TxOut {
+                        amount: Amount::from_units(change),
+                        owner: key(1).pubkey_hash(),
+                    },
+                ],
+            )]
+        } else {
+            Vec::new()
+        };
+        let block = test.build_block(key(3).pubkey_hash(), txs);
+        test.apply(block);
+    }
+    for block in &test.blocks[1..] {
+        chain.process_block(Arc::new(block.clone()), None).unwrap();
+    }
+    let view = chain.reader().view().unwrap();
+    let tip = view.height();
+    let watched: BTreeSet<PubKeyHash> = [key(2).pubkey_hash(), key(7).pubkey_hash()].into();
+    let touched = steps::touched_heights(&view, &watched, 1, tip).unwrap();
+    assert_eq!(touched, paying);
+    let miner: BTreeSet<PubKeyHash> = [key(3).pubkey_hash()].into();
+    assert_eq!(
+        steps::touched_heights(&view, &miner, 1, tip).unwrap(),
+        (15..=tip).collect()
+    );
+    // Every step, read whole or from the index entry alone, is the same.
+    let none = BTreeSet::new();
+    for height in 1..=tip {
+        let whole = steps::read_step(&view, height, &watched).unwrap();
+        let chosen = if touched.contains(&height) {
+            &watched
+        } else {
+            &none
+        };
+        assert_eq!(steps::read_step(&view, height, chosen).unwrap(), whole);
+        assert_eq!(whole.changes.is_empty(), !touched.contains(&height));
+    }
+}

@@ -27,6 +27,7 @@ pub mod persist;
 mod tests;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::ops::Bound;
 use std::sync::Arc;
 
 use tokio::sync::broadcast::{self, error::TryRecvError};
@@ -256,8 +257,29 @@ impl MempoolEntry {
 }
 
 /// Every owner a transaction pays or spends from, once each.
+#[cfg(test)]
 fn owners(outputs: &[TxOut], spent: &[TxOut]) -> HashSet<PubKeyHash> {
     outputs.iter().chain(spent).map(|o| o.owner).collect()
+}
+
+/// What one transaction adds to the pending totals of each owner it pays
+/// or spends from (`tx_count` 1 for each).
+fn owner_shares(outputs: &[TxOut], spent: &[TxOut]) -> HashMap<PubKeyHash, PendingStats> {
+    let mut shares: HashMap<PubKeyHash, PendingStats> = HashMap::new();
+    for output in outputs {
+        let share = shares.entry(output.owner).or_default();
+        share.funded_txo_count += 1;
+        share.funded_txo_sum += u128::from(output.amount.units());
+    }
+    for output in spent {
+        let share = shares.entry(output.owner).or_default();
+        share.spent_txo_count += 1;
+        share.spent_txo_sum += u128::from(output.amount.units());
+    }
+    for share in shares.values_mut() {
+        share.tx_count = 1;
+    }
+    shares
 }
 
 fn fee_rate(fee: Amount, size: usize) -> u64 {
@@ -284,6 +306,114 @@ impl PendingStats {
         let net = self.funded_txo_sum as i128 - self.spent_txo_sum as i128;
         i64::try_from(net).expect("a pending balance change is within the money supply")
     }
+
+    fn add(&mut self, share: &PendingStats) {
+        self.funded_txo_count += share.funded_txo_count;
+        self.funded_txo_sum += share.funded_txo_sum;
+        self.spent_txo_count += share.spent_txo_count;
+        self.spent_txo_sum += share.spent_txo_sum;
+        self.tx_count += share.tx_count;
+    }
+
+    /// Takes away a share `add` put in (so never below zero).
+    fn remove(&mut self, share: &PendingStats) {
+        let below = "an owner's pending totals hold every share added to them";
+        self.funded_txo_count = self
+            .funded_txo_count
+            .checked_sub(share.funded_txo_count)
+            .expect(below);
+        self.funded_txo_sum = self
+            .funded_txo_sum
+            .checked_sub(share.funded_txo_sum)
+            .expect(below);
+        self.spent_txo_count = self
+            .spent_txo_count
+            .checked_sub(share.spent_txo_count)
+            .expect(below);
+        self.spent_txo_sum = self
+            .spent_txo_sum
+            .checked_sub(share.spent_txo_sum)
+            .expect(below);
+        self.tx_count = self.tx_count.checked_sub(share.tx_count).expect(below);
+    }
+}
+
+/// One owner's pool transactions, in the order they were first seen, and
+/// their pending totals, both kept as entries come and go: an address
+/// query costs its page (or nothing, for the totals), however many pool
+/// transactions the owner has. One owner can hold every entry of a full
+/// pool (hundreds of thousands), and address routes take the pool's lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct OwnerPool {
+    /// `(first seen, txid)` of every entry paying or spending from the owner.
+    keys: OwnerKeys,
+    stats: PendingStats,
+}
+
+impl OwnerPool {
+    fn new(key: (u32, Txid)) -> OwnerPool {
+        OwnerPool {
+            keys: OwnerKeys::One(key),
+            stats: PendingStats::default(),
+        }
+    }
+}
+
+/// The keys of one owner's entries. Most owners have one (an address paid
+/// once), held inline: a transaction paying thousands of fresh addresses
+/// costs the index a map slot per address, not a tree node of 400 bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum OwnerKeys {
+    One((u32, Txid)),
+    /// Two or more.
+    Many(BTreeSet<(u32, Txid)>),
+}
+
+impl OwnerKeys {
+    fn insert(&mut self, key: (u32, Txid)) {
+        match self {
+            OwnerKeys::One(only) if *only == key => {}
+            OwnerKeys::One(only) => *self = OwnerKeys::Many(BTreeSet::from([*only, key])),
+            OwnerKeys::Many(keys) => {
+                keys.insert(key);
+            }
+        }
+    }
+
+    /// Removes `key`: whether it was there, and whether the owner has no
+    /// keys left (then the caller drops it from the index).
+    fn remove(&mut self, key: &(u32, Txid)) -> (bool, bool) {
+        match self {
+            OwnerKeys::One(only) => {
+                let last = only == key;
+                (last, last)
+            }
+            OwnerKeys::Many(keys) => {
+                let removed = keys.remove(key);
+                if keys.len() == 1 {
+                    let only = *keys.first().expect("one key");
+                    *self = OwnerKeys::One(only);
+                }
+                (removed, false)
+            }
+        }
+    }
+
+    /// The keys strictly below `upper` (all of them for `Unbounded`), in
+    /// order either way.
+    fn below(&self, upper: Bound<(u32, Txid)>) -> impl DoubleEndedIterator<Item = &(u32, Txid)> {
+        let (one, many) = match self {
+            OwnerKeys::One(only) => {
+                let below = match upper {
+                    Bound::Excluded(limit) => *only < limit,
+                    _ => true,
+                };
+                (below.then_some(only), None)
+            }
+            OwnerKeys::Many(keys) => (None, Some(keys.range((Bound::Unbounded, upper)))),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
+    }
 }
 
 pub struct Mempool {
@@ -307,9 +437,10 @@ pub struct Mempool {
     /// Bumped by every addition and removal: miners compare it to tell
     /// whether their template is behind the pool.
     changes: u64,
-    /// Pool transactions by every owner they pay or spend from, so address
-    /// queries cost the address's own entries, not a scan of the pool.
-    by_owner: HashMap<PubKeyHash, HashSet<Txid>>,
+    /// Pool transactions by every owner they pay or spend from, with the
+    /// owner's pending totals, so address queries cost the page they
+    /// return, not a scan of the pool or of the owner's entries.
+    by_owner: HashMap<PubKeyHash, OwnerPool>,
     /// The owners of `by_owner` by their script hash (esplora's
     /// `scripthash`), for owners the chain has not seen yet.
     by_script_hash: HashMap<[u8; 32], PubKeyHash>,
@@ -476,6 +607,17 @@ impl Mempool {
         let mut ids: Vec<Txid> = self.entries.keys().copied().collect();
         ids.sort();
         ids
+    }
+
+    /// The txids of the `limit` entries of highest fee rate, best first:
+    /// read from the fee-rate index, costing `limit`, not the pool.
+    pub fn best_txids(&self, limit: usize) -> Vec<Txid> {
+        self.by_rate
+            .iter()
+            .rev()
+            .take(limit)
+            .map(|(_, txid)| *txid)
+            .collect()
     }
 
     pub fn entries(&self) -> impl Iterator<Item = &MempoolEntry> {
@@ -798,14 +940,13 @@ impl Mempool {
         self.bytes += size;
         self.changes += 1;
         let spent: Vec<TxOut> = spent.iter().map(|u| u.output).collect();
-        for owner in owners(&tx.outputs, &spent) {
-            self.by_owner
-                .entry(owner)
-                .or_insert_with(|| {
-                    self.by_script_hash.insert(script_hash(&owner), owner);
-                    HashSet::new()
-                })
-                .insert(txid);
+        for (owner, share) in owner_shares(&tx.outputs, &spent) {
+            let pool = self.by_owner.entry(owner).or_insert_with(|| {
+                self.by_script_hash.insert(script_hash(&owner), owner);
+                OwnerPool::new((time, txid))
+            });
+            pool.keys.insert((time, txid));
+            pool.stats.add(&share);
         }
         if !self.quiet && self.pool_events.receiver_count() > 0 {
             self.announce_event(PoolEvent::Added {
@@ -876,12 +1017,14 @@ impl Mempool {
                 owners: owner_changes(&entry.tx.outputs, &entry.spent),
             });
         }
-        for owner in owners(&entry.tx.outputs, &entry.spent) {
-            if let Some(txids) = self.by_owner.get_mut(&owner) {
-                txids.remove(txid);
-                if txids.is_empty() {
+        for (owner, share) in owner_shares(&entry.tx.outputs, &entry.spent) {
+            if let Some(pool) = self.by_owner.get_mut(&owner) {
+                let (removed, emptied) = pool.keys.remove(&(entry.time, *txid));
+                if emptied {
                     self.by_owner.remove(&owner);
                     self.by_script_hash.remove(&script_hash(&owner));
+                } else if removed {
+                    pool.stats.remove(&share);
                 }
             }
         }
@@ -1193,44 +1336,46 @@ impl Mempool {
         (txs, Amount::from_units(fees))
     }
 
-    /// Pool entries that pay to or spend from `owner`.
-    fn owner_entries<'a>(&'a self, owner: &PubKeyHash) -> impl Iterator<Item = &'a MempoolEntry> {
-        self.by_owner
-            .get(owner)
-            .into_iter()
-            .flatten()
-            .filter_map(|txid| self.entries.get(txid))
-    }
-
     /// The owner of pool transactions whose script hash is `hash`.
     pub fn owner_of_script_hash(&self, hash: &[u8; 32]) -> Option<PubKeyHash> {
         self.by_script_hash.get(hash).copied()
     }
 
-    /// Pending totals of `owner`: what pool transactions pay to and spend from it.
+    /// Pending totals of `owner`: what pool transactions pay to and spend
+    /// from it. Kept as entries come and go: costs one lookup.
     pub fn address_stats(&self, owner: &PubKeyHash) -> PendingStats {
-        let mut stats = PendingStats::default();
-        for entry in self.owner_entries(owner) {
-            for output in entry.tx.outputs.iter().filter(|o| o.owner == *owner) {
-                stats.funded_txo_count += 1;
-                stats.funded_txo_sum += u128::from(output.amount.units());
-            }
-            for spent in entry.spent.iter().filter(|o| o.owner == *owner) {
-                stats.spent_txo_count += 1;
-                stats.spent_txo_sum += u128::from(spent.amount.units());
-            }
-            stats.tx_count += 1;
-        }
-        stats
+        self.by_owner
+            .get(owner)
+            .map(|pool| pool.stats)
+            .unwrap_or_default()
     }
 
-    /// Pool transactions that pay to or spend from `owner`, oldest first,
-    /// at most `limit` of them.
-    pub fn address_entries(&self, owner: &PubKeyHash, limit: usize) -> Vec<&MempoolEntry> {
-        let mut touching: Vec<&MempoolEntry> = self.owner_entries(owner).collect();
-        touching.sort_by_key(|e| (e.time, e.txid));
-        touching.truncate(limit);
-        touching
+    /// How many pool transactions pay to or spend from `owner`.
+    pub fn address_entry_count(&self, owner: &PubKeyHash) -> usize {
+        match self.by_owner.get(owner).map(|pool| &pool.keys) {
+            None => 0,
+            Some(OwnerKeys::One(_)) => 1,
+            Some(OwnerKeys::Many(keys)) => keys.len(),
+        }
+    }
+
+    /// Pool transactions that pay to or spend from `owner`, oldest first
+    /// (by first seen, then txid), those strictly before `before` if given.
+    /// Reversed, newest first; either way a page costs its own length.
+    pub fn address_entries(
+        &self,
+        owner: &PubKeyHash,
+        before: Option<(u32, Txid)>,
+    ) -> impl DoubleEndedIterator<Item = &MempoolEntry> + '_ {
+        let upper = match before {
+            Some(key) => Bound::Excluded(key),
+            None => Bound::Unbounded,
+        };
+        self.by_owner
+            .get(owner)
+            .into_iter()
+            .flat_map(move |pool| pool.keys.below(upper))
+            .filter_map(|(_, txid)| self.entries.get(txid))
     }
 
     /// Space left for transactions in a block beside the header and coinbase.

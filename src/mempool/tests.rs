@@ -361,14 +361,19 @@ fn pending_address_stats_count_both_sides() {
     let txid = pool.txids()[0];
     for owner in [key(1), key(2)] {
         let listed: Vec<_> = pool
-            .address_entries(&owner.pubkey_hash(), 50)
-            .iter()
+            .address_entries(&owner.pubkey_hash(), None)
             .map(|e| e.txid)
             .collect();
         assert_eq!(listed, vec![txid]);
     }
-    assert!(pool.address_entries(&key(9).pubkey_hash(), 50).is_empty());
-    assert!(pool.address_entries(&key(1).pubkey_hash(), 0).is_empty());
+    assert_eq!(pool.address_entries(&key(9).pubkey_hash(), None).count(), 0);
+    let entry = pool.get(&txid).unwrap();
+    let at = (entry.time, txid);
+    assert_eq!(
+        pool.address_entries(&key(1).pubkey_hash(), Some(at))
+            .count(),
+        0
+    );
     // Leaving the pool leaves the owner index too.
     assert_eq!(
         pool.remove_with_descendants(&txid, RemovalReason::Invalid),
@@ -381,12 +386,74 @@ fn pending_address_stats_count_both_sides() {
     );
 }
 
+#[test]
+fn an_owners_entries_page_in_first_seen_order_and_its_totals_follow_removals() {
+    let f = fixture();
+    let mut pool = Mempool::new(&f.chain, DEFAULT_MAX_MEMPOOL_BYTES);
+    let payee = key(2).pubkey_hash();
+    let txids: Vec<Txid> = (0..3)
+        .map(|n| {
+            pool.accept(&f.chain, spend_coinbase(&f, n, 1_000 + n as u64, 5_000))
+                .unwrap()
+        })
+        .collect();
+    let mut keys: Vec<(u32, Txid)> = txids
+        .iter()
+        .map(|t| (pool.get(t).unwrap().time, *t))
+        .collect();
+    keys.sort();
+    let listed = |pool: &Mempool, before| -> Vec<(u32, Txid)> {
+        pool.address_entries(&payee, before)
+            .map(|e| (e.time, e.txid))
+            .collect()
+    };
+    assert_eq!(listed(&pool, None), keys);
+    assert_eq!(listed(&pool, Some(keys[2])), keys[..2]);
+    let newest: Vec<Txid> = pool
+        .address_entries(&payee, None)
+        .rev()
+        .take(2)
+        .map(|e| e.txid)
+        .collect();
+    assert_eq!(newest, vec![keys[2].1, keys[1].1]);
+    let stats = pool.address_stats(&payee);
+    assert_eq!(
+        (stats.funded_txo_count, stats.funded_txo_sum, stats.tx_count),
+        (3, 3_003, 3)
+    );
+    assert_eq!(pool.address_entry_count(&payee), 3);
+    pool.remove_with_descendants(&keys[1].1, RemovalReason::Invalid);
+    let paid_by_the_rest: u128 = [keys[0].1, keys[2].1]
+        .iter()
+        .map(|t| u128::from(pool.get(t).unwrap().tx.outputs[0].amount.units()))
+        .sum();
+    let stats = pool.address_stats(&payee);
+    assert_eq!(
+        (stats.funded_txo_count, stats.funded_txo_sum, stats.tx_count),
+        (2, paid_by_the_rest, 2)
+    );
+    assert_eq!(listed(&pool, None), vec![keys[0], keys[2]]);
+    assert_eq!(pool.address_entry_count(&payee), 2);
+    assert_consistent(&pool, &f.chain);
+    // Down to one entry (held inline), then none: the owner leaves the index.
+    pool.remove_with_descendants(&keys[0].1, RemovalReason::Invalid);
+    assert_eq!(listed(&pool, None), vec![keys[2]]);
+    assert_eq!(listed(&pool, Some(keys[2])), vec![]);
+    assert_eq!(pool.address_entry_count(&payee), 1);
+    assert_eq!(pool.address_stats(&payee).tx_count, 1);
+    assert_consistent(&pool, &f.chain);
+    pool.remove_with_descendants(&keys[2].1, RemovalReason::Invalid);
+    assert_eq!(pool.address_entry_count(&payee), 0);
+    assert_eq!(pool.address_stats(&payee), PendingStats::default());
+    assert!(pool.by_owner.is_empty());
+}
+
 /// Every index of the pool agrees with its entries, every link with the
 /// entries' inputs, and every input spends a pool output or an unspent
 /// output at the chain's tip.
 fn assert_consistent(pool: &Mempool, chain: &Chain) {
     let mut spends = HashMap::new();
-    let mut by_owner: HashMap<PubKeyHash, HashSet<Txid>> = HashMap::new();
+    let mut by_owner: HashMap<PubKeyHash, OwnerPool> = HashMap::new();
     let mut bytes = 0;
     for (txid, entry) in &pool.entries {
         assert_eq!(*txid, entry.tx.txid());
@@ -413,8 +480,20 @@ fn assert_consistent(pool: &Mempool, chain: &Chain) {
         for child in &entry.children {
             assert!(pool.entries[child].parents.contains(txid));
         }
+        // Each owner's entries and totals, counted afresh.
         for owner in owners(&entry.tx.outputs, &entry.spent) {
-            by_owner.entry(owner).or_default().insert(*txid);
+            let key = (entry.time, *txid);
+            let expected = by_owner.entry(owner).or_insert_with(|| OwnerPool::new(key));
+            expected.keys.insert(key);
+            expected.stats.tx_count += 1;
+            for output in entry.tx.outputs.iter().filter(|o| o.owner == owner) {
+                expected.stats.funded_txo_count += 1;
+                expected.stats.funded_txo_sum += u128::from(output.amount.units());
+            }
+            for spent in entry.spent.iter().filter(|o| o.owner == owner) {
+                expected.stats.spent_txo_count += 1;
+                expected.stats.spent_txo_sum += u128::from(spent.amount.units());
+            }
         }
     }
     assert_eq!(pool.spends, spends);
@@ -784,10 +863,9 @@ fn revalidation_keeps_children_and_the_owner_index_in_step() {
         pool.address_stats(&key(3).pubkey_hash()),
         PendingStats::default()
     );
-    assert!(pool.address_entries(&key(3).pubkey_hash(), 50).is_empty());
+    assert_eq!(pool.address_entries(&key(3).pubkey_hash(), None).count(), 0);
     let key2: Vec<Txid> = pool
-        .address_entries(&key(2).pubkey_hash(), 50)
-        .iter()
+        .address_entries(&key(2).pubkey_hash(), None)
         .map(|e| e.txid)
         .collect();
     assert_eq!(key2.len(), 2);

@@ -591,34 +591,71 @@ pub fn encode_undo(spent: &[(OutPoint, Utxo)]) -> Vec<u8> {
 }
 
 pub fn decode_undo(bytes: &[u8]) -> Result<Vec<(OutPoint, Utxo)>, DecodeError> {
-    const WHAT: &str = "undo data";
-    let mut cursor = versioned(bytes, WHAT)?;
-    let count = crate::encoding::read_count(&mut cursor, WHAT, usize::MAX, UNDO_ENTRY_LEN)?;
+    let (count, mut cursor) = undo_rows(bytes)?;
     let mut spent = Vec::with_capacity(count);
     for _ in 0..count {
-        let outpoint = OutPoint::decode_from(&mut cursor)?;
-        let output = TxOut::decode_from(&mut cursor)?;
-        let height = read_u32(&mut cursor, WHAT)?;
-        let is_coinbase = match read_u8(&mut cursor, WHAT)? {
-            0 => false,
-            1 => true,
-            _ => {
-                return Err(DecodeError::Invalid {
-                    what: WHAT,
-                    reason: "coinbase flag is not 0 or 1",
-                })
-            }
-        };
-        spent.push((
-            outpoint,
-            Utxo {
-                output,
-                height,
-                is_coinbase,
-            },
-        ));
+        spent.push(decode_undo_row(&mut cursor)?);
     }
-    finish(spent, cursor, WHAT)
+    finish(spent, cursor, UNDO_WHAT)
+}
+
+/// Rows `start..start + len` of encoded undo data, decoded alone: rows
+/// have one length, so the others are neither read nor built. Fails if
+/// the data does not hold that many rows, or its length does not match
+/// its count.
+pub fn decode_undo_range(
+    bytes: &[u8],
+    start: usize,
+    len: usize,
+) -> Result<Vec<(OutPoint, Utxo)>, DecodeError> {
+    let (count, rows) = undo_rows(bytes)?;
+    if rows.len() != count * UNDO_ENTRY_LEN {
+        return Err(DecodeError::Invalid {
+            what: UNDO_WHAT,
+            reason: "length does not match the row count",
+        });
+    }
+    if start.checked_add(len).is_none_or(|end| end > count) {
+        return Err(DecodeError::Invalid {
+            what: UNDO_WHAT,
+            reason: "fewer rows than the block's inputs",
+        });
+    }
+    let mut cursor = &rows[start * UNDO_ENTRY_LEN..(start + len) * UNDO_ENTRY_LEN];
+    (0..len).map(|_| decode_undo_row(&mut cursor)).collect()
+}
+
+const UNDO_WHAT: &str = "undo data";
+
+/// The row count of encoded undo data and the bytes of its rows.
+fn undo_rows(bytes: &[u8]) -> Result<(usize, &[u8]), DecodeError> {
+    let mut cursor = versioned(bytes, UNDO_WHAT)?;
+    let count = crate::encoding::read_count(&mut cursor, UNDO_WHAT, usize::MAX, UNDO_ENTRY_LEN)?;
+    Ok((count, cursor))
+}
+
+fn decode_undo_row(cursor: &mut &[u8]) -> Result<(OutPoint, Utxo), DecodeError> {
+    let outpoint = OutPoint::decode_from(cursor)?;
+    let output = TxOut::decode_from(cursor)?;
+    let height = read_u32(cursor, UNDO_WHAT)?;
+    let is_coinbase = match read_u8(cursor, UNDO_WHAT)? {
+        0 => false,
+        1 => true,
+        _ => {
+            return Err(DecodeError::Invalid {
+                what: UNDO_WHAT,
+                reason: "coinbase flag is not 0 or 1",
+            })
+        }
+    };
+    Ok((
+        outpoint,
+        Utxo {
+            output,
+            height,
+            is_coinbase,
+        },
+    ))
 }
 
 #[cfg(test)]
@@ -733,8 +770,20 @@ mod tests {
                 parse_address_history_key(&address_history_key(&owner, height, 7)).unwrap(),
                 (owner, height, 7)
             );
-            let undo = vec![(outpoint, utxo), (outpoint, utxo)];
-            prop_assert_eq!(decode_undo(&encode_undo(&undo)).unwrap(), undo);
+            let other = (OutPoint::new(outpoint.txid, outpoint.vout ^ 1), Utxo { height: height ^ 1, ..utxo });
+            let undo = vec![(outpoint, utxo), other, (outpoint, utxo)];
+            let encoded = encode_undo(&undo);
+            prop_assert_eq!(decode_undo(&encoded).unwrap(), undo.clone());
+            for start in 0..=3 {
+                for len in 0..=3 - start {
+                    prop_assert_eq!(
+                        decode_undo_range(&encoded, start, len).unwrap(),
+                        undo[start..start + len].to_vec()
+                    );
+                }
+                prop_assert!(decode_undo_range(&encoded, start, 4 - start).is_err());
+            }
+            prop_assert!(decode_undo_range(&encoded[..encoded.len() - 1], 0, 1).is_err());
             let record = ChainTipRecord {
                 hash: header.hash(), height, utxo_count: 5, utxo_total: 6, digest: Hash256([7; 32]),
             };
@@ -749,6 +798,7 @@ mod tests {
             let _ = BlockIndexEntry::decode(&bytes);
             let _ = decode_utxo(&bytes);
             let _ = decode_undo(&bytes);
+            let _ = decode_undo_range(&bytes, 1, 2);
             let _ = AddressStats::decode(&bytes);
             let _ = TxLocation::decode(&bytes);
             let _ = ChainTipRecord::decode(&bytes);
