@@ -1,5 +1,6 @@
 //! Mempool figures: acceptance throughput (full validation, signatures
-//! included), the cost of checking a full block template before handing it
+//! included), what answering a peer's `mempool` and an address's pool
+//! reads cost, the cost of checking a full block template before handing it
 //! out, and transaction propagation to every mempool of a 10-node network
 //! of real nodes on 127.0.0.1.
 //!
@@ -70,6 +71,55 @@ fn bench_acceptance(count: usize) {
         pool.len(),
         secs,
         pool.bytes()
+    );
+    bench_pool_reads(&pool);
+}
+
+/// What reads of a pool cost under its lock, each beside the way before
+/// measured in the same run: the answer to a peer's `mempool` (the best-
+/// paying `MAX_MEMPOOL_ANSWER` txids from the fee-rate index, against
+/// sorting every txid) and the pending totals and newest page of one
+/// address that every pool transaction pays (kept as entries come and go,
+/// and read from the owner's ordered index, against walking and sorting
+/// all of them).
+fn bench_pool_reads(pool: &Mempool) {
+    use chaincore::p2p::protocol::MAX_MEMPOOL_ANSWER;
+    let busy = key(2).pubkey_hash();
+    let rounds = 20;
+    let answer = millis_per_call(rounds, || {
+        std::hint::black_box(pool.best_txids(MAX_MEMPOOL_ANSWER));
+    });
+    let sorted = millis_per_call(rounds, || {
+        std::hint::black_box(pool.txids());
+    });
+    println!(
+        "mempool answer ({} entries): best {MAX_MEMPOOL_ANSWER} from the fee-rate index {answer:.3} ms, \
+         every txid sorted (before) {sorted:.3} ms ({:.1}x)",
+        pool.len(),
+        sorted / answer
+    );
+    let kept = millis_per_call(rounds, || {
+        std::hint::black_box(pool.address_stats(&busy));
+        let page: Vec<_> = pool.address_entries(&busy, None).rev().take(50).collect();
+        std::hint::black_box(page);
+    });
+    let walked = millis_per_call(rounds, || {
+        let mut funded = 0u128;
+        let mut all: Vec<_> = pool.address_entries(&busy, None).collect();
+        for entry in &all {
+            for output in entry.tx.outputs.iter().filter(|o| o.owner == busy) {
+                funded += u128::from(output.amount.units());
+            }
+        }
+        all.sort_by_key(|e| std::cmp::Reverse((e.time, e.txid)));
+        all.truncate(50);
+        std::hint::black_box((funded, all));
+    });
+    println!(
+        "an address paid by all {} pool entries: totals and newest 50 kept {kept:.4} ms, \
+         walked and sorted (before) {walked:.3} ms ({:.0}x)",
+        pool.address_entry_count(&busy),
+        walked / kept
     );
 }
 

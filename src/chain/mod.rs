@@ -1043,6 +1043,10 @@ impl Chain {
         let mut outcome = HeadersOutcome::default();
         let store = self.store.clone();
         let mut batch = store.batch();
+        // Whether the batch changes the index: one that adds nothing (all
+        // known, unconnected, or refused before any entry) writes nothing
+        // and publishes nothing.
+        let mut changed = false;
         for header in headers {
             let hash = header.hash();
             if let Some(entry) = self.tree.index.get(&hash) {
@@ -1085,16 +1089,20 @@ impl Chain {
                 entry.status = status::FAILED;
                 batch.put_block_index(&hash, &entry);
                 self.add_to_index(hash, entry);
+                changed = true;
                 outcome.invalid = Some(HeaderRejection::Invalid(error));
                 break;
             }
             batch.put_block_index(&hash, &entry);
             self.add_to_index(hash, entry);
+            changed = true;
             outcome.new += 1;
             outcome.last = Some(hash);
         }
-        store.write(batch, self.sync_writes)?;
-        self.publish();
+        if changed {
+            store.write(batch, self.sync_writes)?;
+            self.publish();
+        }
         Ok(outcome)
     }
 

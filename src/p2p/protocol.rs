@@ -81,6 +81,18 @@ pub const MAX_PEER_TX_ANNOUNCEMENTS: usize = 5_000;
 /// A requested transaction not delivered by then is asked of another peer
 /// that announced it.
 pub const TX_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// Most txids in the answer to a peer's `mempool` (the pool's best-paying
+/// ones, in one `inv`), which is answered once per connection: a full pool
+/// holds hundreds of thousands, and one request must not cost the node a
+/// sort of them under the pool's lock or a send queue of megabytes. Two
+/// blocks' worth of the smallest transactions.
+pub const MAX_MEMPOOL_ANSWER: usize = 10_000;
+const _: () = assert!(MAX_MEMPOOL_ANSWER <= MAX_INV_ENTRIES);
+/// `headers` batches in a row that do not connect to the header tree
+/// after which a peer's further ones are ignored (no `getheaders` sent for
+/// them) until one connects, as Bitcoin Core's
+/// `MAX_NUM_UNCONNECTING_HEADERS_MSGS`; never misbehaviour.
+pub const MAX_UNCONNECTING_HEADERS: u32 = 10;
 /// Rejected txids remembered, so they are not requested again.
 pub const MAX_RECENT_REJECTS: usize = 50_000;
 /// After a peer's header or block was refused as too far ahead of our clock,
@@ -201,10 +213,20 @@ struct Peer {
     ping: Option<(u64, Instant)>,
     last_ping_sent: Instant,
     answered_getaddr: bool,
+    /// `headers` batches in a row whose first parent was unknown (see
+    /// `MAX_UNCONNECTING_HEADERS`); a batch that connects resets it.
+    unconnecting_headers: u32,
+    /// Whether the peer's `mempool` was answered (once per connection).
+    answered_mempool: bool,
     /// Transactions asked of this peer and not delivered yet.
     tx_in_flight: HashSet<Hash256>,
     /// Transactions this peer announced that we still want.
     tx_announced: usize,
+    /// Txids this peer announced and was not asked for yet, in the order
+    /// announced (some may have been delivered or asked of another peer
+    /// since: dropped when reached). `request_txs` takes from the front,
+    /// so asking costs the requests made, not every announcement waiting.
+    tx_to_request: VecDeque<Hash256>,
     /// Whether we asked this peer for its mempool (once caught up with it).
     mempool_requested: bool,
     /// The network group of `addr`.
@@ -448,31 +470,7 @@ impl Protocol {
                 self.peers.get_mut(&id).expect("checked").send_headers = true;
             }
             Message::Tx(tx) => self.on_tx(id, *tx, now, &mut actions),
-            Message::Mempool => {
-                let view = self.reader.view();
-                let txids = {
-                    let mut pool = self.mempool.lock().expect("mempool lock");
-                    if let Ok(view) = &view {
-                        pool.catch_up_step(view);
-                    }
-                    pool.txids()
-                };
-                let peer = self.peers.get_mut(&id).expect("checked");
-                let items: Vec<InvItem> = txids
-                    .into_iter()
-                    .filter(|t| !peer.known.contains(t))
-                    .map(|hash| InvItem {
-                        kind: InvKind::Tx,
-                        hash,
-                    })
-                    .collect();
-                for item in &items {
-                    peer.known.insert(item.hash);
-                }
-                for chunk in items.chunks(MAX_INV_ENTRIES) {
-                    actions.push(Action::Send(id, Message::Inv(chunk.to_vec())));
-                }
-            }
+            Message::Mempool => self.on_mempool(id, &mut actions),
         }
         self.announce_tip(&mut actions);
         self.announce_txs(&mut actions);
@@ -579,6 +577,7 @@ impl Protocol {
                     }
                     request.announcers.retain(|p| *p != slow);
                     request.asked = None;
+                    requeue(&mut self.peers, txid, &request.announcers);
                 }
             }
         }
@@ -632,3 +631,14 @@ mod sync;
 
 #[cfg(test)]
 mod tests;
+
+/// Puts `txid`, whose request failed (timed out, answered `notfound`, its
+/// peer gone), back at the front of its remaining announcers' queues: the
+/// next `request_txs` asks one of them.
+fn requeue(peers: &mut HashMap<PeerId, Peer>, txid: &Hash256, announcers: &[PeerId]) {
+    for announcer in announcers {
+        if let Some(peer) = peers.get_mut(announcer) {
+            peer.tx_to_request.push_front(*txid);
+        }
+    }
+}

@@ -23,6 +23,43 @@ impl Protocol {
         }
     }
 
+    /// Answers a peer's `mempool`, once per connection (as `getaddr`):
+    /// one `inv` of the pool's `MAX_MEMPOOL_ANSWER` best-paying txids the
+    /// peer does not know of. The pool's lock is held to read that many
+    /// from its fee-rate index, not to sort the whole pool; a repeat is
+    /// ignored.
+    pub(super) fn on_mempool(&mut self, id: PeerId, actions: &mut Vec<Action>) {
+        let peer = self.peers.get_mut(&id).expect("checked");
+        if peer.answered_mempool {
+            tracing::debug!(peer = id, "repeated mempool request ignored");
+            return;
+        }
+        peer.answered_mempool = true;
+        let view = self.reader.view();
+        let txids = {
+            let mut pool = self.mempool.lock().expect("mempool lock");
+            if let Ok(view) = &view {
+                pool.catch_up_step(view);
+            }
+            pool.best_txids(MAX_MEMPOOL_ANSWER)
+        };
+        let peer = self.peers.get_mut(&id).expect("checked");
+        let items: Vec<InvItem> = txids
+            .into_iter()
+            .filter(|t| !peer.known.contains(t))
+            .map(|hash| InvItem {
+                kind: InvKind::Tx,
+                hash,
+            })
+            .collect();
+        for item in &items {
+            peer.known.insert(item.hash);
+        }
+        if !items.is_empty() {
+            actions.push(Action::Send(id, Message::Inv(items)));
+        }
+    }
+
     pub(super) fn on_tx(
         &mut self,
         id: PeerId,
@@ -52,6 +89,12 @@ impl Protocol {
             tracing::debug!(peer = id, %txid, "transaction ignored while catching up");
             return;
         }
+        // Refused before: not judged again (its checks may cost hundreds
+        // of UTXO reads and signature checks).
+        if self.recent_rejects.contains(&txid) {
+            tracing::debug!(peer = id, %txid, "transaction refused before: ignored");
+            return;
+        }
         let judged = match self.reader.view() {
             Ok(view) => self
                 .mempool
@@ -70,7 +113,7 @@ impl Protocol {
                 return;
             }
         };
-        self.after_tx(id, txid, result, now);
+        self.after_tx(id, txid, result, now, actions);
         self.request_txs(now, actions);
     }
 
@@ -83,7 +126,7 @@ impl Protocol {
         now: Instant,
     ) -> Vec<Action> {
         let mut actions = Vec::new();
-        self.after_tx(id, txid, result, now);
+        self.after_tx(id, txid, result, now, &mut actions);
         self.request_txs(now, &mut actions);
         actions
     }
@@ -94,7 +137,21 @@ impl Protocol {
         txid: Txid,
         result: Result<Txid, MempoolError>,
         now: Instant,
+        actions: &mut Vec<Action>,
     ) {
+        if let Err(error) = &result {
+            if breaks_consensus(error) {
+                // A transaction no node could accept at any tip (a bad
+                // signature, a key that is not the owner's, broken amounts):
+                // its sender relays without checking or attacks, as Bitcoin
+                // Core's `TX_CONSENSUS`. Flipping a signature makes a new
+                // txid, so remembering it alone would not stop a sender that
+                // costs a check of every input per message.
+                self.recent_rejects.insert_bounded(txid, MAX_RECENT_REJECTS);
+                self.misbehaving(id, "invalid_transaction", actions);
+                return;
+            }
+        }
         match result {
             Ok(_) => {
                 tracing::debug!(peer = id, %txid, "transaction accepted");
@@ -115,33 +172,41 @@ impl Protocol {
         }
     }
 
-    /// Asks announcers for the transactions we want, within per-peer caps.
+    /// Asks announcers for the transactions we want, within per-peer caps:
+    /// each ready peer with room takes from the front of its queue of
+    /// announcements (`tx_to_request`), dropping those delivered or asked
+    /// of another peer meanwhile. The cost is the peers plus the entries
+    /// taken, each taken once: thousands of announcements waiting on peers
+    /// that never answer are not walked again by every message.
     pub(super) fn request_txs(&mut self, now: Instant, actions: &mut Vec<Action>) {
         if self.catching_up() {
             return;
         }
-        let mut batches: HashMap<PeerId, Vec<InvItem>> = HashMap::new();
-        for (txid, request) in &mut self.tx_requests {
-            if request.asked.is_some() {
+        for (peer_id, peer) in self.peers.iter_mut() {
+            if !peer.ready() {
                 continue;
             }
-            let chosen = request.announcers.iter().copied().find(|p| {
-                self.peers.get(p).is_some_and(|peer| {
-                    peer.ready() && peer.tx_in_flight.len() < MAX_TX_IN_FLIGHT_PER_PEER
-                })
-            });
-            if let Some(peer_id) = chosen {
-                let peer = self.peers.get_mut(&peer_id).expect("checked above");
-                peer.tx_in_flight.insert(*txid);
-                request.asked = Some((peer_id, now));
-                batches.entry(peer_id).or_default().push(InvItem {
+            let mut items = Vec::new();
+            while peer.tx_in_flight.len() < MAX_TX_IN_FLIGHT_PER_PEER {
+                let Some(txid) = peer.tx_to_request.pop_front() else {
+                    break;
+                };
+                let Some(request) = self.tx_requests.get_mut(&txid) else {
+                    continue;
+                };
+                if request.asked.is_some() || !request.announcers.contains(peer_id) {
+                    continue;
+                }
+                peer.tx_in_flight.insert(txid);
+                request.asked = Some((*peer_id, now));
+                items.push(InvItem {
                     kind: InvKind::Tx,
-                    hash: *txid,
+                    hash: txid,
                 });
             }
-        }
-        for (peer_id, items) in batches {
-            actions.push(Action::Send(peer_id, Message::GetData(items)));
+            if !items.is_empty() {
+                actions.push(Action::Send(*peer_id, Message::GetData(items)));
+            }
         }
     }
 
@@ -212,9 +277,20 @@ impl Protocol {
                         if !request.announcers.contains(&id) {
                             request.announcers.push(id);
                             peer.tx_announced += 1;
+                            peer.tx_to_request.push_back(item.hash);
                         }
                     }
                 }
+            }
+            // Entries delivered or asked elsewhere wait in the queue until
+            // reached; a queue twice the announcement cap is swept of them.
+            if peer.tx_to_request.len() > 2 * MAX_PEER_TX_ANNOUNCEMENTS {
+                let requests = &self.tx_requests;
+                peer.tx_to_request.retain(|txid| {
+                    requests
+                        .get(txid)
+                        .is_some_and(|r| r.asked.is_none() && r.announcers.contains(&id))
+                });
             }
         }
         if ask_headers {
@@ -235,6 +311,9 @@ impl Protocol {
         actions: &mut Vec<Action>,
     ) {
         let peer = self.peers.get_mut(&id).expect("checked");
+        // Transactions answered `notfound` go back to their other
+        // announcers' queues once this peer is let go.
+        let mut requeued: Vec<(Hash256, Vec<PeerId>)> = Vec::new();
         for item in items {
             match item.kind {
                 InvKind::Block => {
@@ -251,6 +330,11 @@ impl Protocol {
                             request.announcers.retain(|p| *p != id);
                             request.asked = None;
                             peer.tx_announced = peer.tx_announced.saturating_sub(1);
+                            if request.announcers.is_empty() {
+                                self.tx_requests.remove(&item.hash);
+                            } else {
+                                requeued.push((item.hash, request.announcers.clone()));
+                            }
                         }
                     }
                 }
@@ -258,7 +342,9 @@ impl Protocol {
             }
         }
         let failures = peer.block_notfound;
-        self.tx_requests.retain(|_, r| !r.announcers.is_empty());
+        for (txid, announcers) in requeued {
+            requeue(&mut self.peers, &txid, &announcers);
+        }
         if failures >= MAX_BLOCK_NOTFOUND {
             *self
                 .counters
@@ -377,5 +463,37 @@ impl Protocol {
             actions.push(Action::Send(id, Message::NotFound(missing)));
         }
         actions
+    }
+}
+
+/// Whether a pool refusal means the transaction breaks a rule that holds
+/// at every tip: what it says is fixed by its own bytes and the outputs it
+/// names (an outpoint's amount and owner never change). Refusals that
+/// depend on the tip (a missing or immature input, a lock time, a
+/// conflict) or on this node's policy (fees, dust, size, chains, a full
+/// pool) are never blamed on the sender.
+fn breaks_consensus(error: &MempoolError) -> bool {
+    use crate::consensus::validation::TxError;
+    match error {
+        MempoolError::Coinbase => true,
+        MempoolError::Invalid(error) => match error {
+            TxError::NoInputs
+            | TxError::NoOutputs
+            | TxError::TooLarge { .. }
+            | TxError::OutputOutOfRange { .. }
+            | TxError::TotalOutputOutOfRange
+            | TxError::DuplicateInput { .. }
+            | TxError::UnexpectedCoinbaseInput { .. }
+            | TxError::NullPrevout { .. }
+            | TxError::UnexpectedCoinbase
+            | TxError::WrongOwner { .. }
+            | TxError::BadSignature { .. }
+            | TxError::InputsOutOfRange
+            | TxError::InputsBelowOutputs { .. } => true,
+            TxError::MissingOrSpentInput { .. }
+            | TxError::ImmatureCoinbase { .. }
+            | TxError::NotFinal { .. } => false,
+        },
+        _ => false,
     }
 }

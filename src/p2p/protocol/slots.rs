@@ -62,8 +62,11 @@ impl Protocol {
                 ping: None,
                 last_ping_sent: now,
                 answered_getaddr: false,
+                answered_mempool: false,
+                unconnecting_headers: 0,
                 tx_in_flight: HashSet::new(),
                 tx_announced: 0,
+                tx_to_request: VecDeque::new(),
                 mempool_requested: false,
                 group,
                 keyed_group: self.addrbook.keyed_group(group),
@@ -120,10 +123,12 @@ impl Protocol {
         for hash in peer.in_flight.keys() {
             self.in_flight.remove(hash);
         }
-        self.tx_requests.retain(|_, request| {
+        let peers = &mut self.peers;
+        self.tx_requests.retain(|txid, request| {
             request.announcers.retain(|p| *p != id);
             if request.asked.is_some_and(|(p, _)| p == id) {
                 request.asked = None;
+                requeue(peers, txid, &request.announcers);
             }
             !request.announcers.is_empty()
         });

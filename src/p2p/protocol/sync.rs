@@ -61,15 +61,26 @@ impl Protocol {
             peer.headers_sync = None;
         }
         let full = headers.len() == MAX_HEADERS;
+        let last = hashes[hashes.len() - 1];
+        // Batches the header tree can judge alone never reach the chain
+        // task: one that ends in a header already indexed (it adds
+        // nothing), and, while none of the peer's batches waits to be
+        // indexed, one whose first parent is unknown (it cannot connect).
+        // A peer resending the node's own tip, or one stray header, costs a
+        // lookup, not a closure on the chain task and a store write.
+        let waiting = self.awaiting.get(&id).is_some_and(|a| a.headers > 0);
         // Headers are indexed only if their chain has enough work; a full
         // batch below that starts a pre-sync, a short one is ignored.
         let presync = {
             let chain = self.reader.headers().read();
-            let known_last = chain
-                .index_entry(&hashes[hashes.len() - 1])
-                .is_some_and(|e| !e.is_failed());
+            let known_last = chain.index_entry(&last).is_some_and(|e| !e.is_failed());
+            if known_last {
+                drop(chain);
+                self.headers_known(id, last, full, now, actions);
+                return;
+            }
             match chain.index_entry(&headers[0].prev_hash) {
-                Some(parent) if !known_last => {
+                Some(parent) => {
                     let claimed = headers
                         .iter()
                         // Bits are not checked yet: a forged target of 1
@@ -101,7 +112,12 @@ impl Protocol {
                         return;
                     }
                 }
-                _ => None,
+                None if !waiting => {
+                    drop(chain);
+                    self.headers_unconnected(id, now, actions);
+                    return;
+                }
+                None => None,
             }
         };
         if let Some(mut sync) = presync {
@@ -115,6 +131,43 @@ impl Protocol {
             return;
         }
         self.index_headers(id, headers, full, actions);
+    }
+
+    /// A batch ending in a header the tree holds: nothing to index. The
+    /// peer has that chain; a full batch asks for the next one.
+    fn headers_known(
+        &mut self,
+        id: PeerId,
+        last: BlockHash,
+        full: bool,
+        now: Instant,
+        actions: &mut Vec<Action>,
+    ) {
+        let peer = self.peers.get_mut(&id).expect("checked");
+        peer.known.insert(last);
+        peer.best_known = Some(last);
+        peer.unconnecting_headers = 0;
+        if full {
+            self.send_getheaders(id, now, actions);
+        }
+        self.request_blocks(now, actions);
+    }
+
+    /// A batch whose first parent the tree lacks (an announcement of a
+    /// block beyond a gap, or a stray header): the gap is asked for, as the
+    /// chain task's `unconnected` outcome would ask. After
+    /// `MAX_UNCONNECTING_HEADERS` in a row with nothing connecting between
+    /// them, further ones are ignored until a batch connects: a peer
+    /// replaying one header cannot make the node send a `getheaders` per
+    /// message (the periodic look for a peer ahead still asks it).
+    fn headers_unconnected(&mut self, id: PeerId, now: Instant, actions: &mut Vec<Action>) {
+        let peer = self.peers.get_mut(&id).expect("checked");
+        peer.unconnecting_headers = peer.unconnecting_headers.saturating_add(1);
+        if peer.unconnecting_headers > MAX_UNCONNECTING_HEADERS {
+            tracing::debug!(peer = id, "unconnecting headers ignored");
+            return;
+        }
+        self.send_getheaders(id, now, actions);
     }
 
     pub(super) fn chain_clock_now(&self) -> u32 {
@@ -182,6 +235,7 @@ impl Protocol {
         if let Some(last) = outcome.last {
             peer.known.insert(last);
             peer.best_known = Some(last);
+            peer.unconnecting_headers = 0;
         }
         if outcome.deferred {
             // Too far ahead of our clock: not invalid, and not the peer's

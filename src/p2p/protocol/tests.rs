@@ -760,3 +760,139 @@ fn headers_claiming_absurd_work_are_refused_without_a_panic() {
 }
 
 mod hostile_peers;
+
+#[test]
+fn a_mempool_request_is_answered_once_with_the_best_paying_transactions() {
+    use crate::consensus::amount::Amount;
+    use crate::consensus::transaction::{OutPoint, Transaction, TxIn};
+    let mut h = harness(&[]);
+    ready_inbound(&mut h, 1);
+    // More entries than one answer holds, all of one size, each paying a
+    // higher fee than the one before.
+    let count = MAX_MEMPOOL_ANSWER + 5;
+    let by_fee: Vec<Hash256> = {
+        let mut pool = h.protocol.mempool.lock().unwrap();
+        (0..count)
+            .map(|n| {
+                let mut prev = [0u8; 32];
+                prev[..8].copy_from_slice(&(n as u64 + 1).to_le_bytes());
+                let tx = Transaction {
+                    version: 1,
+                    inputs: vec![TxIn::Spend {
+                        prevout: OutPoint::new(Hash256(prev), 0),
+                        pubkey: [2; 33],
+                        signature: [0; 64],
+                    }],
+                    outputs: Vec::new(),
+                    lock_time: 0,
+                };
+                pool.insert_unchecked(tx, Amount::from_units(1_000 + n as u64))
+            })
+            .collect()
+    };
+    let actions = h.message(1, Message::Mempool, h.now);
+    let invs: Vec<&Vec<InvItem>> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send(1, Message::Inv(items)) => Some(items),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(invs.len(), 1, "one inv");
+    let answered: Vec<Hash256> = invs[0].iter().map(|i| i.hash).collect();
+    let best: Vec<Hash256> = by_fee[5..].iter().rev().copied().collect();
+    assert_eq!(answered, best, "the best-paying, best first");
+    // Asked again on the same connection: not answered again.
+    let again = h.message(1, Message::Mempool, h.now);
+    assert!(!again
+        .iter()
+        .any(|a| matches!(a, Action::Send(1, Message::Inv(_)))));
+    assert_eq!(disconnected(&again, 1), None);
+}
+
+#[test]
+fn a_transaction_no_tip_could_accept_costs_its_sender_and_a_policy_refusal_does_not() {
+    use crate::consensus::amount::Amount;
+    use crate::consensus::transaction::{OutPoint, TxIn, TxOut};
+    use crate::testkit::signed_spend;
+    let mut chain = TestChain::new(Network::Regtest);
+    for _ in 0..=chain.params.coinbase_maturity + 1 {
+        chain.mine_empty(key(1).pubkey_hash());
+    }
+    let mut h = harness(&chain.blocks[1..]);
+    ready_inbound(&mut h, 1);
+    let coinbase = chain.blocks[1].transactions[0].clone();
+    let spent = coinbase.outputs[0];
+    let outpoint = OutPoint::new(coinbase.txid(), 0);
+    let pay = |units: u64| TxOut {
+        amount: Amount::from_units(units),
+        owner: key(2).pubkey_hash(),
+    };
+    // Policy: an output below the dust limit. Refused, its sender stays.
+    let dust = signed_spend(&[(outpoint, spent, &key(1))], vec![pay(1)]);
+    let actions = h.message(1, Message::Tx(Box::new(dust.clone())), h.now);
+    assert_eq!(disconnected(&actions, 1), None);
+    assert!(h.protocol.recent_rejects.contains(&dust.txid()));
+    // Sent again: ignored, not judged again, still no blame.
+    let actions = h.message(1, Message::Tx(Box::new(dust)), h.now);
+    assert_eq!(disconnected(&actions, 1), None);
+    // A signature that does not verify: no tip could accept it.
+    let mut bad = signed_spend(
+        &[(outpoint, spent, &key(1))],
+        vec![pay(spent.amount.units() - 10_000)],
+    );
+    if let TxIn::Spend { signature, .. } = &mut bad.inputs[0] {
+        signature[10] ^= 1;
+    }
+    let actions = h.message(1, Message::Tx(Box::new(bad.clone())), h.now);
+    assert_eq!(disconnected(&actions, 1), Some("invalid_transaction"));
+    assert!(h.protocol.recent_rejects.contains(&bad.txid()));
+}
+
+#[test]
+fn transactions_are_asked_in_announcement_order_one_announcer_at_a_time() {
+    let mut h = harness(&[]);
+    for (id, port) in [(1, 40001), (2, 40002)] {
+        let addr = format!("127.0.0.1:{port}").parse().unwrap();
+        assert!(h.protocol.on_connected(id, addr, None, h.now).is_empty());
+        h.message(id, their_version(id, 0), h.now);
+        h.message(id, Message::Verack, h.now);
+    }
+    let tx_item = |n: u32| InvItem {
+        kind: InvKind::Tx,
+        hash: Hash256(crate::consensus::hash::sha256d(&n.to_le_bytes()).0),
+    };
+    // More than a peer may have in flight, in one announcement: the first
+    // ones are asked for, in order; the rest as answers free room.
+    let extra = 50;
+    let items: Vec<InvItem> = (0..(MAX_TX_IN_FLIGHT_PER_PEER + extra) as u32)
+        .map(tx_item)
+        .collect();
+    let actions = h.message(1, Message::Inv(items.clone()), h.now);
+    let first: Vec<Hash256> = items[..MAX_TX_IN_FLIGHT_PER_PEER]
+        .iter()
+        .map(|i| i.hash)
+        .collect();
+    assert_eq!(getdata_hashes(&actions, 1), first);
+    let actions = h.message(
+        1,
+        Message::NotFound(items[..MAX_TX_IN_FLIGHT_PER_PEER].to_vec()),
+        h.now,
+    );
+    let rest: Vec<Hash256> = items[MAX_TX_IN_FLIGHT_PER_PEER..]
+        .iter()
+        .map(|i| i.hash)
+        .collect();
+    assert_eq!(getdata_hashes(&actions, 1), rest);
+    // Peer 2 announces one of those in flight at peer 1: not asked twice
+    // at once, but of peer 2 once peer 1's request times out.
+    let shared = items[MAX_TX_IN_FLIGHT_PER_PEER];
+    let actions = h.message(2, Message::Inv(vec![shared]), h.now);
+    assert!(getdata_hashes(&actions, 2).is_empty());
+    let later = h.now + TX_REQUEST_TIMEOUT + Duration::from_secs(1);
+    let actions = h.protocol.on_tick(later);
+    assert_eq!(getdata_hashes(&actions, 2), vec![shared.hash]);
+    // Answered `notfound` by its last announcer: forgotten.
+    h.message(2, Message::NotFound(vec![shared]), later);
+    assert!(!h.protocol.tx_requests.contains_key(&shared.hash));
+}
