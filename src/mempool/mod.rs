@@ -609,15 +609,51 @@ impl Mempool {
         ids
     }
 
-    /// The txids of the `limit` entries of highest fee rate, best first:
-    /// read from the fee-rate index, costing `limit`, not the pool.
+    /// The txids of the `limit` entries of highest fee rate, read from the
+    /// fee-rate index (costing `limit`, not the pool), each after those of
+    /// its pool parents among them and otherwise best first: a peer judges
+    /// them in the order given, and a child before its parent would be
+    /// refused for a missing input.
     pub fn best_txids(&self, limit: usize) -> Vec<Txid> {
-        self.by_rate
+        let best: Vec<Txid> = self
+            .by_rate
             .iter()
             .rev()
             .take(limit)
             .map(|(_, txid)| *txid)
-            .collect()
+            .collect();
+        // Depth among the chosen: 0 without a chosen parent, else one more
+        // than its deepest chosen parent (at most `MAX_ANCESTORS`). A
+        // stable sort by depth puts parents first.
+        let chosen: HashSet<Txid> = best.iter().copied().collect();
+        let mut depth: HashMap<Txid, usize> = HashMap::with_capacity(best.len());
+        fn depth_of(
+            pool: &Mempool,
+            txid: &Txid,
+            chosen: &HashSet<Txid>,
+            depth: &mut HashMap<Txid, usize>,
+        ) -> usize {
+            if let Some(known) = depth.get(txid) {
+                return *known;
+            }
+            let found = pool.entries.get(txid).map_or(0, |entry| {
+                entry
+                    .parents
+                    .iter()
+                    .filter(|parent| chosen.contains(*parent))
+                    .map(|parent| depth_of(pool, parent, chosen, depth) + 1)
+                    .max()
+                    .unwrap_or(0)
+            });
+            depth.insert(*txid, found);
+            found
+        }
+        for txid in &best {
+            depth_of(self, txid, &chosen, &mut depth);
+        }
+        let mut ordered = best;
+        ordered.sort_by_key(|txid| depth[txid]);
+        ordered
     }
 
     pub fn entries(&self) -> impl Iterator<Item = &MempoolEntry> {

@@ -448,6 +448,33 @@ fn an_owners_entries_page_in_first_seen_order_and_its_totals_follow_removals() {
     assert!(pool.by_owner.is_empty());
 }
 
+#[test]
+fn the_best_paying_txids_come_parents_first() {
+    let f = fixture();
+    let mut pool = Mempool::new(&f.chain, DEFAULT_MAX_MEMPOOL_BYTES);
+    // A parent paying a low fee, its child paying a high one (the child
+    // pays for its parent), and an unrelated transaction between them.
+    let parent = spend_coinbase(&f, 0, 1_000_000, 5_000);
+    let child = signed_spend(
+        &[(OutPoint::new(parent.txid(), 0), parent.outputs[0], &key(2))],
+        vec![pay(&key(3), 800_000)],
+    );
+    let other = spend_coinbase(&f, 1, 1_000_000, 50_000);
+    for tx in [&parent, &child, &other] {
+        pool.accept(&f.chain, tx.clone()).unwrap();
+    }
+    let rate = |txid: &Txid| pool.get(txid).unwrap().fee_rate();
+    assert!(rate(&child.txid()) > rate(&other.txid()));
+    assert!(rate(&other.txid()) > rate(&parent.txid()));
+    // Best first, except that the child waits for its parent.
+    assert_eq!(
+        pool.best_txids(10),
+        vec![other.txid(), parent.txid(), child.txid()]
+    );
+    // The two best: the parent is not among them, so nothing reorders.
+    assert_eq!(pool.best_txids(2), vec![child.txid(), other.txid()]);
+}
+
 /// Every index of the pool agrees with its entries, every link with the
 /// entries' inputs, and every input spends a pool output or an unspent
 /// output at the chain's tip.

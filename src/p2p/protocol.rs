@@ -84,9 +84,11 @@ pub const TX_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// Most txids in the answer to a peer's `mempool` (the pool's best-paying
 /// ones, in one `inv`), which is answered once per connection: a full pool
 /// holds hundreds of thousands, and one request must not cost the node a
-/// sort of them under the pool's lock or a send queue of megabytes. Two
-/// blocks' worth of the smallest transactions.
-pub const MAX_MEMPOOL_ANSWER: usize = 10_000;
+/// sort of them under the pool's lock or a send queue of megabytes. As
+/// many as a peer takes announcements from one peer at a time (a block's
+/// worth of the smallest transactions): more would be marked known on both
+/// sides and never asked for.
+pub const MAX_MEMPOOL_ANSWER: usize = MAX_PEER_TX_ANNOUNCEMENTS;
 const _: () = assert!(MAX_MEMPOOL_ANSWER <= MAX_INV_ENTRIES);
 /// `headers` batches in a row that do not connect to the header tree
 /// after which a peer's further ones are ignored (no `getheaders` sent for
@@ -147,6 +149,7 @@ struct Awaiting {
     ip: IpAddr,
     headers: u32,
     blocks: u32,
+    txs: u32,
 }
 
 /// A set that forgets its oldest members past a bound.
@@ -174,6 +177,11 @@ impl BoundedSet {
 
     fn contains(&self, hash: &Hash256) -> bool {
         self.set.contains(hash)
+    }
+
+    fn clear(&mut self) {
+        self.set.clear();
+        self.order.clear();
     }
 }
 
@@ -291,6 +299,10 @@ pub struct Protocol {
     mempool: Arc<Mutex<Mempool>>,
     tx_requests: HashMap<Hash256, TxRequest>,
     recent_rejects: BoundedSet,
+    /// The tip `recent_rejects` was filled at: a new tip empties it, as
+    /// Bitcoin Core's, since a refusal for a missing or immature input, a
+    /// lock time or a full pool may not hold at the next one.
+    rejects_tip: Option<BlockHash>,
     network: Network,
     listen_port: u16,
     peers: HashMap<PeerId, Peer>,
@@ -355,6 +367,7 @@ impl Protocol {
             mempool,
             tx_requests: HashMap::new(),
             recent_rejects: BoundedSet::default(),
+            rejects_tip: None,
             network,
             listen_port,
             peers: HashMap::new(),
@@ -633,12 +646,30 @@ mod sync;
 mod tests;
 
 /// Puts `txid`, whose request failed (timed out, answered `notfound`, its
-/// peer gone), back at the front of its remaining announcers' queues: the
-/// next `request_txs` asks one of them.
+/// peer gone), back at the front of the queue of its first remaining
+/// announcer, which the next `request_txs` asks; if that one fails too,
+/// the next. One push per failure: a txid that a hundred peers announced
+/// and none serves costs a hundred pushes, not ten thousand.
 fn requeue(peers: &mut HashMap<PeerId, Peer>, txid: &Hash256, announcers: &[PeerId]) {
-    for announcer in announcers {
-        if let Some(peer) = peers.get_mut(announcer) {
+    if let Some(first) = announcers.iter().find(|a| peers.contains_key(a)) {
+        if let Some(peer) = peers.get_mut(first) {
             peer.tx_to_request.push_front(*txid);
         }
     }
+}
+
+/// Sweeps a peer's queue of announcements (`tx_to_request`) of entries
+/// delivered, asked elsewhere or repeated, once it is twice the
+/// announcement cap long: what is left is at most the cap.
+fn sweep_tx_queue(peer: &mut Peer, id: PeerId, requests: &HashMap<Hash256, TxRequest>) {
+    if peer.tx_to_request.len() <= 2 * MAX_PEER_TX_ANNOUNCEMENTS {
+        return;
+    }
+    let mut seen = HashSet::new();
+    peer.tx_to_request.retain(|txid| {
+        requests
+            .get(txid)
+            .is_some_and(|r| r.asked.is_none() && r.announcers.contains(&id))
+            && seen.insert(*txid)
+    });
 }

@@ -1,5 +1,6 @@
 //! Relay and inventory: transaction announcements and requests, `notfound`, the mempool exchange, and serving `getdata` as the peer's socket drains.
 
+use super::sync::Work;
 use super::*;
 
 impl Protocol {
@@ -60,6 +61,15 @@ impl Protocol {
         }
     }
 
+    /// Empties `recent_rejects` when the tip moved since it was filled.
+    fn refresh_rejects(&mut self) {
+        let tip = self.reader.published().tip.0;
+        if self.rejects_tip != Some(tip) {
+            self.recent_rejects.clear();
+            self.rejects_tip = Some(tip);
+        }
+    }
+
     pub(super) fn on_tx(
         &mut self,
         id: PeerId,
@@ -89,8 +99,9 @@ impl Protocol {
             tracing::debug!(peer = id, %txid, "transaction ignored while catching up");
             return;
         }
-        // Refused before: not judged again (its checks may cost hundreds
-        // of UTXO reads and signature checks).
+        // Refused before at this tip: not judged again (its checks may
+        // cost hundreds of UTXO reads and signature checks).
+        self.refresh_rejects();
         if self.recent_rejects.contains(&txid) {
             tracing::debug!(peer = id, %txid, "transaction refused before: ignored");
             return;
@@ -106,6 +117,9 @@ impl Protocol {
         let result = match judged {
             Ok(result) => result,
             Err(tx) => {
+                // Its sender's address is kept until the judgement: one
+                // that leaves before a refusal that blames it still pays.
+                self.await_judgement(id, Work::Tx);
                 actions.push(Action::AcceptTx {
                     peer: id,
                     tx: Box::new(tx),
@@ -126,6 +140,18 @@ impl Protocol {
         now: Instant,
     ) -> Vec<Action> {
         let mut actions = Vec::new();
+        let sender = self.judged(id, Work::Tx);
+        if !self.peers.contains_key(&id) {
+            if let (Err(error), Some(ip)) = (&result, sender) {
+                if breaks_consensus(error) {
+                    tracing::info!(peer = id, %ip, "peer gone before its transaction was judged");
+                    self.recent_rejects.insert_bounded(txid, MAX_RECENT_REJECTS);
+                    self.record_misbehaviour(Some(ip), "invalid_transaction");
+                }
+            }
+            self.request_txs(now, &mut actions);
+            return actions;
+        }
         self.after_tx(id, txid, result, now, &mut actions);
         self.request_txs(now, &mut actions);
         actions
@@ -186,6 +212,7 @@ impl Protocol {
             if !peer.ready() {
                 continue;
             }
+            sweep_tx_queue(peer, *peer_id, &self.tx_requests);
             let mut items = Vec::new();
             while peer.tx_in_flight.len() < MAX_TX_IN_FLIGHT_PER_PEER {
                 let Some(txid) = peer.tx_to_request.pop_front() else {
@@ -250,6 +277,7 @@ impl Protocol {
     pub(super) fn on_inv(&mut self, id: PeerId, items: Vec<InvItem>, actions: &mut Vec<Action>) {
         let now = Instant::now();
         let catching_up = self.catching_up();
+        self.refresh_rejects();
         // One lock at a time: the header tree's, then the pool's.
         let ask_headers = {
             let tree = self.reader.headers().read();
@@ -284,14 +312,7 @@ impl Protocol {
             }
             // Entries delivered or asked elsewhere wait in the queue until
             // reached; a queue twice the announcement cap is swept of them.
-            if peer.tx_to_request.len() > 2 * MAX_PEER_TX_ANNOUNCEMENTS {
-                let requests = &self.tx_requests;
-                peer.tx_to_request.retain(|txid| {
-                    requests
-                        .get(txid)
-                        .is_some_and(|r| r.asked.is_none() && r.announcers.contains(&id))
-                });
-            }
+            sweep_tx_queue(peer, id, &self.tx_requests);
         }
         if ask_headers {
             self.send_getheaders(id, now, actions);

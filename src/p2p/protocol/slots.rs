@@ -125,9 +125,13 @@ impl Protocol {
         }
         let peers = &mut self.peers;
         self.tx_requests.retain(|txid, request| {
+            let announced = request.announcers.contains(&id);
             request.announcers.retain(|p| *p != id);
             if request.asked.is_some_and(|(p, _)| p == id) {
                 request.asked = None;
+                requeue(peers, txid, &request.announcers);
+            } else if announced && request.asked.is_none() {
+                // Its queue may have been the only one still holding it.
                 requeue(peers, txid, &request.announcers);
             }
             !request.announcers.is_empty()

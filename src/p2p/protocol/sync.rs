@@ -7,6 +7,7 @@ use super::*;
 pub(super) enum Work {
     Headers,
     Block,
+    Tx,
 }
 
 impl Protocol {
@@ -76,7 +77,9 @@ impl Protocol {
             let known_last = chain.index_entry(&last).is_some_and(|e| !e.is_failed());
             if known_last {
                 drop(chain);
-                self.headers_known(id, last, full, now, actions);
+                // A batch of the peer's still waits to be indexed: its
+                // outcome asks for the next one (from a locator that has it).
+                self.headers_known(id, last, full && !waiting, now, actions);
                 return;
             }
             match chain.index_entry(&headers[0].prev_hash) {
@@ -134,12 +137,12 @@ impl Protocol {
     }
 
     /// A batch ending in a header the tree holds: nothing to index. The
-    /// peer has that chain; a full batch asks for the next one.
+    /// peer has that chain; `ask_more` asks for the next batch.
     fn headers_known(
         &mut self,
         id: PeerId,
         last: BlockHash,
-        full: bool,
+        ask_more: bool,
         now: Instant,
         actions: &mut Vec<Action>,
     ) {
@@ -147,7 +150,7 @@ impl Protocol {
         peer.known.insert(last);
         peer.best_known = Some(last);
         peer.unconnecting_headers = 0;
-        if full {
+        if ask_more {
             self.send_getheaders(id, now, actions);
         }
         self.request_blocks(now, actions);
@@ -569,29 +572,32 @@ impl Protocol {
     }
 
     /// Counts work `id` handed to the chain task.
-    fn await_judgement(&mut self, id: PeerId, work: Work) {
+    pub(super) fn await_judgement(&mut self, id: PeerId, work: Work) {
         let ip = self.peers[&id].addr.ip();
         let entry = self.awaiting.entry(id).or_insert(Awaiting {
             ip,
             headers: 0,
             blocks: 0,
+            txs: 0,
         });
         match work {
             Work::Headers => entry.headers += 1,
             Work::Block => entry.blocks += 1,
+            Work::Tx => entry.txs += 1,
         }
     }
 
     /// Counts work of `id` the chain task judged; its sender's address.
-    fn judged(&mut self, id: PeerId, work: Work) -> Option<IpAddr> {
+    pub(super) fn judged(&mut self, id: PeerId, work: Work) -> Option<IpAddr> {
         let entry = self.awaiting.get_mut(&id)?;
         let count = match work {
             Work::Headers => &mut entry.headers,
             Work::Block => &mut entry.blocks,
+            Work::Tx => &mut entry.txs,
         };
         *count = count.saturating_sub(1);
         let ip = entry.ip;
-        if entry.headers == 0 && entry.blocks == 0 {
+        if entry.headers == 0 && entry.blocks == 0 && entry.txs == 0 {
             self.awaiting.remove(&id);
         }
         Some(ip)
