@@ -37,6 +37,17 @@ local MAX_USER_AGENT_LEN = 256
 local MAX_BLOCK_TXS = 100000
 local MAX_TX_INPUTS = 20831
 local MAX_TX_OUTPUTS = 35711
+local MAX_BLOCK_PAYLOAD = 1000000
+local MAX_TX_PAYLOAD = 999920
+local MAX_HEADERS_PAYLOAD = 160003
+
+-- Commands held to a payload limit of their own, below MAX_PAYLOAD
+-- (`max_payload_of` in src/wire/constants.rs).
+local COMMAND_MAX_PAYLOAD = {
+    block = MAX_BLOCK_PAYLOAD,
+    tx = MAX_TX_PAYLOAD,
+    headers = MAX_HEADERS_PAYLOAD,
+}
 
 local proto = Proto("chaincore", "ChainCore P2P")
 
@@ -501,12 +512,14 @@ end
 -- Frames
 ---------------------------------------------------------------------------
 
--- A header whose length is over MAX_PAYLOAD ends the connection at the node:
--- its frame is shown with the bytes present instead of waiting (possibly
--- for gigabytes) to reassemble a payload the node never reads.
+-- A header whose length is over MAX_PAYLOAD, or over its command's own
+-- limit, ends the connection at the node: its frame is shown with the
+-- bytes present instead of waiting (possibly for gigabytes) to reassemble
+-- a payload the node never reads.
 local function frame_len(tvb, pinfo, offset)
     local length = tvb(offset + 16, 4):le_uint()
-    if length > MAX_PAYLOAD then
+    local limit = COMMAND_MAX_PAYLOAD[tvb(offset + 4, 12):stringz()] or MAX_PAYLOAD
+    if length > limit then
         return tvb:len() - offset
     end
     return HEADER_LEN + length
@@ -626,6 +639,10 @@ local function dissect_frame(tvb, pinfo, tree)
     if length > MAX_PAYLOAD then
         length_item:add_proto_expert_info(ef.oversize, string.format(
             "Payload length %d exceeds MAX_PAYLOAD (%d)", length, MAX_PAYLOAD))
+    elseif COMMAND_MAX_PAYLOAD[command] and length > COMMAND_MAX_PAYLOAD[command] then
+        length_item:add_proto_expert_info(ef.oversize, string.format(
+            "Payload length %d exceeds the %s limit (%d)", length, command,
+            COMMAND_MAX_PAYLOAD[command]))
     elseif length > MAX_HANDSHAKE_PAYLOAD and not (snap.version and snap.verack) then
         length_item:add_proto_expert_info(ef.handshake_payload_too_large, string.format(
             "Payload length %d exceeds MAX_HANDSHAKE_PAYLOAD (%d): the sender's version and verack have not both arrived",

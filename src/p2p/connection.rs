@@ -28,8 +28,9 @@ use super::protocol::PeerId;
 use super::traffic::{TRAFFIC, UNKNOWN_COMMAND};
 use super::Event;
 use crate::wire::constants::{
-    FRAME_HEADER_LEN, MAX_PAYLOAD, PEER_INBOUND_QUEUE_BYTES, PEER_MESSAGES_PER_SEC,
-    PEER_MESSAGE_BURST, PEER_SEND_QUEUE, PEER_WRITE_STALL_TIMEOUT, QUEUED_MESSAGE_OVERHEAD_BYTES,
+    DECODED_TX_BYTES_PER_PAYLOAD_BYTE, FRAME_HEADER_LEN, MAX_PAYLOAD, PEER_INBOUND_QUEUE_BYTES,
+    PEER_MESSAGES_PER_SEC, PEER_MESSAGE_BURST, PEER_SEND_QUEUE, PEER_WRITE_STALL_TIMEOUT,
+    QUEUED_MESSAGE_OVERHEAD_BYTES,
 };
 use crate::wire::frame::{FrameCodec, FrameError, RawFrame};
 use crate::wire::message::{Message, MessageError};
@@ -115,9 +116,16 @@ impl InboundPermit {
     }
 }
 
-/// What a received message counts against the inbound budgets.
-fn inbound_cost(payload_len: usize) -> u32 {
-    (2 * payload_len + QUEUED_MESSAGE_OVERHEAD_BYTES) as u32
+/// What a received message counts against the inbound budgets, from its
+/// frame alone (counted before it is decoded): twice its payload, or for a
+/// block or transaction `DECODED_TX_BYTES_PER_PAYLOAD_BYTE` times, plus a
+/// fixed overhead.
+fn inbound_cost(command: &str, payload_len: usize) -> u32 {
+    let per_byte = match command {
+        "block" | "tx" => DECODED_TX_BYTES_PER_PAYLOAD_BYTE,
+        _ => 2,
+    };
+    (per_byte * payload_len + QUEUED_MESSAGE_OVERHEAD_BYTES) as u32
 }
 
 /// A writer that records when it last moved bytes, so that a write that
@@ -235,6 +243,23 @@ pub async fn run(
                 if let Some(wait) = budget.take() {
                     tokio::time::sleep(wait).await;
                 }
+                // Wait for room in the peer's and the node's budget (not
+                // reading meanwhile), or for the close, before decoding: a
+                // message waiting for room holds only its frame, and what
+                // it decodes to is counted from the frame's command and
+                // length.
+                let cost = inbound_cost(&frame.command, frame.payload.len());
+                let permit = tokio::select! {
+                    _ = close.cancelled() => break,
+                    permits = async {
+                        let peer = peer_budget.clone().acquire_many_owned(cost).await;
+                        let node = node_budget.clone().acquire_many_owned(cost).await;
+                        peer.ok().zip(node.ok())
+                    } => match permits {
+                        Some((peer, node)) => InboundPermit::new(peer, node),
+                        None => break,
+                    },
+                };
                 match Message::decode(&frame.command, &frame.payload) {
                     Ok(message) => {
                         TRAFFIC.received(message.command(), frame.payload.len());
@@ -246,20 +271,6 @@ pub async fn run(
                         if saw_version && saw_verack {
                             input.decoder_mut().set_max_payload(MAX_PAYLOAD);
                         }
-                        // Wait for room in the peer's and the node's budget
-                        // (not reading meanwhile), or for the close.
-                        let cost = inbound_cost(frame.payload.len());
-                        let permit = tokio::select! {
-                            _ = close.cancelled() => break,
-                            permits = async {
-                                let peer = peer_budget.clone().acquire_many_owned(cost).await;
-                                let node = node_budget.clone().acquire_many_owned(cost).await;
-                                peer.ok().zip(node.ok())
-                            } => match permits {
-                                Some((peer, node)) => InboundPermit::new(peer, node),
-                                None => break,
-                            },
-                        };
                         drop(frame);
                         if events.send(Event::Message(id, message, permit)).await.is_err() {
                             break;

@@ -22,6 +22,27 @@ pub const MAX_HANDSHAKE_PAYLOAD: usize = 1024;
 /// room to spare for a maximum-size `inv`/`getdata` (50 000 x 36 bytes).
 pub const MAX_PAYLOAD: usize = 4 * 1024 * 1024;
 
+/// Largest `block` payload: a block of the consensus limit, no more.
+pub const MAX_BLOCK_PAYLOAD: usize = crate::consensus::limits::MAX_BLOCK_SIZE;
+/// Largest `tx` payload: a transaction of the consensus limit.
+pub const MAX_TX_PAYLOAD: usize = crate::consensus::limits::MAX_TX_SIZE;
+/// Largest `headers` payload: `MAX_HEADERS` headers of 80 bytes after
+/// their count.
+pub const MAX_HEADERS_PAYLOAD: usize = 3 + MAX_HEADERS * 80;
+
+/// The largest payload a frame of `command` may announce after the
+/// handshake: a `block`, `tx` or `headers` above its own limit can only be
+/// refused once decoded, so its frame is refused before its payload is
+/// buffered. Every other command has `MAX_PAYLOAD`.
+pub fn max_payload_of(command: &str) -> usize {
+    match command {
+        "block" => MAX_BLOCK_PAYLOAD,
+        "tx" => MAX_TX_PAYLOAD,
+        "headers" => MAX_HEADERS_PAYLOAD,
+        _ => MAX_PAYLOAD,
+    }
+}
+
 /// Most entries in `addr`, as Bitcoin: enough to share a useful sample.
 pub const MAX_ADDR_ENTRIES: usize = 1000;
 /// Most entries in `inv`, `getdata` and `notfound` (36 bytes each, 1.8 MB).
@@ -62,8 +83,10 @@ pub const PEER_SEND_BUFFER_MAX_BYTES: usize = PEER_SEND_BUFFER_SOFT_BYTES + 2 * 
 /// fills its socket buffer, then stalls every write).
 pub const PEER_WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Received messages of one peer waiting for the protocol thread, counted
-/// as twice the payload (about what decoding can take) plus a fixed cost per
-/// message: two maximum-size messages. When full, we stop reading its socket.
+/// as twice the payload (the frame, then about what decoding takes; more
+/// for a block or transaction, `DECODED_TX_BYTES_PER_PAYLOAD_BYTE`) plus a
+/// fixed cost per message: two maximum-size messages. When full, we stop
+/// reading its socket.
 pub const PEER_INBOUND_QUEUE_BYTES: usize = 4 * MAX_PAYLOAD;
 /// Received messages of all peers waiting for the protocol thread, counted
 /// the same way: the node-wide bound on that queue.
@@ -71,3 +94,25 @@ pub const INBOUND_QUEUE_BYTES: usize = 64 * 1024 * 1024;
 /// Fixed memory cost counted for every queued message (event and
 /// allocation overhead), so that floods of tiny messages are bounded too.
 pub const QUEUED_MESSAGE_OVERHEAD_BYTES: usize = 256;
+/// What a received `block` or `tx` counts per byte of its payload instead
+/// of two: its frame (one), and its decoded transactions, which take at
+/// most `size_of::<Transaction>()` bytes per `MIN_TX_LEN` of payload (a
+/// transaction with neither inputs nor outputs; inputs and outputs take
+/// less per byte, checked below), plus one for allocation overhead. A
+/// block of the smallest transactions decodes to about six times its
+/// bytes: counted at two, 1 MB would hold 7 MB against 2 MB counted.
+pub const DECODED_TX_BYTES_PER_PAYLOAD_BYTE: usize = 1 + DECODED_TX_EXPANSION + 1;
+const DECODED_TX_EXPANSION: usize =
+    std::mem::size_of::<crate::consensus::transaction::Transaction>()
+        .div_ceil(crate::consensus::limits::MIN_TX_LEN);
+const _: () = assert!(
+    std::mem::size_of::<crate::consensus::transaction::TxIn>()
+        <= DECODED_TX_EXPANSION * crate::consensus::limits::COINBASE_INPUT_LEN
+);
+const _: () = assert!(
+    std::mem::size_of::<crate::consensus::transaction::TxOut>()
+        <= DECODED_TX_EXPANSION * crate::consensus::limits::OUTPUT_LEN
+);
+// A block of the largest size fits one peer's budget with room for one more.
+const _: () =
+    assert!(2 * DECODED_TX_BYTES_PER_PAYLOAD_BYTE * MAX_BLOCK_PAYLOAD <= PEER_INBOUND_QUEUE_BYTES);

@@ -4,13 +4,14 @@
 //!
 //! The decoder works in two steps, like a mini-redis frame: it first checks a
 //! whole header is buffered and valid (magic, command, length under the
-//! current limit) before it reserves memory for the payload, then waits for
-//! the payload and checks its checksum.
+//! current limit and the command's own, `max_payload_of`) before it
+//! reserves memory for the payload, then waits for the payload and checks
+//! its checksum.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
-use super::constants::{COMMAND_LEN, FRAME_HEADER_LEN, MAX_HANDSHAKE_PAYLOAD};
+use super::constants::{max_payload_of, COMMAND_LEN, FRAME_HEADER_LEN, MAX_HANDSHAKE_PAYLOAD};
 use crate::consensus::hash::sha256d;
 
 /// A frame whose payload is not decoded yet.
@@ -116,11 +117,11 @@ impl Decoder for FrameCodec {
             }
             let command = parse_command(src[4..16].try_into().expect("12 bytes"))?;
             let len = u32::from_le_bytes(src[16..20].try_into().expect("4 bytes")) as usize;
-            if len > self.max_payload {
-                return Err(FrameError::Oversize {
-                    len,
-                    limit: self.max_payload,
-                });
+            // The connection's limit (1 KiB before the handshake), and the
+            // command's own below it.
+            let limit = self.max_payload.min(max_payload_of(&command));
+            if len > limit {
+                return Err(FrameError::Oversize { len, limit });
             }
             let sum: [u8; 4] = src[20..24].try_into().expect("4 bytes");
             src.advance(FRAME_HEADER_LEN);

@@ -159,6 +159,45 @@ fn oversize_length_is_rejected_from_the_header_alone() {
 }
 
 #[test]
+fn block_tx_and_headers_frames_are_held_to_their_own_limits_from_the_header() {
+    let header_of = |command: &str, len: usize| {
+        let mut header = encode_header(MAGIC, command, &[]).to_vec();
+        header[16..20].copy_from_slice(&(len as u32).to_le_bytes());
+        header
+    };
+    for (command, limit) in [
+        ("block", MAX_BLOCK_PAYLOAD),
+        ("tx", MAX_TX_PAYLOAD),
+        ("headers", MAX_HEADERS_PAYLOAD),
+        ("inv", MAX_PAYLOAD),
+    ] {
+        assert_eq!(max_payload_of(command), limit);
+        let mut codec = FrameCodec::new(MAGIC);
+        codec.set_max_payload(MAX_PAYLOAD);
+        // At the limit: the header is taken, the payload awaited.
+        assert!(codec
+            .decode(&mut BytesMut::from(&header_of(command, limit)[..]))
+            .unwrap()
+            .is_none());
+        let mut codec = FrameCodec::new(MAGIC);
+        codec.set_max_payload(MAX_PAYLOAD);
+        let refused = codec.decode(&mut BytesMut::from(&header_of(command, limit + 1)[..]));
+        assert!(
+            matches!(refused, Err(FrameError::Oversize { len, limit: l }) if len == limit + 1 && l == limit),
+            "{command}"
+        );
+    }
+    // The spec's figure for what a block or transaction is counted at.
+    assert_eq!(DECODED_TX_BYTES_PER_PAYLOAD_BYTE, 8);
+    // A maximum-size `headers` message fits its limit exactly.
+    let headers = Message::Headers(vec![
+        Network::Regtest.params().genesis_block().header;
+        MAX_HEADERS
+    ]);
+    assert_eq!(headers.encode_payload().len(), MAX_HEADERS_PAYLOAD);
+}
+
+#[test]
 fn bad_checksum_is_rejected() {
     let mut frame = encode_frame(MAGIC, "ping", &7u64.to_le_bytes());
     frame[20] ^= 0xff;

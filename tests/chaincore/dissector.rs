@@ -17,8 +17,9 @@ use chaincore::encoding::{write_compact_size, Encode};
 use chaincore::testkit::process::http;
 use chaincore::testkit::{key, signed_spend};
 use chaincore::wire::constants::{
-    MAX_ADDR_ENTRIES, MAX_HANDSHAKE_PAYLOAD, MAX_HEADERS, MAX_INV_ENTRIES, MAX_LOCATOR_HASHES,
-    MAX_PAYLOAD, MAX_USER_AGENT_LEN, PROTOCOL_VERSION,
+    MAX_ADDR_ENTRIES, MAX_BLOCK_PAYLOAD, MAX_HANDSHAKE_PAYLOAD, MAX_HEADERS, MAX_HEADERS_PAYLOAD,
+    MAX_INV_ENTRIES, MAX_LOCATOR_HASHES, MAX_PAYLOAD, MAX_TX_PAYLOAD, MAX_USER_AGENT_LEN,
+    PROTOCOL_VERSION,
 };
 use chaincore::wire::frame::{encode_frame, encode_header};
 use chaincore::wire::message::{InvItem, InvKind, Message, Version};
@@ -539,7 +540,14 @@ fn synthetic_capture_flags_what_the_node_refuses() {
     let f_big_headers = pcap.send(
         &mut tcp,
         Side::Client,
-        &frame("headers", &counted(MAX_HEADERS as u64 + 1, 80, 0x33)),
+        &frame("headers", &{
+            // A count over the limit in a payload within the command's own:
+            // the node refuses the count before it looks for the items; the
+            // dissector also finds the last header missing.
+            let mut headers = counted(MAX_HEADERS as u64 + 1, 80, 0x33);
+            headers.truncate(MAX_HEADERS_PAYLOAD);
+            headers
+        }),
     );
     let f_big_addr = pcap.send(
         &mut tcp,
@@ -604,6 +612,18 @@ fn synthetic_capture_flags_what_the_node_refuses() {
     oversize[16..20].copy_from_slice(&(MAX_PAYLOAD as u32 + 1).to_le_bytes());
     oversize.extend_from_slice(&[0; 100]);
     let f_oversize = pcap.send(&mut tcp, Side::Client, &oversize);
+    // On a connection of its own (the node closes one at an oversize
+    // header): a block header announcing one byte over a block's limit.
+    let mut block_stream = Tcp {
+        client: 40_004,
+        server: port,
+        client_seq: 99_000,
+        server_seq: 111_000,
+    };
+    let mut big_block = encode_header(magic, "block", &[]).to_vec();
+    big_block[16..20].copy_from_slice(&(MAX_BLOCK_PAYLOAD as u32 + 1).to_le_bytes());
+    big_block.extend_from_slice(&[0; 100]);
+    let f_block_oversize = pcap.send(&mut block_stream, Side::Client, &big_block);
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("violations.pcap");
@@ -612,7 +632,10 @@ fn synthetic_capture_flags_what_the_node_refuses() {
     let expected: [(&str, Vec<u32>); 12] = [
         ("chaincore.expert.wrong_magic", vec![f_test_magic]),
         ("chaincore.expert.bad_command", vec![f_bad_padding]),
-        ("chaincore.expert.oversize", vec![f_oversize]),
+        (
+            "chaincore.expert.oversize",
+            vec![f_oversize, f_block_oversize],
+        ),
         (
             "chaincore.expert.handshake_payload_too_large",
             vec![f_big_version, f_early_headers, f_server_addr],
@@ -645,7 +668,7 @@ fn synthetic_capture_flags_what_the_node_refuses() {
         ),
         (
             "chaincore.expert.malformed",
-            vec![f_big_tx, f_big_block, f_not_utf8],
+            vec![f_big_headers, f_big_tx, f_big_block, f_not_utf8],
         ),
         ("chaincore.expert.unknown_command", vec![f_unknown]),
     ];
@@ -753,6 +776,10 @@ fn synthetic_capture_flags_what_the_node_refuses() {
             f_oversize,
             "Payload length 4194305 exceeds MAX_PAYLOAD (4194304)",
         ),
+        (
+            f_block_oversize,
+            "Payload length 1000001 exceeds the block limit (1000000)",
+        ),
     ] {
         assert!(
             messages(frame).contains(text),
@@ -790,6 +817,9 @@ fn dissector_limits_are_the_nodes() {
         ("MAX_BLOCK_TXS", MAX_BLOCK_TXS),
         ("MAX_TX_INPUTS", MAX_TX_INPUTS),
         ("MAX_TX_OUTPUTS", MAX_TX_OUTPUTS),
+        ("MAX_BLOCK_PAYLOAD", MAX_BLOCK_PAYLOAD),
+        ("MAX_TX_PAYLOAD", MAX_TX_PAYLOAD),
+        ("MAX_HEADERS_PAYLOAD", MAX_HEADERS_PAYLOAD),
     ] {
         assert_eq!(value(name), node, "{name}");
     }
