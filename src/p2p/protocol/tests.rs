@@ -896,3 +896,66 @@ fn transactions_are_asked_in_announcement_order_one_announcer_at_a_time() {
     h.message(2, Message::NotFound(vec![shared]), later);
     assert!(!h.protocol.tx_requests.contains_key(&shared.hash));
 }
+
+#[test]
+fn headers_the_tree_can_judge_never_reach_the_chain_task() {
+    let mut chain = TestChain::new(Network::Regtest);
+    for _ in 0..5 {
+        chain.mine_empty(key(1).pubkey_hash());
+    }
+    let mut h = harness(&chain.blocks[1..]);
+    ready_inbound(&mut h, 1);
+    let to_chain = |actions: &[Action]| {
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::ProcessHeaders { .. }))
+    };
+    // The node's own tip, resent: nothing to index, nothing asked.
+    let tip = chain.tip().header;
+    for _ in 0..3 {
+        let actions = h.protocol.on_message(1, Message::Headers(vec![tip]), h.now);
+        assert!(!to_chain(&actions));
+        assert!(sent(&actions, 1).is_empty(), "{:?}", sent(&actions, 1));
+    }
+    // A header whose parent nobody has: the gap is asked for, ten times in
+    // a row at most, and never by the chain task.
+    let mut stray = tip;
+    stray.prev_hash = Hash256([0x5a; 32]);
+    for n in 1..=MAX_UNCONNECTING_HEADERS + 2 {
+        let actions = h
+            .protocol
+            .on_message(1, Message::Headers(vec![stray]), h.now);
+        assert!(!to_chain(&actions));
+        let asked = sent(&actions, 1).contains(&"getheaders");
+        assert_eq!(asked, n <= MAX_UNCONNECTING_HEADERS, "batch {n}");
+        assert_eq!(disconnected(&actions, 1), None);
+    }
+    // A batch that connects (the tip again) counts as connecting: the next
+    // stray one is asked about again.
+    h.protocol.on_message(1, Message::Headers(vec![tip]), h.now);
+    let actions = h
+        .protocol
+        .on_message(1, Message::Headers(vec![stray]), h.now);
+    assert!(sent(&actions, 1).contains(&"getheaders"));
+}
+
+#[test]
+fn a_transaction_asked_of_a_peer_that_leaves_is_asked_of_another_announcer() {
+    let mut h = harness(&[]);
+    for (id, port) in [(1, 40011), (2, 40012)] {
+        let addr = format!("127.0.0.1:{port}").parse().unwrap();
+        assert!(h.protocol.on_connected(id, addr, None, h.now).is_empty());
+        h.message(id, their_version(id, 0), h.now);
+        h.message(id, Message::Verack, h.now);
+    }
+    let item = InvItem {
+        kind: InvKind::Tx,
+        hash: Hash256([0x77; 32]),
+    };
+    let actions = h.message(1, Message::Inv(vec![item]), h.now);
+    assert_eq!(getdata_hashes(&actions, 1), vec![item.hash]);
+    let actions = h.message(2, Message::Inv(vec![item]), h.now);
+    assert!(getdata_hashes(&actions, 2).is_empty());
+    let actions = h.protocol.on_disconnected(1, h.now);
+    assert_eq!(getdata_hashes(&actions, 2), vec![item.hash]);
+}
