@@ -959,3 +959,19 @@ fn a_transaction_asked_of_a_peer_that_leaves_is_asked_of_another_announcer() {
     let actions = h.protocol.on_disconnected(1, h.now);
     assert_eq!(getdata_hashes(&actions, 2), vec![item.hash]);
 }
+
+#[test]
+fn a_bounded_set_forgets_its_oldest_past_its_bound() {
+    let hash = |n: u32| Hash256(crate::consensus::hash::sha256d(&n.to_le_bytes()).0);
+    let mut set = BoundedSet::default();
+    for n in 0..100 {
+        set.insert_bounded(hash(n), 60);
+        set.insert_bounded(hash(n), 60); // a repeat changes nothing
+    }
+    assert!((0..40).all(|n| !set.contains(&hash(n))));
+    assert!((40..100).all(|n| set.contains(&hash(n))));
+    assert!((100..1_000).all(|n| !set.contains(&hash(n))));
+    assert_eq!((set.set.len(), set.order.len()), (60, 60));
+    set.clear();
+    assert!(!set.contains(&hash(99)));
+}
