@@ -849,15 +849,20 @@ fn a_transaction_no_tip_could_accept_costs_its_sender_and_a_policy_refusal_does_
     assert!(h.protocol.recent_rejects.contains(&bad.txid()));
 }
 
-#[test]
-fn transactions_are_asked_in_announcement_order_one_announcer_at_a_time() {
-    let mut h = harness(&[]);
+/// Peers 1 and 2, inbound from two ports of 127.0.0.1, past the handshake.
+fn two_ready_peers(h: &mut Harness) {
     for (id, port) in [(1, 40001), (2, 40002)] {
         let addr = format!("127.0.0.1:{port}").parse().unwrap();
         assert!(h.protocol.on_connected(id, addr, None, h.now).is_empty());
         h.message(id, their_version(id, 0), h.now);
         h.message(id, Message::Verack, h.now);
     }
+}
+
+#[test]
+fn transactions_are_asked_in_announcement_order_one_announcer_at_a_time() {
+    let mut h = harness(&[]);
+    two_ready_peers(&mut h);
     let tx_item = |n: u32| InvItem {
         kind: InvKind::Tx,
         hash: Hash256(crate::consensus::hash::sha256d(&n.to_le_bytes()).0),
@@ -942,12 +947,7 @@ fn headers_the_tree_can_judge_never_reach_the_chain_task() {
 #[test]
 fn a_transaction_asked_of_a_peer_that_leaves_is_asked_of_another_announcer() {
     let mut h = harness(&[]);
-    for (id, port) in [(1, 40011), (2, 40012)] {
-        let addr = format!("127.0.0.1:{port}").parse().unwrap();
-        assert!(h.protocol.on_connected(id, addr, None, h.now).is_empty());
-        h.message(id, their_version(id, 0), h.now);
-        h.message(id, Message::Verack, h.now);
-    }
+    two_ready_peers(&mut h);
     let item = InvItem {
         kind: InvKind::Tx,
         hash: Hash256([0x77; 32]),
