@@ -136,7 +136,16 @@ pub fn transaction(data: &[u8]) {
 pub fn block(data: &[u8]) {
     if let Ok(block) = Block::from_bytes(data) {
         assert_eq!(block.to_bytes(), data, "block encoding is not canonical");
-        // Each transaction read alone is the one the whole decode has.
+        // Each transaction read alone, or all of them in one walk, is the
+        // one the whole decode has.
+        let all: Vec<usize> = (0..block.transactions.len()).collect();
+        let walked = crate::consensus::block::decode_block_transactions(data, &all)
+            .expect("a block that decodes whole decodes in one walk")
+            .expect("within the block");
+        assert!(walked
+            .iter()
+            .zip(&block.transactions)
+            .all(|(w, tx)| w.tx == *tx));
         let mut spent_before = 0;
         for (position, tx) in block.transactions.iter().enumerate() {
             let found = crate::consensus::block::decode_block_transaction(data, position)

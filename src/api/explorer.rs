@@ -982,29 +982,38 @@ fn chain_txs(
     let rows = chain.store().address_history(owner, before, limit + 1)?;
     let more = rows.len() > limit;
     let network = chain.params().network;
-    // Each row's transaction alone: its block is walked, not decoded.
-    for (height, position, txid) in rows.iter().take(limit) {
+    // The rows' transactions alone, one walk per block (rows come newest
+    // first, a block's together): its other transactions are not decoded.
+    for block_rows in rows[..rows.len().min(limit)].chunk_by(|a, b| a.0 == b.0) {
+        let height = block_rows[0].0;
         let hash = chain
-            .hash_at(*height)?
+            .hash_at(height)?
             .ok_or_else(|| ApiError::internal(format!("active chain has no block at {height}")))?;
+        let positions: Vec<usize> = block_rows.iter().rev().map(|r| r.1 as usize).collect();
         let found = chain
             .store()
-            .block_transaction(&hash, *position as usize)?
-            .filter(|found| found.tx.txid() == *txid)
+            .block_transactions(&hash, &positions)?
             .ok_or_else(|| {
-                ApiError::internal(format!("address history of {txid} is out of step"))
+                ApiError::internal(format!("address history at {height} is out of step"))
             })?;
-        out.push(&TxJson {
-            network,
-            tx: &found.tx,
-            spent: &found.spent,
-            status: TxStatus::Confirmed {
-                height: *height,
-                block: hash,
-                time: found.header.time,
-            },
-            first_seen: None,
-        })?;
+        for ((_, _, txid), found) in block_rows.iter().zip(found.iter().rev()) {
+            if found.tx.txid() != *txid {
+                return Err(ApiError::internal(format!(
+                    "address history of {txid} is out of step"
+                )));
+            }
+            out.push(&TxJson {
+                network,
+                tx: &found.tx,
+                spent: &found.spent,
+                status: TxStatus::Confirmed {
+                    height,
+                    block: hash,
+                    time: found.header.time,
+                },
+                first_seen: None,
+            })?;
+        }
     }
     Ok(more.then(|| rows[limit - 1].2))
 }

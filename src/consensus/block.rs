@@ -129,33 +129,52 @@ pub struct BlockTransaction {
 }
 
 /// The header and the transaction at `position` of an encoded block
-/// (`None` past its last). The transactions before it are passed over
-/// (`skip_transaction` reads only their counts and outpoints), those after
-/// it are not read: a reader after one transaction pays for a walk, not
-/// for decoding up to `MAX_BLOCK_SIZE` bytes of transactions.
+/// (`None` past its last): `decode_block_transactions` for one position.
 pub fn decode_block_transaction(
     bytes: &[u8],
     position: usize,
 ) -> Result<Option<BlockTransaction>, DecodeError> {
+    Ok(decode_block_transactions(bytes, &[position])?.and_then(|mut found| found.pop()))
+}
+
+/// The transactions at `positions` (ascending, each once) of an encoded
+/// block, each with the header, in one walk (`None` if one is past its
+/// last). The transactions between them are passed over
+/// (`skip_transaction` reads only their counts and outpoints), those after
+/// the last are not read: a reader after a few transactions pays for one
+/// walk, not for decoding up to `MAX_BLOCK_SIZE` bytes of transactions.
+pub fn decode_block_transactions(
+    bytes: &[u8],
+    positions: &[usize],
+) -> Result<Option<Vec<BlockTransaction>>, DecodeError> {
+    debug_assert!(positions.windows(2).all(|w| w[0] < w[1]), "ascending");
     let mut cursor = bytes;
     let header = BlockHeader::decode_from(&mut cursor)?;
     let count = read_count(&mut cursor, Transaction::NAME, MAX_BLOCK_TXS, MIN_TX_LEN)?;
-    if position >= count {
+    if positions.last().is_some_and(|last| *last >= count) {
         return Ok(None);
     }
-    let mut spent_before = 0usize;
-    for _ in 0..position {
-        let skipped = skip_transaction(&mut cursor)?;
-        if !skipped.is_coinbase {
-            spent_before += skipped.inputs;
+    let mut found = Vec::with_capacity(positions.len());
+    let (mut at, mut spent_before) = (0usize, 0usize);
+    for &position in positions {
+        while at < position {
+            let skipped = skip_transaction(&mut cursor)?;
+            if !skipped.is_coinbase {
+                spent_before += skipped.inputs;
+            }
+            at += 1;
         }
+        let tx = Transaction::decode_from(&mut cursor)?;
+        at += 1;
+        let spends = if tx.is_coinbase() { 0 } else { tx.inputs.len() };
+        found.push(BlockTransaction {
+            header,
+            tx,
+            spent_before,
+        });
+        spent_before += spends;
     }
-    let tx = Transaction::decode_from(&mut cursor)?;
-    Ok(Some(BlockTransaction {
-        header,
-        tx,
-        spent_before,
-    }))
+    Ok(Some(found))
 }
 
 #[cfg(test)]
@@ -223,6 +242,14 @@ pub(crate) mod tests {
                 }
             }
             prop_assert_eq!(decode_block_transaction(&bytes, block.transactions.len()).unwrap(), None);
+            // Every other position in one walk: the same as one at a time.
+            let some: Vec<usize> = (0..block.transactions.len()).step_by(2).collect();
+            let together = decode_block_transactions(&bytes, &some).unwrap().unwrap();
+            let alone: Vec<BlockTransaction> = some
+                .iter()
+                .map(|p| decode_block_transaction(&bytes, *p).unwrap().unwrap())
+                .collect();
+            prop_assert_eq!(together, alone);
             // A block cut short fails where the whole decode would.
             if let Some(last) = block.transactions.len().checked_sub(1) {
                 prop_assert!(decode_block_transaction(&bytes[..bytes.len() - 1], last).is_err());

@@ -211,6 +211,38 @@ pub enum MempoolError {
 }
 
 impl MempoolError {
+    /// Whether a pool refusal means the transaction breaks a rule that holds
+    /// at every tip: what it says is fixed by its own bytes and the outputs it
+    /// names (an outpoint's amount and owner never change). Refusals that
+    /// depend on the tip (a missing or immature input, a lock time, a
+    /// conflict) or on this node's policy (fees, dust, size, chains, a full
+    /// pool) are never blamed on the sender.
+    pub fn breaks_consensus(&self) -> bool {
+        use crate::consensus::validation::TxError;
+        match self {
+            MempoolError::Coinbase => true,
+            MempoolError::Invalid(error) => match error {
+                TxError::NoInputs
+                | TxError::NoOutputs
+                | TxError::TooLarge { .. }
+                | TxError::OutputOutOfRange { .. }
+                | TxError::TotalOutputOutOfRange
+                | TxError::DuplicateInput { .. }
+                | TxError::UnexpectedCoinbaseInput { .. }
+                | TxError::NullPrevout { .. }
+                | TxError::UnexpectedCoinbase
+                | TxError::WrongOwner { .. }
+                | TxError::BadSignature { .. }
+                | TxError::InputsOutOfRange
+                | TxError::InputsBelowOutputs { .. } => true,
+                TxError::MissingOrSpentInput { .. }
+                | TxError::ImmatureCoinbase { .. }
+                | TxError::NotFinal { .. } => false,
+            },
+            _ => false,
+        }
+    }
+
     /// A stable code for the REST API.
     pub fn code(&self) -> &'static str {
         match self {

@@ -14,7 +14,7 @@ use super::digest::UtxoDigest;
 use super::schema::*;
 use crate::consensus::address::PubKeyHash;
 use crate::consensus::amount::Amount;
-use crate::consensus::block::{decode_block_transaction, Block, BlockHeader};
+use crate::consensus::block::{decode_block_transactions, Block, BlockHeader};
 use crate::consensus::hash::{BlockHash, Hash256, Txid};
 use crate::consensus::params::Network;
 use crate::consensus::transaction::{OutPoint, Transaction, TxOut};
@@ -604,16 +604,30 @@ impl Store {
     }
 
     /// The transaction at `position` of a stored block, with the block's
-    /// header and the outputs its inputs spent, read without decoding the
-    /// block's other transactions or undo rows: a history page of 25 rows
-    /// in 25 blocks costs 25 walks, not 25 MB of decoded blocks. `None`
-    /// when the block is not stored or is shorter. A connected block's
-    /// undo data must hold the rows (the coinbase needs none).
+    /// header and the outputs its inputs spent (`block_transactions` for
+    /// one position).
     pub fn block_transaction(
         &self,
         hash: &BlockHash,
         position: usize,
     ) -> Result<Option<StoredTransaction>, StoreError> {
+        Ok(self
+            .block_transactions(hash, &[position])?
+            .and_then(|mut found| found.pop()))
+    }
+
+    /// The transactions at `positions` (ascending, each once) of a stored
+    /// block, with its header and the outputs their inputs spent, read in
+    /// one walk of the block without decoding its other transactions or
+    /// undo rows: a history page of 25 rows costs one walk per block it
+    /// touches, not 25 MB of decoded blocks. `None` when the block is not
+    /// stored or is shorter. A connected block's undo data must hold the
+    /// rows (a coinbase needs none).
+    pub fn block_transactions(
+        &self,
+        hash: &BlockHash,
+        positions: &[usize],
+    ) -> Result<Option<Vec<StoredTransaction>>, StoreError> {
         let opts = self.read_options();
         let Some(block) = self
             .db
@@ -621,35 +635,47 @@ impl Store {
         else {
             return Ok(None);
         };
-        let Some(found) = decode_block_transaction(&block, position).map_err(corrupt("block"))?
+        let Some(found) = decode_block_transactions(&block, positions).map_err(corrupt("block"))?
         else {
             return Ok(None);
         };
         drop(block);
-        let spent = if found.tx.is_coinbase() {
-            Vec::new()
+        let undo = if found.iter().all(|f| f.tx.is_coinbase()) {
+            None
         } else {
-            let undo = self
-                .db
-                .get_pinned_cf_opt(self.cf(CF_UNDO), hash.0, &opts)?
-                .ok_or(StoreError::Corrupt {
-                    what: "undo data",
-                    error: DecodeError::Invalid {
+            Some(
+                self.db
+                    .get_pinned_cf_opt(self.cf(CF_UNDO), hash.0, &opts)?
+                    .ok_or(StoreError::Corrupt {
                         what: "undo data",
-                        reason: "missing for a block whose transaction spends",
-                    },
-                })?;
-            decode_undo_range(&undo, found.spent_before, found.tx.inputs.len())
-                .map_err(corrupt("undo data"))?
-                .into_iter()
-                .map(|(_, utxo)| utxo.output)
-                .collect()
+                        error: DecodeError::Invalid {
+                            what: "undo data",
+                            reason: "missing for a block whose transaction spends",
+                        },
+                    })?,
+            )
         };
-        Ok(Some(StoredTransaction {
-            header: found.header,
-            tx: found.tx,
-            spent,
-        }))
+        found
+            .into_iter()
+            .map(|found| {
+                let spent = match &undo {
+                    Some(undo) if !found.tx.is_coinbase() => {
+                        decode_undo_range(undo, found.spent_before, found.tx.inputs.len())
+                            .map_err(corrupt("undo data"))?
+                            .into_iter()
+                            .map(|(_, utxo)| utxo.output)
+                            .collect()
+                    }
+                    _ => Vec::new(),
+                };
+                Ok(StoredTransaction {
+                    header: found.header,
+                    tx: found.tx,
+                    spent,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()
+            .map(Some)
     }
 
     pub fn undo(&self, hash: &BlockHash) -> Result<Option<Vec<(OutPoint, Utxo)>>, StoreError> {

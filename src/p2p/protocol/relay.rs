@@ -143,7 +143,7 @@ impl Protocol {
         let sender = self.judged(id, Work::Tx);
         if !self.peers.contains_key(&id) {
             if let (Err(error), Some(ip)) = (&result, sender) {
-                if breaks_consensus(error) {
+                if error.breaks_consensus() {
                     tracing::info!(peer = id, %ip, "peer gone before its transaction was judged");
                     self.recent_rejects.insert_bounded(txid, MAX_RECENT_REJECTS);
                     self.record_misbehaviour(Some(ip), "invalid_transaction");
@@ -166,7 +166,7 @@ impl Protocol {
         actions: &mut Vec<Action>,
     ) {
         if let Err(error) = &result {
-            if breaks_consensus(error) {
+            if error.breaks_consensus() {
                 // A transaction no node could accept at any tip (a bad
                 // signature, a key that is not the owner's, broken amounts):
                 // its sender relays without checking or attacks, as Bitcoin
@@ -484,37 +484,5 @@ impl Protocol {
             actions.push(Action::Send(id, Message::NotFound(missing)));
         }
         actions
-    }
-}
-
-/// Whether a pool refusal means the transaction breaks a rule that holds
-/// at every tip: what it says is fixed by its own bytes and the outputs it
-/// names (an outpoint's amount and owner never change). Refusals that
-/// depend on the tip (a missing or immature input, a lock time, a
-/// conflict) or on this node's policy (fees, dust, size, chains, a full
-/// pool) are never blamed on the sender.
-fn breaks_consensus(error: &MempoolError) -> bool {
-    use crate::consensus::validation::TxError;
-    match error {
-        MempoolError::Coinbase => true,
-        MempoolError::Invalid(error) => match error {
-            TxError::NoInputs
-            | TxError::NoOutputs
-            | TxError::TooLarge { .. }
-            | TxError::OutputOutOfRange { .. }
-            | TxError::TotalOutputOutOfRange
-            | TxError::DuplicateInput { .. }
-            | TxError::UnexpectedCoinbaseInput { .. }
-            | TxError::NullPrevout { .. }
-            | TxError::UnexpectedCoinbase
-            | TxError::WrongOwner { .. }
-            | TxError::BadSignature { .. }
-            | TxError::InputsOutOfRange
-            | TxError::InputsBelowOutputs { .. } => true,
-            TxError::MissingOrSpentInput { .. }
-            | TxError::ImmatureCoinbase { .. }
-            | TxError::NotFinal { .. } => false,
-        },
-        _ => false,
     }
 }
