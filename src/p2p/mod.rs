@@ -89,6 +89,8 @@ pub enum Event {
         peer: PeerId,
         txid: crate::consensus::hash::Txid,
         result: Result<crate::consensus::hash::Txid, crate::mempool::MempoolError>,
+        /// The transaction back, when its inputs were missing (an orphan).
+        orphan: Option<Box<crate::consensus::transaction::Transaction>>,
     },
     /// The operator added or removed a peer (REST).
     AddPeer(SocketAddr),
@@ -295,6 +297,24 @@ fn enqueue(link: &PeerLink, message: &Message) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// Judges a relayed transaction on the chain task, against its tip; the
+/// transaction comes back with the outcome when its inputs were missing,
+/// for the protocol's orphanage.
+pub(crate) fn accept_keeping_orphan(
+    mempool: &Mutex<crate::mempool::Mempool>,
+    chain: &crate::chain::Chain,
+    tx: Box<crate::consensus::transaction::Transaction>,
+) -> (
+    Result<crate::consensus::hash::Txid, crate::mempool::MempoolError>,
+    Option<Box<crate::consensus::transaction::Transaction>>,
+) {
+    let copy = tx.clone();
+    let result = mempool.lock().expect("mempool lock").accept(chain, *tx);
+    let orphan =
+        matches!(result, Err(crate::mempool::MempoolError::MissingInput(_))).then_some(copy);
+    (result, orphan)
+}
+
 /// Where the protocol's chain actions go: the chain task, and the pool its
 /// closures judge relayed transactions into.
 struct ChainSide {
@@ -357,9 +377,14 @@ impl ChainSide {
                 let mempool = self.mempool.clone();
                 let _ = self.chain.run(move |chain| {
                     let txid = tx.txid();
-                    let result = mempool.lock().expect("mempool lock").accept(chain, *tx);
+                    let (result, orphan) = accept_keeping_orphan(&mempool, chain, tx);
                     drop(permit);
-                    let _ = events.blocking_send(Event::TxProcessed { peer, txid, result });
+                    let _ = events.blocking_send(Event::TxProcessed {
+                        peer,
+                        txid,
+                        result,
+                        orphan,
+                    });
                 });
             }
             other => return Some(other),
@@ -389,7 +414,9 @@ fn run_protocol(
         // queued, and not past the next tick (or the next getdata look).
         let mut arrived = Vec::new();
         if inbound.is_empty() {
-            let wait = if protocol.has_pending_getdata() {
+            let wait = if protocol.has_orphan_work() {
+                Duration::ZERO
+            } else if protocol.has_pending_getdata() {
                 GETDATA_POLL
             } else {
                 TICK.saturating_sub(last_tick.elapsed())
@@ -442,9 +469,18 @@ fn run_protocol(
                     outcome,
                     ask_more,
                 } => actions.extend(protocol.on_headers_processed(peer, outcome, ask_more, now)),
-                Event::TxProcessed { peer, txid, result } => {
-                    actions.extend(protocol.on_tx_processed(peer, txid, result, now))
-                }
+                Event::TxProcessed {
+                    peer,
+                    txid,
+                    result,
+                    orphan,
+                } => actions.extend(protocol.on_tx_processed(
+                    peer,
+                    txid,
+                    result,
+                    orphan.map(|tx| *tx),
+                    now,
+                )),
                 Event::AddPeer(addr) => actions.extend(protocol.add_peer(addr, now)),
                 Event::RemovePeer(addr) => actions.extend(protocol.remove_peer(addr)),
                 Event::Shutdown => shutdown = true,
@@ -474,6 +510,8 @@ fn run_protocol(
                 actions.extend(chain_side.dispatch(action, permit, &events_tx));
             }
         }
+        // One orphan whose parent came is judged again per round.
+        actions.extend(protocol.process_orphan_work(now));
         // `getdata`, a bounded share per peer, while its send buffer has room.
         for id in protocol.peers_with_pending_getdata() {
             let room = links.get(&id).map_or(0, |l| {

@@ -312,6 +312,12 @@ pub struct Protocol {
     mempool: Arc<Mutex<Mempool>>,
     tx_requests: HashMap<Hash256, TxRequest>,
     recent_rejects: BoundedSet,
+    /// Relayed transactions waiting for their parents.
+    orphans: orphans::Orphanage,
+    /// Orphans to judge again (a parent entered the pool), one per turn of
+    /// the protocol thread, each listed once.
+    orphan_work: VecDeque<Txid>,
+    orphan_queued: HashSet<Txid>,
     /// The tip `recent_rejects` was filled at: a new tip empties it, as
     /// Bitcoin Core's, since a refusal for a missing or immature input, a
     /// lock time or a full pool may not hold at the next one.
@@ -380,6 +386,9 @@ impl Protocol {
             mempool,
             tx_requests: HashMap::new(),
             recent_rejects: BoundedSet::default(),
+            orphans: orphans::Orphanage::default(),
+            orphan_work: VecDeque::new(),
+            orphan_queued: HashSet::new(),
             rejects_tip: None,
             network,
             listen_port,
@@ -608,6 +617,10 @@ impl Protocol {
             }
         }
         self.tx_requests.retain(|_, r| !r.announcers.is_empty());
+        let expired = self.orphans.expire(now);
+        if expired > 0 {
+            tracing::debug!(expired, "orphan transactions expired");
+        }
         // The pool takes in the chain's events and, when a view meets its
         // tip, a step of a rebuild owed; a rebuild a view cannot meet (in
         // a catch-up) is the node's rebuild driver's, on the chain task.
@@ -651,7 +664,10 @@ pub struct PeerSummary {
 mod addresses;
 mod handshake;
 mod misbehaviour;
+mod orphans;
 mod relay;
+
+pub use orphans::{MAX_ORPHANS, MAX_ORPHAN_BYTES, ORPHAN_EXPIRY};
 mod slots;
 mod sync;
 

@@ -184,3 +184,52 @@ fn transactions_reach_every_mempool_and_leave_with_the_block() {
     }
     wait_pools(&all_apis, "pools empty after the block", |p| p.is_empty());
 }
+
+/// A child relayed before its parent (they travel different paths) waits
+/// at the node as an orphan; the node asks its sender for the parent, and
+/// both enter the pool once the parent comes.
+#[test]
+fn a_child_relayed_before_its_parent_enters_the_pool_after_it() {
+    use chaincore::testkit::peer::{Hello, HostilePeer};
+    use chaincore::wire::message::{InvKind, Message};
+    let chain = prefix(14);
+    let (outpoint, output) = chain
+        .spendable(key(1).pubkey_hash())
+        .into_iter()
+        .map(|(o, u)| (o, u.output))
+        .next()
+        .unwrap();
+    let parent = spend((outpoint, output), &key(1), 10_000);
+    let child = spend(
+        (OutPoint::new(parent.txid(), 0), parent.outputs[0]),
+        &key(2),
+        10_000,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = block_file(dir.path(), "chain.dat", &chain.blocks[1..]);
+    let (mut node, p2p) = NodeProcess::start_p2p(
+        &dir.path().join("node"),
+        &["--connect-only", "--import", file.to_str().unwrap()],
+    );
+    node.wait_for("import done", LONG);
+    node.wait_for_height(chain.height(), LONG);
+    let api = node.api_addr();
+    let mut peer = HostilePeer::connect(p2p, Network::Regtest).unwrap();
+    peer.handshake(&Hello::default(), LONG).unwrap();
+
+    peer.send(&Message::Tx(Box::new(child.clone()))).unwrap();
+    peer.receive_until("getdata for the parent", LONG, |m| {
+        matches!(m, Message::GetData(items)
+            if items.iter().any(|i| i.kind == InvKind::Tx && i.hash == parent.txid()))
+    })
+    .unwrap();
+    assert!(
+        !pool(api).contains(&child.txid()),
+        "a child entered before its parent"
+    );
+    peer.send(&Message::Tx(Box::new(parent.clone()))).unwrap();
+    wait_pools(&[api], "parent and child", |p| {
+        p.contains(&parent.txid()) && p.contains(&child.txid())
+    });
+    node.fail_if_exited();
+}

@@ -2,6 +2,7 @@
 
 use super::sync::Work;
 use super::*;
+use crate::mempool::TipState;
 
 impl Protocol {
     /// Asks each peer once for its mempool, as soon as our chain has caught
@@ -62,11 +63,27 @@ impl Protocol {
     }
 
     /// Empties `recent_rejects` when the tip moved since it was filled.
-    fn refresh_rejects(&mut self) {
+    /// Orphans the new tip confirmed leave too (one tx-index read per
+    /// orphan kept, at most `MAX_ORPHANS`).
+    pub(super) fn refresh_rejects(&mut self) {
         let tip = self.reader.published().tip.0;
         if self.rejects_tip != Some(tip) {
             self.recent_rejects.clear();
             self.rejects_tip = Some(tip);
+            if self.orphans.len() > 0 {
+                if let Ok(view) = self.reader.view() {
+                    let confirmed: Vec<Txid> = self
+                        .orphans
+                        .txids()
+                        .iter()
+                        .filter(|t| view.is_confirmed(t).unwrap_or(false))
+                        .copied()
+                        .collect();
+                    for txid in confirmed {
+                        self.orphans.take(&txid);
+                    }
+                }
+            }
         }
     }
 
@@ -106,6 +123,28 @@ impl Protocol {
             tracing::debug!(peer = id, %txid, "transaction refused before: ignored");
             return;
         }
+        // Waiting for its parents already: sent again, it costs a lookup.
+        if self.orphans.contains(&txid) {
+            tracing::debug!(peer = id, %txid, "orphan transaction sent again: ignored");
+            return;
+        }
+        self.judge_tx(id, txid, tx, now, actions);
+        self.request_txs(now, actions);
+    }
+
+    /// Judges a transaction `id` relayed (or an orphan of `id`'s whose
+    /// parent came): against a view of the chain, or, when no view can
+    /// judge it, by the chain task (`AcceptTx`). A copy is kept until the
+    /// judgement, for the orphanage should a parent be missing.
+    fn judge_tx(
+        &mut self,
+        id: PeerId,
+        txid: Txid,
+        tx: crate::consensus::transaction::Transaction,
+        now: Instant,
+        actions: &mut Vec<Action>,
+    ) {
+        let copy = tx.clone();
         let judged = match self.reader.view() {
             Ok(view) => self
                 .mempool
@@ -114,8 +153,8 @@ impl Protocol {
                 .try_accept(&view, tx),
             Err(_) => Err(tx),
         };
-        let result = match judged {
-            Ok(result) => result,
+        match judged {
+            Ok(result) => self.after_tx(id, txid, result, Some(copy), now, actions),
             Err(tx) => {
                 // Its sender's address is kept until the judgement: one
                 // that leaves before a refusal that blames it still pays.
@@ -124,19 +163,113 @@ impl Protocol {
                     peer: id,
                     tx: Box::new(tx),
                 });
-                return;
             }
-        };
-        self.after_tx(id, txid, result, now, actions);
-        self.request_txs(now, actions);
+        }
+    }
+
+    /// Judges again the next orphan whose parent entered the pool, if any:
+    /// one per call, so a parent of a hundred orphans does not hold the
+    /// protocol thread for a hundred judgements at once.
+    /// The orphan stays kept while judged (as in Bitcoin Core): still
+    /// missing an input, it keeps its expiry and asks for nothing again.
+    pub fn process_orphan_work(&mut self, now: Instant) -> Vec<Action> {
+        let mut actions = Vec::new();
+        // Views trail the tip in a catch-up; the work waits for its end.
+        if self.orphan_work.is_empty() || self.catching_up() {
+            return actions;
+        }
+        self.refresh_rejects();
+        while let Some(txid) = self.orphan_work.pop_front() {
+            self.orphan_queued.remove(&txid);
+            // Gone meanwhile: expired, evicted, confirmed, or its sender left.
+            let Some((tx, from)) = self.orphans.get(&txid).map(|o| (o.tx.clone(), o.from)) else {
+                continue;
+            };
+            self.judge_tx(from, txid, tx, now, &mut actions);
+            self.announce_txs(&mut actions);
+            self.request_txs(now, &mut actions);
+            break;
+        }
+        actions
+    }
+
+    /// Whether orphans wait to be judged again (`process_orphan_work`).
+    pub fn has_orphan_work(&self) -> bool {
+        !self.orphan_work.is_empty() && !self.catching_up()
+    }
+
+    /// Keeps a transaction whose inputs are missing, from `id`, and asks
+    /// `id` for the parents the pool lacks, as if `id` had announced them.
+    /// An orphan with a parent refused at this tip is refused too (Bitcoin
+    /// Core's `fRejectedParents`): the parent would not be asked again.
+    fn add_orphan(
+        &mut self,
+        id: PeerId,
+        txid: Txid,
+        tx: crate::consensus::transaction::Transaction,
+        now: Instant,
+    ) {
+        if !self.peers.contains_key(&id) {
+            return;
+        }
+        if tx
+            .inputs
+            .iter()
+            .any(|input| self.recent_rejects.contains(&input.prevout().txid))
+        {
+            tracing::debug!(peer = id, %txid, "orphan of a refused parent refused");
+            self.recent_rejects.insert_bounded(txid, MAX_RECENT_REJECTS);
+            return;
+        }
+        match self.orphans.add(txid, tx, id, now) {
+            orphans::Added::Kept(parents) => {
+                // Parents confirmed already are not asked for: a spent or
+                // absent output of theirs will not come (the orphan waits
+                // for its expiry).
+                let view = self.reader.view().ok();
+                let wanted: Vec<Txid> = {
+                    let pool = self.mempool.lock().expect("mempool lock");
+                    parents
+                        .into_iter()
+                        .filter(|p| !pool.contains(p) && !self.orphans.contains(p))
+                        .collect()
+                };
+                let wanted: Vec<Txid> = wanted
+                    .into_iter()
+                    .filter(|p| {
+                        view.as_ref()
+                            .is_none_or(|v| !v.is_confirmed(p).unwrap_or(false))
+                    })
+                    .collect();
+                let peer = self.peers.get_mut(&id).expect("checked");
+                let mut asked = 0;
+                for parent in wanted {
+                    asked += usize::from(want_tx(peer, id, &mut self.tx_requests, parent));
+                }
+                tracing::debug!(
+                    peer = id,
+                    %txid,
+                    parents_asked = asked,
+                    orphans = self.orphans.len(),
+                    orphan_bytes = self.orphans.bytes(),
+                    "orphan transaction kept"
+                );
+            }
+            orphans::Added::Known | orphans::Added::Evicted => {}
+            orphans::Added::TooLarge => {
+                self.recent_rejects.insert_bounded(txid, MAX_RECENT_REJECTS);
+            }
+        }
     }
 
     /// What the chain task made of a relayed transaction (`AcceptTx`).
+    /// `orphan` is the transaction back when its inputs were missing.
     pub fn on_tx_processed(
         &mut self,
         id: PeerId,
         txid: Txid,
         result: Result<Txid, MempoolError>,
+        orphan: Option<crate::consensus::transaction::Transaction>,
         now: Instant,
     ) -> Vec<Action> {
         let mut actions = Vec::new();
@@ -152,19 +285,32 @@ impl Protocol {
             self.request_txs(now, &mut actions);
             return actions;
         }
-        self.after_tx(id, txid, result, now, &mut actions);
+        self.after_tx(id, txid, result, orphan, now, &mut actions);
+        self.announce_txs(&mut actions);
         self.request_txs(now, &mut actions);
         actions
     }
 
+    /// What follows a judgement of `txid` from `id`; `tx` is the
+    /// transaction itself, kept as an orphan if its inputs were missing.
     fn after_tx(
         &mut self,
         id: PeerId,
         txid: Txid,
         result: Result<Txid, MempoolError>,
+        tx: Option<crate::consensus::transaction::Transaction>,
         now: Instant,
         actions: &mut Vec<Action>,
     ) {
+        // An orphan judged again leaves the orphanage unless an input is
+        // still missing, or the judge could not say (a store error, the
+        // tip moved).
+        if !matches!(
+            result,
+            Err(MempoolError::MissingInput(_) | MempoolError::Store(_) | MempoolError::TipMoved)
+        ) {
+            self.orphans.take(&txid);
+        }
         if let Err(error) = &result {
             if error.breaks_consensus() {
                 // A transaction no node could accept at any tip (a bad
@@ -184,10 +330,19 @@ impl Protocol {
                 if let Some(peer) = self.peers.get_mut(&id) {
                     peer.last_tx_at = Some(now);
                 }
+                for child in self.orphans.children_of(&txid) {
+                    if self.orphan_queued.insert(child) {
+                        self.orphan_work.push_back(child);
+                    }
+                }
             }
-            // The parent may still be on its way; ask again when announced.
-            Err(MempoolError::MissingInput(_))
-            | Err(MempoolError::AlreadyInPool(_))
+            // A parent may still be on its way: kept, and asked for.
+            Err(MempoolError::MissingInput(_)) => {
+                if let Some(tx) = tx {
+                    self.add_orphan(id, txid, tx, now);
+                }
+            }
+            Err(MempoolError::AlreadyInPool(_))
             | Err(MempoolError::AlreadyConfirmed(_))
             | Err(MempoolError::Store(_))
             | Err(MempoolError::TipMoved) => {}
@@ -296,17 +451,12 @@ impl Protocol {
                     InvKind::Tx => {
                         if catching_up
                             || pool.contains(&item.hash)
+                            || self.orphans.contains(&item.hash)
                             || self.recent_rejects.contains(&item.hash)
-                            || peer.tx_announced >= MAX_PEER_TX_ANNOUNCEMENTS
                         {
                             continue;
                         }
-                        let request = self.tx_requests.entry(item.hash).or_default();
-                        if !request.announcers.contains(&id) {
-                            request.announcers.push(id);
-                            peer.tx_announced += 1;
-                            peer.tx_to_request.push_back(item.hash);
-                        }
+                        want_tx(peer, id, &mut self.tx_requests, item.hash);
                     }
                 }
             }
@@ -485,4 +635,26 @@ impl Protocol {
         }
         actions
     }
+}
+
+/// Notes that peer `id` has `txid` for us to ask for, within its cap of
+/// announcements waiting (`MAX_PEER_TX_ANNOUNCEMENTS`); whether it was
+/// noted now.
+fn want_tx(
+    peer: &mut Peer,
+    id: PeerId,
+    requests: &mut HashMap<Hash256, TxRequest>,
+    txid: Txid,
+) -> bool {
+    if peer.tx_announced >= MAX_PEER_TX_ANNOUNCEMENTS {
+        return false;
+    }
+    let request = requests.entry(txid).or_default();
+    if request.announcers.contains(&id) {
+        return false;
+    }
+    request.announcers.push(id);
+    peer.tx_announced += 1;
+    peer.tx_to_request.push_back(txid);
+    true
 }

@@ -139,6 +139,7 @@ impl Protocol {
         if self.headers_request.is_some_and(|(p, _)| p == id) {
             self.headers_request = None;
         }
+        self.orphans.erase_for_peer(id);
         if let Some(dialed) = peer.dialed {
             // Reconnect after a backoff, not at once.
             self.addrbook.mark_failed(dialed, now);

@@ -472,12 +472,15 @@ impl Protocol {
                 }
                 Action::AcceptTx { peer, tx } => {
                     let txid = tx.txid();
-                    let result = self
-                        .mempool
-                        .lock()
-                        .expect("mempool lock")
-                        .accept(chain, *tx);
-                    queue.extend(self.on_tx_processed(peer, txid, result, now));
+                    let (result, orphan) =
+                        crate::p2p::accept_keeping_orphan(&self.mempool, chain, tx);
+                    queue.extend(self.on_tx_processed(
+                        peer,
+                        txid,
+                        result,
+                        orphan.map(|tx| *tx),
+                        now,
+                    ));
                 }
                 other => rest.push(other),
             }

@@ -760,6 +760,7 @@ fn headers_claiming_absurd_work_are_refused_without_a_panic() {
 }
 
 mod hostile_peers;
+mod orphans;
 
 #[test]
 fn a_mempool_request_is_answered_once_with_the_best_paying_transactions() {

@@ -1,0 +1,365 @@
+//! Orphan transactions: relayed transactions that spend outputs the node
+//! has not seen yet (Bitcoin Core's `TxOrphanage`). A child can arrive
+//! before its parent when the two travel different paths; without a place
+//! to wait it would be refused and never asked for again (its sender marks
+//! it known to us). An orphan waits here, bounded in count and bytes,
+//! while its missing parents are asked of its sender; when a parent enters
+//! the pool, its orphans are judged again, one per turn of the protocol
+//! thread.
+//!
+//! Kept here, an orphan sent again costs a lookup, not a judgement (a
+//! 750-input transaction with one missing input used to cost 750 UTXO
+//! reads each time it was sent).
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+
+use crate::consensus::hash::Txid;
+use crate::consensus::transaction::Transaction;
+use crate::encoding::Encode;
+use crate::mempool::MAX_STANDARD_TX_SIZE;
+
+use super::PeerId;
+
+/// Orphans kept at once (Bitcoin Core's `DEFAULT_MAX_ORPHAN_TRANSACTIONS`);
+/// past it, random ones are evicted.
+pub const MAX_ORPHANS: usize = 100;
+/// Encoded bytes of all orphans together; past it, random ones are
+/// evicted. The largest orphan is a standard transaction
+/// (`MAX_STANDARD_TX_SIZE`, 100 KB): 50 of them fit. Decoded, a
+/// transaction of that size takes about as many heap bytes as encoded
+/// (its inputs and outputs are fixed-size records of about their encoded
+/// length).
+pub const MAX_ORPHAN_BYTES: usize = 5_000_000;
+/// What each (parent, orphan) pair of the parent index is counted as
+/// against `MAX_ORPHAN_BYTES`: a 100 KB orphan can name 750 parents, each
+/// a map entry with a set of its own (a hash of 32 bytes, the set, table
+/// slack).
+pub const ORPHAN_PARENT_INDEX_BYTES: usize = 128;
+/// An orphan whose parents have not come by then is dropped, as in
+/// Bitcoin Core (`ORPHAN_TX_EXPIRE_TIME`).
+pub const ORPHAN_EXPIRY: Duration = Duration::from_secs(20 * 60);
+
+const _: () = assert!(MAX_STANDARD_TX_SIZE <= MAX_ORPHAN_BYTES);
+
+#[derive(Debug)]
+pub(super) struct Orphan {
+    pub tx: Transaction,
+    /// The peer that sent it: asked for its parents, blamed if it turns out
+    /// invalid. Its orphans leave with it.
+    pub from: PeerId,
+    size: usize,
+    expires: Instant,
+    /// Where its txid sits in `Orphanage::list`.
+    position: usize,
+}
+
+/// The orphans, by txid, by the parents they wait for, and in a list for
+/// picking one at random to evict.
+#[derive(Debug, Default)]
+pub(super) struct Orphanage {
+    entries: HashMap<Txid, Orphan>,
+    /// Parent txid to the orphans that spend one of its outputs.
+    by_parent: HashMap<Txid, HashSet<Txid>>,
+    list: Vec<Txid>,
+    bytes: usize,
+}
+
+/// What adding an orphan did.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Added {
+    /// Kept; the txids it spends from (its parents), each once.
+    Kept(Vec<Txid>),
+    /// Already kept (from this sender or another).
+    Known,
+    /// Kept, then evicted at once to hold the bounds (chosen at random
+    /// like any other).
+    Evicted,
+    /// Larger than a standard transaction: a pool would refuse it anyway.
+    TooLarge,
+}
+
+impl Orphanage {
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn contains(&self, txid: &Txid) -> bool {
+        self.entries.contains_key(txid)
+    }
+
+    /// Keeps `tx` from `from` until `now + ORPHAN_EXPIRY`, then evicts
+    /// random orphans (possibly this one) until both bounds hold.
+    pub fn add(&mut self, txid: Txid, tx: Transaction, from: PeerId, now: Instant) -> Added {
+        if self.entries.contains_key(&txid) {
+            return Added::Known;
+        }
+        let encoded = tx.encoded_len();
+        if encoded > MAX_STANDARD_TX_SIZE {
+            return Added::TooLarge;
+        }
+        let parents = parents_of(&tx);
+        let size = encoded + parents.len() * ORPHAN_PARENT_INDEX_BYTES;
+        for parent in &parents {
+            self.by_parent.entry(*parent).or_default().insert(txid);
+        }
+        self.bytes += size;
+        self.list.push(txid);
+        self.entries.insert(
+            txid,
+            Orphan {
+                tx,
+                from,
+                size,
+                expires: now + ORPHAN_EXPIRY,
+                position: self.list.len() - 1,
+            },
+        );
+        self.limit(&mut rand::thread_rng());
+        if self.entries.contains_key(&txid) {
+            Added::Kept(parents)
+        } else {
+            Added::Evicted
+        }
+    }
+
+    /// The orphan kept under `txid`.
+    pub fn get(&self, txid: &Txid) -> Option<&Orphan> {
+        self.entries.get(txid)
+    }
+
+    /// The txids of all orphans kept.
+    pub fn txids(&self) -> &[Txid] {
+        &self.list
+    }
+
+    /// The orphans that spend an output of `parent`.
+    pub fn children_of(&self, parent: &Txid) -> Vec<Txid> {
+        self.by_parent
+            .get(parent)
+            .map(|c| c.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Takes an orphan out (to judge it again, or because it expired or its
+    /// sender left).
+    pub fn take(&mut self, txid: &Txid) -> Option<Orphan> {
+        let orphan = self.entries.remove(txid)?;
+        for parent in parents_of(&orphan.tx) {
+            if let Some(children) = self.by_parent.get_mut(&parent) {
+                children.remove(txid);
+                if children.is_empty() {
+                    self.by_parent.remove(&parent);
+                }
+            }
+        }
+        let last = self.list.len() - 1;
+        self.list.swap_remove(orphan.position);
+        if orphan.position != last {
+            let moved = self.list[orphan.position];
+            self.entries
+                .get_mut(&moved)
+                .expect("listed orphans are kept")
+                .position = orphan.position;
+        }
+        self.bytes -= orphan.size;
+        Some(orphan)
+    }
+
+    /// Drops the orphans `peer` sent (it left): nobody is left to ask for
+    /// their parents or to blame for them.
+    pub fn erase_for_peer(&mut self, peer: PeerId) -> usize {
+        let gone: Vec<Txid> = self
+            .entries
+            .iter()
+            .filter(|(_, o)| o.from == peer)
+            .map(|(txid, _)| *txid)
+            .collect();
+        for txid in &gone {
+            self.take(txid);
+        }
+        gone.len()
+    }
+
+    /// Drops the orphans whose time is up.
+    pub fn expire(&mut self, now: Instant) -> usize {
+        let gone: Vec<Txid> = self
+            .entries
+            .iter()
+            .filter(|(_, o)| o.expires <= now)
+            .map(|(txid, _)| *txid)
+            .collect();
+        for txid in &gone {
+            self.take(txid);
+        }
+        gone.len()
+    }
+
+    /// Evicts random orphans until at most `MAX_ORPHANS` and
+    /// `MAX_ORPHAN_BYTES` (counting the parent index) are kept: a peer flooding orphans cannot choose
+    /// which honest ones go.
+    fn limit(&mut self, rng: &mut impl Rng) {
+        while self.list.len() > MAX_ORPHANS || self.bytes > MAX_ORPHAN_BYTES {
+            let victim = self.list[rng.gen_range(0..self.list.len())];
+            self.take(&victim);
+        }
+    }
+}
+
+/// The txids whose outputs `tx` spends, each once, in input order.
+fn parents_of(tx: &Transaction) -> Vec<Txid> {
+    let mut seen = HashSet::new();
+    tx.inputs
+        .iter()
+        .map(|input| input.prevout().txid)
+        .filter(|txid| seen.insert(*txid))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consensus::amount::Amount;
+    use crate::consensus::hash::{sha256d, Hash256};
+    use crate::consensus::limits::OUTPUT_LEN;
+    use crate::consensus::transaction::{OutPoint, TxIn, TxOut, TX_VERSION};
+
+    fn orphan(n: u32, parents: &[Txid], outputs: usize) -> Transaction {
+        Transaction {
+            version: TX_VERSION,
+            inputs: parents
+                .iter()
+                .map(|p| TxIn::Spend {
+                    prevout: OutPoint::new(*p, n),
+                    pubkey: [2; 33],
+                    signature: [0; 64],
+                })
+                .collect(),
+            outputs: vec![
+                TxOut {
+                    amount: Amount::from_units(1_000 + u64::from(n)),
+                    owner: Default::default(),
+                };
+                outputs
+            ],
+            lock_time: 0,
+        }
+    }
+
+    fn parent(n: u32) -> Txid {
+        Hash256(sha256d(&n.to_le_bytes()).0)
+    }
+
+    #[test]
+    fn an_orphan_is_found_by_its_parents_and_leaves_every_index_when_taken() {
+        let mut orphans = Orphanage::default();
+        let now = Instant::now();
+        let tx = orphan(1, &[parent(1), parent(2), parent(1)], 1);
+        let txid = tx.txid();
+        assert_eq!(
+            orphans.add(txid, tx.clone(), 7, now),
+            Added::Kept(vec![parent(1), parent(2)])
+        );
+        assert_eq!(orphans.add(txid, tx.clone(), 8, now), Added::Known);
+        assert_eq!(orphans.children_of(&parent(2)), vec![txid]);
+        assert_eq!(
+            orphans.bytes(),
+            tx.encoded_len() + 2 * ORPHAN_PARENT_INDEX_BYTES
+        );
+        let taken = orphans.take(&txid).unwrap();
+        assert_eq!((taken.tx, taken.from), (tx, 7));
+        assert!(orphans.children_of(&parent(1)).is_empty());
+        assert!(orphans.by_parent.is_empty() && orphans.list.is_empty());
+        assert_eq!(orphans.bytes(), 0);
+    }
+
+    #[test]
+    fn orphans_past_either_bound_are_evicted_and_the_indexes_stay_whole() {
+        let mut orphans = Orphanage::default();
+        let now = Instant::now();
+        for n in 0..(MAX_ORPHANS as u32 + 30) {
+            let tx = orphan(n, &[parent(n % 7)], 1);
+            orphans.add(tx.txid(), tx, 1, now);
+        }
+        assert_eq!(orphans.len(), MAX_ORPHANS);
+        check_indexes(&orphans);
+        // Large ones: the byte bound holds first.
+        let mut orphans = Orphanage::default();
+        let big = (MAX_STANDARD_TX_SIZE - 200) / OUTPUT_LEN;
+        for n in 0..60 {
+            let tx = orphan(n, &[parent(n)], big);
+            assert!(tx.encoded_len() <= MAX_STANDARD_TX_SIZE);
+            orphans.add(tx.txid(), tx, 1, now);
+        }
+        assert!(orphans.bytes() <= MAX_ORPHAN_BYTES);
+        assert!(orphans.len() < 60);
+        check_indexes(&orphans);
+        let too_large = orphan(0, &[parent(0)], MAX_STANDARD_TX_SIZE / OUTPUT_LEN + 1);
+        assert_eq!(
+            orphans.add(too_large.txid(), too_large, 1, now),
+            Added::TooLarge
+        );
+    }
+
+    #[test]
+    fn a_departed_senders_and_expired_orphans_are_dropped() {
+        let mut orphans = Orphanage::default();
+        let now = Instant::now();
+        for n in 0..10 {
+            let tx = orphan(n, &[parent(n)], 1);
+            orphans.add(
+                tx.txid(),
+                tx,
+                u64::from(n % 2),
+                now + Duration::from_secs(n.into()),
+            );
+        }
+        assert_eq!(orphans.erase_for_peer(1), 5);
+        check_indexes(&orphans);
+        // Added at 0, 2, 4, 6, 8 s: those of 0 and 2 s are due at 3 s past expiry.
+        assert_eq!(
+            orphans.expire(now + ORPHAN_EXPIRY + Duration::from_secs(3)),
+            2
+        );
+        assert_eq!(orphans.len(), 3);
+        check_indexes(&orphans);
+    }
+
+    /// Every kept orphan is listed at its position and indexed under each
+    /// parent, nothing else is, and the byte count adds up.
+    fn check_indexes(orphans: &Orphanage) {
+        assert_eq!(orphans.list.len(), orphans.entries.len());
+        for (i, txid) in orphans.list.iter().enumerate() {
+            assert_eq!(orphans.entries[txid].position, i);
+        }
+        let mut indexed = 0;
+        for (parent, children) in &orphans.by_parent {
+            for child in children {
+                assert!(parents_of(&orphans.entries[child].tx).contains(parent));
+                indexed += 1;
+            }
+        }
+        let expected: usize = orphans
+            .entries
+            .values()
+            .map(|o| parents_of(&o.tx).len())
+            .sum();
+        assert_eq!(indexed, expected);
+        let bytes: usize = orphans
+            .entries
+            .values()
+            .map(|o| o.tx.encoded_len() + parents_of(&o.tx).len() * ORPHAN_PARENT_INDEX_BYTES)
+            .sum();
+        assert_eq!(
+            orphans.entries.values().map(|o| o.size).sum::<usize>(),
+            bytes
+        );
+        assert_eq!(orphans.bytes(), bytes);
+    }
+}
