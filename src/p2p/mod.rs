@@ -35,7 +35,8 @@ use tokio::sync::{mpsc, Semaphore};
 use crate::chain::{BlockJob, ChainHandle};
 use crate::consensus::params::Network;
 use crate::wire::constants::{
-    INBOUND_QUEUE_BYTES, PEER_SEND_BUFFER_MAX_BYTES, PEER_SEND_BUFFER_SOFT_BYTES,
+    INBOUND_QUEUE_BYTES, PEER_PAUSED_REQUESTS, PEER_SEND_BUFFER_MAX_BYTES,
+    PEER_SEND_BUFFER_SOFT_BYTES,
 };
 use crate::wire::message::Message;
 use addrbook::AddrBook;
@@ -235,9 +236,61 @@ pub async fn start(
 /// Received messages waiting for the protocol thread, one queue per peer.
 #[derive(Default)]
 struct InboundQueues {
-    queues: HashMap<PeerId, VecDeque<(Message, InboundPermit)>>,
+    queues: HashMap<PeerId, PeerQueue>,
     /// Peers in the order they get their next turn.
     turns: VecDeque<PeerId>,
+    /// Arrival number of the next message.
+    next: u64,
+}
+
+/// One peer's received messages: those that ask for an answer to it
+/// (`asks_for_answer`), and the others, each in arrival order with its
+/// arrival number, so that they are handled in arrival order except while
+/// the peer is paused (`send_paused`), when only the others are.
+#[derive(Default)]
+struct PeerQueue {
+    asking: VecDeque<(u64, Message, InboundPermit)>,
+    others: VecDeque<(u64, Message, InboundPermit)>,
+}
+
+impl PeerQueue {
+    fn is_empty(&self) -> bool {
+        self.asking.is_empty() && self.others.is_empty()
+    }
+
+    fn can_pop(&self, paused: bool) -> bool {
+        !self.others.is_empty() || (!paused && !self.asking.is_empty())
+    }
+
+    fn pop(&mut self, paused: bool) -> Option<(Message, InboundPermit)> {
+        let asking_first = !paused
+            && match (self.asking.front(), self.others.front()) {
+                (Some((a, ..)), Some((o, ..))) => a < o,
+                (Some(_), None) => true,
+                _ => false,
+            };
+        let queue = if asking_first {
+            &mut self.asking
+        } else {
+            &mut self.others
+        };
+        queue
+            .pop_front()
+            .map(|(_, message, permit)| (message, permit))
+    }
+}
+
+/// Whether handling `message` queues an answer to its sender: held back
+/// while the sender is paused. A `getdata` is not (its items are served
+/// within the send buffer's room anyway), nor is what a peer sends
+/// unasked or answers with (`block`, `headers`, `pong`, ...): those keep
+/// being handled, so a paused peer's blocks, headers and pongs never wait
+/// for it to read.
+fn asks_for_answer(message: &Message) -> bool {
+    matches!(
+        message,
+        Message::GetHeaders(_) | Message::Ping(_) | Message::Mempool | Message::GetAddr
+    )
 }
 
 impl InboundQueues {
@@ -246,17 +299,39 @@ impl InboundQueues {
         if queue.is_empty() {
             self.turns.push_back(id);
         }
-        queue.push_back((message, permit));
+        let entry = (self.next, message, permit);
+        self.next += 1;
+        if asks_for_answer(&entry.1) {
+            queue.asking.push_back(entry);
+        } else {
+            queue.others.push_back(entry);
+        }
     }
 
     /// The next message of the next peer in turn; a peer with more waiting
     /// goes to the back of the line.
+    #[cfg(test)]
     fn pop(&mut self) -> Option<(PeerId, Message, InboundPermit)> {
-        while let Some(id) = self.turns.pop_front() {
+        self.pop_unless(|_| false)
+    }
+
+    /// As `pop`, but a peer `paused` names gets only its messages that ask
+    /// for no answer handled (its turn is kept).
+    fn pop_unless(
+        &mut self,
+        paused: impl Fn(PeerId) -> bool,
+    ) -> Option<(PeerId, Message, InboundPermit)> {
+        for _ in 0..self.turns.len() {
+            let id = self.turns.pop_front()?;
             let Some(queue) = self.queues.get_mut(&id) else {
                 continue;
             };
-            let Some((message, permit)) = queue.pop_front() else {
+            let paused = paused(id);
+            if !queue.can_pop(paused) {
+                self.turns.push_back(id);
+                continue;
+            }
+            let Some((message, permit)) = queue.pop(paused) else {
                 continue;
             };
             if queue.is_empty() {
@@ -279,6 +354,33 @@ impl InboundQueues {
     fn is_empty(&self) -> bool {
         self.queues.is_empty()
     }
+
+    /// Whether a message can be handled now (`pop_unless` would give one).
+    fn has_ready(&self, paused: impl Fn(PeerId) -> bool) -> bool {
+        self.queues.iter().any(|(id, q)| q.can_pop(paused(*id)))
+    }
+
+    /// Paused peers with more than `PEER_PAUSED_REQUESTS` requests held
+    /// back: they ask without reading the answers.
+    fn overasking(&self, paused: impl Fn(PeerId) -> bool) -> Vec<PeerId> {
+        self.queues
+            .iter()
+            .filter(|(id, q)| q.asking.len() > PEER_PAUSED_REQUESTS && paused(**id))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+}
+
+/// Whether a peer's requests wait unanswered because we have not sent it
+/// what we owe: `PEER_SEND_BUFFER_SOFT_BYTES` or more wait for its socket
+/// (Bitcoin Core's `fPauseSend`). Its requests (`asks_for_answer`) stay
+/// queued; everything else it sends is handled as usual. A peer that keeps
+/// asking meanwhile is dropped past `PEER_PAUSED_REQUESTS`, so what it
+/// holds of the inbound budgets stays small.
+fn send_paused(links: &HashMap<PeerId, PeerLink>, id: PeerId) -> bool {
+    links
+        .get(&id)
+        .is_some_and(|l| l.queued_bytes() >= PEER_SEND_BUFFER_SOFT_BYTES)
 }
 
 /// Queues a message for a peer; says why the peer must be dropped if its
@@ -413,10 +515,12 @@ fn run_protocol(
         // Take in everything that has arrived; wait only when nothing is
         // queued, and not past the next tick (or the next getdata look).
         let mut arrived = Vec::new();
-        if inbound.is_empty() {
+        if !inbound.has_ready(|id| send_paused(&links, id)) {
+            // Messages of paused peers are looked at again as their
+            // sockets drain, as `getdata` is.
             let wait = if protocol.has_orphan_work() {
                 Duration::ZERO
-            } else if protocol.has_pending_getdata() {
+            } else if protocol.has_pending_getdata() || !inbound.is_empty() {
                 GETDATA_POLL
             } else {
                 TICK.saturating_sub(last_tick.elapsed())
@@ -486,11 +590,21 @@ fn run_protocol(
                 Event::Shutdown => shutdown = true,
             }
         }
+        for id in inbound.overasking(|id| send_paused(&links, id)) {
+            tracing::info!(
+                peer = id,
+                limit = PEER_PAUSED_REQUESTS,
+                "peer keeps asking without reading the answers: dropped"
+            );
+            inbound.forget(id);
+            actions.push(Action::Disconnect(id, "send_paused_requests"));
+        }
         // One round: at most one message of each peer with messages waiting.
         let mut round = inbound.turns.len();
         while round > 0 {
             round -= 1;
-            let Some((id, message, permit)) = inbound.pop() else {
+            let Some((id, message, permit)) = inbound.pop_unless(|id| send_paused(&links, id))
+            else {
                 break;
             };
             // A block keeps its permit until the chain task has stored it.
@@ -625,6 +739,39 @@ mod tests {
         assert!(queues.turns.is_empty(), "a forgotten peer keeps no turn");
         assert!(queues.pop().is_none());
         assert!(queues.is_empty());
+    }
+
+    /// A paused peer (it does not read what it is sent) gets only what asks
+    /// for no answer handled, in order, and keeps its requests; unpaused,
+    /// it gets the rest in arrival order. Past `PEER_PAUSED_REQUESTS` held
+    /// back it is named for dropping.
+    #[test]
+    fn a_paused_peer_gets_no_answers_but_its_other_messages_handled() {
+        let mut queues = InboundQueues::default();
+        queues.push(1, Message::Ping(1), permit());
+        queues.push(1, Message::Pong(2), permit());
+        queues.push(1, Message::GetAddr, permit());
+        queues.push(1, Message::SendHeaders, permit());
+        queues.push(2, Message::Ping(3), permit());
+        let paused = |id: PeerId| id == 1;
+        let mut handled = Vec::new();
+        while let Some((id, message, _)) = queues.pop_unless(paused) {
+            handled.push((id, message.command()));
+        }
+        assert_eq!(handled, vec![(1, "pong"), (2, "ping"), (1, "sendheaders")]);
+        assert!(!queues.has_ready(paused));
+        assert!(queues.has_ready(|_| false));
+        assert!(queues.overasking(paused).is_empty());
+        queues.push(1, Message::Pong(4), permit());
+        queues.push(1, Message::Ping(5), permit());
+        let order: Vec<&str> =
+            std::iter::from_fn(|| queues.pop().map(|(_, m, _)| m.command())).collect();
+        assert_eq!(order, vec!["ping", "getaddr", "pong", "ping"]);
+        for n in 0..=PEER_PAUSED_REQUESTS as u64 {
+            queues.push(1, Message::Ping(n), permit());
+        }
+        assert_eq!(queues.overasking(paused), vec![1]);
+        assert!(queues.overasking(|_| false).is_empty());
     }
 
     /// Headers, a transaction and a block handed to a busy chain task keep

@@ -75,6 +75,14 @@ pub const PEER_SEND_QUEUE: usize = 1024;
 /// to be written to its socket (Bitcoin Core's send buffer limit): a
 /// request for a thousand blocks costs one block of memory at a time.
 pub const PEER_SEND_BUFFER_SOFT_BYTES: usize = 1024 * 1024;
+/// Requests (`getheaders`, `ping`, `mempool`, `getaddr`) a peer may have
+/// waiting while its answers are held back (`PEER_SEND_BUFFER_SOFT_BYTES`
+/// or more wait for its socket); past it the peer is dropped
+/// (`send_paused_requests`): it asks without reading. An honest peer
+/// downloading blocks has a ping every 30 s and a `getheaders` per block
+/// announced waiting at most; 100 requests of at most 3.6 KB hold under
+/// 1 MB of its inbound budget.
+pub const PEER_PAUSED_REQUESTS: usize = 100;
 /// Bytes queued for one peer beyond which it is dropped: the soft limit plus
 /// two maximum-size messages, reached only by a peer that does not read.
 pub const PEER_SEND_BUFFER_MAX_BYTES: usize = PEER_SEND_BUFFER_SOFT_BYTES + 2 * MAX_PAYLOAD;

@@ -191,6 +191,48 @@ fn a_peer_that_stops_reading_is_dropped_within_the_timeout() {
     node.fail_if_exited();
 }
 
+/// A peer that stops reading and keeps asking (`ping` after `ping`) has its
+/// requests held back once its answers fill its send buffer, and is dropped
+/// once it has more than `PEER_PAUSED_REQUESTS` waiting: long before the
+/// write-stall timeout that dropped it before (it used to get every `pong`
+/// queued behind the blocks it did not read).
+#[test]
+fn a_peer_that_asks_without_reading_is_dropped_before_its_writes_stall() {
+    use chaincore::wire::constants::{PEER_PAUSED_REQUESTS, PEER_WRITE_STALL_TIMEOUT};
+    let dir = tempfile::tempdir().unwrap();
+    let (mut node, addr, big) = node_with_a_big_block(dir.path());
+    let mut attacker = handshaked(ATTACKER, addr, &Hello::default());
+    attacker.stop_reading();
+    // One copy at a time, each served before the next comes (a copy still
+    // queued would absorb a repeat): more than the socket buffers hold.
+    for _ in 0..NON_READER_ITEMS {
+        attacker.send(&getdata_for(big, 1)).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let asked = Instant::now();
+    // Sent slowly enough for the rate limit, past the bound.
+    for nonce in 0..(2 * PEER_PAUSED_REQUESTS as u64) {
+        if attacker.send(&Message::Ping(nonce)).is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let deadline = PEER_WRITE_STALL_TIMEOUT / 2;
+    let dropped = attacker.wait_closed(deadline.saturating_sub(asked.elapsed()));
+    eprintln!(
+        "a peer asking without reading: closed {:?} after its requests began",
+        dropped.map(|_| asked.elapsed())
+    );
+    node.wait_for("peer keeps asking without reading the answers", ANSWER_WAIT);
+    assert!(
+        dropped.is_some(),
+        "a peer asking without reading was still connected {deadline:?} after it began"
+    );
+    let mut observer = handshaked(OBSERVER, addr, &Hello::default());
+    observer.ping(ANSWER_WAIT).expect("the node answers a ping");
+    node.fail_if_exited();
+}
+
 fn is_honest_address(addr: &SocketAddr) -> bool {
     matches!(addr.ip(), IpAddr::V4(ip) if (201..=250).contains(&ip.octets()[1]))
 }
