@@ -377,6 +377,17 @@ impl InboundQueues {
 /// queued; everything else it sends is handled as usual. A peer that keeps
 /// asking meanwhile is dropped past `PEER_PAUSED_REQUESTS`, so what it
 /// holds of the inbound budgets stays small.
+// Every peer slot paused with all the requests it may hold holds at most a
+// quarter of the node's inbound budget (manual `--peer` connections come on
+// top of the slots, a few at most).
+const _: () = assert!(
+    (protocol::MAX_INBOUND + protocol::TARGET_OUTBOUND)
+        * PEER_PAUSED_REQUESTS
+        * (2 * crate::wire::constants::MAX_REQUEST_PAYLOAD
+            + crate::wire::constants::QUEUED_MESSAGE_OVERHEAD_BYTES)
+        <= INBOUND_QUEUE_BYTES / 4
+);
+
 fn send_paused(links: &HashMap<PeerId, PeerLink>, id: PeerId) -> bool {
     links
         .get(&id)
@@ -410,10 +421,12 @@ pub(crate) fn accept_keeping_orphan(
     Result<crate::consensus::hash::Txid, crate::mempool::MempoolError>,
     Option<Box<crate::consensus::transaction::Transaction>>,
 ) {
-    let copy = tx.clone();
+    use crate::encoding::Encode as _;
+    // Only a standard-size transaction can be kept as an orphan.
+    let copy = (tx.encoded_len() <= crate::mempool::MAX_STANDARD_TX_SIZE).then(|| tx.clone());
     let result = mempool.lock().expect("mempool lock").accept(chain, *tx);
     let orphan =
-        matches!(result, Err(crate::mempool::MempoolError::MissingInput(_))).then_some(copy);
+        copy.filter(|_| matches!(result, Err(crate::mempool::MempoolError::MissingInput(_))));
     (result, orphan)
 }
 

@@ -80,9 +80,15 @@ pub const PEER_SEND_BUFFER_SOFT_BYTES: usize = 1024 * 1024;
 /// or more wait for its socket); past it the peer is dropped
 /// (`send_paused_requests`): it asks without reading. An honest peer
 /// downloading blocks has a ping every 30 s and a `getheaders` per block
-/// announced waiting at most; 100 requests of at most 3.6 KB hold under
-/// 1 MB of its inbound budget.
-pub const PEER_PAUSED_REQUESTS: usize = 100;
+/// announced waiting at most. Held requests keep their inbound budget: 16
+/// of the largest (`MAX_REQUEST_PAYLOAD`) count 109 KB, so every peer slot
+/// paused at once holds under a quarter of `INBOUND_QUEUE_BYTES` (checked
+/// in `p2p`), and paused peers cannot stop the node reading the others.
+pub const PEER_PAUSED_REQUESTS: usize = 16;
+/// The largest payload of a request that is held back while its sender is
+/// paused: a `getheaders` with a full locator (a count of up to 3 bytes,
+/// the hashes, the stop hash).
+pub const MAX_REQUEST_PAYLOAD: usize = 3 + MAX_LOCATOR_HASHES * 32 + 32;
 /// Bytes queued for one peer beyond which it is dropped: the soft limit plus
 /// two maximum-size messages, reached only by a peer that does not read.
 pub const PEER_SEND_BUFFER_MAX_BYTES: usize = PEER_SEND_BUFFER_SOFT_BYTES + 2 * MAX_PAYLOAD;

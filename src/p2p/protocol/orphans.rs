@@ -35,9 +35,10 @@ pub const MAX_ORPHANS: usize = 100;
 pub const MAX_ORPHAN_BYTES: usize = 5_000_000;
 /// What each (parent, orphan) pair of the parent index is counted as
 /// against `MAX_ORPHAN_BYTES`: a 100 KB orphan can name 750 parents, each
-/// a map entry with a set of its own (a hash of 32 bytes, the set, table
-/// slack).
-pub const ORPHAN_PARENT_INDEX_BYTES: usize = 128;
+/// a map slot (a 32-byte hash and a list header, 56 bytes, up to twice
+/// that in a table that just grew) and its list's 32-byte allocation
+/// rounded up.
+pub const ORPHAN_PARENT_INDEX_BYTES: usize = 192;
 /// An orphan whose parents have not come by then is dropped, as in
 /// Bitcoin Core (`ORPHAN_TX_EXPIRE_TIME`).
 pub const ORPHAN_EXPIRY: Duration = Duration::from_secs(20 * 60);
@@ -62,7 +63,7 @@ pub(super) struct Orphan {
 pub(super) struct Orphanage {
     entries: HashMap<Txid, Orphan>,
     /// Parent txid to the orphans that spend one of its outputs.
-    by_parent: HashMap<Txid, HashSet<Txid>>,
+    by_parent: HashMap<Txid, Vec<Txid>>,
     list: Vec<Txid>,
     bytes: usize,
 }
@@ -107,7 +108,7 @@ impl Orphanage {
         let parents = parents_of(&tx);
         let size = encoded + parents.len() * ORPHAN_PARENT_INDEX_BYTES;
         for parent in &parents {
-            self.by_parent.entry(*parent).or_default().insert(txid);
+            self.by_parent.entry(*parent).or_default().push(txid);
         }
         self.bytes += size;
         self.list.push(txid);
@@ -141,10 +142,7 @@ impl Orphanage {
 
     /// The orphans that spend an output of `parent`.
     pub fn children_of(&self, parent: &Txid) -> Vec<Txid> {
-        self.by_parent
-            .get(parent)
-            .map(|c| c.iter().copied().collect())
-            .unwrap_or_default()
+        self.by_parent.get(parent).cloned().unwrap_or_default()
     }
 
     /// Takes an orphan out (to judge it again, or because it expired or its
@@ -153,7 +151,7 @@ impl Orphanage {
         let orphan = self.entries.remove(txid)?;
         for parent in parents_of(&orphan.tx) {
             if let Some(children) = self.by_parent.get_mut(&parent) {
-                children.remove(txid);
+                children.retain(|c| c != txid);
                 if children.is_empty() {
                     self.by_parent.remove(&parent);
                 }

@@ -2,7 +2,7 @@
 
 use super::sync::Work;
 use super::*;
-use crate::mempool::TipState;
+use crate::mempool::{TipState, MAX_STANDARD_TX_SIZE};
 
 impl Protocol {
     /// Asks each peer once for its mempool, as soon as our chain has caught
@@ -70,7 +70,9 @@ impl Protocol {
         if self.rejects_tip != Some(tip) {
             self.recent_rejects.clear();
             self.rejects_tip = Some(tip);
-            if self.orphans.len() > 0 {
+            // In a catch-up the tip moves every block: the orphans wait for
+            // its end (or their expiry).
+            if self.orphans.len() > 0 && !self.catching_up() {
                 if let Ok(view) = self.reader.view() {
                     let confirmed: Vec<Txid> = self
                         .orphans
@@ -144,7 +146,8 @@ impl Protocol {
         now: Instant,
         actions: &mut Vec<Action>,
     ) {
-        let copy = tx.clone();
+        // Only a standard-size transaction can be kept as an orphan.
+        let copy = (tx.encoded_len() <= MAX_STANDARD_TX_SIZE).then(|| tx.clone());
         let judged = match self.reader.view() {
             Ok(view) => self
                 .mempool
@@ -154,7 +157,7 @@ impl Protocol {
             Err(_) => Err(tx),
         };
         match judged {
-            Ok(result) => self.after_tx(id, txid, result, Some(copy), now, actions),
+            Ok(result) => self.after_tx(id, txid, result, copy, now, actions),
             Err(tx) => {
                 // Its sender's address is kept until the judgement: one
                 // that leaves before a refusal that blames it still pays.
@@ -219,28 +222,28 @@ impl Protocol {
         {
             tracing::debug!(peer = id, %txid, "orphan of a refused parent refused");
             self.recent_rejects.insert_bounded(txid, MAX_RECENT_REJECTS);
+            self.orphans.take(&txid);
             return;
         }
         match self.orphans.add(txid, tx, id, now) {
             orphans::Added::Kept(parents) => {
-                // Parents confirmed already are not asked for: a spent or
-                // absent output of theirs will not come (the orphan waits
-                // for its expiry).
-                let view = self.reader.view().ok();
-                let wanted: Vec<Txid> = {
+                // Parents are asked for without reading the store (a
+                // made-up orphan can name 750): a confirmed one is answered
+                // `notfound`, within the sender's announcement cap.
+                let (wanted, parent_in_pool) = {
                     let pool = self.mempool.lock().expect("mempool lock");
-                    parents
+                    let parent_in_pool = parents.iter().any(|p| pool.contains(p));
+                    let wanted: Vec<Txid> = parents
                         .into_iter()
                         .filter(|p| !pool.contains(p) && !self.orphans.contains(p))
-                        .collect()
+                        .collect();
+                    (wanted, parent_in_pool)
                 };
-                let wanted: Vec<Txid> = wanted
-                    .into_iter()
-                    .filter(|p| {
-                        view.as_ref()
-                            .is_none_or(|v| !v.is_confirmed(p).unwrap_or(false))
-                    })
-                    .collect();
+                // A parent that entered the pool while this was judged (on
+                // the chain task) woke no one: judged again at once.
+                if parent_in_pool && self.orphan_queued.insert(txid) {
+                    self.orphan_work.push_back(txid);
+                }
                 let peer = self.peers.get_mut(&id).expect("checked");
                 let mut asked = 0;
                 for parent in wanted {
@@ -330,11 +333,6 @@ impl Protocol {
                 if let Some(peer) = self.peers.get_mut(&id) {
                     peer.last_tx_at = Some(now);
                 }
-                for child in self.orphans.children_of(&txid) {
-                    if self.orphan_queued.insert(child) {
-                        self.orphan_work.push_back(child);
-                    }
-                }
             }
             // A parent may still be on its way: kept, and asked for.
             Err(MempoolError::MissingInput(_)) => {
@@ -401,6 +399,15 @@ impl Protocol {
             .take_announcements();
         if fresh.is_empty() {
             return;
+        }
+        // Whatever brought them in (a peer, an orphan, the REST API), their
+        // orphans are judged again.
+        for txid in &fresh {
+            for child in self.orphans.children_of(txid) {
+                if self.orphan_queued.insert(child) {
+                    self.orphan_work.push_back(child);
+                }
+            }
         }
         for (id, peer) in self.peers.iter_mut().filter(|(_, p)| p.ready()) {
             let items: Vec<InvItem> = fresh

@@ -195,3 +195,45 @@ fn an_orphan_still_missing_a_parent_stays_until_the_last_one_comes() {
     );
     assert_eq!(h.protocol.orphans.len(), 0);
 }
+
+/// A parent that enters the pool other than by relay (submitted over REST,
+/// say) wakes its orphans too.
+#[test]
+fn a_parent_submitted_to_the_pool_wakes_its_orphan() {
+    let (mut h, parent, child) = parent_and_child();
+    ready_inbound(&mut h, 1);
+    h.message(1, Message::Tx(Box::new(child.clone())), h.now);
+    assert!(h.protocol.orphans.contains(&child.txid()));
+    h.protocol
+        .mempool
+        .lock()
+        .unwrap()
+        .accept(&h.chain, parent.clone())
+        .unwrap();
+    assert!(!h.protocol.has_orphan_work());
+    let actions = h.protocol.on_tick(h.now);
+    h.inline(actions, h.now);
+    assert!(h.protocol.has_orphan_work());
+    orphan_turn(&mut h);
+    assert!(in_pool(&h, &child.txid()));
+}
+
+/// A child the chain task found missing its parent, reported after the
+/// parent entered the pool (no one is left to wake it), is judged again at
+/// once.
+#[test]
+fn an_orphan_whose_parent_came_while_it_was_judged_is_judged_again() {
+    let (mut h, parent, child) = parent_and_child();
+    ready_inbound(&mut h, 1);
+    h.message(1, Message::Tx(Box::new(parent.clone())), h.now);
+    assert!(in_pool(&h, &parent.txid()));
+    let missing = MempoolError::MissingInput(OutPoint::new(parent.txid(), 0));
+    let actions =
+        h.protocol
+            .on_tx_processed(1, child.txid(), Err(missing), Some(child.clone()), h.now);
+    assert!(asked_for(&actions, 1).is_empty(), "{actions:?}");
+    assert!(h.protocol.has_orphan_work());
+    orphan_turn(&mut h);
+    assert!(in_pool(&h, &child.txid()));
+    assert_eq!(h.protocol.orphans.len(), 0);
+}
