@@ -22,6 +22,41 @@ use chaincore::testkit::{fan_out_chain, key, signed_spend, TestChain};
 use rayon::prelude::*;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_chaincore");
+
+/// The system allocator, counting the bytes allocated and not yet freed:
+/// what the pool holds is what dropping it frees.
+struct Counting;
+
+static ALLOCATED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+// SAFETY: every call goes to the system allocator unchanged; only a counter
+// is kept beside it.
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        let p = unsafe { std::alloc::System.alloc(layout) };
+        if !p.is_null() {
+            ALLOCATED.fetch_add(layout.size(), std::sync::atomic::Ordering::Relaxed);
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, p: *mut u8, layout: std::alloc::Layout) {
+        unsafe { std::alloc::System.dealloc(p, layout) };
+        ALLOCATED.fetch_sub(layout.size(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    unsafe fn realloc(&self, p: *mut u8, layout: std::alloc::Layout, new: usize) -> *mut u8 {
+        let q = unsafe { std::alloc::System.realloc(p, layout, new) };
+        if !q.is_null() {
+            ALLOCATED.fetch_add(new, std::sync::atomic::Ordering::Relaxed);
+            ALLOCATED.fetch_sub(layout.size(), std::sync::atomic::Ordering::Relaxed);
+        }
+        q
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
 const LONG: Duration = Duration::from_secs(300);
 
 /// One signed 1-in-1-out spend of each fanned-out coin of key(1).
@@ -73,6 +108,21 @@ fn bench_acceptance(count: usize) {
         pool.bytes()
     );
     bench_pool_reads(&pool);
+    // What the pool's memory limit counts, beside the heap it holds.
+    let (estimate, encoded) = (pool.usage(), pool.bytes());
+    let held = ALLOCATED.load(std::sync::atomic::Ordering::Relaxed);
+    drop(pool);
+    let freed = held - ALLOCATED.load(std::sync::atomic::Ordering::Relaxed);
+    println!(
+        "mempool memory, {count} 1-in-1-out entries: counted {:.1} MB ({:.0} B each), heap held {:.1} MB ({:.0} B each, allocations' own bytes), counted/held {:.2}; encoded {:.1} MB, held/encoded {:.1}x",
+        estimate as f64 / 1e6,
+        estimate as f64 / count as f64,
+        freed as f64 / 1e6,
+        freed as f64 / count as f64,
+        estimate as f64 / freed as f64,
+        encoded as f64 / 1e6,
+        freed as f64 / encoded as f64,
+    );
 }
 
 /// What reads of a pool cost under its lock, each beside the way before

@@ -76,7 +76,11 @@ pub async fn status(State(state): State<ApiState>) -> Result<Json<Value>, ApiErr
                 }))
             },
             |_, pool, mut status| {
-                status["mempool"] = json!({ "count": pool.len(), "bytes": pool.bytes() });
+                status["mempool"] = json!({
+                    "count": pool.len(),
+                    "bytes": pool.bytes(),
+                    "usage": pool.usage(),
+                });
                 Ok(Json(status))
             },
         )
@@ -337,6 +341,7 @@ pub async fn metrics(
             gauge("chaincore_peers", "Peers that completed the handshake.", network.peers.iter().filter(|p| p.ready).count() as f64);
             gauge("chaincore_mempool_transactions", "Transactions in the mempool.", pool.len() as f64);
             gauge("chaincore_mempool_bytes", "Bytes of the mempool's transactions.", pool.bytes() as f64);
+            gauge("chaincore_mempool_usage_bytes", "Heap bytes of the mempool's entries and indexes (what --mempool-max-mb bounds).", pool.usage() as f64);
             gauge("chaincore_orphan_blocks", "Blocks waiting for their parent.", chain.orphan_count() as f64);
             let cache = chain.published().cache;
             gauge("chaincore_dbcache_bytes", "Bytes held by the chain state write-back cache (--dbcache-mb).", cache.bytes as f64);

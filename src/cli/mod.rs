@@ -129,8 +129,9 @@ pub struct NodeArgs {
     /// endpoints keep their own rule either way.
     #[arg(long = "api-cors", value_name = "ORIGIN")]
     pub api_cors: Vec<String>,
-    /// Byte limit of the mempool, in megabytes.
-    #[arg(long, default_value_t = 64)]
+    /// Memory limit of the mempool, in megabytes (the heap its entries
+    /// and indexes take, as Bitcoin Core's `-maxmempool`).
+    #[arg(long, default_value_t = crate::mempool::DEFAULT_MAX_MEMPOOL_BYTES >> 20)]
     pub mempool_max_mb: usize,
     /// Do not wait for the disk after each write of chain state (each
     /// block at the tip, each cache flush in catch-up); a power loss may

@@ -40,7 +40,7 @@ use crate::consensus::hash::BlockHash;
 use crate::consensus::hash::Txid;
 use crate::consensus::limits::{MAX_BLOCK_SIZE, OUTPUT_LEN, SPEND_INPUT_LEN};
 use crate::consensus::params::ChainParams;
-use crate::consensus::transaction::{OutPoint, Transaction, TxOut};
+use crate::consensus::transaction::{OutPoint, Transaction, TxIn, TxOut};
 use crate::consensus::validation::{
     check_transaction, check_tx_spends, is_final, verify_tx_signatures, BlockContext,
     SignatureChecks, TxError, Utxo, UtxoView,
@@ -70,8 +70,21 @@ struct Rebuild {
 /// Minimum fee rate, in base units per 1000 bytes: 1 unit per byte, so a
 /// typical 1-in-2-out transaction (about 200 bytes) pays at least 200 units.
 pub const MIN_RELAY_FEE_RATE: u64 = 1_000;
-/// Default byte limit of the pool.
-pub const DEFAULT_MAX_MEMPOOL_BYTES: usize = 64 << 20;
+/// Default memory limit of the pool (`--mempool-max-mb`), counted as the
+/// heap its entries and indexes take (`entry_usage`), as Bitcoin Core's
+/// `-maxmempool` (300 MB) counts its dynamic memory usage: about 300 000
+/// typical 1-in-2-out transactions (1 KB each in memory, 200 bytes
+/// encoded).
+pub const DEFAULT_MAX_MEMPOOL_BYTES: usize = 300 << 20;
+/// A hash table takes up to about twice its entries' bytes (it grows by
+/// doubling and is at most seven eighths full).
+const TABLE_SLACK: usize = 2;
+/// What the allocator takes beyond each allocation's bytes (its header and
+/// rounding).
+const ALLOCATION_OVERHEAD: usize = 16;
+/// A key of an ordered set (`by_rate`, an owner's keys), with its share of
+/// the tree's node.
+const ORDERED_KEY_BYTES: usize = 64;
 /// A transaction unconfirmed this long leaves the pool.
 pub const MEMPOOL_EXPIRY_SECS: u32 = 14 * 24 * 60 * 60;
 /// Largest transaction the pool accepts: a tenth of a block, so one
@@ -266,6 +279,32 @@ impl MempoolError {
     }
 }
 
+/// The heap bytes a pool entry of `tx` with `parents` pool parents takes,
+/// indexes included: what the pool's memory limit counts. An estimate from
+/// the types' sizes and the tables' slack; a typical 1-in-2-out
+/// transaction of 200 bytes counts about 1 KB.
+pub fn entry_usage(tx: &Transaction, parents: usize) -> usize {
+    use std::mem::size_of;
+    let (inputs, outputs) = (tx.inputs.len(), tx.outputs.len());
+    // The entries map's slot, and the transaction behind its `Arc`.
+    let entry = TABLE_SLACK * (size_of::<Txid>() + size_of::<MempoolEntry>())
+        + size_of::<Transaction>()
+        + 2 * size_of::<usize>()
+        + ALLOCATION_OVERHEAD;
+    // Its inputs and outputs, the outputs its inputs spend (kept in the
+    // entry), and the `spends` map's slot of each input.
+    let lists = inputs * (size_of::<TxIn>() + size_of::<TxOut>())
+        + outputs * size_of::<TxOut>()
+        + 3 * ALLOCATION_OVERHEAD
+        + inputs * TABLE_SLACK * (size_of::<OutPoint>() + size_of::<Txid>());
+    // Its parents' set and its place in each parent's children.
+    let links = 2 * parents * TABLE_SLACK * size_of::<Txid>() + 2 * ALLOCATION_OVERHEAD;
+    // `by_rate`, and one key per owner it pays or spends from (at most one
+    // per input and output), with the owner's slot when it is the first.
+    let indexes = ORDERED_KEY_BYTES * (1 + inputs + outputs);
+    entry + lists + links + indexes
+}
+
 /// A pool transaction and what the pool knows about it.
 #[derive(Debug, Clone)]
 pub struct MempoolEntry {
@@ -273,6 +312,8 @@ pub struct MempoolEntry {
     pub txid: Txid,
     pub fee: Amount,
     pub size: usize,
+    /// Heap bytes it takes in the pool (`entry_usage`).
+    pub usage: usize,
     /// Unix seconds when it entered the pool.
     pub time: u32,
     /// The outputs its inputs spend, in input order.
@@ -454,7 +495,11 @@ pub struct Mempool {
     spends: HashMap<OutPoint, Txid>,
     /// Entries by fee rate, lowest first, for eviction.
     by_rate: BTreeSet<(u64, Txid)>,
+    /// Encoded bytes of the pool's transactions.
     bytes: usize,
+    /// Heap bytes of its entries and indexes (`entry_usage`), which
+    /// `max_bytes` bounds.
+    usage: usize,
     max_bytes: usize,
     events: broadcast::Receiver<ChainEvent>,
     /// The tip the applied events brought the pool to.
@@ -584,6 +629,7 @@ impl Mempool {
             spends: HashMap::new(),
             by_rate: BTreeSet::new(),
             bytes: 0,
+            usage: 0,
             max_bytes,
             events: chain.subscribe(),
             tip: chain.tip().hash,
@@ -623,8 +669,15 @@ impl Mempool {
         self.entries.is_empty()
     }
 
+    /// Encoded bytes of the pool's transactions.
     pub fn bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// Heap bytes the pool's entries and indexes take (what its limit
+    /// counts).
+    pub fn usage(&self) -> usize {
+        self.usage
     }
 
     pub fn get(&self, txid: &Txid) -> Option<&MempoolEntry> {
@@ -1006,6 +1059,8 @@ impl Mempool {
         }
         self.by_rate.insert((rate, txid));
         self.bytes += size;
+        let usage = entry_usage(&tx, parents.len());
+        self.usage += usage;
         self.changes += 1;
         let spent: Vec<TxOut> = spent.iter().map(|u| u.output).collect();
         for (owner, share) in owner_shares(&tx.outputs, &spent) {
@@ -1031,6 +1086,7 @@ impl Mempool {
                 txid,
                 fee,
                 size,
+                usage,
                 time,
                 spent,
                 parents,
@@ -1098,6 +1154,7 @@ impl Mempool {
         }
         self.by_rate.remove(&(entry.fee_rate(), *txid));
         self.bytes -= entry.size;
+        self.usage -= entry.usage;
         for input in &entry.tx.inputs {
             if self.spends.get(&input.prevout()) == Some(txid) {
                 self.spends.remove(&input.prevout());
@@ -1127,9 +1184,9 @@ impl Mempool {
     }
 
     /// Evicts the lowest fee rates, with their descendants, until the pool
-    /// fits its byte limit.
+    /// fits its memory limit.
     fn trim(&mut self) {
-        while self.bytes > self.max_bytes {
+        while self.usage > self.max_bytes {
             let Some(&(_, lowest)) = self.by_rate.iter().next() else {
                 break;
             };
@@ -1462,6 +1519,8 @@ impl Mempool {
         }
         self.by_rate.insert((fee_rate(fee, size), txid));
         self.bytes += size;
+        let usage = entry_usage(&tx, 0);
+        self.usage += usage;
         self.changes += 1;
         self.entries.insert(
             txid,
@@ -1470,6 +1529,7 @@ impl Mempool {
                 txid,
                 fee,
                 size,
+                usage,
                 time: unix_now(),
                 spent: Vec::new(),
                 parents: HashSet::new(),

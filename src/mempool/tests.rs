@@ -227,11 +227,13 @@ fn full_pool_evicts_the_lowest_fee_rate_with_descendants() {
         Amount::from_units(low_chain[1].outputs[1].amount.units() - 1_000);
     let parent_change = low_chain[0].outputs[1];
     low_chain[1].sign_inputs(&[parent_change], &[&key(1)]);
-    let size_of = |tx: &Transaction| tx.encoded_len();
     let mid = spend_coinbase(&f, 1, 1_000_000, 20_000);
     let high = spend_coinbase(&f, 2, 1_000_000, 50_000);
-    // Room for three of these transactions, not four.
-    let limit = size_of(&low_chain[0]) * 3 + 10;
+    // Room for three of these transactions (the limit counts their memory),
+    // not four.
+    let limit =
+        entry_usage(&low_chain[0], 0) + entry_usage(&low_chain[1], 1) + entry_usage(&mid, 0) + 10;
+    assert!(entry_usage(&high, 0) > 10);
     let mut pool = Mempool::new(&f.chain, limit);
     for tx in &low_chain {
         pool.accept(&f.chain, tx.clone()).unwrap();
@@ -243,6 +245,8 @@ fn full_pool_evicts_the_lowest_fee_rate_with_descendants() {
     assert!(!pool.contains(&low_chain[0].txid()));
     assert!(!pool.contains(&low_chain[1].txid()));
     assert!(pool.contains(&mid.txid()) && pool.contains(&high.txid()));
+    assert!(pool.usage() <= limit);
+    assert_eq!(pool.usage(), entry_usage(&mid, 0) + entry_usage(&high, 0));
     // Something paying less than what is left cannot get in.
     let poor = spend_coinbase(&f, 3, 1_000_000, 1_000);
     pool.accept(&f.chain, spend_coinbase(&f, 4, 1_000_000, 30_000))
