@@ -112,7 +112,7 @@ fn bench_acceptance(count: usize) {
     let (estimate, encoded) = (pool.usage(), pool.bytes());
     let held = ALLOCATED.load(std::sync::atomic::Ordering::Relaxed);
     drop(pool);
-    let freed = held - ALLOCATED.load(std::sync::atomic::Ordering::Relaxed);
+    let freed = held.saturating_sub(ALLOCATED.load(std::sync::atomic::Ordering::Relaxed));
     println!(
         "mempool memory, {count} 1-in-1-out entries: counted {:.1} MB ({:.0} B each), heap held {:.1} MB ({:.0} B each, allocations' own bytes), counted/held {:.2}; encoded {:.1} MB, held/encoded {:.1}x",
         estimate as f64 / 1e6,

@@ -20,7 +20,7 @@ use crate::consensus::hash::BlockHash;
 use crate::mempool::Mempool;
 
 /// Whole-pool routes served at once: each may walk and sort every pool
-/// entry (64 MB of transactions by default), so two keep one core free for
+/// entry (about 300 000 of them in the default 300 MiB), so two keep one core free for
 /// the rest of the node on a two-core machine.
 pub const WHOLE_POOL_CONCURRENCY: usize = 2;
 /// How long a request waits for its turn before a 503: long enough to ride

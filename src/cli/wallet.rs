@@ -29,7 +29,8 @@ const MAX_WALLET_UTXOS: usize = 1_000_000;
 /// `/address/{a}/txs/mempool`: a shorter page is the last.
 const MEMPOOL_PAGE: usize = 50;
 /// Most unconfirmed transactions of its own the wallet reads: the mempool's
-/// default 64 MB holds fewer of the smallest transactions.
+/// default 300 MiB holds fewer of the smallest transactions (about 1 KB
+/// each in memory).
 const MAX_PENDING_TXS: usize = 1_000_000;
 /// Times the wallet re-reads its UTXOs when the tip moves while it pages
 /// through them, before giving up.

@@ -72,7 +72,7 @@ struct Rebuild {
 pub const MIN_RELAY_FEE_RATE: u64 = 1_000;
 /// Default memory limit of the pool (`--mempool-max-mb`), counted as the
 /// heap its entries and indexes take (`entry_usage`), as Bitcoin Core's
-/// `-maxmempool` (300 MB) counts its dynamic memory usage: about 300 000
+/// `-maxmempool` (300 MB) counts its dynamic memory usage: 300 MiB, about 300 000
 /// typical 1-in-2-out transactions (1 KB each in memory, 200 bytes
 /// encoded).
 pub const DEFAULT_MAX_MEMPOOL_BYTES: usize = 300 << 20;
@@ -1273,6 +1273,7 @@ impl Mempool {
         self.by_owner.clear();
         self.by_script_hash.clear();
         self.bytes = 0;
+        self.usage = 0;
         self.changes += 1;
         let now = unix_now();
         let former_ids: Vec<Txid> = former.iter().map(|e| e.txid).collect();

@@ -486,9 +486,11 @@ fn assert_consistent(pool: &Mempool, chain: &Chain) {
     let mut spends = HashMap::new();
     let mut by_owner: HashMap<PubKeyHash, OwnerPool> = HashMap::new();
     let mut bytes = 0;
+    let mut usage = 0;
     for (txid, entry) in &pool.entries {
         assert_eq!(*txid, entry.tx.txid());
         bytes += entry.size;
+        usage += entry.usage;
         let mut parents = HashSet::new();
         for input in &entry.tx.inputs {
             let outpoint = input.prevout();
@@ -528,6 +530,7 @@ fn assert_consistent(pool: &Mempool, chain: &Chain) {
         }
     }
     assert_eq!(pool.spends, spends);
+    assert_eq!(pool.usage, usage, "the usage counted is the entries' sum");
     assert_eq!(pool.by_owner, by_owner);
     let by_script_hash: HashMap<[u8; 32], PubKeyHash> = by_owner
         .keys()
@@ -888,6 +891,7 @@ fn revalidation_keeps_children_and_the_owner_index_in_step() {
     mine(&mut f, vec![rival]);
     while pool.events.try_recv().is_ok() {}
     assert_eq!(pool.revalidate(&f.chain), 1);
+    assert_consistent(&pool, &f.chain);
     assert_eq!(pool.txids().len(), 2);
     assert!(pool.contains(&parent.txid()) && pool.contains(&child.txid()));
     assert_eq!(

@@ -45,7 +45,7 @@ pub struct NodeConfig {
     pub cache_bytes: usize,
     /// Overrides the network's minimum chain work (`--minimum-chain-work`).
     pub minimum_chain_work: Option<primitive_types::U256>,
-    /// Byte limit of the mempool.
+    /// Memory limit of the mempool (`Mempool::usage`).
     pub mempool_max_bytes: usize,
     /// PostgreSQL to mirror into, if any.
     pub postgres_url: Option<String>,

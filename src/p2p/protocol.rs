@@ -318,6 +318,8 @@ pub struct Protocol {
     /// the protocol thread, each listed once.
     orphan_work: VecDeque<Txid>,
     orphan_queued: HashSet<Txid>,
+    /// The tip the orphans were last swept of those it confirmed.
+    orphans_swept_tip: Option<BlockHash>,
     /// The tip `recent_rejects` was filled at: a new tip empties it, as
     /// Bitcoin Core's, since a refusal for a missing or immature input, a
     /// lock time or a full pool may not hold at the next one.
@@ -389,6 +391,7 @@ impl Protocol {
             orphans: orphans::Orphanage::default(),
             orphan_work: VecDeque::new(),
             orphan_queued: HashSet::new(),
+            orphans_swept_tip: None,
             rejects_tip: None,
             network,
             listen_port,

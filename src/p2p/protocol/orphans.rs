@@ -36,9 +36,9 @@ pub const MAX_ORPHAN_BYTES: usize = 5_000_000;
 /// What each (parent, orphan) pair of the parent index is counted as
 /// against `MAX_ORPHAN_BYTES`: a 100 KB orphan can name 750 parents, each
 /// a map slot (a 32-byte hash and a list header, 56 bytes, up to twice
-/// that in a table that just grew) and its list's 32-byte allocation
-/// rounded up.
-pub const ORPHAN_PARENT_INDEX_BYTES: usize = 192;
+/// that in a table that just grew) and its list's first allocation (room
+/// for four txids, 128 bytes, and the allocator's 16).
+pub const ORPHAN_PARENT_INDEX_BYTES: usize = 256;
 /// An orphan whose parents have not come by then is dropped, as in
 /// Bitcoin Core (`ORPHAN_TX_EXPIRE_TIME`).
 pub const ORPHAN_EXPIRY: Duration = Duration::from_secs(20 * 60);
@@ -85,6 +85,10 @@ pub(super) enum Added {
 impl Orphanage {
     pub fn len(&self) -> usize {
         self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
     }
 
     pub fn bytes(&self) -> usize {

@@ -70,21 +70,24 @@ impl Protocol {
         if self.rejects_tip != Some(tip) {
             self.recent_rejects.clear();
             self.rejects_tip = Some(tip);
-            // In a catch-up the tip moves every block: the orphans wait for
-            // its end (or their expiry).
-            if self.orphans.len() > 0 && !self.catching_up() {
-                if let Ok(view) = self.reader.view() {
-                    let confirmed: Vec<Txid> = self
-                        .orphans
-                        .txids()
-                        .iter()
-                        .filter(|t| view.is_confirmed(t).unwrap_or(false))
-                        .copied()
-                        .collect();
-                    for txid in confirmed {
-                        self.orphans.take(&txid);
-                    }
+        }
+        // In a catch-up the tip moves every block: the orphans wait for its
+        // end (or their expiry), then are swept once.
+        if self.orphans_swept_tip != Some(tip) && !self.catching_up() {
+            if self.orphans.is_empty() {
+                self.orphans_swept_tip = Some(tip);
+            } else if let Ok(view) = self.reader.view() {
+                let confirmed: Vec<Txid> = self
+                    .orphans
+                    .txids()
+                    .iter()
+                    .filter(|t| view.is_confirmed(t).unwrap_or(false))
+                    .copied()
+                    .collect();
+                for txid in confirmed {
+                    self.orphans.take(&txid);
                 }
+                self.orphans_swept_tip = Some(tip);
             }
         }
     }
@@ -205,11 +208,15 @@ impl Protocol {
     /// `id` for the parents the pool lacks, as if `id` had announced them.
     /// An orphan with a parent refused at this tip is refused too (Bitcoin
     /// Core's `fRejectedParents`): the parent would not be asked again.
+    /// `missing` is the input found missing: if its transaction entered the
+    /// pool meanwhile (the chain task judged this one), nothing woke the
+    /// orphan, so it is judged again at once.
     fn add_orphan(
         &mut self,
         id: PeerId,
         txid: Txid,
         tx: crate::consensus::transaction::Transaction,
+        missing: crate::consensus::transaction::OutPoint,
         now: Instant,
     ) {
         if !self.peers.contains_key(&id) {
@@ -232,15 +239,15 @@ impl Protocol {
                 // `notfound`, within the sender's announcement cap.
                 let (wanted, parent_in_pool) = {
                     let pool = self.mempool.lock().expect("mempool lock");
-                    let parent_in_pool = parents.iter().any(|p| pool.contains(p));
+                    let parent_in_pool = pool.contains(&missing.txid);
                     let wanted: Vec<Txid> = parents
                         .into_iter()
                         .filter(|p| !pool.contains(p) && !self.orphans.contains(p))
                         .collect();
                     (wanted, parent_in_pool)
                 };
-                // A parent that entered the pool while this was judged (on
-                // the chain task) woke no one: judged again at once.
+                // The missing parent entered the pool while this was judged
+                // (on the chain task) and woke no one: judged again at once.
                 if parent_in_pool && self.orphan_queued.insert(txid) {
                     self.orphan_work.push_back(txid);
                 }
@@ -335,9 +342,9 @@ impl Protocol {
                 }
             }
             // A parent may still be on its way: kept, and asked for.
-            Err(MempoolError::MissingInput(_)) => {
+            Err(MempoolError::MissingInput(missing)) => {
                 if let Some(tx) = tx {
-                    self.add_orphan(id, txid, tx, now);
+                    self.add_orphan(id, txid, tx, missing, now);
                 }
             }
             Err(MempoolError::AlreadyInPool(_))

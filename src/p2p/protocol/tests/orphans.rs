@@ -9,6 +9,12 @@ use crate::testkit::signed_spend;
 /// A harness at a chain with a mature coinbase to key 1, and a parent that
 /// spends it to key 2 with a child that spends the parent to key 3.
 fn parent_and_child() -> (Harness, Transaction, Transaction) {
+    let (h, _, parent, child) = parent_and_child_on();
+    (h, parent, child)
+}
+
+/// As `parent_and_child`, with the test chain the harness was built from.
+fn parent_and_child_on() -> (Harness, TestChain, Transaction, Transaction) {
     let mut chain = TestChain::new(Network::Regtest);
     for _ in 0..=chain.params.coinbase_maturity + 1 {
         chain.mine_empty(key(1).pubkey_hash());
@@ -28,7 +34,7 @@ fn parent_and_child() -> (Harness, Transaction, Transaction) {
         &[(OutPoint::new(parent.txid(), 0), parent.outputs[0], &key(2))],
         vec![pay(parent.outputs[0].amount.units() - 10_000, 3)],
     );
-    (h, parent, child)
+    (h, chain, parent, child)
 }
 
 fn asked_for(actions: &[Action], id: PeerId) -> Vec<Hash256> {
@@ -236,4 +242,19 @@ fn an_orphan_whose_parent_came_while_it_was_judged_is_judged_again() {
     orphan_turn(&mut h);
     assert!(in_pool(&h, &child.txid()));
     assert_eq!(h.protocol.orphans.len(), 0);
+}
+
+/// An orphan the tip confirms (with its parent, in a block) leaves the
+/// orphanage at the next look at the tip.
+#[test]
+fn an_orphan_the_tip_confirms_leaves() {
+    let (mut h, mut chain, parent, child) = parent_and_child_on();
+    ready_inbound(&mut h, 1);
+    h.message(1, Message::Tx(Box::new(child.clone())), h.now);
+    assert!(h.protocol.orphans.contains(&child.txid()));
+    let block = chain.build_block(key(1).pubkey_hash(), vec![parent, child.clone()]);
+    chain.apply(block.clone());
+    h.chain.process_block(Arc::new(block), None).unwrap();
+    h.protocol.refresh_rejects();
+    assert!(!h.protocol.orphans.contains(&child.txid()));
 }
