@@ -105,18 +105,25 @@ pub async fn tip_hash(State(state): State<ApiState>) -> Result<String, ApiError>
 
 pub async fn mempool_summary(State(state): State<ApiState>) -> Result<Response, ApiError> {
     state
-        .pool_json("/mempool", |_, pool| {
-            let total_fee: u64 = pool.entries().map(|e| e.fee.units()).sum();
-            let histogram = fee_histogram(pool.entries().map(|e| (e.fee_rate(), e.size)));
-            Ok(json!({
-                "count": pool.len(),
-                // esplora's virtual size: bytes, as nothing is witness data.
-                "vsize": pool.bytes(),
-                "bytes": pool.bytes(),
-                "total_fee": total_fee,
-                "fee_histogram": histogram,
-            }))
-        })
+        .pool_json(
+            "/mempool",
+            |_, pool| {
+                let total_fee: u64 = pool.entries().map(|e| e.fee.units()).sum();
+                let rates: Vec<(u64, usize)> =
+                    pool.entries().map(|e| (e.fee_rate(), e.size)).collect();
+                Ok((pool.len(), pool.bytes(), total_fee, rates))
+            },
+            |(count, bytes, total_fee, rates)| {
+                Ok(json!({
+                    "count": count,
+                    // esplora's virtual size: bytes, as nothing is witness data.
+                    "vsize": bytes,
+                    "bytes": bytes,
+                    "total_fee": total_fee,
+                    "fee_histogram": fee_histogram(rates.into_iter()),
+                }))
+            },
+        )
         .await
 }
 
@@ -154,31 +161,53 @@ pub fn fee_histogram(entries: impl Iterator<Item = (u64, usize)>) -> Vec<(f64, u
 /// the pool, newest first, in esplora's short form.
 pub async fn mempool_recent(State(state): State<ApiState>) -> Result<Response, ApiError> {
     state
-        .pool_json("/mempool/recent", |_, pool| {
-            let mut entries: Vec<_> = pool.entries().collect();
-            let count = super::explorer::MEMPOOL_RECENT.min(entries.len());
-            if count > 0 {
-                entries
-                    .select_nth_unstable_by_key(count - 1, |e| std::cmp::Reverse((e.time, e.txid)));
-            }
-            entries.truncate(count);
-            entries.sort_by_key(|e| std::cmp::Reverse((e.time, e.txid)));
-            Ok(json!(entries
-                .iter()
-                .map(|e| json!({
-                    "txid": e.txid,
-                    "fee": e.fee.units(),
-                    "vsize": e.size,
-                    "value": e.tx.outputs.iter().map(|o| o.amount.units()).sum::<u64>(),
-                }))
-                .collect::<Vec<_>>()))
-        })
+        .pool_json(
+            "/mempool/recent",
+            |_, pool| {
+                // The newest few are picked under the lock (a selection, not
+                // a sort of the pool); their JSON is built after it.
+                let mut entries: Vec<_> = pool.entries().collect();
+                let count = super::explorer::MEMPOOL_RECENT.min(entries.len());
+                if count > 0 {
+                    entries.select_nth_unstable_by_key(count - 1, |e| {
+                        std::cmp::Reverse((e.time, e.txid))
+                    });
+                }
+                entries.truncate(count);
+                Ok(entries
+                    .into_iter()
+                    .map(|e| {
+                        let value: u64 = e.tx.outputs.iter().map(|o| o.amount.units()).sum();
+                        (e.time, e.txid, e.fee.units(), e.size, value)
+                    })
+                    .collect::<Vec<_>>())
+            },
+            |mut entries| {
+                entries.sort_by_key(|e| std::cmp::Reverse((e.0, e.1)));
+                Ok(json!(entries
+                    .iter()
+                    .map(|(_, txid, fee, size, value)| json!({
+                        "txid": txid,
+                        "fee": fee,
+                        "vsize": size,
+                        "value": value,
+                    }))
+                    .collect::<Vec<_>>()))
+            },
+        )
         .await
 }
 
 pub async fn mempool_txids(State(state): State<ApiState>) -> Result<Response, ApiError> {
     state
-        .pool_json("/mempool/txids", |_, pool| Ok(json!(pool.txids())))
+        .pool_json(
+            "/mempool/txids",
+            |_, pool| Ok(pool.entries().map(|e| e.txid).collect::<Vec<_>>()),
+            |mut txids| {
+                txids.sort_unstable();
+                Ok(json!(txids))
+            },
+        )
         .await
 }
 
@@ -441,28 +470,35 @@ pub const FEE_TARGETS: [usize; 7] = [1, 2, 3, 6, 12, 25, 144];
 /// mempool's best-paying bytes; the relay minimum when the pool is smaller.
 pub async fn fee_estimates(State(state): State<ApiState>) -> Result<Response, ApiError> {
     state
-        .pool_json("/fee-estimates", |_, pool| {
-            let mut rates: Vec<(u64, usize)> =
-                pool.entries().map(|e| (e.fee_rate(), e.size)).collect();
-            rates.sort_by_key(|r| std::cmp::Reverse(r.0));
-            let minimum = crate::mempool::MIN_RELAY_FEE_RATE as f64 / 1000.0;
-            let mut out = serde_json::Map::new();
-            for target in FEE_TARGETS {
-                let room = target * crate::mempool::Mempool::block_space();
-                let mut used = 0usize;
-                let mut rate = minimum;
-                for (r, size) in &rates {
-                    used += size;
-                    if used > room {
-                        // Beat the last transaction that still fits.
-                        rate = (*r as f64 / 1000.0).max(minimum) + 0.001;
-                        break;
+        .pool_json(
+            "/fee-estimates",
+            |_, pool| {
+                Ok(pool
+                    .entries()
+                    .map(|e| (e.fee_rate(), e.size))
+                    .collect::<Vec<(u64, usize)>>())
+            },
+            |mut rates| {
+                rates.sort_by_key(|r| std::cmp::Reverse(r.0));
+                let minimum = crate::mempool::MIN_RELAY_FEE_RATE as f64 / 1000.0;
+                let mut out = serde_json::Map::new();
+                for target in FEE_TARGETS {
+                    let room = target * crate::mempool::Mempool::block_space();
+                    let mut used = 0usize;
+                    let mut rate = minimum;
+                    for (r, size) in &rates {
+                        used += size;
+                        if used > room {
+                            // Beat the last transaction that still fits.
+                            rate = (*r as f64 / 1000.0).max(minimum) + 0.001;
+                            break;
+                        }
                     }
+                    out.insert(target.to_string(), json!(rate));
                 }
-                out.insert(target.to_string(), json!(rate));
-            }
-            Ok(Value::Object(out))
-        })
+                Ok(Value::Object(out))
+            },
+        )
         .await
 }
 

@@ -107,19 +107,27 @@ pub async fn transaction_pool(
     };
     // Sorted by the txid's text, as listed.
     let entries = state
-        .pool_view("/transaction_pool", |_, pool| {
-            let mut entries: Vec<(String, Value)> = pool
-                .entries()
-                .map(|e| {
-                    let id = e.txid.to_string();
-                    let value =
-                        json!({ "txid": id, "fee": e.fee.units(), "size": e.size, "time": e.time });
-                    (id, value)
-                })
-                .collect();
-            entries.sort_by(|a, b| a.0.cmp(&b.0));
-            Ok(entries)
-        })
+        .pool_view(
+            "/transaction_pool",
+            |_, pool| {
+                Ok(pool
+                    .entries()
+                    .map(|e| (e.txid, e.fee.units(), e.size, e.time))
+                    .collect::<Vec<_>>())
+            },
+            |extracted| {
+                let mut entries: Vec<(String, Value)> = extracted
+                    .into_iter()
+                    .map(|(txid, fee, size, time)| {
+                        let id = txid.to_string();
+                        let value = json!({ "txid": id, "fee": fee, "size": size, "time": time });
+                        (id, value)
+                    })
+                    .collect();
+                entries.sort_by(|a, b| a.0.cmp(&b.0));
+                Ok(entries)
+            },
+        )
         .await?;
     let start = match after {
         None => 0,

@@ -156,51 +156,76 @@ impl ApiState {
         .await
     }
 
-    /// `route`'s value for the current tip and pool: the cached one, or
-    /// `build`'s (under the concurrency limit), then cached.
-    pub async fn pool_view<T: Send + Sync + 'static>(
+    /// `route`'s value for the current tip and pool: the cached one, or,
+    /// under the concurrency limit, `extract`'s copy of what it needs from
+    /// the pool (under the pool's lock, a walk of its entries) turned into
+    /// the value by `build` after the lock is released (the sorting and
+    /// JSON, which relay and the protocol thread would otherwise wait for),
+    /// then cached under the tip and pool state the copy was taken at.
+    pub async fn pool_view<E: Send + 'static, T: Send + Sync + 'static>(
         &self,
         route: &'static str,
-        build: impl FnOnce(&ChainView, &mut Mempool) -> Result<T, ApiError> + Send + 'static,
+        extract: impl FnOnce(&ChainView, &Mempool) -> Result<E, ApiError> + Send + 'static,
+        build: impl FnOnce(E) -> Result<T, ApiError> + Send + 'static,
     ) -> Result<Arc<T>, ApiError> {
         let views = self.pool_views.clone();
-        self.with_pool_permit(move |chain, pool| {
-            let (tip, changes) = (chain.tip().hash, pool.changes());
-            if let Some(hit) = views
-                .cache
-                .lock()
-                .expect("pool view cache lock")
-                .get(route)
-                .filter(|c| c.tip == tip && c.changes == changes)
-                .and_then(|c| c.value.clone().downcast::<T>().ok())
-            {
-                return Ok(hit);
-            }
-            let value = Arc::new(build(chain, pool)?);
-            views.cache.lock().expect("pool view cache lock").insert(
-                route,
-                Cached {
-                    tip,
-                    changes,
-                    value: value.clone(),
-                },
-            );
-            Ok(value)
+        let permits = views.permits.clone();
+        let permit = tokio::time::timeout(WHOLE_POOL_WAIT, permits.acquire_owned())
+            .await
+            .map_err(|_| busy())?
+            .expect("the semaphore is never closed");
+        let cache = views.clone();
+        // The permit travels with the work (released when the work ends,
+        // whether or not the client still waits).
+        let (permit, step) = self
+            .with_state(move |chain, pool| {
+                let (tip, changes) = (chain.tip().hash, pool.changes());
+                let hit = cache
+                    .cache
+                    .lock()
+                    .expect("pool view cache lock")
+                    .get(route)
+                    .filter(|c| c.tip == tip && c.changes == changes)
+                    .and_then(|c| c.value.clone().downcast::<T>().ok());
+                let step = match hit {
+                    Some(hit) => Err(hit),
+                    None => Ok((tip, changes, extract(chain, pool)?)),
+                };
+                Ok((permit, step))
+            })
+            .await?;
+        let (tip, changes, extracted) = match step {
+            Err(hit) => return Ok(hit),
+            Ok(extracted) => extracted,
+        };
+        let value = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            build(extracted).map(Arc::new)
         })
-        .await
+        .await??;
+        views.cache.lock().expect("pool view cache lock").insert(
+            route,
+            Cached {
+                tip,
+                changes,
+                value: value.clone(),
+            },
+        );
+        Ok(value)
     }
 
-    /// `route`'s JSON body for the current tip and pool, cached as bytes.
-    pub async fn pool_json(
+    /// `route`'s JSON body for the current tip and pool, cached as bytes
+    /// (`pool_view`: `extract` runs under the pool's lock, `build` and the
+    /// serialising after it).
+    pub async fn pool_json<E: Send + 'static>(
         &self,
         route: &'static str,
-        build: impl FnOnce(&ChainView, &mut Mempool) -> Result<serde_json::Value, ApiError>
-            + Send
-            + 'static,
+        extract: impl FnOnce(&ChainView, &Mempool) -> Result<E, ApiError> + Send + 'static,
+        build: impl FnOnce(E) -> Result<serde_json::Value, ApiError> + Send + 'static,
     ) -> Result<Response, ApiError> {
         let body = self
-            .pool_view(route, move |chain, pool| {
-                serde_json::to_vec(&build(chain, pool)?)
+            .pool_view(route, extract, move |extracted| {
+                serde_json::to_vec(&build(extracted)?)
                     .map(Bytes::from)
                     .map_err(ApiError::internal)
             })
