@@ -733,12 +733,13 @@ impl Mempool {
             depth.insert(*txid, found);
             found
         }
-        for txid in &best {
-            depth_of(self, txid, &chosen, &mut depth);
-        }
-        let mut ordered = best;
-        ordered.sort_by_key(|txid| depth[txid]);
-        ordered
+        // Each depth is looked up once, not at every comparison of the sort.
+        let mut ordered: Vec<(usize, Txid)> = best
+            .iter()
+            .map(|txid| (depth_of(self, txid, &chosen, &mut depth), *txid))
+            .collect();
+        ordered.sort_by_key(|(depth, _)| *depth);
+        ordered.into_iter().map(|(_, txid)| txid).collect()
     }
 
     pub fn entries(&self) -> impl Iterator<Item = &MempoolEntry> {
