@@ -164,17 +164,25 @@ fn getdata_amplification_keeps_node_memory_bounded_and_an_observer_answered() {
     );
 }
 
+/// A node with a big block, and a peer that stopped reading and asked for
+/// that block `NON_READER_ITEMS` times (64 MB, more than the socket buffers
+/// of both ends hold): one copy per message, each sent once the one before
+/// was served (a copy still queued would absorb a repeat).
+fn a_peer_that_stopped_reading(dir: &std::path::Path) -> (Node, SocketAddr, HostilePeer) {
+    let (node, addr, big) = node_with_a_big_block(dir);
+    let mut attacker = handshaked(ATTACKER, addr, &Hello::default());
+    attacker.stop_reading();
+    for _ in 0..NON_READER_ITEMS {
+        attacker.send(&getdata_for(big, 1)).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (node, addr, attacker)
+}
+
 #[test]
 fn a_peer_that_stops_reading_is_dropped_within_the_timeout() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut node, addr, big) = node_with_a_big_block(dir.path());
-    let mut attacker = handshaked(ATTACKER, addr, &Hello::default());
-    attacker.stop_reading();
-    // One request per message, so that asking again what was already
-    // served is not folded into one item: 64 MB asked, none of it read.
-    for _ in 0..NON_READER_ITEMS {
-        attacker.send(&getdata_for(big, 1)).unwrap();
-    }
+    let (mut node, addr, mut attacker) = a_peer_that_stopped_reading(dir.path());
     let dropped = attacker.wait_closed(NON_READER_DROP_DEADLINE);
     eprintln!("a peer that stopped reading with {NON_READER_ITEMS} MB asked for: closed after {dropped:?}");
     assert!(
@@ -200,15 +208,7 @@ fn a_peer_that_stops_reading_is_dropped_within_the_timeout() {
 fn a_peer_that_asks_without_reading_is_dropped_before_its_writes_stall() {
     use chaincore::wire::constants::{PEER_PAUSED_REQUESTS, PEER_WRITE_STALL_TIMEOUT};
     let dir = tempfile::tempdir().unwrap();
-    let (mut node, addr, big) = node_with_a_big_block(dir.path());
-    let mut attacker = handshaked(ATTACKER, addr, &Hello::default());
-    attacker.stop_reading();
-    // One copy at a time, each served before the next comes (a copy still
-    // queued would absorb a repeat): more than the socket buffers hold.
-    for _ in 0..NON_READER_ITEMS {
-        attacker.send(&getdata_for(big, 1)).unwrap();
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (mut node, addr, mut attacker) = a_peer_that_stopped_reading(dir.path());
     let asked = Instant::now();
     // Sent slowly enough for the rate limit, past the bound.
     for nonce in 0..(2 * PEER_PAUSED_REQUESTS as u64) {
