@@ -24,10 +24,9 @@ use crate::mempool::MAX_STANDARD_TX_SIZE;
 use super::PeerId;
 
 /// Orphans kept at once (Bitcoin Core's `DEFAULT_MAX_ORPHAN_TRANSACTIONS`);
-/// past it, random ones are evicted.
+/// past it, orphans are evicted (`Orphanage::limit`).
 pub const MAX_ORPHANS: usize = 100;
-/// Encoded bytes of all orphans together; past it, random ones are
-/// evicted. The largest orphan is a standard transaction
+/// Encoded bytes of all orphans together; past it, orphans are evicted. The largest orphan is a standard transaction
 /// (`MAX_STANDARD_TX_SIZE`, 100 KB): 50 of them fit. Decoded, a
 /// transaction of that size takes about as many heap bytes as encoded
 /// (its inputs and outputs are fixed-size records of about their encoded
@@ -58,7 +57,7 @@ pub(super) struct Orphan {
 }
 
 /// The orphans, by txid, by the parents they wait for, and in a list for
-/// picking one at random to evict.
+/// picking one to evict.
 #[derive(Debug, Default)]
 pub(super) struct Orphanage {
     entries: HashMap<Txid, Orphan>,
@@ -75,8 +74,8 @@ pub(super) enum Added {
     Kept(Vec<Txid>),
     /// Already kept (from this sender or another).
     Known,
-    /// Kept, then evicted at once to hold the bounds (chosen at random
-    /// like any other).
+    /// Kept, then evicted at once to hold the bounds (its sender's
+    /// orphans took the most bytes).
     Evicted,
     /// Larger than a standard transaction: a pool would refuse it anyway.
     TooLarge,
@@ -100,7 +99,7 @@ impl Orphanage {
     }
 
     /// Keeps `tx` from `from` until `now + ORPHAN_EXPIRY`, then evicts
-    /// random orphans (possibly this one) until both bounds hold.
+    /// orphans (possibly this one, `limit`) until both bounds hold.
     pub fn add(&mut self, txid: Txid, tx: Transaction, from: PeerId, now: Instant) -> Added {
         if self.entries.contains_key(&txid) {
             return Added::Known;
@@ -203,12 +202,33 @@ impl Orphanage {
         gone.len()
     }
 
-    /// Evicts random orphans until at most `MAX_ORPHANS` and
-    /// `MAX_ORPHAN_BYTES` (counting the parent index) are kept: a peer flooding orphans cannot choose
-    /// which honest ones go.
+    /// Evicts orphans until at most `MAX_ORPHANS` and `MAX_ORPHAN_BYTES`
+    /// (counting the parent index) are kept: each time a random one of the
+    /// peer whose orphans take the most bytes (as Bitcoin Core since v28
+    /// evicts from the peer using the most), so a peer flooding orphans
+    /// evicts its own, not an honest peer's. A walk of at most
+    /// `MAX_ORPHANS` + 1 entries per eviction.
     fn limit(&mut self, rng: &mut impl Rng) {
         while self.list.len() > MAX_ORPHANS || self.bytes > MAX_ORPHAN_BYTES {
-            let victim = self.list[rng.gen_range(0..self.list.len())];
+            let mut by_peer: HashMap<PeerId, usize> = HashMap::new();
+            for orphan in self.entries.values() {
+                *by_peer.entry(orphan.from).or_default() += orphan.size;
+            }
+            // Ties go to the lowest peer id, so eviction does not depend on
+            // the map's order.
+            let Some((heaviest, _)) = by_peer
+                .into_iter()
+                .max_by_key(|(peer, bytes)| (*bytes, std::cmp::Reverse(*peer)))
+            else {
+                break;
+            };
+            let theirs: Vec<Txid> = self
+                .list
+                .iter()
+                .filter(|txid| self.entries[*txid].from == heaviest)
+                .copied()
+                .collect();
+            let victim = theirs[rng.gen_range(0..theirs.len())];
             self.take(&victim);
         }
     }
@@ -307,6 +327,39 @@ mod tests {
             orphans.add(too_large.txid(), too_large, 1, now),
             Added::TooLarge
         );
+    }
+
+    /// A peer flooding orphans evicts its own: another peer's few stay.
+    #[test]
+    fn a_flooding_peers_orphans_are_evicted_before_anyone_elses() {
+        let mut orphans = Orphanage::default();
+        let now = Instant::now();
+        for n in 0..10 {
+            let tx = orphan(n, &[parent(n)], 1);
+            orphans.add(tx.txid(), tx, 2, now);
+        }
+        for n in 10..(MAX_ORPHANS as u32 + 50) {
+            let tx = orphan(n, &[parent(n)], 1);
+            orphans.add(tx.txid(), tx, 1, now);
+        }
+        assert_eq!(orphans.len(), MAX_ORPHANS);
+        let honest = orphans.entries.values().filter(|o| o.from == 2).count();
+        assert_eq!(honest, 10);
+        // Bytes decide, not counts: one peer's few large orphans go before
+        // another's many small ones.
+        let mut orphans = Orphanage::default();
+        for n in 0..40 {
+            let tx = orphan(n, &[parent(n)], 1);
+            orphans.add(tx.txid(), tx, 2, now);
+        }
+        let big = (MAX_STANDARD_TX_SIZE - 200) / OUTPUT_LEN;
+        for n in 40..100 {
+            let tx = orphan(n, &[parent(n)], big);
+            orphans.add(tx.txid(), tx, 1, now);
+        }
+        assert!(orphans.bytes() <= MAX_ORPHAN_BYTES);
+        assert_eq!(orphans.entries.values().filter(|o| o.from == 2).count(), 40);
+        check_indexes(&orphans);
     }
 
     #[test]
