@@ -62,10 +62,10 @@ impl Protocol {
         }
     }
 
-    /// Empties `recent_rejects` when the tip moved since it was filled.
-    /// Orphans the new tip confirmed leave too (one tx-index read per
-    /// orphan kept, at most `MAX_ORPHANS`).
-    pub(super) fn refresh_rejects(&mut self) {
+    /// What a new tip changes for relay: empties `recent_rejects` when the
+    /// tip moved since it was filled; orphans the new tip confirmed leave
+    /// (one tx-index read per orphan kept, at most `MAX_ORPHANS`).
+    pub(super) fn refresh_for_tip(&mut self) {
         let tip = self.reader.published().tip.0;
         if self.rejects_tip != Some(tip) {
             self.recent_rejects.clear();
@@ -123,7 +123,7 @@ impl Protocol {
         }
         // Refused before at this tip: not judged again (its checks may
         // cost hundreds of UTXO reads and signature checks).
-        self.refresh_rejects();
+        self.refresh_for_tip();
         if self.recent_rejects.contains(&txid) {
             tracing::debug!(peer = id, %txid, "transaction refused before: ignored");
             return;
@@ -184,7 +184,7 @@ impl Protocol {
         if self.orphan_work.is_empty() || self.catching_up() {
             return actions;
         }
-        self.refresh_rejects();
+        self.refresh_for_tip();
         while let Some(txid) = self.orphan_work.pop_front() {
             self.orphan_queued.remove(&txid);
             // Gone meanwhile: expired, evicted, confirmed, or its sender left.
@@ -197,6 +197,13 @@ impl Protocol {
             break;
         }
         actions
+    }
+
+    /// Queues an orphan to be judged again, once however often asked.
+    fn queue_orphan(&mut self, txid: Txid) {
+        if self.orphan_queued.insert(txid) {
+            self.orphan_work.push_back(txid);
+        }
     }
 
     /// Whether orphans wait to be judged again (`process_orphan_work`).
@@ -248,8 +255,8 @@ impl Protocol {
                 };
                 // The missing parent entered the pool while this was judged
                 // (on the chain task) and woke no one: judged again at once.
-                if parent_in_pool && self.orphan_queued.insert(txid) {
-                    self.orphan_work.push_back(txid);
+                if parent_in_pool {
+                    self.queue_orphan(txid);
                 }
                 let peer = self.peers.get_mut(&id).expect("checked");
                 let mut asked = 0;
@@ -411,9 +418,7 @@ impl Protocol {
         // orphans are judged again.
         for txid in &fresh {
             for child in self.orphans.children_of(txid) {
-                if self.orphan_queued.insert(child) {
-                    self.orphan_work.push_back(child);
-                }
+                self.queue_orphan(child);
             }
         }
         for (id, peer) in self.peers.iter_mut().filter(|(_, p)| p.ready()) {
@@ -446,7 +451,7 @@ impl Protocol {
     pub(super) fn on_inv(&mut self, id: PeerId, items: Vec<InvItem>, actions: &mut Vec<Action>) {
         let now = Instant::now();
         let catching_up = self.catching_up();
-        self.refresh_rejects();
+        self.refresh_for_tip();
         // One lock at a time: the header tree's, then the pool's.
         let ask_headers = {
             let tree = self.reader.headers().read();

@@ -137,7 +137,7 @@ fn an_invalid_orphan_costs_its_sender_once_its_parent_is_in() {
 fn a_child_of_a_refused_parent_is_refused() {
     let (mut h, parent, child) = parent_and_child();
     ready_inbound(&mut h, 1);
-    h.protocol.refresh_rejects();
+    h.protocol.refresh_for_tip();
     h.protocol
         .recent_rejects
         .insert_bounded(parent.txid(), MAX_RECENT_REJECTS);
@@ -255,6 +255,6 @@ fn an_orphan_the_tip_confirms_leaves() {
     let block = chain.build_block(key(1).pubkey_hash(), vec![parent, child.clone()]);
     chain.apply(block.clone());
     h.chain.process_block(Arc::new(block), None).unwrap();
-    h.protocol.refresh_rejects();
+    h.protocol.refresh_for_tip();
     assert!(!h.protocol.orphans.contains(&child.txid()));
 }
