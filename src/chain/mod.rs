@@ -1226,9 +1226,16 @@ impl Chain {
                 "block {hash} does not extend the tip"
             )));
         }
-        let ctx = self
-            .context_after(&self.tip.hash)
-            .expect("the tip is in the index");
+        // The block's time was judged against the clock when it was
+        // accepted, where a time too new defers a block and never fails
+        // it; connecting judges it by the chain alone, so a clock stepped
+        // back since (NTP, a resumed machine) cannot mark it failed.
+        let ctx = BlockContext {
+            now: u32::MAX,
+            ..self
+                .context_after(&self.tip.hash)
+                .expect("the tip is in the index")
+        };
         lap(&mut self.stages.load);
         let view = self.prefetch_inputs(&block)?;
         lap(&mut self.stages.utxo_reads);

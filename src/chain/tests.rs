@@ -480,6 +480,46 @@ fn stored_blocks(chain: &Chain) -> Vec<Vec<(Vec<u8>, Vec<u8>)>> {
         .collect()
 }
 
+/// A block's time is judged against the clock when the block is accepted:
+/// one stored while its time was fine still connects after the clock has
+/// stepped back (NTP, a resumed machine), and is not marked failed.
+#[test]
+fn a_stored_block_connects_after_the_clock_steps_back() {
+    let base = prefix();
+    let allowance = base.params.max_future_block_time_secs;
+    let mut ahead = base.clone();
+    let first = ahead.build_block(key(1).pubkey_hash(), Vec::new());
+    ahead.apply(first.clone());
+    let second = ahead.build_block(key(1).pubkey_hash(), Vec::new());
+    assert!(first.header.time < second.header.time);
+    let clock = Clock::manual(second.header.time);
+    let dir = tempfile::tempdir().unwrap();
+    let mut chain = open_with(
+        &dir,
+        ChainOptions {
+            clock: clock.clone(),
+            ..ChainOptions::default()
+        },
+    );
+    feed(&mut chain, &base.blocks[1..]);
+    chain
+        .process_headers(&[first.header, second.header])
+        .unwrap();
+    // The second block arrives first and is stored, waiting for its parent.
+    chain
+        .process_block(Arc::new(second.clone()), Some(1))
+        .unwrap();
+    assert_eq!(chain.tip().height, 12);
+    // The clock steps back: the second block's time is now too new to
+    // accept, but it was accepted already.
+    clock.set(second.header.time - allowance - 1);
+    chain
+        .process_block(Arc::new(first.clone()), Some(1))
+        .unwrap();
+    assert_eq!(chain.tip().hash, second.hash());
+    assert!(!chain.index_entry(&second.hash()).unwrap().is_failed());
+}
+
 #[test]
 fn a_block_too_far_ahead_of_the_clock_is_refused_for_now_then_accepted() {
     let base = prefix();
