@@ -226,9 +226,16 @@ pub async fn submit_tx(
             format!("transaction does not decode: {e}"),
         )
     })?;
+    // Held by the work itself (see `submit_permit`): on the blocking
+    // thread, then on the chain task if it judges the transaction.
+    let permit = std::sync::Arc::new(state.pool_views.submit_permit().await?);
     let attempt = tx.clone();
+    let held = permit.clone();
     let first = state
-        .with_state(move |chain, pool| Ok(pool.accept(chain, attempt)))
+        .with_state(move |chain, pool| {
+            let _held = held;
+            Ok(pool.accept(chain, attempt))
+        })
         .await?;
     let result = match first {
         // No view met the pool's tip (a catch-up writes the store in
@@ -238,7 +245,10 @@ pub async fn submit_tx(
             let mempool = state.mempool.clone();
             state
                 .chain
-                .call_async(move |chain| mempool.lock().expect("mempool lock").accept(chain, tx))
+                .call_async(move |chain| {
+                    let _held = permit;
+                    mempool.lock().expect("mempool lock").accept(chain, tx)
+                })
                 .await
                 .map_err(ApiError::stopped)?
         }

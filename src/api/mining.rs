@@ -161,7 +161,12 @@ pub async fn submit(
     };
     let hash = block.hash();
     // Through the chain task, the only writer, like a block from a peer.
-    let outcome = match state.chain.process_block_async(Arc::new(block)).await {
+    let permit = state.pool_views.submit_permit().await?;
+    let outcome = match state
+        .chain
+        .process_submitted_block_async(Arc::new(block), Box::new(permit))
+        .await
+    {
         Err(ChainError::Stopped) => {
             return Err(ApiError::unavailable(
                 "shutting-down",

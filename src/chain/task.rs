@@ -82,10 +82,10 @@ impl ChainHandle {
         let _ = self.jobs.send(Job::Block(job));
     }
 
-    /// `Chain::process_block` for a block the node produced, was given
-    /// (REST) or imported: queued behind the blocks already waiting, and
+    /// `Chain::process_block` for a block the node produced or imported:
+    /// queued behind the blocks already waiting, and
     /// connected a step at a time like theirs. Waits for the outcome (a
-    /// thread that may block; see `process_block_async`).
+    /// thread that may block).
     pub fn process_block(&self, block: Arc<Block>) -> Result<BlockOutcome, ChainError> {
         let (reply, result) = std::sync::mpsc::sync_channel(1);
         self.submit_own_block(block, move |outcome| {
@@ -94,11 +94,27 @@ impl ChainHandle {
         result.recv().map_err(|_| ChainError::Stopped)?
     }
 
-    /// As `process_block`, for async code.
-    pub async fn process_block_async(&self, block: Arc<Block>) -> Result<BlockOutcome, ChainError> {
+    /// A block a client submitted over REST (`POST /mining/submit`), for
+    /// async code: stored only where a peer's block the node did not ask
+    /// for would be (its chain has at least the tip's work and is not far
+    /// ahead), and never kept waiting for a parent. A miner's block extends
+    /// the tip; anything else would let a client fill the disk with cheap
+    /// blocks on a low-work fork. `hold` is dropped once the block is
+    /// stored or refused (a permit of the route that submitted it).
+    pub async fn process_submitted_block_async(
+        &self,
+        block: Arc<Block>,
+        hold: Box<dyn Send>,
+    ) -> Result<BlockOutcome, ChainError> {
         let (reply, result) = tokio::sync::oneshot::channel();
-        self.submit_own_block(block, move |outcome| {
-            let _ = reply.send(outcome);
+        self.submit_block(BlockJob {
+            source: None,
+            block,
+            requested: false,
+            hold: Some(hold),
+            done: Box::new(move |outcome| {
+                let _ = reply.send(outcome);
+            }),
         });
         result.await.map_err(|_| ChainError::Stopped)?
     }

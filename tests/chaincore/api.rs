@@ -632,6 +632,18 @@ fn miners_get_templates_and_submit_blocks_or_headers() {
         ),
         (400, "orphan".into())
     );
+    // A block on a chain with less work than the tip (forking from
+    // genesis) is not stored: a client cannot fill the disk with cheap
+    // blocks. A miner's block extends the tip.
+    let mut fork =
+        Block::from_bytes(&hex::decode(template["block_hex"].as_str().unwrap()).unwrap()).unwrap();
+    fork.header.prev_hash = chain.blocks[0].hash();
+    solve_block(&mut fork);
+    assert_eq!(
+        error_code(api, "POST", "/mining/submit", &hex::encode(fork.to_bytes())),
+        (400, "low-work".into())
+    );
+    assert_eq!(get(api, &format!("/block/{}", fork.hash())).0, 404);
     node.stop();
 }
 
