@@ -642,11 +642,13 @@ impl AddrBook {
 
     /// Records a completed handshake with `addr`, which we dialed: it moves
     /// to the tried table (the entry in its slot, if any, goes back to new).
-    pub fn mark_good(&mut self, addr: SocketAddr, now: u32) {
+    /// Returns whether it was not in the tried table before.
+    pub fn mark_good(&mut self, addr: SocketAddr, now: u32) -> bool {
         let addr = canonical_socket(addr);
         if !self.acceptable(&addr) {
-            return;
+            return false;
         }
+        let was_tried = self.entries.get(&addr).is_some_and(|e| e.is_tried());
         self.make_tried(addr, now, addr.ip());
         if let Some(entry) = self.entries.get_mut(&addr) {
             entry.last_seen = now;
@@ -655,6 +657,7 @@ impl AddrBook {
             entry.attempts = 0;
             entry.next_attempt = None;
         }
+        !was_tried && self.entries.get(&addr).is_some_and(|e| e.is_tried())
     }
 
     fn make_tried(&mut self, addr: SocketAddr, seen: u32, source: IpAddr) {

@@ -68,6 +68,18 @@ pub const TARGET_OUTBOUND: usize = 8;
 pub const MAX_INBOUND: usize = 117;
 /// How long a misbehaving address is refused.
 pub const DISCOURAGE_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+/// How often the address book is written to disk.
+pub const ADDRBOOK_SAVE_INTERVAL: Duration = Duration::from_secs(60);
+/// An address that becomes tried (a dial that completed its handshake) is
+/// saved at once, so a node killed right after finds it again, but at most
+/// once per this gap: a book full of listeners that complete a handshake
+/// and hang up would otherwise have the whole book (megabytes of JSON)
+/// rewritten at every dial.
+pub const ADDRBOOK_PROMPT_SAVE_GAP: Duration = Duration::from_secs(10);
+/// Misbehaving addresses remembered at once (as Bitcoin Core's rolling
+/// filter of discouraged addresses); past it the oldest are forgotten. About
+/// 80 bytes each: 4 MB at most.
+pub const MAX_DISCOURAGED: usize = 50_000;
 /// Inventory hashes remembered per peer, so nothing is announced back to
 /// where it came from; the oldest are forgotten first.
 pub const MAX_KNOWN_INVENTORY: usize = 50_000;
@@ -241,8 +253,11 @@ struct Peer {
     answered_mempool: bool,
     /// Transactions asked of this peer and not delivered yet.
     tx_in_flight: HashSet<Hash256>,
-    /// Transactions this peer announced that we still want.
-    tx_announced: usize,
+    /// Transactions this peer announced that we still want: exactly those
+    /// whose request lists it among the announcers (at most
+    /// `MAX_PEER_TX_ANNOUNCEMENTS`). A disconnect touches these requests
+    /// alone, not every request of every peer.
+    tx_announced: HashSet<Hash256>,
     /// Txids this peer announced and was not asked for yet, in the order
     /// announced (some may have been delivered or asked of another peer
     /// since: dropped when reached). `request_txs` takes from the front,
@@ -357,12 +372,16 @@ pub struct Protocol {
     discover: bool,
     /// Addresses being dialed right now.
     dialing: HashSet<SocketAddr>,
-    discouraged: HashMap<IpAddr, Instant>,
+    discouraged: misbehaviour::Discouraged,
     announced_tip: BlockHash,
     counters: ProtocolCounters,
     progress: SyncProgress,
     last_progress: (Instant, u32),
     last_addrbook_save: Instant,
+    /// An address newly tried since the book was last saved (saved soon,
+    /// see `ADDRBOOK_PROMPT_SAVE_GAP`), and when such a save last ran.
+    addrbook_unsaved_tried: bool,
+    last_prompt_addrbook_save: Option<Instant>,
 }
 
 fn is_local(ip: &IpAddr) -> bool {
@@ -407,12 +426,14 @@ impl Protocol {
             manual_failures: HashMap::new(),
             discover,
             dialing: HashSet::new(),
-            discouraged: HashMap::new(),
+            discouraged: misbehaviour::Discouraged::default(),
             announced_tip,
             counters: ProtocolCounters::default(),
             progress: SyncProgress::default(),
             last_progress: (now, height),
             last_addrbook_save: now,
+            addrbook_unsaved_tried: false,
+            last_prompt_addrbook_save: None,
         }
     }
 
@@ -445,6 +466,19 @@ impl Protocol {
             .collect();
         out.sort_by_key(|p| p.id);
         out
+    }
+
+    /// Saves the book if an address became tried since the last save and
+    /// the last such save is `ADDRBOOK_PROMPT_SAVE_GAP` old.
+    fn save_new_tried_address(&mut self, now: Instant) {
+        let due = self
+            .last_prompt_addrbook_save
+            .is_none_or(|last| now.duration_since(last) >= ADDRBOOK_PROMPT_SAVE_GAP);
+        if self.addrbook_unsaved_tried && due {
+            self.addrbook_unsaved_tried = false;
+            self.last_prompt_addrbook_save = Some(now);
+            self.save_addrbook();
+        }
     }
 
     pub fn save_addrbook(&self) {
@@ -606,20 +640,7 @@ impl Protocol {
                 self.send_getheaders(id, now, &mut actions);
             }
         }
-        for (txid, request) in self.tx_requests.iter_mut() {
-            if let Some((slow, asked)) = request.asked {
-                if now.duration_since(asked) > TX_REQUEST_TIMEOUT {
-                    if let Some(peer) = self.peers.get_mut(&slow) {
-                        peer.tx_in_flight.remove(txid);
-                        peer.tx_announced = peer.tx_announced.saturating_sub(1);
-                    }
-                    request.announcers.retain(|p| *p != slow);
-                    request.asked = None;
-                    requeue(&mut self.peers, txid, &request.announcers);
-                }
-            }
-        }
-        self.tx_requests.retain(|_, r| !r.announcers.is_empty());
+        self.expire_tx_requests(now);
         let expired = self.orphans.expire(now);
         if expired > 0 {
             tracing::debug!(expired, "orphan transactions expired");
@@ -639,11 +660,12 @@ impl Protocol {
         self.request_mempools(&mut actions);
         self.connect_outbound(now, &mut actions);
         self.update_progress(now);
-        if now.duration_since(self.last_addrbook_save) > Duration::from_secs(60) {
+        if now.duration_since(self.last_addrbook_save) > ADDRBOOK_SAVE_INTERVAL {
             self.last_addrbook_save = now;
             self.save_addrbook();
         }
-        self.discouraged.retain(|_, until| *until > now);
+        self.save_new_tried_address(now);
+        self.discouraged.expire(now);
         actions
     }
 
@@ -682,6 +704,47 @@ mod tests;
 /// announcer, which the next `request_txs` asks; if that one fails too,
 /// the next. One push per failure: a txid that a hundred peers announced
 /// and none serves costs a hundred pushes, not ten thousand.
+impl Protocol {
+    /// Transactions asked of a peer that has not delivered them within
+    /// `TX_REQUEST_TIMEOUT` go to their next announcer, and the peer is no
+    /// longer counted as one. Walks what is in flight (at most
+    /// `MAX_TX_IN_FLIGHT_PER_PEER` per peer), never every announcement
+    /// waiting. An entry in flight whose request is gone (another peer
+    /// delivered the transaction) or asked of another peer is dropped, so it
+    /// does not hold one of the peer's in-flight places.
+    fn expire_tx_requests(&mut self, now: Instant) {
+        let mut done = Vec::new();
+        for (id, peer) in &self.peers {
+            for txid in &peer.tx_in_flight {
+                match self.tx_requests.get(txid).and_then(|r| r.asked) {
+                    Some((asked_of, at)) if asked_of == *id => {
+                        if now.duration_since(at) > TX_REQUEST_TIMEOUT {
+                            done.push((*id, *txid, true));
+                        }
+                    }
+                    _ => done.push((*id, *txid, false)),
+                }
+            }
+        }
+        for (slow, txid, late) in done {
+            let peer = self.peers.get_mut(&slow).expect("walked above");
+            peer.tx_in_flight.remove(&txid);
+            if !late {
+                continue;
+            }
+            peer.tx_announced.remove(&txid);
+            let request = self.tx_requests.get_mut(&txid).expect("asked above");
+            request.announcers.retain(|p| *p != slow);
+            request.asked = None;
+            if request.announcers.is_empty() {
+                self.tx_requests.remove(&txid);
+            } else {
+                requeue(&mut self.peers, &txid, &request.announcers);
+            }
+        }
+    }
+}
+
 fn requeue(peers: &mut HashMap<PeerId, Peer>, txid: &Hash256, announcers: &[PeerId]) {
     if let Some(first) = announcers.iter().find(|a| peers.contains_key(a)) {
         if let Some(peer) = peers.get_mut(first) {

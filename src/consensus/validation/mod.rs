@@ -19,7 +19,7 @@ use rayon::prelude::*;
 use super::address::PubKeyHash;
 use super::amount::Amount;
 use super::block::{Block, BlockHeader};
-use super::hash::{Hash256, Txid};
+use super::hash::{BlockHash, Hash256, Txid};
 use super::keys::{verify_signature, SignatureError, SignatureVerifier};
 use super::limits::{LOCKTIME_THRESHOLD, MAX_BLOCK_SIZE, MAX_TX_SIZE};
 use super::params::ChainParams;
@@ -178,14 +178,23 @@ pub enum SignatureChecks {
 /// Context-free header checks: usable bits, within the network limit, and a
 /// hash that meets them.
 pub fn check_header(header: &BlockHeader, params: &ChainParams) -> Result<(), BlockError> {
+    check_header_hashed(header, &header.hash(), params)
+}
+
+/// `check_header` for a header whose hash (`header.hash()`) the caller
+/// already has.
+pub fn check_header_hashed(
+    header: &BlockHeader,
+    hash: &BlockHash,
+    params: &ChainParams,
+) -> Result<(), BlockError> {
     let target = target_from_compact(header.bits).map_err(BlockError::BadBitsEncoding)?;
     if target > params.pow_limit() {
         return Err(BlockError::BitsAboveLimit { bits: header.bits });
     }
-    let hash = header.hash();
-    if !meets_target(&hash, &target) {
+    if !meets_target(hash, &target) {
         return Err(BlockError::HighHash {
-            hash,
+            hash: *hash,
             bits: header.bits,
         });
     }

@@ -89,9 +89,10 @@ impl Protocol {
         );
         if let Some(dialed) = peer.dialed {
             self.manual_failures.remove(&dialed);
-            self.addrbook.mark_good(dialed, unix_now());
-            // Saved at once: a node killed right after must find it again.
-            self.save_addrbook();
+            if self.addrbook.mark_good(dialed, unix_now()) {
+                self.addrbook_unsaved_tried = true;
+                self.save_new_tried_address(now);
+            }
             if let Some(peer) = self.peers.get_mut(&id) {
                 peer.addr_limit.expect_answer();
             }

@@ -45,6 +45,101 @@ impl Protocol {
     }
 
     pub fn is_discouraged(&self, ip: &IpAddr, now: Instant) -> bool {
-        self.discouraged.get(ip).is_some_and(|until| *until > now)
+        self.discouraged.contains(ip, now)
+    }
+}
+
+/// Addresses refused after misbehaving, each until its time is up: at most
+/// `MAX_DISCOURAGED`, the one whose time ends soonest forgotten first. Every
+/// address is refused for `DISCOURAGE_DURATION` from when it misbehaved,
+/// so that is the oldest, and the times in `order` never decrease. A flood
+/// of new addresses (an IPv6 /64 holds 2^64 of them) costs a bounded table,
+/// as Bitcoin Core's rolling filter of 50 000, and expiring costs the
+/// entries that expire, not a walk of the table.
+#[derive(Default)]
+pub(super) struct Discouraged {
+    until: HashMap<IpAddr, Instant>,
+    /// When each entry ends, in the order they were made. An address
+    /// discouraged again has a newer entry; its older one only counts
+    /// against the bound until it reaches the front.
+    order: VecDeque<(Instant, IpAddr)>,
+}
+
+impl Discouraged {
+    pub(super) fn insert(&mut self, ip: IpAddr, until: Instant) {
+        self.until.insert(ip, until);
+        self.order.push_back((until, ip));
+        while self.order.len() > MAX_DISCOURAGED {
+            self.forget_oldest();
+        }
+    }
+
+    pub(super) fn contains(&self, ip: &IpAddr, now: Instant) -> bool {
+        self.until.get(ip).is_some_and(|until| *until > now)
+    }
+
+    /// Forgets the entries whose time is up at `now`.
+    pub(super) fn expire(&mut self, now: Instant) {
+        while self.order.front().is_some_and(|(until, _)| *until <= now) {
+            self.forget_oldest();
+        }
+    }
+
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.until.len()
+    }
+
+    fn forget_oldest(&mut self) {
+        if let Some((until, ip)) = self.order.pop_front() {
+            if self.until.get(&ip) == Some(&until) {
+                self.until.remove(&ip);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(n: u32) -> IpAddr {
+        IpAddr::V4(std::net::Ipv4Addr::from(0xC633_0000 + n))
+    }
+
+    #[test]
+    fn discouraged_addresses_are_bounded_and_the_oldest_go_first() {
+        let start = Instant::now();
+        let mut table = Discouraged::default();
+        let extra = 10;
+        for n in 0..(MAX_DISCOURAGED + extra) as u32 {
+            table.insert(
+                ip(n),
+                start + DISCOURAGE_DURATION + Duration::from_millis(n.into()),
+            );
+        }
+        assert_eq!(table.len(), MAX_DISCOURAGED);
+        assert!(!table.contains(&ip(0), start), "the oldest is forgotten");
+        assert!(!table.contains(&ip(extra as u32 - 1), start));
+        assert!(table.contains(&ip(extra as u32), start));
+        assert!(table.contains(&ip((MAX_DISCOURAGED + extra - 1) as u32), start));
+    }
+
+    #[test]
+    fn a_discouraged_address_is_refused_until_its_latest_time() {
+        let start = Instant::now();
+        let mut table = Discouraged::default();
+        let first = start + Duration::from_secs(10);
+        table.insert(ip(1), first);
+        table.insert(ip(2), first + Duration::from_secs(1));
+        // Discouraged again later: its first entry's end does not free it.
+        table.insert(ip(1), first + Duration::from_secs(20));
+        table.expire(first + Duration::from_secs(5));
+        assert!(table.contains(&ip(1), first + Duration::from_secs(5)));
+        assert!(!table.contains(&ip(2), first + Duration::from_secs(5)));
+        assert_eq!(table.len(), 1);
+        table.expire(first + Duration::from_secs(20));
+        assert_eq!(table.len(), 0);
+        assert_eq!(table.order.len(), 0);
     }
 }

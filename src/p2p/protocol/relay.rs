@@ -106,7 +106,7 @@ impl Protocol {
         if let Some(request) = self.tx_requests.remove(&txid) {
             for announcer in request.announcers {
                 if let Some(p) = self.peers.get_mut(&announcer) {
-                    p.tx_announced = p.tx_announced.saturating_sub(1);
+                    p.tx_announced.remove(&txid);
                 }
             }
         }
@@ -519,7 +519,7 @@ impl Protocol {
                         if let Some(request) = self.tx_requests.get_mut(&item.hash) {
                             request.announcers.retain(|p| *p != id);
                             request.asked = None;
-                            peer.tx_announced = peer.tx_announced.saturating_sub(1);
+                            peer.tx_announced.remove(&item.hash);
                             if request.announcers.is_empty() {
                                 self.tx_requests.remove(&item.hash);
                             } else {
@@ -665,7 +665,7 @@ fn want_tx(
     requests: &mut HashMap<Hash256, TxRequest>,
     txid: Txid,
 ) -> bool {
-    if peer.tx_announced >= MAX_PEER_TX_ANNOUNCEMENTS {
+    if peer.tx_announced.len() >= MAX_PEER_TX_ANNOUNCEMENTS {
         return false;
     }
     let request = requests.entry(txid).or_default();
@@ -673,7 +673,7 @@ fn want_tx(
         return false;
     }
     request.announcers.push(id);
-    peer.tx_announced += 1;
+    peer.tx_announced.insert(txid);
     peer.tx_to_request.push_back(txid);
     true
 }

@@ -65,7 +65,7 @@ impl Protocol {
                 answered_mempool: false,
                 unconnecting_headers: 0,
                 tx_in_flight: HashSet::new(),
-                tx_announced: 0,
+                tx_announced: HashSet::new(),
                 tx_to_request: VecDeque::new(),
                 mempool_requested: false,
                 group,
@@ -123,19 +123,23 @@ impl Protocol {
         for hash in peer.in_flight.keys() {
             self.in_flight.remove(hash);
         }
-        let peers = &mut self.peers;
-        self.tx_requests.retain(|txid, request| {
-            let announced = request.announcers.contains(&id);
+        // Its announcements: each goes to another announcer's queue unless
+        // asked of one (its queue may have been the only one holding it),
+        // or is forgotten with its last announcer.
+        for txid in &peer.tx_announced {
+            let Some(request) = self.tx_requests.get_mut(txid) else {
+                continue;
+            };
             request.announcers.retain(|p| *p != id);
             if request.asked.is_some_and(|(p, _)| p == id) {
                 request.asked = None;
-                requeue(peers, txid, &request.announcers);
-            } else if announced && request.asked.is_none() {
-                // Its queue may have been the only one still holding it.
-                requeue(peers, txid, &request.announcers);
             }
-            !request.announcers.is_empty()
-        });
+            if request.announcers.is_empty() {
+                self.tx_requests.remove(txid);
+            } else if request.asked.is_none() {
+                requeue(&mut self.peers, txid, &request.announcers);
+            }
+        }
         if self.headers_request.is_some_and(|(p, _)| p == id) {
             self.headers_request = None;
         }
@@ -241,7 +245,7 @@ impl Protocol {
                     || dialing.contains(a)
                     || manual.contains_key(a)
                     || self_addrs.contains_key(a)
-                    || discouraged.get(&a.ip()).is_some_and(|until| *until > now)
+                    || discouraged.contains(&a.ip(), now)
                     || (a.ip().is_loopback() && a.port() == listen)
                     || groups.contains(&NetGroup::of(a.ip()))
             });

@@ -1,6 +1,7 @@
 //! Header and block sync: headers-first download with the work threshold and pre-sync, block requests per peer, stalls, and announcing our tip.
 
 use super::*;
+use crate::consensus::validation::check_header_hashed;
 
 /// Work handed to the chain task that judges its sender.
 #[derive(Debug, Clone, Copy)]
@@ -48,6 +49,22 @@ impl Protocol {
             self.misbehaving(id, "non_continuous_headers", actions);
             return;
         }
+        // Each header must meet its own bits, within the network's limit,
+        // before the batch's claimed work counts for anything (Bitcoin
+        // Core's `CheckHeadersPoW`). A forged target (`bits` of 1) claims
+        // 2^255 of work for nothing: a batch of cheap real headers ending in
+        // one would clear the work threshold, and its real headers be
+        // indexed, however little work they carry, if something (a time
+        // too new) stopped the indexing before the forged one.
+        let params = self.reader.params();
+        if headers
+            .iter()
+            .zip(&hashes)
+            .any(|(header, hash)| check_header_hashed(header, hash, params).is_err())
+        {
+            self.misbehaving(id, "invalid_header", actions);
+            return;
+        }
         let clock_now = self.chain_clock_now();
         let peer = self.peers.get_mut(&id).expect("checked");
         if let Some(sync) = peer.headers_sync.as_mut() {
@@ -86,9 +103,8 @@ impl Protocol {
                 Some(parent) => {
                     let claimed = headers
                         .iter()
-                        // Bits are not checked yet: a forged target of 1
-                        // claims 2^255 of work, so the sum saturates (the
-                        // headers then fail their checks when indexed).
+                        // Each header's work is real (checked above); the
+                        // sum saturates all the same.
                         .fold(parent.chain_work, |w, h| {
                             w.saturating_add(work_from_compact(h.bits))
                         });

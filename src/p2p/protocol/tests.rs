@@ -274,8 +274,11 @@ fn headers_being_indexed_hold_back_the_tick_and_still_cost_a_sender_that_left() 
     h.message(1, their_version(1, 5), h.now);
     h.message(1, Message::Verack, h.now);
     ready_inbound(&mut h, 2);
+    // Its proof of work holds (checked on arrival); its time, before its
+    // parent's, is found wrong only when indexed.
     let mut bad = chain.blocks[1].header;
-    while crate::consensus::validation::check_header(&bad, Network::Regtest.params()).is_ok() {
+    bad.time = 0;
+    while crate::consensus::validation::check_header(&bad, Network::Regtest.params()).is_err() {
         bad.nonce = bad.nonce.wrapping_add(1);
     }
     // Not run yet: the chain task is busy.
@@ -291,10 +294,10 @@ fn headers_being_indexed_hold_back_the_tick_and_still_cost_a_sender_that_left() 
         );
     }
     h.protocol.on_disconnected(1, h.now);
-    assert!(!h.protocol.discouraged.contains_key(&remote.ip()));
+    assert!(!h.protocol.is_discouraged(&remote.ip(), h.now));
     h.inline(queued, h.now);
     assert!(
-        h.protocol.discouraged.contains_key(&remote.ip()),
+        h.protocol.is_discouraged(&remote.ip(), h.now),
         "a sender gone before its headers were indexed escapes"
     );
     assert_eq!(h.protocol.counters().misbehaviour["invalid_header"], 1);
@@ -323,7 +326,7 @@ fn an_invalid_block_still_costs_a_sender_that_left_before_it_was_judged() {
     h.protocol.on_disconnected(1, h.now);
     h.inline(queued, h.now);
     assert!(
-        h.protocol.discouraged.contains_key(&remote.ip()),
+        h.protocol.is_discouraged(&remote.ip(), h.now),
         "a sender gone before its block was judged escapes"
     );
     assert_eq!(h.protocol.counters().misbehaviour["invalid_block"], 1);
@@ -467,6 +470,34 @@ fn a_long_low_work_header_chain_costs_no_index_and_bounded_memory() {
     assert_eq!(h.protocol.headers_sync_bytes(), 0);
     assert_eq!(index_len(&h), 1);
     assert!(h.protocol.counters().misbehaviour.is_empty());
+}
+
+/// A forged target (`bits` of 1) claims 2^255 of work for nothing. A batch
+/// of cheap real headers ending in one, behind a header too new to index
+/// yet (which would stop the indexing before the forged one is looked at),
+/// must not pass for a chain with enough work: its sender is a violator
+/// and nothing is indexed.
+#[test]
+fn a_forged_target_claims_no_work_for_the_headers_before_it() {
+    let mut h = harness_with(&[], requiring_work_of(1_000_000));
+    let remote: std::net::SocketAddr = "203.0.113.9:8333".parse().unwrap();
+    h.protocol.on_connected(1, remote, None, h.now);
+    h.message(1, their_version(1, 5), h.now);
+    h.message(1, Message::Verack, h.now);
+    let mut headers = regtest_headers(100, 3);
+    let last = *headers.last().unwrap();
+    let too_new = crate::testkit::header_chain(last.hash(), unix_now() + 86_400, 1, 10, 3)[0];
+    headers.push(too_new);
+    headers.push(crate::consensus::block::BlockHeader {
+        prev_hash: too_new.hash(),
+        time: too_new.time + 1,
+        bits: 0x0300_0001,
+        ..too_new
+    });
+    let actions = h.message(1, Message::Headers(headers), h.now);
+    assert_eq!(disconnected(&actions, 1), Some("invalid_header"));
+    assert_eq!(index_len(&h), 1, "only genesis is indexed");
+    assert!(h.protocol.is_discouraged(&remote.ip(), h.now));
 }
 
 #[test]
@@ -850,6 +881,37 @@ fn a_transaction_no_tip_could_accept_costs_its_sender_and_a_policy_refusal_does_
     assert!(h.protocol.recent_rejects.contains(&bad.txid()));
 }
 
+/// A dial that completes its handshake saves the book at once, so a node
+/// killed right after finds the address again; more within
+/// `ADDRBOOK_PROMPT_SAVE_GAP` wait for the tick that ends it, so listeners
+/// that handshake and hang up cannot have the book rewritten at every dial.
+#[test]
+fn newly_tried_addresses_are_saved_at_once_then_at_most_once_per_gap() {
+    let mut h = harness(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    h.protocol.addrbook = AddrBook::load(dir.path(), Network::Regtest).unwrap();
+    let saved = || {
+        std::fs::read_to_string(dir.path().join(crate::p2p::addrbook::ADDRBOOK_FILE))
+            .unwrap_or_default()
+    };
+    let dial = |h: &mut Harness, id: PeerId, port: u16, at: Instant| {
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        h.protocol.on_connected(id, addr, Some(addr), at);
+        h.message(id, their_version(id, 0), at);
+        h.message(id, Message::Verack, at);
+    };
+    let start = h.now;
+    dial(&mut h, 1, 41001, start);
+    assert!(saved().contains("127.0.0.1:41001"), "{}", saved());
+    let soon = h.now + Duration::from_secs(1);
+    dial(&mut h, 2, 41002, soon);
+    assert!(!saved().contains("127.0.0.1:41002"));
+    h.protocol.on_tick(soon);
+    assert!(!saved().contains("127.0.0.1:41002"));
+    h.protocol.on_tick(h.now + ADDRBOOK_PROMPT_SAVE_GAP);
+    assert!(saved().contains("127.0.0.1:41002"), "{}", saved());
+}
+
 /// Peers 1 and 2, inbound from two ports of 127.0.0.1, past the handshake.
 fn two_ready_peers(h: &mut Harness) {
     for (id, port) in [(1, 40001), (2, 40002)] {
@@ -858,6 +920,59 @@ fn two_ready_peers(h: &mut Harness) {
         h.message(id, their_version(id, 0), h.now);
         h.message(id, Message::Verack, h.now);
     }
+}
+
+/// A transaction another peer delivered frees the place it held among the
+/// asked peer's requests in flight; a peer that leaves hands what it
+/// announced to the other announcers, and is no longer one.
+#[test]
+fn a_delivery_elsewhere_frees_the_asked_peer_and_a_leaver_hands_on_its_announcements() {
+    use crate::consensus::amount::Amount;
+    use crate::consensus::transaction::{OutPoint, TxOut};
+    let mut h = harness(&[]);
+    two_ready_peers(&mut h);
+    // Spends an output the node does not know: kept as an orphan, which
+    // does not matter here.
+    let spent = TxOut {
+        amount: Amount::from_units(50_000),
+        owner: key(1).pubkey_hash(),
+    };
+    let tx = crate::testkit::signed_spend(
+        &[(OutPoint::new(Hash256([7; 32]), 0), spent, &key(1))],
+        vec![TxOut {
+            amount: Amount::from_units(40_000),
+            owner: key(2).pubkey_hash(),
+        }],
+    );
+    let delivered = InvItem {
+        kind: InvKind::Tx,
+        hash: tx.txid(),
+    };
+    let other = InvItem {
+        kind: InvKind::Tx,
+        hash: Hash256([9; 32]),
+    };
+    let actions = h.message(1, Message::Inv(vec![delivered, other]), h.now);
+    assert_eq!(
+        getdata_hashes(&actions, 1),
+        vec![delivered.hash, other.hash]
+    );
+    let actions = h.message(2, Message::Inv(vec![other]), h.now);
+    assert!(getdata_hashes(&actions, 2).is_empty());
+    // Peer 2 sends the first one unasked: peer 1 no longer holds a place
+    // for it once the tick has looked.
+    h.message(2, Message::Tx(Box::new(tx)), h.now);
+    h.protocol.on_tick(h.now + Duration::from_secs(1));
+    let in_flight = &h.protocol.peers[&1].tx_in_flight;
+    assert!(!in_flight.contains(&delivered.hash) && in_flight.contains(&other.hash));
+    // Peer 1 leaves: the other one is asked of peer 2, its last announcer.
+    let actions = h.protocol.on_disconnected(1, h.now);
+    assert_eq!(h.protocol.tx_requests[&other.hash].announcers, vec![2]);
+    assert!(
+        getdata_hashes(&actions, 2).contains(&other.hash),
+        "{actions:?}"
+    );
+    assert!(h.protocol.peers[&2].tx_announced.contains(&other.hash));
 }
 
 #[test]
@@ -927,6 +1042,9 @@ fn headers_the_tree_can_judge_never_reach_the_chain_task() {
     // a row at most, and never by the chain task.
     let mut stray = tip;
     stray.prev_hash = Hash256([0x5a; 32]);
+    while crate::consensus::validation::check_header(&stray, Network::Regtest.params()).is_err() {
+        stray.nonce = stray.nonce.wrapping_add(1);
+    }
     for n in 1..=MAX_UNCONNECTING_HEADERS + 2 {
         let actions = h
             .protocol
