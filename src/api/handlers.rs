@@ -228,7 +228,12 @@ pub async fn submit_tx(
     })?;
     // Held by the work itself (see `submit_permit`): on the blocking
     // thread, then on the chain task if it judges the transaction.
-    let permit = std::sync::Arc::new(state.pool_views.submit_permit().await?);
+    let permit = std::sync::Arc::new(
+        state
+            .pool_views
+            .submit_permit(super::pool_views::Submission::Transaction)
+            .await?,
+    );
     let attempt = tx.clone();
     let held = permit.clone();
     let first = state

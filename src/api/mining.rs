@@ -161,7 +161,14 @@ pub async fn submit(
     };
     let hash = block.hash();
     // Through the chain task, the only writer, like a block from a peer.
-    let permit = state.pool_views.submit_permit().await?;
+    // A header that does not meet its own bits is refused before it takes
+    // a permit or reaches the chain task: junk costs one hash.
+    crate::consensus::validation::check_header(&block.header, state.reader.params())
+        .map_err(|e| ApiError::bad_request("invalid-block", e.to_string()))?;
+    let permit = state
+        .pool_views
+        .submit_permit(super::pool_views::Submission::Block)
+        .await?;
     let outcome = match state
         .chain
         .process_submitted_block_async(Arc::new(block), Box::new(permit))

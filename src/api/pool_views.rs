@@ -37,13 +37,22 @@ pub const WHOLE_POOL_WAIT: Duration = Duration::from_secs(10);
 /// number of clients.
 pub const CHAIN_READ_CONCURRENCY: usize = 4;
 
-/// Submissions (`POST /tx`, `POST /mining/submit`) judged at once. Each
-/// may check up to thousands of signatures: a transaction's under the
-/// pool's lock (which relay and the protocol thread take too), a block's on
-/// the chain task. Two at once keep a client that floods them from holding
-/// every blocking thread and queueing unbounded work for the chain task;
-/// the rest wait their turn (503 `busy` after `WHOLE_POOL_WAIT`).
+/// Submissions of each kind (`POST /tx`; `POST /mining/submit`) judged at
+/// once. Each may check up to thousands of signatures: a transaction's
+/// under the pool's lock (which relay and the protocol thread take too), a
+/// block's on the chain task. Two at once keep a client that floods them
+/// from holding every blocking thread and queueing unbounded work for the
+/// chain task; the rest wait their turn (503 `busy` after
+/// `WHOLE_POOL_WAIT`). Blocks have permits of their own, so a flood of
+/// transactions never keeps a miner's block waiting.
 pub const SUBMIT_CONCURRENCY: usize = 2;
+
+/// What a submission is, for its permits (see `SUBMIT_CONCURRENCY`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Submission {
+    Transaction,
+    Block,
+}
 
 /// One route's last answer and the state it was built from.
 struct Cached {
@@ -61,8 +70,10 @@ pub struct PoolViews {
     cache: Mutex<HashMap<&'static str, Cached>>,
     /// `CHAIN_READ_CONCURRENCY` permits for the routes that read blocks.
     chain_reads: Arc<Semaphore>,
-    /// `SUBMIT_CONCURRENCY` permits for submissions.
-    submits: Arc<Semaphore>,
+    /// `SUBMIT_CONCURRENCY` permits for transactions, and as many for
+    /// blocks.
+    tx_submits: Arc<Semaphore>,
+    block_submits: Arc<Semaphore>,
 }
 
 impl Default for PoolViews {
@@ -71,7 +82,8 @@ impl Default for PoolViews {
             permits: Arc::new(Semaphore::new(WHOLE_POOL_CONCURRENCY)),
             cache: Mutex::new(HashMap::new()),
             chain_reads: Arc::new(Semaphore::new(CHAIN_READ_CONCURRENCY)),
-            submits: Arc::new(Semaphore::new(SUBMIT_CONCURRENCY)),
+            tx_submits: Arc::new(Semaphore::new(SUBMIT_CONCURRENCY)),
+            block_submits: Arc::new(Semaphore::new(SUBMIT_CONCURRENCY)),
         }
     }
 }
@@ -88,11 +100,15 @@ impl PoolViews {
             .expect("the semaphore is never closed")
     }
 
-    /// One of the `SUBMIT_CONCURRENCY` permits (503 `busy` after
+    /// One of the `SUBMIT_CONCURRENCY` permits of `kind` (503 `busy` after
     /// `WHOLE_POOL_WAIT`). The caller moves it into the work it bounds, so a
     /// client that hangs up releases it when that work ends.
-    pub async fn submit_permit(&self) -> Result<OwnedSemaphorePermit, ApiError> {
-        tokio::time::timeout(WHOLE_POOL_WAIT, self.submits.clone().acquire_owned())
+    pub async fn submit_permit(&self, kind: Submission) -> Result<OwnedSemaphorePermit, ApiError> {
+        let permits = match kind {
+            Submission::Transaction => &self.tx_submits,
+            Submission::Block => &self.block_submits,
+        };
+        tokio::time::timeout(WHOLE_POOL_WAIT, permits.clone().acquire_owned())
             .await
             .map_err(|_| ApiError {
                 status: StatusCode::SERVICE_UNAVAILABLE,

@@ -6,8 +6,10 @@
 //! writes through a [`ChainHandle`]:
 //! - blocks from peers (`submit_block`), stored and then connected one block
 //!   step at a time (`Chain::activate_step`);
-//! - blocks the node mined, was given over REST or imports
-//!   (`process_block`), the same way, behind those already queued;
+//! - blocks the node mined or imports (`process_block`), and blocks
+//!   submitted over REST (`process_submitted_block_async`, stored only
+//!   where a peer's unrequested block would be), the same way, behind
+//!   those already queued;
 //! - anything else that needs the writer (headers to index, the mempool's
 //!   checks against the writer's tip, a flush of the cache, templates): a
 //!   closure run on the task (`run`, `call`, `call_async`).
@@ -99,8 +101,9 @@ impl ChainHandle {
     /// for would be (its chain has at least the tip's work and is not far
     /// ahead), and never kept waiting for a parent. A miner's block extends
     /// the tip; anything else would let a client fill the disk with cheap
-    /// blocks on a low-work fork. `hold` is dropped once the block is
-    /// stored or refused (a permit of the route that submitted it).
+    /// blocks on a low-work fork. `hold` (a permit of the route that
+    /// submitted it) is dropped with the outcome, once the block is
+    /// connected or refused.
     pub async fn process_submitted_block_async(
         &self,
         block: Arc<Block>,
@@ -111,8 +114,9 @@ impl ChainHandle {
             source: None,
             block,
             requested: false,
-            hold: Some(hold),
+            hold: None,
             done: Box::new(move |outcome| {
+                drop(hold);
                 let _ = reply.send(outcome);
             }),
         });

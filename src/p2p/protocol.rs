@@ -662,6 +662,7 @@ impl Protocol {
         self.update_progress(now);
         if now.duration_since(self.last_addrbook_save) > ADDRBOOK_SAVE_INTERVAL {
             self.last_addrbook_save = now;
+            self.addrbook_unsaved_tried = false;
             self.save_addrbook();
         }
         self.save_new_tried_address(now);
@@ -699,11 +700,6 @@ mod sync;
 #[cfg(test)]
 mod tests;
 
-/// Puts `txid`, whose request failed (timed out, answered `notfound`, its
-/// peer gone), back at the front of the queue of its first remaining
-/// announcer, which the next `request_txs` asks; if that one fails too,
-/// the next. One push per failure: a txid that a hundred peers announced
-/// and none serves costs a hundred pushes, not ten thousand.
 impl Protocol {
     /// Transactions asked of a peer that has not delivered them within
     /// `TX_REQUEST_TIMEOUT` go to their next announcer, and the peer is no
@@ -745,6 +741,11 @@ impl Protocol {
     }
 }
 
+/// Puts `txid`, whose request failed (timed out, answered `notfound`, its
+/// peer gone), back at the front of the queue of its first remaining
+/// announcer, which the next `request_txs` asks; if that one fails too,
+/// the next. One push per failure: a txid that a hundred peers announced
+/// and none serves costs a hundred pushes, not ten thousand.
 fn requeue(peers: &mut HashMap<PeerId, Peer>, txid: &Hash256, announcers: &[PeerId]) {
     if let Some(first) = announcers.iter().find(|a| peers.contains_key(a)) {
         if let Some(peer) = peers.get_mut(first) {

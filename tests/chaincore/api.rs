@@ -632,6 +632,8 @@ fn miners_get_templates_and_submit_blocks_or_headers() {
         ),
         (400, "orphan".into())
     );
+    // Not kept waiting for its parent either.
+    assert_eq!(get(api, "/orphaned_blocks").1["count"], 0);
     // A block on a chain with less work than the tip (forking from
     // genesis) is not stored: a client cannot fill the disk with cheap
     // blocks. A miner's block extends the tip.

@@ -55,18 +55,23 @@ impl Protocol {
 /// so that is the oldest, and the times in `order` never decrease. A flood
 /// of new addresses (an IPv6 /64 holds 2^64 of them) costs a bounded table,
 /// as Bitcoin Core's rolling filter of 50 000, and expiring costs the
-/// entries that expire, not a walk of the table.
+/// entries that expire, not a walk of the table. `until` and `order` hold
+/// the same addresses.
 #[derive(Default)]
 pub(super) struct Discouraged {
     until: HashMap<IpAddr, Instant>,
-    /// When each entry ends, in the order they were made. An address
-    /// discouraged again has a newer entry; its older one only counts
-    /// against the bound until it reaches the front.
+    /// When each entry ends, in the order they were made.
     order: VecDeque<(Instant, IpAddr)>,
 }
 
 impl Discouraged {
+    /// Refuses `ip` until `until`. An address already refused keeps its
+    /// time: another violation (a second connection, work judged after it
+    /// left) does not add an entry, so the bound counts addresses.
     pub(super) fn insert(&mut self, ip: IpAddr, until: Instant) {
+        if self.until.contains_key(&ip) {
+            return;
+        }
         self.until.insert(ip, until);
         self.order.push_back((until, ip));
         while self.order.len() > MAX_DISCOURAGED {
@@ -91,10 +96,8 @@ impl Discouraged {
     }
 
     fn forget_oldest(&mut self) {
-        if let Some((until, ip)) = self.order.pop_front() {
-            if self.until.get(&ip) == Some(&until) {
-                self.until.remove(&ip);
-            }
+        if let Some((_, ip)) = self.order.pop_front() {
+            self.until.remove(&ip);
         }
     }
 }
@@ -126,19 +129,24 @@ mod tests {
     }
 
     #[test]
-    fn a_discouraged_address_is_refused_until_its_latest_time() {
+    fn an_address_discouraged_again_keeps_one_entry_and_its_time() {
         let start = Instant::now();
         let mut table = Discouraged::default();
         let first = start + Duration::from_secs(10);
         table.insert(ip(1), first);
         table.insert(ip(2), first + Duration::from_secs(1));
-        // Discouraged again later: its first entry's end does not free it.
-        table.insert(ip(1), first + Duration::from_secs(20));
-        table.expire(first + Duration::from_secs(5));
-        assert!(table.contains(&ip(1), first + Duration::from_secs(5)));
-        assert!(!table.contains(&ip(2), first + Duration::from_secs(5)));
+        // A thousand more violations from the first address: still one
+        // entry, so they cannot push the second one out of a full table.
+        for n in 0..1_000 {
+            table.insert(ip(1), first + Duration::from_secs(20 + n));
+        }
+        assert_eq!(table.order.len(), 2);
+        assert!(table.contains(&ip(1), first - Duration::from_secs(1)));
+        table.expire(first);
+        assert!(!table.contains(&ip(1), first));
+        assert!(table.contains(&ip(2), first));
         assert_eq!(table.len(), 1);
-        table.expire(first + Duration::from_secs(20));
+        table.expire(first + Duration::from_secs(1));
         assert_eq!(table.len(), 0);
         assert_eq!(table.order.len(), 0);
     }

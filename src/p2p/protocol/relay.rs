@@ -515,8 +515,15 @@ impl Protocol {
                     }
                 }
                 InvKind::Tx => {
+                    // Only a request asked of this peer: an entry left in
+                    // flight after another peer delivered the transaction
+                    // (or was asked it since) is just dropped.
                     if peer.tx_in_flight.remove(&item.hash) {
-                        if let Some(request) = self.tx_requests.get_mut(&item.hash) {
+                        if let Some(request) = self
+                            .tx_requests
+                            .get_mut(&item.hash)
+                            .filter(|r| r.asked.is_some_and(|(p, _)| p == id))
+                        {
                             request.announcers.retain(|p| *p != id);
                             request.asked = None;
                             peer.tx_announced.remove(&item.hash);
