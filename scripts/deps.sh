@@ -38,3 +38,30 @@ install_browser_deps() {
     apt_install "${missing[@]}"
   fi
 }
+
+# Rust itself: when no cargo as new as the crate's rust-version answers
+# (Debian's own packages are older), rustup's stable toolchain, installed
+# for the current user.
+install_rust() {
+  if [ -f "$HOME/.cargo/env" ]; then
+    # shellcheck disable=SC1091
+    source "$HOME/.cargo/env"
+  fi
+  local need have
+  need=$(sed -nE 's/^rust-version = "([0-9.]+)"/\1/p' Cargo.toml)
+  have=$(cargo --version 2>/dev/null | awk '{print $2}' || true)
+  if [ -n "$have" ] && [ "$(printf '%s\n%s\n' "$need" "$have" | sort -V | head -1)" = "$need" ]; then
+    return
+  fi
+  echo "chaincore: Rust $need or newer is needed (found: ${have:-none}); installing rustup's stable toolchain" >&2
+  if command -v rustup >/dev/null 2>&1; then
+    rustup toolchain install stable --profile minimal >&2
+    rustup default stable >&2
+  else
+    command -v curl >/dev/null 2>&1 || apt_install curl ca-certificates
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs |
+      sh -s -- -y --profile minimal --default-toolchain stable >&2
+    # shellcheck disable=SC1091
+    source "$HOME/.cargo/env"
+  fi
+}

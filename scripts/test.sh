@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs ChainCore's whole test suite on a fresh Debian machine: installs what is
-# missing (a C toolchain and libclang for RocksDB's bindings, tshark for the
+# missing (Rust through rustup, when no cargo new enough answers; a C toolchain and libclang for RocksDB's bindings, tshark for the
 # dissector tests, schemathesis for the REST contract test, headless Chromium
 # and chromedriver for the explorer's browser test, a PostgreSQL server when
 # none answers), then runs the tests, clippy and rustfmt.
@@ -13,6 +13,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/chaincore-target}"
 export CHAINCORE_TEST_DATABASE_URL="${CHAINCORE_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 source scripts/deps.sh
 install_build_deps
+install_rust
 install_browser_deps
 command -v pg_isready >/dev/null 2>&1 || apt_install postgresql-client
 if ! command -v tshark >/dev/null 2>&1; then
@@ -36,7 +37,13 @@ if ! pg_isready -q -h "$pg_host" -p "$pg_port"; then
   if ! as_root grep -q "chaincore-tests" "$conf/pg_hba.conf"; then
     as_root sed -i '1i host all all 127.0.0.1/32 trust # chaincore-tests' "$conf/pg_hba.conf"
   fi
-  as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+  # Debian's package may have started the cluster already (with systemd):
+  # it must then reload to read the line above.
+  if as_root pg_ctlcluster --skip-systemctl-redirect "$version" main status >/dev/null 2>&1; then
+    as_root pg_ctlcluster --skip-systemctl-redirect "$version" main reload
+  else
+    as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+  fi
   for _ in $(seq 1 30); do
     pg_isready -q -h "$pg_host" -p "$pg_port" && break
     sleep 1
