@@ -35,6 +35,12 @@ pub const WALLET_FORMAT: u32 = 1;
 pub const KDF_MEMORY_KIB: u32 = 19 * 1024;
 pub const KDF_PASSES: u32 = 2;
 pub const KDF_LANES: u32 = 1;
+/// The most a wallet file may ask its key derivation for: eight times
+/// today's memory, passes and lanes. A file asking more is taken as
+/// corrupt, not run (a damaged digit could otherwise ask for 256 GiB).
+pub const MAX_KDF_MEMORY_KIB: u32 = 8 * KDF_MEMORY_KIB;
+pub const MAX_KDF_PASSES: u32 = 8 * KDF_PASSES;
+pub const MAX_KDF_LANES: u32 = 8;
 /// Bytes of random salt for the key derivation.
 pub const SALT_LEN: usize = 16;
 /// ChaCha20-Poly1305 nonce length.
@@ -60,6 +66,8 @@ pub enum WalletError {
     PassphraseNeeded(String),
     #[error("the passphrase must not be empty")]
     EmptyPassphrase,
+    #[error("wallet file {path} may be read by other users (mode {mode:o}): make it private with `chmod 600 {path}`")]
+    NotPrivate { path: String, mode: u32 },
 }
 
 /// The stored key, in the clear or sealed.
@@ -141,7 +149,18 @@ impl Wallet {
             path: shown.clone(),
             reason,
         };
-        let len = std::fs::metadata(path).map_err(io)?.len();
+        let metadata = std::fs::metadata(path).map_err(io)?;
+        // As ssh with its keys: a key file others may read is refused, not
+        // used (the wallet is written 0600; a copy or an editor may not be).
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = metadata.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(WalletError::NotPrivate { path: shown, mode });
+            }
+        }
+        let len = metadata.len();
         if len > MAX_WALLET_FILE_BYTES {
             return Err(corrupt(format!("{len} bytes is far too large")));
         }
@@ -205,6 +224,14 @@ impl Wallet {
             } => {
                 if kdf != "argon2id" || cipher != "chacha20poly1305" {
                     return Err(corrupt("unknown key derivation or cipher"));
+                }
+                if *m_cost_kib > MAX_KDF_MEMORY_KIB
+                    || *t_cost > MAX_KDF_PASSES
+                    || *p_cost > MAX_KDF_LANES
+                {
+                    return Err(corrupt(
+                        "the key derivation asks for more memory, passes or lanes than any wallet uses",
+                    ));
                 }
                 let passphrase =
                     passphrase.ok_or_else(|| WalletError::PassphraseNeeded(self.path.clone()))?;
@@ -291,30 +318,106 @@ fn seal(key: &PrivateKey, passphrase: &str, aad: &[u8]) -> Result<StoredKey, Wal
     })
 }
 
-/// Writes `bytes` to a new file readable by its owner only, and syncs it.
+/// Writes `bytes` to a new file readable by its owner only. The bytes go
+/// to a temporary file beside it (0600), synced, which is then linked to
+/// `path` (refused if `path` exists) and removed, and the directory is
+/// synced: a crash leaves no wallet or the whole one, never a torn key,
+/// and a wallet is never overwritten.
 fn write_new_private(path: &Path, bytes: &[u8]) -> Result<(), WalletError> {
+    let shown = path.display().to_string();
+    let io = |source| WalletError::Io {
+        path: shown.clone(),
+        source,
+    };
+    if path.exists() {
+        return Err(WalletError::Exists(shown));
+    }
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .map_or_else(|| "wallet".into(), |n| n.to_string_lossy().into_owned());
+    let temporary = dir.join(format!(".{name}.{:016x}.tmp", rand::random::<u64>()));
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::AlreadyExists => WalletError::Exists(path.display().to_string()),
-        _ => WalletError::Io {
-            path: path.display().to_string(),
-            source: e,
-        },
+    let written = options.open(&temporary).and_then(|mut file| {
+        file.write_all(bytes)?;
+        file.sync_all()
+    });
+    let linked = written.and_then(|()| std::fs::hard_link(&temporary, path));
+    let _ = std::fs::remove_file(&temporary);
+    linked.map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => WalletError::Exists(shown.clone()),
+        _ => io(e),
     })?;
-    file.write_all(bytes)
-        .and_then(|_| file.sync_all())
-        .map_err(|source| WalletError::Io {
-            path: path.display().to_string(),
-            source,
-        })
+    #[cfg(unix)]
+    std::fs::File::open(&dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io)?;
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Writes a wallet file by hand, as private as the node writes them.
+    fn write_private(path: &Path, text: impl AsRef<[u8]>) {
+        std::fs::write(path, text).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_wallet_others_may_read_is_refused_with_the_fix() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.json");
+        Wallet::create(&path, Network::Regtest, None).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let error = Wallet::open(&path).unwrap_err();
+        assert!(matches!(error, WalletError::NotPrivate { mode: 0o644, .. }));
+        assert!(error.to_string().contains("chmod 600"), "{error}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(Wallet::open(&path).is_ok());
+    }
+
+    #[test]
+    fn a_key_derivation_asking_too_much_is_corrupt_not_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.json");
+        Wallet::create(&path, Network::Regtest, Some("pw")).unwrap();
+        let mut file: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        file["key"]["m_cost_kib"] = (u64::from(MAX_KDF_MEMORY_KIB) * 1024).into();
+        let altered = dir.path().join("altered.json");
+        write_private(&altered, file.to_string());
+        assert!(matches!(
+            Wallet::open(&altered).unwrap().unlock(Some("pw")),
+            Err(WalletError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn creating_a_wallet_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.json");
+        Wallet::create(&path, Network::Regtest, None).unwrap();
+        assert!(Wallet::create(&path, Network::Regtest, None).is_err());
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, vec!["w.json".to_string()]);
+    }
 
     #[test]
     fn a_plain_wallet_round_trips_with_mode_0600_and_is_never_overwritten() {
@@ -381,21 +484,21 @@ mod tests {
         // Another address than the key's.
         file["address"] = other.into();
         let swapped = dir.path().join("swapped.json");
-        std::fs::write(&swapped, file.to_string()).unwrap();
+        write_private(&swapped, file.to_string());
         assert!(matches!(
             Wallet::open(&swapped),
             Err(WalletError::Corrupt { .. })
         ));
         // Not JSON, and an unknown network.
         let garbage = dir.path().join("garbage.json");
-        std::fs::write(&garbage, b"\x00\x01not json").unwrap();
+        write_private(&garbage, "\x00\x01not json");
         assert!(matches!(
             Wallet::open(&garbage),
             Err(WalletError::Corrupt { .. })
         ));
         let mut file: serde_json::Value = serde_json::from_str(&text).unwrap();
         file["network"] = "mars".into();
-        std::fs::write(&garbage, file.to_string()).unwrap();
+        write_private(&garbage, file.to_string());
         assert!(matches!(
             Wallet::open(&garbage),
             Err(WalletError::Corrupt { .. })
@@ -407,7 +510,7 @@ mod tests {
             serde_json::from_str(&std::fs::read_to_string(&sealed_path).unwrap()).unwrap();
         sealed["address"] =
             serde_json::from_str::<serde_json::Value>(&text).unwrap()["address"].clone();
-        std::fs::write(&sealed_path, sealed.to_string()).unwrap();
+        write_private(&sealed_path, sealed.to_string());
         assert!(matches!(
             Wallet::open(&sealed_path).unwrap().unlock(Some("pw")),
             Err(WalletError::WrongPassphrase(_))
