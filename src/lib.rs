@@ -19,6 +19,8 @@ pub mod consensus;
 pub mod encoding;
 #[cfg(feature = "node")]
 pub mod events;
+#[cfg(feature = "node")]
+pub mod files;
 pub mod fuzzing;
 #[cfg(feature = "node")]
 pub mod mempool;

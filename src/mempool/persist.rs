@@ -39,9 +39,7 @@ pub fn save(pool: &Mempool, data_dir: &Path) -> std::io::Result<usize> {
         tx.encode_to(&mut out);
     }
     let path = data_dir.join(MEMPOOL_FILE);
-    let tmp = path.with_extension("dat.tmp");
-    std::fs::write(&tmp, out)?;
-    std::fs::rename(tmp, path)?;
+    crate::files::replace_file(&path, &out, crate::files::Readers::Default)?;
     Ok(entries.len())
 }
 

@@ -448,7 +448,8 @@ impl AddrBook {
         self.hash(TAG_GROUP, &[&group.to_bytes()])
     }
 
-    /// Writes the book atomically (temp file, then rename).
+    /// Writes the book whole, never torn (`files::replace_file`), readable
+    /// by its owner only.
     pub fn save(&self) -> std::io::Result<()> {
         let Some(path) = &self.path else {
             return Ok(());
@@ -470,9 +471,13 @@ impl AddrBook {
             key: hex::encode(self.key),
             entries,
         };
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec(&saved)?)?;
-        std::fs::rename(tmp, path)
+        // It holds the book's secret key (which places addresses in
+        // buckets): readable by the node's user only.
+        crate::files::replace_file(
+            path,
+            &serde_json::to_vec(&saved)?,
+            crate::files::Readers::Owner,
+        )
     }
 
     fn acceptable(&self, addr: &SocketAddr) -> bool {
