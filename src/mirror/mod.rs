@@ -607,11 +607,26 @@ async fn find_fork(client: &Client, store: &Store, from: u32) -> Result<i64, Mir
     Ok(-1)
 }
 
+/// TCP keepalive on both ends of the mirror's connection: idle time before
+/// the first probe, time between probes, probes unanswered before the
+/// connection is dropped. The mirror holds its advisory lock for its
+/// session: a node whose machine died or lost its network would otherwise
+/// keep the database locked until the server's own keepalive gave up (two
+/// hours by default), and its restarted self be refused as `Busy`.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_PROBES: u32 = 3;
+
 /// Opens a connection with the mirror's timeouts (connect, statement, idle
-/// in transaction) and a name that shows in `pg_stat_activity`.
+/// in transaction, keepalive) and a name that shows in `pg_stat_activity`.
 async fn open(url: &str, application: &str) -> Result<Client, MirrorError> {
     let mut config: tokio_postgres::Config = url.parse()?;
     config.connect_timeout(CONNECT_TIMEOUT);
+    config
+        .keepalives(true)
+        .keepalives_idle(KEEPALIVE_IDLE)
+        .keepalives_interval(KEEPALIVE_INTERVAL)
+        .keepalives_retries(KEEPALIVE_PROBES);
     if config.get_application_name().is_none() {
         config.application_name(application);
     }
@@ -623,9 +638,14 @@ async fn open(url: &str, application: &str) -> Result<Client, MirrorError> {
     });
     client
         .batch_execute(&format!(
-            "SET statement_timeout = {}; SET idle_in_transaction_session_timeout = {}",
+            "SET statement_timeout = {}; SET idle_in_transaction_session_timeout = {}; \
+             SET tcp_keepalives_idle = {}; SET tcp_keepalives_interval = {}; \
+             SET tcp_keepalives_count = {}",
             STATEMENT_TIMEOUT.as_millis(),
-            STEP_TIMEOUT.as_millis()
+            STEP_TIMEOUT.as_millis(),
+            KEEPALIVE_IDLE.as_secs(),
+            KEEPALIVE_INTERVAL.as_secs(),
+            KEEPALIVE_PROBES
         ))
         .await?;
     Ok(client)

@@ -145,6 +145,14 @@ fn balances_match_after_blocks_and_after_reorgs_of_depth_3_and_20() {
     let (_dir, mut chain, base, a) = spent_chain(20, 25, 4);
     rt.block_on(async {
         let mut client = mirror::connect(&db.url, Network::Regtest).await.unwrap();
+        // The server probes the session after 30 s idle: a node that died
+        // holding the mirror's lock frees it in about a minute, not hours.
+        let idle: String = client
+            .query_one("SHOW tcp_keepalives_idle", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(idle, "30");
         catch_up(&mut client, &chain, 10).await;
         assert_consistent(&client, &chain).await;
         let mut base_3 = base.clone();
