@@ -112,9 +112,12 @@ pub fn run(args: DevnetArgs) -> Result<()> {
         (Some(address), _) => Some(Address::parse(address, network)?.to_string()),
         (None, true) => {
             let path = root.join("miner-wallet.json");
-            let wallet = match crate::wallet::Wallet::open(&path) {
-                Ok(wallet) => wallet,
-                Err(_) => crate::wallet::Wallet::create(&path, network, None)?,
+            // Made on the first run, used again after; one that cannot be
+            // read is reported as it is (never replaced).
+            let wallet = if path.exists() {
+                crate::wallet::Wallet::open(&path)?
+            } else {
+                crate::wallet::Wallet::create(&path, network, None)?
             };
             eprintln!("mining to {} (wallet {})", wallet.address(), path.display());
             Some(wallet.address().to_string())

@@ -188,7 +188,10 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let mut tasks = Vec::new();
     if let Some(path) = config.import.clone() {
         let chain = chain.clone();
-        tasks.push(tokio::task::spawn_blocking(move || import(&chain, &path)));
+        tasks.push(tokio::task::spawn_blocking(move || {
+            import(&chain, &path)
+                .inspect_err(|e| tracing::error!(error = format!("{e:#}"), "import failed"))
+        }));
     }
     if let Some(payout) = config.mine_to {
         let (chain, mempool, stop) = (chain.clone(), mempool.clone(), stop.clone());
@@ -197,7 +200,8 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         tasks.push(tokio::task::spawn_blocking(move || {
             let mined = producer::produce_blocks(
                 &chain, &mempool, payout, count, interval, threads, &hashrate, &stop,
-            )?;
+            )
+            .inspect_err(|e| tracing::error!(error = format!("{e:#}"), "block producer failed"))?;
             hashrate.store(0, Ordering::Relaxed);
             tracing::info!(mined, "block producer finished");
             Ok(())
@@ -296,8 +300,18 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     api_task.abort();
     stop.store(true, Ordering::Relaxed);
     p2p.shutdown().await;
+    // A task's failure (logged when it happened) is returned once the rest
+    // of the shutdown has run: the chain's cache and the pool are still
+    // saved.
+    let mut failed: Option<anyhow::Error> = None;
     for task in tasks {
-        task.await??;
+        let outcome = match task.await {
+            Ok(outcome) => outcome,
+            Err(join) => Err(join.into()),
+        };
+        if let Err(e) = outcome {
+            failed.get_or_insert(e);
+        }
     }
     tokio::task::spawn_blocking(move || p2p_thread.join())
         .await?
@@ -337,12 +351,13 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     if died {
         anyhow::bail!("the chain task stopped on its own (see the log)");
     }
-    Ok(())
+    failed.map_or(Ok(()), Err)
 }
 
 fn import(chain: &ChainHandle, path: &std::path::Path) -> anyhow::Result<()> {
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let blocks = read_blocks(std::io::BufReader::new(file))?;
+    let blocks = read_blocks(std::io::BufReader::new(file))
+        .with_context(|| format!("reading blocks from {}", path.display()))?;
     let total = blocks.len();
     for block in blocks {
         let block = Arc::new(block);
