@@ -1347,6 +1347,41 @@ fn a_block_failing_only_its_signature_changes_no_state() {
     assert!(check::check_store(chain.store()).unwrap().is_consistent());
 }
 
+/// The offline check opens the store for reading only: beside a chain that
+/// holds it open, it sees the chain's last written state, and changes
+/// nothing in the data dir.
+#[test]
+fn the_offline_check_reads_a_store_a_chain_holds_open_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut chain = open(&dir);
+    feed(&mut chain, &prefix().blocks[1..]);
+    chain.flush().unwrap();
+    let files = |dir: &tempfile::TempDir| {
+        let mut names: Vec<(String, u64)> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap())
+            .map(|e| {
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    e.metadata().unwrap().len(),
+                )
+            })
+            .collect();
+        names.sort();
+        names
+    };
+    let before = files(&dir);
+    let (store, network) =
+        crate::store::Store::open_read_only(dir.path(), &crate::store::StoreOptions::default())
+            .unwrap();
+    assert_eq!(network, Network::Regtest);
+    let report = super::check::check_store(&store).unwrap();
+    assert!(report.is_consistent(), "{report:?}");
+    assert_eq!(report.height, chain.height());
+    drop(store);
+    assert_eq!(files(&dir), before);
+}
+
 /// A store whose digest state is gone, or is not the one its tip record
 /// names, does not open: the chain would go on from a wrong digest.
 #[test]

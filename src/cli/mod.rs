@@ -252,7 +252,7 @@ pub fn run(cli: Cli) -> Result<()> {
             postgres_url,
         }) => {
             let (store, network) =
-                crate::store::Store::open_existing(&data_dir, &Default::default())?;
+                crate::store::Store::open_read_only(&data_dir, &Default::default())?;
             let report = tokio::runtime::Runtime::new()?.block_on(async {
                 let client = crate::mirror::connect_read_only(&postgres_url, network).await?;
                 crate::mirror::verify::verify(&client, &store, network).await
@@ -268,7 +268,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Check { data_dir } => {
             let (store, network) =
-                crate::store::Store::open_existing(&data_dir, &Default::default())?;
+                crate::store::Store::open_read_only(&data_dir, &Default::default())?;
             let report = crate::chain::check::check_store(&store)?;
             println!(
                 "{}",

@@ -210,6 +210,58 @@ impl Store {
         Ok((store, network))
     }
 
+    /// Opens an existing store for reading only, whatever its network, and
+    /// says which it is: for the offline checks (`chaincore check`,
+    /// `mirror verify`), which must change nothing (no format upgrade, no
+    /// column family created) and can run beside a node using the data dir
+    /// (they read it as it was when opened). A store of another format is
+    /// refused: the node upgrades it when it starts.
+    pub fn open_read_only(
+        path: &Path,
+        options: &StoreOptions,
+    ) -> Result<(Store, Network), StoreError> {
+        if !path.join("CURRENT").exists() {
+            return Err(StoreError::Missing(path.display().to_string()));
+        }
+        let cache = Cache::new_lru_cache(options.block_cache_bytes);
+        let descriptors = ALL_CFS
+            .iter()
+            .map(|name| ColumnFamilyDescriptor::new(*name, cf_options(name, &cache)));
+        let db = DB::open_cf_descriptors_read_only(&Options::default(), path, descriptors, false)?;
+        let store = Store::from_db(db);
+        let meta = store.cf(CF_META);
+        let name = store.db.get_cf(meta, meta::NETWORK)?.unwrap_or_default();
+        let name = String::from_utf8_lossy(&name).into_owned();
+        let network: Network = name.parse().map_err(|_| {
+            StoreError::Missing(format!("{} (no network recorded)", path.display()))
+        })?;
+        let found = store
+            .db
+            .get_cf(meta, meta::FORMAT_VERSION)?
+            .and_then(|v| v.try_into().ok().map(u32::from_be_bytes))
+            .unwrap_or(0);
+        if found != FORMAT_VERSION {
+            return Err(StoreError::WrongFormat {
+                expected: FORMAT_VERSION,
+                found,
+            });
+        }
+        Ok((store, network))
+    }
+
+    fn from_db(db: DB) -> Store {
+        Store {
+            db: Arc::new(db),
+            snapshot: None,
+            writes: Arc::new(AtomicU64::new(0)),
+            writing: Arc::new(std::sync::Mutex::new(())),
+            #[cfg(test)]
+            fail_writes: Default::default(),
+            #[cfg(test)]
+            slow_writes: Default::default(),
+        }
+    }
+
     fn open_db(path: &Path, options: &StoreOptions, create: bool) -> Result<Store, StoreError> {
         let cache = Cache::new_lru_cache(options.block_cache_bytes);
         let mut db_opts = Options::default();
@@ -225,16 +277,7 @@ impl Store {
             .iter()
             .map(|name| ColumnFamilyDescriptor::new(*name, cf_options(name, &cache)));
         let db = DB::open_cf_descriptors(&db_opts, path, descriptors)?;
-        Ok(Store {
-            db: Arc::new(db),
-            snapshot: None,
-            writes: Arc::new(AtomicU64::new(0)),
-            writing: Arc::new(std::sync::Mutex::new(())),
-            #[cfg(test)]
-            fail_writes: Default::default(),
-            #[cfg(test)]
-            slow_writes: Default::default(),
-        })
+        Ok(Store::from_db(db))
     }
 
     fn check_identity(&self, network: Network) -> Result<(), StoreError> {
