@@ -42,26 +42,34 @@ install_browser_deps() {
 # Rust itself: when no cargo as new as the crate's rust-version answers
 # (Debian's own packages are older), rustup's stable toolchain, installed
 # for the current user.
+rust_is_new_enough() {
+  local need have
+  need=$(sed -nE 's/^rust-version = "([0-9.]+)"/\1/p' Cargo.toml)
+  have=$(cargo --version 2>/dev/null | awk '{print $2}' || true)
+  [ -n "$have" ] && [ "$(printf '%s\n%s\n' "$need" "$have" | sort -V | head -1)" = "$need" ]
+}
+
 install_rust() {
   if [ -f "$HOME/.cargo/env" ]; then
     # shellcheck disable=SC1091
     source "$HOME/.cargo/env"
   fi
-  local need have
-  need=$(sed -nE 's/^rust-version = "([0-9.]+)"/\1/p' Cargo.toml)
-  have=$(cargo --version 2>/dev/null | awk '{print $2}' || true)
-  if [ -n "$have" ] && [ "$(printf '%s\n%s\n' "$need" "$have" | sort -V | head -1)" = "$need" ]; then
-    return
-  fi
-  echo "chaincore: Rust $need or newer is needed (found: ${have:-none}); installing rustup's stable toolchain" >&2
-  if command -v rustup >/dev/null 2>&1; then
-    rustup toolchain install stable --profile minimal >&2
-    rustup default stable >&2
-  else
+  rust_is_new_enough && return
+  echo "chaincore: Rust $(sed -nE 's/^rust-version = "([0-9.]+)"/\1/p' Cargo.toml) or newer is needed (found: $(cargo --version 2>/dev/null || echo none)); installing rustup's stable toolchain" >&2
+  if ! command -v rustup >/dev/null 2>&1; then
     command -v curl >/dev/null 2>&1 || apt_install curl ca-certificates
     curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs |
       sh -s -- -y --profile minimal --default-toolchain stable >&2
+  fi
+  if [ -f "$HOME/.cargo/env" ]; then
     # shellcheck disable=SC1091
     source "$HOME/.cargo/env"
+  fi
+  rustup toolchain install stable --profile minimal >&2
+  # For these scripts only: the user's default toolchain stays as it is.
+  export RUSTUP_TOOLCHAIN=stable
+  if ! rust_is_new_enough; then
+    echo "chaincore: still no Rust new enough after installing rustup's stable toolchain (cargo is $(command -v cargo)); put ~/.cargo/bin first in PATH" >&2
+    exit 1
   fi
 }

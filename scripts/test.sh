@@ -27,29 +27,45 @@ fi
 pg_host=$(sed -E 's#^[a-z]+://([^@/]*@)?([^:/]+).*#\2#' <<<"$CHAINCORE_TEST_DATABASE_URL")
 pg_port=$(sed -nE 's#^[a-z]+://([^@/]*@)?[^:/]+:([0-9]+).*#\2#p' <<<"$CHAINCORE_TEST_DATABASE_URL")
 pg_port=${pg_port:-5432}
-if ! pg_isready -q -h "$pg_host" -p "$pg_port"; then
-  if ! ls /etc/postgresql/*/main >/dev/null 2>&1; then
-    apt_install postgresql
-  fi
+# Debian's local cluster, trusting local TCP connections for the test user as
+# the URL expects, started, or reloaded to read that line if it runs already
+# (Debian's package starts it with systemd).
+trust_local_cluster() {
+  local version conf
   version=$(ls /etc/postgresql | sort -n | tail -1)
   conf="/etc/postgresql/$version/main"
-  # Trust local TCP connections for the test user, as the URL expects.
   if ! as_root grep -q "chaincore-tests" "$conf/pg_hba.conf"; then
     as_root sed -i '1i host all all 127.0.0.1/32 trust # chaincore-tests' "$conf/pg_hba.conf"
   fi
-  # Debian's package may have started the cluster already (with systemd):
-  # it must then reload to read the line above.
   if as_root pg_ctlcluster --skip-systemctl-redirect "$version" main status >/dev/null 2>&1; then
     as_root pg_ctlcluster --skip-systemctl-redirect "$version" main reload
   else
     as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
   fi
+}
+if ! pg_isready -q -h "$pg_host" -p "$pg_port"; then
+  if ! ls /etc/postgresql/*/main >/dev/null 2>&1; then
+    apt_install postgresql
+  fi
+  trust_local_cluster
   for _ in $(seq 1 30); do
     pg_isready -q -h "$pg_host" -p "$pg_port" && break
     sleep 1
   done
   pg_isready -h "$pg_host" -p "$pg_port" || {
     echo "test.sh: no PostgreSQL answers at $CHAINCORE_TEST_DATABASE_URL" >&2
+    exit 1
+  }
+fi
+# A server that answers but refuses the URL's user (Debian's cluster without
+# the trust line): trust it, when it is this machine's own cluster.
+if ! psql "$CHAINCORE_TEST_DATABASE_URL" -tAc 'SELECT 1' >/dev/null 2>&1; then
+  if [ "$pg_host" = "127.0.0.1" ] && ls /etc/postgresql/*/main >/dev/null 2>&1; then
+    trust_local_cluster
+    sleep 1
+  fi
+  psql "$CHAINCORE_TEST_DATABASE_URL" -tAc 'SELECT 1' >/dev/null || {
+    echo "test.sh: PostgreSQL at $CHAINCORE_TEST_DATABASE_URL refuses the connection (see above)" >&2
     exit 1
   }
 fi

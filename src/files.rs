@@ -38,9 +38,13 @@ pub fn replace_file(path: &Path, bytes: &[u8], readers: Readers) -> std::io::Res
     file.sync_all()?;
     drop(file);
     std::fs::rename(&temporary, path)?;
+    // The new file is in place: a directory that cannot be synced is worth
+    // a warning, not a failed save.
     #[cfg(unix)]
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::File::open(dir)?.sync_all()?;
+        if let Err(e) = std::fs::File::open(dir).and_then(|d| d.sync_all()) {
+            tracing::warn!(dir = %dir.display(), error = %e, "could not sync a directory");
+        }
     }
     Ok(())
 }

@@ -307,7 +307,10 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     for task in tasks {
         let outcome = match task.await {
             Ok(outcome) => outcome,
-            Err(join) => Err(join.into()),
+            Err(join) => {
+                tracing::error!(error = %join, "an import or block producer task panicked");
+                Err(join.into())
+            }
         };
         if let Err(e) = outcome {
             failed.get_or_insert(e);

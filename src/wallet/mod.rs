@@ -150,13 +150,18 @@ impl Wallet {
             reason,
         };
         let metadata = std::fs::metadata(path).map_err(io)?;
-        // As ssh with its keys: a key file others may read is refused, not
-        // used (the wallet is written 0600; a copy or an editor may not be).
+        // As ssh with its keys: a key file of the user's own that others
+        // may read is refused, not used (the wallet is written 0600; a copy
+        // or an editor may not be). A file someone else owns (a secret
+        // mounted by root, a group-readable deployment) is the owner's to
+        // protect, and a chmod is not the user's to run.
         #[cfg(unix)]
         {
-            use std::os::unix::fs::PermissionsExt;
+            use std::os::unix::fs::{MetadataExt, PermissionsExt};
             let mode = metadata.permissions().mode() & 0o777;
-            if mode & 0o077 != 0 {
+            // SAFETY: geteuid has no preconditions and cannot fail.
+            let own = metadata.uid() == unsafe { libc::geteuid() };
+            if own && mode & 0o077 != 0 {
                 return Err(WalletError::NotPrivate { path: shown, mode });
             }
         }
@@ -322,7 +327,10 @@ fn seal(key: &PrivateKey, passphrase: &str, aad: &[u8]) -> Result<StoredKey, Wal
 /// to a temporary file beside it (0600), synced, which is then linked to
 /// `path` (refused if `path` exists) and removed, and the directory is
 /// synced: a crash leaves no wallet or the whole one, never a torn key,
-/// and a wallet is never overwritten.
+/// and a wallet is never overwritten. A temporary file a crash left (it
+/// holds a key no wallet file names) is removed first. On a filesystem
+/// without hard links (FAT, some network mounts) the file is written in
+/// place, as new, and synced.
 fn write_new_private(path: &Path, bytes: &[u8]) -> Result<(), WalletError> {
     let shown = path.display().to_string();
     let io = |source| WalletError::Io {
@@ -339,25 +347,42 @@ fn write_new_private(path: &Path, bytes: &[u8]) -> Result<(), WalletError> {
     let name = path
         .file_name()
         .map_or_else(|| "wallet".into(), |n| n.to_string_lossy().into_owned());
-    let temporary = dir.join(format!(".{name}.{:016x}.tmp", rand::random::<u64>()));
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let written = options.open(&temporary).and_then(|mut file| {
-        file.write_all(bytes)?;
-        file.sync_all()
-    });
-    let linked = written.and_then(|()| std::fs::hard_link(&temporary, path));
+    let temporary = dir.join(format!(".{name}.tmp"));
     let _ = std::fs::remove_file(&temporary);
-    linked.map_err(|e| match e.kind() {
+    let write_new = |target: &Path| {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        options.open(target).and_then(|mut file| {
+            file.write_all(bytes)?;
+            file.sync_all()
+        })
+    };
+    let linked = write_new(&temporary).and_then(|()| std::fs::hard_link(&temporary, path));
+    let _ = std::fs::remove_file(&temporary);
+    let exists = |e: std::io::Error| match e.kind() {
         std::io::ErrorKind::AlreadyExists => WalletError::Exists(shown.clone()),
         _ => io(e),
-    })?;
+    };
+    match linked {
+        Ok(()) => {}
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::Unsupported
+            ) || e.raw_os_error() == Some(libc::EPERM) =>
+        {
+            write_new(path).map_err(exists)?;
+        }
+        Err(e) => return Err(exists(e)),
+    }
+    // The wallet is there whatever happens now: a directory that cannot be
+    // synced is worth a warning, not a failure after the fact.
     #[cfg(unix)]
-    std::fs::File::open(&dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io)?;
+    if let Err(e) = std::fs::File::open(&dir).and_then(|d| d.sync_all()) {
+        tracing::warn!(dir = %dir.display(), error = %e, "could not sync the wallet's directory");
+    }
     Ok(())
 }
 
