@@ -104,20 +104,11 @@ impl PoolViews {
     /// `WHOLE_POOL_WAIT`). The caller moves it into the work it bounds, so a
     /// client that hangs up releases it when that work ends.
     pub async fn submit_permit(&self, kind: Submission) -> Result<OwnedSemaphorePermit, ApiError> {
-        let permits = match kind {
-            Submission::Transaction => &self.tx_submits,
-            Submission::Block => &self.block_submits,
+        let (permits, what) = match kind {
+            Submission::Transaction => (&self.tx_submits, "transaction submissions"),
+            Submission::Block => (&self.block_submits, "block submissions"),
         };
-        tokio::time::timeout(WHOLE_POOL_WAIT, permits.clone().acquire_owned())
-            .await
-            .map_err(|_| ApiError {
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                code: "busy",
-                message: format!(
-                    "too many submissions at once (at most {SUBMIT_CONCURRENCY}); retry shortly"
-                ),
-            })
-            .map(|permit| permit.expect("the semaphore is never closed"))
+        permit_or_busy(permits, what, SUBMIT_CONCURRENCY).await
     }
 }
 
@@ -138,14 +129,21 @@ impl PoolGate<'_> {
     }
 }
 
-fn busy() -> ApiError {
-    ApiError {
-        status: StatusCode::SERVICE_UNAVAILABLE,
-        code: "busy",
-        message: format!(
-            "too many whole-mempool requests at once (at most {WHOLE_POOL_CONCURRENCY}); retry shortly"
-        ),
-    }
+/// One of `permits`, waited for at most `WHOLE_POOL_WAIT`; then 503 `busy`,
+/// naming what is limited (`what`, at most `limit` at once).
+async fn permit_or_busy(
+    permits: &Arc<Semaphore>,
+    what: &str,
+    limit: usize,
+) -> Result<OwnedSemaphorePermit, ApiError> {
+    tokio::time::timeout(WHOLE_POOL_WAIT, permits.clone().acquire_owned())
+        .await
+        .map_err(|_| ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "busy",
+            message: format!("too many {what} at once (at most {limit}); retry shortly"),
+        })
+        .map(|permit| permit.expect("the semaphore is never closed"))
 }
 
 impl ApiState {
@@ -156,17 +154,12 @@ impl ApiState {
         &self,
         f: impl FnOnce(&ChainView, &PoolGate) -> Result<T, ApiError> + Send + 'static,
     ) -> Result<T, ApiError> {
-        let chain_reads = self.pool_views.chain_reads.clone();
-        let permit = tokio::time::timeout(WHOLE_POOL_WAIT, chain_reads.acquire_owned())
-            .await
-            .map_err(|_| ApiError {
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                code: "busy",
-                message: format!(
-                    "too many requests reading blocks at once (at most {CHAIN_READ_CONCURRENCY}); retry shortly"
-                ),
-            })?
-            .expect("the semaphore is never closed");
+        let permit = permit_or_busy(
+            &self.pool_views.chain_reads,
+            "requests reading blocks",
+            CHAIN_READ_CONCURRENCY,
+        )
+        .await?;
         let (reader, mempool) = (self.reader.clone(), self.mempool.clone());
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
@@ -187,11 +180,12 @@ impl ApiState {
         &self,
         f: impl FnOnce(&ChainView, &mut Mempool) -> Result<T, ApiError> + Send + 'static,
     ) -> Result<T, ApiError> {
-        let permits = self.pool_views.permits.clone();
-        let permit = tokio::time::timeout(WHOLE_POOL_WAIT, permits.acquire_owned())
-            .await
-            .map_err(|_| busy())?
-            .expect("the semaphore is never closed");
+        let permit = permit_or_busy(
+            &self.pool_views.permits,
+            "whole-mempool requests",
+            WHOLE_POOL_CONCURRENCY,
+        )
+        .await?;
         self.with_state(move |chain, pool| {
             let _permit = permit;
             f(chain, pool)
@@ -212,11 +206,12 @@ impl ApiState {
         build: impl FnOnce(E) -> Result<T, ApiError> + Send + 'static,
     ) -> Result<Arc<T>, ApiError> {
         let views = self.pool_views.clone();
-        let permits = views.permits.clone();
-        let permit = tokio::time::timeout(WHOLE_POOL_WAIT, permits.acquire_owned())
-            .await
-            .map_err(|_| busy())?
-            .expect("the semaphore is never closed");
+        let permit = permit_or_busy(
+            &views.permits,
+            "whole-mempool requests",
+            WHOLE_POOL_CONCURRENCY,
+        )
+        .await?;
         let cache = views.clone();
         // The permit travels with the work (released when the work ends,
         // whether or not the client still waits).

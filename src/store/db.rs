@@ -200,14 +200,27 @@ impl Store {
             return Err(StoreError::Missing(path.display().to_string()));
         }
         let store = Store::open_db(path, options, false)?;
-        let meta = store.cf(CF_META);
-        let name = store.db.get_cf(meta, meta::NETWORK)?.unwrap_or_default();
-        let name = String::from_utf8_lossy(&name).into_owned();
-        let network: Network = name.parse().map_err(|_| {
-            StoreError::Missing(format!("{} (no network recorded)", path.display()))
-        })?;
+        let network = store.recorded_network(path)?;
         store.check_identity(network)?;
         Ok((store, network))
+    }
+
+    /// The network a store records (`path` names it in the error).
+    fn recorded_network(&self, path: &Path) -> Result<Network, StoreError> {
+        let meta = self.cf(CF_META);
+        let name = self.db.get_cf(meta, meta::NETWORK)?.unwrap_or_default();
+        String::from_utf8_lossy(&name)
+            .parse()
+            .map_err(|_| StoreError::Missing(format!("{} (no network recorded)", path.display())))
+    }
+
+    /// The format a store records (0: none).
+    fn recorded_format(&self) -> Result<u32, StoreError> {
+        Ok(self
+            .db
+            .get_cf(self.cf(CF_META), meta::FORMAT_VERSION)?
+            .and_then(|v| v.try_into().ok().map(u32::from_be_bytes))
+            .unwrap_or(0))
     }
 
     /// Opens an existing store for reading only, whatever its network, and
@@ -229,17 +242,8 @@ impl Store {
             .map(|name| ColumnFamilyDescriptor::new(*name, cf_options(name, &cache)));
         let db = DB::open_cf_descriptors_read_only(&Options::default(), path, descriptors, false)?;
         let store = Store::from_db(db);
-        let meta = store.cf(CF_META);
-        let name = store.db.get_cf(meta, meta::NETWORK)?.unwrap_or_default();
-        let name = String::from_utf8_lossy(&name).into_owned();
-        let network: Network = name.parse().map_err(|_| {
-            StoreError::Missing(format!("{} (no network recorded)", path.display()))
-        })?;
-        let found = store
-            .db
-            .get_cf(meta, meta::FORMAT_VERSION)?
-            .and_then(|v| v.try_into().ok().map(u32::from_be_bytes))
-            .unwrap_or(0);
+        let network = store.recorded_network(path)?;
+        let found = store.recorded_format()?;
         if found != FORMAT_VERSION {
             return Err(StoreError::WrongFormat {
                 expected: FORMAT_VERSION,
@@ -298,12 +302,7 @@ impl Store {
                 });
             }
             Some(_) => {
-                let found = self
-                    .db
-                    .get_cf(meta, meta::FORMAT_VERSION)?
-                    .and_then(|v| v.try_into().ok().map(u32::from_be_bytes))
-                    .unwrap_or(0);
-                let mut found = found;
+                let mut found = self.recorded_format()?;
                 if found == 1 {
                     self.upgrade_indexes()?;
                     found = 2;
