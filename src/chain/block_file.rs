@@ -14,6 +14,8 @@ pub enum BlockFileError {
     Io(#[from] io::Error),
     #[error("block file record {index}: length {len} exceeds the block size limit")]
     TooLong { index: usize, len: usize },
+    #[error("block file record {index}: cut short (the file ends inside it)")]
+    Truncated { index: usize },
     #[error("block file record {index}: {error}")]
     Decode {
         index: usize,
@@ -50,7 +52,7 @@ pub fn read_block(mut input: impl Read, index: usize) -> Result<Option<Block>, B
     while got < len.len() {
         match input.read(&mut len[got..]) {
             Ok(0) if got == 0 => return Ok(None),
-            Ok(0) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into()),
+            Ok(0) => return Err(BlockFileError::Truncated { index }),
             Ok(n) => got += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e.into()),
@@ -61,7 +63,10 @@ pub fn read_block(mut input: impl Read, index: usize) -> Result<Option<Block>, B
         return Err(BlockFileError::TooLong { index, len });
     }
     let mut bytes = vec![0u8; len];
-    input.read_exact(&mut bytes)?;
+    input.read_exact(&mut bytes).map_err(|e| match e.kind() {
+        io::ErrorKind::UnexpectedEof => BlockFileError::Truncated { index },
+        _ => e.into(),
+    })?;
     Block::from_bytes(&bytes)
         .map(Some)
         .map_err(|error| BlockFileError::Decode { index, error })

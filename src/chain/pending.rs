@@ -148,9 +148,8 @@ pub(super) fn drain(
         let block = match read_block(&mut input, index) {
             Ok(Some(block)) => block,
             Ok(None) => break,
-            Err(BlockFileError::Io(error)) if error.kind() != io::ErrorKind::UnexpectedEof => {
-                return Err(ChainError::Pending(error));
-            }
+            // A read that failed, not a record cut short (`Truncated`).
+            Err(BlockFileError::Io(error)) => return Err(ChainError::Pending(error)),
             Err(error) => {
                 recovered.torn = Some(error.to_string());
                 break;
@@ -195,7 +194,10 @@ mod tests {
             }
         };
         assert_eq!(read, blocks[..2].to_vec());
-        assert!(matches!(error, BlockFileError::Io(_)), "{error}");
+        assert!(
+            matches!(error, BlockFileError::Truncated { index: 2 }),
+            "{error}"
+        );
         // Two bytes of a next record's length: torn too, not the end.
         let mut two_more = whole.clone();
         two_more.extend_from_slice(&[1, 2]);

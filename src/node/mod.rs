@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::chain::block_file::read_blocks;
+use crate::chain::block_file::read_block;
 use crate::chain::{BlockOutcome, Chain, ChainEvent, ChainHandle, ChainOptions};
 use crate::consensus::address::PubKeyHash;
 use crate::consensus::params::Network;
@@ -357,14 +357,18 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     failed.map_or(Ok(()), Err)
 }
 
+/// Imports a block file one record at a time, so memory holds one block
+/// whatever the file's size; a damaged record stops the import there, with
+/// the blocks before it imported.
 fn import(chain: &ChainHandle, path: &std::path::Path) -> anyhow::Result<()> {
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let blocks = read_blocks(std::io::BufReader::new(file))
-        .with_context(|| format!("reading blocks from {}", path.display()))?;
-    let total = blocks.len();
-    for block in blocks {
-        let block = Arc::new(block);
-        let outcome = chain.process_block(block)?;
+    let mut input = std::io::BufReader::new(file);
+    let mut total = 0;
+    while let Some(block) = read_block(&mut input, total)
+        .with_context(|| format!("reading blocks from {}", path.display()))?
+    {
+        total += 1;
+        let outcome = chain.process_block(Arc::new(block))?;
         match outcome {
             BlockOutcome::Accepted { .. } | BlockOutcome::Duplicate | BlockOutcome::Orphan => {}
             other => tracing::warn!(?other, "imported block rejected"),

@@ -243,3 +243,31 @@ fn sigkill_during_a_cached_catch_up_restarts_from_the_last_flush_and_catches_up(
     assert_check_passes(&b_dir, "after the catch-up");
     assert_eq!(stored_tip(&b_dir), stored_tip(&a_dir));
 }
+
+/// A block file damaged part-way (here its last record is cut short):
+/// the blocks before the damage are imported, one at a time, the failure is
+/// logged at once with the record it hit, and the node runs on.
+#[test]
+fn a_damaged_import_file_imports_what_precedes_the_damage_and_the_node_runs_on() {
+    let chain = prefix(5);
+    let dir = tempfile::tempdir().unwrap();
+    let file = block_file(dir.path(), "damaged.dat", &chain.blocks[1..]);
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes.extend_from_slice(&1_000u32.to_le_bytes());
+    bytes.extend_from_slice(&[0u8; 10]);
+    std::fs::write(&file, bytes).unwrap();
+    let mut node = NodeProcess::start(
+        &dir.path().join("node"),
+        &["--connect-only", "--import", file.to_str().unwrap()],
+    );
+    let failed = node.wait_for("import failed", Duration::from_secs(60));
+    assert!(
+        failed.contains("record 5") && failed.contains("cut short"),
+        "{failed}"
+    );
+    let api = node.api_addr();
+    let (status, height) = chaincore::testkit::process::http(api, "GET", "/blocks/tip/height", "");
+    assert_eq!((status, height.trim()), (200, "5"));
+    // (Stopped, it would exit non-zero: the import it was asked for failed.)
+    node.kill();
+}
