@@ -480,6 +480,21 @@ fn stored_blocks(chain: &Chain) -> Vec<Vec<(Vec<u8>, Vec<u8>)>> {
         .collect()
 }
 
+/// A chain holding `base`'s blocks whose clock reads `now` until moved.
+fn on_manual_clock(base: &TestChain, now: u32) -> (tempfile::TempDir, Clock, Chain) {
+    let clock = Clock::manual(now);
+    let dir = tempfile::tempdir().unwrap();
+    let mut chain = open_with(
+        &dir,
+        ChainOptions {
+            clock: clock.clone(),
+            ..ChainOptions::default()
+        },
+    );
+    feed(&mut chain, &base.blocks[1..]);
+    (dir, clock, chain)
+}
+
 /// A block's time is judged against the clock when the block is accepted:
 /// one stored while its time was fine still connects after the clock has
 /// stepped back (NTP, a resumed machine), and is not marked failed.
@@ -492,16 +507,7 @@ fn a_stored_block_connects_after_the_clock_steps_back() {
     ahead.apply(first.clone());
     let second = ahead.build_block(key(1).pubkey_hash(), Vec::new());
     assert!(first.header.time < second.header.time);
-    let clock = Clock::manual(second.header.time);
-    let dir = tempfile::tempdir().unwrap();
-    let mut chain = open_with(
-        &dir,
-        ChainOptions {
-            clock: clock.clone(),
-            ..ChainOptions::default()
-        },
-    );
-    feed(&mut chain, &base.blocks[1..]);
+    let (_dir, clock, mut chain) = on_manual_clock(&base, second.header.time);
     chain
         .process_headers(&[first.header, second.header])
         .unwrap();
@@ -525,16 +531,7 @@ fn a_block_too_far_ahead_of_the_clock_is_refused_for_now_then_accepted() {
     let base = prefix();
     let allowance = base.params.max_future_block_time_secs;
     let block = base.build_block(key(1).pubkey_hash(), Vec::new());
-    let clock = Clock::manual(block.header.time - allowance - 1);
-    let dir = tempfile::tempdir().unwrap();
-    let mut chain = open_with(
-        &dir,
-        ChainOptions {
-            clock: clock.clone(),
-            ..ChainOptions::default()
-        },
-    );
-    feed(&mut chain, &base.blocks[1..]);
+    let (_dir, clock, mut chain) = on_manual_clock(&base, block.header.time - allowance - 1);
     let before = stored_blocks(&chain);
 
     // One second too new: refused, and nothing is cached against it.
