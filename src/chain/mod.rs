@@ -923,9 +923,11 @@ impl Chain {
             tracing::debug!(%hash, height, "unrequested block on a low-work chain: dropped");
             return Ok(BlockOutcome::NotStored);
         }
+        // A block whose parent failed, or that breaks a contextual rule, is
+        // refused without being indexed (as its header would be): either
+        // costs its sender only the lowest difficulty's work, and an entry
+        // would stay in the index for good.
         if parent.is_failed() {
-            entry.status = status::FAILED_PARENT;
-            self.store_entry(hash, entry)?;
             return Ok(BlockOutcome::InvalidAncestor);
         }
         let ctx = self
@@ -938,11 +940,7 @@ impl Chain {
             Err(error @ BlockError::TimeTooNew { .. }) => {
                 return Ok(BlockOutcome::Deferred(error));
             }
-            Err(error) => {
-                entry.status = status::FAILED;
-                self.store_entry(hash, entry)?;
-                return Ok(BlockOutcome::Invalid(error));
-            }
+            Err(error) => return Ok(BlockOutcome::Invalid(error)),
         }
         entry.status |= status::HAVE_DATA;
         // Indexed here means its header is on disk (headers-first).
@@ -1072,7 +1070,7 @@ impl Chain {
             let ctx = self
                 .context_after(&header.prev_hash)
                 .expect("parent is indexed");
-            let mut entry = BlockIndexEntry {
+            let entry = BlockIndexEntry {
                 header: *header,
                 height: parent.height + 1,
                 chain_work: parent.chain_work + work_from_compact(header.bits),
@@ -1086,10 +1084,10 @@ impl Chain {
                     outcome.deferred = true;
                     break;
                 }
-                entry.status = status::FAILED;
-                batch.put_block_index(&hash, &entry);
-                self.add_to_index(hash, entry);
-                changed = true;
+                // Not indexed, as Bitcoin Core's AcceptBlockHeader: a
+                // header that meets its own bits at the lowest difficulty
+                // (about 2^20 hashes) and breaks a contextual rule would
+                // otherwise take index memory and disk for good.
                 outcome.invalid = Some(HeaderRejection::Invalid(error));
                 break;
             }
@@ -1104,18 +1102,6 @@ impl Chain {
             self.publish();
         }
         Ok(outcome)
-    }
-
-    fn store_entry(&mut self, hash: BlockHash, entry: BlockIndexEntry) -> Result<(), ChainError> {
-        let mut batch = self.store.batch();
-        batch.put_block_index(&hash, &entry);
-        self.store.write(batch, self.sync_writes)?;
-        if self.tree.index.contains(&hash) {
-            self.tree.index.update(&hash, |e| *e = entry);
-        } else {
-            self.add_to_index(hash, entry);
-        }
-        Ok(())
     }
 
     /// Marks `hash` and its stored descendants linked if its parent is, and

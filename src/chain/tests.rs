@@ -257,9 +257,11 @@ fn reorg_onto_a_branch_with_an_invalid_block_ends_on_the_best_valid_chain() {
     assert!(matches!(outcomes[6], BlockOutcome::InvalidAncestor));
     assert!(chain.index_entry(&b[2].hash()).unwrap().has(status::FAILED));
     assert!(chain
-        .index_entry(&b[6].hash())
+        .index_entry(&b[5].hash())
         .unwrap()
         .has(status::FAILED_PARENT));
+    // b7 came after its ancestors failed: refused, and not indexed.
+    assert!(chain.index_entry(&b[6].hash()).is_none());
 
     let dir_ref = tempfile::tempdir().unwrap();
     let mut reference = open(&dir_ref);
@@ -562,6 +564,51 @@ fn a_block_too_far_ahead_of_the_clock_is_refused_for_now_then_accepted() {
         }
     );
     assert_eq!(chain.tip().hash, block.hash());
+}
+
+/// A header that breaks a contextual rule (here its time is not above the
+/// median of the last 11) costs its maker only the work its own bits
+/// claim: it is refused, as a header and as a block, and never indexed or
+/// written, however often it comes.
+#[test]
+fn a_header_that_breaks_a_contextual_rule_is_refused_without_being_indexed() {
+    let base = prefix();
+    let dir = tempfile::tempdir().unwrap();
+    let mut chain = open(&dir);
+    feed(&mut chain, &base.blocks[1..]);
+    let before = stored_blocks(&chain);
+    let index_len = chain.reader().published().index_len;
+    let ahead = base.clone();
+    let mut block = ahead.build_block(key(1).pubkey_hash(), Vec::new());
+    block.header.time = 1;
+    crate::mining::solve_block(&mut block);
+    for _ in 0..2 {
+        let headers = chain.process_headers(&[block.header]).unwrap();
+        assert!(
+            matches!(
+                headers.invalid,
+                Some(HeaderRejection::Invalid(BlockError::TimeTooOld { .. }))
+            ),
+            "{headers:?}"
+        );
+        assert_eq!(headers.new, 0);
+        for requested in [Some(1), None] {
+            let outcome = chain
+                .process_block(Arc::new(block.clone()), requested)
+                .unwrap();
+            assert!(
+                matches!(
+                    outcome,
+                    BlockOutcome::Invalid(BlockError::TimeTooOld { .. })
+                ),
+                "{outcome:?}"
+            );
+        }
+    }
+    assert!(chain.index_entry(&block.hash()).is_none());
+    assert_eq!(chain.reader().published().index_len, index_len);
+    assert_eq!(stored_blocks(&chain), before);
+    assert_eq!(chain.tip().hash, base.tip().hash());
 }
 
 #[test]
