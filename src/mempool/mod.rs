@@ -676,6 +676,11 @@ impl Mempool {
 
     /// Heap bytes the pool's entries and indexes take (what its limit
     /// counts).
+    /// The limit of `usage` (`--mempool-max-mb`).
+    pub fn max_bytes(&self) -> usize {
+        self.max_bytes
+    }
+
     pub fn usage(&self) -> usize {
         self.usage
     }
@@ -1046,6 +1051,13 @@ impl Mempool {
                 min: MIN_RELAY_FEE_RATE,
             });
         }
+        // A full pool would evict the newcomer at once: say so before its
+        // signatures cost anything (each rejected attempt would otherwise
+        // cost a signature check per input, for free).
+        let usage = entry_usage(&tx, parents.len());
+        if !self.has_room_for(rate, usage, &ancestors) {
+            return Err(MempoolError::Full { rate });
+        }
         if signatures == SignatureChecks::On {
             verify_tx_signatures(&tx, &spent).map_err(MempoolError::Invalid)?;
         }
@@ -1060,7 +1072,6 @@ impl Mempool {
         }
         self.by_rate.insert((rate, txid));
         self.bytes += size;
-        let usage = entry_usage(&tx, parents.len());
         self.usage += usage;
         self.changes += 1;
         let spent: Vec<TxOut> = spent.iter().map(|u| u.output).collect();
@@ -1099,6 +1110,39 @@ impl Mempool {
             return Err(MempoolError::Full { rate });
         }
         Ok(txid)
+    }
+
+    /// Whether an entry of fee rate `rate` taking `usage` bytes, with these
+    /// pool ancestors, would survive the eviction its arrival causes
+    /// (`trim`): the entries evicted first (lowest rate first, each with
+    /// its descendants) must all pay less than it, none may be its
+    /// ancestor, and they must free enough. A tie in rate is refused, as
+    /// the newcomer could go first. The walk stops once enough is freed:
+    /// at most as many entries as the newcomer's bytes over the limit
+    /// require, each with at most `MAX_DESCENDANTS` descendants.
+    fn has_room_for(&self, rate: u64, usage: usize, ancestors: &HashSet<Txid>) -> bool {
+        let mut over = (self.usage + usage).saturating_sub(self.max_bytes);
+        let mut evicted = HashSet::new();
+        for (lower, txid) in &self.by_rate {
+            if over == 0 {
+                return true;
+            }
+            if evicted.contains(txid) {
+                continue;
+            }
+            if *lower >= rate {
+                return false;
+            }
+            for gone in self.with_descendants(txid) {
+                if ancestors.contains(&gone) {
+                    return false;
+                }
+                if evicted.insert(gone) {
+                    over = over.saturating_sub(self.entries.get(&gone).map_or(0, |e| e.usage));
+                }
+            }
+        }
+        over == 0
     }
 
     /// All unconfirmed ancestors of a set of parents.

@@ -6,8 +6,10 @@
 //! again, parents first whatever the file's order.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use super::{parents_first, Mempool};
+use crate::consensus::hash::Txid;
 use crate::consensus::transaction::Transaction;
 use crate::consensus::validation::SignatureChecks;
 use crate::encoding::{
@@ -18,29 +20,55 @@ pub const MEMPOOL_FILE: &str = "mempool.dat";
 const FILE_VERSION: u8 = 1;
 /// Smallest encoded entry: time (4) and the smallest transaction.
 const MIN_ENTRY_LEN: usize = 4 + crate::consensus::limits::MIN_TX_LEN;
+/// Entries `read` allocates room for before reading them.
+const PREALLOCATED_ENTRIES: usize = 4_096;
 
-/// Writes the pool, oldest first, parents before children (a child may
-/// share its parent's time, or even be older after a reorganisation
-/// returned its parent).
-pub fn save(pool: &Mempool, data_dir: &Path) -> std::io::Result<usize> {
-    // The entries, and what a rebuild under way has yet to judge (the
-    // next start judges everything again).
-    let mut entries: Vec<(u32, &Transaction)> = pool
-        .entries()
-        .map(|e| (e.time, &*e.tx))
-        .chain(pool.queued())
-        .collect();
-    entries.sort_by_key(|(time, tx)| (*time, tx.txid()));
-    let entries = parents_first(entries, |(_, tx)| tx);
-    let mut out = vec![FILE_VERSION];
-    write_compact_size(&mut out, entries.len() as u64);
-    for (time, tx) in &entries {
-        out.extend_from_slice(&time.to_le_bytes());
-        tx.encode_to(&mut out);
+/// What `mempool.dat` is written from: the pool's transactions with their
+/// times and txids, copied out under the pool's lock (a pointer each), so
+/// the sorting, encoding and synced write of a pool of hundreds of
+/// thousands of entries happen after the lock is released. Relay, the
+/// protocol thread and the chain task take the same lock.
+pub struct SavedPool(Vec<(u32, Txid, Arc<Transaction>)>);
+
+impl SavedPool {
+    /// The entries, and what a rebuild under way has yet to judge (the
+    /// next start judges everything again).
+    pub fn of(pool: &Mempool) -> SavedPool {
+        SavedPool(
+            pool.entries()
+                .map(|e| (e.time, e.txid, e.tx.clone()))
+                .chain(
+                    pool.queued()
+                        .map(|(time, tx)| (time, tx.txid(), Arc::new(tx.clone()))),
+                )
+                .collect(),
+        )
     }
-    let path = data_dir.join(MEMPOOL_FILE);
-    crate::files::replace_file(&path, &out, crate::files::Readers::Default)?;
-    Ok(entries.len())
+
+    /// Writes the pool, oldest first, parents before children (a child
+    /// may share its parent's time, or even be older after a
+    /// reorganisation returned its parent).
+    pub fn write(mut self, data_dir: &Path) -> std::io::Result<usize> {
+        self.0
+            .sort_unstable_by_key(|(time, txid, _)| (*time, *txid));
+        let entries: Vec<(u32, &Transaction)> =
+            self.0.iter().map(|(time, _, tx)| (*time, &**tx)).collect();
+        let entries = parents_first(entries, |(_, tx)| tx);
+        let mut out = vec![FILE_VERSION];
+        write_compact_size(&mut out, entries.len() as u64);
+        for (time, tx) in &entries {
+            out.extend_from_slice(&time.to_le_bytes());
+            tx.encode_to(&mut out);
+        }
+        let path = data_dir.join(MEMPOOL_FILE);
+        crate::files::replace_file(&path, &out, crate::files::Readers::Default)?;
+        Ok(entries.len())
+    }
+}
+
+/// Writes the pool (`SavedPool`) while the caller holds it.
+pub fn save(pool: &Mempool, data_dir: &Path) -> std::io::Result<usize> {
+    SavedPool::of(pool).write(data_dir)
 }
 
 /// Reads a saved pool.
@@ -53,7 +81,9 @@ pub fn read(bytes: &[u8]) -> Result<Vec<(u32, Transaction)>, DecodeError> {
         });
     }
     let count = read_count(&mut cursor, "mempool entries", usize::MAX, MIN_ENTRY_LEN)?;
-    let mut entries = Vec::with_capacity(count);
+    // The count is only bounded by the file's length: allocate as entries
+    // arrive beyond the first few thousand.
+    let mut entries = Vec::with_capacity(count.min(PREALLOCATED_ENTRIES));
     for _ in 0..count {
         let time = read_u32(&mut cursor, "mempool entry time")?;
         entries.push((time, Transaction::decode_from(&mut cursor)?));
@@ -72,6 +102,18 @@ pub fn read(bytes: &[u8]) -> Result<Vec<(u32, Transaction)>, DecodeError> {
 /// reported and ignored (the pool is a cache of what peers also hold).
 pub fn load(pool: &mut Mempool, chain: &dyn super::TipState, data_dir: &Path) -> (usize, usize) {
     let path = data_dir.join(MEMPOOL_FILE);
+    // A file far larger than the pool it could refill is not ours to
+    // read whole (the limit counts memory, which a transaction takes more
+    // of than its encoding).
+    let limit = (pool.max_bytes() as u64).saturating_mul(2) + (1 << 20);
+    match std::fs::metadata(&path) {
+        Ok(meta) if meta.len() > limit => {
+            tracing::warn!(path = %path.display(), bytes = meta.len(), limit, "ignoring a mempool file larger than the pool could hold");
+            return (0, 0);
+        }
+        Ok(_) => {}
+        Err(_) => return (0, 0),
+    }
     let Ok(bytes) = std::fs::read(&path) else {
         return (0, 0);
     };
@@ -85,9 +127,11 @@ pub fn load(pool: &mut Mempool, chain: &dyn super::TipState, data_dir: &Path) ->
     let total = entries.len();
     let mut accepted = 0;
     pool.catch_up(chain);
+    // A time ahead of the clock would never expire.
+    let now = super::unix_now();
     for (time, tx) in parents_first(entries, |(_, tx)| tx) {
         if pool
-            .accept_inner(chain, tx, time, SignatureChecks::On)
+            .accept_inner(chain, tx, time.min(now), SignatureChecks::On)
             .is_ok()
         {
             accepted += 1;

@@ -257,6 +257,54 @@ fn full_pool_evicts_the_lowest_fee_rate_with_descendants() {
     ));
 }
 
+/// A copy of `tx` whose first signature no longer verifies.
+fn with_broken_signature(mut tx: Transaction) -> Transaction {
+    match &mut tx.inputs[0] {
+        TxIn::Spend { signature, .. } => signature[10] ^= 1,
+        TxIn::Coinbase { .. } => panic!("a spend"),
+    }
+    tx
+}
+
+#[test]
+fn a_full_pool_refuses_what_it_would_evict_before_checking_signatures() {
+    let f = fixture();
+    let low = spend_coinbase(&f, 0, 1_000_000, 20_000);
+    let mut pool = Mempool::new(&f.chain, entry_usage(&low, 0) + 10);
+    pool.accept(&f.chain, low.clone()).unwrap();
+    // Paying the same rate as the lowest entry, or less: refused as `Full`
+    // whatever its signatures, which are never looked at (a broken one
+    // would be `Invalid`).
+    for fee in [20_000, 5_000] {
+        let poor = with_broken_signature(spend_coinbase(&f, 1, 1_000_000, fee));
+        assert!(
+            matches!(pool.accept(&f.chain, poor), Err(MempoolError::Full { .. })),
+            "fee {fee}"
+        );
+    }
+    // A child of the lowest entry would go with it.
+    let change = low.outputs[1];
+    let child = with_broken_signature(signed_spend(
+        &[(OutPoint::new(low.txid(), 1), change, &key(1))],
+        vec![pay(&key(1), change.amount.units() - 90_000)],
+    ));
+    assert!(matches!(
+        pool.accept(&f.chain, child),
+        Err(MempoolError::Full { .. })
+    ));
+    // Paying more than the entry it evicts: its signatures are checked.
+    let rich = spend_coinbase(&f, 2, 1_000_000, 90_000);
+    assert_eq!(
+        pool.accept(&f.chain, with_broken_signature(rich.clone()))
+            .unwrap_err()
+            .code(),
+        "invalid"
+    );
+    assert!(pool.contains(&low.txid()));
+    pool.accept(&f.chain, rich.clone()).unwrap();
+    assert!(pool.contains(&rich.txid()) && !pool.contains(&low.txid()));
+}
+
 #[test]
 fn block_removes_confirmed_and_conflicting_transactions() {
     let mut f = fixture();
@@ -343,6 +391,39 @@ fn pool_survives_a_restart_through_its_file() {
     std::fs::write(dir.path().join(persist::MEMPOOL_FILE), b"\x01\xff").unwrap();
     let mut empty = Mempool::new(&f.chain, DEFAULT_MAX_MEMPOOL_BYTES);
     assert_eq!(persist::load(&mut empty, &f.chain, dir.path()), (0, 0));
+}
+
+/// A `mempool.dat` of `entries`, as `persist::save` writes one.
+fn mempool_file(entries: &[(u32, &Transaction)]) -> Vec<u8> {
+    let mut out = vec![1u8];
+    crate::encoding::write_compact_size(&mut out, entries.len() as u64);
+    for (time, tx) in entries {
+        out.extend_from_slice(&time.to_le_bytes());
+        tx.encode_to(&mut out);
+    }
+    out
+}
+
+#[test]
+fn a_mempool_file_is_read_within_bounds() {
+    let f = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(persist::MEMPOOL_FILE);
+    let tx = spend_coinbase(&f, 0, 1_000_000, 5_000);
+    // An entry dated in the future (which would never expire) enters at
+    // the clock's time.
+    std::fs::write(&path, mempool_file(&[(u32::MAX, &tx)])).unwrap();
+    let mut pool = Mempool::new(&f.chain, DEFAULT_MAX_MEMPOOL_BYTES);
+    assert_eq!(persist::load(&mut pool, &f.chain, dir.path()), (1, 1));
+    assert!(pool.get(&tx.txid()).unwrap().time <= crate::chain::unix_now());
+    // A well-formed file far larger than the pool's limit is not read: the
+    // same file loads into a pool large enough.
+    let copies = (2 << 20) / tx.encoded_len();
+    std::fs::write(&path, mempool_file(&vec![(1, &tx); copies])).unwrap();
+    let mut small = Mempool::new(&f.chain, 4_096);
+    assert_eq!(persist::load(&mut small, &f.chain, dir.path()), (0, 0));
+    let mut large = Mempool::new(&f.chain, DEFAULT_MAX_MEMPOOL_BYTES);
+    assert_eq!(persist::load(&mut large, &f.chain, dir.path()), (1, copies));
 }
 
 #[test]

@@ -269,12 +269,13 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
                     })
                     .await;
                 if rounds.is_multiple_of(MEMPOOL_SAVE_EVERY) {
-                    // Off the chain task: the file is written under the
-                    // pool's lock only.
+                    // Off the chain task, and written after the pool's
+                    // lock is released (it is held for a copy of pointers).
                     let (mempool, dir) = (mempool.clone(), dir.clone());
                     let _ = tokio::task::spawn_blocking(move || {
-                        let pool = mempool.lock().expect("mempool lock");
-                        if let Err(e) = mempool_file::save(&pool, &dir) {
+                        let saved =
+                            mempool_file::SavedPool::of(&mempool.lock().expect("mempool lock"));
+                        if let Err(e) = saved.write(&dir) {
                             tracing::warn!(error = %e, "saving the mempool failed");
                         }
                     })
