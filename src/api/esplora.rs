@@ -197,6 +197,38 @@ impl Serialize for InputJson<'_> {
     }
 }
 
+/// A pool transaction copied out from under the pool's lock, to be written
+/// as JSON once the lock is released: the JSON of a large transaction
+/// takes milliseconds (an address per output), and relay, the protocol
+/// thread and the chain task wait for the same lock. The copy is a pointer
+/// and the spent outputs (28 bytes per input).
+pub struct PendingTx {
+    pub tx: std::sync::Arc<Transaction>,
+    pub spent: Vec<TxOut>,
+    pub first_seen: u32,
+}
+
+impl PendingTx {
+    pub fn of(entry: &crate::mempool::MempoolEntry) -> PendingTx {
+        PendingTx {
+            tx: entry.tx.clone(),
+            spent: entry.spent.clone(),
+            first_seen: entry.time,
+        }
+    }
+
+    /// Its JSON shape (status unconfirmed).
+    pub fn json(&self, network: Network) -> TxJson<'_> {
+        TxJson {
+            network,
+            tx: &self.tx,
+            spent: &self.spent,
+            status: TxStatus::Unconfirmed,
+            first_seen: Some(self.first_seen),
+        }
+    }
+}
+
 /// A transaction in esplora's shape, given the outputs its inputs spend
 /// (in input order; none for a coinbase), its status and, for a pool
 /// transaction, when it entered the pool (ChainCore's `first_seen`).

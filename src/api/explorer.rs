@@ -11,7 +11,9 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::esplora::{block_json, stored_block_entry, ConfirmedBlock, JsonList, TxJson, TxStatus};
+use super::esplora::{
+    block_json, stored_block_entry, ConfirmedBlock, JsonList, PendingTx, TxJson, TxStatus,
+};
 use super::extract::{Path, Query};
 use super::{ApiError, ApiState, PoolGate};
 use crate::chain::ChainView;
@@ -895,28 +897,30 @@ pub struct MempoolTxsQuery {
     pub cursor: Option<String>,
 }
 
-/// The owner's pool transactions, newest first, after `before`, into
-/// `out`: at most `MAX_ADDRESS_MEMPOOL_TXS`, read in order from the
-/// pool's owner index (the page costs its own length, not the owner's).
+/// The owner's pool transactions, newest first, after `before`: at most
+/// `MAX_ADDRESS_MEMPOOL_TXS`, read in order from the pool's owner index
+/// (the page costs its own length, not the owner's), copied out for their
+/// JSON to be written after the pool's lock is released.
 fn mempool_txs(
-    network: crate::consensus::params::Network,
     pool: &Mempool,
     owner: &PubKeyHash,
     before: Option<(u32, Hash256)>,
-    out: &mut JsonList,
-) -> Result<(), ApiError> {
-    for entry in pool
-        .address_entries(owner, before)
+) -> Vec<PendingTx> {
+    pool.address_entries(owner, before)
         .rev()
         .take(MAX_ADDRESS_MEMPOOL_TXS)
-    {
-        out.push(&TxJson {
-            network,
-            tx: &entry.tx,
-            spent: &entry.spent,
-            status: TxStatus::Unconfirmed,
-            first_seen: Some(entry.time),
-        })?;
+        .map(PendingTx::of)
+        .collect()
+}
+
+/// `page` into `out`.
+fn push_pending(
+    network: crate::consensus::params::Network,
+    page: &[PendingTx],
+    out: &mut JsonList,
+) -> Result<(), ApiError> {
+    for pending in page {
+        out.push(&pending.json(network))?;
     }
     Ok(())
 }
@@ -936,12 +940,19 @@ async fn mempool_txs_list(
                 })?,
         ),
     };
+    // Up to 50 full transactions: bounded like the routes that read
+    // blocks, and written out after the pool's lock is released.
     state
-        .with_state(move |chain, pool| {
+        .with_chain_reads(move |chain, gate| {
+            let page = {
+                let pool = gate.lock();
+                match subject.owner(chain, |h| pool.owner_of_script_hash(h))? {
+                    Some(owner) => mempool_txs(&pool, &owner, before),
+                    None => Vec::new(),
+                }
+            };
             let mut txs = JsonList::default();
-            if let Some(owner) = subject.owner(chain, |h| pool.owner_of_script_hash(h))? {
-                mempool_txs(chain.params().network, pool, &owner, before, &mut txs)?;
-            }
+            push_pending(chain.params().network, &page, &mut txs)?;
             Ok(txs.into_response())
         })
         .await
@@ -1044,14 +1055,14 @@ async fn txs_list(
     state
         .with_chain_reads(move |chain, gate| {
             let mut txs = JsonList::default();
-            let owner = {
+            let (owner, page) = {
                 let pool = gate.lock();
                 let Some(owner) = subject.owner(chain, |h| pool.owner_of_script_hash(h))? else {
                     return Ok(txs.into_response());
                 };
-                mempool_txs(chain.params().network, &pool, &owner, None, &mut txs)?;
-                owner
+                (owner, mempool_txs(&pool, &owner, None))
             };
+            push_pending(chain.params().network, &page, &mut txs)?;
             let last = chain_txs(chain, &owner, None, limit, &mut txs)?;
             let next = last.map(|t| format!("{}/txs/chain/{t}?limit={limit}", subject.path()));
             Ok(with_next(next, txs.into_response()))
@@ -1236,7 +1247,7 @@ pub async fn address_balances(
 
 pub async fn chainstate(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
     state
-        .with_state(|chain, _| {
+        .with_view(|chain| {
             let tip = chain.tip();
             Ok(Json(json!({
                 "height": tip.height,

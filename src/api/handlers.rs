@@ -5,7 +5,7 @@ use axum::response::Response;
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::esplora::{json_bytes, TxJson, TxStatus};
+use super::esplora::{json_bytes, PendingTx, TxJson, TxStatus};
 use super::extract::Path;
 use super::{ApiError, ApiState};
 use crate::consensus::hash::Txid;
@@ -275,16 +275,9 @@ pub async fn get_tx(
     state
         .with_chain_reads(move |chain, pool| {
             let network = chain.params().network;
-            // The pool, locked only to write its entry out.
-            let pending = pool.lock().get(&txid).map(|entry| {
-                serde_json::to_vec(&TxJson {
-                    network,
-                    tx: &entry.tx,
-                    spent: &entry.spent,
-                    status: TxStatus::Unconfirmed,
-                    first_seen: Some(entry.time),
-                })
-            });
+            // The pool, locked only to copy its entry out.
+            let pending = pool.lock().get(&txid).map(PendingTx::of);
+            let pending = pending.map(|pending| serde_json::to_vec(&pending.json(network)));
             let body = match pending {
                 Some(body) => body,
                 None => {
@@ -370,9 +363,15 @@ pub async fn metrics(
     let latency = state.latency.clone();
     let mirror = state.mirror.clone();
     let events = state.events.clone();
+    let mempool = state.mempool.clone();
     let body = state
-        .with_state(move |chain, pool| {
+        .with_view(move |chain| {
             use std::fmt::Write;
+            // The pool, locked for three numbers alone.
+            let (pool_len, pool_bytes, pool_usage) = {
+                let pool = mempool.lock().expect("mempool lock");
+                (pool.len(), pool.bytes(), pool.usage())
+            };
             let tip = chain.tip();
             let mirror = mirror.map(|m| m.lock().expect("mirror status lock").clone().at_tip(tip.height));
             let mut out = String::new();
@@ -383,9 +382,9 @@ pub async fn metrics(
             gauge("chaincore_header_height", "Height of the best known header.", f64::from(chain.best_header().1));
             gauge("chaincore_sync_percent", "Block sync progress.", network.sync.percent);
             gauge("chaincore_peers", "Peers that completed the handshake.", network.peers.iter().filter(|p| p.ready).count() as f64);
-            gauge("chaincore_mempool_transactions", "Transactions in the mempool.", pool.len() as f64);
-            gauge("chaincore_mempool_bytes", "Bytes of the mempool's transactions.", pool.bytes() as f64);
-            gauge("chaincore_mempool_usage_bytes", "Heap bytes of the mempool's entries and indexes (what --mempool-max-mb bounds).", pool.usage() as f64);
+            gauge("chaincore_mempool_transactions", "Transactions in the mempool.", pool_len as f64);
+            gauge("chaincore_mempool_bytes", "Bytes of the mempool's transactions.", pool_bytes as f64);
+            gauge("chaincore_mempool_usage_bytes", "Heap bytes of the mempool's entries and indexes (what --mempool-max-mb bounds).", pool_usage as f64);
             gauge("chaincore_orphan_blocks", "Blocks waiting for their parent.", chain.orphan_count() as f64);
             let cache = chain.published().cache;
             gauge("chaincore_dbcache_bytes", "Bytes held by the chain state write-back cache (--dbcache-mb).", cache.bytes as f64);

@@ -42,7 +42,7 @@ pub async fn utxos(
     Path(address): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     state
-        .with_state(move |chain, _| {
+        .with_chain_reads(move |chain, _| {
             let a = address_of(chain, &address)?;
             let utxos: Vec<Value> = chain
                 .store()
@@ -60,7 +60,7 @@ pub async fn transactions(
     Path(address): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     state
-        .with_state(move |chain, _| {
+        .with_chain_reads(move |chain, _| {
             let a = address_of(chain, &address)?;
             let txs: Vec<Value> = chain
                 .store()
@@ -165,7 +165,7 @@ pub async fn blocks_range(
         ));
     }
     state
-        .with_state(move |chain, _| {
+        .with_chain_reads(move |chain, _| {
             let mut blocks = Vec::new();
             for height in q.start..=q.end.min(chain.height()) {
                 let hash = chain.hash_at(height)?.ok_or_else(|| {
@@ -190,7 +190,7 @@ pub async fn blocks_range(
 
 pub async fn chain_info(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
     state
-        .with_state(|chain, _| {
+        .with_view(|chain| {
             let tip = chain.tip();
             Ok(Json(json!({
                 "network": chain.params().network,
@@ -229,7 +229,7 @@ pub async fn stats(State(state): State<ApiState>) -> Result<Json<Value>, ApiErro
 
 pub async fn orphaned_blocks(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
     state
-        .with_state(|chain, _| {
+        .with_view(|chain| {
             let mut hashes = chain.orphan_hashes();
             hashes.sort();
             Ok(Json(json!({ "count": hashes.len(), "orphans": hashes })))
@@ -239,7 +239,7 @@ pub async fn orphaned_blocks(State(state): State<ApiState>) -> Result<Json<Value
 
 pub async fn network_config(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
     state
-        .with_state(|chain, _| {
+        .with_view(|chain| {
             let p = chain.params();
             Ok(Json(json!({
                 "network": p.network,

@@ -30,7 +30,9 @@ pub const WHOLE_POOL_WAIT: Duration = Duration::from_secs(10);
 /// Requests that read blocks (a block's transactions or txids, a proof, a
 /// transaction from its block, an address's history of full transactions,
 /// outspends, UTXO pages, an event stream's replay and each subscriber's
-/// reading of new blocks, a balance batch of up to 1 000 addresses) served
+/// reading of new blocks, a balance batch of up to 1 000 addresses, the
+/// legacy routes' pages of up to 1 000 rows and of a range of blocks, an
+/// address's page of up to 50 full pool transactions) served
 /// at once: one may decode a block of 1 MB or walk 25, and a replay up to
 /// `MAX_CATCH_UP_BLOCKS` of them, so four
 /// bound the CPU, memory and disk reads they hold at once whatever the
