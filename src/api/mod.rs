@@ -16,6 +16,7 @@ mod extract;
 mod handlers;
 mod latency;
 mod legacy;
+pub mod listener;
 mod mining;
 mod pool_views;
 
@@ -331,16 +332,22 @@ pub fn router(state: ApiState) -> Router {
     }
 }
 
-/// Binds the API listener and serves until the task is dropped.
+/// Binds the API listener and serves until the task is dropped, within
+/// `limits` (see `listener`).
 pub async fn serve(
     bind: SocketAddr,
     state: ApiState,
+    limits: listener::ConnectionLimits,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    use axum::serve::ListenerExt;
     let listener = tokio::net::TcpListener::bind(bind)
         .await
         .map_err(|e| anyhow::anyhow!("binding the REST API on {bind}: {e}"))?;
     let addr = listener.local_addr()?;
-    tracing::info!(addr = %addr, "api listening");
+    tracing::info!(addr = %addr, max_connections = limits.max_connections, idle_timeout_secs = limits.idle_timeout.as_secs(), "api listening");
+    // `tap_io` for the client's address as `ConnectInfo` (axum gives it to
+    // any tapped listener).
+    let listener = listener::LimitedListener::new(listener, limits).tap_io(|_| {});
     let app = router(state);
     let task = tokio::spawn(async move {
         let app = app.into_make_service_with_connect_info::<SocketAddr>();

@@ -114,6 +114,16 @@ pub struct NodeArgs {
     /// Address of the REST API. Loopback unless you mean to expose it.
     #[arg(long, default_value = "127.0.0.1")]
     pub api_bind: std::net::IpAddr,
+    /// Most connections the REST API serves at once; newcomers wait for
+    /// one to end. A client other than loopback (an IPv4 address, an IPv6
+    /// /64) holds at most 32 of them.
+    #[arg(long, default_value_t = crate::api::listener::DEFAULT_MAX_API_CONNECTIONS as u32, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub api_max_connections: u32,
+    /// Seconds a REST connection may pass without a byte either way before
+    /// it is closed (an idle keep-alive connection, or a client that stopped
+    /// sending its request).
+    #[arg(long, default_value_t = crate::api::listener::DEFAULT_API_IDLE_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub api_idle_timeout_secs: u64,
     /// Mirror blocks, transactions and balances into this PostgreSQL
     /// database (e.g. postgres://user@127.0.0.1/chaincore).
     #[arg(long, env = "CHAINCORE_POSTGRES_URL")]
@@ -232,6 +242,10 @@ pub fn run(cli: Cli) -> Result<()> {
                 api_admin_token: args.api_admin_token,
                 api_cors: crate::api::cors::CorsOrigins::parse(&args.api_cors)
                     .map_err(anyhow::Error::msg)?,
+                api_limits: crate::api::listener::ConnectionLimits {
+                    max_connections: args.api_max_connections as usize,
+                    idle_timeout: Duration::from_secs(args.api_idle_timeout_secs),
+                },
                 api_bind: std::net::SocketAddr::new(
                     args.api_bind,
                     args.api_port

@@ -55,12 +55,49 @@ pub struct NodeConfig {
     pub api_cors: crate::api::cors::CorsOrigins,
     /// Where the REST API listens.
     pub api_bind: std::net::SocketAddr,
+    /// The REST API's connection limits (`--api-max-connections`,
+    /// `--api-idle-timeout-secs`).
+    pub api_limits: crate::api::listener::ConnectionLimits,
     /// Where the P2P listener binds.
     pub p2p_bind: std::net::SocketAddr,
     /// Peers to keep connected to (`--peer`).
     pub peers: Vec<std::net::SocketAddr>,
     /// Dial only `peers`.
     pub connect_only: bool,
+}
+
+/// File descriptors the node asks for (its soft limit raised as far as the
+/// hard one allows, as Bitcoin Core does): RocksDB keeps its table files
+/// open, and each peer and REST connection takes one. Debian's default
+/// soft limit is 1 024.
+const WANTED_FILE_DESCRIPTORS: u64 = 65_536;
+
+/// Raises the soft limit of open files toward `WANTED_FILE_DESCRIPTORS`,
+/// and logs the limit the node runs with.
+fn raise_file_limit() {
+    #[cfg(unix)]
+    {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit and setrlimit read and write one `rlimit` we own.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+            return;
+        }
+        let wanted = WANTED_FILE_DESCRIPTORS.min(limit.rlim_max);
+        if limit.rlim_cur < wanted {
+            let raised = libc::rlimit {
+                rlim_cur: wanted,
+                rlim_max: limit.rlim_max,
+            };
+            // SAFETY: as above.
+            if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+                limit.rlim_cur = wanted;
+            }
+        }
+        tracing::info!(limit = limit.rlim_cur, "open file limit");
+    }
 }
 
 /// Runs the node until Ctrl-C or SIGTERM.
@@ -72,6 +109,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     crate::priority::lower_global_pool();
+    raise_file_limit();
     let options = ChainOptions {
         sync_writes: config.sync_writes,
         minimum_chain_work: config.minimum_chain_work,
@@ -155,6 +193,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             events: event_hub,
             cors: config.api_cors.clone(),
         }),
+        config.api_limits,
     )
     .await?;
     tracing::debug!(%api_addr, "REST API ready");

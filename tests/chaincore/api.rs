@@ -860,3 +860,89 @@ fn every_documented_path_answers_from_a_handler() {
     }
     node.stop();
 }
+
+/// Reads from `stream` until it is closed or `within` passes: whether the
+/// peer closed it (EOF or reset) in time.
+fn closed_within(stream: &mut std::net::TcpStream, within: Duration) -> bool {
+    use std::io::Read;
+    stream.set_read_timeout(Some(within)).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Connections that hold their slot (idle, or with a request half sent)
+/// are bounded: with every slot taken a newcomer waits, the holders are
+/// closed once idle for the timeout, and the newcomer is then answered.
+#[test]
+fn rest_connections_are_bounded_and_idle_ones_are_closed() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = NodeProcess::start(
+        &dir.path().join("n"),
+        &[
+            "--connect-only",
+            "--api-max-connections",
+            "4",
+            "--api-idle-timeout-secs",
+            "2",
+        ],
+    );
+    let api = node.api_addr();
+    let opened = std::time::Instant::now();
+    let mut holders: Vec<std::net::TcpStream> = (0..4)
+        .map(|_| std::net::TcpStream::connect(api).unwrap())
+        .collect();
+    // Two send part of a request and stop (slowloris), two send nothing.
+    for holder in &mut holders[..2] {
+        holder
+            .write_all(b"GET /status HTTP/1.1\r\nHost: x\r\n")
+            .unwrap();
+    }
+    // Every slot is taken: a newcomer's complete request waits.
+    let mut newcomer = std::net::TcpStream::connect(api).unwrap();
+    newcomer
+        .write_all(b"GET /blocks/tip/height HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    newcomer
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut answer = Vec::new();
+    assert!(
+        newcomer.read_to_end(&mut answer).is_err() && answer.is_empty(),
+        "answered while every slot was held: {:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    // The holders are closed after the idle timeout, not before.
+    for holder in &mut holders {
+        assert!(closed_within(holder, Duration::from_secs(10)));
+    }
+    assert!(opened.elapsed() >= Duration::from_secs(2));
+    // Then the newcomer is answered.
+    newcomer
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    newcomer.read_to_end(&mut answer).unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("\r\n\r\n0"), "{answer}");
+    // A connection in use is not idle: a client that sends a request every
+    // second keeps its connection past the timeout.
+    let mut busy = std::net::TcpStream::connect(api).unwrap();
+    busy.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    for _ in 0..4 {
+        busy.write_all(b"GET /blocks/tip/height HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut buf = [0u8; 4096];
+        let n = busy.read(&mut buf).unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
