@@ -18,8 +18,9 @@ use super::{ApiError, ApiState, PoolViews};
 use crate::chain::ChainReader;
 use crate::consensus::address::{Address, AddressError};
 use crate::events::{
-    catch_up, pool_events, CatchUpError, Closed, EventId, HubMessage, Outbox, StreamEvent, Watch,
-    MAX_CATCH_UP_BLOCKS, MAX_QUEUED_EVENTS, MAX_WATCHED_ADDRESSES, SLOW_SUBSCRIBER_GRACE,
+    catch_up, pool_events, Balances, CatchUpError, Closed, EventId, HubMessage, Outbox, Pass,
+    StreamEvent, Watch, MAX_CATCH_UP_BLOCKS, MAX_QUEUED_EVENTS, MAX_WATCHED_ADDRESSES,
+    SLOW_SUBSCRIBER_GRACE,
 };
 
 #[derive(Deserialize)]
@@ -130,7 +131,7 @@ pub async fn events(
     // A replay reads up to `MAX_CATCH_UP_BLOCKS` blocks: it waits for one
     // of the permits of the routes that read blocks (503 when they stay
     // taken), so reconnecting clients cannot hold every core.
-    let (start, replayed, position) = state
+    let (start, pass) = state
         .with_chain_reads(move |view, _| {
             let tip = view.tip();
             let start = match (resume, from_height) {
@@ -161,10 +162,18 @@ pub async fn events(
                 }
                 .into());
             }
-            let (events, position) = catch_up(view, &first_watch, start)?;
-            Ok((start, events, position))
+            // The first pass here, so that a position the node cannot
+            // follow is a 400; the rest of the replay is the subscriber's,
+            // one pass at a time (`MAX_BLOCKS_PER_PASS`).
+            let pass = catch_up(view, &first_watch, start, None)?;
+            Ok((start, pass))
         })
         .await?;
+    let Pass {
+        events: replayed,
+        position,
+        balances,
+    } = pass;
 
     let (outbox, queue) = Outbox::new(MAX_QUEUED_EVENTS, SLOW_SUBSCRIBER_GRACE);
     let close_reason = Arc::new(Mutex::new(None::<String>));
@@ -185,6 +194,7 @@ pub async fn events(
         hub: state.events.clone(),
         watch,
         position,
+        balances,
         outbox,
         close_reason: close_reason.clone(),
     };
@@ -242,6 +252,8 @@ struct Subscriber {
     hub: crate::events::EventHub,
     watch: Watch,
     position: EventId,
+    /// The watched addresses' balances at `position`, for the next pass.
+    balances: Option<Balances>,
     outbox: Outbox,
     close_reason: Arc<Mutex<Option<String>>>,
 }
@@ -258,6 +270,8 @@ impl Subscriber {
             for event in replayed {
                 self.outbox.send(event).await?;
             }
+            // The rest of a replay, if the first pass did not reach the tip.
+            self.follow_chain().await?;
             loop {
                 let message = tokio::select! {
                     message = hub.recv() => message,
@@ -306,6 +320,7 @@ impl Subscriber {
             let reader = self.reader.clone();
             let watch = self.watch.clone();
             let position = self.position;
+            let balances = self.balances.take();
             // A permit only for reading blocks: a subscriber watching no
             // address reads index entries alone. Waited for while watching
             // for the client to leave.
@@ -323,11 +338,18 @@ impl Subscriber {
             let read = tokio::task::spawn_blocking(move || {
                 let _permit = permit;
                 let view = reader.view()?;
-                let (events, position) = catch_up(&view, &watch, position)?;
-                Ok::<_, CatchUpError>((events, position, view.height()))
+                let pass = catch_up(&view, &watch, position, balances.as_ref())?;
+                Ok::<_, CatchUpError>((pass, view.height()))
             })
             .await;
-            let (events, position, tip_height) = match read {
+            let (
+                Pass {
+                    events,
+                    position,
+                    balances,
+                },
+                tip_height,
+            ) = match read {
                 Ok(Ok(read)) => read,
                 Ok(Err(e)) => return Err(Closed::CutOff(format!("reading the chain failed: {e}"))),
                 Err(e) => return Err(Closed::CutOff(format!("reading the chain failed: {e}"))),
@@ -337,6 +359,7 @@ impl Subscriber {
             }
             let moved = position != self.position;
             self.position = position;
+            self.balances = balances;
             if !moved || position.height >= tip_height {
                 return Ok(());
             }

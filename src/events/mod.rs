@@ -51,13 +51,19 @@ pub const MAX_QUEUED_EVENTS: usize = 256;
 /// a catch-up), short enough that a reader that stopped does not hold its
 /// slot and its memory for long.
 pub const SLOW_SUBSCRIBER_GRACE: Duration = Duration::from_secs(5);
-/// Most blocks one catch-up reads from one view, and most blocks a resume
-/// may replay (`Last-Event-ID` or `from_height` further back is a 400):
-/// each block is read from the store with its undo data when a watched
-/// address has history in it (an index read otherwise), so this bounds
-/// the work and memory one request can cause. A client further behind
+/// Most blocks a resume may replay (`Last-Event-ID` or `from_height`
+/// further back is a 400): each block is read from the store with its undo
+/// data when a watched address has history in it (an index read
+/// otherwise), so this bounds the work one request can cause; the replay
+/// runs in passes of `MAX_BLOCKS_PER_PASS`, which bound its memory. A client further behind
 /// reads history from the REST routes and subscribes from the tip.
 pub const MAX_CATCH_UP_BLOCKS: u32 = 2_000;
+/// Most blocks one catch-up pass turns into events: a replay of up to
+/// `MAX_CATCH_UP_BLOCKS` runs in passes of this many, each sent before the
+/// next is read, so a subscriber's events in memory are one pass's (at
+/// most 10 blocks x 101 events) plus its queue, whatever the replay's
+/// length.
+pub const MAX_BLOCKS_PER_PASS: u32 = 10;
 /// Most txids listed in one address event (the count is always given): a
 /// block can pay one address thousands of times.
 pub const MAX_TXIDS_PER_EVENT: usize = 25;
@@ -230,8 +236,8 @@ pub fn plan(
     })
 }
 
-/// The blocks a catch-up from `plan` sends (heights, inclusive), at most
-/// `MAX_CATCH_UP_BLOCKS`; `None` if there are none.
+/// The blocks a catch-up pass from `plan` sends (heights, inclusive), at
+/// most `MAX_BLOCKS_PER_PASS`; `None` if there are none.
 pub fn replay_range(plan: &Plan, tip_height: u32) -> Option<(u32, u32)> {
     let first = match plan {
         Plan::Forward { from } if from.seq == SEQ_END => from.height + 1,
@@ -244,18 +250,36 @@ pub fn replay_range(plan: &Plan, tip_height: u32) -> Option<(u32, u32)> {
     }
     Some((
         first,
-        tip_height.min(first.saturating_add(MAX_CATCH_UP_BLOCKS - 1)),
+        tip_height.min(first.saturating_add(MAX_BLOCKS_PER_PASS - 1)),
     ))
 }
 
-/// The events from `position` to the view's tip (or the first
-/// `MAX_CATCH_UP_BLOCKS` blocks of the way), and the position after them.
-/// Runs on a blocking thread: it reads each block and its undo data.
+/// Confirmed balances of the watched addresses, by owner.
+pub type Balances = BTreeMap<PubKeyHash, i128>;
+
+/// One catch-up pass: its events, the position after them, and the watched
+/// addresses' balances there (what the next pass from that position
+/// starts from).
+pub struct Pass {
+    pub events: Vec<StreamEvent>,
+    pub position: EventId,
+    pub balances: Option<Balances>,
+}
+
+/// The events from `position` toward the view's tip: one pass, of at most
+/// `MAX_BLOCKS_PER_PASS` blocks (`replay_range`). `balances` are the
+/// watched addresses' balances at `position` if the caller knows them (the
+/// last pass's); without them, or after a reorganisation, they are worked
+/// out from the view's (at its tip) less every change above the pass's
+/// first block, which reads the blocks up to the tip that touch a watched
+/// address once more, one at a time. Runs on a blocking thread: it reads
+/// each block and its undo data.
 pub fn catch_up(
     view: &ChainView,
     watch: &Watch,
     position: EventId,
-) -> Result<(Vec<StreamEvent>, EventId), CatchUpError> {
+    balances: Option<&Balances>,
+) -> Result<Pass, CatchUpError> {
     let tip = view.tip();
     let plan = plan(
         position,
@@ -267,6 +291,13 @@ pub fn catch_up(
                 .map(|e| (e.height, e.header.prev_hash)))
         },
     )?;
+    let at_tip = || -> Result<Balances, ChainError> {
+        watch
+            .addresses
+            .iter()
+            .map(|owner| Ok((*owner, view.store().address_stats(owner)?.balance() as i128)))
+            .collect()
+    };
     let mut events = Vec::new();
     if let Plan::Reorg {
         old,
@@ -274,14 +305,10 @@ pub fn catch_up(
         fork_hash,
     } = plan
     {
-        let balances: Vec<Value> = watch
-            .addresses
+        let balances: Vec<Value> = at_tip()?
             .iter()
-            .map(|owner| {
-                let stats = view.store().address_stats(owner)?;
-                Ok(json!({ "address": watch.address(owner), "balance": stats.balance() }))
-            })
-            .collect::<Result<_, ChainError>>()?;
+            .map(|(owner, balance)| json!({ "address": watch.address(owner), "balance": *balance as u64 }))
+            .collect();
         events.push(StreamEvent {
             name: "reorg",
             id: Some(EventId::end_of(fork_height, fork_hash)),
@@ -296,16 +323,25 @@ pub fn catch_up(
             }),
         });
     }
+    // What the position's balances are worth: a reorganisation moved them.
+    let known = match plan {
+        Plan::Forward { from } if from.seq == SEQ_END => balances,
+        _ => None,
+    };
     let Some((first, last)) = replay_range(&plan, tip.height) else {
-        let position = match plan {
+        let (position, balances) = match plan {
             Plan::Reorg {
                 fork_height,
                 fork_hash,
                 ..
-            } => EventId::end_of(fork_height, fork_hash),
-            _ => position,
+            } => (EventId::end_of(fork_height, fork_hash), Some(at_tip()?)),
+            _ => (position, balances.cloned()),
         };
-        return Ok((events, position));
+        return Ok(Pass {
+            events,
+            position,
+            balances,
+        });
     };
     let touched = steps::touched_heights(view, &watch.addresses, first, last)?;
     let untouched = BTreeSet::new();
@@ -318,34 +354,35 @@ pub fn catch_up(
         };
         steps.push(steps::read_step(view, height, watched)?);
     }
-    // Balances after each block: the view's (at the tip) minus what the
-    // blocks above changed; unknown when this pass stops below the tip.
-    let mut balances: Option<BTreeMap<PubKeyHash, i128>> = if last == tip.height {
-        Some(
-            watch
-                .addresses
-                .iter()
-                .map(|owner| Ok((*owner, view.store().address_stats(owner)?.balance() as i128)))
-                .collect::<Result<_, ChainError>>()?,
-        )
-    } else {
-        None
-    };
-    let mut after: Vec<BTreeMap<PubKeyHash, i128>> = vec![BTreeMap::new(); steps.len()];
-    for (i, step) in steps.iter().enumerate().rev() {
-        if let Some(balances) = &mut balances {
-            after[i] = balances.clone();
-            for (owner, change) in &step.changes {
-                *balances.get_mut(owner).expect("watched") -= change.net as i128;
+    // The balances before the pass's first block.
+    let mut running: Balances = match known {
+        Some(known) => known.clone(),
+        None => {
+            let mut before = at_tip()?;
+            let mut subtract = |step: &BlockStep| {
+                for (owner, change) in &step.changes {
+                    *before.get_mut(owner).expect("watched") -= change.net as i128;
+                }
+            };
+            steps.iter().for_each(&mut subtract);
+            if last < tip.height {
+                for height in steps::touched_heights(view, &watch.addresses, last + 1, tip.height)?
+                {
+                    subtract(&steps::read_step(view, height, &watch.addresses)?);
+                }
             }
+            before
         }
-    }
+    };
     let skip_through = match plan {
         Plan::Forward { from } if from.seq != SEQ_END => Some(from.seq),
         _ => None,
     };
     for (i, step) in steps.iter().enumerate() {
-        let mut step_events = step_events(step, watch, tip.height, &after[i]);
+        for (owner, change) in &step.changes {
+            *running.get_mut(owner).expect("watched") += change.net as i128;
+        }
+        let mut step_events = step_events(step, watch, tip.height, &running);
         if i == 0 {
             if let Some(seen) = skip_through {
                 step_events.retain(|e| e.id.is_some_and(|id| id.seq > seen));
@@ -354,7 +391,11 @@ pub fn catch_up(
         events.extend(step_events);
     }
     let last_step = steps.last().expect("a range is never empty");
-    Ok((events, EventId::end_of(last_step.height, last_step.hash)))
+    Ok(Pass {
+        events,
+        position: EventId::end_of(last_step.height, last_step.hash),
+        balances: Some(running),
+    })
 }
 
 /// A block's events: the block (seq 0), then each watched address it

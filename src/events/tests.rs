@@ -133,12 +133,16 @@ fn unknown_blocks_and_wrong_heights_are_refused() {
 }
 
 #[test]
-fn a_replay_reads_at_most_the_catch_up_limit() {
+fn a_pass_reads_at_most_the_pass_limit() {
     let tip = 3 * MAX_CATCH_UP_BLOCKS;
     let plan = Plan::Forward {
         from: EventId::end_of(0, hash(0)),
     };
-    assert_eq!(replay_range(&plan, tip), Some((1, MAX_CATCH_UP_BLOCKS)));
+    assert_eq!(replay_range(&plan, tip), Some((1, MAX_BLOCKS_PER_PASS)));
+    assert_eq!(
+        replay_range(&plan, MAX_BLOCKS_PER_PASS / 2),
+        Some((1, MAX_BLOCKS_PER_PASS / 2))
+    );
 }
 
 fn event(n: u32) -> StreamEvent {

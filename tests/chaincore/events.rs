@@ -9,6 +9,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use chaincore::consensus::params::Network;
+use chaincore::events::MAX_BLOCKS_PER_PASS;
 use chaincore::testkit::peer::{Hello, HostilePeer};
 use chaincore::testkit::process::http;
 use chaincore::testkit::{key, TestChain};
@@ -261,6 +262,34 @@ fn a_subscriber_sees_a_block_a_reorg_and_a_payment_in_order_and_resumes_without_
     assert_block(&from.next_chain(), 17, &b17.hash().to_string());
     assert_block(&from.next_chain(), 18, &b18.hash().to_string());
     from.nothing_more_for(Duration::from_millis(500));
+
+    // A replay longer than one pass (`MAX_BLOCKS_PER_PASS`): every block
+    // once, in order, and each address event's balance the sum of the
+    // changes up to it (the balances carried from one pass to the next).
+    let whole = Subscriber::start(api, &format!("{path}&from_height=1"), None);
+    let mut height = 0;
+    let mut balance = 0i64;
+    let mut payments = Vec::new();
+    while height < 18 {
+        let e = whole.next_chain();
+        match e.name.as_str() {
+            "block" => {
+                height += 1;
+                assert_eq!(e.data["height"], height, "{e:?}");
+            }
+            "address" => {
+                assert_eq!(e.data["height"], height, "{e:?}");
+                balance += e.data["change"].as_i64().unwrap();
+                assert_eq!(e.data["balance"], balance, "{e:?}");
+                payments.push(height);
+            }
+            _ => panic!("{e:?}"),
+        }
+    }
+    const { assert!(MAX_BLOCKS_PER_PASS < 14) };
+    assert!(payments.ends_with(&[14, 16]), "{payments:?}");
+    assert_eq!(balance, 2_000_000);
+    whole.nothing_more_for(Duration::from_millis(500));
 
     // A resume from the stale block 13 is told about the reorg.
     let stale = Subscriber::start(api, &path, Some(&format!("13:{}:end", b13.hash())));
