@@ -211,6 +211,45 @@ pub async fn mempool_txids(State(state): State<ApiState>) -> Result<Response, Ap
         .await
 }
 
+/// Runs `step` on the pool against a view of the chain, or, when no view
+/// meets the pool's tip (a catch-up writes the store in batches, so views
+/// trail the chain), on the chain task against its own tip. `permit` is
+/// held by the work.
+async fn judge<T: Send + 'static>(
+    state: &ApiState,
+    permit: &std::sync::Arc<tokio::sync::OwnedSemaphorePermit>,
+    step: impl FnOnce(
+            &dyn crate::mempool::TipState,
+            &mut crate::mempool::Mempool,
+        ) -> Result<T, MempoolError>
+        + Send
+        + Clone
+        + 'static,
+) -> Result<Result<T, MempoolError>, ApiError> {
+    let held = permit.clone();
+    let first = step.clone();
+    let judged = state
+        .with_state(move |chain, pool| {
+            let _held = held;
+            Ok(first(chain, pool))
+        })
+        .await?;
+    Ok(match judged {
+        Err(MempoolError::TipMoved) => {
+            let (mempool, held) = (state.mempool.clone(), permit.clone());
+            state
+                .chain
+                .call_async(move |chain| {
+                    let _held = held;
+                    step(chain, &mut mempool.lock().expect("mempool lock"))
+                })
+                .await
+                .map_err(ApiError::stopped)?
+        }
+        other => other,
+    })
+}
+
 /// `POST /tx` with the transaction's hex as the body: answers the txid, or
 /// the mempool's rejection with 400.
 pub async fn submit_tx(
@@ -227,37 +266,43 @@ pub async fn submit_tx(
         )
     })?;
     // Held by the work itself (see `submit_permit`): on the blocking
-    // thread, then on the chain task if it judges the transaction.
+    // threads, and on the chain task if it judges the transaction.
     let permit = std::sync::Arc::new(
         state
             .pool_views
             .submit_permit(super::pool_views::Submission::Transaction)
             .await?,
     );
+    // In three steps, so that the pool's lock (which relay and the chain
+    // task take too) is held for the checks and the insertion but not for
+    // the signature checks, hundreds for a transaction of 100 kB: the
+    // checks and the outputs it spends, the signatures with no lock held,
+    // then the insertion (its checks run again, the pool having moved).
     let attempt = tx.clone();
-    let held = permit.clone();
-    let first = state
-        .with_state(move |chain, pool| {
-            let _held = held;
-            Ok(pool.accept(chain, attempt))
-        })
-        .await?;
-    let result = match first {
-        // No view met the pool's tip (a catch-up writes the store in
-        // batches, so views trail the chain): the chain task judges it
-        // against its own tip.
-        Err(MempoolError::TipMoved) => {
-            let mempool = state.mempool.clone();
-            state
-                .chain
-                .call_async(move |chain| {
-                    let _held = permit;
-                    mempool.lock().expect("mempool lock").accept(chain, tx)
-                })
-                .await
-                .map_err(ApiError::stopped)?
+    let spent = judge(&state, &permit, move |chain, pool| {
+        pool.prepare(chain, &attempt)
+    })
+    .await?;
+    let result = match spent {
+        Ok(spent) => {
+            let held = permit.clone();
+            let (checked, spent) = tokio::task::spawn_blocking(move || {
+                let _held = held;
+                let checked = crate::consensus::validation::verify_tx_signatures(&tx, &spent);
+                (checked.map(|()| tx), spent)
+            })
+            .await?;
+            match checked {
+                Ok(tx) => {
+                    judge(&state, &permit, move |chain, pool| {
+                        pool.accept_verified(chain, tx, &spent)
+                    })
+                    .await?
+                }
+                Err(e) => Err(MempoolError::Invalid(e)),
+            }
         }
-        other => other,
+        Err(e) => Err(e),
     };
     let txid = result.map_err(|e| match e {
         MempoolError::TipMoved => ApiError::unavailable(e.code(), e.to_string()),

@@ -28,7 +28,7 @@ mod tests;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ops::Bound;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::broadcast::{self, error::TryRecvError};
 
@@ -322,11 +322,57 @@ pub struct MempoolEntry {
     children: HashSet<Txid>,
 }
 
+/// What `Mempool::check_new` found of a newcomer, for `Mempool::insert`.
+struct Checked {
+    txid: Txid,
+    size: usize,
+    fee: Amount,
+    rate: u64,
+    usage: usize,
+    /// The outputs its inputs spend, in input order.
+    spent: Vec<TxOut>,
+    parents: HashSet<Txid>,
+}
+
 impl MempoolEntry {
     /// Fee per 1000 bytes.
     pub fn fee_rate(&self) -> u64 {
         fee_rate(self.fee, self.size)
     }
+}
+
+/// Judges `tx` against `chain` as `Mempool::try_accept` does, with the
+/// pool's lock held for its checks and its insertion but not for the
+/// signature checks between them: relay, the chain task and REST readers
+/// take the same lock, and a transaction of 100 kB has hundreds of
+/// signatures (tens of milliseconds). `Err(tx)` when the pool cannot judge
+/// against `chain` now.
+pub fn try_accept_unlocked(
+    pool: &Mutex<Mempool>,
+    chain: &dyn TipState,
+    tx: Transaction,
+) -> Result<Result<Txid, MempoolError>, Transaction> {
+    let prepared = pool.lock().expect("mempool lock").try_prepare(chain, &tx);
+    let spent = match prepared {
+        None => return Err(tx),
+        Some(Err(e)) => return Ok(Err(e)),
+        Some(Ok(spent)) => spent,
+    };
+    if let Err(e) = verify_tx_signatures(&tx, &spent) {
+        return Ok(Err(MempoolError::Invalid(e)));
+    }
+    pool.lock()
+        .expect("mempool lock")
+        .try_accept_verified(chain, tx, &spent)
+}
+
+/// As `try_accept_unlocked`, with `TipMoved` when the pool cannot judge.
+pub fn accept_unlocked(
+    pool: &Mutex<Mempool>,
+    chain: &dyn TipState,
+    tx: Transaction,
+) -> Result<Txid, MempoolError> {
+    try_accept_unlocked(pool, chain, tx).unwrap_or(Err(MempoolError::TipMoved))
 }
 
 /// Every owner a transaction pays or spends from, once each.
@@ -954,6 +1000,72 @@ impl Mempool {
         Ok(result)
     }
 
+    /// As `try_accept` without the signature checks: every other check of
+    /// `tx`, and the outputs it spends, for the caller to check its
+    /// signatures with the pool's lock released and hand it to
+    /// `try_accept_verified` (see `try_accept_unlocked`). `None` when
+    /// the pool cannot judge against `chain` now. Changes nothing but the
+    /// pool's catching up.
+    pub fn try_prepare(
+        &mut self,
+        chain: &dyn TipState,
+        tx: &Transaction,
+    ) -> Option<Result<Vec<TxOut>, MempoolError>> {
+        if !self.step_to_tip(chain) {
+            return None;
+        }
+        self.finish_rebuild(chain);
+        Some(self.check_new(chain, tx).map(|checked| checked.spent))
+    }
+
+    /// As `try_prepare`, with `TipMoved` when the pool cannot judge.
+    pub fn prepare(
+        &mut self,
+        chain: &dyn TipState,
+        tx: &Transaction,
+    ) -> Result<Vec<TxOut>, MempoolError> {
+        self.try_prepare(chain, tx)
+            .unwrap_or(Err(MempoolError::TipMoved))
+    }
+
+    /// Adds `tx`, whose signatures hold for the outputs `verified` (what
+    /// `try_prepare` found). It is checked again as a newcomer, since the
+    /// pool or the tip may have moved meanwhile; should its inputs now
+    /// spend other outputs than `verified`, its signatures are checked
+    /// here. `Err(tx)` as `try_accept`.
+    pub fn try_accept_verified(
+        &mut self,
+        chain: &dyn TipState,
+        tx: Transaction,
+        verified: &[TxOut],
+    ) -> Result<Result<Txid, MempoolError>, Transaction> {
+        if !self.step_to_tip(chain) {
+            return Err(tx);
+        }
+        self.finish_rebuild(chain);
+        let result = self.check_new(chain, &tx).and_then(|checked| {
+            if checked.spent != verified {
+                verify_tx_signatures(&tx, &checked.spent).map_err(MempoolError::Invalid)?;
+            }
+            self.insert(tx, checked, unix_now())
+        });
+        if let Ok(txid) = result {
+            self.announce.push(txid);
+        }
+        Ok(result)
+    }
+
+    /// As `try_accept_verified`, with `TipMoved` when the pool cannot judge.
+    pub fn accept_verified(
+        &mut self,
+        chain: &dyn TipState,
+        tx: Transaction,
+        verified: &[TxOut],
+    ) -> Result<Txid, MempoolError> {
+        self.try_accept_verified(chain, tx, verified)
+            .unwrap_or(Err(MempoolError::TipMoved))
+    }
+
     /// Validates and adds `tx` as having entered the pool at `time`.
     /// `signatures` is `Off` only for a transaction that was in this pool
     /// before (re-checked by `rebuild`): its signatures depend only on the
@@ -965,6 +1077,17 @@ impl Mempool {
         time: u32,
         signatures: SignatureChecks,
     ) -> Result<Txid, MempoolError> {
+        let checked = self.check_new(chain, &tx)?;
+        if signatures == SignatureChecks::On {
+            verify_tx_signatures(&tx, &checked.spent).map_err(MempoolError::Invalid)?;
+        }
+        self.insert(tx, checked, time)
+    }
+
+    /// Every check of a newcomer but its signatures, against `chain` and
+    /// the pool as they are: what `insert` needs, with the outputs it
+    /// spends (for its signatures). Changes nothing.
+    fn check_new(&self, chain: &dyn TipState, tx: &Transaction) -> Result<Checked, MempoolError> {
         let txid = tx.txid();
         if self.entries.contains_key(&txid) {
             return Err(MempoolError::AlreadyInPool(txid));
@@ -972,7 +1095,7 @@ impl Mempool {
         if tx.is_coinbase() {
             return Err(MempoolError::Coinbase);
         }
-        check_transaction(&tx).map_err(MempoolError::Invalid)?;
+        check_transaction(tx).map_err(MempoolError::Invalid)?;
         let size = tx.encoded_len();
         if size > MAX_STANDARD_TX_SIZE {
             return Err(MempoolError::TooLarge {
@@ -998,7 +1121,7 @@ impl Mempool {
         }
         let next_height = chain.tip_height() + 1;
         let mtp = chain.tip_median_time_past().map_err(store_error)?;
-        if !is_final(&tx, next_height, mtp) {
+        if !is_final(tx, next_height, mtp) {
             return Err(MempoolError::NotFinal);
         }
         let mut spent = Vec::with_capacity(tx.inputs.len());
@@ -1042,7 +1165,7 @@ impl Mempool {
                 limit: MAX_DESCENDANTS,
             });
         }
-        let fee = check_tx_spends(&tx, &spent, next_height, chain.params())
+        let fee = check_tx_spends(tx, &spent, next_height, chain.params())
             .map_err(MempoolError::Invalid)?;
         let rate = fee_rate(fee, size);
         if rate < MIN_RELAY_FEE_RATE {
@@ -1054,13 +1177,37 @@ impl Mempool {
         // A full pool would evict the newcomer at once: say so before its
         // signatures cost anything (each rejected attempt would otherwise
         // cost a signature check per input, for free).
-        let usage = entry_usage(&tx, parents.len());
+        let usage = entry_usage(tx, parents.len());
         if !self.has_room_for(rate, usage, &ancestors) {
             return Err(MempoolError::Full { rate });
         }
-        if signatures == SignatureChecks::On {
-            verify_tx_signatures(&tx, &spent).map_err(MempoolError::Invalid)?;
-        }
+        Ok(Checked {
+            txid,
+            size,
+            fee,
+            rate,
+            usage,
+            spent: spent.iter().map(|u| u.output).collect(),
+            parents,
+        })
+    }
+
+    /// Adds a newcomer `check_new` passed (and whose signatures hold).
+    fn insert(
+        &mut self,
+        tx: Transaction,
+        checked: Checked,
+        time: u32,
+    ) -> Result<Txid, MempoolError> {
+        let Checked {
+            txid,
+            size,
+            fee,
+            rate,
+            usage,
+            spent,
+            parents,
+        } = checked;
 
         for input in &tx.inputs {
             self.spends.insert(input.prevout(), txid);
@@ -1074,7 +1221,6 @@ impl Mempool {
         self.bytes += size;
         self.usage += usage;
         self.changes += 1;
-        let spent: Vec<TxOut> = spent.iter().map(|u| u.output).collect();
         for (owner, share) in owner_shares(&tx.outputs, &spent) {
             let pool = self.by_owner.entry(owner).or_insert_with(|| {
                 self.by_script_hash.insert(script_hash(&owner), owner);

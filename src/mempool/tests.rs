@@ -305,6 +305,57 @@ fn a_full_pool_refuses_what_it_would_evict_before_checking_signatures() {
     assert!(pool.contains(&rich.txid()) && !pool.contains(&low.txid()));
 }
 
+/// The pool's judgement in steps (checks, signatures without the lock,
+/// insertion) comes to what `accept` comes to, and the insertion judges
+/// the pool as it is by then.
+#[test]
+fn a_transaction_judged_with_its_signatures_outside_the_lock_is_judged_the_same() {
+    let f = fixture();
+    let pool = std::sync::Mutex::new(Mempool::new(&f.chain, DEFAULT_MAX_MEMPOOL_BYTES));
+    let good = spend_coinbase(&f, 0, 1_000_000, 10_000);
+    let broken = with_broken_signature(spend_coinbase(&f, 1, 1_000_000, 10_000));
+    assert_eq!(
+        accept_unlocked(&pool, &f.chain, broken.clone())
+            .unwrap_err()
+            .code(),
+        "invalid"
+    );
+    assert_eq!(
+        accept_unlocked(&pool, &f.chain, good.clone()),
+        Ok(good.txid())
+    );
+    assert_eq!(
+        accept_unlocked(&pool, &f.chain, good.clone()),
+        Err(MempoolError::AlreadyInPool(good.txid()))
+    );
+    let mut pool = pool.into_inner().unwrap();
+    assert_eq!(pool.txids(), vec![good.txid()]);
+
+    // Outputs other than those the signatures were checked for: checked
+    // again, so a broken signature is still found.
+    let spent = pool.prepare(&f.chain, &broken).unwrap();
+    let mut other = spent.clone();
+    other[0].amount = Amount::from_units(other[0].amount.units() + 1);
+    assert_eq!(
+        pool.accept_verified(&f.chain, broken.clone(), &other)
+            .unwrap_err()
+            .code(),
+        "invalid"
+    );
+    // A rival that entered between the two steps wins.
+    let first = spend_coinbase(&f, 2, 1_000_000, 10_000);
+    let rival = spend_coinbase(&f, 2, 2_000_000, 10_000);
+    let spent = pool.prepare(&f.chain, &first).unwrap();
+    pool.accept(&f.chain, rival.clone()).unwrap();
+    assert_eq!(
+        pool.accept_verified(&f.chain, first, &spent)
+            .unwrap_err()
+            .code(),
+        "mempool-conflict"
+    );
+    assert!(pool.contains(&rival.txid()));
+}
+
 #[test]
 fn block_removes_confirmed_and_conflicting_transactions() {
     let mut f = fixture();

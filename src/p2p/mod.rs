@@ -424,7 +424,7 @@ pub(crate) fn accept_keeping_orphan(
     use crate::encoding::Encode as _;
     // Only a standard-size transaction can be kept as an orphan.
     let copy = (tx.encoded_len() <= crate::mempool::MAX_STANDARD_TX_SIZE).then(|| tx.clone());
-    let result = mempool.lock().expect("mempool lock").accept(chain, *tx);
+    let result = crate::mempool::accept_unlocked(mempool, chain, *tx);
     let orphan =
         copy.filter(|_| matches!(result, Err(crate::mempool::MempoolError::MissingInput(_))));
     (result, orphan)

@@ -406,7 +406,16 @@ fn signature_jobs<'a>(
     spent: &[Utxo],
 ) -> impl Iterator<Item = SignatureJob<'a>> + 'a {
     let spent_outputs: Vec<TxOut> = spent.iter().map(|u| u.output).collect();
-    let commitment = tx.sighash_commitment(&spent_outputs);
+    output_signature_jobs(tx_index, tx, &spent_outputs)
+}
+
+/// `signature_jobs`, given the outputs spent.
+fn output_signature_jobs<'a>(
+    tx_index: usize,
+    tx: &'a Transaction,
+    spent_outputs: &[TxOut],
+) -> impl Iterator<Item = SignatureJob<'a>> + 'a {
+    let commitment = tx.sighash_commitment(spent_outputs);
     tx.inputs
         .iter()
         .enumerate()
@@ -424,9 +433,10 @@ fn signature_jobs<'a>(
         })
 }
 
-/// Verifies every input signature of one transaction, in input order.
-pub fn verify_tx_signatures(tx: &Transaction, spent: &[Utxo]) -> Result<(), TxError> {
-    for job in signature_jobs(0, tx, spent) {
+/// Verifies every input signature of one transaction, in input order,
+/// given the outputs its inputs spend.
+pub fn verify_tx_signatures(tx: &Transaction, spent: &[TxOut]) -> Result<(), TxError> {
+    for job in output_signature_jobs(0, tx, spent) {
         verify_signature(job.pubkey, job.signature, &job.digest.0).map_err(|reason| {
             TxError::BadSignature {
                 index: job.input_index,

@@ -151,12 +151,10 @@ impl Protocol {
     ) {
         // Only a standard-size transaction can be kept as an orphan.
         let copy = (tx.encoded_len() <= MAX_STANDARD_TX_SIZE).then(|| tx.clone());
+        // The pool is locked for the checks and the insertion, not for the
+        // signature checks between them.
         let judged = match self.reader.view() {
-            Ok(view) => self
-                .mempool
-                .lock()
-                .expect("mempool lock")
-                .try_accept(&view, tx),
+            Ok(view) => crate::mempool::try_accept_unlocked(&self.mempool, &view, tx),
             Err(_) => Err(tx),
         };
         match judged {
