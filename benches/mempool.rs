@@ -5,7 +5,9 @@
 //! of real nodes on 127.0.0.1.
 //!
 //! Run: `cargo bench --profile dev --bench mempool` (`-- quick` for small
-//! sizes, `-- template` for the template figures alone).
+//! sizes, `-- template` for the template figures alone, `-- memory` for the
+//! pool's memory count beside the heap it holds, with every entry paying
+//! key(2) and with every entry paying an address of its own).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -59,8 +61,9 @@ unsafe impl std::alloc::GlobalAlloc for Counting {
 static GLOBAL: Counting = Counting;
 const LONG: Duration = Duration::from_secs(300);
 
-/// One signed 1-in-1-out spend of each fanned-out coin of key(1).
-fn spends(chain: &TestChain, count: usize) -> Vec<Transaction> {
+/// One signed 1-in-1-out spend of each fanned-out coin of key(1), to key(2)
+/// or, `fresh`, each to an address of its own.
+fn spends(chain: &TestChain, count: usize, fresh: bool) -> Vec<Transaction> {
     let coins: Vec<(OutPoint, TxOut)> = chain
         .utxos
         .iter()
@@ -74,12 +77,17 @@ fn spends(chain: &TestChain, count: usize) -> Vec<Transaction> {
         .collect();
     coins
         .par_iter()
-        .map(|(outpoint, output)| {
+        .enumerate()
+        .map(|(i, (outpoint, output))| {
             signed_spend(
                 &[(*outpoint, *output, &key(1))],
                 vec![TxOut {
                     amount: Amount::from_units(700),
-                    owner: key(2).pubkey_hash(),
+                    owner: if fresh {
+                        chaincore::testkit::payee(i as u64)
+                    } else {
+                        key(2).pubkey_hash()
+                    },
                 }],
             )
         })
@@ -88,7 +96,7 @@ fn spends(chain: &TestChain, count: usize) -> Vec<Transaction> {
 
 fn bench_acceptance(count: usize) {
     let test = fan_out_chain(count, |_| key(1).pubkey_hash());
-    let txs = spends(&test, count);
+    let txs = spends(&test, count, false);
     let dir = tempfile::tempdir().unwrap();
     let mut chain = chaincore::testkit::regtest_chain(dir.path());
     for block in &test.blocks[1..] {
@@ -206,7 +214,7 @@ fn bench_template(count: usize) {
     use chaincore::mining::{assemble_block, BlockTemplateHeader};
     use chaincore::node::producer::node_template;
     let test = fan_out_chain(count, |_| key(1).pubkey_hash());
-    let txs = spends(&test, count);
+    let txs = spends(&test, count, false);
     let dir = tempfile::tempdir().unwrap();
     let mut chain = chaincore::testkit::regtest_chain(dir.path());
     for block in &test.blocks[1..] {
@@ -276,7 +284,7 @@ fn seconds_of_day(t: SystemTime) -> f64 {
 
 fn bench_propagation(nodes: usize, txs_to_send: usize) {
     let test = fan_out_chain(txs_to_send, |_| key(1).pubkey_hash());
-    let txs = spends(&test, txs_to_send);
+    let txs = spends(&test, txs_to_send, false);
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("chain.dat");
     chaincore::chain::block_file::write_blocks(
@@ -363,16 +371,54 @@ fn bench_propagation(nodes: usize, txs_to_send: usize) {
     );
 }
 
+/// The pool's memory count against the heap it holds when every entry
+/// pays an address of its own (an owner slot each, beside its keys).
+fn bench_fresh_owner_memory(count: usize) {
+    let test = fan_out_chain(count, |_| key(1).pubkey_hash());
+    let txs = spends(&test, count, true);
+    let dir = tempfile::tempdir().unwrap();
+    let mut chain = chaincore::testkit::regtest_chain(dir.path());
+    for block in &test.blocks[1..] {
+        chain.process_block(Arc::new(block.clone()), None).unwrap();
+    }
+    let mut pool = Mempool::new(&chain, DEFAULT_MAX_MEMPOOL_BYTES);
+    for tx in txs {
+        pool.accept(&chain, tx).expect("valid transaction");
+    }
+    let estimate = pool.usage();
+    // What dropping the pool gives back: its heap, the transactions'
+    // included.
+    let before = ALLOCATED.load(std::sync::atomic::Ordering::Relaxed);
+    drop(pool);
+    let held = before.saturating_sub(ALLOCATED.load(std::sync::atomic::Ordering::Relaxed));
+    println!(
+        "mempool memory, {count} 1-in-1-out entries each paying a fresh address: counted {:.1} MB ({:.0} B each), heap held {:.1} MB ({:.0} B each), counted/held {:.2}",
+        estimate as f64 / 1e6,
+        estimate as f64 / count as f64,
+        held as f64 / 1e6,
+        held as f64 / count as f64,
+        estimate as f64 / held as f64,
+    );
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "quick");
+    if std::env::args().any(|a| a == "memory") {
+        // The memory count beside the heap alone.
+        bench_acceptance(20_000);
+        bench_fresh_owner_memory(20_000);
+        return;
+    }
     if std::env::args().any(|a| a == "template") {
         bench_template(if quick { 1_000 } else { 5_000 });
     } else if quick {
         bench_acceptance(2_000);
+        bench_fresh_owner_memory(2_000);
         bench_template(1_000);
         bench_propagation(10, 20);
     } else {
         bench_acceptance(20_000);
+        bench_fresh_owner_memory(20_000);
         bench_template(5_000);
         bench_propagation(10, 200);
     }

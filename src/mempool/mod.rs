@@ -300,10 +300,20 @@ pub fn entry_usage(tx: &Transaction, parents: usize) -> usize {
     // Its parents' set and its place in each parent's children.
     let links = 2 * parents * TABLE_SLACK * size_of::<Txid>() + 2 * ALLOCATION_OVERHEAD;
     // `by_rate`, and one key per owner it pays or spends from (at most one
-    // per input and output), with the owner's slot when it is the first.
+    // per input and output); the owner's own slot is counted apart, while
+    // the owner has an entry (`OWNER_SLOT_USAGE`).
     let indexes = ORDERED_KEY_BYTES * (1 + inputs + outputs);
     entry + lists + links + indexes
 }
+
+/// The heap bytes of one owner's slots, beyond its entries' own keys: its
+/// owner pool in `by_owner` (one key held inline) and its `by_script_hash`
+/// entry, with the tables' slack. Counted in the pool's usage while the
+/// owner has an entry: a transaction paying thousands of fresh addresses
+/// takes this for each.
+const OWNER_SLOT_USAGE: usize = TABLE_SLACK
+    * (std::mem::size_of::<(PubKeyHash, OwnerPool)>()
+        + std::mem::size_of::<([u8; 32], PubKeyHash)>());
 
 /// A pool transaction and what the pool knows about it.
 #[derive(Debug, Clone)]
@@ -1178,7 +1188,15 @@ impl Mempool {
         // signatures cost anything (each rejected attempt would otherwise
         // cost a signature check per input, for free).
         let usage = entry_usage(tx, parents.len());
-        if !self.has_room_for(rate, usage, &ancestors) {
+        let new_owners = tx
+            .outputs
+            .iter()
+            .chain(spent.iter().map(|u| &u.output))
+            .map(|o| o.owner)
+            .filter(|owner| !self.by_owner.contains_key(owner))
+            .collect::<HashSet<_>>()
+            .len();
+        if !self.has_room_for(rate, usage + new_owners * OWNER_SLOT_USAGE, &ancestors) {
             return Err(MempoolError::Full { rate });
         }
         Ok(Checked {
@@ -1224,6 +1242,7 @@ impl Mempool {
         for (owner, share) in owner_shares(&tx.outputs, &spent) {
             let pool = self.by_owner.entry(owner).or_insert_with(|| {
                 self.by_script_hash.insert(script_hash(&owner), owner);
+                self.usage += OWNER_SLOT_USAGE;
                 OwnerPool::new((time, txid))
             });
             pool.keys.insert((time, txid));
@@ -1284,11 +1303,28 @@ impl Mempool {
                     return false;
                 }
                 if evicted.insert(gone) {
-                    over = over.saturating_sub(self.entries.get(&gone).map_or(0, |e| e.usage));
+                    over = over.saturating_sub(self.freed_by_removing(&gone));
                 }
             }
         }
         over == 0
+    }
+
+    /// The usage removing `txid` alone gives back: its own, and the slots
+    /// of the owners it is the only entry of.
+    fn freed_by_removing(&self, txid: &Txid) -> usize {
+        let Some(entry) = self.entries.get(txid) else {
+            return 0;
+        };
+        let sole_owners = owner_shares(&entry.tx.outputs, &entry.spent)
+            .keys()
+            .filter(|owner| {
+                self.by_owner
+                    .get(owner)
+                    .is_some_and(|pool| matches!(pool.keys, OwnerKeys::One(_)))
+            })
+            .count();
+        entry.usage + sole_owners * OWNER_SLOT_USAGE
     }
 
     /// All unconfirmed ancestors of a set of parents.
@@ -1338,6 +1374,7 @@ impl Mempool {
                 if emptied {
                     self.by_owner.remove(&owner);
                     self.by_script_hash.remove(&script_hash(&owner));
+                    self.usage -= OWNER_SLOT_USAGE;
                 } else if removed {
                     pool.stats.remove(&share);
                 }

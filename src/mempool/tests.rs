@@ -231,8 +231,11 @@ fn full_pool_evicts_the_lowest_fee_rate_with_descendants() {
     let high = spend_coinbase(&f, 2, 1_000_000, 50_000);
     // Room for three of these transactions (the limit counts their memory),
     // not four.
-    let limit =
-        entry_usage(&low_chain[0], 0) + entry_usage(&low_chain[1], 1) + entry_usage(&mid, 0) + 10;
+    let limit = entry_usage(&low_chain[0], 0)
+        + entry_usage(&low_chain[1], 1)
+        + entry_usage(&mid, 0)
+        + 2 * OWNER_SLOT_USAGE
+        + 10;
     assert!(entry_usage(&high, 0) > 10);
     let mut pool = Mempool::new(&f.chain, limit);
     for tx in &low_chain {
@@ -246,7 +249,10 @@ fn full_pool_evicts_the_lowest_fee_rate_with_descendants() {
     assert!(!pool.contains(&low_chain[1].txid()));
     assert!(pool.contains(&mid.txid()) && pool.contains(&high.txid()));
     assert!(pool.usage() <= limit);
-    assert_eq!(pool.usage(), entry_usage(&mid, 0) + entry_usage(&high, 0));
+    assert_eq!(
+        pool.usage(),
+        entry_usage(&mid, 0) + entry_usage(&high, 0) + 2 * OWNER_SLOT_USAGE
+    );
     // Something paying less than what is left cannot get in.
     let poor = spend_coinbase(&f, 3, 1_000_000, 1_000);
     pool.accept(&f.chain, spend_coinbase(&f, 4, 1_000_000, 30_000))
@@ -270,7 +276,8 @@ fn with_broken_signature(mut tx: Transaction) -> Transaction {
 fn a_full_pool_refuses_what_it_would_evict_before_checking_signatures() {
     let f = fixture();
     let low = spend_coinbase(&f, 0, 1_000_000, 20_000);
-    let mut pool = Mempool::new(&f.chain, entry_usage(&low, 0) + 10);
+    // Room for one such transaction and its two owners (key(1), key(2)).
+    let mut pool = Mempool::new(&f.chain, entry_usage(&low, 0) + 2 * OWNER_SLOT_USAGE + 10);
     pool.accept(&f.chain, low.clone()).unwrap();
     // Paying the same rate as the lowest entry, or less: refused as `Full`
     // whatever its signatures, which are never looked at (a broken one
@@ -354,6 +361,39 @@ fn a_transaction_judged_with_its_signatures_outside_the_lock_is_judged_the_same(
         "mempool-conflict"
     );
     assert!(pool.contains(&rival.txid()));
+}
+
+/// A transaction paying fresh addresses costs the pool a slot per
+/// address: counted in its usage (so the memory limit holds), and given
+/// back when the last entry of the address leaves.
+#[test]
+fn the_owners_a_transaction_brings_are_counted_in_the_pool_s_usage() {
+    let mut f = fixture();
+    let mut pool = Mempool::new(&f.chain, DEFAULT_MAX_MEMPOOL_BYTES);
+    let (outpoint, utxo) = f.test.spendable(key(1).pubkey_hash())[0];
+    let fresh = 50;
+    let mut outputs: Vec<TxOut> = (0..fresh)
+        .map(|n| TxOut {
+            amount: Amount::from_units(1_000_000),
+            owner: crate::testkit::payee(1_000 + n),
+        })
+        .collect();
+    outputs.push(pay(
+        &key(1),
+        utxo.output.amount.units() - fresh * 1_000_000 - 100_000,
+    ));
+    let tx = signed_spend(&[(outpoint, utxo.output, &key(1))], outputs);
+    pool.accept(&f.chain, tx.clone()).unwrap();
+    // The fresh addresses and key(1), which it pays and spends from.
+    assert_eq!(
+        pool.usage(),
+        entry_usage(&tx, 0) + (fresh as usize + 1) * OWNER_SLOT_USAGE
+    );
+    assert_consistent(&pool, &f.chain);
+    mine(&mut f, vec![tx]);
+    pool.catch_up(&f.chain);
+    assert!(pool.is_empty());
+    assert_eq!(pool.usage(), 0);
 }
 
 #[test]
@@ -662,7 +702,11 @@ fn assert_consistent(pool: &Mempool, chain: &Chain) {
         }
     }
     assert_eq!(pool.spends, spends);
-    assert_eq!(pool.usage, usage, "the usage counted is the entries' sum");
+    assert_eq!(
+        pool.usage,
+        usage + by_owner.len() * OWNER_SLOT_USAGE,
+        "the usage counted is the entries' sum and their owners' slots"
+    );
     assert_eq!(pool.by_owner, by_owner);
     let by_script_hash: HashMap<[u8; 32], PubKeyHash> = by_owner
         .keys()
