@@ -387,6 +387,13 @@ impl StageTimes {
     }
 }
 
+/// Whether `block`'s header commits to exactly its transactions: the
+/// merkle root matches and the tree is not mutated (CVE-2012-2459).
+fn commits_to_its_body(block: &Block) -> bool {
+    let (root, mutated) = crate::consensus::merkle::merkle_root(&block.txids());
+    root == block.header.merkle_root && !mutated
+}
+
 impl Chain {
     /// Opens the chain in `data_dir` for `network`, creating it with the
     /// genesis block if new. Starts from what is on disk, replaying nothing;
@@ -896,9 +903,19 @@ impl Chain {
         if self.orphans.contains(&hash) {
             return Ok(BlockOutcome::Orphan);
         }
-        // Body errors do not mark the hash invalid: a different body (the
-        // honest one) may share the header.
         if let Err(error) = check_block(&block, self.params) {
+            // A body error marks the header invalid only when the header
+            // commits to this very body (its merkle root matches, the tree
+            // unmutated), so that no body can be valid for it; and only
+            // when it is indexed, its work real (it passed the header
+            // rules): it is then neither asked for again nor kept as the
+            // best header, as in Bitcoin Core. Any other failure may be a
+            // different body than the honest one for the same header.
+            if self.tree.index.contains(&hash) && commits_to_its_body(&block) {
+                tracing::info!(%hash, %error, "a block's header commits to an invalid body: marked failed");
+                self.mark_failed(hash)?;
+                self.publish();
+            }
             return Ok(BlockOutcome::Invalid(error));
         }
         let Some(parent) = self.tree.index.get(&block.header.prev_hash).copied() else {

@@ -611,6 +611,68 @@ fn a_header_that_breaks_a_contextual_rule_is_refused_without_being_indexed() {
     assert_eq!(chain.tip().hash, base.tip().hash());
 }
 
+/// A body that breaks a block rule marks its indexed header failed when the
+/// header commits to it (merkle root matching, tree unmutated): no body can
+/// be valid for that header, so it is neither asked for again nor the best
+/// header. A body the header does not commit to marks nothing: the honest
+/// body still connects.
+#[test]
+fn a_header_committing_to_an_invalid_body_is_marked_failed_and_a_tampered_body_marks_nothing() {
+    use crate::consensus::transaction::TxIn;
+    let base = prefix();
+    let dir = tempfile::tempdir().unwrap();
+    let mut chain = open(&dir);
+    feed(&mut chain, &base.blocks[1..]);
+    let second_coinbase = |block: &Block| {
+        let mut extra = block.transactions[0].clone();
+        extra.inputs[0] = TxIn::Coinbase {
+            height: 999,
+            extra_nonce: 7,
+        };
+        extra
+    };
+
+    // Two coinbases, committed to by the header.
+    let mut bad = base.build_block(key(1).pubkey_hash(), Vec::new());
+    let extra = second_coinbase(&bad);
+    bad.transactions.push(extra);
+    bad.header.merkle_root = bad.compute_merkle_root().0;
+    crate::mining::solve_block(&mut bad);
+    assert_eq!(chain.process_headers(&[bad.header]).unwrap().new, 1);
+    assert_eq!(chain.best_header().0, bad.hash());
+    let outcome = chain.process_block(Arc::new(bad.clone()), Some(1)).unwrap();
+    assert!(
+        matches!(
+            outcome,
+            BlockOutcome::Invalid(BlockError::ExtraCoinbase { .. })
+        ),
+        "{outcome:?}"
+    );
+    assert!(chain.index_entry(&bad.hash()).unwrap().is_failed());
+    assert_eq!(chain.best_header().0, base.tip().hash());
+
+    // The honest block's header, with a transaction added to its body:
+    // refused, nothing marked, and the honest body connects.
+    let good = base.build_block(key(2).pubkey_hash(), Vec::new());
+    assert_eq!(chain.process_headers(&[good.header]).unwrap().new, 1);
+    let mut tampered = good.clone();
+    let extra = second_coinbase(&good);
+    tampered.transactions.push(extra);
+    let outcome = chain.process_block(Arc::new(tampered), Some(1)).unwrap();
+    assert!(matches!(outcome, BlockOutcome::Invalid(_)), "{outcome:?}");
+    assert!(!chain.index_entry(&good.hash()).unwrap().is_failed());
+    assert_eq!(
+        chain
+            .process_block(Arc::new(good.clone()), Some(1))
+            .unwrap(),
+        BlockOutcome::Accepted {
+            hash: good.hash(),
+            height: 13
+        }
+    );
+    assert_eq!(chain.tip().hash, good.hash());
+}
+
 #[test]
 fn unrequested_blocks_are_stored_only_on_a_chain_with_the_tips_work() {
     let base = prefix();
