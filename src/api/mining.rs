@@ -9,7 +9,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -28,17 +28,36 @@ use crate::node::producer::{node_template, NodeTemplate};
 /// block, so at most 32 MB).
 pub const MAX_TEMPLATES: usize = 32;
 
-/// Recently handed-out templates, oldest first, with the address each pays.
+/// Who a template is counted against: a client other than loopback (an
+/// IPv4 address, an IPv6 /64), whatever address it asks to be paid, or, on
+/// loopback (the node's own miners, a local pool), the address paid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TemplateOwner {
+    Client(super::listener::Client),
+    Local(PubKeyHash),
+}
+
+impl TemplateOwner {
+    pub fn of(client: std::net::IpAddr, payout: PubKeyHash) -> TemplateOwner {
+        match super::listener::Client::of(client) {
+            Some(client) => TemplateOwner::Client(client),
+            None => TemplateOwner::Local(payout),
+        }
+    }
+}
+
+/// Recently handed-out templates, oldest first, with whom each was for.
 ///
 /// When full, a new template evicts first one built on an older tip (it can
-/// no longer extend the chain), else the oldest template of the address
+/// no longer extend the chain), else the oldest template of the owner
 /// holding the most: a client asking for templates in a loop evicts its
-/// own, never the latest template of a miner paid to another address.
+/// own, whatever addresses it names, never the latest template of a miner
+/// elsewhere.
 #[derive(Default)]
-pub struct Templates(VecDeque<(PubKeyHash, Block)>);
+pub struct Templates(VecDeque<(TemplateOwner, Block)>);
 
 impl Templates {
-    fn remember(&mut self, payout: PubKeyHash, block: Block) {
+    fn remember(&mut self, payout: TemplateOwner, block: Block) {
         if self.0.len() >= MAX_TEMPLATES {
             let tip = block.header.prev_hash;
             let victim = self
@@ -46,7 +65,7 @@ impl Templates {
                 .iter()
                 .position(|(_, b)| b.header.prev_hash != tip)
                 .or_else(|| {
-                    let mut counts: HashMap<PubKeyHash, usize> = HashMap::new();
+                    let mut counts: HashMap<TemplateOwner, usize> = HashMap::new();
                     for (owner, _) in &self.0 {
                         *counts.entry(*owner).or_default() += 1;
                     }
@@ -84,6 +103,7 @@ pub struct TemplateQuery {
 
 pub async fn template(
     State(state): State<ApiState>,
+    ConnectInfo(client): ConnectInfo<std::net::SocketAddr>,
     Query(q): Query<TemplateQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let address = q
@@ -123,7 +143,7 @@ pub async fn template(
             templates
                 .lock()
                 .expect("templates lock")
-                .remember(payout.hash, block);
+                .remember(TemplateOwner::of(client.ip(), payout.hash), block);
             Ok(Json(value))
         })
         .await
@@ -230,24 +250,36 @@ mod tests {
         block
     }
 
-    /// A client asking for templates in a loop (or many clients of one
-    /// address) evicts its own templates, not a miner's latest.
+    /// A client asking for templates in a loop evicts its own templates,
+    /// not a miner's latest: whatever addresses it asks to be paid (fresh
+    /// ones cost nothing), and so do many local clients of one address.
     #[test]
     fn a_template_flood_does_not_evict_another_miners_latest_template() {
         let chain = TestChain::new(Network::Regtest);
         let mut templates = Templates::default();
+        let local: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+        let remote: std::net::IpAddr = "203.0.113.9".parse().unwrap();
         let miner = key(1).pubkey_hash();
         let mine = template(&chain, miner);
-        templates.remember(miner, mine.clone());
+        templates.remember(TemplateOwner::of(local, miner), mine.clone());
+        let far = template(&chain, miner);
+        let far_miner: std::net::IpAddr = "198.51.100.3".parse().unwrap();
+        templates.remember(TemplateOwner::of(far_miner, miner), far.clone());
+        for n in 0..10 * MAX_TEMPLATES as u64 {
+            let fresh = crate::testkit::payee(n);
+            templates.remember(TemplateOwner::of(remote, fresh), template(&chain, fresh));
+        }
         for _ in 0..10 * MAX_TEMPLATES {
-            templates.remember(key(2).pubkey_hash(), template(&chain, key(2).pubkey_hash()));
+            let payout = key(2).pubkey_hash();
+            templates.remember(TemplateOwner::of(local, payout), template(&chain, payout));
         }
         assert_eq!(templates.0.len(), MAX_TEMPLATES);
         assert!(templates.by_merkle_root(&mine.header.merkle_root).is_some());
+        assert!(templates.by_merkle_root(&far.header.merkle_root).is_some());
         // Templates of an older tip go first.
         let mut next = chain.clone();
         next.mine_empty(key(3).pubkey_hash());
-        templates.remember(miner, template(&next, miner));
+        templates.remember(TemplateOwner::of(local, miner), template(&next, miner));
         assert!(templates.by_merkle_root(&mine.header.merkle_root).is_none());
     }
 }
