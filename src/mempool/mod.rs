@@ -306,6 +306,13 @@ pub fn entry_usage(tx: &Transaction, parents: usize) -> usize {
     entry + lists + links + indexes
 }
 
+/// Packages in a row that do not fit after which a template stops looking,
+/// once the block is within `TEMPLATE_FULL_ENOUGH_BYTES` of full (Bitcoin
+/// Core's `MAX_CONSECUTIVE_FAILURES` and full-enough rule): in a full pool
+/// the rest rarely fits, and each look works out a package again.
+const TEMPLATE_MAX_CONSECUTIVE_MISSES: usize = 1_000;
+const TEMPLATE_FULL_ENOUGH_BYTES: usize = 4_000;
+
 /// The heap bytes of one owner's slots, beyond its entries' own keys: its
 /// owner pool in `by_owner` (one key held inline) and its `by_script_hash`
 /// entry, with the tables' slack. Counted in the pool's usage while the
@@ -1653,14 +1660,22 @@ impl Mempool {
         let mut chosen: Vec<Txid> = Vec::new();
         let mut bytes = 0usize;
         let mut fees = 0u64;
+        let mut misses = 0usize;
         while let Some((_, std::cmp::Reverse(txid), v)) = heap.pop() {
             if in_block.contains(&txid) || version.get(&txid).copied().unwrap_or(0) != v {
                 continue;
             }
             let (_, mut package, size, fee) = package_of(&txid, &in_block);
             if bytes + size > max_bytes {
+                misses += 1;
+                if misses > TEMPLATE_MAX_CONSECUTIVE_MISSES
+                    && bytes + TEMPLATE_FULL_ENOUGH_BYTES > max_bytes
+                {
+                    break;
+                }
                 continue;
             }
+            misses = 0;
             package.sort_by_key(|id| self.ancestors(&self.entries[id].parents).len());
             for id in &package {
                 in_block.insert(*id);
