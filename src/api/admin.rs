@@ -115,8 +115,12 @@ pub struct AddPeer {
 }
 
 fn parse_peer(s: &str) -> Result<SocketAddr, ApiError> {
-    s.parse()
-        .map_err(|_| ApiError::bad_request("invalid-peer", format!("{s:?} is not IP:PORT")))
+    s.parse().map_err(|_| {
+        ApiError::bad_request(
+            "invalid-peer",
+            format!("{} is not IP:PORT", super::error::quoted(s)),
+        )
+    })
 }
 
 /// `POST /peers` with `{"addr": "IP:PORT"}`: connect and stay connected.

@@ -43,13 +43,32 @@ impl ApiError {
         ApiError::unavailable("shutting-down", e.to_string())
     }
 
+    /// A failure of the node's own (the store, a task): logged in full
+    /// under a number, and answered with that number alone, so that a
+    /// client learns nothing of the node's files or code from it.
     pub fn internal(message: impl std::fmt::Display) -> ApiError {
-        tracing::error!(error = %message, "API internal error");
+        let incident = INCIDENTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        tracing::error!(incident, error = %message, "API internal error");
         ApiError {
             status: StatusCode::INTERNAL_SERVER_ERROR,
             code: "internal",
-            message: message.to_string(),
+            message: format!("internal error: the node's log has it as incident {incident}"),
         }
+    }
+}
+
+/// Internal errors answered since the start, numbering them in the log.
+static INCIDENTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Most characters of a client's input an error message quotes back.
+pub const MAX_QUOTED_CHARS: usize = 80;
+
+/// `input` quoted for an error message, cut to `MAX_QUOTED_CHARS`
+/// characters (a path segment may be 64 KB).
+pub fn quoted(input: &str) -> String {
+    match input.char_indices().nth(MAX_QUOTED_CHARS) {
+        Some((cut, _)) => format!("{:?}...", &input[..cut]),
+        None => format!("{input:?}"),
     }
 }
 
@@ -96,5 +115,25 @@ impl ApiError {
             },
             message,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoted_input_is_cut_to_its_limit() {
+        assert_eq!(quoted("abc"), "\"abc\"");
+        let long = "é".repeat(10_000);
+        let q = quoted(&long);
+        assert_eq!(q, format!("{:?}...", "é".repeat(MAX_QUOTED_CHARS)));
+    }
+
+    #[test]
+    fn an_internal_error_answers_a_number_not_its_cause() {
+        let e = ApiError::internal("IO error: /home/op/.chaincore/000123.sst: No such file");
+        assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!e.message.contains("sst") && e.message.contains("incident"));
     }
 }

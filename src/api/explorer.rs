@@ -54,8 +54,12 @@ pub const MEMPOOL_RECENT: usize = 10;
 pub const TIP_HEADER: &str = "chaincore-tip";
 
 fn parse_hash(s: &str, what: &'static str) -> Result<Hash256, ApiError> {
-    s.parse()
-        .map_err(|_| ApiError::bad_request(what, format!("{s:?} is not a 64-digit hex hash")))
+    s.parse().map_err(|_| {
+        ApiError::bad_request(
+            what,
+            format!("{} is not a 64-digit hex hash", super::error::quoted(s)),
+        )
+    })
 }
 
 /// What is named by its hash (a header, a block's transactions) never
@@ -143,8 +147,12 @@ pub async fn blocks_from(
 }
 
 fn parse_height(s: &str) -> Result<u32, ApiError> {
-    s.parse()
-        .map_err(|_| ApiError::bad_request("invalid-height", format!("{s:?} is not a height")))
+    s.parse().map_err(|_| {
+        ApiError::bad_request(
+            "invalid-height",
+            format!("{} is not a height", super::error::quoted(s)),
+        )
+    })
 }
 
 pub async fn block(
@@ -266,7 +274,10 @@ fn block_txs_page(hash: String, start: Option<String>) -> Result<(BlockHash, usi
     let start = match start {
         None => 0,
         Some(s) => s.parse::<usize>().map_err(|_| {
-            ApiError::bad_request("invalid-start-index", format!("{s:?} is not an index"))
+            ApiError::bad_request(
+                "invalid-start-index",
+                format!("{} is not an index", super::error::quoted(&s)),
+            )
         })?,
     };
     if start % BLOCK_TXS_PAGE != 0 {
@@ -353,7 +364,10 @@ pub async fn block_txid_at(
 ) -> Result<String, ApiError> {
     let hash = parse_hash(&hash, "invalid-hash")?;
     let index: usize = index.parse().map_err(|_| {
-        ApiError::bad_request("invalid-index", format!("{index:?} is not an index"))
+        ApiError::bad_request(
+            "invalid-index",
+            format!("{} is not an index", super::error::quoted(&index)),
+        )
     })?;
     state
         .with_chain_reads(move |chain, _| {
@@ -614,7 +628,10 @@ pub async fn tx_outspend(
 ) -> Result<Json<Value>, ApiError> {
     let txid = parse_hash(&txid, "invalid-txid")?;
     let vout: u32 = vout.parse().map_err(|_| {
-        ApiError::bad_request("invalid-vout", format!("{vout:?} is not an output index"))
+        ApiError::bad_request(
+            "invalid-vout",
+            format!("{} is not an output index", super::error::quoted(&vout)),
+        )
     })?;
     state
         .with_chain_reads(move |chain, pool| {
@@ -687,7 +704,7 @@ fn parse_script_hash(s: &str) -> Result<[u8; 32], ApiError> {
     hex::decode_to_slice(s, &mut hash).map_err(|_| {
         ApiError::bad_request(
             "invalid-scripthash",
-            format!("{s:?} is not a 64-digit hex SHA-256"),
+            format!("{} is not a 64-digit hex SHA-256", super::error::quoted(s)),
         )
     })?;
     Ok(hash)
@@ -723,7 +740,12 @@ pub struct CursorQuery {
 }
 
 fn parse_outpoint_cursor(c: &str) -> Result<OutPoint, ApiError> {
-    let bad = || ApiError::bad_request("invalid-cursor", format!("{c:?} is not TXID:VOUT"));
+    let bad = || {
+        ApiError::bad_request(
+            "invalid-cursor",
+            format!("{} is not TXID:VOUT", super::error::quoted(c)),
+        )
+    };
     let (txid, vout) = c.split_once(':').ok_or_else(bad)?;
     let vout = vout.parse().map_err(|_| bad())?;
     Ok(OutPoint::new(txid.parse().map_err(|_| bad())?, vout))
@@ -936,7 +958,10 @@ async fn mempool_txs_list(
             c.split_once(':')
                 .and_then(|(time, txid)| Some((time.parse().ok()?, txid.parse().ok()?)))
                 .ok_or_else(|| {
-                    ApiError::bad_request("invalid-cursor", format!("{c:?} is not FIRST_SEEN:TXID"))
+                    ApiError::bad_request(
+                        "invalid-cursor",
+                        format!("{} is not FIRST_SEEN:TXID", super::error::quoted(c)),
+                    )
                 })?,
         ),
     };

@@ -102,7 +102,10 @@ pub async fn transaction_pool(
     let after: Option<Txid> = match q.cursor.as_deref() {
         None | Some("") => None,
         Some(c) => Some(c.parse().map_err(|_| {
-            ApiError::bad_request("invalid-cursor", format!("{c:?} is not a txid"))
+            ApiError::bad_request(
+                "invalid-cursor",
+                format!("{} is not a txid", super::error::quoted(c)),
+            )
         })?),
     };
     // Sorted by the txid's text, as listed.
