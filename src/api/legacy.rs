@@ -108,7 +108,14 @@ pub async fn transaction_pool(
             )
         })?),
     };
-    // Sorted by the txid's text, as listed.
+    // Sorted by the txid's text, as listed: by its bytes reversed (the
+    // text is their hex). What is kept is 56 bytes an entry; the page's
+    // JSON is written per request, for the page alone.
+    let display_order = |txid: &Txid| {
+        let mut bytes = txid.0;
+        bytes.reverse();
+        bytes
+    };
     let entries = state
         .pool_view(
             "/transaction_pool",
@@ -118,34 +125,27 @@ pub async fn transaction_pool(
                     .map(|e| (e.txid, e.fee.units(), e.size, e.time))
                     .collect::<Vec<_>>())
             },
-            |extracted| {
-                let mut entries: Vec<(String, Value)> = extracted
-                    .into_iter()
-                    .map(|(txid, fee, size, time)| {
-                        let id = txid.to_string();
-                        let value = json!({ "txid": id, "fee": fee, "size": size, "time": time });
-                        (id, value)
-                    })
-                    .collect();
-                entries.sort_by(|a, b| a.0.cmp(&b.0));
+            move |mut entries| {
+                entries.sort_unstable_by_key(|(txid, ..)| display_order(txid));
                 Ok(entries)
             },
         )
         .await?;
     let start = match after {
         None => 0,
-        Some(txid) => {
-            let key = txid.to_string();
-            entries.partition_point(|(id, _)| *id <= key)
+        Some(after) => {
+            entries.partition_point(|(txid, ..)| display_order(txid) <= display_order(&after))
         }
     };
     let page: Vec<Value> = entries[start..]
         .iter()
         .take(limit)
-        .map(|(_, v)| v.clone())
+        .map(|(txid, fee, size, time)| {
+            json!({ "txid": txid.to_string(), "fee": fee, "size": size, "time": time })
+        })
         .collect();
     let end = start + page.len();
-    let next = (end < entries.len()).then(|| entries[end - 1].0.clone());
+    let next = (end < entries.len()).then(|| entries[end - 1].0.to_string());
     Ok(Json(
         json!({ "count": entries.len(), "transactions": page, "next_cursor": next }),
     ))

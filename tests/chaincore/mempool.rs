@@ -132,6 +132,26 @@ fn transactions_reach_every_mempool_and_leave_with_the_block() {
     });
     assert!(pools.iter().all(|p| !p.contains(&rival.txid())));
 
+    // The original API's pool listing pages by txid (as text).
+    let mut listed: Vec<String> = pools[2].iter().map(|t| t.to_string()).collect();
+    listed.sort();
+    let mut cursor = String::new();
+    for (i, txid) in listed.iter().enumerate() {
+        let (status, body) = http(
+            apis[2],
+            "GET",
+            &format!("/transaction_pool?limit=1&cursor={cursor}"),
+            "",
+        );
+        assert_eq!(status, 200, "{body}");
+        let page: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(page["count"], listed.len(), "{page}");
+        assert_eq!(page["transactions"][0]["txid"], txid.as_str(), "{page}");
+        let last = i + 1 == listed.len();
+        assert_eq!(page["next_cursor"].is_null(), last, "{page}");
+        cursor = txid.clone();
+    }
+
     // A node that joins later learns the pending set from its peer.
     let (mut f, _) = NodeProcess::start_p2p(
         &dir.path().join("f"),
