@@ -53,6 +53,14 @@ use crate::store::schema::script_hash;
 /// signature checks) on this project's 2-core reference machine, so the
 /// protocol thread and REST readers never hold the pool's lock long.
 pub const REBUILD_STEP_CANDIDATES: usize = 128;
+/// Most candidates a rebuild may still have queued for a newcomer to be
+/// judged at once, the rest of the rebuild first (under the pool's lock: a
+/// few steps' milliseconds). With more queued, a newcomer cannot be judged
+/// now (`TipMoved`, or handed back) until the rebuild's own steps bring the
+/// queue down: finishing a full pool's rebuild for it took seconds, on
+/// whichever thread the newcomer came through (the protocol thread, the
+/// chain task), and any peer could send one after every reorganisation.
+pub const REBUILD_LEFT_FOR_A_NEWCOMER: usize = 4 * REBUILD_STEP_CANDIDATES;
 
 /// A rebuild of the pool under way: what is left to judge, parents first,
 /// and what its end reports.
@@ -898,6 +906,24 @@ impl Mempool {
         while !self.rebuild_step(chain, usize::MAX) {}
     }
 
+    /// Whether a newcomer can be judged against `chain` now: the pool at
+    /// its tip, and a rebuild under way finished first if little of it is
+    /// left (`REBUILD_LEFT_FOR_A_NEWCOMER`).
+    fn ready_for_newcomer(&mut self, chain: &dyn TipState) -> bool {
+        if !self.step_to_tip(chain) {
+            return false;
+        }
+        if self
+            .rebuild
+            .as_ref()
+            .is_some_and(|r| r.queue.len() > REBUILD_LEFT_FOR_A_NEWCOMER)
+        {
+            return false;
+        }
+        self.finish_rebuild(chain);
+        true
+    }
+
     /// A `catch_up_step`, then whether the pool is at `chain`'s tip with no
     /// rebuild owed that has not started: what a transaction is judged
     /// against is the tip, while the pool may still be refilling.
@@ -1006,10 +1032,9 @@ impl Mempool {
         chain: &dyn TipState,
         tx: Transaction,
     ) -> Result<Result<Txid, MempoolError>, Transaction> {
-        if !self.step_to_tip(chain) {
+        if !self.ready_for_newcomer(chain) {
             return Err(tx);
         }
-        self.finish_rebuild(chain);
         let result = self.accept_inner(chain, tx, unix_now(), SignatureChecks::On);
         if let Ok(txid) = result {
             self.announce.push(txid);
@@ -1028,10 +1053,9 @@ impl Mempool {
         chain: &dyn TipState,
         tx: &Transaction,
     ) -> Option<Result<Vec<TxOut>, MempoolError>> {
-        if !self.step_to_tip(chain) {
+        if !self.ready_for_newcomer(chain) {
             return None;
         }
-        self.finish_rebuild(chain);
         Some(self.check_new(chain, tx).map(|checked| checked.spent))
     }
 
@@ -1056,10 +1080,9 @@ impl Mempool {
         tx: Transaction,
         verified: &[TxOut],
     ) -> Result<Result<Txid, MempoolError>, Transaction> {
-        if !self.step_to_tip(chain) {
+        if !self.ready_for_newcomer(chain) {
             return Err(tx);
         }
-        self.finish_rebuild(chain);
         let result = self.check_new(chain, &tx).and_then(|checked| {
             if checked.spent != verified {
                 verify_tx_signatures(&tx, &checked.spent).map_err(MempoolError::Invalid)?;

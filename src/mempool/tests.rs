@@ -1225,6 +1225,32 @@ fn a_rebuild_runs_a_bounded_step_at_a_time() {
     assert_consistent(&stepped, &f.chain);
 }
 
+/// While a long rebuild has more than `REBUILD_LEFT_FOR_A_NEWCOMER`
+/// candidates queued, a newcomer cannot be judged (it would make its
+/// thread judge the whole rest at once); once the rebuild's own steps
+/// bring the queue down, it is judged against the whole pool.
+#[test]
+fn a_newcomer_waits_for_a_long_rebuild_instead_of_finishing_it() {
+    const RETURNING: usize = 3 * REBUILD_LEFT_FOR_A_NEWCOMER;
+    let (f, _, mut pool, _) = reorg_returning(RETURNING);
+    assert!(!pool.catch_up_step(&f.chain));
+    let newcomer = spend_coinbase(&f, 1, 1_000_000, 10_000);
+    assert_eq!(
+        pool.accept(&f.chain, newcomer.clone()),
+        Err(MempoolError::TipMoved)
+    );
+    assert!(pool.try_prepare(&f.chain, &newcomer).is_none());
+    assert!(pool.rebuild_pending(), "the newcomer did not finish it");
+    assert!(pool.len() < RETURNING);
+    while pool.queued().count() > REBUILD_LEFT_FOR_A_NEWCOMER {
+        assert!(!pool.catch_up_step(&f.chain));
+    }
+    assert_eq!(pool.accept(&f.chain, newcomer.clone()), Ok(newcomer.txid()));
+    assert!(!pool.rebuild_pending());
+    assert_eq!(pool.len(), RETURNING + 1);
+    assert_consistent(&pool, &f.chain);
+}
+
 #[test]
 fn a_view_behind_the_pool_gets_the_transaction_handed_back() {
     let mut f = fixture();
