@@ -48,11 +48,13 @@ pub fn is_loopback_host(host: &str) -> bool {
 }
 
 /// Headers a reverse proxy adds: a request carrying one was relayed.
-const PROXY_HEADERS: [&str; 4] = [
+const PROXY_HEADERS: [&str; 6] = [
     "forwarded",
     "x-forwarded-for",
     "x-forwarded-host",
+    "x-forwarded-proto",
     "x-real-ip",
+    "via",
 ];
 
 /// Whether a request may use admin endpoints: it carries the configured
