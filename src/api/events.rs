@@ -227,7 +227,7 @@ pub async fn events(
         },
     );
     Ok(Sse::new(stream)
-        .keep_alive(KeepAlive::default())
+        .keep_alive(KeepAlive::default().interval(state.keep_alive))
         .into_response())
 }
 

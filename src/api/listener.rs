@@ -31,7 +31,8 @@ pub const DEFAULT_MAX_API_CONNECTIONS: usize = 512;
 /// A connection with no byte read or written for this long is closed
 /// (`--api-idle-timeout-secs`): a keep-alive connection between requests,
 /// or a client that stopped sending its request. An event stream writes a
-/// keep-alive comment every 15 s, so it is never idle this long.
+/// keep-alive comment every 15 s, or every half of a shorter timeout
+/// (`ConnectionLimits::keep_alive`), so it is never idle this long.
 pub const DEFAULT_API_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Most connections one client (an IPv4 address, or an IPv6 /64, which
 /// one host is usually given whole) holds at once, loopback excepted.
@@ -45,6 +46,19 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_secs(1);
 pub struct ConnectionLimits {
     pub max_connections: usize,
     pub idle_timeout: Duration,
+}
+
+/// How often an event stream sends a keep-alive comment by default (as
+/// axum's default).
+pub const EVENT_KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+impl ConnectionLimits {
+    /// The event stream's keep-alive interval under these limits: the
+    /// default, or half the idle timeout when that is shorter, so a quiet
+    /// stream is never taken for an idle connection.
+    pub fn keep_alive(&self) -> Duration {
+        EVENT_KEEP_ALIVE.min(self.idle_timeout / 2)
+    }
 }
 
 impl Default for ConnectionLimits {

@@ -95,6 +95,9 @@ pub struct ApiShared {
     pub events: crate::events::EventHub,
     /// Other origins whose web pages may read the API (`--api-cors`).
     pub cors: cors::CorsOrigins,
+    /// How often an event stream sends a keep-alive comment: often enough
+    /// that the listener's idle timeout never closes a quiet stream.
+    pub keep_alive: std::time::Duration,
 }
 
 /// Views a reader takes before it answers from a pool that is not at the

@@ -192,6 +192,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             admin_token: config.api_admin_token.clone(),
             events: event_hub,
             cors: config.api_cors.clone(),
+            keep_alive: config.api_limits.keep_alive(),
         }),
         config.api_limits,
     )

@@ -932,6 +932,22 @@ fn rest_connections_are_bounded_and_idle_ones_are_closed() {
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.ends_with("\r\n\r\n0"), "{answer}");
+    // A quiet event stream is not idle: its keep-alive comments come at
+    // half the timeout.
+    let mut stream = std::net::TcpStream::connect(api).unwrap();
+    stream
+        .write_all(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let listening = std::time::Instant::now();
+    while listening.elapsed() < Duration::from_secs(5) {
+        let mut buf = [0u8; 4096];
+        let n = stream.read(&mut buf).expect("the stream stays open");
+        assert!(n > 0, "the stream was closed");
+    }
+    drop(stream);
     // A connection in use is not idle: a client that sends a request every
     // second keeps its connection past the timeout.
     let mut busy = std::net::TcpStream::connect(api).unwrap();
