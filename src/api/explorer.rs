@@ -1286,6 +1286,20 @@ pub async fn chainstate(State(state): State<ApiState>) -> Result<Json<Value>, Ap
         .await
 }
 
-pub async fn peers(State(state): State<ApiState>) -> Json<Value> {
-    Json(serde_json::to_value(state.network.status().peers).unwrap_or(Value::Null))
+pub async fn peers(
+    State(state): State<ApiState>,
+    axum::extract::ConnectInfo(client): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    headers: axum::http::HeaderMap,
+) -> Json<Value> {
+    let mut peers = serde_json::to_value(state.network.status().peers).unwrap_or(Value::Null);
+    // Who connected to the node (a wallet, a miner, a home node) is the
+    // operator's to know: others get `null` for an inbound peer's address.
+    if !super::admin::is_admin(&client, &headers, state.admin_token.as_deref()) {
+        for peer in peers.as_array_mut().into_iter().flatten() {
+            if peer["inbound"] == Value::Bool(true) {
+                peer["addr"] = Value::Null;
+            }
+        }
+    }
+    Json(peers)
 }

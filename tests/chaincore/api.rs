@@ -43,16 +43,22 @@ fn refuses(api: SocketAddr, method: &str, path: &str, body: &str, status: u16, c
 
 /// Sends `request` as is and returns the response's status code.
 fn raw_status(api: SocketAddr, request: &str) -> u16 {
+    let response = raw_response(api, request);
+    response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {response:?}"))
+}
+
+/// The whole response to `request` (which should ask `Connection: close`).
+fn raw_response(api: SocketAddr, request: &str) -> String {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(api).unwrap();
     stream.write_all(request.as_bytes()).unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {response:?}"))
 }
 
 fn get(api: SocketAddr, path: &str) -> (u16, Value) {
@@ -652,7 +658,7 @@ fn miners_get_templates_and_submit_blocks_or_headers() {
 #[test]
 fn operator_adds_and_removes_peers_and_reads_fee_estimates() {
     let dir = tempfile::tempdir().unwrap();
-    let (a, a_p2p) = NodeProcess::start_p2p(&dir.path().join("a"), &["--connect-only"]);
+    let (mut a, a_p2p) = NodeProcess::start_p2p(&dir.path().join("a"), &["--connect-only"]);
     let (mut b, _) = NodeProcess::start_p2p(&dir.path().join("b"), &["--connect-only"]);
     let api = b.api_addr();
     assert_eq!(get(api, "/peers").1, json!([]));
@@ -675,6 +681,27 @@ fn operator_adds_and_removes_peers_and_reads_fee_estimates() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(peers[0]["addr"], json!(a_p2p.to_string()));
+    // A lists B as inbound: its address for the operator, `null` for a
+    // request that may not use the admin endpoints (here: proxied).
+    let a_api = a.api_addr();
+    let inbound = loop {
+        let (_, peers) = get(a_api, "/peers");
+        if peers != json!([]) {
+            break peers;
+        }
+        assert!(std::time::Instant::now() < deadline, "peer not listed");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(inbound[0]["inbound"], json!(true), "{inbound}");
+    assert!(inbound[0]["addr"].is_string(), "{inbound}");
+    let response = raw_response(
+        a_api,
+        "GET /peers HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Forwarded-For: 198.51.100.7\r\nConnection: close\r\n\r\n",
+    );
+    let body = response.split("\r\n\r\n").nth(1).unwrap();
+    let public: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(public[0]["addr"], Value::Null, "{public}");
+    assert_eq!(public[0]["inbound"], json!(true), "{public}");
     let (status, body) = http(api, "DELETE", &format!("/peers/{a_p2p}"), "");
     assert_eq!(status, 200, "{body}");
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
