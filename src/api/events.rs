@@ -351,8 +351,9 @@ impl Subscriber {
                 tip_height,
             ) = match read {
                 Ok(Ok(read)) => read,
-                Ok(Err(e)) => return Err(Closed::CutOff(format!("reading the chain failed: {e}"))),
-                Err(e) => return Err(Closed::CutOff(format!("reading the chain failed: {e}"))),
+                // The cause is the node's to log, not the client's to read.
+                Ok(Err(e)) => return Err(read_failed(e)),
+                Err(e) => return Err(read_failed(e)),
             };
             for event in events {
                 self.outbox.send(event).await?;
@@ -365,4 +366,11 @@ impl Subscriber {
             }
         }
     }
+}
+
+/// A subscriber cut off because the node failed to read its chain: the
+/// cause goes to the log, the client is told that it happened.
+fn read_failed(error: impl std::fmt::Display) -> Closed {
+    tracing::error!(%error, "an event stream's reading of the chain failed");
+    Closed::CutOff("the node failed to read its chain (see its log)".into())
 }

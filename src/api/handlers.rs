@@ -306,6 +306,8 @@ pub async fn submit_tx(
     };
     let txid = result.map_err(|e| match e {
         MempoolError::TipMoved => ApiError::unavailable(e.code(), e.to_string()),
+        // The node's own failure, not the transaction's: logged, not told.
+        MempoolError::Store(_) => ApiError::internal(e),
         e => ApiError::bad_request(e.code(), e.to_string()),
     })?;
     state.network.chain_changed().await;

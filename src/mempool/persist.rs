@@ -23,6 +23,12 @@ const MIN_ENTRY_LEN: usize = 4 + crate::consensus::limits::MIN_TX_LEN;
 /// Entries `read` allocates room for before reading them.
 const PREALLOCATED_ENTRIES: usize = 4_096;
 
+/// Held from a save's copy of the pool until its file is in place, and
+/// taken before the pool's lock: two saves (the periodic one, written after
+/// the pool's lock is released, and the last one at shutdown) never write
+/// at once, and an older copy never lands after a newer one.
+pub static SAVING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// What `mempool.dat` is written from: the pool's transactions with their
 /// times and txids, copied out under the pool's lock (a pointer each), so
 /// the sorting, encoding and synced write of a pool of hundreds of
@@ -66,7 +72,8 @@ impl SavedPool {
     }
 }
 
-/// Writes the pool (`SavedPool`) while the caller holds it.
+/// Writes the pool (`SavedPool`) while the caller holds it, and `SAVING`
+/// (taken before the pool's lock).
 pub fn save(pool: &Mempool, data_dir: &Path) -> std::io::Result<usize> {
     SavedPool::of(pool).write(data_dir)
 }

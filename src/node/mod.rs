@@ -313,6 +313,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
                     // lock is released (it is held for a copy of pointers).
                     let (mempool, dir) = (mempool.clone(), dir.clone());
                     let _ = tokio::task::spawn_blocking(move || {
+                        let _saving = mempool_file::SAVING.lock().expect("mempool save lock");
                         let saved =
                             mempool_file::SavedPool::of(&mempool.lock().expect("mempool lock"));
                         if let Err(e) = saved.write(&dir) {
@@ -368,6 +369,9 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
                     tracing::warn!(error = %e, "writing the chain state cache at shutdown failed");
                 }
                 chain.stage_times().log();
+                // After a periodic save still writing (its blocking job
+                // outlives the task that started it).
+                let _saving = mempool_file::SAVING.lock().expect("mempool save lock");
                 let mut pool = pool.lock().expect("mempool lock");
                 pool.catch_up(chain);
                 mempool_file::save(&pool, &dir)
@@ -380,6 +384,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             Err(_) => {
                 let (pool, dir) = (mempool.clone(), config.data_dir.clone());
                 tokio::task::spawn_blocking(move || {
+                    let _saving = mempool_file::SAVING.lock().expect("mempool save lock");
                     mempool_file::save(&pool.lock().expect("mempool lock"), &dir)
                 })
                 .await?
