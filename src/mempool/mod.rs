@@ -514,6 +514,13 @@ enum OwnerKeys {
 }
 
 impl OwnerKeys {
+    fn len(&self) -> usize {
+        match self {
+            OwnerKeys::One(_) => 1,
+            OwnerKeys::Many(keys) => keys.len(),
+        }
+    }
+
     fn insert(&mut self, key: (u32, Txid)) {
         match self {
             OwnerKeys::One(only) if *only == key => {}
@@ -1218,15 +1225,13 @@ impl Mempool {
         // signatures cost anything (each rejected attempt would otherwise
         // cost a signature check per input, for free).
         let usage = entry_usage(tx, parents.len());
-        let new_owners = tx
+        let owners: HashSet<PubKeyHash> = tx
             .outputs
             .iter()
             .chain(spent.iter().map(|u| &u.output))
             .map(|o| o.owner)
-            .filter(|owner| !self.by_owner.contains_key(owner))
-            .collect::<HashSet<_>>()
-            .len();
-        if !self.has_room_for(rate, usage + new_owners * OWNER_SLOT_USAGE, &ancestors) {
+            .collect();
+        if !self.has_room_for(rate, usage, &owners, &ancestors) {
             return Err(MempoolError::Full { rate });
         }
         Ok(Checked {
@@ -1307,17 +1312,33 @@ impl Mempool {
         Ok(txid)
     }
 
-    /// Whether an entry of fee rate `rate` taking `usage` bytes, with these
-    /// pool ancestors, would survive the eviction its arrival causes
-    /// (`trim`): the entries evicted first (lowest rate first, each with
-    /// its descendants) must all pay less than it, none may be its
-    /// ancestor, and they must free enough. A tie in rate is refused, as
-    /// the newcomer could go first. The walk stops once enough is freed:
-    /// at most as many entries as the newcomer's bytes over the limit
-    /// require, each with at most `MAX_DESCENDANTS` descendants.
-    fn has_room_for(&self, rate: u64, usage: usize, ancestors: &HashSet<Txid>) -> bool {
-        let mut over = (self.usage + usage).saturating_sub(self.max_bytes);
+    /// Whether an entry of fee rate `rate` taking `usage` bytes (its own,
+    /// `entry_usage`), paying or spending from `owners`, with these pool
+    /// ancestors, would survive the eviction its arrival causes (`trim`):
+    /// the entries evicted first (lowest rate first, each with its
+    /// descendants) must all pay less than it, none may be its ancestor,
+    /// and they must free enough. An owner's slot counts where it does: the
+    /// newcomer adds those of its owners the pool lacks, and an eviction
+    /// gives one back only once every entry of the owner is gone and the
+    /// newcomer does not use it. A tie in rate is refused, as the newcomer
+    /// could go first. The walk stops once enough is freed: at most as
+    /// many entries as the newcomer's bytes over the limit require, each
+    /// with at most `MAX_DESCENDANTS` descendants.
+    fn has_room_for(
+        &self,
+        rate: u64,
+        usage: usize,
+        owners: &HashSet<PubKeyHash>,
+        ancestors: &HashSet<Txid>,
+    ) -> bool {
+        let new_slots = owners
+            .iter()
+            .filter(|owner| !self.by_owner.contains_key(owner))
+            .count();
+        let mut over =
+            (self.usage + usage + new_slots * OWNER_SLOT_USAGE).saturating_sub(self.max_bytes);
         let mut evicted = HashSet::new();
+        let mut gone_keys: HashMap<PubKeyHash, usize> = HashMap::new();
         for (lower, txid) in &self.by_rate {
             if over == 0 {
                 return true;
@@ -1332,29 +1353,28 @@ impl Mempool {
                 if ancestors.contains(&gone) {
                     return false;
                 }
-                if evicted.insert(gone) {
-                    over = over.saturating_sub(self.freed_by_removing(&gone));
+                if !evicted.insert(gone) {
+                    continue;
                 }
+                let Some(entry) = self.entries.get(&gone) else {
+                    continue;
+                };
+                let mut freed = entry.usage;
+                for owner in owner_shares(&entry.tx.outputs, &entry.spent).keys() {
+                    let count = gone_keys.entry(*owner).or_insert(0);
+                    *count += 1;
+                    let all_gone = self
+                        .by_owner
+                        .get(owner)
+                        .is_some_and(|pool| pool.keys.len() == *count);
+                    if all_gone && !owners.contains(owner) {
+                        freed += OWNER_SLOT_USAGE;
+                    }
+                }
+                over = over.saturating_sub(freed);
             }
         }
         over == 0
-    }
-
-    /// The usage removing `txid` alone gives back: its own, and the slots
-    /// of the owners it is the only entry of.
-    fn freed_by_removing(&self, txid: &Txid) -> usize {
-        let Some(entry) = self.entries.get(txid) else {
-            return 0;
-        };
-        let sole_owners = owner_shares(&entry.tx.outputs, &entry.spent)
-            .keys()
-            .filter(|owner| {
-                self.by_owner
-                    .get(owner)
-                    .is_some_and(|pool| matches!(pool.keys, OwnerKeys::One(_)))
-            })
-            .count();
-        entry.usage + sole_owners * OWNER_SLOT_USAGE
     }
 
     /// All unconfirmed ancestors of a set of parents.

@@ -312,6 +312,43 @@ fn a_full_pool_refuses_what_it_would_evict_before_checking_signatures() {
     assert!(pool.contains(&rich.txid()) && !pool.contains(&low.txid()));
 }
 
+/// An eviction gives an address's slot back only if the newcomer does not
+/// pay that address too: a newcomer that fits only if it did is refused
+/// before its signatures are checked.
+#[test]
+fn a_full_pool_counts_the_address_slots_a_newcomer_keeps() {
+    let f = fixture();
+    let shared = crate::testkit::payee(77);
+    let pays = |n: usize, outputs: usize, fee: u64| {
+        let (outpoint, utxo) = f.test.spendable(key(1).pubkey_hash())[n];
+        let mut paid: Vec<TxOut> = (0..outputs)
+            .map(|_| TxOut {
+                amount: Amount::from_units(1_000_000),
+                owner: shared,
+            })
+            .collect();
+        paid.push(pay(
+            &key(1),
+            utxo.output.amount.units() - outputs as u64 * 1_000_000 - fee,
+        ));
+        signed_spend(&[(outpoint, utxo.output, &key(1))], paid)
+    };
+    let low = pays(0, 1, 20_000);
+    let limit = entry_usage(&low, 0) + 2 * OWNER_SLOT_USAGE + 10;
+    let mut pool = Mempool::new(&f.chain, limit);
+    pool.accept(&f.chain, low.clone()).unwrap();
+    // Pays more, to the same two addresses, and takes more than `low`
+    // alone frees: it would be evicted at once.
+    let bigger = pays(1, 5, 900_000);
+    assert!(entry_usage(&bigger, 0) > entry_usage(&low, 0) + 10);
+    assert!(entry_usage(&bigger, 0) <= entry_usage(&low, 0) + 2 * OWNER_SLOT_USAGE);
+    assert!(matches!(
+        pool.accept(&f.chain, with_broken_signature(bigger)),
+        Err(MempoolError::Full { .. })
+    ));
+    assert!(pool.contains(&low.txid()));
+}
+
 /// The pool's judgement in steps (checks, signatures without the lock,
 /// insertion) comes to what `accept` comes to, and the insertion judges
 /// the pool as it is by then.
