@@ -5,11 +5,17 @@
 //! peers and RocksDB's table files need.
 //!
 //! When every slot is taken the listener stops accepting, so newcomers
-//! wait in the kernel's backlog until a connection ends (an idle one ends
-//! after the idle timeout). A client other than loopback over its own
-//! share is refused at once: its connection is closed unanswered. Loopback
-//! is one client for a local reverse proxy and every client behind it, so
-//! its connections count against the whole limit only.
+//! wait in the kernel's backlog until a connection ends. A connection ends
+//! when idle for the idle timeout, and a request must be answered within
+//! `API_REQUEST_TIMEOUT` of its first byte, however slowly its client
+//! sends it: a client trickling a byte at a time holds a slot for that
+//! long at most. A client other than loopback over its own share is
+//! refused at once (its connection closed unanswered), and so is any such
+//! client once clients other than loopback hold all but an eighth of the
+//! slots: that eighth stays for loopback (the operator, local miners, a
+//! local reverse proxy). Loopback is one client for a proxy and every
+//! client behind it, so its connections count against the whole limit
+//! only.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -28,15 +34,29 @@ use tokio::time::{Instant, Sleep};
 /// Connections the API serves at once by default (`--api-max-connections`).
 /// Each holds a file descriptor and, while a request runs, its buffers.
 pub const DEFAULT_MAX_API_CONNECTIONS: usize = 512;
-/// A connection with no byte read or written for this long is closed
-/// (`--api-idle-timeout-secs`): a keep-alive connection between requests,
-/// or a client that stopped sending its request. An event stream writes a
-/// keep-alive comment every 15 s, or every half of a shorter timeout
-/// (`ConnectionLimits::keep_alive`), so it is never idle this long.
+/// A connection with no byte read or written for this long between
+/// requests is closed (`--api-idle-timeout-secs`): an idle keep-alive
+/// connection. An event stream writes a keep-alive comment every 15 s, or
+/// every half of a shorter timeout (`ConnectionLimits::keep_alive`), so it
+/// is never idle this long.
 pub const DEFAULT_API_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Most connections one client (an IPv4 address, or an IPv6 /64, which
 /// one host is usually given whole) holds at once, loopback excepted.
 pub const MAX_API_CONNECTIONS_PER_CLIENT: usize = 32;
+/// How long a request may take from its first byte to its answer's first
+/// byte by default (`--api-request-timeout-secs`; hyper's own header
+/// timeout, which axum's server leaves off, is 30 s too): reading it,
+/// however slowly it comes, and handling it.
+pub const API_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// The share of the slots clients other than loopback may not take: an
+/// eighth of them stays for loopback.
+const LOOPBACK_RESERVE_DIVISOR: usize = 8;
+
+/// Whether a client other than loopback may take a slot while `remote`
+/// such connections are open, of `max` slots in all.
+pub fn remote_may_connect(remote: usize, max: usize) -> bool {
+    remote < max - max / LOOPBACK_RESERVE_DIVISOR
+}
 /// Pause after an accept error that is not about one connection (such as
 /// running out of file descriptors), before trying again.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_secs(1);
@@ -46,6 +66,8 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_secs(1);
 pub struct ConnectionLimits {
     pub max_connections: usize,
     pub idle_timeout: Duration,
+    /// `API_REQUEST_TIMEOUT` by default.
+    pub request_timeout: Duration,
 }
 
 /// How often an event stream sends a keep-alive comment by default (as
@@ -66,6 +88,7 @@ impl Default for ConnectionLimits {
         ConnectionLimits {
             max_connections: DEFAULT_MAX_API_CONNECTIONS,
             idle_timeout: DEFAULT_API_IDLE_TIMEOUT,
+            request_timeout: API_REQUEST_TIMEOUT,
         }
     }
 }
@@ -93,13 +116,19 @@ impl Client {
 pub struct ClientCounts(Mutex<HashMap<Client, usize>>);
 
 impl ClientCounts {
-    /// A place for one more connection of `ip`'s client: `Some(None)` for
-    /// loopback (not counted), `None` when the client holds its share.
-    pub fn take(self: &Arc<Self>, ip: IpAddr) -> Option<Option<ClientSlot>> {
+    /// A place for one more connection of `ip`'s client, of `max` slots in
+    /// all: `Some(None)` for loopback (not counted), `None` when the client
+    /// holds its share or clients other than loopback hold theirs
+    /// (`remote_may_connect`).
+    pub fn take(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<Option<ClientSlot>> {
         let Some(client) = Client::of(ip) else {
             return Some(None);
         };
         let mut counts = self.0.lock().expect("client counts lock");
+        let remote: usize = counts.values().sum();
+        if !remote_may_connect(remote, max) {
+            return None;
+        }
         let count = counts.entry(client).or_insert(0);
         if *count >= MAX_API_CONNECTIONS_PER_CLIENT {
             return None;
@@ -183,14 +212,11 @@ impl axum::serve::Listener for LimitedListener {
                     continue;
                 }
             };
-            let Some(client) = self.clients.take(addr.ip()) else {
+            let Some(client) = self.clients.take(addr.ip(), self.limits.max_connections) else {
                 tracing::debug!(%addr, limit = MAX_API_CONNECTIONS_PER_CLIENT, "REST client over its connection limit: closed");
                 continue;
             };
-            return (
-                LimitedStream::new(stream, self.limits.idle_timeout, slot, client),
-                addr,
-            );
+            return (LimitedStream::new(stream, &self.limits, slot, client), addr);
         }
     }
 
@@ -210,12 +236,17 @@ fn is_connection_error(e: &io::Error) -> bool {
     )
 }
 
-/// An accepted connection: its slots, and the idle timeout.
-pub struct LimitedStream {
-    stream: TcpStream,
+/// An accepted connection (`S`, a TCP stream but in tests): its slots,
+/// and its timeouts.
+pub struct LimitedStream<S = TcpStream> {
+    stream: S,
     idle_timeout: Duration,
+    request_timeout: Duration,
     /// When a byte last went either way.
     last_progress: Instant,
+    /// When the request being read or handled sent its first byte: bytes
+    /// read since the last byte written (`API_REQUEST_TIMEOUT`).
+    request_since: Option<Instant>,
     /// Fires at the earliest the connection may be idle for too long;
     /// moved on when it fires early (cheaper than moving it at every read
     /// and write).
@@ -224,44 +255,70 @@ pub struct LimitedStream {
     _client: Option<ClientSlot>,
 }
 
-impl LimitedStream {
+impl<S> LimitedStream<S> {
     fn new(
-        stream: TcpStream,
-        idle_timeout: Duration,
+        stream: S,
+        limits: &ConnectionLimits,
         slot: OwnedSemaphorePermit,
         client: Option<ClientSlot>,
-    ) -> LimitedStream {
+    ) -> LimitedStream<S> {
         let now = Instant::now();
+        let idle_timeout = limits.idle_timeout;
         LimitedStream {
             stream,
             idle_timeout,
+            request_timeout: limits.request_timeout,
             last_progress: now,
+            request_since: None,
             deadline: Box::pin(tokio::time::sleep_until(now + idle_timeout)),
             _slot: slot,
             _client: client,
         }
     }
 
-    /// For an I/O call that is pending: an error once the connection has
-    /// been idle for the timeout, else pending (the deadline wakes `cx`).
+    /// For an I/O call that is pending: an error once the request under
+    /// way has taken `API_REQUEST_TIMEOUT`, or, between requests, once the
+    /// connection has been idle for the idle timeout; else pending (the
+    /// deadline wakes `cx`).
     fn pending_or_idle<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
         loop {
             if self.deadline.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
-            let due = self.last_progress + self.idle_timeout;
-            if Instant::now() >= due {
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
+            let (due, what) = match self.request_since {
+                Some(since) => (since + self.request_timeout, "REST request took too long"),
+                None => (
+                    self.last_progress + self.idle_timeout,
                     "REST connection idle for too long",
-                )));
+                ),
+            };
+            if Instant::now() >= due {
+                return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, what)));
             }
             self.deadline.as_mut().reset(due);
         }
     }
+
+    fn read_progress(&mut self) {
+        let now = Instant::now();
+        self.last_progress = now;
+        if self.request_since.is_none() {
+            // A request begins: its deadline may come before the idle one.
+            self.request_since = Some(now);
+            let due = now + self.request_timeout;
+            if due < self.deadline.deadline() {
+                self.deadline.as_mut().reset(due);
+            }
+        }
+    }
+
+    fn write_progress(&mut self) {
+        self.last_progress = Instant::now();
+        self.request_since = None;
+    }
 }
 
-impl AsyncRead for LimitedStream {
+impl<S: AsyncRead + Unpin> AsyncRead for LimitedStream<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -272,7 +329,7 @@ impl AsyncRead for LimitedStream {
         match Pin::new(&mut this.stream).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 if buf.filled().len() > before {
-                    this.last_progress = Instant::now();
+                    this.read_progress();
                 }
                 Poll::Ready(Ok(()))
             }
@@ -282,7 +339,7 @@ impl AsyncRead for LimitedStream {
     }
 }
 
-impl AsyncWrite for LimitedStream {
+impl<S: AsyncWrite + Unpin> AsyncWrite for LimitedStream<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -292,7 +349,7 @@ impl AsyncWrite for LimitedStream {
         match Pin::new(&mut this.stream).poll_write(cx, buf) {
             Poll::Ready(result) => {
                 if matches!(result, Ok(n) if n > 0) {
-                    this.last_progress = Instant::now();
+                    this.write_progress();
                 }
                 Poll::Ready(result)
             }
@@ -309,7 +366,7 @@ impl AsyncWrite for LimitedStream {
         match Pin::new(&mut this.stream).poll_write_vectored(cx, bufs) {
             Poll::Ready(result) => {
                 if matches!(result, Ok(n) if n > 0) {
-                    this.last_progress = Instant::now();
+                    this.write_progress();
                 }
                 Poll::Ready(result)
             }
@@ -357,21 +414,122 @@ mod tests {
         let ip: IpAddr = "2001:db8::1".parse().unwrap();
         let neighbour: IpAddr = "2001:db8::2".parse().unwrap();
         let mut held: Vec<_> = (0..MAX_API_CONNECTIONS_PER_CLIENT)
-            .map(|_| counts.take(ip).expect("within the share"))
+            .map(|_| {
+                counts
+                    .take(ip, DEFAULT_MAX_API_CONNECTIONS)
+                    .expect("within the share")
+            })
             .collect();
         assert!(held.iter().all(Option::is_some));
         // The same /64: refused.
-        assert!(counts.take(neighbour).is_none());
+        assert!(counts
+            .take(neighbour, DEFAULT_MAX_API_CONNECTIONS)
+            .is_none());
         // Another client, and loopback, are not affected.
-        assert!(counts.take("198.51.100.1".parse().unwrap()).is_some());
+        assert!(counts
+            .take("198.51.100.1".parse().unwrap(), DEFAULT_MAX_API_CONNECTIONS)
+            .is_some());
         for _ in 0..2 * MAX_API_CONNECTIONS_PER_CLIENT {
-            assert!(matches!(counts.take("::1".parse().unwrap()), Some(None)));
+            assert!(matches!(
+                counts.take("::1".parse().unwrap(), DEFAULT_MAX_API_CONNECTIONS),
+                Some(None)
+            ));
         }
         held.pop();
         assert_eq!(counts.count(ip), MAX_API_CONNECTIONS_PER_CLIENT - 1);
-        assert!(counts.take(neighbour).is_some());
+        assert!(counts
+            .take(neighbour, DEFAULT_MAX_API_CONNECTIONS)
+            .is_some());
         held.clear();
         assert_eq!(counts.count(ip), 0);
         assert!(counts.0.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn clients_other_than_loopback_leave_an_eighth_of_the_slots() {
+        assert!(remote_may_connect(447, 512));
+        assert!(!remote_may_connect(448, 512));
+        // Few slots: no reserve.
+        assert!(remote_may_connect(3, 4));
+        assert!(!remote_may_connect(4, 4));
+        // Many clients, each within its share, are refused past the
+        // remote slots; loopback still gets in.
+        let counts = Arc::new(ClientCounts::default());
+        let max = 16;
+        let held: Vec<_> = (0..14u8)
+            .map(|n| counts.take(IpAddr::from([198, 51, 100, n]), max))
+            .collect();
+        assert!(held.iter().all(|h| matches!(h, Some(Some(_)))));
+        assert!(counts.take("203.0.113.1".parse().unwrap(), max).is_none());
+        assert!(matches!(
+            counts.take("127.0.0.1".parse().unwrap(), max),
+            Some(None)
+        ));
+    }
+
+    /// Short timeouts for the tests below, in real time.
+    const IDLE: Duration = Duration::from_millis(1_200);
+    const REQUEST: Duration = Duration::from_millis(600);
+
+    /// A connection over an in-memory pipe, its slot from a semaphore of
+    /// one, with the timeouts above.
+    fn piped() -> (
+        LimitedStream<tokio::io::DuplexStream>,
+        tokio::io::DuplexStream,
+    ) {
+        let (server, client) = tokio::io::duplex(1 << 16);
+        let slot = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
+        let limits = ConnectionLimits {
+            max_connections: 1,
+            idle_timeout: IDLE,
+            request_timeout: REQUEST,
+        };
+        (LimitedStream::new(server, &limits, slot, None), client)
+    }
+
+    #[tokio::test]
+    async fn a_request_trickled_a_byte_at_a_time_is_cut_at_the_request_timeout() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut server, mut client) = piped();
+        let started = Instant::now();
+        let reader = tokio::spawn(async move {
+            let mut buf = [0u8; 64];
+            loop {
+                match server.read(&mut buf).await {
+                    Ok(0) => return Ok(()),
+                    Ok(_) => continue,
+                    Err(e) => return Err(e.kind()),
+                }
+            }
+        });
+        // A byte every 100 ms: never idle for the idle timeout.
+        while !reader.is_finished() && started.elapsed() < 2 * IDLE {
+            let _ = client.write_all(b"G").await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(reader.await.unwrap(), Err(io::ErrorKind::TimedOut));
+        let took = started.elapsed();
+        assert!(took >= REQUEST && took < IDLE, "{took:?}");
+    }
+
+    #[tokio::test]
+    async fn a_request_answered_in_time_leaves_the_connection_to_the_idle_timeout() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut server, mut client) = piped();
+        // A request, handled for a while (the server polls its read side
+        // meanwhile, as hyper does), then answered within its timeout.
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut buf = [0u8; 64];
+        assert!(server.read(&mut buf).await.unwrap() > 0);
+        let handling = tokio::time::timeout(REQUEST / 2, server.read(&mut buf)).await;
+        assert!(handling.is_err(), "nothing to read, and no timeout yet");
+        server.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+        // Idle since the answer: the idle timeout applies, not the
+        // request's (which would have struck by now).
+        let started = Instant::now();
+        let idle = server.read(&mut buf).await;
+        assert_eq!(idle.unwrap_err().kind(), io::ErrorKind::TimedOut);
+        let took = started.elapsed();
+        assert!(took >= IDLE - Duration::from_millis(50), "{took:?}");
     }
 }

@@ -119,11 +119,16 @@ pub struct NodeArgs {
     /// /64) holds at most 32 of them.
     #[arg(long, default_value_t = crate::api::listener::DEFAULT_MAX_API_CONNECTIONS as u32, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub api_max_connections: u32,
-    /// Seconds a REST connection may pass without a byte either way before
-    /// it is closed (an idle keep-alive connection, or a client that stopped
-    /// sending its request).
+    /// Seconds a REST connection may pass between requests without a byte
+    /// either way before it is closed (an idle keep-alive connection); a
+    /// request under way is bounded by --api-request-timeout-secs.
     #[arg(long, default_value_t = crate::api::listener::DEFAULT_API_IDLE_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub api_idle_timeout_secs: u64,
+    /// Seconds a REST request may take from its first byte to its answer's
+    /// first byte (as Bitcoin Core's -rpcservertimeout): a client sending
+    /// its request a byte at a time holds its connection this long at most.
+    #[arg(long, default_value_t = crate::api::listener::API_REQUEST_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..=3_600))]
+    pub api_request_timeout_secs: u64,
     /// Mirror blocks, transactions and balances into this PostgreSQL
     /// database (e.g. postgres://user@127.0.0.1/chaincore).
     #[arg(long, env = "CHAINCORE_POSTGRES_URL")]
@@ -245,6 +250,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 api_limits: crate::api::listener::ConnectionLimits {
                     max_connections: args.api_max_connections as usize,
                     idle_timeout: Duration::from_secs(args.api_idle_timeout_secs),
+                    request_timeout: Duration::from_secs(args.api_request_timeout_secs),
                 },
                 api_bind: std::net::SocketAddr::new(
                     args.api_bind,

@@ -919,6 +919,8 @@ fn rest_connections_are_bounded_and_idle_ones_are_closed() {
             "4",
             "--api-idle-timeout-secs",
             "2",
+            "--api-request-timeout-secs",
+            "3",
         ],
     );
     let api = node.api_addr();
@@ -926,12 +928,20 @@ fn rest_connections_are_bounded_and_idle_ones_are_closed() {
     let mut holders: Vec<std::net::TcpStream> = (0..4)
         .map(|_| std::net::TcpStream::connect(api).unwrap())
         .collect();
-    // Two send part of a request and stop (slowloris), two send nothing.
+    // Two send part of a request, one of them then trickling a byte every
+    // half second (slowloris: never idle for 2 s, cut at the 3 s request
+    // timeout), and two send nothing (cut at the 2 s idle timeout).
     for holder in &mut holders[..2] {
         holder
             .write_all(b"GET /status HTTP/1.1\r\nHost: x\r\n")
             .unwrap();
     }
+    let mut trickler = holders[0].try_clone().unwrap();
+    std::thread::spawn(move || {
+        while trickler.write_all(b"X").is_ok() {
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    });
     // Every slot is taken: a newcomer's complete request waits.
     let mut newcomer = std::net::TcpStream::connect(api).unwrap();
     newcomer
