@@ -122,12 +122,13 @@ fn bench_acceptance(count: usize) {
     drop(pool);
     let freed = held.saturating_sub(ALLOCATED.load(std::sync::atomic::Ordering::Relaxed));
     println!(
-        "mempool memory, {count} 1-in-1-out entries: counted {:.1} MB ({:.0} B each), heap held {:.1} MB ({:.0} B each, allocations' own bytes), counted/held {:.2}; encoded {:.1} MB, held/encoded {:.1}x",
-        estimate as f64 / 1e6,
-        estimate as f64 / count as f64,
-        freed as f64 / 1e6,
-        freed as f64 / count as f64,
-        estimate as f64 / freed as f64,
+        "{}; encoded {:.1} MB, held/encoded {:.1}x",
+        memory_line(
+            &format!("{count} 1-in-1-out entries"),
+            count,
+            estimate,
+            freed
+        ),
         encoded as f64 / 1e6,
         freed as f64 / encoded as f64,
     );
@@ -392,13 +393,26 @@ fn bench_fresh_owner_memory(count: usize) {
     drop(pool);
     let held = before.saturating_sub(ALLOCATED.load(std::sync::atomic::Ordering::Relaxed));
     println!(
-        "mempool memory, {count} 1-in-1-out entries each paying a fresh address: counted {:.1} MB ({:.0} B each), heap held {:.1} MB ({:.0} B each), counted/held {:.2}",
-        estimate as f64 / 1e6,
-        estimate as f64 / count as f64,
+        "{}",
+        memory_line(
+            &format!("{count} 1-in-1-out entries each paying a fresh address"),
+            count,
+            estimate,
+            held
+        )
+    );
+}
+
+/// What the pool counted for `count` entries beside the heap it held.
+fn memory_line(what: &str, count: usize, counted: usize, held: usize) -> String {
+    format!(
+        "mempool memory, {what}: counted {:.1} MB ({:.0} B each), heap held {:.1} MB ({:.0} B each, allocations' own bytes), counted/held {:.2}",
+        counted as f64 / 1e6,
+        counted as f64 / count as f64,
         held as f64 / 1e6,
         held as f64 / count as f64,
-        estimate as f64 / held as f64,
-    );
+        counted as f64 / held as f64,
+    )
 }
 
 fn main() {

@@ -15,7 +15,7 @@ use chaincore::testkit::process::{http, http_with_headers, Node};
 use chaincore::testkit::{fan_out_chain, key, signed_spend};
 use serde_json::{json, Value};
 
-use crate::common::{block_file, NodeProcess};
+use crate::common::{block_file, closed_within, NodeProcess};
 
 /// A node that imported `blocks` (those after genesis), and its API address.
 fn node_with(
@@ -886,22 +886,6 @@ fn every_documented_path_answers_from_a_handler() {
         }
     }
     node.stop();
-}
-
-/// Reads from `stream` until it is closed or `within` passes: whether the
-/// peer closed it (EOF or reset) in time.
-fn closed_within(stream: &mut std::net::TcpStream, within: Duration) -> bool {
-    use std::io::Read;
-    stream.set_read_timeout(Some(within)).unwrap();
-    let mut buf = [0u8; 4096];
-    loop {
-        match stream.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => continue,
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
-            Err(_) => return false,
-        }
-    }
 }
 
 /// Connections that hold their slot (idle, or with a request half sent)

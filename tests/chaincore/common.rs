@@ -116,3 +116,19 @@ pub static LOAD_SENSITIVE: Mutex<()> = Mutex::new(());
 pub fn load_sensitive() -> std::sync::MutexGuard<'static, ()> {
     LOAD_SENSITIVE.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+/// Reads from `stream` until it is closed or a read waits `within`:
+/// whether the other end closed it (EOF or reset) in time.
+pub fn closed_within(stream: &mut std::net::TcpStream, within: std::time::Duration) -> bool {
+    use std::io::Read;
+    stream.set_read_timeout(Some(within)).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}

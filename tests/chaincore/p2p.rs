@@ -166,19 +166,8 @@ fn network_halves_that_mined_apart_converge_on_the_most_work_branch() {
 /// Sends `bytes` on a fresh connection and reports whether the node closed it.
 fn closed_after(addr: std::net::SocketAddr, bytes: &[u8]) -> bool {
     let mut stream = TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
     stream.write_all(bytes).unwrap();
-    let mut buf = [0u8; 4096];
-    loop {
-        match stream.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => continue,
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
-            Err(_) => return false,
-        }
-    }
+    crate::common::closed_within(&mut stream, Duration::from_secs(5))
 }
 
 #[test]
