@@ -53,9 +53,15 @@ pub const API_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const LOOPBACK_RESERVE_DIVISOR: usize = 8;
 
 /// Whether a client other than loopback may take a slot while `remote`
-/// such connections are open, of `max` slots in all.
+/// such connections are open, of `max` slots in all: an eighth of them,
+/// rounded up, stays for loopback (none when there is a single slot).
 pub fn remote_may_connect(remote: usize, max: usize) -> bool {
-    remote < max - max / LOOPBACK_RESERVE_DIVISOR
+    let reserve = if max > 1 {
+        max.div_ceil(LOOPBACK_RESERVE_DIVISOR)
+    } else {
+        0
+    };
+    remote < max - reserve
 }
 /// Pause after an accept error that is not about one connection (such as
 /// running out of file descriptors), before trying again.
@@ -312,9 +318,14 @@ impl<S> LimitedStream<S> {
         }
     }
 
-    fn write_progress(&mut self) {
+    /// `written` went out: the request's answer has begun, unless it is an
+    /// interim `100 Continue` (which hyper sends by itself when a handler
+    /// starts reading the body of a request that asked for it).
+    fn write_progress(&mut self, written: &[u8]) {
         self.last_progress = Instant::now();
-        self.request_since = None;
+        if !written.starts_with(b"HTTP/1.1 100 ") {
+            self.request_since = None;
+        }
     }
 }
 
@@ -349,7 +360,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for LimitedStream<S> {
         match Pin::new(&mut this.stream).poll_write(cx, buf) {
             Poll::Ready(result) => {
                 if matches!(result, Ok(n) if n > 0) {
-                    this.write_progress();
+                    this.write_progress(buf);
                 }
                 Poll::Ready(result)
             }
@@ -366,7 +377,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for LimitedStream<S> {
         match Pin::new(&mut this.stream).poll_write_vectored(cx, bufs) {
             Poll::Ready(result) => {
                 if matches!(result, Ok(n) if n > 0) {
-                    this.write_progress();
+                    let first = bufs
+                        .iter()
+                        .find(|b| !b.is_empty())
+                        .map_or(&[][..], |b| &b[..]);
+                    this.write_progress(first);
                 }
                 Poll::Ready(result)
             }
@@ -449,9 +464,11 @@ mod tests {
     fn clients_other_than_loopback_leave_an_eighth_of_the_slots() {
         assert!(remote_may_connect(447, 512));
         assert!(!remote_may_connect(448, 512));
-        // Few slots: no reserve.
-        assert!(remote_may_connect(3, 4));
-        assert!(!remote_may_connect(4, 4));
+        // Few slots: one stays for loopback, unless there is only one.
+        assert!(remote_may_connect(2, 4));
+        assert!(!remote_may_connect(3, 4));
+        assert!(remote_may_connect(0, 1));
+        assert!(!remote_may_connect(1, 1));
         // Many clients, each within its share, are refused past the
         // remote slots; loopback still gets in.
         let counts = Arc::new(ClientCounts::default());
@@ -531,5 +548,27 @@ mod tests {
         assert_eq!(idle.unwrap_err().kind(), io::ErrorKind::TimedOut);
         let took = started.elapsed();
         assert!(took >= IDLE - Duration::from_millis(50), "{took:?}");
+    }
+
+    #[tokio::test]
+    async fn an_interim_100_continue_is_not_the_answer() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut server, mut client) = piped();
+        client
+            .write_all(b"POST /tx HTTP/1.1\r\nExpect: 100-continue\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 128];
+        assert!(server.read(&mut buf).await.unwrap() > 0);
+        let started = Instant::now();
+        server
+            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            .await
+            .unwrap();
+        // The body never comes: cut at the request's timeout, counted from
+        // its first byte, not at the idle timeout after the interim answer.
+        let waited = server.read(&mut buf).await;
+        assert_eq!(waited.unwrap_err().kind(), io::ErrorKind::TimedOut);
+        assert!(started.elapsed() < IDLE, "{:?}", started.elapsed());
     }
 }

@@ -98,6 +98,9 @@ pub struct ApiShared {
     /// How often an event stream sends a keep-alive comment: often enough
     /// that the listener's idle timeout never closes a quiet stream.
     pub keep_alive: std::time::Duration,
+    /// How long a request's handling may take, its body's reading included
+    /// (`--api-request-timeout-secs`; the listener bounds its head's).
+    pub request_timeout: std::time::Duration,
 }
 
 /// Views a reader takes before it answers from a pool that is not at the
@@ -324,6 +327,10 @@ pub fn router(state: ApiState) -> Router {
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .route_layer(axum::middleware::from_fn_with_state(
+            state.request_timeout,
+            within_request_timeout,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
             latency,
             latency::track,
         ))
@@ -332,6 +339,26 @@ pub fn router(state: ApiState) -> Router {
     match cors {
         Some(cors) => router.layer(cors),
         None => router,
+    }
+}
+
+/// Middleware: a request's handling, the reading of its body included,
+/// ends within the request timeout, or is answered 503 `timeout` (the
+/// listener bounds the reading of its head, and a request pipelined
+/// behind another is read before its own handling starts).
+async fn within_request_timeout(
+    axum::extract::State(timeout): axum::extract::State<std::time::Duration>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match tokio::time::timeout(timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::unavailable(
+            "timeout",
+            format!("the request took longer than {} s", timeout.as_secs()),
+        )
+        .into_response(),
     }
 }
 

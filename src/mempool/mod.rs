@@ -917,14 +917,14 @@ impl Mempool {
     /// its tip, and a rebuild under way finished first if little of it is
     /// left (`REBUILD_LEFT_FOR_A_NEWCOMER`).
     fn ready_for_newcomer(&mut self, chain: &dyn TipState) -> bool {
-        if !self.step_to_tip(chain) {
-            return false;
-        }
-        if self
-            .rebuild
-            .as_ref()
-            .is_some_and(|r| r.queue.len() > REBUILD_LEFT_FOR_A_NEWCOMER)
-        {
+        let long_rebuild = |pool: &Mempool| {
+            pool.rebuild
+                .as_ref()
+                .is_some_and(|r| r.queue.len() > REBUILD_LEFT_FOR_A_NEWCOMER)
+        };
+        // Checked first too: stepping to the tip finishes a rebuild under
+        // way when blocks came meanwhile.
+        if long_rebuild(self) || !self.step_to_tip(chain) || long_rebuild(self) {
             return false;
         }
         self.finish_rebuild(chain);

@@ -193,6 +193,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             events: event_hub,
             cors: config.api_cors.clone(),
             keep_alive: config.api_limits.keep_alive(),
+            request_timeout: config.api_limits.request_timeout,
         }),
         config.api_limits,
     )
