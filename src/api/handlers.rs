@@ -33,7 +33,14 @@ fn parse_txid(s: &str) -> Result<Txid, ApiError> {
         })
 }
 
-pub async fn status(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
+pub async fn status(
+    State(state): State<ApiState>,
+    axum::extract::ConnectInfo(client): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    headers: axum::http::HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    // The mirror's last error quotes PostgreSQL (users, hosts, the other
+    // holder of its lock): the operator's to read.
+    let operator = super::admin::is_admin(&client, &headers, state.admin_token.as_deref());
     let network = state.network.status();
     let uptime = state.started.elapsed().as_secs();
     let hashrate = state.hashrate.load(std::sync::atomic::Ordering::Relaxed);
@@ -75,12 +82,20 @@ pub async fn status(State(state): State<ApiState>) -> Result<Json<Value>, ApiErr
                     "mirror": mirror,
                 }))
             },
-            |_, pool, mut status| {
+            move |_, pool, mut status| {
                 status["mempool"] = json!({
                     "count": pool.len(),
                     "bytes": pool.bytes(),
                     "usage": pool.usage(),
                 });
+                // (`get_mut`: indexing would turn a null `mirror` into an
+                // object.)
+                let error = status
+                    .get_mut("mirror")
+                    .and_then(|mirror| mirror.get_mut("last_error"));
+                if let Some(error) = error.filter(|e| !operator && e.is_string()) {
+                    *error = json!("the mirror failed: the node's log says why");
+                }
                 Ok(Json(status))
             },
         )

@@ -797,6 +797,25 @@ fn the_database_s_own_message_reaches_status() {
         error.contains("\"chaincore_absent_database\" does not exist"),
         "{status}"
     );
+    // That message is the operator's: a request that may not use the
+    // admin endpoints (here: proxied) is told that the mirror failed.
+    let response = {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(node.api_addr()).unwrap();
+        stream
+            .write_all(b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Forwarded-For: 198.51.100.7\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        response
+    };
+    let public: serde_json::Value =
+        serde_json::from_str(response.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    let error = public["mirror"]["last_error"].as_str().unwrap_or_default();
+    assert!(
+        error.starts_with("the mirror failed") && !error.contains("chaincore_absent_database"),
+        "{public}"
+    );
     node.stop();
 }
 
