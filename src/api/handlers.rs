@@ -218,9 +218,11 @@ pub async fn mempool_txids(State(state): State<ApiState>) -> Result<Response, Ap
         .pool_json(
             "/mempool/txids",
             |_, pool| Ok(pool.entries().map(|e| e.txid).collect::<Vec<_>>()),
+            // Written from the txids themselves: a JSON value of a full
+            // pool's 300 000 strings took about 35 MB while it was built.
             |mut txids| {
                 txids.sort_unstable();
-                Ok(json!(txids))
+                Ok(txids)
             },
         )
         .await

@@ -257,11 +257,11 @@ impl ApiState {
     /// `route`'s JSON body for the current tip and pool, cached as bytes
     /// (`pool_view`: `extract` runs under the pool's lock, `build` and the
     /// serialising after it).
-    pub async fn pool_json<E: Send + 'static>(
+    pub async fn pool_json<E: Send + 'static, J: serde::Serialize>(
         &self,
         route: &'static str,
         extract: impl FnOnce(&ChainView, &Mempool) -> Result<E, ApiError> + Send + 'static,
-        build: impl FnOnce(E) -> Result<serde_json::Value, ApiError> + Send + 'static,
+        build: impl FnOnce(E) -> Result<J, ApiError> + Send + 'static,
     ) -> Result<Response, ApiError> {
         let body = self
             .pool_view(route, extract, move |extracted| {
