@@ -54,6 +54,10 @@ pub(super) struct Orphan {
     expires: Instant,
     /// Where its txid sits in `Orphanage::list`.
     position: usize,
+    /// The parent whose output it was last found missing (its first parent
+    /// until told, `set_missing`): a block that confirms it wakes the
+    /// orphan (`waiting`), as a parent entering the pool does.
+    missing: Txid,
 }
 
 /// The orphans, by txid, by the parents they wait for, and in a list for
@@ -109,6 +113,7 @@ impl Orphanage {
             return Added::TooLarge;
         }
         let parents = parents_of(&tx);
+        let missing = parents.first().copied().unwrap_or(txid);
         let size = encoded + parents.len() * ORPHAN_PARENT_INDEX_BYTES;
         for parent in &parents {
             self.by_parent.entry(*parent).or_default().push(txid);
@@ -123,6 +128,7 @@ impl Orphanage {
                 size,
                 expires: now + ORPHAN_EXPIRY,
                 position: self.list.len() - 1,
+                missing,
             },
         );
         self.limit(&mut rand::thread_rng());
@@ -131,6 +137,18 @@ impl Orphanage {
         } else {
             Added::Evicted
         }
+    }
+
+    /// Records that `txid` was found missing an output of `parent`.
+    pub fn set_missing(&mut self, txid: &Txid, parent: Txid) {
+        if let Some(orphan) = self.entries.get_mut(txid) {
+            orphan.missing = parent;
+        }
+    }
+
+    /// Each orphan with the parent it was last found missing.
+    pub fn waiting(&self) -> impl Iterator<Item = (Txid, Txid)> + '_ {
+        self.entries.iter().map(|(txid, o)| (*txid, o.missing))
     }
 
     /// The orphan kept under `txid`.

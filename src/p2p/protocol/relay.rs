@@ -63,8 +63,9 @@ impl Protocol {
     }
 
     /// What a new tip changes for relay: empties `recent_rejects` when the
-    /// tip moved since it was filled; orphans the new tip confirmed leave
-    /// (one tx-index read per orphan kept, at most `MAX_ORPHANS`).
+    /// tip moved since it was filled; orphans the new tip confirmed leave,
+    /// and those whose missing parent it confirmed are judged again (two
+    /// tx-index reads per orphan kept, at most `MAX_ORPHANS`).
     pub(super) fn refresh_for_tip(&mut self) {
         let tip = self.reader.published().tip.0;
         if self.rejects_tip != Some(tip) {
@@ -86,6 +87,18 @@ impl Protocol {
                     .collect();
                 for txid in confirmed {
                     self.orphans.take(&txid);
+                }
+                // Those whose missing parent the tip confirmed are judged
+                // again: no pool entry would wake them (one more tx-index
+                // read per orphan).
+                let woken: Vec<Txid> = self
+                    .orphans
+                    .waiting()
+                    .filter(|(_, parent)| view.is_confirmed(parent).unwrap_or(false))
+                    .map(|(txid, _)| txid)
+                    .collect();
+                for txid in woken {
+                    self.queue_orphan(txid);
                 }
                 self.orphans_swept_tip = Some(tip);
             }
@@ -237,7 +250,10 @@ impl Protocol {
             self.orphans.take(&txid);
             return;
         }
-        match self.orphans.add(txid, tx, id, now) {
+        let added = self.orphans.add(txid, tx, id, now);
+        // Kept now or before (judged again, still missing an input).
+        self.orphans.set_missing(&txid, missing.txid);
+        match added {
             orphans::Added::Kept(parents) => {
                 // Parents are asked for without reading the store (a
                 // made-up orphan can name 750): a confirmed one is answered

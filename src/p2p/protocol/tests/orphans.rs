@@ -258,3 +258,22 @@ fn an_orphan_the_tip_confirms_leaves() {
     h.protocol.refresh_for_tip();
     assert!(!h.protocol.orphans.contains(&child.txid()));
 }
+
+/// An orphan whose missing parent comes in a block, not through the pool,
+/// is judged again at the new tip and enters the pool (it waited for its
+/// expiry before).
+#[test]
+fn an_orphan_whose_parent_a_block_confirms_is_judged_again() {
+    let (mut h, mut chain, parent, child) = parent_and_child_on();
+    ready_inbound(&mut h, 1);
+    h.message(1, Message::Tx(Box::new(child.clone())), h.now);
+    assert!(h.protocol.orphans.contains(&child.txid()));
+    let block = chain.build_block(key(1).pubkey_hash(), vec![parent]);
+    chain.apply(block.clone());
+    h.chain.process_block(Arc::new(block), None).unwrap();
+    h.protocol.refresh_for_tip();
+    assert!(h.protocol.has_orphan_work());
+    orphan_turn(&mut h);
+    assert!(in_pool(&h, &child.txid()));
+    assert!(!h.protocol.orphans.contains(&child.txid()));
+}
