@@ -58,6 +58,10 @@ pub(super) struct Orphan {
     /// until told, `set_missing`): a block that confirms it wakes the
     /// orphan (`waiting`), as a parent entering the pool does.
     missing: Txid,
+    /// Woken once for `missing` already (`woken`): an orphan still missing
+    /// an output of a confirmed parent (spent by then) is not judged again
+    /// at every tip.
+    woken_for_missing: bool,
 }
 
 /// The orphans, by txid, by the parents they wait for, and in a list for
@@ -129,6 +133,7 @@ impl Orphanage {
                 expires: now + ORPHAN_EXPIRY,
                 position: self.list.len() - 1,
                 missing,
+                woken_for_missing: false,
             },
         );
         self.limit(&mut rand::thread_rng());
@@ -142,13 +147,27 @@ impl Orphanage {
     /// Records that `txid` was found missing an output of `parent`.
     pub fn set_missing(&mut self, txid: &Txid, parent: Txid) {
         if let Some(orphan) = self.entries.get_mut(txid) {
-            orphan.missing = parent;
+            if orphan.missing != parent {
+                orphan.missing = parent;
+                orphan.woken_for_missing = false;
+            }
         }
     }
 
-    /// Each orphan with the parent it was last found missing.
+    /// Each orphan not yet woken for the parent it was last found missing,
+    /// with that parent.
     pub fn waiting(&self) -> impl Iterator<Item = (Txid, Txid)> + '_ {
-        self.entries.iter().map(|(txid, o)| (*txid, o.missing))
+        self.entries
+            .iter()
+            .filter(|(_, o)| !o.woken_for_missing)
+            .map(|(txid, o)| (*txid, o.missing))
+    }
+
+    /// Records that `txid` was woken for its missing parent.
+    pub fn woken(&mut self, txid: &Txid) {
+        if let Some(orphan) = self.entries.get_mut(txid) {
+            orphan.woken_for_missing = true;
+        }
     }
 
     /// The orphan kept under `txid`.

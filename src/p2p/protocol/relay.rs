@@ -98,6 +98,7 @@ impl Protocol {
                     .map(|(txid, _)| txid)
                     .collect();
                 for txid in woken {
+                    self.orphans.woken(&txid);
                     self.queue_orphan(txid);
                 }
                 self.orphans_swept_tip = Some(tip);

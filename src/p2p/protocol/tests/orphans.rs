@@ -277,3 +277,34 @@ fn an_orphan_whose_parent_a_block_confirms_is_judged_again() {
     assert!(in_pool(&h, &child.txid()));
     assert!(!h.protocol.orphans.contains(&child.txid()));
 }
+
+/// Woken once for a confirmed parent: an orphan still missing that
+/// parent's output (a block spent it elsewhere) waits for its expiry
+/// instead of being judged again at every tip.
+#[test]
+fn an_orphan_woken_for_a_confirmed_parent_is_not_woken_again_for_it() {
+    let (mut h, mut chain, parent, child) = parent_and_child_on();
+    ready_inbound(&mut h, 1);
+    h.message(1, Message::Tx(Box::new(child.clone())), h.now);
+    // The parent confirmed, with its output spent by a rival of the child.
+    let rival = signed_spend(
+        &[(OutPoint::new(parent.txid(), 0), parent.outputs[0], &key(2))],
+        vec![TxOut {
+            amount: Amount::from_units(parent.outputs[0].amount.units() - 20_000),
+            owner: key(4).pubkey_hash(),
+        }],
+    );
+    let block = chain.build_block(key(1).pubkey_hash(), vec![parent, rival]);
+    chain.apply(block.clone());
+    h.chain.process_block(Arc::new(block), None).unwrap();
+    h.protocol.refresh_for_tip();
+    assert!(h.protocol.has_orphan_work());
+    orphan_turn(&mut h);
+    assert!(!in_pool(&h, &child.txid()));
+    assert!(h.protocol.orphans.contains(&child.txid()), "still missing");
+    let block = chain.build_block(key(1).pubkey_hash(), Vec::new());
+    chain.apply(block.clone());
+    h.chain.process_block(Arc::new(block), None).unwrap();
+    h.protocol.refresh_for_tip();
+    assert!(!h.protocol.has_orphan_work());
+}
