@@ -94,14 +94,24 @@ fn spends(chain: &TestChain, count: usize, fresh: bool) -> Vec<Transaction> {
         .collect()
 }
 
-fn bench_acceptance(count: usize) {
+/// A chain of `count` coins of key(1) in a temp dir, and a spend of each
+/// (`spends`).
+fn chain_and_spends(
+    count: usize,
+    fresh: bool,
+) -> (tempfile::TempDir, chaincore::chain::Chain, Vec<Transaction>) {
     let test = fan_out_chain(count, |_| key(1).pubkey_hash());
-    let txs = spends(&test, count, false);
+    let txs = spends(&test, count, fresh);
     let dir = tempfile::tempdir().unwrap();
     let mut chain = chaincore::testkit::regtest_chain(dir.path());
     for block in &test.blocks[1..] {
         chain.process_block(Arc::new(block.clone()), None).unwrap();
     }
+    (dir, chain, txs)
+}
+
+fn bench_acceptance(count: usize) {
+    let (_dir, chain, txs) = chain_and_spends(count, false);
     let mut pool = Mempool::new(&chain, DEFAULT_MAX_MEMPOOL_BYTES);
     let start = Instant::now();
     for tx in txs {
@@ -375,13 +385,7 @@ fn bench_propagation(nodes: usize, txs_to_send: usize) {
 /// The pool's memory count against the heap it holds when every entry
 /// pays an address of its own (an owner slot each, beside its keys).
 fn bench_fresh_owner_memory(count: usize) {
-    let test = fan_out_chain(count, |_| key(1).pubkey_hash());
-    let txs = spends(&test, count, true);
-    let dir = tempfile::tempdir().unwrap();
-    let mut chain = chaincore::testkit::regtest_chain(dir.path());
-    for block in &test.blocks[1..] {
-        chain.process_block(Arc::new(block.clone()), None).unwrap();
-    }
+    let (_dir, chain, txs) = chain_and_spends(count, true);
     let mut pool = Mempool::new(&chain, DEFAULT_MAX_MEMPOOL_BYTES);
     for tx in txs {
         pool.accept(&chain, tx).expect("valid transaction");

@@ -1039,14 +1039,7 @@ impl Mempool {
         chain: &dyn TipState,
         tx: Transaction,
     ) -> Result<Result<Txid, MempoolError>, Transaction> {
-        if !self.ready_for_newcomer(chain) {
-            return Err(tx);
-        }
-        let result = self.accept_inner(chain, tx, unix_now(), SignatureChecks::On);
-        if let Ok(txid) = result {
-            self.announce.push(txid);
-        }
-        Ok(result)
+        self.try_admit(chain, tx, None)
     }
 
     /// As `try_accept` without the signature checks: every other check of
@@ -1087,11 +1080,23 @@ impl Mempool {
         tx: Transaction,
         verified: &[TxOut],
     ) -> Result<Result<Txid, MempoolError>, Transaction> {
+        self.try_admit(chain, tx, Some(verified))
+    }
+
+    /// A newcomer judged against `chain` (`Err(tx)` when it cannot be
+    /// now), its signatures checked unless they hold for `verified`, the
+    /// outputs its inputs spend now; announced once added.
+    fn try_admit(
+        &mut self,
+        chain: &dyn TipState,
+        tx: Transaction,
+        verified: Option<&[TxOut]>,
+    ) -> Result<Result<Txid, MempoolError>, Transaction> {
         if !self.ready_for_newcomer(chain) {
             return Err(tx);
         }
         let result = self.check_new(chain, &tx).and_then(|checked| {
-            if checked.spent != verified {
+            if verified != Some(&checked.spent[..]) {
                 verify_tx_signatures(&tx, &checked.spent).map_err(MempoolError::Invalid)?;
             }
             self.insert(tx, checked, unix_now())
