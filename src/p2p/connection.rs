@@ -27,6 +27,9 @@ use tokio_util::sync::CancellationToken;
 use super::protocol::PeerId;
 use super::traffic::{TRAFFIC, UNKNOWN_COMMAND};
 use super::Event;
+use crate::consensus::block::{BlockHeader, HEADER_LEN};
+use crate::consensus::hash::BlockHash;
+use crate::encoding::Decode;
 use crate::wire::constants::{
     DECODED_TX_BYTES_PER_PAYLOAD_BYTE, FRAME_HEADER_LEN, MAX_PAYLOAD, PEER_INBOUND_QUEUE_BYTES,
     PEER_MESSAGES_PER_SEC, PEER_MESSAGE_BURST, PEER_SEND_QUEUE, PEER_WRITE_STALL_TIMEOUT,
@@ -126,6 +129,18 @@ fn inbound_cost(command: &str, payload_len: usize) -> u32 {
         _ => 2,
     };
     (per_byte * payload_len + QUEUED_MESSAGE_OVERHEAD_BYTES) as u32
+}
+
+/// The hash of the block a `block` frame carries, from its first
+/// `HEADER_LEN` bytes (a block's encoding starts with its header): known
+/// before the frame is decoded or admitted. A frame whose body then fails
+/// to decode ends the connection, so the hash names what the peer sent.
+fn block_frame_hash(frame: &RawFrame) -> Option<BlockHash> {
+    if frame.command != "block" {
+        return None;
+    }
+    let header = frame.payload.get(..HEADER_LEN)?;
+    BlockHeader::from_bytes(header).ok().map(|h| h.hash())
 }
 
 /// A writer that records when it last moved bytes, so that a write that
@@ -240,6 +255,15 @@ pub async fn run(
                         break;
                     }
                 };
+                // A block has arrived once its frame has, however long it
+                // then waits for the budgets below (behind a chain task
+                // busy connecting): the protocol stops its stall clock now,
+                // or a throttled honest peer would be dropped as stalling.
+                if let Some(hash) = block_frame_hash(&frame) {
+                    if events.send(Event::BlockArrived(id, hash)).await.is_err() {
+                        break;
+                    }
+                }
                 if let Some(wait) = budget.take() {
                     tokio::time::sleep(wait).await;
                 }
@@ -343,4 +367,37 @@ async fn write_frames(
         }
     }
     close.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consensus::params::Network;
+    use crate::encoding::Encode;
+
+    #[test]
+    fn a_block_frame_is_known_by_its_header_before_it_is_decoded() {
+        let block = &Network::Regtest.params().genesis_block();
+        let mut payload = block.to_bytes();
+        let frame = |command: &str, payload: &[u8]| RawFrame {
+            command: command.to_string(),
+            payload: Bytes::copy_from_slice(payload),
+        };
+        assert_eq!(
+            block_frame_hash(&frame("block", &payload)),
+            Some(block.hash())
+        );
+        // The body is not looked at: a frame cut after the header names the
+        // same block (its decoding fails later and ends the connection).
+        payload.truncate(HEADER_LEN);
+        assert_eq!(
+            block_frame_hash(&frame("block", &payload)),
+            Some(block.hash())
+        );
+        assert_eq!(
+            block_frame_hash(&frame("block", &payload[..HEADER_LEN - 1])),
+            None
+        );
+        assert_eq!(block_frame_hash(&frame("tx", &block.to_bytes())), None);
+    }
 }

@@ -66,6 +66,9 @@ pub enum Event {
     },
     /// A received message, with the memory it is held against.
     Message(PeerId, Message, InboundPermit),
+    /// A `block` frame with this header's hash was received whole; its
+    /// message follows once the inbound budgets have room for it.
+    BlockArrived(PeerId, crate::consensus::hash::BlockHash),
     Violation(PeerId, &'static str),
     UnknownCommand(PeerId, String),
     Disconnected(PeerId),
@@ -560,13 +563,8 @@ fn run_protocol(
                     links.insert(id, link);
                     actions.extend(protocol.on_connected(id, addr, dialed, now));
                 }
-                Event::Message(id, message, permit) => {
-                    if let Message::Block(block) = &message {
-                        // It arrived now, however long it waits for its turn.
-                        protocol.on_block_arrived(id, block.hash());
-                    }
-                    inbound.push(id, message, permit);
-                }
+                Event::Message(id, message, permit) => inbound.push(id, message, permit),
+                Event::BlockArrived(id, hash) => protocol.on_block_arrived(id, hash),
                 Event::Violation(id, reason) => actions.extend(protocol.on_violation(id, reason)),
                 Event::UnknownCommand(id, command) => protocol.on_unknown_command(id, &command),
                 Event::Disconnected(id) => {
