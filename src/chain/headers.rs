@@ -15,7 +15,10 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 use primitive_types::U256;
 
 use super::block_index::BlockIndex;
-use super::{HeaderAnchor, DOWNLOAD_SCAN_STRETCH, NEAR_TIP_MARGIN_BLOCKS};
+use super::{
+    HeaderAnchor, DOWNLOAD_SCAN_STRETCH, MAX_UNREQUESTED_BLOCKS_AHEAD, NEAR_TIP_MARGIN_BLOCKS,
+};
+use crate::consensus::block::BlockHeader;
 use crate::consensus::hash::BlockHash;
 use crate::consensus::pow::work_from_compact;
 use crate::store::schema::{status, BlockIndexEntry};
@@ -77,6 +80,24 @@ impl HeaderTree {
         self.index
             .get(hash)
             .is_some_and(|e| e.has(status::HAVE_DATA))
+    }
+
+    /// Whether a block nobody asked for, with this header, may be stored:
+    /// its chain has at least the tip's work and the minimum chain work,
+    /// and it is not too far ahead of the tip to be connected soon (Bitcoin
+    /// Core's `AcceptBlock`). Judged from the header alone, before the body
+    /// is checked; `None` when its parent is unknown.
+    pub fn unrequested_block_wanted(&self, header: &BlockHeader) -> Option<bool> {
+        let parent = self.index.get(&header.prev_hash)?;
+        let tip = self.tip_entry();
+        let work = parent
+            .chain_work
+            .saturating_add(work_from_compact(header.bits));
+        Some(
+            work >= tip.chain_work
+                && work >= self.minimum_chain_work
+                && parent.height < tip.height.saturating_add(MAX_UNREQUESTED_BLOCKS_AHEAD),
+        )
     }
 
     /// `hash` as the start of a header chain, with the times of up to

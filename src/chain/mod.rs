@@ -51,8 +51,9 @@ use crate::consensus::params::{ChainParams, Network};
 use crate::consensus::pow::{median_time_past, next_work_required, work_from_compact};
 use crate::consensus::transaction::OutPoint;
 use crate::consensus::validation::{
-    check_block, check_block_spends, check_header_contextual, verify_block_signatures,
-    BlockContext, BlockError, SignatureChecks, Utxo, UtxoView, UtxoViewError,
+    check_block, check_block_spends, check_header_contextual, check_header_hashed,
+    verify_block_signatures, BlockContext, BlockError, SignatureChecks, Utxo, UtxoView,
+    UtxoViewError,
 };
 use crate::encoding::Encode;
 use crate::store::digest::UtxoDigest;
@@ -903,6 +904,26 @@ impl Chain {
         if self.orphans.contains(&hash) {
             return Ok(BlockOutcome::Orphan);
         }
+        // Before the body is checked: a stranger's block that would not be
+        // kept costs no merkle tree (and may be resent at will). Only blocks
+        // the node asked for or produced wait for their parent; a
+        // stranger's block that connects to nothing is not kept (the peer
+        // is asked for headers instead).
+        if !requested {
+            // Its own proof of work first (one hash): a block without it is
+            // invalid whatever its chain, and its sender is blamed.
+            if let Err(error) = check_header_hashed(&block.header, &hash, self.params) {
+                return Ok(BlockOutcome::Invalid(error));
+            }
+            match self.tree.unrequested_block_wanted(&block.header) {
+                Some(true) => {}
+                Some(false) => {
+                    tracing::debug!(%hash, "unrequested block on a low-work chain: dropped");
+                    return Ok(BlockOutcome::NotStored);
+                }
+                None => return Ok(BlockOutcome::Orphan),
+            }
+        }
         if let Err(error) = check_block(&block, self.params) {
             // A body error marks the header invalid only when the header
             // commits to this very body (its merkle root matches, the tree
@@ -919,12 +940,9 @@ impl Chain {
             return Ok(BlockOutcome::Invalid(error));
         }
         let Some(parent) = self.tree.index.get(&block.header.prev_hash).copied() else {
-            // Only blocks the node asked for or produced wait for their
-            // parent; a stranger's block that connects to nothing is not
-            // kept (the peer is asked for headers instead).
-            if requested {
-                self.orphans.insert(block, source, Instant::now());
-            }
+            // Asked for (unrequested ones left above): it waits for its
+            // parent.
+            self.orphans.insert(block, source, Instant::now());
             return Ok(BlockOutcome::Orphan);
         };
         let height = parent.height + 1;
@@ -936,10 +954,6 @@ impl Chain {
             tx_count: block.transactions.len() as u32,
             size: block.encoded_len() as u32,
         };
-        if !requested && !self.worth_storing_unrequested(&entry) {
-            tracing::debug!(%hash, height, "unrequested block on a low-work chain: dropped");
-            return Ok(BlockOutcome::NotStored);
-        }
         // A block whose parent failed, or that breaks a contextual rule, is
         // refused without being indexed (as its header would be): either
         // costs its sender only the lowest difficulty's work, and an entry
@@ -971,16 +985,6 @@ impl Chain {
         self.tree.index.mark_received(&hash);
         self.link_descendants(hash);
         Ok(BlockOutcome::Accepted { hash, height })
-    }
-
-    /// Whether a block nobody asked for may be stored: its chain has at
-    /// least the tip's work and the minimum chain work, and it is not too far
-    /// ahead of the tip to be connected soon.
-    fn worth_storing_unrequested(&self, entry: &BlockIndexEntry) -> bool {
-        let tip = self.tip_entry();
-        entry.chain_work >= tip.chain_work
-            && entry.chain_work >= self.tree.minimum_chain_work
-            && entry.height <= tip.height.saturating_add(MAX_UNREQUESTED_BLOCKS_AHEAD)
     }
 
     /// Marks a block (and its descendants) invalid by the operator's decision,

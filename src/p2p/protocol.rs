@@ -242,6 +242,8 @@ struct Peer {
     headers_sync: Option<Box<HeadersSync>>,
     /// When to ask the peer for headers again after a time-too-new refusal.
     headers_retry_at: Option<Instant>,
+    /// When we last sent the peer a `getheaders` it has not answered.
+    getheaders_sent: Option<Instant>,
     stalls: u32,
     ping: Option<(u64, Instant)>,
     last_ping_sent: Instant,
@@ -518,7 +520,7 @@ impl Protocol {
             }
             Message::GetAddr => self.on_getaddr(id, &mut actions),
             Message::Addr(entries) => self.on_addr(id, entries, now),
-            Message::Inv(items) => self.on_inv(id, items, &mut actions),
+            Message::Inv(items) => self.on_inv(id, items, now, &mut actions),
             Message::GetData(items) => self.on_getdata(id, items),
             Message::NotFound(items) => self.on_notfound(id, items, now, &mut actions),
             Message::GetHeaders(request) => {

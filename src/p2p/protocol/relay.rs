@@ -463,8 +463,13 @@ impl Protocol {
         self.reader.published().catching_up
     }
 
-    pub(super) fn on_inv(&mut self, id: PeerId, items: Vec<InvItem>, actions: &mut Vec<Action>) {
-        let now = Instant::now();
+    pub(super) fn on_inv(
+        &mut self,
+        id: PeerId,
+        items: Vec<InvItem>,
+        now: Instant,
+        actions: &mut Vec<Action>,
+    ) {
         let catching_up = self.catching_up();
         self.refresh_for_tip();
         // One lock at a time: the header tree's, then the pool's.
@@ -499,7 +504,7 @@ impl Protocol {
             sweep_tx_queue(peer, id, &self.tx_requests);
         }
         if ask_headers {
-            self.send_getheaders(id, now, actions);
+            self.maybe_send_getheaders(id, now, actions);
         }
         self.request_txs(now, actions);
     }

@@ -51,6 +51,7 @@ impl Protocol {
                 best_known: None,
                 in_flight: HashMap::new(),
                 arrived: HashSet::new(),
+                getheaders_sent: None,
                 not_found: BoundedSet::default(),
                 block_notfound: 0,
                 getdata: VecDeque::new(),

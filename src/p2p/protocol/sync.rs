@@ -15,6 +15,9 @@ impl Protocol {
     pub(super) fn send_getheaders(&mut self, id: PeerId, now: Instant, actions: &mut Vec<Action>) {
         let locator = self.reader.headers().read().locator();
         self.headers_request = Some((id, now));
+        if let Some(peer) = self.peers.get_mut(&id) {
+            peer.getheaders_sent = Some(now);
+        }
         actions.push(Action::Send(
             id,
             Message::GetHeaders(GetHeaders {
@@ -22,6 +25,25 @@ impl Protocol {
                 stop: Hash256::ZERO,
             }),
         ));
+    }
+
+    /// `send_getheaders` for what a peer sent of its own accord (an `inv`
+    /// of an unknown block, a block whose parent is unknown): not while
+    /// the peer has one of ours unanswered, younger than
+    /// `HEADERS_RESPONSE_TIMEOUT` (Bitcoin Core's `MaybeSendGetHeaders`),
+    /// so that a stream of 37-byte messages cannot each make us build a
+    /// locator and send it.
+    pub(super) fn maybe_send_getheaders(
+        &mut self,
+        id: PeerId,
+        now: Instant,
+        actions: &mut Vec<Action>,
+    ) {
+        let waiting = self.peers.get(&id).and_then(|p| p.getheaders_sent);
+        if waiting.is_some_and(|sent| now.duration_since(sent) < HEADERS_RESPONSE_TIMEOUT) {
+            return;
+        }
+        self.send_getheaders(id, now, actions);
     }
 
     pub(super) fn on_headers(
@@ -33,6 +55,9 @@ impl Protocol {
     ) {
         if self.headers_request.is_some_and(|(p, _)| p == id) {
             self.headers_request = None;
+        }
+        if let Some(peer) = self.peers.get_mut(&id) {
+            peer.getheaders_sent = None;
         }
         if headers.is_empty() {
             return;
@@ -362,6 +387,28 @@ impl Protocol {
         if self.in_flight.get(&hash) == Some(&id) {
             self.in_flight.remove(&hash);
         }
+        if !requested {
+            // What the chain would drop unseen is dropped here, freeing its
+            // memory at once instead of behind a chain task busy
+            // connecting: a block already stored, or one on a chain with
+            // too little work. One whose parent the published tree lacks
+            // goes on: the parent may be queued for the chain task ahead
+            // of it.
+            let (stored, wanted) = {
+                let tree = self.reader.headers().read();
+                (
+                    tree.has_block(&hash),
+                    tree.unrequested_block_wanted(&block.header),
+                )
+            };
+            // A block without its own proof of work goes on to the chain,
+            // which refuses it and blames its sender.
+            let worked = check_header_hashed(&block.header, &hash, self.reader.params()).is_ok();
+            if worked && (stored || wanted == Some(false)) {
+                tracing::debug!(peer = id, %hash, stored, "unrequested block dropped unjudged");
+                return;
+            }
+        }
         self.processing.insert(hash, id);
         self.await_judgement(id, Work::Block);
         actions.push(Action::ProcessBlock {
@@ -430,7 +477,7 @@ impl Protocol {
             Ok(BlockOutcome::InvalidAncestor) => {
                 self.misbehaving(id, "block_on_invalid_chain", actions)
             }
-            Ok(BlockOutcome::Orphan) => self.send_getheaders(id, now, actions),
+            Ok(BlockOutcome::Orphan) => self.maybe_send_getheaders(id, now, actions),
             Ok(BlockOutcome::Deferred(error)) => {
                 tracing::info!(peer = id, %hash, %error, "block refused for now");
                 let peer = self.peers.get_mut(&id).expect("checked");

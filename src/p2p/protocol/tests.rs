@@ -589,11 +589,73 @@ fn an_unrequested_low_work_block_is_dropped_without_blame() {
     ready_inbound(&mut h, 1);
     let mut fork = TestChain::new(Network::Regtest);
     let block = fork.mine_empty(key(2).pubkey_hash()).clone();
-    let actions = h.message(1, Message::Block(Box::new(block.clone())), h.now);
-    let actions = h.inline(actions, h.now);
-    assert_eq!(disconnected(&actions, 1), None);
+    // Dropped by the protocol from its header alone, unjudged: neither the
+    // chain task's time nor, meanwhile, the block's memory. A body that
+    // does not match the header is not looked at either, nor blamed.
+    let mut broken = block.clone();
+    broken.transactions.clear();
+    for sent in [block.clone(), broken, block.clone()] {
+        let actions = h
+            .protocol
+            .on_message(1, Message::Block(Box::new(sent)), h.now);
+        assert!(
+            !actions
+                .iter()
+                .any(|a| matches!(a, Action::ProcessBlock { .. })),
+            "{actions:?}"
+        );
+        let actions = h.inline(actions, h.now);
+        assert_eq!(disconnected(&actions, 1), None);
+    }
     assert_eq!(index_len(&h), 21);
     assert!(!h.chain.tree().has_block(&block.hash()));
+    // The chain, asked directly, drops it before checking its body too.
+    let mut broken = block.clone();
+    broken.transactions.clear();
+    let outcome = h.chain.process_new_block(Arc::new(broken), Some(1), false);
+    assert!(
+        matches!(outcome, Ok(BlockOutcome::NotStored)),
+        "{outcome:?}"
+    );
+}
+
+#[test]
+fn an_unrequested_block_without_its_own_work_is_blamed_whatever_its_parent() {
+    let mut chain = TestChain::new(Network::Regtest);
+    chain.mine_empty(key(1).pubkey_hash());
+    let mut h = harness(&chain.blocks[1..]);
+    ready_inbound(&mut h, 1);
+    // Bits far harder than its hash meets, on a parent nobody knows: not
+    // a stranger's orphan to ask headers for, but an invalid block.
+    let mut junk = chain.blocks[1].clone();
+    junk.header.prev_hash = Hash256([3; 32]);
+    junk.header.bits = 0x1d00ffff;
+    let actions = h.message(1, Message::Block(Box::new(junk)), h.now);
+    assert_eq!(
+        disconnected(&actions, 1),
+        Some("invalid_block"),
+        "{actions:?}"
+    );
+}
+
+#[test]
+fn an_unrequested_block_already_stored_is_dropped_unjudged() {
+    let mut chain = TestChain::new(Network::Regtest);
+    for _ in 0..3 {
+        chain.mine_empty(key(1).pubkey_hash());
+    }
+    let mut h = harness(&chain.blocks[1..]);
+    ready_inbound(&mut h, 1);
+    let actions =
+        h.protocol
+            .on_message(1, Message::Block(Box::new(chain.blocks[2].clone())), h.now);
+    assert!(
+        !actions
+            .iter()
+            .any(|a| matches!(a, Action::ProcessBlock { .. })),
+        "{actions:?}"
+    );
+    assert_eq!(disconnected(&actions, 1), None);
 }
 
 fn block_items(blocks: &[crate::consensus::block::Block]) -> Vec<InvItem> {
@@ -1093,4 +1155,33 @@ fn a_bounded_set_forgets_its_oldest_past_its_bound() {
     assert_eq!((set.set.len(), set.order.len()), (60, 60));
     set.clear();
     assert!(!set.contains(&hash(99)));
+}
+
+#[test]
+fn block_announcements_ask_for_headers_once_per_answer() {
+    let mut h = harness(&[]);
+    ready_inbound(&mut h, 1);
+    let unknown = |n: u8| {
+        Message::Inv(vec![InvItem {
+            kind: InvKind::Block,
+            hash: Hash256([n; 32]),
+        }])
+    };
+    // The handshake's getheaders is unanswered: a stream of announcements
+    // of unknown blocks asks for nothing more meanwhile.
+    for n in 0..100 {
+        let actions = h.message(1, unknown(n), h.now);
+        assert!(getheaders_locator(&actions, 1).is_none(), "{actions:?}");
+    }
+    // An answer (even an empty one) lets the next announcement ask again,
+    // once.
+    h.message(1, Message::Headers(Vec::new()), h.now);
+    let actions = h.message(1, unknown(100), h.now);
+    assert!(getheaders_locator(&actions, 1).is_some(), "{actions:?}");
+    let actions = h.message(1, unknown(101), h.now);
+    assert!(getheaders_locator(&actions, 1).is_none(), "{actions:?}");
+    // So does a request left unanswered past the timeout.
+    let later = h.now + HEADERS_RESPONSE_TIMEOUT + Duration::from_secs(1);
+    let actions = h.message(1, unknown(102), later);
+    assert!(getheaders_locator(&actions, 1).is_some(), "{actions:?}");
 }
