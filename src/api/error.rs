@@ -63,6 +63,11 @@ static INCIDENTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::n
 /// Most characters of a client's input an error message quotes back.
 pub const MAX_QUOTED_CHARS: usize = 80;
 
+/// Most characters of an extractor's rejection message answered (see
+/// `ApiError::from_rejection`): room for serde's explanation and a quoted
+/// value of `MAX_QUOTED_CHARS`.
+const MAX_REJECTION_CHARS: usize = 200;
+
 /// `input` quoted for an error message, cut to `MAX_QUOTED_CHARS`
 /// characters (a path segment may be 64 KB).
 pub fn quoted(input: &str) -> String {
@@ -104,7 +109,13 @@ impl ApiError {
     /// An axum extractor's rejection (bad JSON, body too large, ...) as our
     /// JSON error, keeping its status.
     pub fn from_rejection(rejection: impl IntoResponse + std::fmt::Display) -> ApiError {
-        let message = rejection.to_string();
+        // Serde's text may quote the client's input whole (a 200 kB string
+        // where a list was expected): cut as `quoted` cuts.
+        let text = rejection.to_string();
+        let message = match text.char_indices().nth(MAX_REJECTION_CHARS) {
+            Some((cut, _)) => format!("{}...", &text[..cut]),
+            None => text,
+        };
         let status = rejection.into_response().status();
         ApiError {
             status,
@@ -128,6 +139,35 @@ mod tests {
         let long = "é".repeat(10_000);
         let q = quoted(&long);
         assert_eq!(q, format!("{:?}...", "é".repeat(MAX_QUOTED_CHARS)));
+    }
+
+    #[test]
+    fn a_rejection_quoting_a_long_input_is_cut() {
+        let long = format!(
+            "invalid type: string {:?}, expected a sequence",
+            "a".repeat(200_000)
+        );
+        let error = ApiError::from_rejection(Rejection(long));
+        assert_eq!(error.code, "invalid-body");
+        assert_eq!(error.message.chars().count(), MAX_REJECTION_CHARS + 3);
+        assert!(error.message.starts_with("invalid type: string \"aaa"));
+        let short = ApiError::from_rejection(Rejection("missing field `x`".into()));
+        assert_eq!(short.message, "missing field `x`");
+    }
+
+    /// A rejection as axum's: a status and a text.
+    struct Rejection(String);
+
+    impl std::fmt::Display for Rejection {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(&self.0)
+        }
+    }
+
+    impl IntoResponse for Rejection {
+        fn into_response(self) -> Response {
+            (StatusCode::UNPROCESSABLE_ENTITY, self.0).into_response()
+        }
     }
 
     #[test]

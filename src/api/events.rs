@@ -88,6 +88,7 @@ fn parse_watch(state: &ApiState, q: &EventsQuery) -> Result<Watch, ApiError> {
 
 pub async fn events(
     State(state): State<ApiState>,
+    axum::extract::ConnectInfo(client): axum::extract::ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
     Query(q): Query<EventsQuery>,
 ) -> Result<Response, ApiError> {
@@ -103,7 +104,8 @@ pub async fn events(
                     ApiError::bad_request(
                         "invalid-event-id",
                         format!(
-                            "Last-Event-ID {value:?} is not HEIGHT:BLOCK_HASH:SEQ (SEQ a number or \"end\")"
+                            "Last-Event-ID {} is not HEIGHT:BLOCK_HASH:SEQ (SEQ a number or \"end\")",
+                            super::error::quoted(&String::from_utf8_lossy(value.as_bytes()))
                         ),
                     )
                 })?,
@@ -117,6 +119,21 @@ pub async fn events(
     }
     // Subscribe before the first view: whatever happens after it is either
     // in the view or announced to this receiver.
+    // The client's share first (loopback has none): no client takes every
+    // subscriber slot.
+    let client_slot = state
+        .pool_views
+        .subscribers
+        .take(client.ip(), crate::events::MAX_SUBSCRIBERS)
+        .ok_or_else(|| {
+            ApiError::unavailable(
+                "too-many-subscribers",
+                format!(
+                    "this client holds {} event streams, the most one client may (or other clients hold theirs)",
+                    super::pool_views::MAX_SUBSCRIBERS_PER_CLIENT
+                ),
+            )
+        })?;
     let (hub, slot) = state.events.subscribe().ok_or_else(|| {
         ApiError::unavailable(
             "too-many-subscribers",
@@ -128,11 +145,12 @@ pub async fn events(
     })?;
     let from_height = q.from_height;
     let first_watch = watch.clone();
-    // A replay reads up to `MAX_CATCH_UP_BLOCKS` blocks: it waits for one
-    // of the permits of the routes that read blocks (503 when they stay
-    // taken), so reconnecting clients cannot hold every core.
+    // A replay's first pass may read up to `MAX_CATCH_UP_BLOCKS` blocks:
+    // it waits for a replay permit (503 when it stays taken), so
+    // reconnecting clients can neither hold every core nor the permits
+    // wallets' reads take.
     let (start, pass) = state
-        .with_chain_reads(move |view, _| {
+        .with_replay_reads(move |view, _| {
             let tip = view.tip();
             let start = match (resume, from_height) {
                 (Some(id), _) => id,
@@ -199,7 +217,7 @@ pub async fn events(
         close_reason: close_reason.clone(),
     };
     tokio::spawn(async move {
-        let _slot = slot;
+        let _slot = (slot, client_slot);
         subscriber.run(hub, ready, replayed).await
     });
 

@@ -124,8 +124,10 @@ pub async fn blocks(
     State(state): State<ApiState>,
     Query(q): Query<BlocksQuery>,
 ) -> Result<Response, ApiError> {
+    // Up to 100 blocks, each with its median time past: about 1 200
+    // index reads, so it takes a chain-read permit.
     state
-        .with_view(move |chain| blocks_page(chain, q.start_height, q.limit))
+        .with_chain_reads(move |chain, _| blocks_page(chain, q.start_height, q.limit))
         .await
 }
 
@@ -142,7 +144,7 @@ pub async fn blocks_from(
 ) -> Result<Response, ApiError> {
     let start = parse_height(&start)?;
     state
-        .with_view(move |chain| blocks_page(chain, Some(start), q.limit))
+        .with_chain_reads(move |chain, _| blocks_page(chain, Some(start), q.limit))
         .await
 }
 
@@ -889,10 +891,11 @@ async fn utxo_list(
         .await
 }
 
-/// `GET /address/{address}/utxo`: esplora's list of unspent outputs:
-/// those created by pool transactions, then the confirmed ones (in
-/// outpoint order) that no pool transaction spends. `?limit=N&cursor=
-/// TXID:VOUT` pages through the confirmed ones.
+/// `GET /address/{address}/utxo`: esplora's list of unspent outputs: the
+/// confirmed ones (in outpoint order) that no pool transaction spends,
+/// then, on the first page, those created by pool transactions (as
+/// esplora and electrs order them). `?limit=N&cursor=TXID:VOUT` pages
+/// through the confirmed ones.
 pub async fn address_utxo(
     State(state): State<ApiState>,
     Path(address): Path<String>,
@@ -1292,13 +1295,13 @@ pub async fn peers(
     headers: axum::http::HeaderMap,
 ) -> Json<Value> {
     let mut peers = serde_json::to_value(state.network.status().peers).unwrap_or(Value::Null);
-    // Who connected to the node (a wallet, a miner, a home node) is the
-    // operator's to know: others get `null` for an inbound peer's address.
+    // Who connected to the node (a wallet, a miner, a home node) and whom
+    // it chose to connect to (the peers an attacker would have to replace
+    // to isolate it) are the operator's to know: others get `null` for
+    // every peer's address, as Bitcoin Core keeps `getpeerinfo` to its RPC.
     if !super::admin::is_admin(&client, &headers, state.admin_token.as_deref()) {
         for peer in peers.as_array_mut().into_iter().flatten() {
-            if peer["inbound"] == Value::Bool(true) {
-                peer["addr"] = Value::Null;
-            }
+            peer["addr"] = Value::Null;
         }
     }
     Json(peers)

@@ -117,11 +117,29 @@ impl Client {
     }
 }
 
-/// Open connections by client.
-#[derive(Debug, Default)]
-pub struct ClientCounts(Mutex<HashMap<Client, usize>>);
+/// Open connections (or other slots: event streams) by client, each
+/// client holding at most `per_client`.
+#[derive(Debug)]
+pub struct ClientCounts {
+    counts: Mutex<HashMap<Client, usize>>,
+    per_client: usize,
+}
+
+impl Default for ClientCounts {
+    /// Connections: `MAX_API_CONNECTIONS_PER_CLIENT` per client.
+    fn default() -> ClientCounts {
+        ClientCounts::new(MAX_API_CONNECTIONS_PER_CLIENT)
+    }
+}
 
 impl ClientCounts {
+    pub fn new(per_client: usize) -> ClientCounts {
+        ClientCounts {
+            counts: Mutex::default(),
+            per_client,
+        }
+    }
+
     /// A place for one more connection of `ip`'s client, of `max` slots in
     /// all: `Some(None)` for loopback (not counted), `None` when the client
     /// holds its share or clients other than loopback hold theirs
@@ -130,13 +148,13 @@ impl ClientCounts {
         let Some(client) = Client::of(ip) else {
             return Some(None);
         };
-        let mut counts = self.0.lock().expect("client counts lock");
+        let mut counts = self.counts.lock().expect("client counts lock");
         let remote: usize = counts.values().sum();
         if !remote_may_connect(remote, max) {
             return None;
         }
         let count = counts.entry(client).or_insert(0);
-        if *count >= MAX_API_CONNECTIONS_PER_CLIENT {
+        if *count >= self.per_client {
             return None;
         }
         *count += 1;
@@ -149,7 +167,7 @@ impl ClientCounts {
     /// Connections `ip`'s client holds.
     pub fn count(&self, ip: IpAddr) -> usize {
         Client::of(ip).map_or(0, |client| {
-            self.0
+            self.counts
                 .lock()
                 .expect("client counts lock")
                 .get(&client)
@@ -168,7 +186,7 @@ pub struct ClientSlot {
 
 impl Drop for ClientSlot {
     fn drop(&mut self) {
-        let mut counts = self.counts.0.lock().expect("client counts lock");
+        let mut counts = self.counts.counts.lock().expect("client counts lock");
         if let Some(count) = counts.get_mut(&self.client) {
             *count -= 1;
             if *count == 0 {
@@ -457,7 +475,7 @@ mod tests {
             .is_some());
         held.clear();
         assert_eq!(counts.count(ip), 0);
-        assert!(counts.0.lock().unwrap().is_empty());
+        assert!(counts.counts.lock().unwrap().is_empty());
     }
 
     #[test]

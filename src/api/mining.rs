@@ -22,7 +22,7 @@ use crate::consensus::block::{Block, BlockHeader, HEADER_LEN};
 use crate::consensus::hash::Hash256;
 use crate::consensus::pow::target_from_compact;
 use crate::encoding::{Decode, Encode};
-use crate::node::producer::{node_template, NodeTemplate};
+use crate::node::producer::{build_template, node_template, NodeTemplate};
 
 /// Templates remembered for header-only submissions (each up to a full
 /// block, so at most 32 MB).
@@ -109,44 +109,117 @@ pub async fn template(
     let address = q
         .address
         .ok_or_else(|| ApiError::bad_request("missing-address", "pass ?address= to be paid"))?;
-    let templates = state.templates.clone();
+    let owner = move |payout: PubKeyHash| TemplateOwner::of(client.ip(), payout);
+    // The choice of pool transactions made for the last template, reused
+    // at the same tip for `SELECTION_REUSE` with a new coinbase: a client
+    // asking in a loop costs a block's assembly, not the pool's lock for a
+    // selection and a check of the whole block each time.
+    let (templates, selection) = (state.templates.clone(), state.pool_views.clone());
+    let (reuse_address, reuse_templates) = (address.clone(), templates.clone());
+    let reused = state
+        .with_chain_reads(move |chain, _| {
+            let payout = super::explorer::address_of(chain, &reuse_address)?;
+            at_writers_tip(chain)?;
+            let chosen = selection
+                .template_selection
+                .lock()
+                .expect("template selection lock")
+                .clone()
+                .filter(|s| s.tip == chain.tip().hash && s.chosen_at.elapsed() < SELECTION_REUSE);
+            let Some(chosen) = chosen else {
+                return Ok(None);
+            };
+            let template = build_template(
+                chain,
+                payout.hash,
+                rand::random(),
+                chosen.fees,
+                chosen.txs.as_ref().clone(),
+            )
+            .map_err(ApiError::internal)?;
+            answer(chain, template, &reuse_templates, owner(payout.hash)).map(Some)
+        })
+        .await?;
+    if let Some(answer) = reused {
+        return Ok(answer);
+    }
+    let selection = state.pool_views.clone();
     state
         .with_pool_permit(move |chain, pool| {
             let payout = super::explorer::address_of(chain, &address)?;
-            // A view behind the writer (a catch-up not yet written, or a
-            // block connecting now) would have miners work on a stale parent.
-            if chain.tip().hash != chain.published().tip.0 {
-                return Err(ApiError::unavailable(
-                    "not-at-tip",
-                    "the node is catching up or connecting a block: ask again shortly",
-                ));
-            }
-            let NodeTemplate { block, fees, ctx } =
-                node_template(chain, pool, payout.hash, rand::random())
-                    .map_err(ApiError::internal)?;
-            let header = block.header;
-            let target = target_from_compact(header.bits).map_err(ApiError::internal)?;
-            let value = json!({
-                "height": ctx.height,
-                "prev_hash": header.prev_hash,
-                "bits": format!("{:08x}", header.bits),
-                "target": format!("{target:064x}"),
-                "time": header.time,
-                "min_time": ctx.median_time_past + 1,
-                "max_time": ctx.now + chain.params().max_future_block_time_secs,
-                "coinbase_value": block.transactions[0].outputs[0].amount.units(),
-                "fees": fees.units(),
-                "tx_count": block.transactions.len(),
-                "header_hex": hex::encode(block.header.to_array()),
-                "block_hex": hex::encode(block.to_bytes()),
-            });
-            templates
+            at_writers_tip(chain)?;
+            let template = node_template(chain, pool, payout.hash, rand::random())
+                .map_err(ApiError::internal)?;
+            *selection
+                .template_selection
                 .lock()
-                .expect("templates lock")
-                .remember(TemplateOwner::of(client.ip(), payout.hash), block);
-            Ok(Json(value))
+                .expect("template selection lock") = Some(Selection {
+                tip: chain.tip().hash,
+                chosen_at: std::time::Instant::now(),
+                txs: Arc::new(template.block.transactions[1..].to_vec()),
+                fees: template.fees,
+            });
+            answer(chain, template, &templates, owner(payout.hash))
         })
         .await
+}
+
+/// How long the pool transactions chosen for a template are reused for
+/// the next ones at the same tip (Bitcoin Core's `getblocktemplate` waits
+/// 5 s too before choosing again for a changed pool).
+pub const SELECTION_REUSE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The pool transactions chosen for the last template built from the pool.
+#[derive(Clone)]
+pub struct Selection {
+    tip: crate::consensus::hash::BlockHash,
+    chosen_at: std::time::Instant,
+    txs: Arc<Vec<crate::consensus::transaction::Transaction>>,
+    fees: crate::consensus::amount::Amount,
+}
+
+/// A view behind the writer (a catch-up not yet written, or a block
+/// connecting now) would have miners work on a stale parent.
+fn at_writers_tip(chain: &crate::chain::ChainView) -> Result<(), ApiError> {
+    if chain.tip().hash != chain.published().tip.0 {
+        return Err(ApiError::unavailable(
+            "not-at-tip",
+            "the node is catching up or connecting a block: ask again shortly",
+        ));
+    }
+    Ok(())
+}
+
+/// The template's answer; the template is remembered for a header-only
+/// submission.
+fn answer(
+    chain: &crate::chain::ChainView,
+    template: NodeTemplate,
+    templates: &std::sync::Mutex<Templates>,
+    owner: TemplateOwner,
+) -> Result<Json<Value>, ApiError> {
+    let NodeTemplate { block, fees, ctx } = template;
+    let header = block.header;
+    let target = target_from_compact(header.bits).map_err(ApiError::internal)?;
+    let value = json!({
+        "height": ctx.height,
+        "prev_hash": header.prev_hash,
+        "bits": format!("{:08x}", header.bits),
+        "target": format!("{target:064x}"),
+        "time": header.time,
+        "min_time": ctx.median_time_past + 1,
+        "max_time": ctx.now + chain.params().max_future_block_time_secs,
+        "coinbase_value": block.transactions[0].outputs[0].amount.units(),
+        "fees": fees.units(),
+        "tx_count": block.transactions.len(),
+        "header_hex": hex::encode(block.header.to_array()),
+        "block_hex": hex::encode(block.to_bytes()),
+    });
+    templates
+        .lock()
+        .expect("templates lock")
+        .remember(owner, block);
+    Ok(Json(value))
 }
 
 /// `POST /mining/submit` with a block (or a template's solved header) in hex.
@@ -157,8 +230,16 @@ pub async fn submit(
     let body = body.map_err(ApiError::from_rejection)?;
     let bytes = hex::decode(body.trim())
         .map_err(|e| ApiError::bad_request("invalid-hex", format!("body is not hex: {e}")))?;
+    // A header that does not meet its own bits is refused before anything
+    // else: junk costs one hash, not a template's copy, a permit or the
+    // chain task's time.
+    let meets_its_bits = |header: &BlockHeader| {
+        crate::consensus::validation::check_header(header, state.reader.params())
+            .map_err(|e| ApiError::bad_request("invalid-block", e.to_string()))
+    };
     let block = if bytes.len() == HEADER_LEN {
         let header = BlockHeader::from_bytes(&bytes).expect("80 bytes decode as a header");
+        meets_its_bits(&header)?;
         let template = state
             .templates
             .lock()
@@ -175,16 +256,14 @@ pub async fn submit(
             transactions: template.transactions,
         }
     } else {
-        Block::from_bytes(&bytes).map_err(|e| {
+        let block = Block::from_bytes(&bytes).map_err(|e| {
             ApiError::bad_request("invalid-block", format!("block does not decode: {e}"))
-        })?
+        })?;
+        meets_its_bits(&block.header)?;
+        block
     };
     let hash = block.hash();
     // Through the chain task, the only writer, like a block from a peer.
-    // A header that does not meet its own bits is refused before it takes
-    // a permit or reaches the chain task: junk costs one hash.
-    crate::consensus::validation::check_header(&block.header, state.reader.params())
-        .map_err(|e| ApiError::bad_request("invalid-block", e.to_string()))?;
     let permit = state
         .pool_views
         .submit_permit(super::pool_views::Submission::Block)

@@ -5,6 +5,7 @@
 //! a client polling a full pool costs a copy, not a rebuild.
 
 use std::any::Any;
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,7 +15,8 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::{ApiError, ApiState};
+use super::listener::ClientCounts;
+use super::{ApiError, ApiState, VIEW_ATTEMPTS};
 use crate::chain::ChainView;
 use crate::consensus::hash::BlockHash;
 use crate::mempool::Mempool;
@@ -38,6 +40,18 @@ pub const WHOLE_POOL_WAIT: Duration = Duration::from_secs(10);
 /// bound the CPU, memory and disk reads they hold at once whatever the
 /// number of clients.
 pub const CHAIN_READ_CONCURRENCY: usize = 4;
+
+/// Event streams' first replay passes run at once. Knowing the balances
+/// a replay starts from may read every block up to the tip that touches a
+/// watched address (up to `MAX_CATCH_UP_BLOCKS` of them: a busy miner's
+/// address is in every block): seconds of work, so replays take permits
+/// of their own and wallets' reads never wait behind them.
+pub const REPLAY_CONCURRENCY: usize = 1;
+
+/// Event streams one client (an IPv4 address, an IPv6 /64) holds at once
+/// (`GET /events`; loopback excepted): a few browser tabs, not the node's
+/// `MAX_SUBSCRIBERS`.
+pub const MAX_SUBSCRIBERS_PER_CLIENT: usize = 8;
 
 /// Submissions of each kind (`POST /tx`; `POST /mining/submit`) judged at
 /// once. Each may check up to thousands of signatures: a transaction's
@@ -72,6 +86,15 @@ pub struct PoolViews {
     cache: Mutex<HashMap<&'static str, Cached>>,
     /// `CHAIN_READ_CONCURRENCY` permits for the routes that read blocks.
     chain_reads: Arc<Semaphore>,
+    /// `REPLAY_CONCURRENCY` permits for event streams' first passes.
+    replays: Arc<Semaphore>,
+    /// Event streams by client: `MAX_SUBSCRIBERS_PER_CLIENT` each, and an
+    /// eighth of `MAX_SUBSCRIBERS` kept for loopback (the node's own
+    /// explorer, the operator), as the listener keeps connections.
+    pub subscribers: Arc<ClientCounts>,
+    /// The pool transactions chosen for the last mining template (see
+    /// `mining::SELECTION_REUSE`).
+    pub template_selection: Mutex<Option<super::mining::Selection>>,
     /// `SUBMIT_CONCURRENCY` permits for transactions, and as many for
     /// blocks.
     tx_submits: Arc<Semaphore>,
@@ -84,6 +107,9 @@ impl Default for PoolViews {
             permits: Arc::new(Semaphore::new(WHOLE_POOL_CONCURRENCY)),
             cache: Mutex::new(HashMap::new()),
             chain_reads: Arc::new(Semaphore::new(CHAIN_READ_CONCURRENCY)),
+            replays: Arc::new(Semaphore::new(REPLAY_CONCURRENCY)),
+            subscribers: Arc::new(ClientCounts::new(MAX_SUBSCRIBERS_PER_CLIENT)),
+            template_selection: Mutex::new(None),
             tx_submits: Arc::new(Semaphore::new(SUBMIT_CONCURRENCY)),
             block_submits: Arc::new(Semaphore::new(SUBMIT_CONCURRENCY)),
         }
@@ -119,15 +145,48 @@ impl PoolViews {
 pub struct PoolGate<'a> {
     mempool: &'a Mutex<Mempool>,
     view: &'a ChainView,
+    /// The pool was not at the view's tip when locked: what the route read
+    /// of the store and of the pool may come from two states.
+    stale: Cell<bool>,
 }
 
 impl PoolGate<'_> {
-    /// The pool, caught up with the view's tip where it can be (as
-    /// `with_state` after its last attempt).
+    /// The pool, caught up with the view's tip where it can be. When it
+    /// cannot (a block came between the view and the lock, and the pool
+    /// took it in), `with_chain_reads` runs the route again on a newer view.
     pub fn lock(&self) -> std::sync::MutexGuard<'_, Mempool> {
         let mut pool = self.mempool.lock().expect("mempool lock");
-        pool.catch_up_step(self.view);
+        if !pool.catch_up_step(self.view) {
+            self.stale.set(true);
+        }
         pool
+    }
+}
+
+/// `f`'s answer on a view from `next_view` and the pool at that view's
+/// tip: taken again on the next view when the pool was found at another
+/// tip (`PoolGate::lock`), up to `VIEW_ATTEMPTS` views in all, or at once
+/// in a catch-up (views trail the writer's cached blocks until the next
+/// flush).
+fn one_state_answer<T>(
+    mut next_view: impl FnMut() -> Result<ChainView, ApiError>,
+    mempool: &Mutex<Mempool>,
+    f: impl Fn(&ChainView, &PoolGate) -> Result<T, ApiError>,
+) -> Result<T, ApiError> {
+    let mut attempt = 1;
+    loop {
+        let view = next_view()?;
+        let gate = PoolGate {
+            mempool,
+            view: &view,
+            stale: Cell::new(false),
+        };
+        let answer = f(&view, &gate);
+        if !gate.stale.get() || attempt == VIEW_ATTEMPTS || view.trails_cached_blocks() {
+            return answer;
+        }
+        attempt += 1;
+        std::thread::yield_now();
     }
 }
 
@@ -151,10 +210,14 @@ async fn permit_or_busy(
 impl ApiState {
     /// Runs `f` on a blocking thread with a view of the chain and a gate to
     /// the mempool, once one of the `CHAIN_READ_CONCURRENCY` permits is
-    /// free (503 `busy` after `WHOLE_POOL_WAIT`).
+    /// free (503 `busy` after `WHOLE_POOL_WAIT`). One answer comes from one
+    /// state: if `f` found the pool at another tip than its view's, it runs
+    /// again on a fresh view, up to `VIEW_ATTEMPTS` times (as `with_state`;
+    /// in a catch-up, where views trail the writer's cached blocks, the
+    /// first answer stands).
     pub async fn with_chain_reads<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&ChainView, &PoolGate) -> Result<T, ApiError> + Send + 'static,
+        f: impl Fn(&ChainView, &PoolGate) -> Result<T, ApiError> + Send + 'static,
     ) -> Result<T, ApiError> {
         let permit = permit_or_busy(
             &self.pool_views.chain_reads,
@@ -162,17 +225,33 @@ impl ApiState {
             CHAIN_READ_CONCURRENCY,
         )
         .await?;
+        self.read_blocks_with(permit, f).await
+    }
+
+    /// `with_chain_reads` for an event stream's first replay pass, under a
+    /// `REPLAY_CONCURRENCY` permit instead.
+    pub async fn with_replay_reads<T: Send + 'static>(
+        &self,
+        f: impl Fn(&ChainView, &PoolGate) -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let permit = permit_or_busy(
+            &self.pool_views.replays,
+            "event-stream replays",
+            REPLAY_CONCURRENCY,
+        )
+        .await?;
+        self.read_blocks_with(permit, f).await
+    }
+
+    async fn read_blocks_with<T: Send + 'static>(
+        &self,
+        permit: OwnedSemaphorePermit,
+        f: impl Fn(&ChainView, &PoolGate) -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
         let (reader, mempool) = (self.reader.clone(), self.mempool.clone());
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            let view = reader.view().map_err(ApiError::internal)?;
-            f(
-                &view,
-                &PoolGate {
-                    mempool: &mempool,
-                    view: &view,
-                },
-            )
+            one_state_answer(|| reader.view().map_err(ApiError::internal), &mempool, f)
         })
         .await?
     }
@@ -275,5 +354,98 @@ impl ApiState {
             Bytes::clone(&body),
         )
             .into_response())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consensus::params::Network;
+    use crate::testkit::{key, TestChain};
+
+    /// A block lands between a route's store read and its pool read: the
+    /// pool has taken the block in, the route's view has not. The route
+    /// runs again on the new view, so its answer is one state's.
+    #[test]
+    fn an_answer_read_across_a_new_block_is_read_again_on_the_new_view() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut chain = crate::chain::Chain::open(
+            dir.path(),
+            Network::Regtest,
+            crate::chain::ChainOptions {
+                sync_writes: false,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let mut blocks = TestChain::new(Network::Regtest);
+        for _ in 0..3 {
+            let block = blocks.mine_empty(key(1).pubkey_hash()).clone();
+            chain.process_block(Arc::new(block), None).unwrap();
+        }
+        let mempool = Mutex::new(Mempool::new(
+            &chain,
+            crate::mempool::DEFAULT_MAX_MEMPOOL_BYTES,
+        ));
+        let reader = chain.reader();
+        let before = reader.view().unwrap();
+        let block = blocks.mine_empty(key(1).pubkey_hash()).clone();
+        chain.process_block(Arc::new(block), None).unwrap();
+        let route = |view: &ChainView, gate: &PoolGate| {
+            let pool = gate.lock();
+            Ok((view.height(), pool.len()))
+        };
+        // The older view first, as a route would have taken it.
+        let mut views = vec![
+            Ok(before.clone()),
+            reader.view().map_err(ApiError::internal),
+        ]
+        .into_iter();
+        let calls = Cell::new(0);
+        let answer = one_state_answer(
+            || views.next().expect("at most two views"),
+            &mempool,
+            |view, gate| {
+                calls.set(calls.get() + 1);
+                route(view, gate)
+            },
+        );
+        assert_eq!(answer.unwrap(), (4, 0));
+        assert_eq!(calls.get(), 2);
+        // A route that never reads the pool answers from its first view.
+        let calls = Cell::new(0);
+        let answer = one_state_answer(
+            || Ok(before.clone()),
+            &mempool,
+            |view, _| {
+                calls.set(calls.get() + 1);
+                Ok(view.height())
+            },
+        );
+        assert_eq!(answer.unwrap(), 3);
+        assert_eq!(calls.get(), 1);
+    }
+
+    #[test]
+    fn one_client_holds_a_few_event_streams_and_loopback_keeps_an_eighth() {
+        let views = PoolViews::default();
+        let max = crate::events::MAX_SUBSCRIBERS;
+        let held: Vec<_> = (0..MAX_SUBSCRIBERS_PER_CLIENT)
+            .map(|_| views.subscribers.take("198.51.100.7".parse().unwrap(), max))
+            .collect();
+        assert!(held.iter().all(|h| matches!(h, Some(Some(_)))));
+        assert!(views
+            .subscribers
+            .take("198.51.100.7".parse().unwrap(), max)
+            .is_none());
+        // Other clients fill the rest but an eighth, which loopback keeps.
+        let others: Vec<_> = (0..=255u8)
+            .map_while(|n| views.subscribers.take([203, 0, 113, n].into(), max))
+            .collect();
+        assert_eq!(held.len() + others.len(), max - max / 8);
+        assert!(matches!(
+            views.subscribers.take("127.0.0.1".parse().unwrap(), max),
+            Some(None)
+        ));
     }
 }

@@ -141,7 +141,7 @@ pub fn node_template(
 }
 
 /// The unchecked template on the tip with `txs` and their `fees`.
-fn build_template(
+pub fn build_template(
     chain: &dyn TipState,
     payout: PubKeyHash,
     extra_nonce: u64,

@@ -603,6 +603,24 @@ fn miners_get_templates_and_submit_blocks_or_headers() {
     );
     assert_eq!(status, 200, "{body}");
     assert_eq!(get(api, "/blocks/tip/height").1, json!(chain.height() + 2));
+    // Templates asked in a row at one tip share their choice of pool
+    // transactions (for a few seconds), each with its own coinbase: the
+    // second is as good a block as the first.
+    let (_, first) = get(api, &format!("/mining/template?address={miner}"));
+    let (_, second) = get(api, &format!("/mining/template?address={miner}"));
+    assert_eq!(first["tx_count"], second["tx_count"]);
+    assert_ne!(first["header_hex"], second["header_hex"]);
+    let mut block =
+        Block::from_bytes(&hex::decode(second["block_hex"].as_str().unwrap()).unwrap()).unwrap();
+    solve_block(&mut block);
+    let (status, body) = http(
+        api,
+        "POST",
+        "/mining/submit",
+        &hex::encode(block.header.to_array()),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(get(api, "/blocks/tip/height").1, json!(chain.height() + 3));
 
     // Errors.
     refuses(api, "GET", "/mining/template", "", 400, "missing-address");
@@ -615,11 +633,27 @@ fn miners_get_templates_and_submit_blocks_or_headers() {
         "invalid-address",
     );
     refuses(api, "POST", "/mining/submit", "xyz", 400, "invalid-hex");
+    // A header that does not meet its own bits is refused for that first,
+    // before any template is looked up; one that does, but belongs to no
+    // template handed out, is refused as unknown.
     refuses(
         api,
         "POST",
         "/mining/submit",
         &"11".repeat(80),
+        400,
+        "invalid-block",
+    );
+    let (_, template) = get(api, &format!("/mining/template?address={miner}"));
+    let mut unknown =
+        Block::from_bytes(&hex::decode(template["block_hex"].as_str().unwrap()).unwrap()).unwrap();
+    unknown.header.merkle_root = Hash256([5; 32]);
+    solve_block(&mut unknown);
+    refuses(
+        api,
+        "POST",
+        "/mining/submit",
+        &hex::encode(unknown.header.to_array()),
         400,
         "unknown-template",
     );
