@@ -490,10 +490,15 @@ fn main() {
         println!("signature limit, {name:<12} (2 cores): {rate:>8.0} verifies/s");
     }
     let limit = limits[0].1;
+    // This machine's speed moves between minutes (a shared VM): the limit
+    // is measured again right after each sync, and the share given against
+    // both measurements.
     let report = |label: &str, tx_per_s: f64| {
+        let after = signature_limits()[0].1;
         println!(
-            "{label}: {tx_per_s:.0} tx/s = {:.0}% of the libsecp256k1 two-core limit",
-            100.0 * tx_per_s / limit
+            "{label}: {tx_per_s:.0} tx/s = {:.0}% of the libsecp256k1 two-core limit measured first ({limit:.0}), {:.0}% of the one measured right after it ({after:.0})",
+            100.0 * tx_per_s / limit,
+            100.0 * tx_per_s / after,
         )
     };
     if quick {
