@@ -21,6 +21,11 @@ pub const MAX_HANDSHAKE_PAYLOAD: usize = 1024;
 /// Largest payload after the handshake: a maximum-size block (1 MB) with
 /// room to spare for a maximum-size `inv`/`getdata` (50 000 x 36 bytes).
 pub const MAX_PAYLOAD: usize = 4 * 1024 * 1024;
+/// Room the frame decoder sets aside for a payload when its header
+/// arrives: the rest grows with the bytes that do arrive, so a header that
+/// announces 4 MiB and sends nothing more costs 64 KiB, not 4 MiB (a
+/// partly received frame is held outside the inbound budgets).
+pub const PAYLOAD_RESERVE_UPFRONT: usize = 64 * 1024;
 
 /// Largest `block` payload: a block of the consensus limit, no more.
 pub const MAX_BLOCK_PAYLOAD: usize = crate::consensus::limits::MAX_BLOCK_SIZE;

@@ -11,7 +11,9 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
-use super::constants::{max_payload_of, COMMAND_LEN, FRAME_HEADER_LEN, MAX_HANDSHAKE_PAYLOAD};
+use super::constants::{
+    max_payload_of, COMMAND_LEN, FRAME_HEADER_LEN, MAX_HANDSHAKE_PAYLOAD, PAYLOAD_RESERVE_UPFRONT,
+};
 use crate::consensus::hash::sha256d;
 
 /// A frame whose payload is not decoded yet.
@@ -125,7 +127,7 @@ impl Decoder for FrameCodec {
             }
             let sum: [u8; 4] = src[20..24].try_into().expect("4 bytes");
             src.advance(FRAME_HEADER_LEN);
-            src.reserve(len);
+            src.reserve(len.min(PAYLOAD_RESERVE_UPFRONT));
             self.pending = Some((command, len, sum));
         }
         let (_, len, _) = self.pending.as_ref().expect("set above");

@@ -124,6 +124,28 @@ fn frames_split_at_every_byte_boundary_decode_identically() {
 }
 
 #[test]
+fn a_frame_header_alone_reserves_little_of_what_it_announces() {
+    let mut codec = FrameCodec::new(MAGIC);
+    codec.set_max_payload(MAX_PAYLOAD);
+    let payload = vec![7u8; 900_000];
+    let frame = encode_frame(MAGIC, "block", &payload);
+    let mut buf = BytesMut::from(&frame[..FRAME_HEADER_LEN]);
+    assert!(codec.decode(&mut buf).unwrap().is_none());
+    assert!(
+        buf.capacity() <= FRAME_HEADER_LEN + PAYLOAD_RESERVE_UPFRONT,
+        "{} bytes set aside for a header alone",
+        buf.capacity()
+    );
+    // The payload, as it arrives, still makes the whole frame.
+    for chunk in frame[FRAME_HEADER_LEN..].chunks(100_000) {
+        assert!(codec.decode(&mut buf).unwrap().is_none());
+        buf.extend_from_slice(chunk);
+    }
+    let decoded = codec.decode(&mut buf).unwrap().expect("a whole frame");
+    assert_eq!(decoded.payload.len(), payload.len());
+}
+
+#[test]
 fn wrong_magic_is_rejected() {
     let mut buf = BytesMut::from(&encode_frame(Network::Main.params().magic, "verack", &[])[..]);
     assert!(matches!(
