@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::convert::Infallible;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use axum::extract::State;
@@ -44,6 +45,7 @@ impl From<CatchUpError> for ApiError {
                 ApiError::bad_request("replay-too-long", e.to_string())
             }
             CatchUpError::Chain(e) => ApiError::internal(e),
+            CatchUpError::Abandoned => ApiError::unavailable("abandoned", e.to_string()),
         }
     }
 }
@@ -149,6 +151,11 @@ pub async fn events(
     // it waits for a replay permit (503 when it stays taken), so
     // reconnecting clients can neither hold every core nor the permits
     // wallets' reads take.
+    // Set when this request ends, answered or not (its client gone, or the
+    // request timeout): a first pass still reading then stops at its next
+    // block and frees its permit.
+    let replay_abandoned = Arc::new(AtomicBool::new(false));
+    let _abandon_on_drop = SetOnDrop(replay_abandoned.clone());
     let (start, pass) = state
         .with_replay_reads(move |view, _| {
             let tip = view.tip();
@@ -183,7 +190,7 @@ pub async fn events(
             // The first pass here, so that a position the node cannot
             // follow is a 400; the rest of the replay is the subscriber's,
             // one pass at a time (`MAX_BLOCKS_PER_PASS`).
-            let pass = catch_up(view, &first_watch, start, None)?;
+            let pass = catch_up(view, &first_watch, start, None, &replay_abandoned)?;
             Ok((start, pass))
         })
         .await?;
@@ -356,7 +363,15 @@ impl Subscriber {
             let read = tokio::task::spawn_blocking(move || {
                 let _permit = permit;
                 let view = reader.view()?;
-                let pass = catch_up(&view, &watch, position, balances.as_ref())?;
+                // Ten blocks at most, from known balances: not worth
+                // stopping midway.
+                let pass = catch_up(
+                    &view,
+                    &watch,
+                    position,
+                    balances.as_ref(),
+                    &AtomicBool::new(false),
+                )?;
                 Ok::<_, CatchUpError>((pass, view.height()))
             })
             .await;
@@ -391,4 +406,14 @@ impl Subscriber {
 fn read_failed(error: impl std::fmt::Display) -> Closed {
     tracing::error!(%error, "an event stream's reading of the chain failed");
     Closed::CutOff("the node failed to read its chain (see its log)".into())
+}
+
+/// Sets its flag when dropped: with the future that owns it, when the
+/// request ends.
+struct SetOnDrop(Arc<AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }

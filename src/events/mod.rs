@@ -26,6 +26,7 @@ mod steps;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -190,6 +191,9 @@ pub enum CatchUpError {
     TooFarBehind { from: u32, blocks: u32, limit: u32 },
     #[error(transparent)]
     Chain(#[from] ChainError),
+    /// The replay's client left (`catch_up`'s `abandoned`).
+    #[error("the replay was abandoned")]
+    Abandoned,
 }
 
 /// Decides where to go from `position`, given the active chain
@@ -279,7 +283,17 @@ pub fn catch_up(
     watch: &Watch,
     position: EventId,
     balances: Option<&Balances>,
+    abandoned: &AtomicBool,
 ) -> Result<Pass, CatchUpError> {
+    // Looked at before each block read: a replay nobody waits for any more
+    // (its client gone) stops and frees what it holds.
+    let go_on = || {
+        if abandoned.load(Ordering::Relaxed) {
+            Err(CatchUpError::Abandoned)
+        } else {
+            Ok(())
+        }
+    };
     let tip = view.tip();
     let plan = plan(
         position,
@@ -347,6 +361,7 @@ pub fn catch_up(
     let untouched = BTreeSet::new();
     let mut steps = Vec::with_capacity((last - first + 1) as usize);
     for height in first..=last {
+        go_on()?;
         let watched = if touched.contains(&height) {
             &watch.addresses
         } else {
@@ -368,6 +383,7 @@ pub fn catch_up(
             if last < tip.height {
                 for height in steps::touched_heights(view, &watch.addresses, last + 1, tip.height)?
                 {
+                    go_on()?;
                     subtract(&steps::read_step(view, height, &watch.addresses)?);
                 }
             }

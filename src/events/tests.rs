@@ -283,3 +283,33 @@ fn a_block_no_watched_address_touches_reads_as_the_whole_block_does() {
         assert_eq!(whole.changes.is_empty(), !touched.contains(&height));
     }
 }
+
+/// A replay from an old position on a real chain: it reads the blocks that
+/// touch the watched address; abandoned, it stops before reading any.
+#[test]
+fn an_abandoned_replay_stops_before_its_next_block() {
+    use crate::testkit::{key, TestChain};
+    let dir = tempfile::tempdir().unwrap();
+    let mut chain = crate::testkit::regtest_chain(dir.path());
+    let mut test = TestChain::new(Network::Regtest);
+    let miner = key(4).pubkey_hash();
+    for _ in 0..30 {
+        let block = test.mine_empty(miner).clone();
+        chain
+            .process_block(std::sync::Arc::new(block), None)
+            .unwrap();
+    }
+    let view = chain.reader().view().unwrap();
+    let watch = Watch {
+        network: Network::Regtest,
+        addresses: [miner].into_iter().collect(),
+        mempool: false,
+    };
+    let from = EventId::end_of(1, test.blocks[1].hash());
+    let pass = catch_up(&view, &watch, from, None, &AtomicBool::new(false)).unwrap();
+    assert!(!pass.events.is_empty());
+    assert!(matches!(
+        catch_up(&view, &watch, from, None, &AtomicBool::new(true)),
+        Err(CatchUpError::Abandoned)
+    ));
+}

@@ -181,6 +181,11 @@ pub async fn start(
             match listener.accept().await {
                 Ok((stream, addr)) => {
                     let id = NEXT_PEER_ID.fetch_add(1, Ordering::Relaxed);
+                    // On a dual-stack listener (`--p2p-bind ::`) an IPv4
+                    // peer comes as `::ffff:a.b.c.d`: known by its IPv4
+                    // address, as the address book, the discouraged set
+                    // and the loopback rules know it.
+                    let addr = canonical(addr);
                     tokio::spawn(connection::run(
                         stream,
                         id,
@@ -851,5 +856,24 @@ mod tests {
         }
         assert_eq!(budget.available_permits(), 1_000, "all released");
         task.stop();
+    }
+}
+
+/// `addr` with an IPv4-mapped IPv6 address as the IPv4 address it is.
+pub fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
+#[cfg(test)]
+mod canonical_tests {
+    use super::*;
+
+    #[test]
+    fn a_mapped_ipv4_peer_is_known_by_its_ipv4_address() {
+        let mapped: SocketAddr = "[::ffff:127.0.0.1]:8333".parse().unwrap();
+        assert_eq!(canonical(mapped), "127.0.0.1:8333".parse().unwrap());
+        assert!(canonical(mapped).ip().is_loopback());
+        let v6: SocketAddr = "[2001:db8::1]:8333".parse().unwrap();
+        assert_eq!(canonical(v6), v6);
     }
 }
