@@ -156,7 +156,9 @@ impl PoolGate<'_> {
     /// took it in), `with_chain_reads` runs the route again on a newer view.
     pub fn lock(&self) -> std::sync::MutexGuard<'_, Mempool> {
         let mut pool = self.mempool.lock().expect("mempool lock");
-        if !pool.catch_up_step(self.view) {
+        // Only another tip makes a fresh view worth taking: a rebuild
+        // still owed at this tip would be owed on the next view too.
+        if !pool.catch_up_step(self.view) && pool.tip() != self.view.tip().hash {
             self.stale.set(true);
         }
         pool
