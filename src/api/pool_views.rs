@@ -371,15 +371,7 @@ mod tests {
     #[test]
     fn an_answer_read_across_a_new_block_is_read_again_on_the_new_view() {
         let dir = tempfile::tempdir().unwrap();
-        let mut chain = crate::chain::Chain::open(
-            dir.path(),
-            Network::Regtest,
-            crate::chain::ChainOptions {
-                sync_writes: false,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let mut chain = crate::testkit::regtest_chain(dir.path());
         let mut blocks = TestChain::new(Network::Regtest);
         for _ in 0..3 {
             let block = blocks.mine_empty(key(1).pubkey_hash()).clone();

@@ -590,18 +590,23 @@ fn miners_get_templates_and_submit_blocks_or_headers() {
     .1
     .contains("duplicate"));
 
-    // Header-only submission of a template the node handed out.
+    // Header-only submission of a template the node handed out: solved,
+    // then only its header sent.
+    let submit_solved_header = |template: &Value| {
+        let mut block =
+            Block::from_bytes(&hex::decode(template["block_hex"].as_str().unwrap()).unwrap())
+                .unwrap();
+        solve_block(&mut block);
+        let (status, body) = http(
+            api,
+            "POST",
+            "/mining/submit",
+            &hex::encode(block.header.to_array()),
+        );
+        assert_eq!(status, 200, "{body}");
+    };
     let (_, template) = get(api, &format!("/mining/template?address={miner}"));
-    let mut block =
-        Block::from_bytes(&hex::decode(template["block_hex"].as_str().unwrap()).unwrap()).unwrap();
-    solve_block(&mut block);
-    let (status, body) = http(
-        api,
-        "POST",
-        "/mining/submit",
-        &hex::encode(block.header.to_array()),
-    );
-    assert_eq!(status, 200, "{body}");
+    submit_solved_header(&template);
     assert_eq!(get(api, "/blocks/tip/height").1, json!(chain.height() + 2));
     // Templates asked in a row at one tip share their choice of pool
     // transactions (for a few seconds), each with its own coinbase: the
@@ -610,16 +615,7 @@ fn miners_get_templates_and_submit_blocks_or_headers() {
     let (_, second) = get(api, &format!("/mining/template?address={miner}"));
     assert_eq!(first["tx_count"], second["tx_count"]);
     assert_ne!(first["header_hex"], second["header_hex"]);
-    let mut block =
-        Block::from_bytes(&hex::decode(second["block_hex"].as_str().unwrap()).unwrap()).unwrap();
-    solve_block(&mut block);
-    let (status, body) = http(
-        api,
-        "POST",
-        "/mining/submit",
-        &hex::encode(block.header.to_array()),
-    );
-    assert_eq!(status, 200, "{body}");
+    submit_solved_header(&second);
     assert_eq!(get(api, "/blocks/tip/height").1, json!(chain.height() + 3));
 
     // Errors.
