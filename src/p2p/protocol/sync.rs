@@ -406,6 +406,10 @@ impl Protocol {
             let worked = check_header_hashed(&block.header, &hash, self.reader.params()).is_ok();
             if worked && (stored || wanted == Some(false)) {
                 tracing::debug!(peer = id, %hash, stored, "unrequested block dropped unjudged");
+                if stored {
+                    // As for a duplicate the chain judged: the peer has it.
+                    self.note_best_known(id, hash);
+                }
                 return;
             }
         }
@@ -487,16 +491,24 @@ impl Protocol {
                 tracing::debug!(peer = id, %hash, "unrequested low-work block dropped");
             }
             Ok(BlockOutcome::Accepted { .. } | BlockOutcome::Duplicate) => {
-                let peer = self.peers.get_mut(&id).expect("checked");
-                let better = {
-                    let tree = self.reader.headers().read();
-                    peer.best_known.is_none_or(|b| tree.is_ancestor(&b, &hash))
-                };
-                if better {
-                    peer.best_known = Some(hash);
-                }
+                self.note_best_known(id, hash);
             }
             Err(e) => tracing::error!(error = %e, %hash, "storing a block failed"),
+        }
+    }
+
+    /// `id` has block `hash`: its best known block if it extends the one
+    /// known so far.
+    fn note_best_known(&mut self, id: PeerId, hash: BlockHash) {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let better = {
+            let tree = self.reader.headers().read();
+            peer.best_known.is_none_or(|b| tree.is_ancestor(&b, &hash))
+        };
+        if better {
+            peer.best_known = Some(hash);
         }
     }
 

@@ -646,6 +646,10 @@ fn an_unrequested_block_already_stored_is_dropped_unjudged() {
     }
     let mut h = harness(&chain.blocks[1..]);
     ready_inbound(&mut h, 1);
+    assert_ne!(
+        h.protocol.peers[&1].best_known,
+        Some(chain.blocks[2].hash())
+    );
     let actions =
         h.protocol
             .on_message(1, Message::Block(Box::new(chain.blocks[2].clone())), h.now);
@@ -656,6 +660,11 @@ fn an_unrequested_block_already_stored_is_dropped_unjudged() {
         "{actions:?}"
     );
     assert_eq!(disconnected(&actions, 1), None);
+    // The peer has it, as a duplicate the chain judged would say.
+    assert_eq!(
+        h.protocol.peers[&1].best_known,
+        Some(chain.blocks[2].hash())
+    );
 }
 
 fn block_items(blocks: &[crate::consensus::block::Block]) -> Vec<InvItem> {
