@@ -244,6 +244,9 @@ struct Peer {
     headers_retry_at: Option<Instant>,
     /// When we last sent the peer a `getheaders` it has not answered.
     getheaders_sent: Option<Instant>,
+    /// Its last `headers` answer was empty: the height its `version`
+    /// claimed says nothing more (until it sends headers again).
+    answered_empty: bool,
     stalls: u32,
     ping: Option<(u64, Instant)>,
     last_ping_sent: Instant,
@@ -631,7 +634,11 @@ impl Protocol {
                 .peers
                 .iter()
                 .filter(|(_, p)| {
+                    // A peer that answered with nothing is not asked again
+                    // for its claimed height: a liar's `u32::MAX` would
+                    // otherwise draw a locator every tick.
                     p.ready()
+                        && !p.answered_empty
                         && p.version
                             .as_ref()
                             .is_some_and(|v| v.start_height > our_best)

@@ -52,6 +52,7 @@ impl Protocol {
                 in_flight: HashMap::new(),
                 arrived: HashSet::new(),
                 getheaders_sent: None,
+                answered_empty: false,
                 not_found: BoundedSet::default(),
                 block_notfound: 0,
                 getdata: VecDeque::new(),

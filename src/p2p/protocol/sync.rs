@@ -58,6 +58,7 @@ impl Protocol {
         }
         if let Some(peer) = self.peers.get_mut(&id) {
             peer.getheaders_sent = None;
+            peer.answered_empty = headers.is_empty();
         }
         if headers.is_empty() {
             return;

@@ -1194,3 +1194,24 @@ fn block_announcements_ask_for_headers_once_per_answer() {
     let actions = h.message(1, unknown(102), later);
     assert!(getheaders_locator(&actions, 1).is_some(), "{actions:?}");
 }
+
+#[test]
+fn a_peer_claiming_a_height_it_does_not_serve_is_not_asked_every_tick() {
+    let mut h = harness(&[]);
+    let addr = "127.0.0.1:40000".parse().unwrap();
+    h.protocol.on_connected(1, addr, None, h.now);
+    h.message(1, their_version(1, u32::MAX), h.now);
+    let actions = h.message(1, Message::Verack, h.now);
+    assert!(getheaders_locator(&actions, 1).is_some());
+    // It answers with nothing, again and again: the tick's look for a peer
+    // ahead no longer picks it.
+    h.message(1, Message::Headers(Vec::new()), h.now);
+    for n in 1..20u64 {
+        let at = h.now + Duration::from_millis(250) * n as u32;
+        let actions = h.protocol.on_tick(at);
+        assert!(
+            getheaders_locator(&actions, 1).is_none(),
+            "tick {n}: {actions:?}"
+        );
+    }
+}
