@@ -116,30 +116,45 @@ pub async fn template(
     // selection and a check of the whole block each time.
     let (templates, selection) = (state.templates.clone(), state.pool_views.clone());
     let (reuse_address, reuse_templates) = (address.clone(), templates.clone());
-    let reused = state
-        .with_chain_reads(move |chain, _| {
-            let payout = super::explorer::address_of(chain, &reuse_address)?;
-            at_writers_tip(chain)?;
-            let chosen = selection
-                .template_selection
-                .lock()
-                .expect("template selection lock")
-                .clone()
-                .filter(|s| s.tip == chain.tip().hash && s.chosen_at.elapsed() < SELECTION_REUSE);
-            let Some(chosen) = chosen else {
-                return Ok(None);
-            };
-            let template = build_template(
-                chain,
-                payout.hash,
-                rand::random(),
-                chosen.fees,
-                chosen.txs.as_ref().clone(),
-            )
-            .map_err(ApiError::internal)?;
-            answer(chain, template, &reuse_templates, owner(payout.hash)).map(Some)
-        })
-        .await?;
+    // Without a recent choice, straight to the pool: no read permit and no
+    // blocking hop spent on finding out.
+    let recent = state
+        .pool_views
+        .template_selection
+        .lock()
+        .expect("template selection lock")
+        .as_ref()
+        .is_some_and(|s| s.chosen_at.elapsed() < SELECTION_REUSE);
+    let reused = if !recent {
+        None
+    } else {
+        state
+            .with_chain_reads(move |chain, _| {
+                let payout = super::explorer::address_of(chain, &reuse_address)?;
+                at_writers_tip(chain)?;
+                let chosen = selection
+                    .template_selection
+                    .lock()
+                    .expect("template selection lock")
+                    .clone()
+                    .filter(|s| {
+                        s.tip == chain.tip().hash && s.chosen_at.elapsed() < SELECTION_REUSE
+                    });
+                let Some(chosen) = chosen else {
+                    return Ok(None);
+                };
+                let template = build_template(
+                    chain,
+                    payout.hash,
+                    rand::random(),
+                    chosen.fees,
+                    chosen.txs.as_ref().clone(),
+                )
+                .map_err(ApiError::internal)?;
+                answer(chain, template, &reuse_templates, owner(payout.hash)).map(Some)
+            })
+            .await?
+    };
     if let Some(answer) = reused {
         return Ok(answer);
     }
