@@ -57,13 +57,35 @@ pub fn utxo_element(outpoint: &OutPoint, utxo: &Utxo) -> [u8; 69] {
     out
 }
 
-/// The running multiset hash: `LANES` sums modulo 2^16.
+/// Lanes per 64-bit word: the state is held as words of four lanes, lane
+/// `4k + j` in bits `16j..16j + 16` of word `k`, so that a word's
+/// little-endian bytes are its four lanes' little-endian bytes, and an
+/// expansion's bytes are read eight at a time.
+const LANES_PER_WORD: usize = 4;
+const WORDS: usize = LANES / LANES_PER_WORD;
+
+/// Each lane's top bit within a word.
+const TOP_BITS: u64 = 0x8000_8000_8000_8000;
+
+/// Four lane-wise sums modulo 2^16 in one word: the top bits are added
+/// apart so that no carry crosses into the next lane.
+fn add_lanes(x: u64, y: u64) -> u64 {
+    ((x & !TOP_BITS) + (y & !TOP_BITS)) ^ ((x ^ y) & TOP_BITS)
+}
+
+/// Four lane-wise differences modulo 2^16 in one word: each lane's top bit
+/// is set before subtracting so that no borrow crosses into the next lane.
+fn sub_lanes(x: u64, y: u64) -> u64 {
+    ((x | TOP_BITS) - (y & !TOP_BITS)) ^ ((x ^ !y) & TOP_BITS)
+}
+
+/// The running multiset hash: `LANES` sums modulo 2^16, four to a word.
 #[derive(Clone, PartialEq, Eq)]
-pub struct UtxoDigest(Box<[u16; LANES]>);
+pub struct UtxoDigest(Box<[u64; WORDS]>);
 
 impl Default for UtxoDigest {
     fn default() -> Self {
-        UtxoDigest(Box::new([0u16; LANES]))
+        UtxoDigest(Box::new([0u64; WORDS]))
     }
 }
 
@@ -73,26 +95,25 @@ impl std::fmt::Debug for UtxoDigest {
     }
 }
 
-/// Adds (or subtracts) one element's vector to `lanes`.
-fn accumulate(lanes: &mut [u16; LANES], element: &[u8; 69], add: bool) {
+/// Adds (or subtracts) one element's vector to `words`.
+fn accumulate(words: &mut [u64; WORDS], element: &[u8; 69], add: bool) {
     let mut bytes = [0u8; STATE_LEN];
     blake3::Hasher::new_derive_key(CONTEXT)
         .update(element)
         .finalize_xof()
         .fill(&mut bytes);
-    for (lane, pair) in lanes.iter_mut().zip(bytes.chunks_exact(2)) {
-        let value = u16::from_le_bytes([pair[0], pair[1]]);
-        *lane = if add {
-            lane.wrapping_add(value)
-        } else {
-            lane.wrapping_sub(value)
-        };
+    let vector = bytes
+        .chunks_exact(8)
+        .map(|eight| u64::from_le_bytes(eight.try_into().expect("8 bytes")));
+    let lanes = if add { add_lanes } else { sub_lanes };
+    for (word, value) in words.iter_mut().zip(vector) {
+        *word = lanes(*word, value);
     }
 }
 
-fn add_lanes(mut a: Box<[u16; LANES]>, b: Box<[u16; LANES]>) -> Box<[u16; LANES]> {
+fn add_words(mut a: Box<[u64; WORDS]>, b: Box<[u64; WORDS]>) -> Box<[u64; WORDS]> {
     for (x, y) in a.iter_mut().zip(b.iter()) {
-        *x = x.wrapping_add(*y);
+        *x = add_lanes(*x, *y);
     }
     a
 }
@@ -117,15 +138,15 @@ impl UtxoDigest {
         let sum = signed
             .par_chunks(ELEMENTS_PER_TASK)
             .map(|chunk| {
-                let mut lanes = Box::new([0u16; LANES]);
+                let mut words = Box::new([0u64; WORDS]);
                 for (add, element) in chunk {
-                    accumulate(&mut lanes, element, *add);
+                    accumulate(&mut words, element, *add);
                 }
-                lanes
+                words
             })
-            .reduce(|| Box::new([0u16; LANES]), add_lanes);
-        for (lane, change) in self.0.iter_mut().zip(sum.iter()) {
-            *lane = lane.wrapping_add(*change);
+            .reduce(|| Box::new([0u64; WORDS]), add_words);
+        for (word, change) in self.0.iter_mut().zip(sum.iter()) {
+            *word = add_lanes(*word, *change);
         }
     }
 
@@ -137,11 +158,12 @@ impl UtxoDigest {
         accumulate(&mut self.0, &utxo_element(outpoint, utxo), false);
     }
 
-    /// The stored form: the lanes, little-endian.
+    /// The stored form: the lanes, little-endian (each word's
+    /// little-endian bytes are its four lanes in order).
     pub fn to_bytes(&self) -> [u8; STATE_LEN] {
         let mut out = [0u8; STATE_LEN];
-        for (pair, lane) in out.chunks_exact_mut(2).zip(self.0.iter()) {
-            pair.copy_from_slice(&lane.to_le_bytes());
+        for (eight, word) in out.chunks_exact_mut(8).zip(self.0.iter()) {
+            eight.copy_from_slice(&word.to_le_bytes());
         }
         out
     }
@@ -149,11 +171,11 @@ impl UtxoDigest {
     /// Reads a stored state. Every 2 048 bytes are a state, so nothing can
     /// fail here; a state that is not the UTXO set's is what `check` finds.
     pub fn from_bytes(bytes: &[u8; STATE_LEN]) -> UtxoDigest {
-        let mut lanes = Box::new([0u16; LANES]);
-        for (lane, pair) in lanes.iter_mut().zip(bytes.chunks_exact(2)) {
-            *lane = u16::from_le_bytes([pair[0], pair[1]]);
+        let mut words = Box::new([0u64; WORDS]);
+        for (word, eight) in words.iter_mut().zip(bytes.chunks_exact(8)) {
+            *word = u64::from_le_bytes(eight.try_into().expect("8 bytes"));
         }
-        UtxoDigest(lanes)
+        UtxoDigest(words)
     }
 
     /// The published form: SHA-256 of the stored bytes, so the value has
@@ -298,6 +320,36 @@ mod tests {
         hasher.finalize_xof().fill(&mut expected);
         assert_eq!(set.to_bytes(), expected);
         assert_eq!(set.fingerprint(), Hash256(Sha256::digest(expected).into()));
+    }
+
+    proptest::proptest! {
+        /// Four lanes to a word add and subtract as four separate `u16`s,
+        /// wrapping, with no carry or borrow crossing between lanes.
+        #[test]
+        fn a_word_adds_and_subtracts_as_four_lanes(x: u64, y: u64) {
+            let lanes = |w: u64| -> [u16; 4] { std::array::from_fn(|j| (w >> (16 * j)) as u16) };
+            let (a, b) = (lanes(x), lanes(y));
+            let sum: [u16; 4] = std::array::from_fn(|j| a[j].wrapping_add(b[j]));
+            let difference: [u16; 4] = std::array::from_fn(|j| a[j].wrapping_sub(b[j]));
+            proptest::prop_assert_eq!(lanes(add_lanes(x, y)), sum);
+            proptest::prop_assert_eq!(lanes(sub_lanes(x, y)), difference);
+        }
+    }
+
+    #[test]
+    fn lanes_at_their_limits_wrap_alone() {
+        // Every lane carries or borrows out of its top bit at once.
+        let all = u64::MAX;
+        assert_eq!(add_lanes(all, 0x0001_0001_0001_0001), 0);
+        assert_eq!(sub_lanes(0, 0x0001_0001_0001_0001), all);
+        assert_eq!(
+            add_lanes(0x8000_7fff_ffff_0000, 0x8000_0001_0001_ffff),
+            0x0000_8000_0000_ffff
+        );
+        assert_eq!(
+            sub_lanes(0x0000_8000_0000_ffff, 0x8000_0001_0001_ffff),
+            0x8000_7fff_ffff_0000
+        );
     }
 
     #[test]
