@@ -76,6 +76,10 @@ pub const ADDRBOOK_SAVE_INTERVAL: Duration = Duration::from_secs(60);
 /// and hang up would otherwise have the whole book (megabytes of JSON)
 /// rewritten at every dial.
 pub const ADDRBOOK_PROMPT_SAVE_GAP: Duration = Duration::from_secs(10);
+/// How long one sample of the address book answers `getaddr`, at least,
+/// and the random spread added to it (Bitcoin Core: 21 h and up to 6 h).
+pub const ADDR_ANSWER_LIFETIME: Duration = Duration::from_secs(21 * 60 * 60);
+pub const ADDR_ANSWER_SPREAD: Duration = Duration::from_secs(6 * 60 * 60);
 /// Misbehaving addresses remembered at once (as Bitcoin Core's rolling
 /// filter of discouraged addresses); past it the oldest are forgotten. About
 /// 80 bytes each: 4 MB at most.
@@ -368,6 +372,8 @@ pub struct Protocol {
     /// inbound budgets the work holds until judged.
     awaiting: HashMap<PeerId, Awaiting>,
     addrbook: AddrBook,
+    /// The sample of the book that answers `getaddr` (see `addresses`).
+    addr_answer: Option<addresses::AddrAnswer>,
     /// Peers given with `--peer`: always reconnected, with backoff; the
     /// value is when the next attempt is due.
     manual: HashMap<SocketAddr, Instant>,
@@ -427,6 +433,7 @@ impl Protocol {
             headers_request: None,
             awaiting: HashMap::new(),
             addrbook,
+            addr_answer: None,
             manual: manual.into_iter().map(|a| (a, now)).collect(),
             manual_failures: HashMap::new(),
             discover,
@@ -521,7 +528,7 @@ impl Protocol {
                     peer.min_ping = Some(peer.min_ping.map_or(rtt, |m| m.min(rtt)));
                 }
             }
-            Message::GetAddr => self.on_getaddr(id, &mut actions),
+            Message::GetAddr => self.on_getaddr(id, now, &mut actions),
             Message::Addr(entries) => self.on_addr(id, entries, now),
             Message::Inv(items) => self.on_inv(id, items, now, &mut actions),
             Message::GetData(items) => self.on_getdata(id, items),

@@ -120,6 +120,91 @@ fn a_getaddr_answer_after_a_flood_is_mostly_honest_and_never_from_the_future() {
     assert!(answer.iter().all(|e| e.time <= unix_now()));
 }
 
+/// The addresses of the `addr` answer peer `id` got for its `getaddr`.
+fn getaddr_answer(h: &mut Harness, id: PeerId, now: Instant) -> Option<Vec<SocketAddr>> {
+    let actions = h.message(id, Message::GetAddr, now);
+    actions.iter().find_map(|a| match a {
+        Action::Send(to, Message::Addr(entries)) if *to == id => {
+            let mut addrs: Vec<SocketAddr> = entries.iter().map(|e| e.addr).collect();
+            addrs.sort();
+            Some(addrs)
+        }
+        _ => None,
+    })
+}
+
+#[test]
+fn reconnecting_to_ask_getaddr_again_learns_no_more_of_the_book() {
+    let mut h = harness(&[]);
+    // A book of about 1 000 addresses in many groups.
+    for n in 0..10u8 {
+        let id = PeerId::from(n) + 1;
+        ready_outbound(&mut h, id, v4(60 + n, 1, 1, 1, 8333));
+        h.message(id, addr_message(spread(100, n), unix_now() - 3600), h.now);
+    }
+    let book = h.protocol.addrbook.len();
+    assert!(book >= 900, "{book} addresses");
+
+    // A scraper connects again and again from one address.
+    let scraper = v4(77, 1, 1, 1, 50000);
+    ready_inbound_from(&mut h, 100, scraper);
+    let now = h.now;
+    let first = getaddr_answer(&mut h, 100, now).expect("an inbound peer is answered");
+    assert!(
+        !first.is_empty() && first.len() < book,
+        "{} of {book}",
+        first.len()
+    );
+    // A second getaddr on one connection is not answered.
+    assert_eq!(getaddr_answer(&mut h, 100, now), None);
+    for id in 101..110 {
+        h.protocol.on_disconnected(id - 1, now);
+        ready_inbound_from(&mut h, id, scraper);
+        let again = getaddr_answer(&mut h, id, now + Duration::from_secs(id)).unwrap();
+        assert_eq!(again, first, "connection {id} learned other addresses");
+    }
+
+    // A day and more later the book is sampled again.
+    let later = h.now + ADDR_ANSWER_LIFETIME + ADDR_ANSWER_SPREAD + Duration::from_secs(1);
+    ready_inbound_from(&mut h, 200, v4(78, 1, 1, 1, 50000));
+    let fresh = getaddr_answer(&mut h, 200, later).unwrap();
+    assert_ne!(fresh, first);
+
+    // An outbound peer, which we chose, is not answered at all.
+    let chosen = v4(90, 1, 1, 1, 8333);
+    ready_outbound(&mut h, 300, chosen);
+    assert_eq!(getaddr_answer(&mut h, 300, later), None);
+}
+
+#[test]
+fn a_book_that_more_than_doubles_is_sampled_again_before_the_day_is_out() {
+    let mut h = harness(&[]);
+    ready_outbound(&mut h, 1, v4(60, 1, 1, 1, 8333));
+    h.message(1, addr_message(spread(100, 1), unix_now() - 3600), h.now);
+    let small = h.protocol.addrbook.len();
+    ready_inbound_from(&mut h, 100, v4(77, 1, 1, 1, 50000));
+    let now = h.now;
+    let first = getaddr_answer(&mut h, 100, now).unwrap();
+
+    // The book grows past twice its size: the next inbound peer hears of
+    // the new addresses (a fifth or so of 300 sampled, none is nearly
+    // impossible).
+    for n in 2..5u8 {
+        let id = PeerId::from(n);
+        ready_outbound(&mut h, id, v4(60 + n, 1, 1, 1, 8333));
+        h.message(id, addr_message(spread(100, n), unix_now() - 3600), h.now);
+    }
+    assert!(h.protocol.addrbook.len() > 2 * small);
+    ready_inbound_from(&mut h, 101, v4(78, 1, 1, 1, 50000));
+    let grown = getaddr_answer(&mut h, 101, now).unwrap();
+    let new_ones = grown
+        .iter()
+        .filter(|a| !spread(100, 1).any(|old| old == **a))
+        .count();
+    assert!(new_ones > 0, "{grown:?}");
+    assert_ne!(grown, first);
+}
+
 #[test]
 fn a_full_inbound_table_evicts_from_the_largest_group_never_a_protected_peer() {
     let mut h = harness(&[]);
