@@ -3,6 +3,7 @@
 //! rate limit.
 
 use super::*;
+use crate::p2p::addrbook::GETADDR_MAX_PERCENT;
 
 /// The sample that answers `getaddr`, kept so that reconnecting and asking
 /// again yields the same addresses, not a fresh share of the book each
@@ -57,7 +58,16 @@ impl Protocol {
                     services: SERVICE_NETWORK,
                     addr,
                 })
-                .collect();
+                .collect::<Vec<_>>();
+            // A sample under half of what the book's size allows (most
+            // entries too old or failed, say after a long downtime) is not
+            // kept: it would answer every peer with next to nothing for a
+            // day.
+            let allowed = MAX_ADDR_ENTRIES.min((book_len * GETADDR_MAX_PERCENT).div_ceil(100));
+            if entries.len() * 2 < allowed {
+                actions.push(Action::Send(id, Message::Addr(entries)));
+                return;
+            }
             let spread =
                 rand::Rng::gen_range(&mut rand::thread_rng(), 0..=ADDR_ANSWER_SPREAD.as_secs());
             self.addr_answer = Some(AddrAnswer {

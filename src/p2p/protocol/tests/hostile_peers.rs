@@ -206,6 +206,36 @@ fn a_book_that_more_than_doubles_is_sampled_again_before_the_day_is_out() {
 }
 
 #[test]
+fn a_sample_of_mostly_worthless_entries_is_not_kept_for_the_day() {
+    let mut h = harness(&[]);
+    // A book of addresses last seen 40 days ago (a node back from a long
+    // downtime): none is worth sharing.
+    let stale = unix_now() - 40 * 24 * 60 * 60;
+    ready_outbound(&mut h, 1, v4(60, 1, 1, 1, 8333));
+    h.message(1, addr_message(spread(300, 1), stale), h.now);
+    let stale_book = h.protocol.addrbook.len();
+    assert!(stale_book >= 250, "{stale_book} addresses");
+    ready_inbound_from(&mut h, 100, v4(77, 1, 1, 1, 50000));
+    let now = h.now;
+    // Only the peer we reached is worth sharing.
+    let first = getaddr_answer(&mut h, 100, now).unwrap();
+    assert!(first.len() <= 1, "{first:?}");
+
+    // Fresh addresses arrive, short of doubling the book: the next peer
+    // hears of them all the same.
+    ready_outbound(&mut h, 2, v4(61, 1, 1, 1, 8333));
+    h.message(2, addr_message(spread(100, 2), unix_now()), h.now);
+    assert!(h.protocol.addrbook.len() <= 2 * stale_book);
+    ready_inbound_from(&mut h, 101, v4(78, 1, 1, 1, 50000));
+    let answer = getaddr_answer(&mut h, 101, now).unwrap();
+    let fresh = answer
+        .iter()
+        .filter(|a| spread(100, 2).any(|new| new == **a))
+        .count();
+    assert!(fresh > 0, "{answer:?}");
+}
+
+#[test]
 fn a_full_inbound_table_evicts_from_the_largest_group_never_a_protected_peer() {
     let mut h = harness(&[]);
     // Three honest inbound peers, measured fast by ping, connected first.
