@@ -18,6 +18,7 @@ mod latency;
 mod legacy;
 pub mod listener;
 mod mining;
+mod paced;
 mod pool_views;
 
 use std::net::SocketAddr;
@@ -335,6 +336,7 @@ pub fn router(state: ApiState) -> Router {
             latency::track,
         ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(paced::pace_large_answers))
         .with_state(state);
     match cors {
         Some(cors) => router.layer(cors),
