@@ -4,14 +4,19 @@
 //! liked: a few hundred such connections could hold gigabytes of the
 //! biggest answers (the pool's txids, raw blocks).
 //!
-//! A body of at least `PACED_MIN_BYTES` (smaller ones fit in the socket's
-//! buffers) is handed to hyper in frames of `FRAME_BYTES`. hyper asks for
-//! the next frame only once its write buffer has room, so the asking
-//! follows the client's reading; a frame asked for after the body's
-//! deadline (`RESPONSE_GRACE` plus the body at `RESPONSE_MIN_RATE`) ends
-//! the connection. A client that stops reading altogether is the
-//! listener's idle timeout's. Bodies of unknown length (event streams) are
-//! left as they are.
+//! A body of at least `PACED_MIN_BYTES` is handed to hyper in frames of
+//! `FRAME_BYTES`, each a copy, so that what hyper holds never keeps the
+//! whole body alive. hyper asks for frames until about 400 KiB wait in its
+//! write buffer, then asks again once the client has taken all of them: a
+//! frame asked for after the body's deadline (`RESPONSE_GRACE` plus the
+//! body at `RESPONSE_MIN_RATE`) ends the connection. So the check comes
+//! every 400 KiB or so that the client takes: a client slower than the
+//! least rate is cut at the first such step after the deadline, which at
+//! the slowest rate the idle timeout lets through (a few hundred bytes a
+//! second) may be many minutes later. Checking the rate at the socket, as
+//! writes wait, would be tighter; that is not built. A client that stops
+//! reading altogether is the idle timeout's. Bodies of unknown length
+//! (event streams) are left as they are.
 
 use std::io;
 use std::pin::Pin;
@@ -26,9 +31,10 @@ use tokio::time::Instant;
 /// Bodies from this size on are paced.
 pub const PACED_MIN_BYTES: usize = 256 * 1024;
 /// The least average rate a paced body must be taken at, after the grace:
-/// 16 KiB/s (128 kbit/s), so a 1 MB raw block may take a minute and a half
-/// and the largest answer, a full pool's txids (about 35 MB), 37 minutes.
-pub const RESPONSE_MIN_RATE: u64 = 16 * 1024;
+/// 8 KiB/s (64 kbit/s, a poor mobile link), so a 1 MB raw block may take
+/// two and a half minutes and the largest answer, a full pool's txids
+/// (about 35 MB), 75 minutes.
+pub const RESPONSE_MIN_RATE: u64 = 8 * 1024;
 /// Time every paced body has beside its size at the least rate.
 pub const RESPONSE_GRACE: Duration = Duration::from_secs(30);
 /// A paced body's frames.
@@ -94,7 +100,15 @@ impl HttpBody for PacedBody {
                 "REST answer taken too slowly",
             ))));
         }
-        let frame = this.rest.split_to(FRAME_BYTES.min(this.rest.len()));
+        // A copy: a slice would share, and keep alive, the whole body for
+        // as long as hyper holds the frame.
+        let n = FRAME_BYTES.min(this.rest.len());
+        let frame = Bytes::copy_from_slice(&this.rest[..n]);
+        if n == this.rest.len() {
+            this.rest = Bytes::new();
+        } else {
+            bytes::Buf::advance(&mut this.rest, n);
+        }
         Poll::Ready(Some(Ok(Frame::data(frame))))
     }
 
@@ -143,7 +157,7 @@ mod tests {
     use axum::routing::get;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    const BIG: usize = 4 << 20;
+    const BIG: usize = 8 << 20;
 
     #[tokio::test]
     async fn small_and_unknown_length_bodies_are_left_alone_and_large_ones_keep_their_length() {
@@ -221,17 +235,19 @@ mod tests {
 
     #[tokio::test]
     async fn a_slow_reader_is_cut_off_and_a_fast_one_gets_everything() {
-        // 4 MiB at 8 MiB/s: half a second.
+        // 8 MiB at 4 MiB/s: two seconds.
         let pace_with = Pace {
             min_bytes: 0,
-            min_rate: 8 << 20,
+            min_rate: 4 << 20,
             grace: Duration::ZERO,
         };
         let mut fast = serve_big(pace_with);
         let got = read_all(&mut fast, 1 << 16, Duration::ZERO).await;
         assert!(got > BIG, "{got} bytes: the body and its head");
 
-        // 4 KiB every 10 ms (400 KiB/s) would take 10 s.
+        // 4 KiB every 10 ms (at most 400 KiB/s) would take 20 s; it is cut
+        // at hyper's first request for a frame after the deadline, some
+        // 400 KiB later.
         let mut slow = serve_big(pace_with);
         let got = read_all(&mut slow, 4096, Duration::from_millis(10)).await;
         assert!(got < BIG / 2, "{got} bytes reached a slow reader");
