@@ -9,7 +9,9 @@
 //! when idle for the idle timeout, and a request must be answered within
 //! `API_REQUEST_TIMEOUT` of its first byte, however slowly its client
 //! sends it: a client trickling a byte at a time holds a slot for that
-//! long at most. A client other than loopback over its own share is
+//! long at most. An answer must be taken at a least rate while writes wait
+//! on the client (`WRITE_MIN_RATE`): a client reading a large answer a few
+//! bytes a minute, never idle for the idle timeout, held it in memory. A client other than loopback over its own share is
 //! refused at once (its connection closed unanswered), and so is any such
 //! client once clients other than loopback hold all but an eighth of the
 //! slots: that eighth stays for loopback (the operator, local miners, a
@@ -48,6 +50,16 @@ pub const MAX_API_CONNECTIONS_PER_CLIENT: usize = 32;
 /// timeout, which axum's server leaves off, is 30 s too): reading it,
 /// however slowly it comes, and handling it.
 pub const API_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// The least rate a client must take what the API writes to it, while
+/// writes wait on it: each byte it takes buys `1 / WRITE_MIN_RATE` s of
+/// waiting, up to `WRITE_WAIT_BUDGET` held at once (a new connection starts
+/// with it full). A client reading slower than this, however steadily, is
+/// cut once the budget is spent: 4 KiB/s, half a poor mobile link. A
+/// writer only waits once the kernel's send buffer is full, and wakes once
+/// the client has taken a good part of it, so a client keeping up never
+/// spends any.
+pub const WRITE_MIN_RATE: u64 = 4 * 1024;
+pub const WRITE_WAIT_BUDGET: Duration = Duration::from_secs(30);
 /// The share of the slots clients other than loopback may not take: an
 /// eighth of them stays for loopback.
 const LOOPBACK_RESERVE_DIVISOR: usize = 8;
@@ -275,6 +287,12 @@ pub struct LimitedStream<S = TcpStream> {
     /// moved on when it fires early (cheaper than moving it at every read
     /// and write).
     deadline: Pin<Box<Sleep>>,
+    /// Waiting on the client the writes may still spend
+    /// (`WRITE_WAIT_BUDGET`), and since when a write waits.
+    write_budget: Duration,
+    write_waiting_since: Option<Instant>,
+    write_min_rate: u64,
+    write_budget_cap: Duration,
     _slot: OwnedSemaphorePermit,
     _client: Option<ClientSlot>,
 }
@@ -295,6 +313,10 @@ impl<S> LimitedStream<S> {
             last_progress: now,
             request_since: None,
             deadline: Box::pin(tokio::time::sleep_until(now + idle_timeout)),
+            write_budget: WRITE_WAIT_BUDGET,
+            write_waiting_since: None,
+            write_min_rate: WRITE_MIN_RATE,
+            write_budget_cap: WRITE_WAIT_BUDGET,
             _slot: slot,
             _client: client,
         }
@@ -316,11 +338,41 @@ impl<S> LimitedStream<S> {
                     "REST connection idle for too long",
                 ),
             };
+            let (due, what) = match self.write_waiting_since {
+                Some(since) if since + self.write_budget < due => (
+                    since + self.write_budget,
+                    "REST client takes answers too slowly",
+                ),
+                _ => (due, what),
+            };
             if Instant::now() >= due {
                 return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, what)));
             }
             self.deadline.as_mut().reset(due);
         }
+    }
+
+    /// A write waits on the client: the wait is charged to the write
+    /// budget from now, and the deadline comes no later than its end.
+    fn write_waits(&mut self) {
+        if self.write_waiting_since.is_none() {
+            let now = Instant::now();
+            self.write_waiting_since = Some(now);
+            let due = now + self.write_budget;
+            if due < self.deadline.deadline() {
+                self.deadline.as_mut().reset(due);
+            }
+        }
+    }
+
+    /// `written` bytes went out: the wait before them is paid, and they buy
+    /// more at the least rate.
+    fn write_budget_progress(&mut self, written: usize) {
+        if let Some(since) = self.write_waiting_since.take() {
+            self.write_budget = self.write_budget.saturating_sub(since.elapsed());
+        }
+        let bought = Duration::from_secs_f64(written as f64 / self.write_min_rate.max(1) as f64);
+        self.write_budget = (self.write_budget + bought).min(self.write_budget_cap);
     }
 
     fn read_progress(&mut self) {
@@ -377,12 +429,16 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for LimitedStream<S> {
         let this = self.get_mut();
         match Pin::new(&mut this.stream).poll_write(cx, buf) {
             Poll::Ready(result) => {
-                if matches!(result, Ok(n) if n > 0) {
+                if let Ok(n @ 1..) = result {
                     this.write_progress(buf);
+                    this.write_budget_progress(n);
                 }
                 Poll::Ready(result)
             }
-            Poll::Pending => this.pending_or_idle(cx),
+            Poll::Pending => {
+                this.write_waits();
+                this.pending_or_idle(cx)
+            }
         }
     }
 
@@ -394,16 +450,20 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for LimitedStream<S> {
         let this = self.get_mut();
         match Pin::new(&mut this.stream).poll_write_vectored(cx, bufs) {
             Poll::Ready(result) => {
-                if matches!(result, Ok(n) if n > 0) {
+                if let Ok(n @ 1..) = result {
                     let first = bufs
                         .iter()
                         .find(|b| !b.is_empty())
                         .map_or(&[][..], |b| &b[..]);
                     this.write_progress(first);
+                    this.write_budget_progress(n);
                 }
                 Poll::Ready(result)
             }
-            Poll::Pending => this.pending_or_idle(cx),
+            Poll::Pending => {
+                this.write_waits();
+                this.pending_or_idle(cx)
+            }
         }
     }
 
@@ -520,6 +580,44 @@ mod tests {
             request_timeout: REQUEST,
         };
         (LimitedStream::new(server, &limits, slot, None), client)
+    }
+
+    /// Writes `total` bytes to a piped connection whose client reads
+    /// `chunk` bytes every `every`, with a least rate of 64 KiB/s and a
+    /// wait budget of 300 ms; what the writing came to.
+    async fn write_to_a_reader(total: usize, chunk: usize, every: Duration) -> io::Result<()> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut server, mut client) = piped();
+        server.write_min_rate = 64 * 1024;
+        server.write_budget_cap = Duration::from_millis(300);
+        server.write_budget = server.write_budget_cap;
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; chunk];
+            while client.read(&mut buf).await.is_ok_and(|n| n > 0) {
+                if !every.is_zero() {
+                    tokio::time::sleep(every).await;
+                }
+            }
+        });
+        server.write_all(&vec![7u8; total]).await
+    }
+
+    #[tokio::test]
+    async fn a_client_taking_an_answer_slower_than_the_least_rate_is_cut() {
+        // 1 KiB every 50 ms: 20 KiB/s, a third of the least rate; 2 MiB
+        // would take 100 s.
+        let slow = write_to_a_reader(2 << 20, 1024, Duration::from_millis(50)).await;
+        let error = slow.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        assert!(error.to_string().contains("too slowly"), "{error}");
+        // A client keeping up takes the whole answer; so does one that is
+        // slow for a moment only (the budget covers a pause of 200 ms).
+        write_to_a_reader(2 << 20, 64 * 1024, Duration::ZERO)
+            .await
+            .unwrap();
+        write_to_a_reader(256 * 1024, 64 * 1024, Duration::from_millis(200))
+            .await
+            .unwrap();
     }
 
     #[tokio::test]

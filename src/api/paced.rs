@@ -11,12 +11,11 @@
 //! frame asked for after the body's deadline (`RESPONSE_GRACE` plus the
 //! body at `RESPONSE_MIN_RATE`) ends the connection. So the check comes
 //! every 400 KiB or so that the client takes: a client slower than the
-//! least rate is cut at the first such step after the deadline, which at
-//! the slowest rate the idle timeout lets through (a few hundred bytes a
-//! second) may be many minutes later. Checking the rate at the socket, as
-//! writes wait, would be tighter; that is not built. A client that stops
-//! reading altogether is the idle timeout's. Bodies of unknown length
-//! (event streams) are left as they are.
+//! least rate is cut at the first such step after the deadline. Between
+//! steps, the listener holds the client to a rate of its own while writes
+//! wait on it (`listener::WRITE_MIN_RATE`, 4 KiB/s), so a step takes under
+//! two minutes. Bodies of unknown length (event streams) are left to that
+//! rate alone.
 
 use std::io;
 use std::pin::Pin;
