@@ -60,6 +60,12 @@ pub const API_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// spends any.
 pub const WRITE_MIN_RATE: u64 = 4 * 1024;
 pub const WRITE_WAIT_BUDGET: Duration = Duration::from_secs(30);
+/// Unsent bytes the kernel queues for a client before a write waits
+/// (`TCP_NOTSENT_LOWAT`); the writer wakes once half of them have gone.
+/// Without it a writer waits until half of a send buffer that Linux grows
+/// up to 4 MiB has been taken: a wait charged to the client at
+/// `WRITE_MIN_RATE` that would cut a client reading steadily above it.
+pub const NOTSENT_LOWAT_BYTES: i32 = 32 * 1024;
 /// The share of the slots clients other than loopback may not take: an
 /// eighth of them stays for loopback.
 const LOOPBACK_RESERVE_DIVISOR: usize = 8;
@@ -252,6 +258,7 @@ impl axum::serve::Listener for LimitedListener {
                 tracing::debug!(%addr, limit = MAX_API_CONNECTIONS_PER_CLIENT, "REST client over its connection limit: closed");
                 continue;
             };
+            limit_unsent(&stream);
             return (LimitedStream::new(stream, &self.limits, slot, client), addr);
         }
     }
@@ -270,6 +277,49 @@ fn is_connection_error(e: &io::Error) -> bool {
             | io::ErrorKind::ConnectionAborted
             | io::ErrorKind::ConnectionReset
     )
+}
+
+/// Whether an answer's head (its first write, as hyper sends it) opens an
+/// event stream.
+fn is_event_stream_head(head: &[u8]) -> bool {
+    let end = head
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(head.len());
+    head[..end].split(|b| *b == b'\n').any(|line| {
+        line.len() >= 13
+            && line[..13].eq_ignore_ascii_case(b"content-type:")
+            && String::from_utf8_lossy(&line[13..])
+                .trim()
+                .to_ascii_lowercase()
+                .starts_with("text/event-stream")
+    })
+}
+
+/// Sets `NOTSENT_LOWAT_BYTES` on an accepted socket (Linux); elsewhere, or
+/// if the kernel refuses, the socket keeps its default (logged).
+fn limit_unsent(stream: &TcpStream) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        use std::os::fd::AsRawFd;
+        let value: libc::c_int = NOTSENT_LOWAT_BYTES;
+        // SAFETY: a socket descriptor the stream owns, and an int option
+        // passed with its own size.
+        let rc = unsafe {
+            libc::setsockopt(
+                stream.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_NOTSENT_LOWAT,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            tracing::debug!(error = %io::Error::last_os_error(), "TCP_NOTSENT_LOWAT not set on a REST connection");
+        }
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = stream;
 }
 
 /// An accepted connection (`S`, a TCP stream but in tests): its slots,
@@ -293,6 +343,8 @@ pub struct LimitedStream<S = TcpStream> {
     write_waiting_since: Option<Instant>,
     write_min_rate: u64,
     write_budget_cap: Duration,
+    /// Whether the least rate applies (not to an event stream).
+    write_floor: bool,
     _slot: OwnedSemaphorePermit,
     _client: Option<ClientSlot>,
 }
@@ -317,6 +369,7 @@ impl<S> LimitedStream<S> {
             write_waiting_since: None,
             write_min_rate: WRITE_MIN_RATE,
             write_budget_cap: WRITE_WAIT_BUDGET,
+            write_floor: true,
             _slot: slot,
             _client: client,
         }
@@ -355,7 +408,7 @@ impl<S> LimitedStream<S> {
     /// A write waits on the client: the wait is charged to the write
     /// budget from now, and the deadline comes no later than its end.
     fn write_waits(&mut self) {
-        if self.write_waiting_since.is_none() {
+        if self.write_floor && self.write_waiting_since.is_none() {
             let now = Instant::now();
             self.write_waiting_since = Some(now);
             let due = now + self.write_budget;
@@ -368,6 +421,9 @@ impl<S> LimitedStream<S> {
     /// `written` bytes went out: the wait before them is paid, and they buy
     /// more at the least rate.
     fn write_budget_progress(&mut self, written: usize) {
+        if !self.write_floor {
+            return;
+        }
         if let Some(since) = self.write_waiting_since.take() {
             self.write_budget = self.write_budget.saturating_sub(since.elapsed());
         }
@@ -395,6 +451,14 @@ impl<S> LimitedStream<S> {
         self.last_progress = Instant::now();
         if !written.starts_with(b"HTTP/1.1 100 ") {
             self.request_since = None;
+        }
+        // An event stream's head: the stream holds its subscriber to its
+        // own rule (a subscriber whose queue fills is cut off with a
+        // `close` event saying why, `crate::events`), so its writes may
+        // wait as long as the idle timeout allows.
+        if written.starts_with(b"HTTP/1.1 200 ") && is_event_stream_head(written) {
+            self.write_floor = false;
+            self.write_waiting_since = None;
         }
     }
 }
@@ -584,12 +648,12 @@ mod tests {
 
     /// Writes `total` bytes to a piped connection whose client reads
     /// `chunk` bytes every `every`, with a least rate of 64 KiB/s and a
-    /// wait budget of 300 ms; what the writing came to.
+    /// wait budget of 500 ms; what the writing came to.
     async fn write_to_a_reader(total: usize, chunk: usize, every: Duration) -> io::Result<()> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let (mut server, mut client) = piped();
         server.write_min_rate = 64 * 1024;
-        server.write_budget_cap = Duration::from_millis(300);
+        server.write_budget_cap = Duration::from_millis(500);
         server.write_budget = server.write_budget_cap;
         tokio::spawn(async move {
             let mut buf = vec![0u8; chunk];
@@ -602,6 +666,41 @@ mod tests {
         server.write_all(&vec![7u8; total]).await
     }
 
+    #[test]
+    fn an_event_streams_head_is_told_apart() {
+        assert!(is_event_stream_head(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n\r\n"
+        ));
+        assert!(is_event_stream_head(
+            b"HTTP/1.1 200 OK\r\nContent-Type:text/event-stream; charset=utf-8\r\n\r\n"
+        ));
+        assert!(!is_event_stream_head(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\ntext/event-stream"
+        ));
+        assert!(!is_event_stream_head(b"HTTP/1.1 200 OK\r\n\r\n"));
+    }
+
+    #[tokio::test]
+    async fn an_event_streams_writes_may_wait_on_its_subscriber() {
+        use tokio::io::AsyncWriteExt;
+        let (mut server, client) = piped();
+        server.write_min_rate = 64 * 1024;
+        server.write_budget_cap = Duration::from_millis(100);
+        server.write_budget = server.write_budget_cap;
+        server
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n")
+            .await
+            .unwrap();
+        // The subscriber reads nothing: the pipe fills and the write waits,
+        // past the budget, until the idle timeout (the events module cuts
+        // a subscriber that falls behind on its own terms).
+        let started = Instant::now();
+        let error = server.write_all(&vec![7u8; 1 << 20]).await.unwrap_err();
+        assert!(error.to_string().contains("idle"), "{error}");
+        assert!(started.elapsed() >= IDLE - Duration::from_millis(100));
+        drop(client);
+    }
+
     #[tokio::test]
     async fn a_client_taking_an_answer_slower_than_the_least_rate_is_cut() {
         // 1 KiB every 50 ms: 20 KiB/s, a third of the least rate; 2 MiB
@@ -611,13 +710,39 @@ mod tests {
         assert_eq!(error.kind(), io::ErrorKind::TimedOut);
         assert!(error.to_string().contains("too slowly"), "{error}");
         // A client keeping up takes the whole answer; so does one that is
-        // slow for a moment only (the budget covers a pause of 200 ms).
+        // slow for a moment only (the budget covers a pause of 150 ms).
         write_to_a_reader(2 << 20, 64 * 1024, Duration::ZERO)
             .await
             .unwrap();
-        write_to_a_reader(256 * 1024, 64 * 1024, Duration::from_millis(200))
+        write_to_a_reader(256 * 1024, 64 * 1024, Duration::from_millis(150))
             .await
             .unwrap();
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn accepted_sockets_queue_little_unsent_data() {
+        use std::os::fd::AsRawFd;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        limit_unsent(&server);
+        let mut value: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: a socket descriptor the stream owns, and an int with its
+        // size for the kernel to fill.
+        let rc = unsafe {
+            libc::getsockopt(
+                server.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_NOTSENT_LOWAT,
+                (&mut value as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(rc, 0, "{}", io::Error::last_os_error());
+        assert_eq!(value, NOTSENT_LOWAT_BYTES);
     }
 
     #[tokio::test]

@@ -14,8 +14,9 @@
 //! least rate is cut at the first such step after the deadline. Between
 //! steps, the listener holds the client to a rate of its own while writes
 //! wait on it (`listener::WRITE_MIN_RATE`, 4 KiB/s), so a step takes under
-//! two minutes. Bodies of unknown length (event streams) are left to that
-//! rate alone.
+//! two minutes. Bodies of unknown length (event streams) are held to that
+//! rate alone, once what waits for their client has filled the kernel's
+//! buffers.
 
 use std::io;
 use std::pin::Pin;
