@@ -11,11 +11,11 @@
 //! sends it: a client trickling a byte at a time holds a slot for that
 //! long at most. An answer must be taken at a least rate while writes wait
 //! on the client (`WRITE_MIN_RATE`): a client reading a large answer a few
-//! bytes a minute, never idle for the idle timeout, held it in memory. A client other than loopback over its own share is
-//! refused at once (its connection closed unanswered), and so is any such
-//! client once clients other than loopback hold all but an eighth of the
-//! slots: that eighth stays for loopback (the operator, local miners, a
-//! local reverse proxy). Loopback is one client for a proxy and every
+//! bytes a minute, never idle for the idle timeout, held it in memory. A
+//! client other than loopback over its own share is refused at once (its
+//! connection closed unanswered), and so is any such client once clients
+//! other than loopback hold all but an eighth of the slots: that eighth
+//! stays for loopback (the operator, local miners, a local reverse proxy). Loopback is one client for a proxy and every
 //! client behind it, so its connections count against the whole limit
 //! only.
 
@@ -286,13 +286,19 @@ fn is_event_stream_head(head: &[u8]) -> bool {
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .unwrap_or(head.len());
+    const NAME: &[u8] = b"content-type:";
+    const TYPE: &[u8] = b"text/event-stream";
     head[..end].split(|b| *b == b'\n').any(|line| {
-        line.len() >= 13
-            && line[..13].eq_ignore_ascii_case(b"content-type:")
-            && String::from_utf8_lossy(&line[13..])
-                .trim()
-                .to_ascii_lowercase()
-                .starts_with("text/event-stream")
+        let Some(value) = line
+            .get(..NAME.len())
+            .filter(|name| name.eq_ignore_ascii_case(NAME))
+            .map(|_| line[NAME.len()..].trim_ascii_start())
+        else {
+            return false;
+        };
+        value
+            .get(..TYPE.len())
+            .is_some_and(|t| t.eq_ignore_ascii_case(TYPE))
     })
 }
 
