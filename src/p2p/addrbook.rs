@@ -802,12 +802,19 @@ impl AddrBook {
         None
     }
 
+    /// How many addresses `sample(max, ..)` looks for: at most `max` and at
+    /// most `GETADDR_MAX_PERCENT` of the book.
+    pub fn sample_size(&self, max: usize) -> usize {
+        let total = self.new_ids.len() + self.tried_ids.len();
+        max.min((total * GETADDR_MAX_PERCENT).div_ceil(100))
+    }
+
     /// Addresses to share in an `addr` answer, with their last-seen time: a
     /// random sample of at most `max` and at most `GETADDR_MAX_PERCENT` of
     /// the book, leaving out worthless entries.
     pub fn sample(&mut self, max: usize, now: u32) -> Vec<(SocketAddr, u32)> {
         let total = self.new_ids.len() + self.tried_ids.len();
-        let wanted = max.min((total * GETADDR_MAX_PERCENT).div_ceil(100));
+        let wanted = self.sample_size(max);
         let mut chosen = HashSet::with_capacity(wanted);
         let mut out = Vec::with_capacity(wanted);
         for _ in 0..wanted * GETADDR_PROBES_PER_ADDRESS {

@@ -3,7 +3,6 @@
 //! rate limit.
 
 use super::*;
-use crate::p2p::addrbook::GETADDR_MAX_PERCENT;
 
 /// The sample that answers `getaddr`, kept so that reconnecting and asking
 /// again yields the same addresses, not a fresh share of the book each
@@ -63,8 +62,7 @@ impl Protocol {
             // entries too old or failed, say after a long downtime) is not
             // kept: it would answer every peer with next to nothing for a
             // day.
-            let allowed = MAX_ADDR_ENTRIES.min((book_len * GETADDR_MAX_PERCENT).div_ceil(100));
-            if entries.len() * 2 < allowed {
+            if entries.len() * 2 < self.addrbook.sample_size(MAX_ADDR_ENTRIES) {
                 actions.push(Action::Send(id, Message::Addr(entries)));
                 return;
             }
