@@ -205,6 +205,11 @@ impl HeaderTree {
     /// above the last block we have in common with it, at most `max`,
     /// leaving out those `skip` says (already asked of someone).
     ///
+    /// When nothing can be asked only because of the window (the peer's
+    /// chain has a block we lack just past it), the plan names the lowest
+    /// block skipped below it: the one the window waits for (Bitcoin
+    /// Core's `nodeStaller`), whose holder the caller may judge.
+    ///
     /// `last_common` is the peer's last common block, kept by the caller
     /// between calls (Bitcoin Core's `pindexLastCommonBlock`): the search
     /// starts there, so its cost depends on the window, never on how far
@@ -216,10 +221,10 @@ impl HeaderTree {
         window: u32,
         max: usize,
         skip: &dyn Fn(&BlockHash) -> bool,
-    ) -> Vec<(BlockHash, u32)> {
-        let mut wanted = Vec::new();
+    ) -> DownloadPlan {
+        let mut plan = DownloadPlan::default();
         let Some(best) = self.index.get(peer_best) else {
-            return wanted;
+            return plan;
         };
         let tip_work = self.tip_entry().chain_work;
         if max == 0
@@ -227,19 +232,24 @@ impl HeaderTree {
             || best.chain_work <= tip_work
             || best.chain_work < self.minimum_chain_work
         {
-            return wanted;
+            return plan;
         }
         let start = last_common
             .filter(|h| self.index.contains(h))
             .unwrap_or_else(|| self.active[best.height.min(self.tip_height()) as usize]);
         let Some(common) = self.index.last_common_ancestor(&start, peer_best) else {
-            return wanted;
+            return plan;
         };
         *last_common = Some(common);
         let common_height = self.index[&common].height;
-        let max_height = common_height.saturating_add(window).min(best.height);
+        let window_end = common_height.saturating_add(window);
+        // One past the window, to tell whether the window is all that
+        // holds the download back.
+        let max_height = window_end.saturating_add(1).min(best.height);
         let mut walked = common_height;
         let mut batch = Vec::new();
+        let mut first_skipped = None;
+        let wanted = &mut plan.blocks;
         while walked < max_height && wanted.len() < max {
             // Fetch the next stretch of the peer's chain: one O(log n)
             // ancestor search, then parent links within the stretch.
@@ -259,7 +269,7 @@ impl HeaderTree {
             for hash in batch.iter().rev() {
                 let entry = &self.index[hash];
                 if entry.is_failed() {
-                    return wanted;
+                    return plan;
                 }
                 if entry.has(status::HAVE_DATA) || self.is_active(hash) {
                     if self.index.is_linked(hash) {
@@ -268,15 +278,22 @@ impl HeaderTree {
                     continue;
                 }
                 if skip(hash) {
+                    first_skipped.get_or_insert(*hash);
                     continue;
+                }
+                if entry.height > window_end {
+                    if wanted.is_empty() {
+                        plan.waiting_for = first_skipped;
+                    }
+                    return plan;
                 }
                 wanted.push((*hash, entry.height));
                 if wanted.len() == max {
-                    return wanted;
+                    return plan;
                 }
             }
         }
-        wanted
+        plan
     }
 
     /// The ancestor of `hash` at `height` (which must not exceed its
@@ -315,6 +332,17 @@ impl HeaderTree {
         self.best_header = writer.best_header;
         self.minimum_chain_work = writer.minimum_chain_work;
     }
+}
+
+/// What `HeaderTree::blocks_to_download` found to ask of a peer.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct DownloadPlan {
+    /// Blocks to ask for, lowest first, with their heights.
+    pub blocks: Vec<(BlockHash, u32)>,
+    /// Set when nothing could be asked only because the download window
+    /// is full: the lowest block in it that someone else was asked for
+    /// (or that waits in our queue), which holds the window back.
+    pub waiting_for: Option<BlockHash>,
 }
 
 /// The readers' copy of the header tree, shared by pointer. A reader holds

@@ -62,7 +62,7 @@ use crate::store::{BlockRows, StateCache, StateWrites, Store, StoreError, StoreO
 use block_index::BlockIndex;
 use delta::{BlockDelta, StatsOutOfRange};
 use flush::Flushing;
-pub use headers::{HeaderTree, HeaderView};
+pub use headers::{DownloadPlan, HeaderTree, HeaderView};
 use orphans::{OrphanPool, Source};
 pub use task::{BlockJob, ChainHandle, ChainStopped, ChainTask};
 pub use view::{ChainReader, ChainView, Published};

@@ -793,10 +793,14 @@ fn download_scheduling_and_locators_cost_the_same_at_any_distance() {
         let tree = reader.headers().read();
         let before = tree.index_steps();
         let mut last_common = None;
-        let first = tree.blocks_to_download(&best, &mut last_common, 1_024, 16, &|_| false);
-        let second = tree.blocks_to_download(&best, &mut last_common, 1_024, 16, &|h| {
-            first.iter().any(|(f, _)| f == h)
-        });
+        let first = tree
+            .blocks_to_download(&best, &mut last_common, 1_024, 16, &|_| false)
+            .blocks;
+        let second = tree
+            .blocks_to_download(&best, &mut last_common, 1_024, 16, &|h| {
+                first.iter().any(|(f, _)| f == h)
+            })
+            .blocks;
         assert_eq!(first.len(), 16);
         assert_eq!(first[0].1, 1);
         assert_eq!(second[0].1, 17);
@@ -816,6 +820,41 @@ fn download_scheduling_and_locators_cost_the_same_at_any_distance() {
         far_loc <= 40 * far_len as u64,
         "locator: {near_loc} steps with 1 000 ahead, {far_loc} with 100 000 ({far_len} hashes)"
     );
+}
+
+/// The download plan names the block a full window waits for, and only
+/// when the window alone keeps a peer from being asked anything.
+#[test]
+fn a_full_download_window_names_the_block_it_waits_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut chain = open(&dir);
+    let genesis = Network::Regtest.params().genesis_block();
+    let headers = crate::testkit::header_chain(genesis.hash(), genesis.header.time, 30, 10, 1);
+    chain.process_headers(&headers).unwrap();
+    let reader = chain.reader();
+    let tree = reader.headers().read();
+    let best = headers.last().unwrap().hash();
+    let hash_at = |height: usize| headers[height - 1].hash();
+    let plan_skipping = |window: u32, through: usize| {
+        let asked: Vec<BlockHash> = (1..=through).map(hash_at).collect();
+        tree.blocks_to_download(&best, &mut None, window, 16, &|h| asked.contains(h))
+    };
+    // Every block of a 10-block window asked of someone, and block 11 is
+    // wanted: the window waits for block 1.
+    let plan = plan_skipping(10, 10);
+    assert!(plan.blocks.is_empty());
+    assert_eq!(plan.waiting_for, Some(hash_at(1)));
+    // One block of the window left to ask: asked, nobody is waited for.
+    let plan = plan_skipping(10, 9);
+    assert_eq!(plan.blocks, vec![(hash_at(10), 10)]);
+    assert_eq!(plan.waiting_for, None);
+    // Nothing past the window (it reaches the peer's best block): the
+    // peer has nothing more to give, the window holds nothing back.
+    let plan = plan_skipping(30, 30);
+    assert_eq!(plan, DownloadPlan::default());
+    // The block past the window asked too: nothing wanted from this peer.
+    let plan = plan_skipping(10, 11);
+    assert_eq!(plan, DownloadPlan::default());
 }
 
 #[test]

@@ -46,6 +46,18 @@ pub const MAX_BLOCKS_IN_FLIGHT_PER_PEER: usize = 16;
 pub const BLOCK_DOWNLOAD_WINDOW: u32 = 1024;
 /// A requested block that has not arrived by then is asked of another peer.
 pub const BLOCK_STALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a peer may hold back the download window before it is
+/// disconnected: the window is full, another peer sits idle for want of
+/// blocks to ask, and the window's lowest missing block was asked of this
+/// peer and has not arrived (Bitcoin Core's `BLOCK_STALLING_TIMEOUT_DEFAULT`).
+/// Without it, a peer that delivers each block just inside
+/// `BLOCK_STALL_TIMEOUT` would hold a catch-up to its own pace.
+pub const BLOCK_STALLING_TIMEOUT: Duration = Duration::from_secs(2);
+/// Each such disconnect doubles the allowance, up to this, so a node whose
+/// own link is slow does not drop every peer in turn; each block the chain
+/// connects brings it back down by `BLOCK_STALLING_TIMEOUT_DECAY`.
+pub const BLOCK_STALLING_TIMEOUT_MAX: Duration = Duration::from_secs(64);
+pub const BLOCK_STALLING_TIMEOUT_DECAY: f64 = 0.85;
 /// A peer that stalls this many requests is disconnected. Each block it
 /// delivers as asked takes one stall off, so an honest peer's rare stall is
 /// forgotten.
@@ -252,6 +264,9 @@ struct Peer {
     /// claimed says nothing more (until it sends headers again).
     answered_empty: bool,
     stalls: u32,
+    /// Since when the download window waits for a block asked of this
+    /// peer while another peer is idle (see `BLOCK_STALLING_TIMEOUT`).
+    stalling_since: Option<Instant>,
     ping: Option<(u64, Instant)>,
     last_ping_sent: Instant,
     answered_getaddr: bool,
@@ -363,6 +378,11 @@ pub struct Protocol {
     /// Blocks handed to the chain task and not yet processed, by sender:
     /// never requested again meanwhile.
     processing: HashMap<BlockHash, PeerId>,
+    /// How long a peer may hold back the download window now (between
+    /// `BLOCK_STALLING_TIMEOUT` and `BLOCK_STALLING_TIMEOUT_MAX`), and the
+    /// tip height it last came down at.
+    block_stalling_timeout: Duration,
+    stalling_timeout_tip: u32,
     /// When we last sent `getheaders`, and to whom.
     headers_request: Option<(PeerId, Instant)>,
     /// What each peer handed to the chain task that is not judged yet, with
@@ -430,6 +450,8 @@ impl Protocol {
             self_addrs: HashMap::new(),
             in_flight: HashMap::new(),
             processing: HashMap::new(),
+            block_stalling_timeout: BLOCK_STALLING_TIMEOUT,
+            stalling_timeout_tip: height,
             headers_request: None,
             awaiting: HashMap::new(),
             addrbook,
@@ -619,6 +641,7 @@ impl Protocol {
         for id in stalled_peers {
             actions.push(Action::Disconnect(id, "stalling"));
         }
+        self.judge_window_stallers(now, &mut actions);
         let retry: Vec<PeerId> = self
             .peers
             .iter()

@@ -571,7 +571,48 @@ impl Protocol {
         if let Some(peer) = self.peers.get_mut(&id) {
             if peer.in_flight.contains_key(&hash) {
                 peer.arrived.insert(hash);
+                // It delivers: whatever held the window is on its way.
+                peer.stalling_since = None;
             }
+        }
+    }
+
+    /// Disconnects a peer that has held back the download window for
+    /// longer than `block_stalling_timeout` (see `BLOCK_STALLING_TIMEOUT`),
+    /// doubling the allowance for the next; each block the chain connected
+    /// since the last call brings the allowance back down.
+    pub(super) fn judge_window_stallers(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        let tip = self.reader.published().tip.1;
+        while self.stalling_timeout_tip < tip
+            && self.block_stalling_timeout > BLOCK_STALLING_TIMEOUT
+        {
+            self.stalling_timeout_tip += 1;
+            self.block_stalling_timeout = self
+                .block_stalling_timeout
+                .mul_f64(BLOCK_STALLING_TIMEOUT_DECAY)
+                .max(BLOCK_STALLING_TIMEOUT);
+        }
+        self.stalling_timeout_tip = tip;
+        let timeout = self.block_stalling_timeout;
+        let stallers: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| {
+                p.stalling_since
+                    .is_some_and(|since| now.duration_since(since) > timeout)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stallers {
+            tracing::info!(
+                peer = id,
+                timeout_s = timeout.as_secs_f64(),
+                "peer held back the block download window: disconnecting"
+            );
+            self.peers.get_mut(&id).expect("listed").stalling_since = None;
+            actions.push(Action::Disconnect(id, "stalling_window"));
+            self.block_stalling_timeout =
+                (self.block_stalling_timeout * 2).min(BLOCK_STALLING_TIMEOUT_MAX);
         }
     }
 
@@ -589,10 +630,13 @@ impl Protocol {
             .map(|(id, _)| *id)
             .collect();
         if ids.is_empty() {
+            // No peer is idle for want of blocks: nobody holds anyone back.
+            self.mark_window_holder(None, now);
             return;
         }
         ids.sort_by_key(|id| (self.peers[id].in_flight.len(), self.peers[id].stalls, *id));
         let chain = self.reader.headers().read();
+        let mut window_held_by = None;
         for peer_id in ids {
             let peer = self.peers.get_mut(&peer_id).expect("listed above");
             let best = peer.best_known.expect("filtered above");
@@ -600,7 +644,7 @@ impl Protocol {
             let in_flight = &self.in_flight;
             let processing = &self.processing;
             let not_found = &peer.not_found;
-            let wanted = chain.blocks_to_download(
+            let plan = chain.blocks_to_download(
                 &best,
                 &mut peer.last_common,
                 BLOCK_DOWNLOAD_WINDOW,
@@ -609,7 +653,20 @@ impl Protocol {
                     in_flight.contains_key(h) || processing.contains_key(h) || not_found.contains(h)
                 },
             );
+            let wanted = plan.blocks;
             if wanted.is_empty() {
+                // An idle peer that could download if the window were one
+                // larger: the window waits for its lowest missing block.
+                // Its holder is judged only while our chain task has no
+                // block to work on, so a node busy connecting (which may
+                // leave frames unread) blames nobody.
+                if peer.in_flight.is_empty() && processing.is_empty() {
+                    if let Some(holder) = plan.waiting_for.and_then(|h| in_flight.get(&h)) {
+                        if *holder != peer_id {
+                            window_held_by = Some((*holder, plan.waiting_for.expect("found")));
+                        }
+                    }
+                }
                 continue;
             }
             let mut items = Vec::with_capacity(wanted.len());
@@ -622,6 +679,22 @@ impl Protocol {
                 });
             }
             actions.push(Action::Send(peer_id, Message::GetData(items)));
+        }
+        drop(chain);
+        self.mark_window_holder(window_held_by, now);
+    }
+
+    /// Keeps `stalling_since` exact: set on the peer whose block holds
+    /// back the window (unless that block has arrived), since the first
+    /// time it was found doing so; cleared on every other peer.
+    fn mark_window_holder(&mut self, holder: Option<(PeerId, BlockHash)>, now: Instant) {
+        for (id, peer) in &mut self.peers {
+            match holder {
+                Some((held_by, hash)) if held_by == *id && !peer.arrived.contains(&hash) => {
+                    peer.stalling_since.get_or_insert(now);
+                }
+                _ => peer.stalling_since = None,
+            }
         }
     }
 

@@ -411,6 +411,95 @@ fn stalled_block_requests_go_to_another_peer() {
     assert!(sent(&actions, 2).contains(&"getdata"), "{actions:?}");
 }
 
+/// Blocks asked of `id` in `actions`.
+fn blocks_asked(actions: &[Action], id: PeerId) -> Vec<BlockHash> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send(to, Message::GetData(items)) if *to == id => Some(items),
+            _ => None,
+        })
+        .flatten()
+        .filter(|i| i.kind == InvKind::Block)
+        .map(|i| i.hash)
+        .collect()
+}
+
+/// Peer 1 is asked for the first blocks of a catch-up and sends nothing;
+/// peer 2 delivers everything else it is asked for, until the download
+/// window is full and it sits idle. Returns the harness and block 1.
+fn window_held_by_peer_1() -> (Harness, BlockHash) {
+    let mut chain = TestChain::new(Network::Regtest);
+    for _ in 0..(BLOCK_DOWNLOAD_WINDOW + 20) {
+        chain.mine_empty(key(1).pubkey_hash());
+    }
+    let headers: Vec<_> = chain.blocks[1..].iter().map(|b| b.header).collect();
+    let by_hash: HashMap<BlockHash, &crate::consensus::block::Block> =
+        chain.blocks.iter().map(|b| (b.hash(), b)).collect();
+    let mut h = harness(&[]);
+    ready_inbound(&mut h, 1);
+    let actions = h.message(1, Message::Headers(headers.clone()), h.now);
+    let held = blocks_asked(&actions, 1);
+    assert_eq!(held.len(), MAX_BLOCKS_IN_FLIGHT_PER_PEER);
+    assert_eq!(held[0], chain.blocks[1].hash());
+    let addr = "127.0.0.1:40001".parse().unwrap();
+    h.protocol.on_connected(2, addr, None, h.now);
+    h.message(2, their_version(2, 1), h.now);
+    h.message(2, Message::Verack, h.now);
+    let mut asked = blocks_asked(&h.message(2, Message::Headers(headers), h.now), 2);
+    let mut delivered = 0;
+    while let Some(hash) = asked.pop() {
+        let block = by_hash[&hash].clone();
+        let actions = h.message(2, Message::Block(Box::new(block)), h.now);
+        assert_eq!(disconnected(&actions, 2), None);
+        asked.extend(blocks_asked(&actions, 2));
+        delivered += 1;
+    }
+    // Everything in the window but peer 1's blocks.
+    assert_eq!(
+        delivered,
+        BLOCK_DOWNLOAD_WINDOW as usize - MAX_BLOCKS_IN_FLIGHT_PER_PEER
+    );
+    assert_eq!(h.chain.tip().height, 0);
+    (h, chain.blocks[1].hash())
+}
+
+/// A peer that holds back the download window (its block is the lowest
+/// missing one while another peer sits idle) is disconnected after
+/// `BLOCK_STALLING_TIMEOUT`, well before its request would time out, and
+/// the next holder gets twice as long.
+#[test]
+fn a_peer_holding_back_the_download_window_is_disconnected() {
+    let (mut h, _) = window_held_by_peer_1();
+    let soon = h.now + BLOCK_STALLING_TIMEOUT / 2;
+    let actions = h.protocol.on_tick(soon);
+    assert_eq!(disconnected(&actions, 1), None);
+    let later = h.now + BLOCK_STALLING_TIMEOUT + Duration::from_millis(500);
+    assert!(later < h.now + BLOCK_STALL_TIMEOUT);
+    let actions = h.protocol.on_tick(later);
+    assert_eq!(disconnected(&actions, 1), Some("stalling_window"));
+    assert_eq!(disconnected(&actions, 2), None);
+    assert_eq!(
+        h.protocol.block_stalling_timeout,
+        BLOCK_STALLING_TIMEOUT * 2
+    );
+}
+
+/// The window's block has arrived from its holder (it waits for its turn
+/// in our queue): not a stall, however long the window stays full.
+#[test]
+fn a_window_block_that_arrived_is_not_held_back() {
+    let (mut h, first) = window_held_by_peer_1();
+    h.protocol.on_block_arrived(1, first);
+    // Ticks past the allowance, before the requests' own timeout.
+    for step in 1..=4 {
+        let at = h.now + Duration::from_secs(step);
+        assert!(at < h.now + BLOCK_STALL_TIMEOUT);
+        let actions = h.protocol.on_tick(at);
+        assert_eq!(disconnected(&actions, 1), None, "at step {step}");
+    }
+}
+
 fn index_len(h: &Harness) -> usize {
     h.chain.index_len()
 }
