@@ -53,10 +53,10 @@ pub const BLOCK_STALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Without it, a peer that delivers each block just inside
 /// `BLOCK_STALL_TIMEOUT` would hold a catch-up to its own pace.
 pub const BLOCK_STALLING_TIMEOUT: Duration = Duration::from_secs(2);
-/// Each such disconnect doubles the allowance, up to this, so a node whose
-/// own link is slow does not drop every peer in turn; each block the chain
-/// connects brings it back down by `BLOCK_STALLING_TIMEOUT_DECAY`.
-pub const BLOCK_STALLING_TIMEOUT_MAX: Duration = Duration::from_secs(64);
+/// Each such disconnect doubles the allowance, up to `BLOCK_STALL_TIMEOUT`
+/// (past which a request's own timeout acts first), so a node whose own
+/// link is slow does not drop every peer in turn; each block the chain
+/// connects brings it back down by this factor.
 pub const BLOCK_STALLING_TIMEOUT_DECAY: f64 = 0.85;
 /// A peer that stalls this many requests is disconnected. Each block it
 /// delivers as asked takes one stall off, so an honest peer's rare stall is
@@ -264,9 +264,9 @@ struct Peer {
     /// claimed says nothing more (until it sends headers again).
     answered_empty: bool,
     stalls: u32,
-    /// Since when the download window waits for a block asked of this
-    /// peer while another peer is idle (see `BLOCK_STALLING_TIMEOUT`).
-    stalling_since: Option<Instant>,
+    /// The download window waits for a block asked of this peer while
+    /// another peer is idle (see `BLOCK_STALLING_TIMEOUT`).
+    window_hold: Option<WindowHold>,
     ping: Option<(u64, Instant)>,
     last_ping_sent: Instant,
     answered_getaddr: bool,
@@ -305,6 +305,19 @@ struct Peer {
     last_block_at: Option<Instant>,
     /// When the peer last sent a transaction our pool accepted.
     last_tx_at: Option<Instant>,
+}
+
+/// How long the download window has waited for one block of a peer.
+#[derive(Debug)]
+struct WindowHold {
+    /// The block the window waits for.
+    hash: BlockHash,
+    /// Time seen held so far, counted only while our chain task had no
+    /// block to work on (a node busy connecting, which may leave frames
+    /// unread, blames nobody; the clock pauses).
+    held: Duration,
+    /// When it was last seen held, unless the clock is paused.
+    seen_at: Option<Instant>,
 }
 
 /// A transaction we want: who announced it and whom we asked.
@@ -379,8 +392,8 @@ pub struct Protocol {
     /// never requested again meanwhile.
     processing: HashMap<BlockHash, PeerId>,
     /// How long a peer may hold back the download window now (between
-    /// `BLOCK_STALLING_TIMEOUT` and `BLOCK_STALLING_TIMEOUT_MAX`), and the
-    /// tip height it last came down at.
+    /// `BLOCK_STALLING_TIMEOUT` and `BLOCK_STALL_TIMEOUT`), and the tip
+    /// height it last came down at.
     block_stalling_timeout: Duration,
     stalling_timeout_tip: u32,
     /// When we last sent `getheaders`, and to whom.
@@ -641,7 +654,7 @@ impl Protocol {
         for id in stalled_peers {
             actions.push(Action::Disconnect(id, "stalling"));
         }
-        self.judge_window_stallers(now, &mut actions);
+        self.judge_window_stallers(&mut actions);
         let retry: Vec<PeerId> = self
             .peers
             .iter()

@@ -61,7 +61,7 @@ impl Protocol {
                 headers_sync: None,
                 headers_retry_at: None,
                 stalls: 0,
-                stalling_since: None,
+                window_hold: None,
                 ping: None,
                 last_ping_sent: now,
                 answered_getaddr: false,

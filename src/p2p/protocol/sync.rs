@@ -571,8 +571,11 @@ impl Protocol {
         if let Some(peer) = self.peers.get_mut(&id) {
             if peer.in_flight.contains_key(&hash) {
                 peer.arrived.insert(hash);
-                // It delivers: whatever held the window is on its way.
-                peer.stalling_since = None;
+                // The block the window waited for is on its way; another
+                // block of the peer's arriving changes nothing.
+                if peer.window_hold.as_ref().is_some_and(|h| h.hash == hash) {
+                    peer.window_hold = None;
+                }
             }
         }
     }
@@ -581,7 +584,7 @@ impl Protocol {
     /// longer than `block_stalling_timeout` (see `BLOCK_STALLING_TIMEOUT`),
     /// doubling the allowance for the next; each block the chain connected
     /// since the last call brings the allowance back down.
-    pub(super) fn judge_window_stallers(&mut self, now: Instant, actions: &mut Vec<Action>) {
+    pub(super) fn judge_window_stallers(&mut self, actions: &mut Vec<Action>) {
         let tip = self.reader.published().tip.1;
         while self.stalling_timeout_tip < tip
             && self.block_stalling_timeout > BLOCK_STALLING_TIMEOUT
@@ -598,8 +601,11 @@ impl Protocol {
             .peers
             .iter()
             .filter(|(_, p)| {
-                p.stalling_since
-                    .is_some_and(|since| now.duration_since(since) > timeout)
+                p.window_hold.as_ref().is_some_and(|hold| {
+                    hold.held > timeout
+                        && p.in_flight.contains_key(&hold.hash)
+                        && !p.arrived.contains(&hold.hash)
+                })
             })
             .map(|(id, _)| *id)
             .collect();
@@ -609,10 +615,10 @@ impl Protocol {
                 timeout_s = timeout.as_secs_f64(),
                 "peer held back the block download window: disconnecting"
             );
-            self.peers.get_mut(&id).expect("listed").stalling_since = None;
+            self.peers.get_mut(&id).expect("listed").window_hold = None;
             actions.push(Action::Disconnect(id, "stalling_window"));
             self.block_stalling_timeout =
-                (self.block_stalling_timeout * 2).min(BLOCK_STALLING_TIMEOUT_MAX);
+                (self.block_stalling_timeout * 2).min(BLOCK_STALL_TIMEOUT);
         }
     }
 
@@ -657,10 +663,7 @@ impl Protocol {
             if wanted.is_empty() {
                 // An idle peer that could download if the window were one
                 // larger: the window waits for its lowest missing block.
-                // Its holder is judged only while our chain task has no
-                // block to work on, so a node busy connecting (which may
-                // leave frames unread) blames nobody.
-                if peer.in_flight.is_empty() && processing.is_empty() {
+                if peer.in_flight.is_empty() {
                     if let Some(holder) = plan.waiting_for.and_then(|h| in_flight.get(&h)) {
                         if *holder != peer_id {
                             window_held_by = Some((*holder, plan.waiting_for.expect("found")));
@@ -684,16 +687,39 @@ impl Protocol {
         self.mark_window_holder(window_held_by, now);
     }
 
-    /// Keeps `stalling_since` exact: set on the peer whose block holds
-    /// back the window (unless that block has arrived), since the first
-    /// time it was found doing so; cleared on every other peer.
+    /// Keeps `window_hold` exact: the peer whose block holds back the
+    /// window (unless that block has arrived) adds the time since it was
+    /// last seen doing so; every other peer's hold is cleared. While the
+    /// chain task has blocks or headers to work on, every clock pauses.
     fn mark_window_holder(&mut self, holder: Option<(PeerId, BlockHash)>, now: Instant) {
+        if !self.processing.is_empty() || self.headers_being_indexed() {
+            for peer in self.peers.values_mut() {
+                if let Some(hold) = &mut peer.window_hold {
+                    hold.seen_at = None;
+                }
+            }
+            return;
+        }
         for (id, peer) in &mut self.peers {
             match holder {
                 Some((held_by, hash)) if held_by == *id && !peer.arrived.contains(&hash) => {
-                    peer.stalling_since.get_or_insert(now);
+                    match &mut peer.window_hold {
+                        Some(hold) if hold.hash == hash => {
+                            if let Some(seen) = hold.seen_at {
+                                hold.held += now.saturating_duration_since(seen);
+                            }
+                            hold.seen_at = Some(now);
+                        }
+                        other => {
+                            *other = Some(WindowHold {
+                                hash,
+                                held: Duration::ZERO,
+                                seen_at: Some(now),
+                            })
+                        }
+                    }
                 }
-                _ => peer.stalling_since = None,
+                _ => peer.window_hold = None,
             }
         }
     }

@@ -464,25 +464,67 @@ fn window_held_by_peer_1() -> (Harness, BlockHash) {
     (h, chain.blocks[1].hash())
 }
 
+/// Ticks every 250 ms (the protocol thread's pace) from `h.now` until
+/// peer 1 is disconnected; `meanwhile` runs before each tick. Returns when
+/// and why, or `None` by `BLOCK_STALL_TIMEOUT`.
+fn tick_until_peer_1_leaves(
+    h: &mut Harness,
+    mut meanwhile: impl FnMut(&mut Harness, Duration),
+) -> Option<(Duration, &'static str)> {
+    let mut after = Duration::ZERO;
+    while after < BLOCK_STALL_TIMEOUT {
+        after += Duration::from_millis(250);
+        meanwhile(h, after);
+        let actions = h.protocol.on_tick(h.now + after);
+        assert_eq!(disconnected(&actions, 2), None);
+        if let Some(reason) = disconnected(&actions, 1) {
+            return Some((after, reason));
+        }
+    }
+    None
+}
+
 /// A peer that holds back the download window (its block is the lowest
-/// missing one while another peer sits idle) is disconnected after
-/// `BLOCK_STALLING_TIMEOUT`, well before its request would time out, and
-/// the next holder gets twice as long.
+/// missing one while another peer sits idle) is disconnected once it has
+/// done so for `BLOCK_STALLING_TIMEOUT`, well before its requests would
+/// time out, and the next holder gets twice as long.
 #[test]
 fn a_peer_holding_back_the_download_window_is_disconnected() {
     let (mut h, _) = window_held_by_peer_1();
-    let soon = h.now + BLOCK_STALLING_TIMEOUT / 2;
-    let actions = h.protocol.on_tick(soon);
-    assert_eq!(disconnected(&actions, 1), None);
-    let later = h.now + BLOCK_STALLING_TIMEOUT + Duration::from_millis(500);
-    assert!(later < h.now + BLOCK_STALL_TIMEOUT);
-    let actions = h.protocol.on_tick(later);
-    assert_eq!(disconnected(&actions, 1), Some("stalling_window"));
-    assert_eq!(disconnected(&actions, 2), None);
+    let (after, reason) = tick_until_peer_1_leaves(&mut h, |_, _| {}).expect("dropped");
+    assert_eq!(reason, "stalling_window");
+    assert!(
+        after > BLOCK_STALLING_TIMEOUT
+            && after <= BLOCK_STALLING_TIMEOUT + Duration::from_millis(500),
+        "dropped after {after:?}"
+    );
     assert_eq!(
         h.protocol.block_stalling_timeout,
         BLOCK_STALLING_TIMEOUT * 2
     );
+}
+
+/// Delivering its other blocks does not buy the holder time: only the
+/// block the window waits for counts (review finding).
+#[test]
+fn a_holder_delivering_other_blocks_is_still_disconnected() {
+    let (mut h, first) = window_held_by_peer_1();
+    let mut others: Vec<BlockHash> = h.protocol.peers[&1]
+        .in_flight
+        .keys()
+        .filter(|hash| **hash != first)
+        .copied()
+        .collect();
+    let (after, reason) = tick_until_peer_1_leaves(&mut h, |h, after| {
+        if after.as_millis() % 500 == 0 {
+            if let Some(hash) = others.pop() {
+                h.protocol.on_block_arrived(1, hash);
+            }
+        }
+    })
+    .expect("dropped");
+    assert_eq!(reason, "stalling_window");
+    assert!(after <= BLOCK_STALLING_TIMEOUT + Duration::from_millis(500));
 }
 
 /// The window's block has arrived from its holder (it waits for its turn
