@@ -411,8 +411,8 @@ fn stalled_block_requests_go_to_another_peer() {
     assert!(sent(&actions, 2).contains(&"getdata"), "{actions:?}");
 }
 
-/// Blocks asked of `id` in `actions`.
-fn blocks_asked(actions: &[Action], id: PeerId) -> Vec<BlockHash> {
+/// Items of `kind` asked of `id` in `actions`.
+fn items_asked(actions: &[Action], id: PeerId, kind: InvKind) -> Vec<Hash256> {
     actions
         .iter()
         .filter_map(|a| match a {
@@ -420,9 +420,14 @@ fn blocks_asked(actions: &[Action], id: PeerId) -> Vec<BlockHash> {
             _ => None,
         })
         .flatten()
-        .filter(|i| i.kind == InvKind::Block)
+        .filter(|i| i.kind == kind)
         .map(|i| i.hash)
         .collect()
+}
+
+/// Blocks asked of `id` in `actions`.
+fn blocks_asked(actions: &[Action], id: PeerId) -> Vec<BlockHash> {
+    items_asked(actions, id, InvKind::Block)
 }
 
 /// Peer 1 is asked for the first blocks of a catch-up and sends nothing;

@@ -38,16 +38,7 @@ fn parent_and_child_on() -> (Harness, TestChain, Transaction, Transaction) {
 }
 
 fn asked_for(actions: &[Action], id: PeerId) -> Vec<Hash256> {
-    actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Send(to, Message::GetData(items)) if *to == id => Some(items),
-            _ => None,
-        })
-        .flatten()
-        .filter(|i| i.kind == InvKind::Tx)
-        .map(|i| i.hash)
-        .collect()
+    items_asked(actions, id, InvKind::Tx)
 }
 
 fn in_pool(h: &Harness, txid: &Hash256) -> bool {
