@@ -434,6 +434,13 @@ fn blocks_asked(actions: &[Action], id: PeerId) -> Vec<BlockHash> {
 /// peer 2 delivers everything else it is asked for, until the download
 /// window is full and it sits idle. Returns the harness and block 1.
 fn window_held_by_peer_1() -> (Harness, BlockHash) {
+    let (h, first, _) = window_held_by_peer_1_with(false);
+    (h, first)
+}
+
+/// As `window_held_by_peer_1`; with `last_unprocessed`, peer 2's last block
+/// is left for the chain task (its actions returned, not run).
+fn window_held_by_peer_1_with(last_unprocessed: bool) -> (Harness, BlockHash, Vec<Action>) {
     let mut chain = TestChain::new(Network::Regtest);
     for _ in 0..(BLOCK_DOWNLOAD_WINDOW + 20) {
         chain.mine_empty(key(1).pubkey_hash());
@@ -453,20 +460,24 @@ fn window_held_by_peer_1() -> (Harness, BlockHash) {
     h.message(2, Message::Verack, h.now);
     let mut asked = blocks_asked(&h.message(2, Message::Headers(headers), h.now), 2);
     let mut delivered = 0;
+    let expected = BLOCK_DOWNLOAD_WINDOW as usize - MAX_BLOCKS_IN_FLIGHT_PER_PEER;
+    let mut unprocessed = Vec::new();
     while let Some(hash) = asked.pop() {
-        let block = by_hash[&hash].clone();
-        let actions = h.message(2, Message::Block(Box::new(block)), h.now);
+        let block = Message::Block(Box::new(by_hash[&hash].clone()));
+        if last_unprocessed && delivered + 1 == expected {
+            unprocessed = h.protocol.on_message(2, block, h.now);
+            delivered += 1;
+            continue;
+        }
+        let actions = h.message(2, block, h.now);
         assert_eq!(disconnected(&actions, 2), None);
         asked.extend(blocks_asked(&actions, 2));
         delivered += 1;
     }
     // Everything in the window but peer 1's blocks.
-    assert_eq!(
-        delivered,
-        BLOCK_DOWNLOAD_WINDOW as usize - MAX_BLOCKS_IN_FLIGHT_PER_PEER
-    );
+    assert_eq!(delivered, expected);
     assert_eq!(h.chain.tip().height, 0);
-    (h, chain.blocks[1].hash())
+    (h, chain.blocks[1].hash(), unprocessed)
 }
 
 /// Ticks every 250 ms (the protocol thread's pace) from `h.now` until
@@ -530,6 +541,18 @@ fn a_holder_delivering_other_blocks_is_still_disconnected() {
     .expect("dropped");
     assert_eq!(reason, "stalling_window");
     assert!(after <= BLOCK_STALLING_TIMEOUT + Duration::from_millis(500));
+}
+
+/// While the chain task has a block to work on, the holder's clock
+/// pauses: a node busy connecting may leave frames unread, and blames
+/// nobody for it.
+#[test]
+fn the_window_clock_pauses_while_the_chain_task_has_a_block() {
+    let (mut h, _, pending) = window_held_by_peer_1_with(true);
+    assert!(!pending.is_empty());
+    assert_eq!(h.protocol.processing.len(), 1);
+    let left = tick_until_peer_1_leaves(&mut h, |_, _| {});
+    assert_eq!(left, None, "dropped while the chain task had a block");
 }
 
 /// The window's block has arrived from its holder (it waits for its turn
