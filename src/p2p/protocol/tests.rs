@@ -434,13 +434,16 @@ fn blocks_asked(actions: &[Action], id: PeerId) -> Vec<BlockHash> {
 /// peer 2 delivers everything else it is asked for, until the download
 /// window is full and it sits idle. Returns the harness and block 1.
 fn window_held_by_peer_1() -> (Harness, BlockHash) {
-    let (h, first, _) = window_held_by_peer_1_with(false);
-    (h, first)
+    let (h, blocks, _) = window_held_by_peer_1_with(false);
+    (h, blocks[1].hash())
 }
 
-/// As `window_held_by_peer_1`; with `last_unprocessed`, peer 2's last block
-/// is left for the chain task (its actions returned, not run).
-fn window_held_by_peer_1_with(last_unprocessed: bool) -> (Harness, BlockHash, Vec<Action>) {
+/// As `window_held_by_peer_1`, returning the whole chain's blocks; with
+/// `last_unprocessed`, peer 2's last block is left for the chain task (its
+/// actions returned, not run).
+fn window_held_by_peer_1_with(
+    last_unprocessed: bool,
+) -> (Harness, Vec<crate::consensus::block::Block>, Vec<Action>) {
     let mut chain = TestChain::new(Network::Regtest);
     for _ in 0..(BLOCK_DOWNLOAD_WINDOW + 20) {
         chain.mine_empty(key(1).pubkey_hash());
@@ -477,7 +480,7 @@ fn window_held_by_peer_1_with(last_unprocessed: bool) -> (Harness, BlockHash, Ve
     // Everything in the window but peer 1's blocks.
     assert_eq!(delivered, expected);
     assert_eq!(h.chain.tip().height, 0);
-    (h, chain.blocks[1].hash(), unprocessed)
+    (h, chain.blocks, unprocessed)
 }
 
 /// Ticks every 250 ms (the protocol thread's pace) from `h.now` until
@@ -518,6 +521,33 @@ fn a_peer_holding_back_the_download_window_is_disconnected() {
         h.protocol.block_stalling_timeout,
         BLOCK_STALLING_TIMEOUT * 2
     );
+}
+
+/// Once the holder is gone, its blocks are asked of the other peer, the
+/// chain connects the whole window, and the allowance the drop doubled
+/// comes back down to `BLOCK_STALLING_TIMEOUT`.
+#[test]
+fn after_a_holder_is_dropped_the_window_moves_and_the_allowance_decays() {
+    let (mut h, blocks, _) = window_held_by_peer_1_with(false);
+    let (after, _) = tick_until_peer_1_leaves(&mut h, |_, _| {}).expect("dropped");
+    assert_eq!(
+        h.protocol.block_stalling_timeout,
+        BLOCK_STALLING_TIMEOUT * 2
+    );
+    let now = h.now + after;
+    let by_hash: HashMap<BlockHash, &crate::consensus::block::Block> =
+        blocks.iter().map(|b| (b.hash(), b)).collect();
+    let mut asked = blocks_asked(&h.protocol.on_disconnected(1, now), 2);
+    asked.extend(blocks_asked(&h.protocol.on_tick(now), 2));
+    assert!(asked.contains(&blocks[1].hash()), "block 1 asked of peer 2");
+    while let Some(hash) = asked.pop() {
+        let block = Message::Block(Box::new(by_hash[&hash].clone()));
+        asked.extend(blocks_asked(&h.message(2, block, now), 2));
+    }
+    // The whole window connected (the blocks past it are asked later).
+    assert!(h.chain.tip().height >= BLOCK_DOWNLOAD_WINDOW);
+    h.protocol.on_tick(now + Duration::from_millis(250));
+    assert_eq!(h.protocol.block_stalling_timeout, BLOCK_STALLING_TIMEOUT);
 }
 
 /// Delivering its other blocks does not buy the holder time: only the
