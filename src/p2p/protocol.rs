@@ -313,8 +313,8 @@ struct WindowHold {
     /// The block the window waits for.
     hash: BlockHash,
     /// Time seen held so far, counted only while our chain task had no
-    /// block to work on (a node busy connecting, which may leave frames
-    /// unread, blames nobody; the clock pauses).
+    /// requested block to work on (a node busy connecting, which may leave
+    /// frames unread, blames nobody; the clock pauses).
     held: Duration,
     /// When it was last seen held, unless the clock is paused.
     seen_at: Option<Instant>,
@@ -391,6 +391,10 @@ pub struct Protocol {
     /// Blocks handed to the chain task and not yet processed, by sender:
     /// never requested again meanwhile.
     processing: HashMap<BlockHash, PeerId>,
+    /// Those of `processing` that were requested: what pauses the window
+    /// holder's clock (an unrequested block, which anyone can send again
+    /// and again, pauses nothing).
+    processing_requested: HashSet<BlockHash>,
     /// How long a peer may hold back the download window now (between
     /// `BLOCK_STALLING_TIMEOUT` and `BLOCK_STALL_TIMEOUT`), and the tip
     /// height it last came down at.
@@ -463,6 +467,7 @@ impl Protocol {
             self_addrs: HashMap::new(),
             in_flight: HashMap::new(),
             processing: HashMap::new(),
+            processing_requested: HashSet::new(),
             block_stalling_timeout: BLOCK_STALLING_TIMEOUT,
             stalling_timeout_tip: height,
             headers_request: None,

@@ -415,6 +415,9 @@ impl Protocol {
             }
         }
         self.processing.insert(hash, id);
+        if requested {
+            self.processing_requested.insert(hash);
+        }
         self.await_judgement(id, Work::Block);
         actions.push(Action::ProcessBlock {
             peer: id,
@@ -438,6 +441,7 @@ impl Protocol {
         let mut actions = Vec::new();
         if self.processing.get(&hash) == Some(&id) {
             self.processing.remove(&hash);
+            self.processing_requested.remove(&hash);
         }
         let sender_ip = self.judged(id, Work::Block);
         if self.peers.get(&id).is_some_and(|p| p.ready()) {
@@ -690,12 +694,15 @@ impl Protocol {
     /// Keeps `window_hold` exact: the peer whose block holds back the
     /// window (unless that block has arrived) adds the time since it was
     /// last seen doing so; every other peer's hold is cleared. While the
-    /// chain task has blocks or headers to work on, every clock pauses.
+    /// chain task has a requested block to work on, every clock pauses,
+    /// after counting the time up to now.
     fn mark_window_holder(&mut self, holder: Option<(PeerId, BlockHash)>, now: Instant) {
-        if !self.processing.is_empty() || self.headers_being_indexed() {
+        if !self.processing_requested.is_empty() {
             for peer in self.peers.values_mut() {
                 if let Some(hold) = &mut peer.window_hold {
-                    hold.seen_at = None;
+                    if let Some(seen) = hold.seen_at.take() {
+                        hold.held += now.saturating_duration_since(seen);
+                    }
                 }
             }
             return;

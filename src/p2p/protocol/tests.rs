@@ -554,17 +554,21 @@ fn after_a_holder_is_dropped_the_window_moves_and_the_allowance_decays() {
 /// block the window waits for counts (review finding).
 #[test]
 fn a_holder_delivering_other_blocks_is_still_disconnected() {
-    let (mut h, first) = window_held_by_peer_1();
-    let mut others: Vec<BlockHash> = h.protocol.peers[&1]
-        .in_flight
-        .keys()
-        .filter(|hash| **hash != first)
-        .copied()
+    let (mut h, blocks, _) = window_held_by_peer_1_with(false);
+    let first = blocks[1].hash();
+    let mut others: Vec<crate::consensus::block::Block> = blocks
+        .iter()
+        .filter(|b| b.hash() != first && h.protocol.peers[&1].in_flight.contains_key(&b.hash()))
+        .cloned()
         .collect();
+    assert_eq!(others.len(), MAX_BLOCKS_IN_FLIGHT_PER_PEER - 1);
     let (after, reason) = tick_until_peer_1_leaves(&mut h, |h, after| {
         if after.as_millis() % 500 == 0 {
-            if let Some(hash) = others.pop() {
-                h.protocol.on_block_arrived(1, hash);
+            if let Some(block) = others.pop() {
+                // Arrived, then handed to the chain task and stored there.
+                h.protocol.on_block_arrived(1, block.hash());
+                let at = h.now + after;
+                h.message(1, Message::Block(Box::new(block)), at);
             }
         }
     })
@@ -583,6 +587,42 @@ fn the_window_clock_pauses_while_the_chain_task_has_a_block() {
     assert_eq!(h.protocol.processing.len(), 1);
     let left = tick_until_peer_1_leaves(&mut h, |_, _| {});
     assert_eq!(left, None, "dropped while the chain task had a block");
+}
+
+/// An unrequested block waiting for the chain task pauses nothing: anyone
+/// can send one again and again (review finding).
+#[test]
+fn an_unrequested_block_waiting_for_the_chain_task_pauses_nothing() {
+    let (mut h, _) = window_held_by_peer_1();
+    h.protocol.processing.insert(Hash256([0xb6; 32]), 2);
+    let (after, reason) = tick_until_peer_1_leaves(&mut h, |_, _| {}).expect("dropped");
+    assert_eq!(reason, "stalling_window");
+    assert!(after <= BLOCK_STALLING_TIMEOUT + Duration::from_millis(500));
+}
+
+/// The clock pauses rather than restarts: a second of holding, a second
+/// of the chain task working on a requested block, then the holder is
+/// dropped once another second has passed (and the time up to the pause
+/// counts: review finding).
+#[test]
+fn the_window_clock_resumes_where_it_paused() {
+    let (mut h, _) = window_held_by_peer_1();
+    let busy = Hash256([0xb5; 32]);
+    let (after, reason) = tick_until_peer_1_leaves(&mut h, |h, after| {
+        if after == Duration::from_secs(1) {
+            h.protocol.processing_requested.insert(busy);
+        } else if after == Duration::from_secs(2) {
+            h.protocol.processing_requested.remove(&busy);
+        }
+    })
+    .expect("dropped");
+    assert_eq!(reason, "stalling_window");
+    let running = after - Duration::from_secs(1);
+    assert!(
+        running > BLOCK_STALLING_TIMEOUT
+            && running <= BLOCK_STALLING_TIMEOUT + Duration::from_millis(500),
+        "dropped after {after:?}, {running:?} of it holding"
+    );
 }
 
 /// The window's block has arrived from its holder (it waits for its turn
