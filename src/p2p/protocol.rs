@@ -320,6 +320,15 @@ struct WindowHold {
     seen_at: Option<Instant>,
 }
 
+impl WindowHold {
+    /// Adds the time since it was last seen held, and pauses the clock.
+    fn count_to(&mut self, now: Instant) {
+        if let Some(seen) = self.seen_at.take() {
+            self.held += now.saturating_duration_since(seen);
+        }
+    }
+}
+
 /// A transaction we want: who announced it and whom we asked.
 #[derive(Debug, Default)]
 struct TxRequest {

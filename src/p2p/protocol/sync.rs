@@ -667,11 +667,10 @@ impl Protocol {
             if wanted.is_empty() {
                 // An idle peer that could download if the window were one
                 // larger: the window waits for its lowest missing block.
-                if peer.in_flight.is_empty() {
-                    if let Some(holder) = plan.waiting_for.and_then(|h| in_flight.get(&h)) {
-                        if *holder != peer_id {
-                            window_held_by = Some((*holder, plan.waiting_for.expect("found")));
-                        }
+                if let Some(hash) = plan.waiting_for.filter(|_| peer.in_flight.is_empty()) {
+                    match in_flight.get(&hash) {
+                        Some(&holder) if holder != peer_id => window_held_by = Some((holder, hash)),
+                        _ => {}
                     }
                 }
                 continue;
@@ -700,9 +699,7 @@ impl Protocol {
         if !self.processing_requested.is_empty() {
             for peer in self.peers.values_mut() {
                 if let Some(hold) = &mut peer.window_hold {
-                    if let Some(seen) = hold.seen_at.take() {
-                        hold.held += now.saturating_duration_since(seen);
-                    }
+                    hold.count_to(now);
                 }
             }
             return;
@@ -712,9 +709,7 @@ impl Protocol {
                 Some((held_by, hash)) if held_by == *id && !peer.arrived.contains(&hash) => {
                     match &mut peer.window_hold {
                         Some(hold) if hold.hash == hash => {
-                            if let Some(seen) = hold.seen_at {
-                                hold.held += now.saturating_duration_since(seen);
-                            }
+                            hold.count_to(now);
                             hold.seen_at = Some(now);
                         }
                         other => {
