@@ -101,6 +101,24 @@ pub const ADDRBOOK_FORMAT_VERSION: u32 = 2;
 /// 20 480 entries of some 150 bytes of JSON, 3 MB.
 pub const MAX_ADDRBOOK_FILE_BYTES: u64 = 16 << 20;
 
+/// Addresses at most whose move to the tried table waits for a test of
+/// the entry holding their slot (Bitcoin Core's
+/// `ADDRMAN_SET_TRIED_COLLISION_SIZE`); past it a handshake moves nothing.
+pub const TRIED_COLLISIONS_MAX: usize = 10;
+
+/// A tried entry that connected this recently keeps its slot against a
+/// newcomer without a test (`ADDRMAN_REPLACEMENT`).
+pub const TRIED_REPLACEMENT_WINDOW: u32 = 4 * 60 * 60;
+
+/// How long a collision waits for its test: past it, an entry tried in the
+/// meantime without success, or never tried, loses its slot
+/// (`ADDRMAN_TEST_WINDOW`).
+pub const TRIED_TEST_WINDOW: u32 = 40 * 60;
+
+/// A dial of the holder that has not connected this long after it began
+/// failed the test.
+pub const TRIED_TEST_TIMEOUT: u32 = 60;
+
 /// Why a saved address book could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum AddrBookError {
@@ -234,6 +252,12 @@ pub struct AddrBook {
     /// Entries and slots examined since creation: tests check that each
     /// operation costs a bounded number, whatever the size of the book.
     work: u64,
+    /// New-table addresses that completed a handshake while their tried
+    /// slot held another address, with when: the holder is tested (a
+    /// feeler dials it) before it is evicted, so that an attacker's fresh
+    /// addresses cannot push out peers that work (Bitcoin Core's test
+    /// before evict). Not saved: a restart forgets them.
+    collisions: HashMap<SocketAddr, u32>,
 }
 
 impl std::fmt::Debug for AddrBook {
@@ -291,6 +315,7 @@ impl AddrBook {
             rng: StdRng::from_entropy(),
             path: None,
             work: 0,
+            collisions: HashMap::new(),
         }
     }
 
@@ -646,15 +671,32 @@ impl AddrBook {
     }
 
     /// Records a completed handshake with `addr`, which we dialed: it moves
-    /// to the tried table (the entry in its slot, if any, goes back to new).
-    /// Returns whether it was not in the tried table before.
+    /// to the tried table, unless its slot there holds another address:
+    /// then it stays in new and the collision waits for a test of the
+    /// holder (`resolve_collisions`). Returns whether it moved to tried.
     pub fn mark_good(&mut self, addr: SocketAddr, now: u32) -> bool {
         let addr = canonical_socket(addr);
         if !self.acceptable(&addr) {
             return false;
         }
         let was_tried = self.entries.get(&addr).is_some_and(|e| e.is_tried());
-        self.make_tried(addr, now, addr.ip());
+        let holder = self.tried_slots[self.slot(true, self.tried_bucket(&addr), &addr)];
+        self.work += 1;
+        if !was_tried && holder.is_some_and(|h| h != addr) {
+            if !self.entries.contains_key(&addr) {
+                self.add_new(addr, addr.ip(), now, now);
+            }
+            if self.entries.contains_key(&addr) && self.collisions.len() < TRIED_COLLISIONS_MAX {
+                self.collisions.entry(addr).or_insert(now);
+            }
+        } else {
+            self.make_tried(addr, now, addr.ip());
+        }
+        self.record_success(addr, now);
+        !was_tried && self.entries.get(&addr).is_some_and(|e| e.is_tried())
+    }
+
+    fn record_success(&mut self, addr: SocketAddr, now: u32) {
         if let Some(entry) = self.entries.get_mut(&addr) {
             entry.last_seen = now;
             entry.last_success = now;
@@ -662,7 +704,80 @@ impl AddrBook {
             entry.attempts = 0;
             entry.next_attempt = None;
         }
-        !was_tried && self.entries.get(&addr).is_some_and(|e| e.is_tried())
+    }
+
+    /// Settles the collisions whose test is over (Bitcoin Core's
+    /// `ResolveCollisions`): the newcomer moves to tried if its slot is
+    /// free, or if the holder has not connected in `TRIED_REPLACEMENT_WINDOW`
+    /// and either failed a dial begun at least `TRIED_TEST_TIMEOUT` ago
+    /// within the last `TRIED_TEST_WINDOW`, or was not dialed at all in the
+    /// `TRIED_TEST_WINDOW` since the collision. A holder that connected
+    /// lately keeps its slot. Returns whether an address moved to tried.
+    pub fn resolve_collisions(&mut self, now: u32) -> bool {
+        let pending: Vec<(SocketAddr, u32)> =
+            self.collisions.iter().map(|(a, t)| (*a, *t)).collect();
+        let mut moved = false;
+        for (addr, found) in pending {
+            self.work += 1;
+            let settled = match self.entries.get(&addr) {
+                None => true,
+                Some(entry) if entry.is_tried() => true,
+                Some(_) => {
+                    let holder = self.tried_slots[self.slot(true, self.tried_bucket(&addr), &addr)];
+                    let replace = match holder.map(|h| &self.entries[&h]) {
+                        None => Some(true),
+                        Some(h)
+                            if h.last_success.saturating_add(TRIED_REPLACEMENT_WINDOW) > now =>
+                        {
+                            Some(false)
+                        }
+                        Some(h) if h.last_try.saturating_add(TRIED_TEST_WINDOW) > now => {
+                            (h.last_try.saturating_add(TRIED_TEST_TIMEOUT) <= now).then_some(true)
+                        }
+                        Some(_) => (found.saturating_add(TRIED_TEST_WINDOW) <= now).then_some(true),
+                    };
+                    if replace == Some(true) {
+                        self.make_tried(addr, now, addr.ip());
+                        moved = true;
+                    }
+                    replace.is_some()
+                }
+            };
+            if settled {
+                self.collisions.remove(&addr);
+            }
+        }
+        moved
+    }
+
+    /// A tried entry that a newcomer collides with, at random, for a
+    /// feeler to test (Bitcoin Core's `SelectTriedCollision`).
+    pub fn collision_to_test(&mut self) -> Option<SocketAddr> {
+        let waiting: Vec<SocketAddr> = self.collisions.keys().copied().collect();
+        if waiting.is_empty() {
+            return None;
+        }
+        let addr = waiting[self.rng.gen_range(0..waiting.len())];
+        self.work += 1;
+        self.tried_slots[self.slot(true, self.tried_bucket(&addr), &addr)].filter(|h| *h != addr)
+    }
+
+    /// Addresses waiting for a test of their tried slot's holder.
+    pub fn collision_count(&self) -> usize {
+        self.collisions.len()
+    }
+
+    /// Whether `addr` is in the tried table.
+    pub fn is_tried(&self, addr: &SocketAddr) -> bool {
+        self.entries
+            .get(&canonical_socket(*addr))
+            .is_some_and(|e| e.is_tried())
+    }
+
+    /// The tried slot `addr` would take, for tests that make collisions.
+    #[cfg(test)]
+    pub(crate) fn tried_slot_of(&self, addr: &SocketAddr) -> usize {
+        self.slot(true, self.tried_bucket(addr), addr)
     }
 
     fn make_tried(&mut self, addr: SocketAddr, seen: u32, source: IpAddr) {
@@ -774,9 +889,32 @@ impl AddrBook {
         now_unix: u32,
         skip: impl Fn(&SocketAddr) -> bool,
     ) -> Option<SocketAddr> {
+        self.select_from(false, now, now_unix, skip)
+    }
+
+    /// As `select`, from the new table alone: what a feeler tests.
+    pub fn select_new(
+        &mut self,
+        now: Instant,
+        now_unix: u32,
+        skip: impl Fn(&SocketAddr) -> bool,
+    ) -> Option<SocketAddr> {
+        self.select_from(true, now, now_unix, skip)
+    }
+
+    fn select_from(
+        &mut self,
+        new_only: bool,
+        now: Instant,
+        now_unix: u32,
+        skip: impl Fn(&SocketAddr) -> bool,
+    ) -> Option<SocketAddr> {
         let mut factor = 1.0;
         for _ in 0..SELECT_PROBES {
-            let tried = match (self.tried_ids.is_empty(), self.new_ids.is_empty()) {
+            let tried = match (
+                self.tried_ids.is_empty() || new_only,
+                self.new_ids.is_empty(),
+            ) {
                 (true, true) => return None,
                 (false, true) => true,
                 (true, false) => false,

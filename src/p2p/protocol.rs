@@ -76,6 +76,12 @@ pub const MAX_BLOCK_NOTFOUND: u32 = 8;
 pub const HEADERS_RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Outbound connections the node keeps.
 pub const TARGET_OUTBOUND: usize = 8;
+/// Once the outbound slots are full, one feeler connection this often (at
+/// most one at a time, beside `TARGET_OUTBOUND`): it tests the holder of a
+/// tried slot a newcomer collides with, or else an address of the new
+/// table, and moves what answers to tried (Bitcoin Core's
+/// `FEELER_INTERVAL`).
+pub const FEELER_INTERVAL: Duration = Duration::from_secs(120);
 /// Inbound connections the node accepts.
 pub const MAX_INBOUND: usize = 117;
 /// How long a misbehaving address is refused.
@@ -305,6 +311,9 @@ struct Peer {
     last_block_at: Option<Instant>,
     /// When the peer last sent a transaction our pool accepted.
     last_tx_at: Option<Instant>,
+    /// A feeler: dialed only to learn whether the address answers, and
+    /// let go once its handshake completes (see `slots`).
+    feeler: bool,
 }
 
 /// How long the download window has waited for one block of a peer.
@@ -337,7 +346,13 @@ struct TxRequest {
 }
 
 impl Peer {
+    /// Past the handshake, and not a feeler: a peer to sync and relay with.
     fn ready(&self) -> bool {
+        self.handshaken() && !self.feeler
+    }
+
+    /// Both `version` and `verack` exchanged.
+    fn handshaken(&self) -> bool {
         self.version.is_some() && self.got_verack
     }
 }
@@ -429,6 +444,9 @@ pub struct Protocol {
     discover: bool,
     /// Addresses being dialed right now.
     dialing: HashSet<SocketAddr>,
+    /// Those of them dialed as feelers, and when the next feeler is due.
+    feeler_dials: HashSet<SocketAddr>,
+    next_feeler: Instant,
     discouraged: misbehaviour::Discouraged,
     announced_tip: BlockHash,
     counters: ProtocolCounters,
@@ -487,6 +505,8 @@ impl Protocol {
             manual_failures: HashMap::new(),
             discover,
             dialing: HashSet::new(),
+            feeler_dials: HashSet::new(),
+            next_feeler: now + FEELER_INTERVAL,
             discouraged: misbehaviour::Discouraged::default(),
             announced_tip,
             counters: ProtocolCounters::default(),
@@ -553,7 +573,7 @@ impl Protocol {
         let Some(peer) = self.peers.get(&id) else {
             return actions;
         };
-        let ready = peer.ready();
+        let (ready, feeler) = (peer.ready(), peer.feeler);
         match message {
             Message::Version(version) => self.on_version(id, version, now, &mut actions),
             Message::Verack => {
@@ -562,11 +582,13 @@ impl Protocol {
                     self.misbehaving(id, "unexpected_verack", &mut actions);
                 } else {
                     peer.got_verack = true;
-                    if peer.ready() {
+                    if peer.handshaken() {
                         self.on_handshake(id, now, &mut actions);
                     }
                 }
             }
+            // A feeler's peer may speak before it sees us go: not heard.
+            _ if feeler => {}
             _ if !ready => self.misbehaving(id, "message_before_handshake", &mut actions),
             Message::Ping(nonce) => actions.push(Action::Send(id, Message::Pong(nonce))),
             Message::Pong(nonce) => {
@@ -625,7 +647,7 @@ impl Protocol {
         let mut actions = Vec::new();
         let mut stalled_peers = Vec::new();
         for (id, peer) in &mut self.peers {
-            if !peer.ready() && now.duration_since(peer.connected_at) > HANDSHAKE_TIMEOUT {
+            if !peer.handshaken() && now.duration_since(peer.connected_at) > HANDSHAKE_TIMEOUT {
                 actions.push(Action::Disconnect(*id, "handshake_timeout"));
                 continue;
             }

@@ -184,7 +184,7 @@ fn every_operation_costs_a_bounded_number_of_steps() {
 }
 
 #[test]
-fn a_handshake_moves_an_address_to_tried_and_collisions_go_back_to_new() {
+fn a_handshake_moves_an_address_to_tried_unless_its_slot_is_held() {
     let mut book = AddrBook::new(Network::Main);
     // 500 addresses of one /16: its two tried buckets (128 slots) collide.
     let addrs: Vec<SocketAddr> = (0..500u16)
@@ -315,4 +315,97 @@ fn a_corrupt_file_is_a_clear_error_and_an_empty_book() {
     big.set_len(MAX_ADDRBOOK_FILE_BYTES + 1).unwrap();
     let error = AddrBook::load(dir.path(), Network::Main).unwrap_err();
     assert!(matches!(error, AddrBookError::TooLarge { .. }), "{error}");
+}
+
+/// A book holding `holder` in tried and `newcomer` in new, both of one
+/// /16, whose tried slots are the same; `holder` connected at `at`.
+fn colliding_pair(at: u32) -> (AddrBook, SocketAddr, SocketAddr) {
+    let mut book = AddrBook::new(Network::Main);
+    let slot = |book: &AddrBook, a: &SocketAddr| book.slot(true, book.tried_bucket(a), a);
+    let holder = v4(8, 8, 0, 1, 8333);
+    let newcomer = (2..=u16::MAX)
+        .map(|i| v4(8, 8, (i >> 8) as u8, i as u8, 8333))
+        .find(|a| slot(&book, a) == slot(&book, &holder))
+        .expect("two addresses of a /16 share a tried slot");
+    book.add_new(holder, ip("1.2.3.4"), at, at);
+    assert!(book.mark_good(holder, at));
+    book.add_new(newcomer, ip("1.2.3.4"), at, at);
+    (book, holder, newcomer)
+}
+
+fn is_tried(book: &AddrBook, a: &SocketAddr) -> bool {
+    book.entries.get(a).is_some_and(|e| e.is_tried())
+}
+
+#[test]
+fn a_newcomer_colliding_in_tried_waits_for_a_test_of_the_holder() {
+    // The holder connected 5 hours before: not recent enough to keep its
+    // slot without a test.
+    let found = NOW;
+    let (mut book, holder, newcomer) = colliding_pair(found - 5 * 3600);
+    assert!(!book.mark_good(newcomer, found), "moved without a test");
+    assert!(is_tried(&book, &holder) && !is_tried(&book, &newcomer));
+    assert_eq!(book.collision_to_test(), Some(holder));
+    // Untested, the collision waits the test window out.
+    assert!(!book.resolve_collisions(found + TRIED_TEST_WINDOW - 1));
+    assert_eq!(book.collision_count(), 1);
+    // A test begins: it has `TRIED_TEST_TIMEOUT` to connect.
+    let test = found + 600;
+    book.mark_attempt(holder, test);
+    assert!(!book.resolve_collisions(test + TRIED_TEST_TIMEOUT - 1));
+    assert!(is_tried(&book, &holder));
+    // It did not connect: the newcomer takes the slot, the holder goes
+    // back to new.
+    assert!(book.resolve_collisions(test + TRIED_TEST_TIMEOUT));
+    assert!(is_tried(&book, &newcomer) && !is_tried(&book, &holder));
+    assert!(book.contains(&holder));
+    assert_eq!(book.collision_count(), 0);
+    book.check_consistency();
+}
+
+#[test]
+fn a_holder_that_answers_its_test_keeps_its_slot() {
+    let found = NOW;
+    let (mut book, holder, newcomer) = colliding_pair(found - 5 * 3600);
+    book.mark_good(newcomer, found);
+    book.mark_attempt(holder, found + 10);
+    assert!(!book.mark_good(holder, found + 11), "already tried");
+    assert!(!book.resolve_collisions(found + 3600));
+    assert!(is_tried(&book, &holder) && !is_tried(&book, &newcomer));
+    assert_eq!(book.collision_count(), 0);
+    // A holder that connected lately keeps its slot at once.
+    let (mut book, holder, newcomer) = colliding_pair(found - 3600);
+    book.mark_good(newcomer, found);
+    assert!(!book.resolve_collisions(found + 1));
+    assert!(is_tried(&book, &holder) && !is_tried(&book, &newcomer));
+    assert_eq!(book.collision_count(), 0);
+    book.check_consistency();
+}
+
+#[test]
+fn a_collision_never_tested_gives_the_slot_to_the_newcomer() {
+    let found = NOW;
+    let (mut book, holder, newcomer) = colliding_pair(found - 5 * 3600);
+    book.mark_good(newcomer, found);
+    assert!(book.resolve_collisions(found + TRIED_TEST_WINDOW));
+    assert!(is_tried(&book, &newcomer) && !is_tried(&book, &holder));
+    book.check_consistency();
+}
+
+#[test]
+fn collisions_waiting_for_a_test_are_bounded() {
+    let mut book = AddrBook::new(Network::Main);
+    // 500 addresses of one /16 over two tried buckets: most collide.
+    let addrs: Vec<SocketAddr> = (0..500u16)
+        .map(|i| v4(8, 8, (i >> 8) as u8, i as u8, 8333))
+        .collect();
+    for (i, addr) in addrs.iter().enumerate() {
+        book.add_new(*addr, IpAddr::from([1, i as u8, 1, 1]), NOW, NOW);
+    }
+    let kept: Vec<SocketAddr> = addrs.iter().copied().filter(|a| book.contains(a)).collect();
+    for addr in &kept {
+        book.mark_good(*addr, NOW);
+    }
+    assert_eq!(book.collision_count(), TRIED_COLLISIONS_MAX);
+    book.check_consistency();
 }

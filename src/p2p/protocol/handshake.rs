@@ -72,7 +72,7 @@ impl Protocol {
             actions.push(Action::Send(id, our));
         }
         actions.push(Action::Send(id, Message::Verack));
-        if self.peers[&id].ready() {
+        if self.peers[&id].handshaken() {
             self.on_handshake(id, now, actions);
         }
     }
@@ -88,10 +88,16 @@ impl Protocol {
             "peer connected"
         );
         if let Some(dialed) = peer.dialed {
+            let feeler = peer.feeler;
             self.manual_failures.remove(&dialed);
             if self.addrbook.mark_good(dialed, unix_now()) {
                 self.addrbook_unsaved_tried = true;
                 self.save_new_tried_address(now);
+            }
+            if feeler {
+                // It answered: that was all a feeler wanted to know.
+                actions.push(Action::Disconnect(id, "feeler"));
+                return;
             }
             if let Some(peer) = self.peers.get_mut(&id) {
                 peer.addr_limit.expect_answer();

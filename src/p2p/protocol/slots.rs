@@ -13,9 +13,10 @@ impl Protocol {
     ) -> Vec<Action> {
         let mut actions = Vec::new();
         let inbound = dialed.is_none();
-        if let Some(d) = dialed {
+        let feeler = dialed.is_some_and(|d| {
             self.dialing.remove(&d);
-        }
+            self.feeler_dials.remove(&d)
+        });
         if inbound {
             let inbound_count = self.peers.values().filter(|p| p.inbound).count();
             if self.is_discouraged(&addr.ip(), now) {
@@ -79,6 +80,7 @@ impl Protocol {
                 min_ping: None,
                 last_block_at: None,
                 last_tx_at: None,
+                feeler,
             },
         );
         if !inbound {
@@ -111,6 +113,7 @@ impl Protocol {
     /// A dial attempt failed.
     pub fn on_connect_failed(&mut self, addr: SocketAddr, now: Instant) {
         self.dialing.remove(&addr);
+        self.feeler_dials.remove(&addr);
         self.addrbook.mark_failed(addr, now);
         self.back_off_manual(addr, now);
     }
@@ -148,8 +151,11 @@ impl Protocol {
         }
         self.orphans.erase_for_peer(id);
         if let Some(dialed) = peer.dialed {
-            // Reconnect after a backoff, not at once.
-            self.addrbook.mark_failed(dialed, now);
+            // Reconnect after a backoff, not at once; a feeler let go after
+            // its handshake did nothing wrong.
+            if !(peer.feeler && peer.handshaken()) {
+                self.addrbook.mark_failed(dialed, now);
+            }
             self.back_off_manual(dialed, now);
         }
         let mut actions = Vec::new();
@@ -198,7 +204,9 @@ impl Protocol {
     /// `TARGET_OUTBOUND`, one per network group (a group that is not
     /// routable, loopback or private on regtest, is not limited), never an
     /// address we are connected to (inbound peers included, by the address
-    /// they listen on) or that turned out to be ourselves.
+    /// they listen on) or that turned out to be ourselves. With those slots
+    /// full, a feeler when one is due (`FEELER_INTERVAL`), under the same
+    /// rules but the group's.
     pub(super) fn connect_outbound(&mut self, now: Instant, actions: &mut Vec<Action>) {
         self.self_addrs.retain(|_, until| *until > now);
         let connected: HashSet<SocketAddr> = self.peers.values().filter_map(|p| p.dialed).collect();
@@ -215,8 +223,15 @@ impl Protocol {
         if !self.discover {
             return;
         }
-        let mut outbound = self.peers.values().filter(|p| !p.inbound).count() + self.dialing.len();
-        if outbound >= TARGET_OUTBOUND {
+        let mut outbound = self
+            .peers
+            .values()
+            .filter(|p| !p.inbound && !p.feeler)
+            .count()
+            + self.dialing.len()
+            - self.feeler_dials.len();
+        let feeler_due = now >= self.next_feeler;
+        if outbound >= TARGET_OUTBOUND && !feeler_due {
             return;
         }
         let peer_addrs: HashSet<SocketAddr> = self
@@ -263,6 +278,43 @@ impl Protocol {
             self.dialing.insert(addr);
             actions.push(Action::Connect(addr));
             outbound += 1;
+        }
+        if outbound < TARGET_OUTBOUND || !feeler_due {
+            return;
+        }
+        self.next_feeler = now + FEELER_INTERVAL;
+        let feeling = !self.feeler_dials.is_empty() || self.peers.values().any(|p| p.feeler);
+        if feeling {
+            return;
+        }
+        if self.addrbook.resolve_collisions(now_unix) {
+            self.addrbook_unsaved_tried = true;
+        }
+        let (dialing, manual, discouraged, self_addrs) = (
+            &self.dialing,
+            &self.manual,
+            &self.discouraged,
+            &self.self_addrs,
+        );
+        let skip = |a: &SocketAddr| {
+            connected.contains(a)
+                || peer_addrs.contains(a)
+                || dialing.contains(a)
+                || manual.contains_key(a)
+                || self_addrs.contains_key(a)
+                || discouraged.contains(&a.ip(), now)
+                || (a.ip().is_loopback() && a.port() == listen)
+        };
+        let picked = match self.addrbook.collision_to_test().filter(|a| !skip(a)) {
+            Some(holder) => Some(holder),
+            None => self.addrbook.select_new(now, now_unix, skip),
+        };
+        if let Some(addr) = picked {
+            tracing::debug!(%addr, "feeler: testing an address");
+            self.addrbook.mark_attempt(addr, now_unix);
+            self.dialing.insert(addr);
+            self.feeler_dials.insert(addr);
+            actions.push(Action::Connect(addr));
         }
     }
 

@@ -1444,3 +1444,124 @@ fn a_peer_claiming_a_height_it_does_not_serve_is_not_asked_every_tick() {
         );
     }
 }
+
+/// Completes the handshake of outbound peer `id`, dialed at `addr`.
+fn outbound_ready(h: &mut Harness, id: PeerId, addr: std::net::SocketAddr) -> Vec<Action> {
+    let opened = h.protocol.on_connected(id, addr, Some(addr), h.now);
+    assert_eq!(sent(&opened, id), vec!["version"]);
+    let mut actions = h.message(id, their_version(id, 0), h.now);
+    actions.extend(h.message(id, Message::Verack, h.now));
+    actions
+}
+
+fn dials(actions: &[Action]) -> Vec<std::net::SocketAddr> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Connect(addr) => Some(*addr),
+            _ => None,
+        })
+        .collect()
+}
+
+fn loopback(port: u16) -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+#[test]
+fn a_feeler_tests_one_new_address_at_a_time_once_outbound_slots_are_full() {
+    let mut h = harness(&[]);
+    h.protocol.discover = true;
+    let now_unix = crate::chain::unix_now();
+    // Twenty addresses, no two of which would share a tried slot.
+    let mut slots = HashSet::new();
+    let book = &mut h.protocol.addrbook;
+    let addrs: Vec<_> = (42001..u16::MAX)
+        .map(loopback)
+        .filter(|a| slots.insert(book.tried_slot_of(a)))
+        .take(20)
+        .collect();
+    for addr in &addrs {
+        book.add_new(*addr, addr.ip(), now_unix, now_unix);
+    }
+    let outbound = dials(&h.protocol.on_tick(h.now));
+    assert_eq!(outbound.len(), TARGET_OUTBOUND);
+    for (i, addr) in outbound.iter().enumerate() {
+        let actions = outbound_ready(&mut h, 100 + i as PeerId, *addr);
+        assert_eq!(disconnected(&actions, 100 + i as PeerId), None);
+    }
+    assert!(dials(&h.protocol.on_tick(h.now + FEELER_INTERVAL / 2)).is_empty());
+    let due = h.now + FEELER_INTERVAL;
+    let feeler = dials(&h.protocol.on_tick(due));
+    assert_eq!(feeler.len(), 1, "one feeler beside the full slots");
+    let addr = feeler[0];
+    assert!(!outbound.contains(&addr) && !h.protocol.addrbook.is_tried(&addr));
+    // One at a time: none while it is under way.
+    assert!(dials(&h.protocol.on_tick(due + FEELER_INTERVAL)).is_empty());
+    // The feeler holds no outbound slot: one that frees is dialed again.
+    h.protocol.on_disconnected(100, due);
+    let again = dials(&h.protocol.on_tick(due + FEELER_INTERVAL));
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_ne!(again[0], addr);
+    assert_eq!(
+        disconnected(
+            &outbound_ready(&mut h, 101 + TARGET_OUTBOUND as PeerId, again[0]),
+            101 + TARGET_OUTBOUND as PeerId
+        ),
+        None
+    );
+    // It answers: it moves to tried and is let go at once, asked nothing.
+    let tried = h.protocol.addrbook.tried_count();
+    let actions = outbound_ready(&mut h, 200, addr);
+    assert_eq!(disconnected(&actions, 200), Some("feeler"));
+    assert_eq!(sent(&actions, 200), vec!["verack"]);
+    assert!(h.protocol.addrbook.is_tried(&addr));
+    assert_eq!(h.protocol.addrbook.tried_count(), tried + 1);
+    h.protocol.on_disconnected(200, due);
+    // It took no outbound slot, and the next one comes at its interval.
+    let later = due + 2 * FEELER_INTERVAL;
+    let next = dials(&h.protocol.on_tick(later));
+    assert_eq!(next.len(), 1, "{next:?}");
+    assert_ne!(next[0], addr);
+}
+
+#[test]
+fn a_feeler_tests_the_holder_of_a_collision_first() {
+    let mut h = harness(&[]);
+    h.protocol.discover = true;
+    let now_unix = crate::chain::unix_now();
+    let book = &mut h.protocol.addrbook;
+    let holder = loopback(43000);
+    let newcomer = (43001..u16::MAX)
+        .map(loopback)
+        .find(|a| book.tried_slot_of(a) == book.tried_slot_of(&holder))
+        .expect("a collision");
+    // The holder last answered 5 hours ago; other addresses wait in new.
+    book.add_new(holder, holder.ip(), now_unix, now_unix);
+    book.mark_good(holder, now_unix - 5 * 3600);
+    book.add_new(newcomer, newcomer.ip(), now_unix, now_unix);
+    assert!(!book.mark_good(newcomer, now_unix));
+    assert_eq!(book.collision_count(), 1);
+    for port in 44001..=44010 {
+        book.add_new(loopback(port), holder.ip(), now_unix, now_unix);
+    }
+    // The outbound slots are full (dials under way elsewhere).
+    h.protocol.dialing.extend(
+        (1..=TARGET_OUTBOUND as u8).map(|i| std::net::SocketAddr::from(([10, 0, 0, i], 8333))),
+    );
+    let due = h.now + FEELER_INTERVAL;
+    assert_eq!(dials(&h.protocol.on_tick(due)), vec![holder]);
+    // It does not answer (the dial began over a minute ago by the book's
+    // clock): at the next feeler the newcomer takes its slot, and the
+    // feeler goes to an address of the new table.
+    h.protocol.on_connect_failed(holder, due);
+    h.protocol.addrbook.mark_attempt(
+        holder,
+        now_unix - crate::p2p::addrbook::TRIED_TEST_TIMEOUT - 1,
+    );
+    let next = dials(&h.protocol.on_tick(due + FEELER_INTERVAL));
+    assert_eq!(next.len(), 1);
+    assert!(h.protocol.addrbook.is_tried(&newcomer));
+    assert!(!h.protocol.addrbook.is_tried(&holder));
+    assert_eq!(h.protocol.addrbook.collision_count(), 0);
+}
