@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -750,16 +751,22 @@ impl AddrBook {
         moved
     }
 
-    /// A tried entry that a newcomer collides with, at random, for a
-    /// feeler to test (Bitcoin Core's `SelectTriedCollision`).
-    pub fn collision_to_test(&mut self) -> Option<SocketAddr> {
-        let waiting: Vec<SocketAddr> = self.collisions.keys().copied().collect();
-        if waiting.is_empty() {
-            return None;
+    /// The tried entries newcomers collide with, in random order: a feeler
+    /// tests the first it may dial (Bitcoin Core's `SelectTriedCollision`).
+    pub fn collision_holders(&mut self) -> Vec<SocketAddr> {
+        let mut waiting: Vec<SocketAddr> = self.collisions.keys().copied().collect();
+        waiting.shuffle(&mut self.rng);
+        let mut holders = Vec::with_capacity(waiting.len());
+        for addr in waiting {
+            self.work += 1;
+            let slot = self.slot(true, self.tried_bucket(&addr), &addr);
+            if let Some(holder) = self.tried_slots[slot].filter(|h| *h != addr) {
+                if !holders.contains(&holder) {
+                    holders.push(holder);
+                }
+            }
         }
-        let addr = waiting[self.rng.gen_range(0..waiting.len())];
-        self.work += 1;
-        self.tried_slots[self.slot(true, self.tried_bucket(&addr), &addr)].filter(|h| *h != addr)
+        holders
     }
 
     /// Addresses waiting for a test of their tried slot's holder.

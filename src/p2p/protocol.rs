@@ -76,10 +76,10 @@ pub const MAX_BLOCK_NOTFOUND: u32 = 8;
 pub const HEADERS_RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Outbound connections the node keeps.
 pub const TARGET_OUTBOUND: usize = 8;
-/// Once the outbound slots are full, one feeler connection this often (at
-/// most one at a time, beside `TARGET_OUTBOUND`): it tests the holder of a
-/// tried slot a newcomer collides with, or else an address of the new
-/// table, and moves what answers to tried (Bitcoin Core's
+/// Once the outbound slots are full, one feeler connection this often on
+/// average (at most one at a time, beside `TARGET_OUTBOUND`): it tests the
+/// holder of a tried slot a newcomer collides with, or else an address of
+/// the new table, and records what answers as good (Bitcoin Core's
 /// `FEELER_INTERVAL`).
 pub const FEELER_INTERVAL: Duration = Duration::from_secs(120);
 /// Inbound connections the node accepts.
@@ -506,7 +506,7 @@ impl Protocol {
             discover,
             dialing: HashSet::new(),
             feeler_dials: HashSet::new(),
-            next_feeler: now + FEELER_INTERVAL,
+            next_feeler: slots::next_feeler_after(now),
             discouraged: misbehaviour::Discouraged::default(),
             announced_tip,
             counters: ProtocolCounters::default(),

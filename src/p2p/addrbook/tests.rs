@@ -345,7 +345,7 @@ fn a_newcomer_colliding_in_tried_waits_for_a_test_of_the_holder() {
     let (mut book, holder, newcomer) = colliding_pair(found - 5 * 3600);
     assert!(!book.mark_good(newcomer, found), "moved without a test");
     assert!(is_tried(&book, &holder) && !is_tried(&book, &newcomer));
-    assert_eq!(book.collision_to_test(), Some(holder));
+    assert_eq!(book.collision_holders(), vec![holder]);
     // Untested, the collision waits the test window out.
     assert!(!book.resolve_collisions(found + TRIED_TEST_WINDOW - 1));
     assert_eq!(book.collision_count(), 1);
@@ -408,4 +408,19 @@ fn collisions_waiting_for_a_test_are_bounded() {
     }
     assert_eq!(book.collision_count(), TRIED_COLLISIONS_MAX);
     book.check_consistency();
+}
+
+#[test]
+fn a_feeler_picks_from_the_new_table_alone() {
+    let mut book = AddrBook::new(Network::Regtest);
+    let tried = v4(127, 0, 0, 1, 1000);
+    let new = v4(127, 0, 0, 1, 1001);
+    book.add_new(tried, tried.ip(), NOW, NOW);
+    assert!(book.mark_good(tried, NOW));
+    book.add_new(new, new.ip(), NOW, NOW);
+    let now = Instant::now();
+    for _ in 0..64 {
+        assert_eq!(book.select_new(now, NOW, |_| false), Some(new));
+    }
+    assert_eq!(book.select_new(now, NOW, |a| *a == new), None);
 }

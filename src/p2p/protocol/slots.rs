@@ -13,9 +13,11 @@ impl Protocol {
     ) -> Vec<Action> {
         let mut actions = Vec::new();
         let inbound = dialed.is_none();
+        // A dial the operator also asked for (`add_peer`) while it was
+        // under way as a feeler is theirs to keep.
         let feeler = dialed.is_some_and(|d| {
             self.dialing.remove(&d);
-            self.feeler_dials.remove(&d)
+            self.feeler_dials.remove(&d) && !self.manual.contains_key(&d)
         });
         if inbound {
             let inbound_count = self.peers.values().filter(|p| p.inbound).count();
@@ -220,6 +222,13 @@ impl Protocol {
                 actions.push(Action::Connect(*addr));
             }
         }
+        let peer_addrs: HashSet<SocketAddr> = self
+            .peers
+            .values()
+            .flat_map(|p| [Some(p.addr), p.listen_addr])
+            .flatten()
+            .collect();
+        self.settle_collisions(&connected, &peer_addrs);
         if !self.discover {
             return;
         }
@@ -234,12 +243,6 @@ impl Protocol {
         if outbound >= TARGET_OUTBOUND && !feeler_due {
             return;
         }
-        let peer_addrs: HashSet<SocketAddr> = self
-            .peers
-            .values()
-            .flat_map(|p| [Some(p.addr), p.listen_addr])
-            .flatten()
-            .collect();
         let mut groups: HashSet<NetGroup> = self
             .peers
             .values()
@@ -282,14 +285,12 @@ impl Protocol {
         if outbound < TARGET_OUTBOUND || !feeler_due {
             return;
         }
-        self.next_feeler = now + FEELER_INTERVAL;
+        self.next_feeler = next_feeler_after(now);
         let feeling = !self.feeler_dials.is_empty() || self.peers.values().any(|p| p.feeler);
         if feeling {
             return;
         }
-        if self.addrbook.resolve_collisions(now_unix) {
-            self.addrbook_unsaved_tried = true;
-        }
+        let holders = self.addrbook.collision_holders();
         let (dialing, manual, discouraged, self_addrs) = (
             &self.dialing,
             &self.manual,
@@ -305,7 +306,7 @@ impl Protocol {
                 || discouraged.contains(&a.ip(), now)
                 || (a.ip().is_loopback() && a.port() == listen)
         };
-        let picked = match self.addrbook.collision_to_test().filter(|a| !skip(a)) {
+        let picked = match holders.into_iter().find(|a| !skip(a)) {
             Some(holder) => Some(holder),
             None => self.addrbook.select_new(now, now_unix, skip),
         };
@@ -318,6 +319,29 @@ impl Protocol {
         }
     }
 
+    /// Settles the address book's tried collisions whose test is over
+    /// (every tick, whether or not feelers run). A holder we are connected
+    /// to now answers: it is recorded as good first, so it keeps its slot
+    /// (Bitcoin Core's `AlreadyConnectedToAddress` case).
+    fn settle_collisions(
+        &mut self,
+        connected: &HashSet<SocketAddr>,
+        peer_addrs: &HashSet<SocketAddr>,
+    ) {
+        if self.addrbook.collision_count() == 0 {
+            return;
+        }
+        let now_unix = unix_now();
+        for holder in self.addrbook.collision_holders() {
+            if connected.contains(&holder) || peer_addrs.contains(&holder) {
+                self.addrbook.mark_good(holder, now_unix);
+            }
+        }
+        if self.addrbook.resolve_collisions(now_unix) {
+            self.addrbook_unsaved_tried = true;
+        }
+    }
+
     /// Pushes back the next attempt to a manual peer after a failure.
     pub(super) fn back_off_manual(&mut self, addr: SocketAddr, now: Instant) {
         if let Some(next) = self.manual.get_mut(&addr) {
@@ -326,4 +350,13 @@ impl Protocol {
             *next = now + MANUAL_RETRY_BASE * (1 << *failures);
         }
     }
+}
+
+/// When the feeler after one due at `now` is: `FEELER_INTERVAL` on average,
+/// drawn evenly from half of it to one and a half times it, so that
+/// feelers keep no fixed beat an observer could tell the node by (Bitcoin
+/// Core draws them from an exponential distribution).
+pub(super) fn next_feeler_after(now: Instant) -> Instant {
+    use rand::Rng;
+    now + rand::thread_rng().gen_range(FEELER_INTERVAL / 2..=FEELER_INTERVAL * 3 / 2)
 }

@@ -1490,17 +1490,21 @@ fn a_feeler_tests_one_new_address_at_a_time_once_outbound_slots_are_full() {
         let actions = outbound_ready(&mut h, 100 + i as PeerId, *addr);
         assert_eq!(disconnected(&actions, 100 + i as PeerId), None);
     }
-    assert!(dials(&h.protocol.on_tick(h.now + FEELER_INTERVAL / 2)).is_empty());
-    let due = h.now + FEELER_INTERVAL;
+    // Feelers come every FEELER_INTERVAL on average, from half of it to
+    // one and a half times it apart.
+    let soonest = h.now + FEELER_INTERVAL / 2 - Duration::from_millis(1);
+    assert!(dials(&h.protocol.on_tick(soonest)).is_empty());
+    let latest = FEELER_INTERVAL * 3 / 2;
+    let due = h.now + latest;
     let feeler = dials(&h.protocol.on_tick(due));
     assert_eq!(feeler.len(), 1, "one feeler beside the full slots");
     let addr = feeler[0];
     assert!(!outbound.contains(&addr) && !h.protocol.addrbook.is_tried(&addr));
     // One at a time: none while it is under way.
-    assert!(dials(&h.protocol.on_tick(due + FEELER_INTERVAL)).is_empty());
+    assert!(dials(&h.protocol.on_tick(due + latest)).is_empty());
     // The feeler holds no outbound slot: one that frees is dialed again.
     h.protocol.on_disconnected(100, due);
-    let again = dials(&h.protocol.on_tick(due + FEELER_INTERVAL));
+    let again = dials(&h.protocol.on_tick(due + latest));
     assert_eq!(again.len(), 1, "{again:?}");
     assert_ne!(again[0], addr);
     assert_eq!(
@@ -1518,8 +1522,8 @@ fn a_feeler_tests_one_new_address_at_a_time_once_outbound_slots_are_full() {
     assert!(h.protocol.addrbook.is_tried(&addr));
     assert_eq!(h.protocol.addrbook.tried_count(), tried + 1);
     h.protocol.on_disconnected(200, due);
-    // It took no outbound slot, and the next one comes at its interval.
-    let later = due + 2 * FEELER_INTERVAL;
+    // The next one comes at its interval.
+    let later = due + 2 * latest;
     let next = dials(&h.protocol.on_tick(later));
     assert_eq!(next.len(), 1, "{next:?}");
     assert_ne!(next[0], addr);
@@ -1549,7 +1553,8 @@ fn a_feeler_tests_the_holder_of_a_collision_first() {
     h.protocol.dialing.extend(
         (1..=TARGET_OUTBOUND as u8).map(|i| std::net::SocketAddr::from(([10, 0, 0, i], 8333))),
     );
-    let due = h.now + FEELER_INTERVAL;
+    let latest = FEELER_INTERVAL * 3 / 2;
+    let due = h.now + latest;
     assert_eq!(dials(&h.protocol.on_tick(due)), vec![holder]);
     // It does not answer (the dial began over a minute ago by the book's
     // clock): at the next feeler the newcomer takes its slot, and the
@@ -1559,8 +1564,55 @@ fn a_feeler_tests_the_holder_of_a_collision_first() {
         holder,
         now_unix - crate::p2p::addrbook::TRIED_TEST_TIMEOUT - 1,
     );
-    let next = dials(&h.protocol.on_tick(due + FEELER_INTERVAL));
+    let next = dials(&h.protocol.on_tick(due + latest));
     assert_eq!(next.len(), 1);
+    assert!(h.protocol.addrbook.is_tried(&newcomer));
+    assert!(!h.protocol.addrbook.is_tried(&holder));
+    assert_eq!(h.protocol.addrbook.collision_count(), 0);
+}
+
+/// A book holding `holder` in tried (last connected 5 hours ago) and a
+/// newcomer colliding with it since `found`.
+fn collision_in(h: &mut Harness, found: u32) -> (std::net::SocketAddr, std::net::SocketAddr) {
+    let now_unix = crate::chain::unix_now();
+    let book = &mut h.protocol.addrbook;
+    let holder = loopback(45000);
+    let newcomer = (45001..u16::MAX)
+        .map(loopback)
+        .find(|a| book.tried_slot_of(a) == book.tried_slot_of(&holder))
+        .expect("a collision");
+    book.add_new(holder, holder.ip(), now_unix, now_unix);
+    book.mark_good(holder, now_unix - 5 * 3600);
+    book.add_new(newcomer, newcomer.ip(), now_unix, now_unix);
+    assert!(!book.mark_good(newcomer, found));
+    assert_eq!(book.collision_count(), 1);
+    (holder, newcomer)
+}
+
+#[test]
+fn a_holder_we_are_connected_to_keeps_its_slot() {
+    let mut h = harness(&[]);
+    let now_unix = crate::chain::unix_now();
+    let untested = now_unix - crate::p2p::addrbook::TRIED_TEST_WINDOW - 1;
+    let (holder, newcomer) = collision_in(&mut h, untested);
+    // Connected since (its handshake was 5 hours ago by the book).
+    outbound_ready(&mut h, 1, holder);
+    h.protocol.addrbook.mark_good(holder, now_unix - 5 * 3600);
+    h.protocol.on_tick(h.now);
+    assert!(h.protocol.addrbook.is_tried(&holder));
+    assert!(!h.protocol.addrbook.is_tried(&newcomer));
+    assert_eq!(h.protocol.addrbook.collision_count(), 0);
+}
+
+#[test]
+fn collisions_settle_on_a_node_that_runs_no_feelers() {
+    // `--connect-only`: no dials from the book, so no feelers.
+    let mut h = harness(&[]);
+    assert!(!h.protocol.discover);
+    let now_unix = crate::chain::unix_now();
+    let untested = now_unix - crate::p2p::addrbook::TRIED_TEST_WINDOW - 1;
+    let (holder, newcomer) = collision_in(&mut h, untested);
+    assert!(dials(&h.protocol.on_tick(h.now)).is_empty());
     assert!(h.protocol.addrbook.is_tried(&newcomer));
     assert!(!h.protocol.addrbook.is_tried(&holder));
     assert_eq!(h.protocol.addrbook.collision_count(), 0);
