@@ -183,10 +183,11 @@ fn every_operation_costs_a_bounded_number_of_steps() {
     book.check_consistency();
 }
 
-#[test]
-fn a_handshake_moves_an_address_to_tried_unless_its_slot_is_held() {
+/// 500 addresses of one /16 (its two tried buckets, 128 slots, collide)
+/// heard of from many sources, each then completing a handshake; with the
+/// addresses the book kept.
+fn one_group_all_good() -> (AddrBook, Vec<SocketAddr>) {
     let mut book = AddrBook::new(Network::Main);
-    // 500 addresses of one /16: its two tried buckets (128 slots) collide.
     let addrs: Vec<SocketAddr> = (0..500u16)
         .map(|i| v4(8, 8, (i >> 8) as u8, i as u8, 8333))
         .collect();
@@ -197,6 +198,12 @@ fn a_handshake_moves_an_address_to_tried_unless_its_slot_is_held() {
     for addr in &kept {
         book.mark_good(*addr, NOW);
     }
+    (book, kept)
+}
+
+#[test]
+fn a_handshake_moves_an_address_to_tried_unless_its_slot_is_held() {
+    let (book, kept) = one_group_all_good();
     assert!(book.tried_count() <= TRIED_BUCKETS_PER_GROUP as usize * BUCKET_SIZE);
     assert!(book.tried_count() > 0);
     assert!(book.len() <= kept.len());
@@ -394,18 +401,7 @@ fn a_collision_never_tested_gives_the_slot_to_the_newcomer() {
 
 #[test]
 fn collisions_waiting_for_a_test_are_bounded() {
-    let mut book = AddrBook::new(Network::Main);
-    // 500 addresses of one /16 over two tried buckets: most collide.
-    let addrs: Vec<SocketAddr> = (0..500u16)
-        .map(|i| v4(8, 8, (i >> 8) as u8, i as u8, 8333))
-        .collect();
-    for (i, addr) in addrs.iter().enumerate() {
-        book.add_new(*addr, IpAddr::from([1, i as u8, 1, 1]), NOW, NOW);
-    }
-    let kept: Vec<SocketAddr> = addrs.iter().copied().filter(|a| book.contains(a)).collect();
-    for addr in &kept {
-        book.mark_good(*addr, NOW);
-    }
+    let (book, _) = one_group_all_good();
     assert_eq!(book.collision_count(), TRIED_COLLISIONS_MAX);
     book.check_consistency();
 }

@@ -251,24 +251,11 @@ impl Protocol {
             .chain(self.dialing.iter().map(|a| NetGroup::of(a.ip())))
             .filter(|g| g.is_routable())
             .collect();
-        let listen = self.listen_port;
         let now_unix = unix_now();
         while outbound < TARGET_OUTBOUND {
-            let (dialing, manual, discouraged, self_addrs) = (
-                &self.dialing,
-                &self.manual,
-                &self.discouraged,
-                &self.self_addrs,
-            );
-            let picked = self.addrbook.select(now, now_unix, |a| {
-                connected.contains(a)
-                    || peer_addrs.contains(a)
-                    || dialing.contains(a)
-                    || manual.contains_key(a)
-                    || self_addrs.contains_key(a)
-                    || discouraged.contains(&a.ip(), now)
-                    || (a.ip().is_loopback() && a.port() == listen)
-                    || groups.contains(&NetGroup::of(a.ip()))
+            let (book, barred) = self.book_and_barred(&connected, &peer_addrs, now);
+            let picked = book.select(now, now_unix, |a| {
+                barred.contains(a) || groups.contains(&NetGroup::of(a.ip()))
             });
             let Some(addr) = picked else {
                 break;
@@ -291,24 +278,10 @@ impl Protocol {
             return;
         }
         let holders = self.addrbook.collision_holders();
-        let (dialing, manual, discouraged, self_addrs) = (
-            &self.dialing,
-            &self.manual,
-            &self.discouraged,
-            &self.self_addrs,
-        );
-        let skip = |a: &SocketAddr| {
-            connected.contains(a)
-                || peer_addrs.contains(a)
-                || dialing.contains(a)
-                || manual.contains_key(a)
-                || self_addrs.contains_key(a)
-                || discouraged.contains(&a.ip(), now)
-                || (a.ip().is_loopback() && a.port() == listen)
-        };
-        let picked = match holders.into_iter().find(|a| !skip(a)) {
+        let (book, barred) = self.book_and_barred(&connected, &peer_addrs, now);
+        let picked = match holders.into_iter().find(|a| !barred.contains(a)) {
             Some(holder) => Some(holder),
-            None => self.addrbook.select_new(now, now_unix, skip),
+            None => book.select_new(now, now_unix, |a| barred.contains(a)),
         };
         if let Some(addr) = picked {
             tracing::debug!(%addr, "feeler: testing an address");
@@ -317,6 +290,35 @@ impl Protocol {
             self.feeler_dials.insert(addr);
             actions.push(Action::Connect(addr));
         }
+    }
+
+    /// The address book, beside what it may not dial now (`Barred`).
+    fn book_and_barred<'a>(
+        &'a mut self,
+        connected: &'a HashSet<SocketAddr>,
+        peer_addrs: &'a HashSet<SocketAddr>,
+        now: Instant,
+    ) -> (&'a mut AddrBook, Barred<'a>) {
+        let Protocol {
+            addrbook,
+            dialing,
+            manual,
+            self_addrs,
+            discouraged,
+            listen_port,
+            ..
+        } = self;
+        let barred = Barred {
+            connected,
+            peer_addrs,
+            dialing,
+            manual,
+            self_addrs,
+            discouraged,
+            listen_port: *listen_port,
+            now,
+        };
+        (addrbook, barred)
     }
 
     /// Settles the address book's tried collisions whose test is over
@@ -359,4 +361,31 @@ impl Protocol {
 pub(super) fn next_feeler_after(now: Instant) -> Instant {
     use rand::Rng;
     now + rand::thread_rng().gen_range(FEELER_INTERVAL / 2..=FEELER_INTERVAL * 3 / 2)
+}
+
+/// The addresses the node may not dial from its book now: one it is
+/// connected to (inbound peers included, by the address they listen on),
+/// is dialing, keeps as a `--peer`, found to be itself, discourages, or
+/// its own listening port on loopback.
+struct Barred<'a> {
+    connected: &'a HashSet<SocketAddr>,
+    peer_addrs: &'a HashSet<SocketAddr>,
+    dialing: &'a HashSet<SocketAddr>,
+    manual: &'a HashMap<SocketAddr, Instant>,
+    self_addrs: &'a HashMap<SocketAddr, Instant>,
+    discouraged: &'a misbehaviour::Discouraged,
+    listen_port: u16,
+    now: Instant,
+}
+
+impl Barred<'_> {
+    fn contains(&self, a: &SocketAddr) -> bool {
+        self.connected.contains(a)
+            || self.peer_addrs.contains(a)
+            || self.dialing.contains(a)
+            || self.manual.contains_key(a)
+            || self.self_addrs.contains_key(a)
+            || self.discouraged.contains(&a.ip(), self.now)
+            || (a.ip().is_loopback() && a.port() == self.listen_port)
+    }
 }

@@ -1449,12 +1449,12 @@ fn a_peer_claiming_a_height_it_does_not_serve_is_not_asked_every_tick() {
 fn outbound_ready(h: &mut Harness, id: PeerId, addr: std::net::SocketAddr) -> Vec<Action> {
     let opened = h.protocol.on_connected(id, addr, Some(addr), h.now);
     assert_eq!(sent(&opened, id), vec!["version"]);
-    let mut actions = h.message(id, their_version(id, 0), h.now);
+    let mut actions = h.message(id, their_version(1_000_000 + id, 0), h.now);
     actions.extend(h.message(id, Message::Verack, h.now));
     actions
 }
 
-fn dials(actions: &[Action]) -> Vec<std::net::SocketAddr> {
+fn connects(actions: &[Action]) -> Vec<std::net::SocketAddr> {
     actions
         .iter()
         .filter_map(|a| match a {
@@ -1484,7 +1484,7 @@ fn a_feeler_tests_one_new_address_at_a_time_once_outbound_slots_are_full() {
     for addr in &addrs {
         book.add_new(*addr, addr.ip(), now_unix, now_unix);
     }
-    let outbound = dials(&h.protocol.on_tick(h.now));
+    let outbound = connects(&h.protocol.on_tick(h.now));
     assert_eq!(outbound.len(), TARGET_OUTBOUND);
     for (i, addr) in outbound.iter().enumerate() {
         let actions = outbound_ready(&mut h, 100 + i as PeerId, *addr);
@@ -1493,18 +1493,18 @@ fn a_feeler_tests_one_new_address_at_a_time_once_outbound_slots_are_full() {
     // Feelers come every FEELER_INTERVAL on average, from half of it to
     // one and a half times it apart.
     let soonest = h.now + FEELER_INTERVAL / 2 - Duration::from_millis(1);
-    assert!(dials(&h.protocol.on_tick(soonest)).is_empty());
+    assert!(connects(&h.protocol.on_tick(soonest)).is_empty());
     let latest = FEELER_INTERVAL * 3 / 2;
     let due = h.now + latest;
-    let feeler = dials(&h.protocol.on_tick(due));
+    let feeler = connects(&h.protocol.on_tick(due));
     assert_eq!(feeler.len(), 1, "one feeler beside the full slots");
     let addr = feeler[0];
     assert!(!outbound.contains(&addr) && !h.protocol.addrbook.is_tried(&addr));
     // One at a time: none while it is under way.
-    assert!(dials(&h.protocol.on_tick(due + latest)).is_empty());
+    assert!(connects(&h.protocol.on_tick(due + latest)).is_empty());
     // The feeler holds no outbound slot: one that frees is dialed again.
     h.protocol.on_disconnected(100, due);
-    let again = dials(&h.protocol.on_tick(due + latest));
+    let again = connects(&h.protocol.on_tick(due + latest));
     assert_eq!(again.len(), 1, "{again:?}");
     assert_ne!(again[0], addr);
     assert_eq!(
@@ -1524,7 +1524,7 @@ fn a_feeler_tests_one_new_address_at_a_time_once_outbound_slots_are_full() {
     h.protocol.on_disconnected(200, due);
     // The next one comes at its interval.
     let later = due + 2 * latest;
-    let next = dials(&h.protocol.on_tick(later));
+    let next = connects(&h.protocol.on_tick(later));
     assert_eq!(next.len(), 1, "{next:?}");
     assert_ne!(next[0], addr);
 }
@@ -1534,20 +1534,12 @@ fn a_feeler_tests_the_holder_of_a_collision_first() {
     let mut h = harness(&[]);
     h.protocol.discover = true;
     let now_unix = crate::chain::unix_now();
-    let book = &mut h.protocol.addrbook;
-    let holder = loopback(43000);
-    let newcomer = (43001..u16::MAX)
-        .map(loopback)
-        .find(|a| book.tried_slot_of(a) == book.tried_slot_of(&holder))
-        .expect("a collision");
-    // The holder last answered 5 hours ago; other addresses wait in new.
-    book.add_new(holder, holder.ip(), now_unix, now_unix);
-    book.mark_good(holder, now_unix - 5 * 3600);
-    book.add_new(newcomer, newcomer.ip(), now_unix, now_unix);
-    assert!(!book.mark_good(newcomer, now_unix));
-    assert_eq!(book.collision_count(), 1);
+    let (holder, newcomer) = collision_in(&mut h, now_unix);
     for port in 44001..=44010 {
-        book.add_new(loopback(port), holder.ip(), now_unix, now_unix);
+        let addr = loopback(port);
+        h.protocol
+            .addrbook
+            .add_new(addr, holder.ip(), now_unix, now_unix);
     }
     // The outbound slots are full (dials under way elsewhere).
     h.protocol.dialing.extend(
@@ -1555,7 +1547,7 @@ fn a_feeler_tests_the_holder_of_a_collision_first() {
     );
     let latest = FEELER_INTERVAL * 3 / 2;
     let due = h.now + latest;
-    assert_eq!(dials(&h.protocol.on_tick(due)), vec![holder]);
+    assert_eq!(connects(&h.protocol.on_tick(due)), vec![holder]);
     // It does not answer (the dial began over a minute ago by the book's
     // clock): at the next feeler the newcomer takes its slot, and the
     // feeler goes to an address of the new table.
@@ -1564,7 +1556,7 @@ fn a_feeler_tests_the_holder_of_a_collision_first() {
         holder,
         now_unix - crate::p2p::addrbook::TRIED_TEST_TIMEOUT - 1,
     );
-    let next = dials(&h.protocol.on_tick(due + latest));
+    let next = connects(&h.protocol.on_tick(due + latest));
     assert_eq!(next.len(), 1);
     assert!(h.protocol.addrbook.is_tried(&newcomer));
     assert!(!h.protocol.addrbook.is_tried(&holder));
@@ -1612,7 +1604,7 @@ fn collisions_settle_on_a_node_that_runs_no_feelers() {
     let now_unix = crate::chain::unix_now();
     let untested = now_unix - crate::p2p::addrbook::TRIED_TEST_WINDOW - 1;
     let (holder, newcomer) = collision_in(&mut h, untested);
-    assert!(dials(&h.protocol.on_tick(h.now)).is_empty());
+    assert!(connects(&h.protocol.on_tick(h.now)).is_empty());
     assert!(h.protocol.addrbook.is_tried(&newcomer));
     assert!(!h.protocol.addrbook.is_tried(&holder));
     assert_eq!(h.protocol.addrbook.collision_count(), 0);

@@ -6,16 +6,6 @@ fn v4(a: u8, b: u8, c: u8, d: u8, port: u16) -> SocketAddr {
     SocketAddr::from(([a, b, c, d], port))
 }
 
-fn connects(actions: &[Action]) -> Vec<SocketAddr> {
-    actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Connect(addr) => Some(*addr),
-            _ => None,
-        })
-        .collect()
-}
-
 fn version_listening_on(nonce: u64, listen_port: u16) -> Message {
     let Message::Version(mut version) = their_version(nonce, 0) else {
         unreachable!()
@@ -27,9 +17,7 @@ fn version_listening_on(nonce: u64, listen_port: u16) -> Message {
 /// An outbound peer at `addr` that completed the handshake (we sent it
 /// `getaddr`).
 fn ready_outbound(h: &mut Harness, id: PeerId, addr: SocketAddr) {
-    h.protocol.on_connected(id, addr, Some(addr), h.now);
-    h.message(id, their_version(1_000_000 + id, 0), h.now);
-    let actions = h.message(id, Message::Verack, h.now);
+    let actions = outbound_ready(h, id, addr);
     assert!(sent(&actions, id).contains(&"getaddr"), "{actions:?}");
 }
 
