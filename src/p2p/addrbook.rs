@@ -681,7 +681,7 @@ impl AddrBook {
             return false;
         }
         let was_tried = self.entries.get(&addr).is_some_and(|e| e.is_tried());
-        let holder = self.tried_slots[self.slot(true, self.tried_bucket(&addr), &addr)];
+        let holder = self.tried_slots[self.tried_slot(&addr)];
         self.work += 1;
         if !was_tried && holder.is_some_and(|h| h != addr) {
             if !self.entries.contains_key(&addr) {
@@ -724,7 +724,7 @@ impl AddrBook {
                 None => true,
                 Some(entry) if entry.is_tried() => true,
                 Some(_) => {
-                    let holder = self.tried_slots[self.slot(true, self.tried_bucket(&addr), &addr)];
+                    let holder = self.tried_slots[self.tried_slot(&addr)];
                     let replace = match holder.map(|h| &self.entries[&h]) {
                         None => Some(true),
                         Some(h)
@@ -759,8 +759,7 @@ impl AddrBook {
         let mut holders = Vec::with_capacity(waiting.len());
         for addr in waiting {
             self.work += 1;
-            let slot = self.slot(true, self.tried_bucket(&addr), &addr);
-            if let Some(holder) = self.tried_slots[slot].filter(|h| *h != addr) {
+            if let Some(holder) = self.tried_slots[self.tried_slot(&addr)].filter(|h| *h != addr) {
                 if !holders.contains(&holder) {
                     holders.push(holder);
                 }
@@ -781,9 +780,9 @@ impl AddrBook {
             .is_some_and(|e| e.is_tried())
     }
 
-    /// The tried slot `addr` would take, for tests that make collisions.
-    #[cfg(test)]
-    pub(crate) fn tried_slot_of(&self, addr: &SocketAddr) -> usize {
+    /// The tried slot `addr` takes (or would take): two addresses with the
+    /// same one collide.
+    pub(crate) fn tried_slot(&self, addr: &SocketAddr) -> usize {
         self.slot(true, self.tried_bucket(addr), addr)
     }
 

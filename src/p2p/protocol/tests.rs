@@ -1478,7 +1478,7 @@ fn a_feeler_tests_one_new_address_at_a_time_once_outbound_slots_are_full() {
     let book = &mut h.protocol.addrbook;
     let addrs: Vec<_> = (42001..u16::MAX)
         .map(loopback)
-        .filter(|a| slots.insert(book.tried_slot_of(a)))
+        .filter(|a| slots.insert(book.tried_slot(a)))
         .take(20)
         .collect();
     for addr in &addrs {
@@ -1571,7 +1571,7 @@ fn collision_in(h: &mut Harness, found: u32) -> (std::net::SocketAddr, std::net:
     let holder = loopback(45000);
     let newcomer = (45001..u16::MAX)
         .map(loopback)
-        .find(|a| book.tried_slot_of(a) == book.tried_slot_of(&holder))
+        .find(|a| book.tried_slot(a) == book.tried_slot(&holder))
         .expect("a collision");
     book.add_new(holder, holder.ip(), now_unix, now_unix);
     book.mark_good(holder, now_unix - 5 * 3600);
