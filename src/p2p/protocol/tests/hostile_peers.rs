@@ -201,8 +201,10 @@ fn a_sample_of_mostly_worthless_entries_is_not_kept_for_the_day() {
     let stale = unix_now() - 40 * 24 * 60 * 60;
     ready_outbound(&mut h, 1, v4(60, 1, 1, 1, 8333));
     h.message(1, addr_message(spread(300, 1), stale), h.now);
+    // One source reaches 16 new buckets (1 024 slots): 300 addresses
+    // collide in about 45 of them, more or fewer by the book's random key.
     let stale_book = h.protocol.addrbook.len();
-    assert!(stale_book >= 250, "{stale_book} addresses");
+    assert!(stale_book >= 200, "{stale_book} addresses");
     ready_inbound_from(&mut h, 100, v4(77, 1, 1, 1, 50000));
     let now = h.now;
     // Only the peer we reached is worth sharing.
