@@ -1,8 +1,22 @@
 # Sourced by run.sh and test.sh: installs Debian packages that are missing.
 export DEBIAN_FRONTEND=noninteractive
 
+# sudo resets the environment: DEBIAN_FRONTEND is passed on by name, or a
+# package's debconf question (tzdata, say) would wait unseen for an answer.
 as_root() {
-  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo DEBIAN_FRONTEND="$DEBIAN_FRONTEND" "$@"; fi
+}
+
+# The shared target directory (RocksDB's C++ builds once for every build)
+# must be this user's to write: one made by root (`sudo scripts/test.sh`)
+# stops a later build as another user with cargo's bare "Permission denied".
+check_target_dir() {
+  local dir="$CARGO_TARGET_DIR"
+  if [ -e "$dir" ] && ! [ -w "$dir" ]; then
+    echo "chaincore: the target directory $dir is not writable by $(id -un) (owner: $(stat -c %U "$dir"));" >&2
+    echo "  build as its owner, take it over (sudo chown -R $(id -un) $dir), or set CARGO_TARGET_DIR to a directory of yours" >&2
+    exit 1
+  fi
 }
 
 apt_updated=0

@@ -2,11 +2,17 @@
 # Builds chaincore (installing Rust and the C toolchain RocksDB needs, if
 # missing) and
 # runs it with the given arguments, e.g. `scripts/run.sh params --network regtest`.
+# Relative paths in the arguments (--data-dir, --wallet, --import) are the
+# caller's: only the build runs in the repository.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+root="$(cd "$(dirname "$0")/.." && pwd)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/chaincore-target}"
-source scripts/deps.sh
-install_build_deps
-install_rust
-cargo build --locked --bin chaincore >&2
+source "$root/scripts/deps.sh"
+check_target_dir
+(
+  cd "$root"
+  install_build_deps
+  install_rust
+  cargo build --locked --bin chaincore >&2
+)
 exec "$CARGO_TARGET_DIR/debug/chaincore" "$@"

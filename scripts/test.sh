@@ -12,6 +12,7 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/chaincore-target}"
 export CHAINCORE_TEST_DATABASE_URL="${CHAINCORE_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 source scripts/deps.sh
+check_target_dir
 install_build_deps
 install_rust
 install_browser_deps
@@ -35,11 +36,13 @@ trust_local_cluster() {
   version=$(ls /etc/postgresql | sort -n | tail -1)
   conf="/etc/postgresql/$version/main"
   if ! as_root grep -q "chaincore-tests" "$conf/pg_hba.conf"; then
+    echo "test.sh: letting local TCP connections into PostgreSQL $version without a password (a line marked chaincore-tests at the top of $conf/pg_hba.conf; remove it and reload the cluster to undo)" >&2
     as_root sed -i '1i host all all 127.0.0.1/32 trust # chaincore-tests' "$conf/pg_hba.conf"
   fi
   if as_root pg_ctlcluster --skip-systemctl-redirect "$version" main status >/dev/null 2>&1; then
     as_root pg_ctlcluster --skip-systemctl-redirect "$version" main reload
   else
+    echo "test.sh: starting PostgreSQL $version's main cluster" >&2
     as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
   fi
 }
