@@ -5,7 +5,7 @@ fn main() -> std::process::ExitCode {
     match chaincore::cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", chaincore::cli::error_report(&error));
             std::process::ExitCode::FAILURE
         }
     }

@@ -108,6 +108,7 @@ pub fn run(args: DevnetArgs) -> Result<()> {
         }
     };
     std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+    let _lock = lock_root(&root)?;
     let mine_to = match (&args.mine_to, args.mine) {
         (Some(address), _) => Some(Address::parse(address, network)?.to_string()),
         (None, true) => {
@@ -144,7 +145,11 @@ pub fn run(args: DevnetArgs) -> Result<()> {
     for (i, (p2p, api)) in ports.iter().enumerate() {
         let dir = root.join(format!("node{i}"));
         std::fs::create_dir_all(&dir)?;
-        let log = std::fs::File::create(dir.join("node.log"))?;
+        // Appended to: a run's log is kept across runs of the same dir.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("node.log"))?;
         let mut command = Command::new(&exe);
         command
             .args(["node", "--network", network.name(), "--connect-only"])
@@ -198,6 +203,62 @@ pub fn run(args: DevnetArgs) -> Result<()> {
     })
 }
 
+/// Holds `root/devnet.lock` for the devnet's life (an advisory lock the
+/// kernel drops when the process ends, however it ends): a second devnet
+/// on the same directory is refused before it starts nodes on the first
+/// one's data dirs.
+fn lock_root(root: &std::path::Path) -> Result<std::fs::File> {
+    use std::os::unix::io::AsRawFd;
+    let path = root.join("devnet.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: flock on a descriptor this function owns; no memory is shared.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let error = std::io::Error::last_os_error();
+        if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            bail!(
+                "a devnet already runs in {} (it holds {}): stop it, or pass another --data-dir",
+                root.display(),
+                path.display()
+            );
+        }
+        return Err(error).with_context(|| format!("locking {}", path.display()));
+    }
+    Ok(file)
+}
+
+/// Most bytes read from the end of a node's log for its last error.
+const LOG_TAIL_BYTES: u64 = 16 * 1024;
+
+/// The last line of a node's log that says "error" (its last line if none
+/// does), from the log's last `LOG_TAIL_BYTES` (nodes log without
+/// colours to a file).
+fn last_error(log: &std::path::Path) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(log).ok()?;
+    let len = file.metadata().ok()?.len();
+    file.seek(SeekFrom::Start(len.saturating_sub(LOG_TAIL_BYTES)))
+        .ok()?;
+    let mut tail = Vec::new();
+    file.read_to_end(&mut tail).ok()?;
+    let text = String::from_utf8_lossy(&tail);
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let line = lines
+        .iter()
+        .rev()
+        .find(|l| l.to_ascii_lowercase().contains("error"))
+        .or(lines.last())?;
+    Some(line.to_string())
+}
+
 /// Waits for a node's REST API, failing early if the process exits.
 async fn wait_until_serving(i: usize, node: &mut DevNode) -> Result<()> {
     let client = NodeClient::new(&format!("http://{}", node.api))?;
@@ -207,9 +268,11 @@ async fn wait_until_serving(i: usize, node: &mut DevNode) -> Result<()> {
             return Ok(());
         }
         if let Some(status) = node.child.try_wait()? {
+            let log = node.dir.join("node.log");
             bail!(
-                "node {i} exited ({status}) at start; see {}",
-                node.dir.join("node.log").display()
+                "node {i} exited ({status}) at start: {}; see {}",
+                last_error(&log).unwrap_or_else(|| "it logged no error".to_string()),
+                log.display()
             );
         }
         if Instant::now() > deadline {

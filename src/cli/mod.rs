@@ -27,11 +27,13 @@ pub struct Cli {
 pub enum Command {
     /// Print a network's consensus and networking parameters as JSON.
     Params {
+        /// The network: main, test or regtest.
         #[arg(long, default_value = "main", value_parser = parse_network)]
         network: Network,
     },
     /// Print a network's genesis block (hash, header fields, raw hex) as JSON.
     Genesis {
+        /// The network: main, test or regtest.
         #[arg(long, default_value = "main", value_parser = parse_network)]
         network: Network,
     },
@@ -39,8 +41,11 @@ pub enum Command {
     Node(NodeArgs),
     /// Verify a data dir offline: recompute the UTXO set, address balances
     /// and digest from the stored blocks and compare them with the stored
-    /// state. Exits non-zero if anything differs. The node must be stopped.
+    /// state. Exits non-zero if anything differs. Reads the store
+    /// read-only, so it may run beside the node (it checks the state as it
+    /// was when opened).
     Check {
+        /// The node's data dir (e.g. ~/.chaincore/main).
         #[arg(long)]
         data_dir: PathBuf,
     },
@@ -60,18 +65,22 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum MirrorCommand {
     /// Compare every address balance and the UTXO set in PostgreSQL with the
-    /// node's store (stopped) at the mirrored height; non-zero exit on any
-    /// difference.
+    /// node's store at the mirrored height; non-zero exit on any
+    /// difference. Reads the store read-only, so it may run beside the
+    /// node.
     Verify {
+        /// The node's data dir (e.g. ~/.chaincore/main).
         #[arg(long)]
         data_dir: PathBuf,
-        #[arg(long, env = "CHAINCORE_POSTGRES_URL")]
+        /// The mirror's database (e.g. postgres://user@127.0.0.1/chaincore).
+        #[arg(long, env = "CHAINCORE_POSTGRES_URL", hide_env_values = true, value_parser = parse_postgres_url)]
         postgres_url: String,
     },
 }
 
 #[derive(Debug, Args)]
 pub struct NodeArgs {
+    /// The network: main, test or regtest.
     #[arg(long, default_value = "main", value_parser = parse_network)]
     pub network: Network,
     /// Where the chain state lives (default: ~/.chaincore/NETWORK).
@@ -131,11 +140,11 @@ pub struct NodeArgs {
     pub api_request_timeout_secs: u64,
     /// Mirror blocks, transactions and balances into this PostgreSQL
     /// database (e.g. postgres://user@127.0.0.1/chaincore).
-    #[arg(long, env = "CHAINCORE_POSTGRES_URL")]
+    #[arg(long, env = "CHAINCORE_POSTGRES_URL", hide_env_values = true, value_parser = parse_postgres_url)]
     pub postgres_url: Option<String>,
     /// Token that allows the admin endpoints (POST/DELETE /peers) from other
     /// hosts than loopback, as `Authorization: Bearer TOKEN`.
-    #[arg(long, env = "CHAINCORE_API_ADMIN_TOKEN")]
+    #[arg(long, env = "CHAINCORE_API_ADMIN_TOKEN", hide_env_values = true)]
     pub api_admin_token: Option<String>,
     /// Let web pages of this origin (scheme://host[:port]) read the REST
     /// API from a browser (CORS); repeatable or comma-separated; '*' allows
@@ -144,7 +153,7 @@ pub struct NodeArgs {
     /// endpoints keep their own rule either way.
     #[arg(long = "api-cors", value_name = "ORIGIN")]
     pub api_cors: Vec<String>,
-    /// Memory limit of the mempool, in megabytes (the heap its entries
+    /// Memory limit of the mempool, in MiB (the heap its entries
     /// and indexes take, as Bitcoin Core's `-maxmempool`).
     #[arg(long, default_value_t = crate::mempool::DEFAULT_MAX_MEMPOOL_BYTES >> 20)]
     pub mempool_max_mb: usize,
@@ -175,6 +184,15 @@ fn parse_chain_work(text: &str) -> Result<primitive_types::U256, String> {
         ));
     }
     primitive_types::U256::from_str_radix(digits, 16).map_err(|e| e.to_string())
+}
+
+/// Checks a PostgreSQL URL's form at start, so a typo stops the node
+/// with a clear message rather than leaving the mirror retrying a
+/// connection that can never succeed (a server that is down is retried).
+fn parse_postgres_url(text: &str) -> Result<String, String> {
+    text.parse::<tokio_postgres::Config>()
+        .map(|_| text.to_string())
+        .map_err(|e| format!("not a PostgreSQL URL or key=value string: {e}"))
 }
 
 /// Resolves `HOST:PORT` peer arguments (names resolve once, at start).
@@ -212,6 +230,26 @@ pub fn parse_network(s: &str) -> Result<Network, String> {
         .map_err(|e: crate::consensus::params::UnknownNetwork| e.to_string())
 }
 
+/// An error as one line for the terminal: each context, then its causes,
+/// joined by ": ", leaving out a cause whose words the line already holds
+/// (many errors write their source into their own message, as
+/// `RocksDB: {0}` or `wallet file {path}: {source}`, and anyhow's `{:#}`
+/// would say it twice).
+pub fn error_report(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
@@ -223,6 +261,12 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Genesis { network } => info::print_genesis(network),
         Command::Node(args) => {
             init_logging();
+            // The import runs beside the node once it is up: a path that
+            // cannot be read stops the node now, not in a log line later.
+            if let Some(path) = &args.import {
+                std::fs::File::open(path)
+                    .with_context(|| format!("--import {}", path.display()))?;
+            }
             let mine_to = args
                 .mine_to
                 .as_deref()
@@ -242,7 +286,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 sync_writes: !args.no_sync_writes,
                 cache_bytes: args.dbcache_mb.saturating_mul(1 << 20),
                 minimum_chain_work: args.minimum_chain_work,
-                mempool_max_bytes: args.mempool_max_mb << 20,
+                mempool_max_bytes: args.mempool_max_mb.saturating_mul(1 << 20),
                 postgres_url: args.postgres_url,
                 api_admin_token: args.api_admin_token,
                 api_cors: crate::api::cors::CorsOrigins::parse(&args.api_cors)
@@ -305,5 +349,35 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("wallet file w.json: {source}")]
+    struct Echoing {
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn an_error_report_says_each_cause_once() {
+        // A cause the error already writes into its own message.
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file");
+        let error = anyhow::Error::new(Echoing { source: io }).context("loading the wallet");
+        assert_eq!(
+            error_report(&error),
+            "loading the wallet: wallet file w.json: No such file"
+        );
+        // Causes that do not repeat are all kept, outermost first.
+        let plain = anyhow::anyhow!("connection refused")
+            .context("PostgreSQL")
+            .context("starting the mirror");
+        assert_eq!(
+            error_report(&plain),
+            "starting the mirror: PostgreSQL: connection refused"
+        );
     }
 }

@@ -65,6 +65,7 @@ enum WalletCommand {
     /// Make a new key and write it to the wallet file (mode 0600; an
     /// existing file is never overwritten).
     New {
+        /// The network the key's address is for: main, test or regtest.
         #[arg(long, default_value = "main", value_parser = super::parse_network)]
         network: Network,
         /// Seal the key with a passphrase (Argon2id + ChaCha20-Poly1305).
@@ -207,7 +208,14 @@ pub fn run(args: WalletArgs) -> Result<()> {
     }
     let wallet = Wallet::open(&path)?;
     if let WalletCommand::Address = args.command {
-        println!("{}", wallet.address());
+        if args.json {
+            println!(
+                "{}",
+                json!({ "network": wallet.network().name(), "address": wallet.address().to_string() })
+            );
+        } else {
+            println!("{}", wallet.address());
+        }
         return Ok(());
     }
     let url = args.node.clone().unwrap_or_else(|| {
@@ -237,14 +245,8 @@ pub fn run(args: WalletArgs) -> Result<()> {
                 max_fee_percent,
                 yes,
             } => {
-                let to = Address::parse(&to, wallet.network())
-                    .with_context(|| format!("recipient {to:?}"))?;
-                let passphrase = if wallet.is_encrypted() {
-                    Some(passphrase(args.passphrase_file.as_deref())?)
-                } else {
-                    None
-                };
-                let key = wallet.unlock(passphrase.as_deref())?;
+                // The address's error names it.
+                let to = Address::parse(&to, wallet.network()).context("recipient")?;
                 let policy = match (fee_cc, fee_rate) {
                     (Some(fee), _) => FeePolicy::Fixed(fee),
                     (None, Some(rate)) => FeePolicy::Rate(rate),
@@ -260,6 +262,14 @@ pub fn run(args: WalletArgs) -> Result<()> {
                 if !yes && std::io::IsTerminal::is_terminal(&std::io::stdin()) {
                     confirm(&plan, &to)?;
                 }
+                // The passphrase last: a spend the coins cannot pay, or one
+                // refused at the prompt, never asks for it.
+                let passphrase = if wallet.is_encrypted() {
+                    Some(passphrase(args.passphrase_file.as_deref())?)
+                } else {
+                    None
+                };
+                let key = wallet.unlock(passphrase.as_deref())?;
                 let tx = build_transaction(&plan, &key, to.hash);
                 let txid = tx.txid();
                 let answered: String = client

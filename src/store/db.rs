@@ -55,6 +55,8 @@ pub enum StoreError {
     UnknownColumnFamily(String),
     #[error("no ChainCore data dir at {0}")]
     Missing(String),
+    #[error("data dir {0} is in use by another process (it holds the store's LOCK file): stop that node, or pass another --data-dir")]
+    InUse(String),
     #[error("data dir has store format {found}, this build reads format {expected}")]
     WrongFormat { expected: u32, found: u32 },
     /// A write failed on purpose (tests only).
@@ -289,7 +291,17 @@ impl Store {
         let descriptors = ALL_CFS
             .iter()
             .map(|name| ColumnFamilyDescriptor::new(*name, cf_options(name, &cache)));
-        let db = DB::open_cf_descriptors(&db_opts, path, descriptors)?;
+        let db = DB::open_cf_descriptors(&db_opts, path, descriptors).map_err(|e| {
+            // RocksDB's own words name the file: "IO error: While lock
+            // file: DIR/LOCK: Resource temporarily unavailable" (another
+            // process), "IO error: lock hold by current process, ...:
+            // DIR/LOCK: No locks available" (this one).
+            if e.kind() == rocksdb::ErrorKind::IOError && e.as_ref().contains("LOCK:") {
+                StoreError::InUse(path.display().to_string())
+            } else {
+                StoreError::Rocks(e)
+            }
+        })?;
         Ok(Store::from_db(db))
     }
 

@@ -58,6 +58,12 @@ pub enum WalletError {
         path: String,
         source: std::io::Error,
     },
+    #[error("no wallet file at {0}: make one with `chaincore wallet new --network NETWORK --wallet {0}`, or pass --wallet")]
+    NotFound(String),
+    #[error(
+        "directory {0} does not exist: make it first (mkdir -m 700), or pick another --wallet"
+    )]
+    NoDirectory(String),
     #[error("wallet file {path} is not a ChainCore wallet: {reason}")]
     Corrupt { path: String, reason: String },
     #[error("wrong passphrase for wallet {0} (or the file was altered)")]
@@ -149,7 +155,10 @@ impl Wallet {
             path: shown.clone(),
             reason,
         };
-        let metadata = std::fs::metadata(path).map_err(io)?;
+        let metadata = std::fs::metadata(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => WalletError::NotFound(shown.clone()),
+            _ => io(e),
+        })?;
         // As ssh with its keys: a key file of the user's own that others
         // may read is refused, not used (the wallet is written 0600; a copy
         // or an editor may not be). A file someone else owns (a secret
@@ -344,6 +353,9 @@ fn write_new_private(path: &Path, bytes: &[u8]) -> Result<(), WalletError> {
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
         _ => std::path::PathBuf::from("."),
     };
+    if !dir.is_dir() {
+        return Err(WalletError::NoDirectory(dir.display().to_string()));
+    }
     let name = path
         .file_name()
         .map_or_else(|| "wallet".into(), |n| n.to_string_lossy().into_owned());

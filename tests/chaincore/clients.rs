@@ -438,6 +438,116 @@ fn clients_report_an_unreachable_node_and_a_wrong_network_clearly() {
     node.drain();
 }
 
+/// Asserts that no piece of `error` of 12 or more characters, cut at
+/// ": ", is said twice (an error that writes its cause into its message
+/// and then has it printed again as the cause).
+fn said_once(error: &str) {
+    let parts: Vec<&str> = error.trim().split(": ").filter(|p| p.len() >= 12).collect();
+    for (i, part) in parts.iter().enumerate() {
+        assert!(
+            !parts[i + 1..].contains(part),
+            "{part:?} said twice in {error:?}"
+        );
+    }
+}
+
+#[test]
+fn a_newcomers_common_mistakes_get_one_clear_error_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+
+    // A wallet file that is not there, and one in a directory that is not.
+    let error = run_err(&["wallet", "balance", "--wallet", &path("none.json")]);
+    assert!(
+        error.contains("no wallet file at") && error.contains("wallet new"),
+        "{error}"
+    );
+    said_once(&error);
+    let error = run_err(&[
+        "wallet",
+        "new",
+        "--network",
+        "regtest",
+        "--wallet",
+        &path("no/dir/w.json"),
+    ]);
+    assert!(error.contains("does not exist"), "{error}");
+    said_once(&error);
+
+    // A data dir another node holds.
+    let mut node = crate::common::NodeProcess::start(&dir.path().join("n"), &["--connect-only"]);
+    let out = chaincore()
+        .args(["node", "--network", "regtest", "--p2p-bind", "127.0.0.1"])
+        .args([
+            "--p2p-port",
+            "0",
+            "--api-port",
+            "0",
+            "--data-dir",
+            &path("n"),
+        ])
+        .output()
+        .unwrap();
+    let error = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(error.contains("in use by another process"), "{error}");
+    said_once(error.lines().last().unwrap_or_default());
+    node.drain();
+
+    // A PostgreSQL URL that can never connect, and a file to import that is
+    // not there: refused at start, not retried or logged while running.
+    let out = chaincore()
+        .args(["node", "--network", "regtest", "--data-dir", &path("p")])
+        .args(["--postgres-url", "postgres://u@127.0.0.1:notaport/db"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "a usage error");
+    let error = String::from_utf8_lossy(&out.stderr);
+    assert!(error.contains("not a PostgreSQL URL"), "{error}");
+    let out = chaincore()
+        .args(["node", "--network", "regtest", "--data-dir", &path("i")])
+        .args([
+            "--p2p-port",
+            "0",
+            "--api-port",
+            "0",
+            "--import",
+            &path("blocks.dat"),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let error = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        error.contains("--import") && error.contains("blocks.dat"),
+        "{error}"
+    );
+    said_once(error.lines().last().unwrap_or_default());
+
+    // Secrets given in the environment stay out of --help.
+    for args in [&["node", "--help"][..], &["mirror", "verify", "--help"]] {
+        let out = chaincore()
+            .args(args)
+            .env("CHAINCORE_API_ADMIN_TOKEN", "token-s3cret")
+            .env(
+                "CHAINCORE_POSTGRES_URL",
+                "postgres://u:pw-s3cret@127.0.0.1/db",
+            )
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(help.contains("CHAINCORE_POSTGRES_URL"), "{help}");
+        assert!(!help.contains("s3cret"), "{help}");
+    }
+
+    // A second devnet on a directory a devnet runs in.
+    let devnet = Devnet::start(1, &dir.path().join("net"));
+    let error = run_err(&["devnet", "--nodes", "1", "--data-dir", &path("net")]);
+    assert!(error.contains("a devnet already runs in"), "{error}");
+    assert!(devnet.stop());
+}
+
 /// What a lying node answers (status, body) to a request (method, path,
 /// body, the real node), or `None` to forward it.
 type Lie = fn(&str, &str, &str, SocketAddr) -> Option<(u16, String)>;
