@@ -924,6 +924,34 @@ impl Chain {
                 None => return Ok(BlockOutcome::Orphan),
             }
         }
+        // Its header against its parent's context before its body, as
+        // Bitcoin Core's AcceptBlockHeader before CheckBlock: a block with
+        // the wrong difficulty (the lowest one mined in a second, and resent
+        // at will, from a peer or `POST /mining/submit`) costs one header
+        // check, not a merkle tree and every transaction's checks on the
+        // chain task. A block whose parent failed, or that breaks a
+        // contextual rule, is refused without being indexed (as its header
+        // would be): either costs its sender only the lowest difficulty's
+        // work, and an entry would stay in the index for good.
+        let parent = self.tree.index.get(&block.header.prev_hash).copied();
+        if let Some(parent) = &parent {
+            if parent.is_failed() {
+                return Ok(BlockOutcome::InvalidAncestor);
+            }
+            let ctx = self
+                .context_after(&block.header.prev_hash)
+                .expect("parent is in the index");
+            match check_header_contextual(&block.header, &ctx, self.params) {
+                Ok(()) => {}
+                // The clock may be behind, or the block a little early:
+                // nothing is cached, so the same block is accepted once it
+                // is in time.
+                Err(error @ BlockError::TimeTooNew { .. }) => {
+                    return Ok(BlockOutcome::Deferred(error));
+                }
+                Err(error) => return Ok(BlockOutcome::Invalid(error)),
+            }
+        }
         if let Err(error) = check_block(&block, self.params) {
             // A body error marks the header invalid only when the header
             // commits to this very body (its merkle root matches, the tree
@@ -939,9 +967,9 @@ impl Chain {
             }
             return Ok(BlockOutcome::Invalid(error));
         }
-        let Some(parent) = self.tree.index.get(&block.header.prev_hash).copied() else {
+        let Some(parent) = parent else {
             // Asked for (unrequested ones left above): it waits for its
-            // parent.
+            // parent, whose context it is checked against when it comes.
             self.orphans.insert(block, source, Instant::now());
             return Ok(BlockOutcome::Orphan);
         };
@@ -954,25 +982,6 @@ impl Chain {
             tx_count: block.transactions.len() as u32,
             size: block.encoded_len() as u32,
         };
-        // A block whose parent failed, or that breaks a contextual rule, is
-        // refused without being indexed (as its header would be): either
-        // costs its sender only the lowest difficulty's work, and an entry
-        // would stay in the index for good.
-        if parent.is_failed() {
-            return Ok(BlockOutcome::InvalidAncestor);
-        }
-        let ctx = self
-            .context_after(&block.header.prev_hash)
-            .expect("parent is in the index");
-        match check_header_contextual(&block.header, &ctx, self.params) {
-            Ok(()) => {}
-            // The clock may be behind, or the block a little early: nothing
-            // is cached, so the same block is accepted once it is in time.
-            Err(error @ BlockError::TimeTooNew { .. }) => {
-                return Ok(BlockOutcome::Deferred(error));
-            }
-            Err(error) => return Ok(BlockOutcome::Invalid(error)),
-        }
         entry.status |= status::HAVE_DATA;
         // Indexed here means its header is on disk (headers-first).
         let header_stored = self.tree.index.contains(&hash);

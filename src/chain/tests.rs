@@ -674,6 +674,38 @@ fn a_header_committing_to_an_invalid_body_is_marked_failed_and_a_tampered_body_m
 }
 
 #[test]
+fn a_block_of_the_wrong_difficulty_is_refused_before_its_body_is_checked() {
+    let base = prefix();
+    let dir = tempfile::tempdir().unwrap();
+    let mut chain = open(&dir);
+    feed(&mut chain, &base.blocks[1..]);
+    // A block on the tip claiming a harder target than the chain's (its
+    // proof of work meets it) over a body its header does not commit to:
+    // the difficulty is judged first, so the body costs nothing, whether
+    // a peer sent the block unasked or a miner submitted it.
+    let mut block = base.build_block(key(1).pubkey_hash(), Vec::new());
+    let expected = block.header.bits;
+    block.header.bits = 0x2000_ffff;
+    block.header.merkle_root = crate::consensus::hash::Hash256([7; 32]);
+    crate::mining::solve_block(&mut block);
+    let block = Arc::new(block);
+    for requested in [false, true] {
+        let outcome = chain
+            .process_new_block(block.clone(), Some(7), requested)
+            .unwrap();
+        assert_eq!(
+            outcome,
+            BlockOutcome::Invalid(BlockError::BadBits {
+                expected,
+                found: 0x2000_ffff
+            })
+        );
+    }
+    assert_eq!(chain.height(), 12);
+    assert!(chain.index_entry(&block.hash()).is_none());
+}
+
+#[test]
 fn unrequested_blocks_are_stored_only_on_a_chain_with_the_tips_work() {
     let base = prefix();
     let dir = tempfile::tempdir().unwrap();
