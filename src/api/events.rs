@@ -15,8 +15,9 @@ use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::extract::Query;
-use super::{ApiError, ApiState, PoolViews};
+use super::{ApiError, ApiState, PoolGate, PoolViews};
 use crate::chain::ChainReader;
+use crate::chain::ChainView;
 use crate::consensus::address::{Address, AddressError};
 use crate::events::{
     catch_up, pool_events, Balances, CatchUpError, Closed, EventId, HubMessage, Outbox, Pass,
@@ -41,7 +42,7 @@ impl From<CatchUpError> for ApiError {
             CatchUpError::UnknownBlock(_) | CatchUpError::WrongHeight { .. } => {
                 ApiError::bad_request("unknown-event-id", e.to_string())
             }
-            CatchUpError::TooFarBehind { .. } => {
+            CatchUpError::TooFarBehind { .. } | CatchUpError::OffTheChain { .. } => {
                 ApiError::bad_request("replay-too-long", e.to_string())
             }
             CatchUpError::Chain(e) => ApiError::internal(e),
@@ -148,52 +149,79 @@ pub async fn events(
     let from_height = q.from_height;
     let first_watch = watch.clone();
     // A replay's first pass may read up to `MAX_CATCH_UP_BLOCKS` blocks:
-    // it waits for a replay permit (503 when it stays taken), so
-    // reconnecting clients can neither hold every core nor the permits
-    // wallets' reads take.
+    // it waits for a replay permit (503 when it stays taken), one replay
+    // per client at a time, so reconnecting clients can neither hold every
+    // core nor the permits wallets' reads take, nor queue ahead of other
+    // clients' replays. A stream from the tip replays nothing (its first
+    // pass reads the watched addresses' balances): it takes a permit of
+    // the reads wallets make, never waiting behind replays.
+    let replaying = resume.is_some() || from_height.is_some();
+    let _replay_slot = if replaying {
+        Some(
+            state
+                .pool_views
+                .replayers
+                .take(client.ip(), crate::events::MAX_SUBSCRIBERS)
+                .ok_or_else(|| {
+                    ApiError::unavailable(
+                        "busy",
+                        format!(
+                            "this client has {} event-stream replay under way, the most one client may; retry when it has started",
+                            super::pool_views::MAX_REPLAYS_PER_CLIENT
+                        ),
+                    )
+                })?,
+        )
+    } else {
+        None
+    };
     // Set when this request ends, answered or not (its client gone, or the
     // request timeout): a first pass still reading then stops at its next
     // block and frees its permit.
     let replay_abandoned = Arc::new(AtomicBool::new(false));
     let _abandon_on_drop = SetOnDrop(replay_abandoned.clone());
-    let (start, pass) = state
-        .with_replay_reads(move |view, _| {
-            let tip = view.tip();
-            let start = match (resume, from_height) {
-                (Some(id), _) => id,
-                (None, Some(height)) => {
-                    if height > tip.height + 1 {
-                        return Err(ApiError::bad_request(
-                            "invalid-query",
-                            format!(
-                                "from_height {height} is above the tip's height {} + 1",
-                                tip.height
-                            ),
-                        ));
-                    }
-                    let below = view.hash_at(height - 1)?.ok_or_else(|| {
-                        ApiError::internal(format!("no active block at height {}", height - 1))
-                    })?;
-                    EventId::end_of(height - 1, below)
+    let first_pass = move |view: &ChainView, _: &PoolGate<'_>| {
+        let tip = view.tip();
+        let start = match (resume, from_height) {
+            (Some(id), _) => id,
+            (None, Some(height)) => {
+                if height > tip.height + 1 {
+                    return Err(ApiError::bad_request(
+                        "invalid-query",
+                        format!(
+                            "from_height {height} is above the tip's height {} + 1",
+                            tip.height
+                        ),
+                    ));
                 }
-                (None, None) => EventId::end_of(tip.height, tip.hash),
-            };
-            let behind = tip.height.saturating_sub(start.height);
-            if behind > MAX_CATCH_UP_BLOCKS {
-                return Err(CatchUpError::TooFarBehind {
-                    from: start.height,
-                    blocks: behind,
-                    limit: MAX_CATCH_UP_BLOCKS,
-                }
-                .into());
+                let below = view.hash_at(height - 1)?.ok_or_else(|| {
+                    ApiError::internal(format!("no active block at height {}", height - 1))
+                })?;
+                EventId::end_of(height - 1, below)
             }
-            // The first pass here, so that a position the node cannot
-            // follow is a 400; the rest of the replay is the subscriber's,
-            // one pass at a time (`MAX_BLOCKS_PER_PASS`).
-            let pass = catch_up(view, &first_watch, start, None, &replay_abandoned)?;
-            Ok((start, pass))
-        })
-        .await?;
+            (None, None) => EventId::end_of(tip.height, tip.hash),
+        };
+        let behind = tip.height.saturating_sub(start.height);
+        if behind > MAX_CATCH_UP_BLOCKS {
+            return Err(CatchUpError::TooFarBehind {
+                from: start.height,
+                blocks: behind,
+                limit: MAX_CATCH_UP_BLOCKS,
+            }
+            .into());
+        }
+        // The first pass here, so that a position the node cannot
+        // follow is a 400; the rest of the replay is the subscriber's,
+        // one pass at a time (`MAX_BLOCKS_PER_PASS`).
+        let pass = catch_up(view, &first_watch, start, None, &replay_abandoned)?;
+        Ok((start, pass))
+    };
+    let (start, pass) = if replaying {
+        state.with_replay_reads(first_pass).await?
+    } else {
+        state.with_chain_reads(first_pass).await?
+    };
+    drop(_replay_slot);
     let Pass {
         events: replayed,
         position,

@@ -48,6 +48,12 @@ pub const CHAIN_READ_CONCURRENCY: usize = 4;
 /// of their own and wallets' reads never wait behind them.
 pub const REPLAY_CONCURRENCY: usize = 1;
 
+/// Event-stream replays one client (an IPv4 address, an IPv6 /64) has
+/// waiting for `REPLAY_CONCURRENCY`'s permit or running at once (loopback
+/// excepted): a client that reconnects with replays in a loop queues one,
+/// so others' replays wait behind one per client, not behind its eight.
+pub const MAX_REPLAYS_PER_CLIENT: usize = 1;
+
 /// Event streams one client (an IPv4 address, an IPv6 /64) holds at once
 /// (`GET /events`; loopback excepted): a few browser tabs, not the node's
 /// `MAX_SUBSCRIBERS`.
@@ -92,6 +98,8 @@ pub struct PoolViews {
     /// eighth of `MAX_SUBSCRIBERS` kept for loopback (the node's own
     /// explorer, the operator), as the listener keeps connections.
     pub subscribers: Arc<ClientCounts>,
+    /// Replays by client: `MAX_REPLAYS_PER_CLIENT` each.
+    pub replayers: Arc<ClientCounts>,
     /// The pool transactions chosen for the last mining template (see
     /// `mining::SELECTION_REUSE`).
     pub template_selection: Mutex<Option<super::mining::Selection>>,
@@ -109,6 +117,7 @@ impl Default for PoolViews {
             chain_reads: Arc::new(Semaphore::new(CHAIN_READ_CONCURRENCY)),
             replays: Arc::new(Semaphore::new(REPLAY_CONCURRENCY)),
             subscribers: Arc::new(ClientCounts::new(MAX_SUBSCRIBERS_PER_CLIENT)),
+            replayers: Arc::new(ClientCounts::new(MAX_REPLAYS_PER_CLIENT)),
             template_selection: Mutex::new(None),
             tx_submits: Arc::new(Semaphore::new(SUBMIT_CONCURRENCY)),
             block_submits: Arc::new(Semaphore::new(SUBMIT_CONCURRENCY)),

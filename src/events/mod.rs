@@ -189,6 +189,8 @@ pub enum CatchUpError {
     },
     #[error("resuming from height {from} would replay {blocks} blocks, more than the limit of {limit}; read the history over REST and subscribe from the tip")]
     TooFarBehind { from: u32, blocks: u32, limit: u32 },
+    #[error("the event id's block (height {from}) is more than {limit} blocks off this node's active chain (a deep stale branch, or headers this node has not reached); subscribe from the tip")]
+    OffTheChain { from: u32, limit: u32 },
     #[error(transparent)]
     Chain(#[from] ChainError),
     /// The replay's client left (`catch_up`'s `abandoned`).
@@ -216,13 +218,23 @@ pub fn plan(
     if active_at(position.height)? == Some(position.hash) {
         return Ok(Plan::Forward { from: position });
     }
-    // Walk back to the active chain: O(depth of the stale branch) reads.
+    // Walk back to the active chain: O(depth of the stale branch) reads,
+    // at most `MAX_CATCH_UP_BLOCKS` (an id naming a header far above the
+    // tip, or a deep stale branch, would make every pass walk it).
     let mut hash = position.hash;
     let mut height = position.height;
+    let mut steps = 0u32;
     loop {
         if active_at(height)? == Some(hash) {
             break;
         }
+        if steps == MAX_CATCH_UP_BLOCKS {
+            return Err(CatchUpError::OffTheChain {
+                from: position.height,
+                limit: MAX_CATCH_UP_BLOCKS,
+            });
+        }
+        steps += 1;
         let (_, parent) = entry_of(&hash)?.ok_or(CatchUpError::UnknownBlock(hash))?;
         if height == 0 {
             return Err(CatchUpError::UnknownBlock(position.hash));

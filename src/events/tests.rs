@@ -133,6 +133,36 @@ fn unknown_blocks_and_wrong_heights_are_refused() {
 }
 
 #[test]
+fn a_position_far_off_the_active_chain_is_refused_after_a_bounded_walk() {
+    // A stale branch of 50 blocks is within the limit: back to its fork.
+    let chains = Chains::new(3).with_stale(3, 50);
+    let top = *chains.stale.last().unwrap();
+    assert!(matches!(
+        chains.plan(EventId::end_of(top.0, top.1)),
+        Ok(Plan::Wait)
+    ));
+    // Headers far above the tip (a node in its initial sync), played as a
+    // branch that never meets the active chain: the walk stops at the
+    // replay limit rather than reading every entry, on every pass.
+    let reads = std::cell::Cell::new(0u32);
+    let far = MAX_CATCH_UP_BLOCKS * 3;
+    let endless = plan(
+        EventId::end_of(far, hash(250)),
+        3,
+        |_| {
+            reads.set(reads.get() + 1);
+            Ok(None)
+        },
+        |x| Ok(Some((far, *x))),
+    );
+    assert!(
+        matches!(endless, Err(CatchUpError::OffTheChain { from, limit }) if from == far && limit == MAX_CATCH_UP_BLOCKS),
+        "{endless:?}"
+    );
+    assert_eq!(reads.get(), MAX_CATCH_UP_BLOCKS + 2);
+}
+
+#[test]
 fn a_pass_reads_at_most_the_pass_limit() {
     let tip = 3 * MAX_CATCH_UP_BLOCKS;
     let plan = Plan::Forward {
