@@ -428,6 +428,7 @@ pub async fn metrics(
     let mirror = state.mirror.clone();
     let events = state.events.clone();
     let mempool = state.mempool.clone();
+    let answer_bytes = state.pool_views.answers.held();
     let body = state
         .with_view(move |chain| {
             use std::fmt::Write;
@@ -457,6 +458,7 @@ pub async fn metrics(
             gauge("chaincore_utxo_count", "Unspent outputs.", tip.utxo_count as f64);
             gauge("chaincore_utxo_total_units", "Sum of all unspent outputs, base units.", tip.utxo_total as f64);
             gauge("chaincore_event_subscribers", "Subscribers of the event stream (GET /events).", events.subscribers() as f64);
+            gauge("chaincore_rest_paced_answer_bytes", "Bytes of large REST answers not yet taken by their clients.", answer_bytes as f64);
             gauge("chaincore_mining_hashrate", "Hashes per second of the node's own miner (0: not mining).", hashrate as f64);
             if let Some(m) = &mirror {
                 gauge("chaincore_mirror_height", "Height of the PostgreSQL mirror's watermark (-1: none).", m.height.map_or(-1.0, f64::from));

@@ -336,7 +336,10 @@ pub fn router(state: ApiState) -> Router {
             latency::track,
         ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(axum::middleware::from_fn(paced::pace_large_answers))
+        .layer(axum::middleware::from_fn_with_state(
+            state.pool_views.answers.clone(),
+            paced::pace_large_answers,
+        ))
         .with_state(state);
     match cors {
         Some(cors) => router.layer(cors),

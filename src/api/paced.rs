@@ -18,15 +18,22 @@
 //! rate alone, once what waits for their client has filled the kernel's
 //! buffers.
 
+use std::collections::HashMap;
 use std::io;
+use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes, HttpBody};
-use axum::response::Response;
+use axum::extract::ConnectInfo;
+use axum::response::{IntoResponse, Response};
 use http_body::{Frame, SizeHint};
 use tokio::time::Instant;
+
+use super::listener::Client;
+use super::ApiError;
 
 /// Bodies from this size on are paced.
 pub const PACED_MIN_BYTES: usize = 256 * 1024;
@@ -39,6 +46,114 @@ pub const RESPONSE_MIN_RATE: u64 = 8 * 1024;
 pub const RESPONSE_GRACE: Duration = Duration::from_secs(30);
 /// A paced body's frames.
 const FRAME_BYTES: usize = 64 * 1024;
+
+/// Bytes of paced answers not yet handed to their clients, node-wide.
+/// Pacing bounds how long a client may take; this bounds how much all of
+/// them hold meanwhile: a client reading slowly (at the least rate, within
+/// its rights) holds an answer of tens of megabytes for an hour, and a few
+/// hundred connections could otherwise hold gigabytes. A large answer
+/// that finds the budget spent is refused with 503 `busy` (the work done
+/// to build it is lost; the memory is not held). One answer is let
+/// through whatever its size while the budget holds nothing.
+pub const MAX_PACED_BYTES: usize = 256 << 20;
+/// Of `MAX_PACED_BYTES`, what one client (an IPv4 address, an IPv6 /64)
+/// may hold; one answer is let through whatever its size while the client
+/// holds nothing. Loopback has no share of its own, only the total.
+pub const MAX_PACED_BYTES_PER_CLIENT: usize = 32 << 20;
+
+/// What paced answers hold, in all and by client (see `MAX_PACED_BYTES`).
+#[derive(Debug)]
+pub struct AnswerBudget {
+    total: usize,
+    per_client: usize,
+    held: Mutex<Held>,
+}
+
+#[derive(Debug, Default)]
+struct Held {
+    total: usize,
+    by_client: HashMap<Client, usize>,
+}
+
+impl Default for AnswerBudget {
+    fn default() -> AnswerBudget {
+        AnswerBudget::new(MAX_PACED_BYTES, MAX_PACED_BYTES_PER_CLIENT)
+    }
+}
+
+impl AnswerBudget {
+    pub fn new(total: usize, per_client: usize) -> AnswerBudget {
+        AnswerBudget {
+            total,
+            per_client,
+            held: Mutex::default(),
+        }
+    }
+
+    /// `bytes` for an answer to `ip`'s client, if the budget has them.
+    pub fn reserve(self: &Arc<Self>, ip: Option<IpAddr>, bytes: usize) -> Option<Reservation> {
+        let client = ip.and_then(Client::of);
+        let mut held = self.held.lock().expect("answer budget lock");
+        let total_fits = held.total == 0 || held.total.saturating_add(bytes) <= self.total;
+        let client_fits = client.is_none_or(|c| {
+            let mine = held.by_client.get(&c).copied().unwrap_or(0);
+            mine == 0 || mine.saturating_add(bytes) <= self.per_client
+        });
+        if !(total_fits && client_fits) {
+            return None;
+        }
+        held.total += bytes;
+        if let Some(c) = client {
+            *held.by_client.entry(c).or_default() += bytes;
+        }
+        Some(Reservation {
+            budget: self.clone(),
+            client,
+            bytes,
+        })
+    }
+
+    /// Bytes held now, in all.
+    pub fn held(&self) -> usize {
+        self.held.lock().expect("answer budget lock").total
+    }
+}
+
+/// An answer's bytes in an `AnswerBudget`, given back as they are sent
+/// (`shrink_to`) and in full when dropped (sent, or the client gone).
+#[derive(Debug)]
+pub struct Reservation {
+    budget: Arc<AnswerBudget>,
+    client: Option<Client>,
+    bytes: usize,
+}
+
+impl Reservation {
+    /// Keeps `bytes` of the reservation (at most what it holds).
+    fn shrink_to(&mut self, bytes: usize) {
+        let freed = self.bytes.saturating_sub(bytes);
+        if freed == 0 {
+            return;
+        }
+        self.bytes -= freed;
+        let mut held = self.budget.held.lock().expect("answer budget lock");
+        held.total -= freed;
+        if let Some(c) = self.client {
+            if let Some(mine) = held.by_client.get_mut(&c) {
+                *mine -= freed;
+                if *mine == 0 {
+                    held.by_client.remove(&c);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.shrink_to(0);
+    }
+}
 
 /// The limits a paced body is held to (`Pace::DEFAULT` in the API; tests
 /// use shorter ones).
@@ -67,6 +182,8 @@ impl Pace {
 pub struct PacedBody {
     rest: Bytes,
     deadline: Instant,
+    /// Its bytes in the node's `AnswerBudget`, given back frame by frame.
+    reservation: Option<Reservation>,
 }
 
 impl PacedBody {
@@ -74,6 +191,7 @@ impl PacedBody {
         PacedBody {
             deadline: pace.deadline(start, body.len()),
             rest: body,
+            reservation: None,
         }
     }
 }
@@ -109,6 +227,9 @@ impl HttpBody for PacedBody {
         } else {
             bytes::Buf::advance(&mut this.rest, n);
         }
+        if let Some(reservation) = &mut this.reservation {
+            reservation.shrink_to(this.rest.len());
+        }
         Poll::Ready(Some(Ok(Frame::data(frame))))
     }
 
@@ -122,18 +243,45 @@ impl HttpBody for PacedBody {
 }
 
 /// `response`, its body paced if it is in memory, of a known length, and at
-/// least `pace.min_bytes`.
-pub async fn pace(response: Response, pace: Pace) -> Response {
+/// least `pace.min_bytes`; with a `budget`, such a body is also counted in
+/// it for `ip`'s client while it is sent, and refused (503 `busy`) when
+/// the budget has no room.
+pub async fn pace(
+    response: Response,
+    pace: Pace,
+    budget: Option<(&Arc<AnswerBudget>, Option<IpAddr>)>,
+) -> Response {
     let len = response.body().size_hint().exact();
-    if len.is_none_or(|len| len < pace.min_bytes as u64) {
+    let Some(len) = len.filter(|len| *len >= pace.min_bytes as u64) else {
         return response;
-    }
+    };
+    let reservation = match budget {
+        None => None,
+        Some((budget, ip)) => match budget.reserve(ip, usize::try_from(len).unwrap_or(usize::MAX)) {
+            Some(reservation) => Some(reservation),
+            None => {
+                return ApiError::unavailable(
+                    "busy",
+                    format!(
+                        "too many large answers are being sent (at most {} MiB at once, {} MiB to one client); retry shortly",
+                        MAX_PACED_BYTES >> 20,
+                        MAX_PACED_BYTES_PER_CLIENT >> 20
+                    ),
+                )
+                .into_response()
+            }
+        },
+    };
     let (parts, body) = response.into_parts();
     // A body of a known length is in memory: collecting it moves bytes
     // already there (one frame, without a copy).
     let start = Instant::now();
     match axum::body::to_bytes(body, usize::MAX).await {
-        Ok(bytes) => Response::from_parts(parts, Body::new(PacedBody::new(bytes, &pace, start))),
+        Ok(bytes) => {
+            let mut paced = PacedBody::new(bytes, &pace, start);
+            paced.reservation = reservation;
+            Response::from_parts(parts, Body::new(paced))
+        }
         Err(error) => {
             tracing::warn!(%error, "a REST answer's body failed before it was sent");
             let mut failed = Response::new(Body::empty());
@@ -143,12 +291,18 @@ pub async fn pace(response: Response, pace: Pace) -> Response {
     }
 }
 
-/// Middleware: every answer through `pace` with the default limits.
+/// Middleware: every answer through `pace` with the default limits,
+/// counted in the node's `AnswerBudget`.
 pub async fn pace_large_answers(
+    axum::extract::State(budget): axum::extract::State<Arc<AnswerBudget>>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    pace(next.run(request).await, Pace::DEFAULT).await
+    let ip = request
+        .extensions()
+        .get::<ConnectInfo<std::net::SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip());
+    pace(next.run(request).await, Pace::DEFAULT, Some((&budget, ip))).await
 }
 
 #[cfg(test)]
@@ -161,21 +315,89 @@ mod tests {
 
     #[tokio::test]
     async fn small_and_unknown_length_bodies_are_left_alone_and_large_ones_keep_their_length() {
-        let small = pace(Response::new(Body::from(vec![1u8; 1000])), Pace::DEFAULT).await;
+        let small = pace(
+            Response::new(Body::from(vec![1u8; 1000])),
+            Pace::DEFAULT,
+            None,
+        )
+        .await;
         assert_eq!(small.body().size_hint().exact(), Some(1000));
         let stream = Body::from_stream(futures_util::stream::iter([Ok::<_, io::Error>(
             Bytes::from_static(b"event"),
         )]));
-        let streamed = pace(Response::new(stream), Pace::DEFAULT).await;
+        let streamed = pace(Response::new(stream), Pace::DEFAULT, None).await;
         assert_eq!(streamed.body().size_hint().exact(), None);
 
-        let big = pace(Response::new(Body::from(vec![7u8; BIG])), Pace::DEFAULT).await;
+        let big = pace(
+            Response::new(Body::from(vec![7u8; BIG])),
+            Pace::DEFAULT,
+            None,
+        )
+        .await;
         assert_eq!(big.body().size_hint().exact(), Some(BIG as u64));
         let bytes = axum::body::to_bytes(big.into_body(), usize::MAX)
             .await
             .unwrap();
         assert_eq!(bytes.len(), BIG);
         assert!(bytes.iter().all(|b| *b == 7));
+    }
+
+    #[test]
+    fn the_answer_budget_bounds_the_total_and_each_clients_share() {
+        let budget = Arc::new(AnswerBudget::new(100, 40));
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        // One client: up to its share, then refused; an answer larger than
+        // the share passes only while the client holds nothing.
+        let a1 = budget.reserve(ip("192.0.2.1"), 30).unwrap();
+        assert!(budget.reserve(ip("192.0.2.1"), 20).is_none());
+        let b1 = budget.reserve(ip("192.0.2.2"), 60).unwrap();
+        assert_eq!(budget.held(), 90);
+        // The total: a third client's 20 would pass 100.
+        assert!(budget.reserve(ip("192.0.2.3"), 20).is_none());
+        assert!(budget.reserve(ip("192.0.2.3"), 10).is_some());
+        // Loopback has no share, only the total.
+        assert!(budget.reserve(ip("127.0.0.1"), 11).is_none());
+        let local = budget.reserve(ip("127.0.0.1"), 10).unwrap();
+        drop((b1, local));
+        assert_eq!(budget.held(), 30);
+        // One IPv6 /64 is one client.
+        let v6 = budget.reserve(ip("2001:db8::1"), 40).unwrap();
+        assert!(budget.reserve(ip("2001:db8::2"), 1).is_none());
+        assert!(budget.reserve(ip("2001:db8:0:1::2"), 1).is_some());
+        drop((a1, v6));
+        assert_eq!(budget.held(), 0);
+        // Nothing held: one answer of any size passes.
+        let huge = budget.reserve(ip("192.0.2.9"), 1000).unwrap();
+        assert!(budget.reserve(ip("192.0.2.8"), 1).is_none());
+        drop(huge);
+        assert_eq!(budget.held(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_large_answer_is_counted_until_sent_and_refused_when_the_budget_is_spent() {
+        let budget = Arc::new(AnswerBudget::new(BIG + BIG / 2, BIG * 2));
+        let client = Some("192.0.2.1".parse::<IpAddr>().unwrap());
+        let answer = || Response::new(Body::from(vec![7u8; BIG]));
+        let first = pace(answer(), Pace::DEFAULT, Some((&budget, client))).await;
+        assert_eq!(budget.held(), BIG);
+        // A second one would pass the total while the first is unsent.
+        let refused = pace(answer(), Pace::DEFAULT, Some((&budget, client))).await;
+        assert_eq!(
+            refused.status(),
+            axum::http::StatusCode::SERVICE_UNAVAILABLE
+        );
+        // Sent frame by frame, the first gives its bytes back as it goes.
+        let mut body = first.into_body();
+        let frame = http_body_util::BodyExt::frame(&mut body)
+            .await
+            .unwrap()
+            .unwrap();
+        let sent = frame.into_data().unwrap().len();
+        assert_eq!(budget.held(), BIG - sent);
+        drop(body);
+        assert_eq!(budget.held(), 0);
+        let again = pace(answer(), Pace::DEFAULT, Some((&budget, client))).await;
+        assert_eq!(again.status(), axum::http::StatusCode::OK);
     }
 
     #[tokio::test]
@@ -199,7 +421,7 @@ mod tests {
         let router = axum::Router::new()
             .route("/big", get(|| async { vec![7u8; BIG] }))
             .layer(axum::middleware::map_response(move |r: Response| {
-                pace(r, pace_with)
+                pace(r, pace_with, None)
             }));
         let (server, client) = tokio::io::duplex(64 * 1024);
         tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(

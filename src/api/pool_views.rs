@@ -100,6 +100,9 @@ pub struct PoolViews {
     pub subscribers: Arc<ClientCounts>,
     /// Replays by client: `MAX_REPLAYS_PER_CLIENT` each.
     pub replayers: Arc<ClientCounts>,
+    /// Bytes of large answers not yet taken by their clients (see
+    /// `paced::MAX_PACED_BYTES`).
+    pub answers: Arc<super::paced::AnswerBudget>,
     /// The pool transactions chosen for the last mining template (see
     /// `mining::SELECTION_REUSE`).
     pub template_selection: Mutex<Option<super::mining::Selection>>,
@@ -118,6 +121,7 @@ impl Default for PoolViews {
             replays: Arc::new(Semaphore::new(REPLAY_CONCURRENCY)),
             subscribers: Arc::new(ClientCounts::new(MAX_SUBSCRIBERS_PER_CLIENT)),
             replayers: Arc::new(ClientCounts::new(MAX_REPLAYS_PER_CLIENT)),
+            answers: Arc::default(),
             template_selection: Mutex::new(None),
             tx_submits: Arc::new(Semaphore::new(SUBMIT_CONCURRENCY)),
             block_submits: Arc::new(Semaphore::new(SUBMIT_CONCURRENCY)),
