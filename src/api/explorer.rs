@@ -717,13 +717,22 @@ pub async fn scripthash_stats(
     State(state): State<ApiState>,
     Path(hash): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let subject = Subject::ScriptHash(hash.clone());
+    // The store's reads before the pool is locked (`with_state_quick`):
+    // the pool's lock is held for its own lookups alone.
+    let script_hash = parse_script_hash(&hash)?;
     state
-        .with_state(move |chain, pool| {
-            let owner = subject.owner(chain, |h| pool.owner_of_script_hash(h))?;
-            let chain_stats = match owner {
-                Some(owner) => chain.store().address_stats(&owner)?,
-                None => Default::default(),
+        .with_state_quick(
+            move |chain| {
+                Ok(match chain.store().owner_of_script_hash(&script_hash)? {
+                    Some(owner) => Some((owner, chain.store().address_stats(&owner)?)),
+                    None => None,
+                })
+            },
+            move |_, pool, known| {
+            // An owner the chain has not seen yet may be paid in the pool.
+            let (owner, chain_stats) = match known {
+                Some((owner, stats)) => (Some(owner), stats),
+                None => (pool.owner_of_script_hash(&script_hash), Default::default()),
             };
             let mempool_stats = owner.map(|o| pool.address_stats(&o)).unwrap_or_default();
             Ok(Json(json!({
@@ -731,7 +740,8 @@ pub async fn scripthash_stats(
                 "chain_stats": serde_json::to_value(chain_stats).map_err(ApiError::internal)?,
                 "mempool_stats": serde_json::to_value(mempool_stats).map_err(ApiError::internal)?,
             })))
-        })
+            },
+        )
         .await
 }
 

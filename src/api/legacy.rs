@@ -22,18 +22,25 @@ pub async fn balance(
     State(state): State<ApiState>,
     Path(address): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    // As `/address/{a}`: the store's reads, then the pool's lock for its
+    // own lookup alone.
     state
-        .with_state(move |chain, pool| {
-            let a = address_of(chain, &address)?;
-            let stats = chain.store().address_stats(&a.hash)?;
-            let pending = pool.address_stats(&a.hash);
-            Ok(Json(json!({
-                "address": a.to_string(),
-                "balance": stats.balance(),
-                "balance_cc": Amount::from_units(stats.balance()).to_string(),
-                "unconfirmed": pending.net(),
-            })))
-        })
+        .with_state_quick(
+            move |chain| {
+                let a = address_of(chain, &address)?;
+                let stats = chain.store().address_stats(&a.hash)?;
+                Ok((a, stats))
+            },
+            move |_, pool, (a, stats)| {
+                let pending = pool.address_stats(&a.hash);
+                Ok(Json(json!({
+                    "address": a.to_string(),
+                    "balance": stats.balance(),
+                    "balance_cc": Amount::from_units(stats.balance()).to_string(),
+                    "unconfirmed": pending.net(),
+                })))
+            },
+        )
         .await
 }
 
@@ -44,13 +51,21 @@ pub async fn utxos(
     state
         .with_chain_reads(move |chain, _| {
             let a = address_of(chain, &address)?;
-            let utxos: Vec<Value> = chain
+            // One past the page says whether more remain.
+            let mut rows = chain
                 .store()
-                .address_utxos(&a.hash, None, MAX_ADDRESS_PAGE)?
+                .address_utxos(&a.hash, None, MAX_ADDRESS_PAGE + 1)?;
+            let more = rows.len() > MAX_ADDRESS_PAGE;
+            rows.truncate(MAX_ADDRESS_PAGE);
+            let utxos: Vec<Value> = rows
                 .into_iter()
                 .map(|(o, amount, height)| json!({ "txid": o.txid, "vout": o.vout, "amount": amount.units(), "height": height }))
                 .collect();
-            Ok(Json(json!({ "address": a.to_string(), "utxos": utxos, "more": "see /address/{address}/utxo for pages" })))
+            let mut answer = json!({ "address": a.to_string(), "utxos": utxos, "more": more });
+            if more {
+                answer["pages"] = json!(format!("/address/{a}/utxo"));
+            }
+            Ok(Json(answer))
         })
         .await
 }
@@ -62,13 +77,21 @@ pub async fn transactions(
     state
         .with_chain_reads(move |chain, _| {
             let a = address_of(chain, &address)?;
-            let txs: Vec<Value> = chain
+            // One past the page says whether more remain.
+            let mut rows = chain
                 .store()
-                .address_history(&a.hash, None, MAX_ADDRESS_PAGE)?
+                .address_history(&a.hash, None, MAX_ADDRESS_PAGE + 1)?;
+            let more = rows.len() > MAX_ADDRESS_PAGE;
+            rows.truncate(MAX_ADDRESS_PAGE);
+            let txs: Vec<Value> = rows
                 .into_iter()
                 .map(|(height, position, txid)| json!({ "txid": txid, "height": height, "position": position }))
                 .collect();
-            Ok(Json(json!({ "address": a.to_string(), "transactions": txs })))
+            let mut answer = json!({ "address": a.to_string(), "transactions": txs, "more": more });
+            if more {
+                answer["pages"] = json!(format!("/address/{a}/txs/chain"));
+            }
+            Ok(Json(answer))
         })
         .await
 }

@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 
 use super::extract::Query;
 use super::{ApiError, ApiState};
-use crate::chain::{BlockOutcome, ChainError};
+use crate::chain::{BlockOutcome, ChainError, ChainView};
 use crate::consensus::address::PubKeyHash;
 use crate::consensus::block::{Block, BlockHeader, HEADER_LEN};
 use crate::consensus::hash::Hash256;
@@ -132,15 +132,7 @@ pub async fn template(
             .with_chain_reads(move |chain, _| {
                 let payout = super::explorer::address_of(chain, &reuse_address)?;
                 at_writers_tip(chain)?;
-                let chosen = selection
-                    .template_selection
-                    .lock()
-                    .expect("template selection lock")
-                    .clone()
-                    .filter(|s| {
-                        s.tip == chain.tip().hash && s.chosen_at.elapsed() < SELECTION_REUSE
-                    });
-                let Some(chosen) = chosen else {
+                let Some(chosen) = fresh_selection(&selection, chain) else {
                     return Ok(None);
                 };
                 let template = build_template(
@@ -163,20 +155,46 @@ pub async fn template(
         .with_pool_permit(move |chain, pool| {
             let payout = super::explorer::address_of(chain, &address)?;
             at_writers_tip(chain)?;
-            let template = node_template(chain, pool, payout.hash, rand::random())
-                .map_err(ApiError::internal)?;
-            *selection
-                .template_selection
-                .lock()
-                .expect("template selection lock") = Some(Selection {
-                tip: chain.tip().hash,
-                chosen_at: std::time::Instant::now(),
-                txs: Arc::new(template.block.transactions[1..].to_vec()),
-                fees: template.fees,
-            });
+            // Requests that waited for the permit together take the choice
+            // the first of them made: one selection from the pool per tip
+            // and `SELECTION_REUSE`, not one per request in the queue.
+            let template = match fresh_selection(&selection, chain) {
+                Some(chosen) => build_template(
+                    chain,
+                    payout.hash,
+                    rand::random(),
+                    chosen.fees,
+                    chosen.txs.as_ref().clone(),
+                ),
+                None => {
+                    node_template(chain, pool, payout.hash, rand::random()).inspect(|template| {
+                        *selection
+                            .template_selection
+                            .lock()
+                            .expect("template selection lock") = Some(Selection {
+                            tip: chain.tip().hash,
+                            chosen_at: std::time::Instant::now(),
+                            txs: Arc::new(template.block.transactions[1..].to_vec()),
+                            fees: template.fees,
+                        });
+                    })
+                }
+            }
+            .map_err(ApiError::internal)?;
             answer(chain, template, &templates, owner(payout.hash))
         })
         .await
+}
+
+/// The pool transactions chosen for a template at `chain`'s tip less than
+/// `SELECTION_REUSE` ago, if any.
+fn fresh_selection(views: &super::PoolViews, chain: &ChainView) -> Option<Selection> {
+    views
+        .template_selection
+        .lock()
+        .expect("template selection lock")
+        .clone()
+        .filter(|s| s.tip == chain.tip().hash && s.chosen_at.elapsed() < SELECTION_REUSE)
 }
 
 /// How long the pool transactions chosen for a template are reused for
