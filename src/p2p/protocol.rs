@@ -115,6 +115,14 @@ pub const MAX_PEER_TX_ANNOUNCEMENTS: usize = 5_000;
 /// A requested transaction not delivered by then is asked of another peer
 /// that announced it.
 pub const TX_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a transaction an inbound peer announced waits before it is
+/// asked of that peer (Bitcoin Core's `NONPREF_PEER_TX_DELAY`): a peer we
+/// dialed that announces it meanwhile is asked first, and one that
+/// announces it later is the next asked should an inbound peer fail to
+/// deliver. Anyone can connect to us, so a crowd of inbound peers that
+/// announce first and never deliver would otherwise each hold a
+/// transaction for `TX_REQUEST_TIMEOUT` before an honest peer is asked.
+pub const INBOUND_TX_REQUEST_DELAY: Duration = Duration::from_secs(2);
 /// Most txids in the answer to a peer's `mempool` (the pool's best-paying
 /// ones, in one `inv`), which is answered once per connection: a full pool
 /// holds hundreds of thousands, and one request must not cost the node a
@@ -289,10 +297,12 @@ struct Peer {
     /// alone, not every request of every peer.
     tx_announced: HashSet<Hash256>,
     /// Txids this peer announced and was not asked for yet, in the order
-    /// announced (some may have been delivered or asked of another peer
-    /// since: dropped when reached). `request_txs` takes from the front,
-    /// so asking costs the requests made, not every announcement waiting.
-    tx_to_request: VecDeque<Hash256>,
+    /// announced, each with the time from which it may be asked (later for
+    /// an inbound peer: `INBOUND_TX_REQUEST_DELAY`); some may have been
+    /// delivered or asked of another peer since: dropped when reached.
+    /// `request_txs` takes from the front, so asking costs the requests
+    /// made, not every announcement waiting.
+    tx_to_request: VecDeque<(Hash256, Instant)>,
     /// Whether we asked this peer for its mempool (once caught up with it).
     mempool_requested: bool,
     /// The network group of `addr`.
@@ -823,7 +833,7 @@ impl Protocol {
             if request.announcers.is_empty() {
                 self.tx_requests.remove(&txid);
             } else {
-                requeue(&mut self.peers, &txid, &request.announcers);
+                requeue(&mut self.peers, &txid, &request.announcers, now);
             }
         }
     }
@@ -831,14 +841,18 @@ impl Protocol {
 
 /// Puts `txid`, whose request failed (timed out, answered `notfound`, its
 /// peer gone), back at the front of the queue of its first remaining
-/// announcer, which the next `request_txs` asks; if that one fails too,
-/// the next. One push per failure: a txid that a hundred peers announced
-/// and none serves costs a hundred pushes, not ten thousand.
-fn requeue(peers: &mut HashMap<PeerId, Peer>, txid: &Hash256, announcers: &[PeerId]) {
-    if let Some(first) = announcers.iter().find(|a| peers.contains_key(a)) {
-        if let Some(peer) = peers.get_mut(first) {
-            peer.tx_to_request.push_front(*txid);
-        }
+/// announcer that we dialed, else of its first remaining one, which the
+/// next `request_txs` asks at once; if that one fails too, the next. One
+/// push per failure: a txid that a hundred peers announced and none
+/// serves costs a hundred pushes, not ten thousand.
+fn requeue(peers: &mut HashMap<PeerId, Peer>, txid: &Hash256, announcers: &[PeerId], now: Instant) {
+    let present = || announcers.iter().filter(|a| peers.contains_key(a));
+    let next = present()
+        .find(|a| !peers[a].inbound)
+        .or_else(|| present().next())
+        .copied();
+    if let Some(peer) = next.and_then(|id| peers.get_mut(&id)) {
+        peer.tx_to_request.push_front((*txid, now));
     }
 }
 
@@ -850,7 +864,7 @@ fn sweep_tx_queue(peer: &mut Peer, id: PeerId, requests: &HashMap<Hash256, TxReq
         return;
     }
     let mut seen = HashSet::new();
-    peer.tx_to_request.retain(|txid| {
+    peer.tx_to_request.retain(|(txid, _)| {
         requests
             .get(txid)
             .is_some_and(|r| r.asked.is_none() && r.announcers.contains(&id))

@@ -276,7 +276,7 @@ impl Protocol {
                 let peer = self.peers.get_mut(&id).expect("checked");
                 let mut asked = 0;
                 for parent in wanted {
-                    asked += usize::from(want_tx(peer, id, &mut self.tx_requests, parent));
+                    asked += usize::from(want_tx(peer, id, &mut self.tx_requests, parent, now));
                 }
                 tracing::debug!(
                     peer = id,
@@ -397,7 +397,13 @@ impl Protocol {
             sweep_tx_queue(peer, *peer_id, &self.tx_requests);
             let mut items = Vec::new();
             while peer.tx_in_flight.len() < MAX_TX_IN_FLIGHT_PER_PEER {
-                let Some(txid) = peer.tx_to_request.pop_front() else {
+                // In the order announced, so the times to ask come in order
+                // too (a requeued txid at the front may be asked at once).
+                match peer.tx_to_request.front() {
+                    Some((_, ready_at)) if *ready_at <= now => {}
+                    _ => break,
+                }
+                let Some((txid, _)) = peer.tx_to_request.pop_front() else {
                     break;
                 };
                 let Some(request) = self.tx_requests.get_mut(&txid) else {
@@ -495,7 +501,7 @@ impl Protocol {
                         {
                             continue;
                         }
-                        want_tx(peer, id, &mut self.tx_requests, item.hash);
+                        want_tx(peer, id, &mut self.tx_requests, item.hash, now);
                     }
                 }
             }
@@ -560,7 +566,7 @@ impl Protocol {
         }
         let failures = peer.block_notfound;
         for (txid, announcers) in requeued {
-            requeue(&mut self.peers, &txid, &announcers);
+            requeue(&mut self.peers, &txid, &announcers, now);
         }
         if failures >= MAX_BLOCK_NOTFOUND {
             *self
@@ -684,13 +690,15 @@ impl Protocol {
 }
 
 /// Notes that peer `id` has `txid` for us to ask for, within its cap of
-/// announcements waiting (`MAX_PEER_TX_ANNOUNCEMENTS`); whether it was
-/// noted now.
+/// announcements waiting (`MAX_PEER_TX_ANNOUNCEMENTS`): from `now` if we
+/// dialed the peer, `INBOUND_TX_REQUEST_DELAY` later if it dialed us.
+/// Whether it was noted now.
 fn want_tx(
     peer: &mut Peer,
     id: PeerId,
     requests: &mut HashMap<Hash256, TxRequest>,
     txid: Txid,
+    now: Instant,
 ) -> bool {
     if peer.tx_announced.len() >= MAX_PEER_TX_ANNOUNCEMENTS {
         return false;
@@ -701,6 +709,11 @@ fn want_tx(
     }
     request.announcers.push(id);
     peer.tx_announced.insert(txid);
-    peer.tx_to_request.push_back(txid);
+    let ready_at = if peer.inbound {
+        now + INBOUND_TX_REQUEST_DELAY
+    } else {
+        now
+    };
+    peer.tx_to_request.push_back((txid, ready_at));
     true
 }

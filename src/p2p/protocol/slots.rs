@@ -145,7 +145,7 @@ impl Protocol {
             if request.announcers.is_empty() {
                 self.tx_requests.remove(txid);
             } else if request.asked.is_none() {
-                requeue(&mut self.peers, txid, &request.announcers);
+                requeue(&mut self.peers, txid, &request.announcers, now);
             }
         }
         if self.headers_request.is_some_and(|(p, _)| p == id) {

@@ -99,6 +99,13 @@ fn disconnected(actions: &[Action], id: PeerId) -> Option<&'static str> {
     })
 }
 
+/// A peer we dialed that completed the handshake: its transaction
+/// announcements are asked for at once (an inbound peer's wait
+/// `INBOUND_TX_REQUEST_DELAY`).
+fn ready_outbound(h: &mut Harness, id: PeerId) {
+    outbound_ready(h, id, loopback(40_000 + id as u16));
+}
+
 /// An inbound peer that completed the handshake.
 fn ready_inbound(h: &mut Harness, id: PeerId) {
     let addr = "127.0.0.1:40000".parse().unwrap();
@@ -368,12 +375,12 @@ fn transactions_wait_until_the_node_has_caught_up() {
     };
     // At the tip: asked for.
     let mut h = harness(&[]);
-    ready_inbound(&mut h, 1);
+    ready_outbound(&mut h, 1);
     assert!(asked_for_tx(&h.message(1, announce(), h.now)));
 
     // Behind the headers: neither asked for nor judged.
     let mut h = harness(&[]);
-    ready_inbound(&mut h, 1);
+    ready_outbound(&mut h, 1);
     let headers: Vec<_> = chain.blocks[1..].iter().map(|b| b.header).collect();
     h.message(1, Message::Headers(headers), h.now);
     assert!(h.protocol.catching_up());
@@ -990,7 +997,7 @@ fn a_block_notfound_goes_to_another_peer_and_a_peer_that_cannot_serve_is_dropped
 #[test]
 fn a_peer_that_answered_thousands_of_tx_notfound_is_still_asked() {
     let mut h = harness(&[]);
-    ready_inbound(&mut h, 1);
+    ready_outbound(&mut h, 1);
     let tx_item = |n: u32| InvItem {
         kind: InvKind::Tx,
         hash: Hash256(crate::consensus::hash::sha256d(&n.to_le_bytes()).0),
@@ -1213,13 +1220,79 @@ fn newly_tried_addresses_are_saved_at_once_then_at_most_once_per_gap() {
 }
 
 /// Peers 1 and 2, inbound from two ports of 127.0.0.1, past the handshake.
+/// Two peers we dialed (their announcements are asked for at once).
 fn two_ready_peers(h: &mut Harness) {
     for (id, port) in [(1, 40001), (2, 40002)] {
-        let addr = format!("127.0.0.1:{port}").parse().unwrap();
-        assert!(h.protocol.on_connected(id, addr, None, h.now).is_empty());
-        h.message(id, their_version(id, 0), h.now);
-        h.message(id, Message::Verack, h.now);
+        outbound_ready(h, id, loopback(port));
     }
+}
+
+fn tx_item(n: u8) -> InvItem {
+    InvItem {
+        kind: InvKind::Tx,
+        hash: Hash256([n; 32]),
+    }
+}
+
+/// A peer that dialed us announces a transaction: it is asked of a peer we
+/// dialed that announces it within `INBOUND_TX_REQUEST_DELAY`, and of the
+/// inbound one only after that delay, if no one was asked meanwhile.
+#[test]
+fn an_inbound_announcement_waits_for_a_peer_we_dialed() {
+    let mut h = harness(&[]);
+    ready_inbound(&mut h, 1);
+    outbound_ready(&mut h, 2, loopback(40002));
+    let (first, second) = (tx_item(0x51), tx_item(0x52));
+    let t0 = h.now;
+    let actions = h.message(1, Message::Inv(vec![first, second]), t0);
+    assert!(getdata_hashes(&actions, 1).is_empty(), "{actions:?}");
+    // The dialed peer announces the first one a second later: asked at once.
+    let t1 = t0 + Duration::from_secs(1);
+    let actions = h.message(2, Message::Inv(vec![first]), t1);
+    assert_eq!(getdata_hashes(&actions, 2), vec![first.hash]);
+    // Once the delay is over, the inbound peer is asked for the second
+    // alone (the first is asked of peer 2 already).
+    let late = t0 + INBOUND_TX_REQUEST_DELAY;
+    let actions = h.protocol.on_tick(late - Duration::from_millis(1));
+    assert!(getdata_hashes(&actions, 1).is_empty(), "{actions:?}");
+    let actions = h.protocol.on_tick(late);
+    assert_eq!(getdata_hashes(&actions, 1), vec![second.hash]);
+    // Peer 2 lacks the first after all: asked of peer 1 at once.
+    let actions = h.message(2, Message::NotFound(vec![first]), late);
+    assert_eq!(getdata_hashes(&actions, 1), vec![first.hash]);
+}
+
+/// When a request fails, the next asked is an announcer we dialed, ahead
+/// of inbound peers that announced earlier: a crowd of inbound peers that
+/// never deliver cannot hold a transaction one timeout each.
+#[test]
+fn a_failed_request_goes_to_a_dialed_announcer_before_earlier_inbound_ones() {
+    let mut h = harness(&[]);
+    ready_inbound(&mut h, 1);
+    let addr = "127.0.0.1:40003".parse().unwrap();
+    h.protocol.on_connected(3, addr, None, h.now);
+    h.message(3, their_version(3, 0), h.now);
+    h.message(3, Message::Verack, h.now);
+    outbound_ready(&mut h, 2, loopback(40002));
+    let item = tx_item(0x61);
+    let t0 = h.now;
+    h.message(1, Message::Inv(vec![item]), t0);
+    h.message(3, Message::Inv(vec![item]), t0);
+    let asked_at = t0 + INBOUND_TX_REQUEST_DELAY;
+    let actions = h.protocol.on_tick(asked_at);
+    let asked: Vec<PeerId> = [1, 3]
+        .into_iter()
+        .filter(|p| getdata_hashes(&actions, *p) == vec![item.hash])
+        .collect();
+    assert_eq!(asked.len(), 1, "one inbound announcer asked: {actions:?}");
+    // The dialed peer announces it after that request went out; the
+    // request times out: the dialed peer is next, not the other inbound one.
+    h.message(2, Message::Inv(vec![item]), asked_at);
+    let expired = asked_at + TX_REQUEST_TIMEOUT + Duration::from_millis(1);
+    let actions = h.protocol.on_tick(expired);
+    assert_eq!(getdata_hashes(&actions, 2), vec![item.hash], "{actions:?}");
+    let other_inbound = if asked[0] == 1 { 3 } else { 1 };
+    assert!(getdata_hashes(&actions, other_inbound).is_empty());
 }
 
 /// A transaction another peer delivered frees the place it held among the

@@ -54,7 +54,7 @@ fn orphan_turn(h: &mut Harness) -> Vec<Action> {
 #[test]
 fn a_child_before_its_parent_waits_asks_for_the_parent_and_enters_after_it() {
     let (mut h, parent, child) = parent_and_child();
-    ready_inbound(&mut h, 1);
+    ready_outbound(&mut h, 1);
     let actions = h.message(1, Message::Tx(Box::new(child.clone())), h.now);
     assert_eq!(disconnected(&actions, 1), None);
     assert!(h.protocol.orphans.contains(&child.txid()));
@@ -147,7 +147,7 @@ fn an_orphan_still_missing_a_parent_stays_until_the_last_one_comes() {
         chain.mine_empty(key(1).pubkey_hash());
     }
     let mut h = harness(&chain.blocks[1..]);
-    ready_inbound(&mut h, 1);
+    ready_outbound(&mut h, 1);
     let parent_of = |height: usize| {
         let coinbase = &chain.blocks[height].transactions[0];
         let spent = coinbase.outputs[0];
