@@ -68,7 +68,7 @@ pub const WRITE_WAIT_BUDGET: Duration = Duration::from_secs(30);
 pub const NOTSENT_LOWAT_BYTES: i32 = 32 * 1024;
 /// The share of the slots clients other than loopback may not take: an
 /// eighth of them stays for loopback.
-const LOOPBACK_RESERVE_DIVISOR: usize = 8;
+pub(crate) const LOOPBACK_RESERVE_DIVISOR: usize = 8;
 
 /// Whether a client other than loopback may take a slot while `remote`
 /// such connections are open, of `max` slots in all: an eighth of them,

@@ -32,7 +32,7 @@ use axum::response::{IntoResponse, Response};
 use http_body::{Frame, SizeHint};
 use tokio::time::Instant;
 
-use super::listener::Client;
+use super::listener::{Client, LOOPBACK_RESERVE_DIVISOR};
 use super::ApiError;
 
 /// Bodies from this size on are paced.
@@ -58,7 +58,12 @@ const FRAME_BYTES: usize = 64 * 1024;
 pub const MAX_PACED_BYTES: usize = 256 << 20;
 /// Of `MAX_PACED_BYTES`, what one client (an IPv4 address, an IPv6 /64)
 /// may hold; one answer is let through whatever its size while the client
-/// holds nothing. Loopback has no share of its own, only the total.
+/// holds nothing. Clients other than loopback leave an eighth of the total
+/// to it; loopback has no share of its own, only the total. Strangers who
+/// read slowly (7 clients at 32 MiB) can still keep other strangers' large
+/// answers refused: the price of a bound on memory, paid by them in
+/// connections held open for as long as their answers take at the least
+/// rate.
 pub const MAX_PACED_BYTES_PER_CLIENT: usize = 32 << 20;
 
 /// What paced answers hold, in all and by client (see `MAX_PACED_BYTES`).
@@ -94,7 +99,14 @@ impl AnswerBudget {
     pub fn reserve(self: &Arc<Self>, ip: Option<IpAddr>, bytes: usize) -> Option<Reservation> {
         let client = ip.and_then(Client::of);
         let mut held = self.held.lock().expect("answer budget lock");
-        let total_fits = held.total == 0 || held.total.saturating_add(bytes) <= self.total;
+        // Clients other than loopback leave an eighth to it, as the
+        // listener keeps connections for it: the node's explorer and its
+        // operator are served while strangers hold the rest.
+        let limit = match client {
+            Some(_) => self.total - self.total / LOOPBACK_RESERVE_DIVISOR,
+            None => self.total,
+        };
+        let total_fits = held.total == 0 || held.total.saturating_add(bytes) <= limit;
         let client_fits = client.is_none_or(|c| {
             let mine = held.by_client.get(&c).copied().unwrap_or(0);
             mine == 0 || mine.saturating_add(bytes) <= self.per_client
@@ -181,8 +193,11 @@ impl Pace {
 /// An in-memory body handed out in frames until its deadline.
 pub struct PacedBody {
     rest: Bytes,
+    /// Bytes of the buffer `rest` keeps alive: taking frames from a
+    /// `Bytes` moves its start, never frees what was taken.
+    allocated: usize,
     deadline: Instant,
-    /// Its bytes in the node's `AnswerBudget`, given back frame by frame.
+    /// Its bytes in the node's `AnswerBudget`: what `allocated` holds.
     reservation: Option<Reservation>,
 }
 
@@ -190,6 +205,7 @@ impl PacedBody {
     pub fn new(body: Bytes, pace: &Pace, start: Instant) -> PacedBody {
         PacedBody {
             deadline: pace.deadline(start, body.len()),
+            allocated: body.len(),
             rest: body,
             reservation: None,
         }
@@ -224,11 +240,20 @@ impl HttpBody for PacedBody {
         let frame = Bytes::copy_from_slice(&this.rest[..n]);
         if n == this.rest.len() {
             this.rest = Bytes::new();
+            this.allocated = 0;
         } else {
             bytes::Buf::advance(&mut this.rest, n);
+            // Once half the buffer is sent, what is left moves to a buffer
+            // of its own and the old one is freed: memory and the budget
+            // follow what the client has still to take (the copies add up
+            // to the body's size once).
+            if this.rest.len() <= this.allocated / 2 {
+                this.rest = Bytes::copy_from_slice(&this.rest);
+                this.allocated = this.rest.len();
+            }
         }
         if let Some(reservation) = &mut this.reservation {
-            reservation.shrink_to(this.rest.len());
+            reservation.shrink_to(this.allocated);
         }
         Poll::Ready(Some(Ok(Frame::data(frame))))
     }
@@ -344,27 +369,26 @@ mod tests {
 
     #[test]
     fn the_answer_budget_bounds_the_total_and_each_clients_share() {
-        let budget = Arc::new(AnswerBudget::new(100, 40));
+        // 80 in all, 70 of them for clients other than loopback, 40 each.
+        let budget = Arc::new(AnswerBudget::new(80, 40));
         let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
-        // One client: up to its share, then refused; an answer larger than
-        // the share passes only while the client holds nothing.
         let a1 = budget.reserve(ip("192.0.2.1"), 30).unwrap();
-        assert!(budget.reserve(ip("192.0.2.1"), 20).is_none());
-        let b1 = budget.reserve(ip("192.0.2.2"), 60).unwrap();
-        assert_eq!(budget.held(), 90);
-        // The total: a third client's 20 would pass 100.
-        assert!(budget.reserve(ip("192.0.2.3"), 20).is_none());
-        assert!(budget.reserve(ip("192.0.2.3"), 10).is_some());
-        // Loopback has no share, only the total.
-        assert!(budget.reserve(ip("127.0.0.1"), 11).is_none());
+        assert!(budget.reserve(ip("192.0.2.1"), 20).is_none(), "its share");
+        let b1 = budget.reserve(ip("192.0.2.2"), 40).unwrap();
+        assert_eq!(budget.held(), 70);
+        assert!(
+            budget.reserve(ip("192.0.2.3"), 1).is_none(),
+            "strangers' part"
+        );
         let local = budget.reserve(ip("127.0.0.1"), 10).unwrap();
-        drop((b1, local));
-        assert_eq!(budget.held(), 30);
+        assert!(budget.reserve(ip("127.0.0.1"), 1).is_none(), "the total");
+        drop((a1, b1, local));
+        assert_eq!(budget.held(), 0);
         // One IPv6 /64 is one client.
         let v6 = budget.reserve(ip("2001:db8::1"), 40).unwrap();
         assert!(budget.reserve(ip("2001:db8::2"), 1).is_none());
-        assert!(budget.reserve(ip("2001:db8:0:1::2"), 1).is_some());
-        drop((a1, v6));
+        let other = budget.reserve(ip("2001:db8:0:1::2"), 1).unwrap();
+        drop((v6, other));
         assert_eq!(budget.held(), 0);
         // Nothing held: one answer of any size passes.
         let huge = budget.reserve(ip("192.0.2.9"), 1000).unwrap();
@@ -386,13 +410,21 @@ mod tests {
             refused.status(),
             axum::http::StatusCode::SERVICE_UNAVAILABLE
         );
-        // Sent frame by frame, the first gives its bytes back as it goes.
+        // Sent frame by frame, the first holds its whole buffer until half
+        // is sent, then what is left alone (moved to a buffer of its own).
         let mut body = first.into_body();
-        let frame = http_body_util::BodyExt::frame(&mut body)
-            .await
-            .unwrap()
-            .unwrap();
-        let sent = frame.into_data().unwrap().len();
+        let mut sent = 0;
+        while budget.held() == BIG {
+            let frame = http_body_util::BodyExt::frame(&mut body)
+                .await
+                .unwrap()
+                .unwrap();
+            sent += frame.into_data().unwrap().len();
+        }
+        assert!(
+            (BIG / 2..=BIG / 2 + FRAME_BYTES).contains(&sent),
+            "the buffer was given back after {sent} of {BIG} bytes"
+        );
         assert_eq!(budget.held(), BIG - sent);
         drop(body);
         assert_eq!(budget.held(), 0);
