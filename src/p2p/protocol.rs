@@ -295,7 +295,10 @@ struct Peer {
     /// whose request lists it among the announcers (at most
     /// `MAX_PEER_TX_ANNOUNCEMENTS`). A disconnect touches these requests
     /// alone, not every request of every peer.
-    tx_announced: HashSet<Hash256>,
+    /// Each with the time from which this peer may be asked for it (its
+    /// announcement, plus `INBOUND_TX_REQUEST_DELAY` for an inbound peer),
+    /// which a request moved to it after another announcer failed keeps.
+    tx_announced: HashMap<Hash256, Instant>,
     /// Txids this peer announced and was not asked for yet, in the order
     /// announced, each with the time from which it may be asked (later for
     /// an inbound peer: `INBOUND_TX_REQUEST_DELAY`); some may have been
@@ -840,19 +843,35 @@ impl Protocol {
 }
 
 /// Puts `txid`, whose request failed (timed out, answered `notfound`, its
-/// peer gone), back at the front of the queue of its first remaining
-/// announcer that we dialed, else of its first remaining one, which the
-/// next `request_txs` asks at once; if that one fails too, the next. One
-/// push per failure: a txid that a hundred peers announced and none
-/// serves costs a hundred pushes, not ten thousand.
+/// peer gone), back in the queue of its first remaining announcer that we
+/// dialed, else of its first remaining one: at the front, asked by the
+/// next `request_txs`, once the time from which that peer may be asked
+/// has come (an inbound announcer's `INBOUND_TX_REQUEST_DELAY` is not cut
+/// short by another's failure); before then, among the entries in the
+/// order of their times. If that one fails too, the next. One push per
+/// failure: a txid that a hundred peers announced and none serves costs
+/// a hundred pushes, not ten thousand.
 fn requeue(peers: &mut HashMap<PeerId, Peer>, txid: &Hash256, announcers: &[PeerId], now: Instant) {
     let present = || announcers.iter().filter(|a| peers.contains_key(a));
     let next = present()
         .find(|a| !peers[a].inbound)
         .or_else(|| present().next())
         .copied();
-    if let Some(peer) = next.and_then(|id| peers.get_mut(&id)) {
+    let Some(peer) = next.and_then(|id| peers.get_mut(&id)) else {
+        return;
+    };
+    let ready_at = peer.tx_announced.get(txid).copied().unwrap_or(now);
+    if ready_at <= now {
         peer.tx_to_request.push_front((*txid, now));
+    } else {
+        // Past at most `2 * MAX_PEER_TX_ANNOUNCEMENTS` entries, once per
+        // failure.
+        let at = peer
+            .tx_to_request
+            .iter()
+            .position(|(_, at)| *at > ready_at)
+            .unwrap_or(peer.tx_to_request.len());
+        peer.tx_to_request.insert(at, (*txid, ready_at));
     }
 }
 

@@ -708,12 +708,12 @@ fn want_tx(
         return false;
     }
     request.announcers.push(id);
-    peer.tx_announced.insert(txid);
     let ready_at = if peer.inbound {
         now + INBOUND_TX_REQUEST_DELAY
     } else {
         now
     };
+    peer.tx_announced.insert(txid, ready_at);
     peer.tx_to_request.push_back((txid, ready_at));
     true
 }

@@ -71,7 +71,7 @@ impl Protocol {
                 answered_mempool: false,
                 unconnecting_headers: 0,
                 tx_in_flight: HashSet::new(),
-                tx_announced: HashSet::new(),
+                tx_announced: HashMap::new(),
                 tx_to_request: VecDeque::new(),
                 mempool_requested: false,
                 group,
@@ -134,7 +134,7 @@ impl Protocol {
         // Its announcements: each goes to another announcer's queue unless
         // asked of one (its queue may have been the only one holding it),
         // or is forgotten with its last announcer.
-        for txid in &peer.tx_announced {
+        for txid in peer.tx_announced.keys() {
             let Some(request) = self.tx_requests.get_mut(txid) else {
                 continue;
             };

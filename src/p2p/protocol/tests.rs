@@ -108,7 +108,12 @@ fn ready_outbound(h: &mut Harness, id: PeerId) {
 
 /// An inbound peer that completed the handshake.
 fn ready_inbound(h: &mut Harness, id: PeerId) {
-    let addr = "127.0.0.1:40000".parse().unwrap();
+    ready_inbound_at(h, id, 40_000);
+}
+
+/// An inbound peer from `127.0.0.1:port` that completed the handshake.
+fn ready_inbound_at(h: &mut Harness, id: PeerId, port: u16) {
+    let addr = loopback(port);
     assert!(h.protocol.on_connected(id, addr, None, h.now).is_empty());
     let actions = h.message(id, their_version(id, 0), h.now);
     assert_eq!(sent(&actions, id), vec!["version", "verack"]);
@@ -1219,8 +1224,8 @@ fn newly_tried_addresses_are_saved_at_once_then_at_most_once_per_gap() {
     assert!(saved().contains("127.0.0.1:41002"), "{}", saved());
 }
 
-/// Peers 1 and 2, inbound from two ports of 127.0.0.1, past the handshake.
-/// Two peers we dialed (their announcements are asked for at once).
+/// Peers 1 and 2, dialed by us at two ports of 127.0.0.1, past the
+/// handshake (their transaction announcements are asked for at once).
 fn two_ready_peers(h: &mut Harness) {
     for (id, port) in [(1, 40001), (2, 40002)] {
         outbound_ready(h, id, loopback(port));
@@ -1262,6 +1267,44 @@ fn an_inbound_announcement_waits_for_a_peer_we_dialed() {
     assert_eq!(getdata_hashes(&actions, 1), vec![first.hash]);
 }
 
+/// An inbound announcer that leaves does not hand the transaction to
+/// another inbound one before that one's own delay: a peer we dialed that
+/// announces it within the delay is still asked first.
+#[test]
+fn an_inbound_announcers_delay_outlasts_another_announcers_departure() {
+    let mut h = harness(&[]);
+    ready_inbound(&mut h, 1);
+    ready_inbound_at(&mut h, 3, 40_003);
+    outbound_ready(&mut h, 2, loopback(40002));
+    let item = tx_item(0x71);
+    let t0 = h.now;
+    h.message(1, Message::Inv(vec![item]), t0);
+    h.message(3, Message::Inv(vec![item]), t0);
+    let actions = h
+        .protocol
+        .on_disconnected(1, t0 + Duration::from_millis(100));
+    assert!(getdata_hashes(&actions, 3).is_empty(), "{actions:?}");
+    let actions = h.protocol.on_tick(t0 + Duration::from_millis(300));
+    assert!(getdata_hashes(&actions, 3).is_empty(), "{actions:?}");
+    let actions = h.message(2, Message::Inv(vec![item]), t0 + Duration::from_millis(500));
+    assert_eq!(getdata_hashes(&actions, 2), vec![item.hash]);
+    // Without the dialed peer, peer 3 is asked once its own delay is over.
+    let mut h = harness(&[]);
+    ready_inbound(&mut h, 1);
+    ready_inbound_at(&mut h, 3, 40_003);
+    let t0 = h.now;
+    h.message(1, Message::Inv(vec![item]), t0);
+    h.message(3, Message::Inv(vec![item]), t0);
+    h.protocol
+        .on_disconnected(1, t0 + Duration::from_millis(100));
+    let before = h
+        .protocol
+        .on_tick(t0 + INBOUND_TX_REQUEST_DELAY - Duration::from_millis(1));
+    assert!(getdata_hashes(&before, 3).is_empty(), "{before:?}");
+    let after = h.protocol.on_tick(t0 + INBOUND_TX_REQUEST_DELAY);
+    assert_eq!(getdata_hashes(&after, 3), vec![item.hash]);
+}
+
 /// When a request fails, the next asked is an announcer we dialed, ahead
 /// of inbound peers that announced earlier: a crowd of inbound peers that
 /// never deliver cannot hold a transaction one timeout each.
@@ -1269,10 +1312,7 @@ fn an_inbound_announcement_waits_for_a_peer_we_dialed() {
 fn a_failed_request_goes_to_a_dialed_announcer_before_earlier_inbound_ones() {
     let mut h = harness(&[]);
     ready_inbound(&mut h, 1);
-    let addr = "127.0.0.1:40003".parse().unwrap();
-    h.protocol.on_connected(3, addr, None, h.now);
-    h.message(3, their_version(3, 0), h.now);
-    h.message(3, Message::Verack, h.now);
+    ready_inbound_at(&mut h, 3, 40_003);
     outbound_ready(&mut h, 2, loopback(40002));
     let item = tx_item(0x61);
     let t0 = h.now;
@@ -1345,7 +1385,7 @@ fn a_delivery_elsewhere_frees_the_asked_peer_and_a_leaver_hands_on_its_announcem
         getdata_hashes(&actions, 2).contains(&other.hash),
         "{actions:?}"
     );
-    assert!(h.protocol.peers[&2].tx_announced.contains(&other.hash));
+    assert!(h.protocol.peers[&2].tx_announced.contains_key(&other.hash));
 }
 
 #[test]
