@@ -155,23 +155,12 @@ pub async fn events(
     // clients' replays. A stream from the tip replays nothing (its first
     // pass reads the watched addresses' balances): it takes a permit of
     // the reads wallets make, never waiting behind replays.
-    let replaying = resume.is_some() || from_height.is_some();
+    // A browser's reconnect names the last event it saw: at the tip, it
+    // replays nothing.
+    let tip_hash = state.reader.published().tip.0;
+    let replaying = from_height.is_some() || resume.is_some_and(|id| id.hash != tip_hash);
     let _replay_slot = if replaying {
-        Some(
-            state
-                .pool_views
-                .replayers
-                .take(client.ip(), crate::events::MAX_SUBSCRIBERS)
-                .ok_or_else(|| {
-                    ApiError::unavailable(
-                        "busy",
-                        format!(
-                            "this client has {} event-stream replay under way, the most one client may; retry when it has started",
-                            super::pool_views::MAX_REPLAYS_PER_CLIENT
-                        ),
-                    )
-                })?,
-        )
+        Some(replay_slot(&state, client.ip()).await?)
     } else {
         None
     };
@@ -412,6 +401,11 @@ impl Subscriber {
                 tip_height,
             ) = match read {
                 Ok(Ok(read)) => read,
+                // A position a deep reorganisation left far off the
+                // active chain: the client's to hear, not a failure.
+                Ok(Err(e @ CatchUpError::OffTheChain { .. })) => {
+                    return Err(Closed::CutOff(e.to_string()))
+                }
                 // The cause is the node's to log, not the client's to read.
                 Ok(Err(e)) => return Err(read_failed(e)),
                 Err(e) => return Err(read_failed(e)),
@@ -431,6 +425,39 @@ impl Subscriber {
 
 /// A subscriber cut off because the node failed to read its chain: the
 /// cause goes to the log, the client is told that it happened.
+/// A place among the replays of `ip`'s client (`MAX_REPLAYS_PER_CLIENT`),
+/// waited for as a replay permit is (`WHOLE_POOL_WAIT`, then 503 `busy`):
+/// the tabs of one browser, or the users behind one address, that
+/// reconnect at once take turns.
+async fn replay_slot(
+    state: &ApiState,
+    ip: std::net::IpAddr,
+) -> Result<Option<super::listener::ClientSlot>, ApiError> {
+    let deadline = tokio::time::Instant::now() + super::pool_views::WHOLE_POOL_WAIT;
+    loop {
+        if let Some(slot) = state
+            .pool_views
+            .replayers
+            .take(ip, crate::events::MAX_SUBSCRIBERS)
+        {
+            return Ok(slot);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ApiError::unavailable(
+                "busy",
+                format!(
+                    "this client's other event-stream replays ({} at a time) took too long; retry shortly",
+                    super::pool_views::MAX_REPLAYS_PER_CLIENT
+                ),
+            ));
+        }
+        tokio::time::sleep(REPLAY_SLOT_POLL).await;
+    }
+}
+
+/// How often a replay waiting for its client's place looks again.
+const REPLAY_SLOT_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+
 fn read_failed(error: impl std::fmt::Display) -> Closed {
     tracing::error!(%error, "an event stream's reading of the chain failed");
     Closed::CutOff("the node failed to read its chain (see its log)".into())

@@ -48,10 +48,12 @@ pub const CHAIN_READ_CONCURRENCY: usize = 4;
 /// of their own and wallets' reads never wait behind them.
 pub const REPLAY_CONCURRENCY: usize = 1;
 
-/// Event-stream replays one client (an IPv4 address, an IPv6 /64) has
-/// waiting for `REPLAY_CONCURRENCY`'s permit or running at once (loopback
-/// excepted): a client that reconnects with replays in a loop queues one,
-/// so others' replays wait behind one per client, not behind its eight.
+/// Event-stream replays' first passes (those `REPLAY_CONCURRENCY` bounds)
+/// one client (an IPv4 address, an IPv6 /64) has waiting for a permit or
+/// running at once (loopback excepted); its next ones wait for its place
+/// as for a permit: a client that reconnects with replays in a loop
+/// queues one, so others' replays wait behind one per client, not behind
+/// its eight.
 pub const MAX_REPLAYS_PER_CLIENT: usize = 1;
 
 /// Event streams one client (an IPv4 address, an IPv6 /64) holds at once
