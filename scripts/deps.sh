@@ -11,12 +11,14 @@ as_root() {
 # must be this user's to write: one made by root (`sudo scripts/test.sh`)
 # stops a later build as another user with cargo's bare "Permission denied".
 check_target_dir() {
-  local dir="$CARGO_TARGET_DIR"
-  if [ -e "$dir" ] && ! [ -w "$dir" ]; then
-    echo "chaincore: the target directory $dir is not writable by $(id -un) (owner: $(stat -c %U "$dir"));" >&2
-    echo "  build as its owner, take it over (sudo chown -R $(id -un) $dir), or set CARGO_TARGET_DIR to a directory of yours" >&2
-    exit 1
-  fi
+  local dir
+  for dir in "$CARGO_TARGET_DIR" "$CARGO_TARGET_DIR/debug"; do
+    if [ -e "$dir" ] && ! [ -w "$dir" ]; then
+      echo "chaincore: the target directory $dir is not writable by $(id -un) (owner: $(stat -c %U "$dir"));" >&2
+      echo "  build as its owner, take it over (sudo chown -R $(id -un) $CARGO_TARGET_DIR), or set CARGO_TARGET_DIR to a directory of yours" >&2
+      exit 1
+    fi
+  done
 }
 
 apt_updated=0

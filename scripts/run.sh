@@ -5,7 +5,7 @@
 # Relative paths in the arguments (--data-dir, --wallet, --import) are the
 # caller's: only the build runs in the repository.
 set -euo pipefail
-root="$(cd "$(dirname "$0")/.." && pwd)"
+root="$(cd "$(dirname "$0")/.." >/dev/null && pwd)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/chaincore-target}"
 source "$root/scripts/deps.sh"
 check_target_dir

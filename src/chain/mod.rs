@@ -924,12 +924,14 @@ impl Chain {
                 None => return Ok(BlockOutcome::Orphan),
             }
         }
-        // Its header against its parent's context before its body, as
-        // Bitcoin Core's AcceptBlockHeader before CheckBlock: a block with
-        // the wrong difficulty (the lowest one mined in a second, and resent
-        // at will, from a peer or `POST /mining/submit`) costs one header
-        // check, not a merkle tree and every transaction's checks on the
-        // chain task. A block whose parent failed, or that breaks a
+        // Its header against its parent's context before its body (Bitcoin
+        // Core checks the body first, in ProcessNewBlock, and caches the
+        // result): a block with the wrong difficulty (the lowest one mined
+        // in a second, and resent at will, from a peer or `POST
+        // /mining/submit`) costs one header check, not a merkle tree and
+        // every transaction's checks on the chain task. A block too far in
+        // the future is deferred before its body is looked at, whatever
+        // its body. A block whose parent failed, or that breaks a
         // contextual rule, is refused without being indexed (as its header
         // would be): either costs its sender only the lowest difficulty's
         // work, and an entry would stay in the index for good.

@@ -51,6 +51,9 @@ struct DevNode {
     api: SocketAddr,
     p2p: SocketAddr,
     dir: PathBuf,
+    /// Where this run's lines start in its `node.log` (earlier runs'
+    /// come before).
+    log_start: u64,
 }
 
 /// Stops every node (SIGTERM, then SIGKILL after [`STOP_TIMEOUT`]) when
@@ -150,6 +153,7 @@ pub fn run(args: DevnetArgs) -> Result<()> {
             .create(true)
             .append(true)
             .open(dir.join("node.log"))?;
+        let log_start = log.metadata()?.len();
         let mut command = Command::new(&exe);
         command
             .args(["node", "--network", network.name(), "--connect-only"])
@@ -179,6 +183,7 @@ pub fn run(args: DevnetArgs) -> Result<()> {
             api: SocketAddr::from((Ipv4Addr::LOCALHOST, *api)),
             p2p: SocketAddr::from((Ipv4Addr::LOCALHOST, *p2p)),
             dir,
+            log_start,
         });
     }
 
@@ -235,14 +240,16 @@ fn lock_root(root: &std::path::Path) -> Result<std::fs::File> {
 const LOG_TAIL_BYTES: u64 = 16 * 1024;
 
 /// The last line of a node's log that says "error" (its last line if none
-/// does), from the log's last `LOG_TAIL_BYTES` (nodes log without
-/// colours to a file).
-fn last_error(log: &std::path::Path) -> Option<String> {
+/// does), from the log's last `LOG_TAIL_BYTES` written from `start` on
+/// (nodes log without colours to a file).
+fn last_error(log: &std::path::Path, start: u64) -> Option<String> {
     use std::io::{Read, Seek, SeekFrom};
     let mut file = std::fs::File::open(log).ok()?;
     let len = file.metadata().ok()?.len();
-    file.seek(SeekFrom::Start(len.saturating_sub(LOG_TAIL_BYTES)))
-        .ok()?;
+    file.seek(SeekFrom::Start(
+        len.saturating_sub(LOG_TAIL_BYTES).max(start),
+    ))
+    .ok()?;
     let mut tail = Vec::new();
     file.read_to_end(&mut tail).ok()?;
     let text = String::from_utf8_lossy(&tail);
@@ -271,7 +278,8 @@ async fn wait_until_serving(i: usize, node: &mut DevNode) -> Result<()> {
             let log = node.dir.join("node.log");
             bail!(
                 "node {i} exited ({status}) at start: {}; see {}",
-                last_error(&log).unwrap_or_else(|| "it logged no error".to_string()),
+                last_error(&log, node.log_start)
+                    .unwrap_or_else(|| "it logged no error".to_string()),
                 log.display()
             );
         }

@@ -73,7 +73,7 @@ pub enum MirrorCommand {
         #[arg(long)]
         data_dir: PathBuf,
         /// The mirror's database (e.g. postgres://user@127.0.0.1/chaincore).
-        #[arg(long, env = "CHAINCORE_POSTGRES_URL", hide_env_values = true, value_parser = parse_postgres_url)]
+        #[arg(long, env = "CHAINCORE_POSTGRES_URL", hide_env_values = true)]
         postgres_url: String,
     },
 }
@@ -140,7 +140,7 @@ pub struct NodeArgs {
     pub api_request_timeout_secs: u64,
     /// Mirror blocks, transactions and balances into this PostgreSQL
     /// database (e.g. postgres://user@127.0.0.1/chaincore).
-    #[arg(long, env = "CHAINCORE_POSTGRES_URL", hide_env_values = true, value_parser = parse_postgres_url)]
+    #[arg(long, env = "CHAINCORE_POSTGRES_URL", hide_env_values = true)]
     pub postgres_url: Option<String>,
     /// Token that allows the admin endpoints (POST/DELETE /peers) from other
     /// hosts than loopback, as `Authorization: Bearer TOKEN`.
@@ -189,10 +189,14 @@ fn parse_chain_work(text: &str) -> Result<primitive_types::U256, String> {
 /// Checks a PostgreSQL URL's form at start, so a typo stops the node
 /// with a clear message rather than leaving the mirror retrying a
 /// connection that can never succeed (a server that is down is retried).
-fn parse_postgres_url(text: &str) -> Result<String, String> {
+/// Not a clap value parser: clap's message would echo the URL, password
+/// and all, to the terminal and whatever logs it.
+fn check_postgres_url(text: &str) -> Result<()> {
     text.parse::<tokio_postgres::Config>()
-        .map(|_| text.to_string())
-        .map_err(|e| format!("not a PostgreSQL URL or key=value string: {e}"))
+        .map(drop)
+        .map_err(|e| {
+            anyhow::anyhow!("--postgres-url is not a PostgreSQL URL or key=value string: {e}")
+        })
 }
 
 /// Resolves `HOST:PORT` peer arguments (names resolve once, at start).
@@ -231,15 +235,16 @@ pub fn parse_network(s: &str) -> Result<Network, String> {
 }
 
 /// An error as one line for the terminal: each context, then its causes,
-/// joined by ": ", leaving out a cause whose words the line already holds
+/// joined by ": ", leaving out a cause the line already says after a ": "
 /// (many errors write their source into their own message, as
 /// `RocksDB: {0}` or `wallet file {path}: {source}`, and anyhow's `{:#}`
-/// would say it twice).
+/// would say it twice). A cause's words elsewhere in the line (in a path,
+/// say) do not count.
 pub fn error_report(error: &anyhow::Error) -> String {
     let mut line = String::new();
     for cause in error.chain() {
         let text = cause.to_string();
-        if text.is_empty() || line.contains(&text) {
+        if text.is_empty() || line == text || line.contains(&format!(": {text}")) {
             continue;
         }
         if !line.is_empty() {
@@ -266,6 +271,9 @@ pub fn run(cli: Cli) -> Result<()> {
             if let Some(path) = &args.import {
                 std::fs::File::open(path)
                     .with_context(|| format!("--import {}", path.display()))?;
+            }
+            if let Some(url) = &args.postgres_url {
+                check_postgres_url(url)?;
             }
             let mine_to = args
                 .mine_to
@@ -315,6 +323,7 @@ pub fn run(cli: Cli) -> Result<()> {
             data_dir,
             postgres_url,
         }) => {
+            check_postgres_url(&postgres_url)?;
             let (store, network) =
                 crate::store::Store::open_read_only(&data_dir, &Default::default())?;
             let report = tokio::runtime::Runtime::new()?.block_on(async {
@@ -378,6 +387,13 @@ mod tests {
         assert_eq!(
             error_report(&plain),
             "starting the mirror: PostgreSQL: connection refused"
+        );
+        // A short cause whose words appear earlier in the line, but not as
+        // a cause, is still said.
+        let short = anyhow::anyhow!("timed out").context("reading /srv/timed out/blocks.dat");
+        assert_eq!(
+            error_report(&short),
+            "reading /srv/timed out/blocks.dat: timed out"
         );
     }
 }

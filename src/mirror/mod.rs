@@ -111,10 +111,15 @@ pub fn describe_postgres_error(error: &tokio_postgres::Error) -> String {
         }
         return out;
     }
+    // tokio-postgres writes its cause into its own message: a cause the
+    // text already ends with is not said again.
     let mut out = error.to_string();
     let mut source = std::error::Error::source(error);
     while let Some(e) = source {
-        out.push_str(&format!(": {e}"));
+        let text = e.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(&format!(": {text}"));
+        }
         source = e.source();
     }
     out

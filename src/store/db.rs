@@ -55,8 +55,8 @@ pub enum StoreError {
     UnknownColumnFamily(String),
     #[error("no ChainCore data dir at {0}")]
     Missing(String),
-    #[error("data dir {0} is in use by another process (it holds the store's LOCK file): stop that node, or pass another --data-dir")]
-    InUse(String),
+    #[error("data dir {dir} is in use by another process ({rocks}): stop that node, or pass another --data-dir")]
+    InUse { dir: String, rocks: String },
     #[error("data dir has store format {found}, this build reads format {expected}")]
     WrongFormat { expected: u32, found: u32 },
     /// A write failed on purpose (tests only).
@@ -292,12 +292,20 @@ impl Store {
             .iter()
             .map(|name| ColumnFamilyDescriptor::new(*name, cf_options(name, &cache)));
         let db = DB::open_cf_descriptors(&db_opts, path, descriptors).map_err(|e| {
-            // RocksDB's own words name the file: "IO error: While lock
-            // file: DIR/LOCK: Resource temporarily unavailable" (another
-            // process), "IO error: lock hold by current process, ...:
-            // DIR/LOCK: No locks available" (this one).
-            if e.kind() == rocksdb::ErrorKind::IOError && e.as_ref().contains("LOCK:") {
-                StoreError::InUse(path.display().to_string())
+            // RocksDB's own words: "IO error: While lock file: DIR/LOCK:
+            // Resource temporarily unavailable" (another process), "IO
+            // error: lock hold by current process, ...: DIR/LOCK: No locks
+            // available" (this one). A lock file it may not open (another
+            // user's directory, a read-only disk) is another error.
+            let text = e.as_ref();
+            if e.kind() == rocksdb::ErrorKind::IOError
+                && (text.contains("Resource temporarily unavailable")
+                    || text.contains("lock hold by current process"))
+            {
+                StoreError::InUse {
+                    dir: path.display().to_string(),
+                    rocks: text.to_string(),
+                }
             } else {
                 StoreError::Rocks(e)
             }

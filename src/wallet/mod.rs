@@ -61,7 +61,7 @@ pub enum WalletError {
     #[error("no wallet file at {0}: make one with `chaincore wallet new --network NETWORK --wallet {0}`, or pass --wallet")]
     NotFound(String),
     #[error(
-        "directory {0} does not exist: make it first (mkdir -m 700), or pick another --wallet"
+        "directory {0} does not exist or cannot be read: make it first (mkdir -m 700), or pick another --wallet"
     )]
     NoDirectory(String),
     #[error("wallet file {path} is not a ChainCore wallet: {reason}")]

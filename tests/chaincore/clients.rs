@@ -474,8 +474,9 @@ fn a_newcomers_common_mistakes_get_one_clear_error_each() {
     assert!(error.contains("does not exist"), "{error}");
     said_once(&error);
 
-    // A data dir another node holds.
+    // A data dir another node holds (once it serves: it holds the store).
     let mut node = crate::common::NodeProcess::start(&dir.path().join("n"), &["--connect-only"]);
+    node.api_addr();
     let out = chaincore()
         .args(["node", "--network", "regtest", "--p2p-bind", "127.0.0.1"])
         .args([
@@ -493,17 +494,39 @@ fn a_newcomers_common_mistakes_get_one_clear_error_each() {
     assert!(error.contains("in use by another process"), "{error}");
     said_once(error.lines().last().unwrap_or_default());
     node.drain();
+    drop(node);
+    // A mirror check against a server that is not there: PostgreSQL's
+    // error writes its cause into its message, said once.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let error = run_err(&[
+        "mirror",
+        "verify",
+        "--data-dir",
+        &path("n"),
+        "--postgres-url",
+        &format!("postgres://u@127.0.0.1:{port}/db"),
+    ]);
+    assert!(error.contains("onnect"), "{error}");
+    said_once(&error);
 
     // A PostgreSQL URL that can never connect, and a file to import that is
     // not there: refused at start, not retried or logged while running.
     let out = chaincore()
         .args(["node", "--network", "regtest", "--data-dir", &path("p")])
-        .args(["--postgres-url", "postgres://u@127.0.0.1:notaport/db"])
+        .args([
+            "--postgres-url",
+            "postgres://u:pw-s3cret@127.0.0.1:notaport/db",
+        ])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2), "a usage error");
+    assert!(!out.status.success());
     let error = String::from_utf8_lossy(&out.stderr);
     assert!(error.contains("not a PostgreSQL URL"), "{error}");
+    assert!(!error.contains("s3cret"), "the password echoed: {error}");
+    assert!(!dir.path().join("p").exists(), "a data dir was made");
     let out = chaincore()
         .args(["node", "--network", "regtest", "--data-dir", &path("i")])
         .args([
