@@ -201,6 +201,36 @@ impl BlockDelta {
         }
     }
 
+    /// Checks undo data read back from the store against the block it
+    /// undoes before anything is built from it: one row per input of the
+    /// block's non-coinbase transactions, in order, each for the outpoint
+    /// that input spends, amounts within `MAX_MONEY` in all. A corrupt or
+    /// truncated value is an error here, not a panic or wrong UTXOs later.
+    pub fn check_undo(block: &Block, undo: &[(OutPoint, Utxo)]) -> Result<(), String> {
+        let spends = block
+            .transactions
+            .iter()
+            .skip(1)
+            .flat_map(|tx| tx.inputs.iter());
+        let inputs = spends.clone().count();
+        if undo.len() != inputs {
+            return Err(format!("{} rows for {inputs} spending inputs", undo.len()));
+        }
+        let mut total = 0u64;
+        for (i, (input, (outpoint, utxo))) in spends.zip(undo).enumerate() {
+            if input.prevout() != *outpoint {
+                return Err(format!(
+                    "row {i} is for {outpoint:?}, not the outpoint its input spends"
+                ));
+            }
+            total = total
+                .checked_add(utxo.output.amount.units())
+                .filter(|t| *t <= crate::consensus::amount::MAX_MONEY)
+                .ok_or_else(|| format!("row {i}: the amounts pass the money supply"))?;
+        }
+        Ok(())
+    }
+
     pub fn created_sum(&self) -> u64 {
         self.created
             .iter()

@@ -388,6 +388,40 @@ impl StageTimes {
     }
 }
 
+/// The UTXO count and total after `delta` is applied to `tip` (`forward`)
+/// or undone from it, in checked arithmetic: the tip record is read back
+/// from the store, and a corrupt count is an error, not an overflow panic
+/// on the chain task at every start.
+fn moved_totals(
+    tip: &ChainTipRecord,
+    delta: &BlockDelta,
+    forward: bool,
+) -> Result<(u64, u64), ChainError> {
+    let (created, spent) = (
+        (delta.created.len() as u64, delta.created_sum()),
+        (delta.spent.len() as u64, delta.spent_sum()),
+    );
+    let (add, sub) = if forward {
+        (created, spent)
+    } else {
+        (spent, created)
+    };
+    let count = tip
+        .utxo_count
+        .checked_add(add.0)
+        .and_then(|c| c.checked_sub(sub.0));
+    let total = tip
+        .utxo_total
+        .checked_add(add.1)
+        .and_then(|t| t.checked_sub(sub.1));
+    count.zip(total).ok_or_else(|| {
+        ChainError::Inconsistent(format!(
+            "the tip record's UTXO count {} and total {} cannot move by block {}'s outputs (run `chaincore check`)",
+            tip.utxo_count, tip.utxo_total, tip.hash
+        ))
+    })
+}
+
 /// Whether `block`'s header commits to exactly its transactions: the
 /// merkle root matches and the tree is not mutated (CVE-2012-2459).
 fn commits_to_its_body(block: &Block) -> bool {
@@ -525,14 +559,38 @@ impl Chain {
 
     fn load(&mut self, tip: ChainTipRecord) -> Result<(), ChainError> {
         // Parents before children: each entry's skip pointer needs its
-        // ancestors indexed.
+        // ancestors indexed. Each entry is checked against its key and its
+        // parent, as Bitcoin Core's LoadBlockIndex recomputes work: a
+        // corrupt height or chain work would otherwise panic the index or
+        // make a stale branch the best chain for good.
         let mut entries = self.store.all_block_index()?;
         entries.sort_by_key(|(_, e)| e.height);
         for (hash, entry) in entries {
-            if entry.height > 0 && !self.tree.index.contains(&entry.header.prev_hash) {
-                return Err(ChainError::Inconsistent(format!(
-                    "indexed block {hash} has no indexed parent"
-                )));
+            let corrupt = |what: &str| {
+                ChainError::Inconsistent(format!(
+                    "indexed block {hash}: {what} (run `chaincore check`)"
+                ))
+            };
+            if entry.header.hash() != hash {
+                return Err(corrupt("its header does not hash to its key"));
+            }
+            let work = work_from_compact(entry.header.bits);
+            if entry.height == 0 {
+                if hash != self.params.genesis_hash() || entry.chain_work != work {
+                    return Err(corrupt(
+                        "a block at height 0 that is not this network's genesis",
+                    ));
+                }
+            } else {
+                let Some(parent) = self.tree.index.get(&entry.header.prev_hash) else {
+                    return Err(corrupt("no indexed parent"));
+                };
+                if parent.height.checked_add(1) != Some(entry.height) {
+                    return Err(corrupt("its height is not its parent's plus one"));
+                }
+                if parent.chain_work.checked_add(work) != Some(entry.chain_work) {
+                    return Err(corrupt("its chain work is not its parent's plus its own"));
+                }
             }
             self.add_to_index(hash, entry);
         }
@@ -545,7 +603,15 @@ impl Chain {
                 "the stored UTXO digest is not the one the tip record names".into(),
             ));
         }
-        // Rebuild the active chain by walking back from the tip in memory.
+        // Rebuild the active chain by walking back from the tip in memory
+        // (the tip record's height, checked against the index first, sizes
+        // it).
+        if self.tree.index.get(&tip.hash).map(|e| e.height) != Some(tip.height) {
+            return Err(ChainError::Inconsistent(format!(
+                "the tip record's block {} is not indexed at its height {}",
+                tip.hash, tip.height
+            )));
+        }
         let mut active = Vec::with_capacity(tip.height as usize + 1);
         let mut cursor = tip.hash;
         loop {
@@ -1319,11 +1385,12 @@ impl Chain {
             return Ok(Err(error));
         }
         let rows = rows?;
+        let (utxo_count, utxo_total) = moved_totals(&self.tip, &delta, true)?;
         let tip = ChainTipRecord {
             hash,
             height,
-            utxo_count: self.tip.utxo_count + delta.created.len() as u64 - delta.spent.len() as u64,
-            utxo_total: self.tip.utxo_total + delta.created_sum() - delta.spent_sum(),
+            utxo_count,
+            utxo_total,
             digest: digest.fingerprint(),
         };
         let mut connected = entry;
@@ -1381,17 +1448,23 @@ impl Chain {
             .cache
             .undo(&self.store, &hash)?
             .ok_or_else(|| ChainError::Inconsistent(format!("tip {hash} has no undo data")))?;
+        BlockDelta::check_undo(&block, &undo).map_err(|e| {
+            ChainError::Inconsistent(format!(
+                "the undo data of {hash} does not fit its block: {e}"
+            ))
+        })?;
         let height = entry.height;
         let delta = BlockDelta::compute(&block, block.txids(), height, &undo);
         let stats = self.delta_stats(&delta, false)?;
         let mut digest = self.digest.clone();
         delta.update_digest(&mut digest, false);
         let parent = entry.header.prev_hash;
+        let (utxo_count, utxo_total) = moved_totals(&self.tip, &delta, false)?;
         let tip = ChainTipRecord {
             hash: parent,
             height: height - 1,
-            utxo_count: self.tip.utxo_count + delta.spent.len() as u64 - delta.created.len() as u64,
-            utxo_total: self.tip.utxo_total + delta.spent_sum() - delta.created_sum(),
+            utxo_count,
+            utxo_total,
             digest: digest.fingerprint(),
         };
         write_delta(&mut self.cache, &delta, &stats, hash, height, false);

@@ -9,7 +9,7 @@ use crate::consensus::transaction::{OutPoint, TxOut};
 use crate::consensus::validation::TxError;
 use crate::store::schema::{
     CF_ACTIVE_CHAIN, CF_ADDRESS_HISTORY, CF_ADDRESS_STATS, CF_ADDRESS_UTXO, CF_BLOCK_DATA,
-    CF_BLOCK_INDEX, CF_SCRIPT_HASH, CF_SPENT_BY, CF_TX_INDEX, CF_UTXO,
+    CF_BLOCK_INDEX, CF_META, CF_SCRIPT_HASH, CF_SPENT_BY, CF_TX_INDEX, CF_UNDO, CF_UTXO,
 };
 use crate::testkit::{key, signed_spend, TestChain};
 
@@ -671,6 +671,106 @@ fn a_header_committing_to_an_invalid_body_is_marked_failed_and_a_tampered_body_m
         }
     );
     assert_eq!(chain.tip().hash, good.hash());
+}
+
+/// A chain of the prefix and two blocks that spend, stored in `dir`, and
+/// its tip's hash and index entry.
+fn stored_with_spends(dir: &tempfile::TempDir) -> (BlockHash, BlockIndexEntry) {
+    let (_, blocks) = branch(&prefix(), 2, &key(2), &key(3));
+    let mut chain = open(dir);
+    feed(&mut chain, &prefix().blocks[1..]);
+    feed(&mut chain, &blocks);
+    let tip = chain.tip().hash;
+    (tip, *chain.index_entry(&tip).unwrap())
+}
+
+#[test]
+fn undo_data_that_does_not_fit_its_block_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tip, _) = stored_with_spends(&dir);
+    // The tip's undo data, well-formed but with no rows (its block spends
+    // one output): disconnecting it is refused with the cause.
+    put_raw_closed(
+        &dir,
+        CF_UNDO,
+        &tip.0,
+        &crate::store::schema::encode_undo(&[]),
+    );
+    let mut chain = open(&dir);
+    let error = chain.invalidate_block(&tip).unwrap_err();
+    assert!(
+        matches!(&error, ChainError::Inconsistent(m) if m.contains("undo data")),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_corrupt_block_index_entry_or_tip_record_is_an_error_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tip, entry) = stored_with_spends(&dir);
+    let reopen = |dir: &tempfile::TempDir| {
+        Chain::open(dir.path(), Network::Regtest, Default::default())
+            .err()
+            .map(|e| e.to_string())
+    };
+    // Each corruption alone, then the stored value put back.
+    let mut far = entry;
+    far.height += 256;
+    let mut heavy = entry;
+    heavy.chain_work += U256::from(1u64 << 40);
+    let mut other = entry;
+    other.header.nonce ^= 1;
+    for (corrupt, cause) in [
+        (far, "height"),
+        (heavy, "chain work"),
+        (other, "does not hash to its key"),
+    ] {
+        put_raw_closed(&dir, CF_BLOCK_INDEX, &tip.0, &corrupt.encode());
+        let error = reopen(&dir).expect("a corrupt index entry refused");
+        assert!(error.contains(cause), "{error}");
+        put_raw_closed(&dir, CF_BLOCK_INDEX, &tip.0, &entry.encode());
+    }
+    assert_eq!(reopen(&dir), None, "the store as it was opens");
+    // A tip record whose height is not its block's: refused before the
+    // active chain is sized by it.
+    let (store, _) = Store::open_existing(dir.path(), &Default::default()).unwrap();
+    let record = store.tip().unwrap().unwrap();
+    drop(store);
+    let wrong = ChainTipRecord {
+        height: u32::MAX,
+        ..record
+    };
+    put_raw_closed(
+        &dir,
+        CF_META,
+        crate::store::schema::meta::TIP,
+        &wrong.encode(),
+    );
+    let error = reopen(&dir).expect("a corrupt tip record refused");
+    assert!(error.contains("not indexed at its height"), "{error}");
+    // A UTXO count below what the tip's block created: disconnecting it
+    // is refused, and nothing panics.
+    let counted = ChainTipRecord {
+        utxo_count: 0,
+        ..record
+    };
+    put_raw_closed(
+        &dir,
+        CF_META,
+        crate::store::schema::meta::TIP,
+        &counted.encode(),
+    );
+    let mut chain = open(&dir);
+    let error = chain
+        .invalidate_block(&tip)
+        .expect_err("a count that cannot move is refused");
+    assert!(error.to_string().contains("UTXO count"), "{error}");
+}
+
+/// Writes a raw value into the store in `dir`, with no chain open.
+fn put_raw_closed(dir: &tempfile::TempDir, cf: &str, key: &[u8], value: &[u8]) {
+    let (store, _) = Store::open_existing(dir.path(), &Default::default()).unwrap();
+    store.put_raw(cf, key, value);
 }
 
 #[test]

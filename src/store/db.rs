@@ -537,6 +537,13 @@ impl Store {
         self.counted(|db| db.write_opt(batch.batch, &opts))
     }
 
+    /// Tests: writes `value` under `key` in column family `cf` as it is,
+    /// as a corrupt disk or a stray program would.
+    #[cfg(test)]
+    pub fn put_raw(&self, cf: &str, key: &[u8], value: &[u8]) {
+        self.db.put_cf(self.cf(cf), key, value).unwrap();
+    }
+
     /// Tests: makes the next `times` writes from threads named `thread`
     /// fail (with nothing written).
     #[cfg(test)]
