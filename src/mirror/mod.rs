@@ -93,6 +93,10 @@ pub enum MirrorError {
     Timeout(Duration),
     #[error("no rows to load")]
     Empty,
+    #[error("the node's store is corrupt at height {height}: {what} (run `chaincore check`); the mirror stops there")]
+    CorruptStore { height: u32, what: String },
+    #[error("the mirror database's watermark (mirror_state) is not a block height and a 32-byte hash ({0}); repair or drop that database")]
+    BadWatermark(String),
     #[error("the mirror task panicked ({0}); restarting it")]
     Panicked(String),
 }
@@ -219,6 +223,16 @@ pub fn read_rows(
         if height > first && block.header.prev_hash != rows.last_hash {
             return Err(MirrorError::Moved(height));
         }
+        // What the store gives back is checked before rows are built from
+        // it: a wrong outpoint or amount would go into PostgreSQL as fact.
+        if block.hash() != hash {
+            return Err(MirrorError::CorruptStore {
+                height,
+                what: format!("the body stored for {hash} is another block's"),
+            });
+        }
+        crate::chain::delta::BlockDelta::check_undo(&block, &undo)
+            .map_err(|what| MirrorError::CorruptStore { height, what })?;
         let h = i64::from(height);
         rows.blocks.push((
             h,
@@ -236,9 +250,9 @@ pub fn read_rows(
             let txid = tx.txid();
             let mut input_sum = 0u64;
             if position > 0 {
-                for (vin, input) in tx.inputs.iter().enumerate() {
+                for vin in 0..tx.inputs.len() {
+                    // One row per input, for its outpoint (checked above).
                     let (outpoint, utxo) = spent.next().ok_or(MirrorError::Moved(height))?;
-                    debug_assert_eq!(*outpoint, input.prevout());
                     let address = Address::new(network, utxo.output.owner).to_string();
                     input_sum += utxo.output.amount.units();
                     rows.touched.insert(address.clone());
@@ -329,16 +343,28 @@ async fn copy_rows(
     Ok(())
 }
 
-/// The watermark: height and hash of the last mirrored block.
-pub async fn watermark(client: &Client) -> Result<Option<(u32, BlockHash)>, tokio_postgres::Error> {
-    Ok(client
+/// The watermark: height and hash of the last mirrored block. Rows other
+/// programs may have edited are checked: a height out of range or a hash
+/// of another length is an error, never truncated into another block.
+pub async fn watermark(client: &Client) -> Result<Option<(u32, BlockHash)>, MirrorError> {
+    let Some(row) = client
         .query_opt("SELECT height, block_hash FROM mirror_state", &[])
         .await?
-        .map(|row| {
-            let height: i64 = row.get(0);
-            let hash: Vec<u8> = row.get(1);
-            (height as u32, hash_from(&hash))
-        }))
+    else {
+        return Ok(None);
+    };
+    let height: i64 = row
+        .try_get(0)
+        .map_err(|e| MirrorError::BadWatermark(e.to_string()))?;
+    let hash: Vec<u8> = row
+        .try_get(1)
+        .map_err(|e| MirrorError::BadWatermark(e.to_string()))?;
+    let height =
+        u32::try_from(height).map_err(|_| MirrorError::BadWatermark(format!("height {height}")))?;
+    let hash: [u8; 32] = hash
+        .try_into()
+        .map_err(|h: Vec<u8>| MirrorError::BadWatermark(format!("a hash of {} bytes", h.len())))?;
+    Ok(Some((height, Hash256(hash))))
 }
 
 fn hash_from(bytes: &[u8]) -> BlockHash {

@@ -271,6 +271,14 @@ async fn schema_of(client: &Client) -> Vec<(String, String, String)> {
         .collect()
 }
 
+async fn blocks_mirrored(client: &Client) -> i64 {
+    client
+        .query_one("SELECT count(*) FROM blocks", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
 #[test]
 fn migrations_applied_twice_change_nothing_and_verify_finds_planted_damage() {
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -305,6 +313,34 @@ fn migrations_applied_twice_change_nothing_and_verify_finds_planted_damage() {
             .unwrap();
         assert_eq!(report.difference_count, 1, "{report:?}");
         assert!(report.differences[0].contains(&address));
+
+        // A watermark another program set past u32 (it read as height 5
+        // once truncated, and the mirror deleted every block above it): an
+        // error, and a step deletes nothing.
+        let before = blocks_mirrored(&client).await;
+        client
+            .execute("UPDATE mirror_state SET height = 4294967301", &[])
+            .await
+            .unwrap();
+        let error = mirror::watermark(&client).await.unwrap_err();
+        assert!(error.to_string().contains("height 4294967301"), "{error}");
+        let step = mirror::step(
+            &mut client,
+            chain.store(),
+            Network::Regtest,
+            100,
+            LoadMode::Copy,
+        )
+        .await;
+        assert!(step.is_err(), "{step:?}");
+        assert_eq!(blocks_mirrored(&client).await, before);
+        client
+            .execute(
+                "UPDATE mirror_state SET height = $1",
+                &[&i64::from(chain.height())],
+            )
+            .await
+            .unwrap();
     });
     // The command line says so too, with a non-zero exit.
     drop(chain);
