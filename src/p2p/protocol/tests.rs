@@ -1267,19 +1267,28 @@ fn an_inbound_announcement_waits_for_a_peer_we_dialed() {
     assert_eq!(getdata_hashes(&actions, 1), vec![first.hash]);
 }
 
+/// Inbound peers 1 and 3 (and, if `dialed`, peer 2 we dialed) past the
+/// handshake; 1 and 3 announce `item` at the time returned.
+fn announced_by_inbound_1_and_3(item: InvItem, dialed: bool) -> (Harness, Instant) {
+    let mut h = harness(&[]);
+    ready_inbound(&mut h, 1);
+    ready_inbound_at(&mut h, 3, 40_003);
+    if dialed {
+        outbound_ready(&mut h, 2, loopback(40_002));
+    }
+    let t0 = h.now;
+    h.message(1, Message::Inv(vec![item]), t0);
+    h.message(3, Message::Inv(vec![item]), t0);
+    (h, t0)
+}
+
 /// An inbound announcer that leaves does not hand the transaction to
 /// another inbound one before that one's own delay: a peer we dialed that
 /// announces it within the delay is still asked first.
 #[test]
 fn an_inbound_announcers_delay_outlasts_another_announcers_departure() {
-    let mut h = harness(&[]);
-    ready_inbound(&mut h, 1);
-    ready_inbound_at(&mut h, 3, 40_003);
-    outbound_ready(&mut h, 2, loopback(40002));
     let item = tx_item(0x71);
-    let t0 = h.now;
-    h.message(1, Message::Inv(vec![item]), t0);
-    h.message(3, Message::Inv(vec![item]), t0);
+    let (mut h, t0) = announced_by_inbound_1_and_3(item, true);
     let actions = h
         .protocol
         .on_disconnected(1, t0 + Duration::from_millis(100));
@@ -1289,12 +1298,7 @@ fn an_inbound_announcers_delay_outlasts_another_announcers_departure() {
     let actions = h.message(2, Message::Inv(vec![item]), t0 + Duration::from_millis(500));
     assert_eq!(getdata_hashes(&actions, 2), vec![item.hash]);
     // Without the dialed peer, peer 3 is asked once its own delay is over.
-    let mut h = harness(&[]);
-    ready_inbound(&mut h, 1);
-    ready_inbound_at(&mut h, 3, 40_003);
-    let t0 = h.now;
-    h.message(1, Message::Inv(vec![item]), t0);
-    h.message(3, Message::Inv(vec![item]), t0);
+    let (mut h, t0) = announced_by_inbound_1_and_3(item, false);
     h.protocol
         .on_disconnected(1, t0 + Duration::from_millis(100));
     let before = h
@@ -1310,14 +1314,8 @@ fn an_inbound_announcers_delay_outlasts_another_announcers_departure() {
 /// never deliver cannot hold a transaction one timeout each.
 #[test]
 fn a_failed_request_goes_to_a_dialed_announcer_before_earlier_inbound_ones() {
-    let mut h = harness(&[]);
-    ready_inbound(&mut h, 1);
-    ready_inbound_at(&mut h, 3, 40_003);
-    outbound_ready(&mut h, 2, loopback(40002));
     let item = tx_item(0x61);
-    let t0 = h.now;
-    h.message(1, Message::Inv(vec![item]), t0);
-    h.message(3, Message::Inv(vec![item]), t0);
+    let (mut h, t0) = announced_by_inbound_1_and_3(item, true);
     let asked_at = t0 + INBOUND_TX_REQUEST_DELAY;
     let actions = h.protocol.on_tick(asked_at);
     let asked: Vec<PeerId> = [1, 3]
