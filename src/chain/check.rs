@@ -7,11 +7,12 @@ use std::path::Path;
 
 use crate::consensus::address::PubKeyHash;
 use crate::consensus::amount::Amount;
+use crate::consensus::hash::BlockHash;
 use crate::consensus::params::Network;
 use crate::consensus::transaction::OutPoint;
 use crate::consensus::validation::Utxo;
 use crate::store::digest::UtxoDigest;
-use crate::store::schema::{script_hash, AddressStats, Spender, TxLocation};
+use crate::store::schema::{script_hash, AddressStats, BlockIndexEntry, Spender, TxLocation};
 use crate::store::{Store, StoreOptions};
 
 use super::delta::BlockDelta;
@@ -262,6 +263,29 @@ pub fn check_store(store: &Store) -> Result<CheckReport, ChainError> {
         report.differ(format!(
             "{address_rows} address UTXO rows, {} UTXOs in the replay",
             utxos.len()
+        ));
+    }
+
+    // The block index, as the node checks it at start (`Chain::load`):
+    // each entry against its key and its parent, and the tip record's
+    // block at its height.
+    let genesis = store
+        .hash_at_height(0)?
+        .ok_or_else(|| ChainError::Inconsistent("no active block at height 0".into()))?;
+    let mut entries = store.all_block_index()?;
+    entries.sort_by_key(|(_, e)| e.height);
+    let mut index: HashMap<BlockHash, BlockIndexEntry> = HashMap::with_capacity(entries.len());
+    for (hash, entry) in entries {
+        let parent = index.get(&entry.header.prev_hash);
+        if let Err(what) = super::index_entry_fits(&hash, &entry, parent, &genesis) {
+            report.differ(format!("block index entry {hash}: {what}"));
+        }
+        index.insert(hash, entry);
+    }
+    if index.get(&tip.hash).map(|e| e.height) != Some(tip.height) {
+        report.differ(format!(
+            "the tip record's block {} is not indexed at its height {}",
+            tip.hash, tip.height
         ));
     }
 

@@ -388,6 +388,37 @@ impl StageTimes {
     }
 }
 
+/// Whether a block index entry read back from the store fits its key
+/// (`hash`), its `parent`'s entry (height plus one, chain work plus its
+/// own) and, at height 0, the network's `genesis`; what is wrong if not.
+pub(crate) fn index_entry_fits(
+    hash: &BlockHash,
+    entry: &BlockIndexEntry,
+    parent: Option<&BlockIndexEntry>,
+    genesis: &BlockHash,
+) -> Result<(), &'static str> {
+    if entry.header.hash() != *hash {
+        return Err("its header does not hash to its key");
+    }
+    let work = work_from_compact(entry.header.bits);
+    if entry.height == 0 {
+        if hash != genesis || entry.chain_work != work {
+            return Err("a block at height 0 that is not this network's genesis");
+        }
+        return Ok(());
+    }
+    let Some(parent) = parent else {
+        return Err("no indexed parent");
+    };
+    if parent.height.checked_add(1) != Some(entry.height) {
+        return Err("its height is not its parent's plus one");
+    }
+    if parent.chain_work.checked_add(work) != Some(entry.chain_work) {
+        return Err("its chain work is not its parent's plus its own");
+    }
+    Ok(())
+}
+
 /// The UTXO count and total after `delta` is applied to `tip` (`forward`)
 /// or undone from it, in checked arithmetic: the tip record is read back
 /// from the store, and a corrupt count is an error, not an overflow panic
@@ -565,32 +596,13 @@ impl Chain {
         // make a stale branch the best chain for good.
         let mut entries = self.store.all_block_index()?;
         entries.sort_by_key(|(_, e)| e.height);
+        let genesis = self.params.genesis_hash();
         for (hash, entry) in entries {
-            let corrupt = |what: &str| {
-                ChainError::Inconsistent(format!(
+            let parent = self.tree.index.get(&entry.header.prev_hash);
+            if let Err(what) = index_entry_fits(&hash, &entry, parent, &genesis) {
+                return Err(ChainError::Inconsistent(format!(
                     "indexed block {hash}: {what} (run `chaincore check`)"
-                ))
-            };
-            if entry.header.hash() != hash {
-                return Err(corrupt("its header does not hash to its key"));
-            }
-            let work = work_from_compact(entry.header.bits);
-            if entry.height == 0 {
-                if hash != self.params.genesis_hash() || entry.chain_work != work {
-                    return Err(corrupt(
-                        "a block at height 0 that is not this network's genesis",
-                    ));
-                }
-            } else {
-                let Some(parent) = self.tree.index.get(&entry.header.prev_hash) else {
-                    return Err(corrupt("no indexed parent"));
-                };
-                if parent.height.checked_add(1) != Some(entry.height) {
-                    return Err(corrupt("its height is not its parent's plus one"));
-                }
-                if parent.chain_work.checked_add(work) != Some(entry.chain_work) {
-                    return Err(corrupt("its chain work is not its parent's plus its own"));
-                }
+                )));
             }
             self.add_to_index(hash, entry);
         }

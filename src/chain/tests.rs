@@ -728,6 +728,14 @@ fn a_corrupt_block_index_entry_or_tip_record_is_an_error_at_open() {
         put_raw_closed(&dir, CF_BLOCK_INDEX, &tip.0, &corrupt.encode());
         let error = reopen(&dir).expect("a corrupt index entry refused");
         assert!(error.contains(cause), "{error}");
+        // `chaincore check` finds it too.
+        let (store, _) = Store::open_read_only(dir.path(), &Default::default()).unwrap();
+        let report = check::check_store(&store).unwrap();
+        assert!(
+            report.differences.iter().any(|d| d.contains(cause)),
+            "{report:?}"
+        );
+        drop(store);
         put_raw_closed(&dir, CF_BLOCK_INDEX, &tip.0, &entry.encode());
     }
     assert_eq!(reopen(&dir), None, "the store as it was opens");
