@@ -152,15 +152,30 @@ pub async fn events(
     // it waits for a replay permit (503 when it stays taken), one replay
     // per client at a time, so reconnecting clients can neither hold every
     // core nor the permits wallets' reads take, nor queue ahead of other
-    // clients' replays. A stream from the tip replays nothing (its first
-    // pass reads the watched addresses' balances): it takes a permit of
-    // the reads wallets make, never waiting behind replays.
-    // A browser's reconnect names the last event it saw: at the tip, it
-    // replays nothing.
+    // clients' replays. A stream from the tip, or a reconnect whose last
+    // event is the tip's, replays nothing (its first pass reads the
+    // watched addresses' balances): it takes a permit of the reads
+    // wallets make, never waiting behind replays.
     let tip_hash = state.reader.published().tip.0;
     let replaying = from_height.is_some() || resume.is_some_and(|id| id.hash != tip_hash);
-    let _replay_slot = if replaying {
-        Some(replay_slot(&state, client.ip()).await?)
+    let replay_slot = if replaying {
+        // The tabs of one browser, or the users behind one address, that
+        // reconnect at once take turns, waiting as for a permit.
+        let slot = state
+            .pool_views
+            .replayers
+            .take_within(client.ip(), crate::events::MAX_SUBSCRIBERS, super::pool_views::WHOLE_POOL_WAIT)
+            .await
+            .ok_or_else(|| {
+                ApiError::unavailable(
+                    "busy",
+                    format!(
+                        "this client's other event-stream replays ({} at a time) took too long; retry shortly",
+                        super::pool_views::MAX_REPLAYS_PER_CLIENT
+                    ),
+                )
+            })?;
+        Some(slot)
     } else {
         None
     };
@@ -210,7 +225,7 @@ pub async fn events(
     } else {
         state.with_chain_reads(first_pass).await?
     };
-    drop(_replay_slot);
+    drop(replay_slot);
     let Pass {
         events: replayed,
         position,
@@ -425,39 +440,6 @@ impl Subscriber {
 
 /// A subscriber cut off because the node failed to read its chain: the
 /// cause goes to the log, the client is told that it happened.
-/// A place among the replays of `ip`'s client (`MAX_REPLAYS_PER_CLIENT`),
-/// waited for as a replay permit is (`WHOLE_POOL_WAIT`, then 503 `busy`):
-/// the tabs of one browser, or the users behind one address, that
-/// reconnect at once take turns.
-async fn replay_slot(
-    state: &ApiState,
-    ip: std::net::IpAddr,
-) -> Result<Option<super::listener::ClientSlot>, ApiError> {
-    let deadline = tokio::time::Instant::now() + super::pool_views::WHOLE_POOL_WAIT;
-    loop {
-        if let Some(slot) = state
-            .pool_views
-            .replayers
-            .take(ip, crate::events::MAX_SUBSCRIBERS)
-        {
-            return Ok(slot);
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(ApiError::unavailable(
-                "busy",
-                format!(
-                    "this client's other event-stream replays ({} at a time) took too long; retry shortly",
-                    super::pool_views::MAX_REPLAYS_PER_CLIENT
-                ),
-            ));
-        }
-        tokio::time::sleep(REPLAY_SLOT_POLL).await;
-    }
-}
-
-/// How often a replay waiting for its client's place looks again.
-const REPLAY_SLOT_POLL: std::time::Duration = std::time::Duration::from_millis(50);
-
 fn read_failed(error: impl std::fmt::Display) -> Closed {
     tracing::error!(%error, "an event stream's reading of the chain failed");
     Closed::CutOff("the node failed to read its chain (see its log)".into())

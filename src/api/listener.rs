@@ -141,6 +141,8 @@ impl Client {
 pub struct ClientCounts {
     counts: Mutex<HashMap<Client, usize>>,
     per_client: usize,
+    /// Woken whenever a slot is given back (`take_within`).
+    released: tokio::sync::Notify,
 }
 
 impl Default for ClientCounts {
@@ -155,6 +157,27 @@ impl ClientCounts {
         ClientCounts {
             counts: Mutex::default(),
             per_client,
+            released: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// As `take`, waiting up to `wait` for a slot to be given back when
+    /// none is free: for work that queues (an event stream's replay), not
+    /// for connections, which are refused at once.
+    pub async fn take_within(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        max: usize,
+        wait: Duration,
+    ) -> Option<Option<ClientSlot>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Made before the try: a slot given back in between still wakes it.
+            let released = self.released.notified();
+            if let Some(slot) = self.take(ip, max) {
+                return Some(slot);
+            }
+            tokio::time::timeout_at(deadline, released).await.ok()?;
         }
     }
 
@@ -211,6 +234,8 @@ impl Drop for ClientSlot {
                 counts.remove(&self.client);
             }
         }
+        drop(counts);
+        self.counts.released.notify_waiters();
     }
 }
 
@@ -606,6 +631,27 @@ mod tests {
         held.clear();
         assert_eq!(counts.count(ip), 0);
         assert!(counts.counts.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_slot_waited_for_comes_when_one_is_given_back_or_not_at_all() {
+        let counts = Arc::new(ClientCounts::new(1));
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        let held = counts.take(ip, 100).unwrap();
+        // Nothing given back: none within the wait.
+        let none = counts.take_within(ip, 100, Duration::from_millis(50)).await;
+        assert!(none.is_none());
+        // Given back while waiting: taken at once.
+        let giver = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            drop(held);
+        });
+        let started = std::time::Instant::now();
+        let slot = counts.take_within(ip, 100, Duration::from_secs(10)).await;
+        assert!(matches!(slot, Some(Some(_))), "{slot:?}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        giver.await.unwrap();
+        assert_eq!(counts.count(ip), 1);
     }
 
     #[test]

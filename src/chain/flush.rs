@@ -336,16 +336,7 @@ impl Chain {
         {
             return Ok(Some(deferred.block.clone()));
         }
-        // A body read back under another hash is the store's corruption,
-        // not the block's invalidity: judged as a block, it would mark a
-        // valid block failed for good.
-        match self.store.block(hash)? {
-            Some(block) if block.hash() != *hash => Err(ChainError::Inconsistent(format!(
-                "the body stored for block {hash} is block {}'s (run `chaincore check`)",
-                block.hash()
-            ))),
-            block => Ok(block.map(Arc::new)),
-        }
+        Ok(self.store.block(hash)?.map(Arc::new))
     }
 
     /// Writes the deferred blocks in one batch, each with its index entry

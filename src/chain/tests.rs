@@ -705,6 +705,22 @@ fn undo_data_that_does_not_fit_its_block_is_an_error_not_a_panic() {
 }
 
 #[test]
+fn a_body_stored_under_another_blocks_hash_is_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tip, entry) = stored_with_spends(&dir);
+    let (store, _) = Store::open_existing(dir.path(), &Default::default()).unwrap();
+    let parent = store.block(&entry.header.prev_hash).unwrap().unwrap();
+    drop(store);
+    put_raw_closed(&dir, CF_BLOCK_DATA, &tip.0, &parent.to_bytes());
+    let (store, _) = Store::open_existing(dir.path(), &Default::default()).unwrap();
+    let error = store.block(&tip).unwrap_err();
+    assert!(
+        matches!(error, StoreError::Corrupt { what: "block", .. }),
+        "{error}"
+    );
+}
+
+#[test]
 fn a_corrupt_block_index_entry_or_tip_record_is_an_error_at_open() {
     let dir = tempfile::tempdir().unwrap();
     let (tip, entry) = stored_with_spends(&dir);

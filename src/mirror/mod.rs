@@ -224,13 +224,8 @@ pub fn read_rows(
             return Err(MirrorError::Moved(height));
         }
         // What the store gives back is checked before rows are built from
-        // it: a wrong outpoint or amount would go into PostgreSQL as fact.
-        if block.hash() != hash {
-            return Err(MirrorError::CorruptStore {
-                height,
-                what: format!("the body stored for {hash} is another block's"),
-            });
-        }
+        // it (`Store::block` checks the body's hash): a wrong outpoint or
+        // amount would go into PostgreSQL as fact.
         crate::chain::delta::BlockDelta::check_undo(&block, &undo)
             .map_err(|what| MirrorError::CorruptStore { height, what })?;
         let h = i64::from(height);

@@ -670,10 +670,24 @@ impl Store {
             .transpose()
     }
 
+    /// A stored block, checked to be the one asked for: a body read back
+    /// under another block's hash is the store's corruption, reported as
+    /// such (judged as a block, it would be marked invalid for good).
     pub fn block(&self, hash: &BlockHash) -> Result<Option<Block>, StoreError> {
-        self.get(CF_BLOCK_DATA, &hash.0)?
-            .map(|v| Block::from_bytes(&v).map_err(corrupt("block")))
-            .transpose()
+        let Some(bytes) = self.get(CF_BLOCK_DATA, &hash.0)? else {
+            return Ok(None);
+        };
+        let block = Block::from_bytes(&bytes).map_err(corrupt("block"))?;
+        if block.hash() != *hash {
+            return Err(StoreError::Corrupt {
+                what: "block",
+                error: DecodeError::Invalid {
+                    what: "block",
+                    reason: "its header does not hash to the key it is stored under",
+                },
+            });
+        }
+        Ok(Some(block))
     }
 
     /// The raw stored bytes of a block (its consensus encoding).
